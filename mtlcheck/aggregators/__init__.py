@@ -1,0 +1,45 @@
+"""Every MTL method of the paper as an aggregator, plus the registry.
+
+    >>> from mtlcheck.aggregators import get_aggregator
+    >>> agg = get_aggregator("mgda")
+    >>> out = agg(G)               # G: (T, d) task gradients (or a Jacobian)
+    >>> out.direction, out.weights
+"""
+
+from mtlcheck.aggregators._base import (
+    Aggregation,
+    Aggregator,
+    AggregatorTags,
+    SolverError,
+    SolverFallbackWarning,
+    WeightingAggregator,
+)
+from mtlcheck.aggregators._registry import (
+    ENTRY_POINT_GROUP,
+    aggregator_class,
+    get_aggregator,
+    list_aggregators,
+    register_aggregator,
+)
+from mtlcheck.aggregators.aligned_mtl import AlignedMTL
+from mtlcheck.aggregators.cagrad import CAGrad
+from mtlcheck.aggregators.cosreg import CosReg
+from mtlcheck.aggregators.dwa import DWA
+from mtlcheck.aggregators.ew import EW
+from mtlcheck.aggregators.famo import FAMO
+from mtlcheck.aggregators.graddrop import GradDrop
+from mtlcheck.aggregators.gradnorm import GradNorm
+from mtlcheck.aggregators.gradvac import GradVac
+from mtlcheck.aggregators.imtl import IMTL
+from mtlcheck.aggregators.mgda import MGDA
+from mtlcheck.aggregators.nash_mtl import NashMTL
+from mtlcheck.aggregators.pcgrad import PCGrad
+from mtlcheck.aggregators.random_weighting import RGW, RLW
+from mtlcheck.aggregators.uncertainty import Uncertainty
+
+__all__ = [
+    "Aggregation", "Aggregator", "AggregatorTags", "SolverError", "SolverFallbackWarning", "WeightingAggregator",
+    "ENTRY_POINT_GROUP", "aggregator_class", "get_aggregator", "list_aggregators", "register_aggregator",
+    "AlignedMTL", "CAGrad", "CosReg", "DWA", "EW", "FAMO", "GradDrop", "GradNorm", "GradVac", "IMTL", "MGDA",
+    "NashMTL", "PCGrad", "RGW", "RLW", "Uncertainty",
+]

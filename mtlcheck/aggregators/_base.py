@@ -1,0 +1,268 @@
+"""Aggregator base classes and tags.
+
+An aggregator is a pure function of explicit inputs: the task gradients (a `Jacobian`, T×d),
+the task losses (T,), its own declared state, and a private `torch.Generator` seeded from
+`seed`. It never touches a model, `.grad`, the device or the global RNG; the gradient engine
+applies what it returns. It returns an `Aggregation`: the update direction (same dtype/device
+as the gradients) and, for weighting methods, the task weights w with direction = Σ_i w_i g_i.
+
+Loss-only methods (EW, RLW, UW, DWA, FAMO) compute weights from the losses alone; the engine
+then needs no per-task gradients and back-propagates Σ_i w_i L_i once.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+
+from mtlcheck.jacobian import Jacobian
+
+_REDUCTIONS = ("sum", "mean", "normalized", "other")
+_FAMILIES = ("weighting", "projection", "solver", "masking", "regularizer")
+_INPUTS = frozenset({"losses", "grads"})
+
+
+class SolverError(RuntimeError):
+    """An aggregator's inner solver failed; the step must not silently fall back to EW."""
+
+
+class SolverFallbackWarning(UserWarning):
+    """An aggregator's solver failed and a documented fallback was used (never silent)."""
+
+
+@dataclass(frozen=True)
+class AggregatorTags:
+    """What a method is; the conformance kit generates only the checks that apply.
+
+    inputs: subset of {"losses", "grads"} the method reads.
+    family: "weighting" | "projection" | "solver" | "masking" | "regularizer".
+    weighted: direction == weights @ G.
+    nonneg_weights: weights >= 0 and not all zero (for G != 0).
+    stateful: outputs depend on earlier calls (reset/state_dict matter).
+    stochastic: draws from its generator.
+    reduction: scale convention for identical rows — "sum" (direction T·g), "mean" (g),
+        "normalized" (direction only), "other" (see `identical_rows_scale`).
+    homogeneity: k with A(cG) = c^k A(G) for c > 0 (losses fixed); None = not claimed.
+    non_conflicting: <g_i, A(G)> >= 0 for every i.
+    task_symmetric: permutation-equivariant at its initial state.
+    second_order: the true update needs second derivatives (engine support, see CosReg).
+    requires_solver: name of the inner solver the method depends on, or None.
+    post_step_update: needs `after_step(losses)` with the losses re-evaluated after the step.
+    min_tasks: smallest T the method accepts.
+    """
+
+    inputs: frozenset = frozenset({"grads"})
+    family: str = "weighting"
+    weighted: bool = True
+    nonneg_weights: bool = False
+    stateful: bool = False
+    stochastic: bool = False
+    reduction: str = "sum"
+    homogeneity: int | None = 1
+    non_conflicting: bool = False
+    task_symmetric: bool = True
+    second_order: bool = False
+    requires_solver: str | None = None
+    post_step_update: bool = False
+    min_tasks: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.inputs, frozenset) or not self.inputs or not self.inputs <= _INPUTS:
+            raise ValueError(f"tags.inputs must be a non-empty frozenset within {sorted(_INPUTS)}, got {self.inputs!r}")
+        if self.family not in _FAMILIES:
+            raise ValueError(f"tags.family must be one of {_FAMILIES}, got {self.family!r}")
+        if self.reduction not in _REDUCTIONS:
+            raise ValueError(f"tags.reduction must be one of {_REDUCTIONS}, got {self.reduction!r}")
+        if self.min_tasks < 1:
+            raise ValueError(f"tags.min_tasks must be >= 1, got {self.min_tasks}")
+
+    @property
+    def loss_only(self) -> bool:
+        return "grads" not in self.inputs
+
+    def replace(self, **changes) -> "AggregatorTags":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return AggregatorTags(**values)
+
+
+@dataclass(frozen=True, eq=False)
+class Aggregation:
+    """An aggregator's output: direction blocks (None for loss-only methods) and weights."""
+
+    blocks: tuple[torch.Tensor, ...] | None
+    weights: torch.Tensor | None
+
+    @property
+    def direction(self) -> torch.Tensor | None:
+        """The (d,) update direction (concatenated blocks)."""
+        if self.blocks is None:
+            return None
+        return self.blocks[0] if len(self.blocks) == 1 else torch.cat(self.blocks)
+
+
+class Aggregator:
+    """Base class. Subclasses set `name` (via `register_aggregator`), implement `tags()` and
+    `_aggregate(J, losses)`, store every constructor argument under its own name (for
+    `get_config`), and, when stateful, `_get_state`/`_set_state`/`_reset_state`."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, *, seed: int = 0):
+        if not isinstance(seed, int):
+            raise TypeError(f"{type(self).__name__}: seed must be an int, got {seed!r}")
+        self.seed = seed
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed)
+        self._n_tasks: int | None = None
+
+    # -- description ----------------------------------------------------------------------------
+    def tags(self) -> AggregatorTags:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def identical_rows_scale(self, n_tasks: int) -> float | None:
+        """c with A(1·gᵀ) = c·g at the initial state, or None when only the direction is fixed."""
+        return {"sum": float(n_tasks), "mean": 1.0}.get(self.tags().reduction)
+
+    @classmethod
+    def _init_parameters(cls) -> list[inspect.Parameter]:
+        kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [p for p in params if p.name != "self" and p.kind in kinds]
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments (every keyword of __init__, read from the attribute of that name)."""
+        return {p.name: copy.deepcopy(getattr(self, p.name)) for p in self._init_parameters()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Aggregator":
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        shown = [
+            f"{p.name}={getattr(self, p.name)!r}"
+            for p in self._init_parameters()
+            if p.default is p.empty or getattr(self, p.name) != p.default
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    # -- the call -------------------------------------------------------------------------------
+    def __call__(self, G: torch.Tensor | Jacobian | None, losses: torch.Tensor | None = None) -> Aggregation:
+        tags = self.tags()
+        J = self._check_gradients(G, tags)
+        losses = self._check_losses(losses, tags, J)
+        n = J.n_tasks if J is not None else losses.shape[0]
+        if n < tags.min_tasks:
+            raise ValueError(f"{self!r} needs at least {tags.min_tasks} tasks, got T={n}")
+        if tags.stateful and self._n_tasks is not None and n != self._n_tasks:
+            raise ValueError(
+                f"{self!r} was called with T={self._n_tasks} tasks before and now with T={n}; call reset() first"
+            )
+        self._n_tasks = n
+        return self._aggregate(J, losses)
+
+    def _aggregate(self, J: Jacobian | None, losses: torch.Tensor | None) -> Aggregation:  # pragma: no cover
+        raise NotImplementedError
+
+    def _check_gradients(self, G, tags: AggregatorTags) -> Jacobian | None:
+        if G is None:
+            if not tags.loss_only:
+                raise ValueError(f"{self!r} needs the task gradients G (T, d); got None")
+            return None
+        J = G if isinstance(G, Jacobian) else Jacobian.from_matrix(G)
+        if J.n_tasks == 0:
+            raise ValueError(f"{self!r}: G has T=0 tasks; at least one task gradient is required")
+        if not J.dtype.is_floating_point:
+            raise ValueError(f"{self!r}: G must be a floating-point tensor, got dtype {J.dtype}")
+        for name, b in zip(J.names, J.blocks):
+            if not torch.isfinite(b).all():
+                raise ValueError(f"{self!r}: G block {name!r} contains NaN or inf")
+        if any(b.requires_grad for b in J.blocks) and not tags.second_order:
+            J = J.map_blocks(torch.Tensor.detach)  # non-differentiable: never a silently wrong gradient
+        return J
+
+    def _check_losses(self, losses, tags: AggregatorTags, J: Jacobian | None) -> torch.Tensor | None:
+        if losses is None:
+            if "losses" in tags.inputs:
+                raise ValueError(f"{self!r} needs the task losses (a (T,) tensor); got None")
+            return None
+        if not isinstance(losses, torch.Tensor):
+            losses = torch.as_tensor(losses, dtype=torch.float64)
+        if losses.ndim != 1:
+            raise ValueError(f"{self!r}: losses must have shape (T,), got {tuple(losses.shape)}")
+        if J is not None and losses.shape[0] != J.n_tasks:
+            raise ValueError(f"{self!r}: losses has {losses.shape[0]} entries but G has T={J.n_tasks} rows")
+        if losses.shape[0] == 0:
+            raise ValueError(f"{self!r}: losses is empty (T=0)")
+        if not torch.isfinite(losses).all():
+            raise ValueError(f"{self!r}: losses contain NaN or inf: {losses.tolist()}")
+        return losses.detach().to(torch.float64).cpu()
+
+    # -- state ----------------------------------------------------------------------------------
+    def after_step(self, losses: torch.Tensor) -> None:
+        """Called by the trainer with the same batch's losses re-evaluated after the optimizer step
+        (only for `tags().post_step_update`)."""
+
+    def reset(self) -> None:
+        """Back to the freshly constructed state (generator re-seeded)."""
+        self.generator.manual_seed(self.seed)
+        self._n_tasks = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        pass
+
+    def _get_state(self) -> dict[str, Any]:
+        return {}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: generator state, T, and the method's own state."""
+        return {
+            "generator": self.generator.get_state(),
+            "n_tasks": self._n_tasks,
+            "method": copy.deepcopy(self._get_state()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self._n_tasks = state["n_tasks"]
+        self._set_state(copy.deepcopy(state["method"]))
+
+    def __getstate__(self):
+        d = self.__dict__.copy()
+        d["generator"] = self.generator.get_state()
+        return d
+
+    def __setstate__(self, d):
+        gen = torch.Generator(device="cpu")
+        gen.set_state(d["generator"])
+        d["generator"] = gen
+        self.__dict__.update(d)
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+
+class WeightingAggregator(Aggregator):
+    """direction = Σ_i w_i g_i with w from `_weights(J, losses)` (float64, shape (T,))."""
+
+    def _weights(self, J: Jacobian | None, losses: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _aggregate(self, J, losses):
+        w = self._weights(J, losses)
+        return Aggregation(None if J is None else J.combine(w), w)
+
+
+def softmax64(x: torch.Tensor) -> torch.Tensor:
+    """Softmax in float64 (small helper shared by the random and loss-balancing methods)."""
+    return torch.softmax(x.to(torch.float64), dim=0)

@@ -1,0 +1,88 @@
+"""The aggregator registry: built-ins register by decorator, third parties by entry point.
+
+A package exposes a method to mtlcheck (and so to `pytest suites/conformance`) with
+
+    [project.entry-points."mtlcheck.aggregators"]
+    my_method = "my_pkg.module:MyAggregator"
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from importlib import metadata
+from typing import Any
+
+from mtlcheck.aggregators._base import Aggregator
+
+ENTRY_POINT_GROUP = "mtlcheck.aggregators"
+_REGISTRY: dict[str, type[Aggregator]] = {}
+_entry_points_loaded = False
+
+
+def register_aggregator(name: str):
+    """Class decorator: register an Aggregator subclass under `name` (duplicates raise)."""
+
+    def decorate(cls: type[Aggregator]) -> type[Aggregator]:
+        _add(name, cls)
+        return cls
+
+    return decorate
+
+
+def _add(name: str, cls: Any) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"aggregator name must be a non-empty string, got {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
+        raise TypeError(f"{name!r}: only Aggregator subclasses can be registered, got {cls!r}")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"an aggregator named {name!r} is already registered ({_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})")
+    cls.name = name
+    _REGISTRY[name] = cls
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # noqa: BLE001 - re-raised with the entry point named
+            raise ImportError(f"could not load aggregator entry point {ep.name!r} ({ep.value}): {exc}") from exc
+        _add(ep.name, cls)
+
+
+def aggregator_class(name: str) -> type[Aggregator]:
+    """The class registered under `name`; 'pkg.module:Class' imports any Aggregator subclass."""
+    if ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import aggregator {name!r}: {exc}") from exc
+        if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
+            raise ValueError(f"{name!r} is not an Aggregator subclass")
+        return cls
+    _load_entry_points()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown aggregator {name!r}; known: {known}") from None
+
+
+def get_aggregator(name: str, **params: Any) -> Aggregator:
+    """An instance of the method registered under `name`, built with `params`."""
+    return aggregator_class(name)(**params)
+
+
+def list_aggregators(pattern: str = "*", tags: dict[str, Any] | None = None) -> list[str]:
+    """Registered names matching the fnmatch `pattern` whose default instance has these tag values."""
+    _load_entry_points()
+    names = sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    if tags:
+        names = [n for n in names if all(getattr(_REGISTRY[n]().tags(), k) == v for k, v in tags.items())]
+    return names

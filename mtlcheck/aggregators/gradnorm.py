@@ -1,0 +1,67 @@
+"""GradNorm (Chen et al. 2018): balance gradient norms by learnable task weights.
+
+Weights w (init 1, renormalised to Σ w = T). With n_i = ‖g_i‖ (over all shared blocks, or the
+last block only: `norm_blocks="last"`, the paper's "last shared layer"), G_i = w_i n_i,
+r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0)) with L(0) the first call's losses, and the target
+mean(G) · r_i^α held constant, the GradNorm loss Σ_i |G_i − target_i| has
+∂/∂w_i = sign(G_i − target_i) n_i. Each call returns the current w (direction Σ w_i g_i) and
+then steps w (SGD, lr/momentum), keeps it ≥ 0 and renormalises it to sum T — so the weights keep
+learning at every step (a peer's GradNorm silently stops after the first step).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._optim import check_lr, sgd_momentum
+from mtlcheck.aggregators._registry import register_aggregator
+
+
+@register_aggregator("gradnorm")
+class GradNorm(WeightingAggregator):
+    def __init__(self, *, alpha: float = 1.5, lr: float = 1e-4, momentum: float = 0.9, norm_blocks: str = "all",
+                 seed: int = 0):
+        super().__init__(seed=seed)
+        check_lr("GradNorm", lr, momentum)
+        if not alpha >= 0:
+            raise ValueError(f"GradNorm: alpha must be >= 0, got {alpha!r}")
+        if norm_blocks not in ("all", "last"):
+            raise ValueError(f"GradNorm: norm_blocks must be 'all' or 'last', got {norm_blocks!r}")
+        self.alpha, self.lr, self.momentum, self.norm_blocks = alpha, lr, momentum, norm_blocks
+        self._w = self._velocity = self._initial_losses = None
+
+    def tags(self) -> AggregatorTags:
+        return AggregatorTags(inputs=frozenset({"grads", "losses"}), nonneg_weights=True, stateful=True)
+
+    def _reset_state(self):
+        self._w = self._velocity = self._initial_losses = None
+
+    def _get_state(self):
+        return {"w": self._w, "velocity": self._velocity, "initial_losses": self._initial_losses}
+
+    def _set_state(self, state):
+        self._w, self._velocity, self._initial_losses = state["w"], state["velocity"], state["initial_losses"]
+
+    def _weights(self, J, losses):
+        n = J.n_tasks
+        if self._w is None:
+            if bool((losses <= 0).any()):
+                raise ValueError(f"{self!r}: initial losses must be positive to form loss ratios, got {losses.tolist()}")
+            self._w = torch.ones(n, dtype=torch.float64)
+            self._velocity = torch.zeros(n, dtype=torch.float64)
+            self._initial_losses = losses.clone()
+        grams = J.block_grams()
+        gram = grams[-1] if self.norm_blocks == "last" else grams.sum(0)
+        norms = gram.diagonal().clamp_min(0).sqrt()
+        w = self._w.clone()
+        weighted = w * norms
+        ratio = losses / self._initial_losses
+        target = weighted.mean() * (ratio / ratio.mean()) ** self.alpha
+        grad = torch.sign(weighted - target) * norms
+        new, self._velocity = sgd_momentum(self._w, grad, self._velocity, self.lr, self.momentum)
+        new = new.clamp_min(0)
+        if not new.sum() > 0:
+            raise RuntimeError(f"{self!r}: every weight was driven to zero; lower lr")
+        self._w = new * n / new.sum()
+        return w

@@ -1,0 +1,112 @@
+"""Gradient Vaccine (Wang et al. 2021): adaptive gradient similarity targets.
+
+State φ̂_ij (per group k), initialised to 0, an EMA of the observed cosines. For each task i and,
+in a random order, each j ≠ i: with ρ = cos(g_i', g_j), if ρ < φ̂_ij then
+    g_i' ← g_i' + ‖g_i'‖ (φ̂_ij √(1−ρ²) − ρ √(1−φ̂_ij²)) / (‖g_j‖ √(1−φ̂_ij²)) · g_j,
+which makes cos(g_i', g_j) exactly φ̂_ij; then always φ̂_ij ← (1−β) φ̂_ij + β ρ.
+direction = Σ_i g_i'. Groups (`group_type`): "whole" model (one group), "module" (blocks that
+share a module path), "parameter" (each block). All of it runs on Gram matrices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator
+from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.aggregators.pcgrad import random_order
+
+GROUP_TYPES = ("whole", "module", "parameter")
+
+
+def group_blocks(names, group_type: str) -> list[list[int]]:
+    """Block indices per group: one group, per module path (name up to the last '.'), or per block."""
+    if group_type == "whole":
+        return [list(range(len(names)))]
+    if group_type == "parameter":
+        return [[k] for k in range(len(names))]
+    groups: dict[str, list[int]] = {}
+    for k, name in enumerate(names):
+        groups.setdefault(name.rpartition(".")[0], []).append(k)
+    return list(groups.values())
+
+
+@register_aggregator("gradvac")
+class GradVac(Aggregator):
+    def __init__(self, *, beta: float = 0.5, group_type: str = "whole", eps: float = 1e-8, seed: int = 0):
+        super().__init__(seed=seed)
+        if not 0.0 < beta <= 1.0:
+            raise ValueError(f"GradVac: beta must be in (0, 1], got {beta!r}")
+        if group_type not in GROUP_TYPES:
+            raise ValueError(f"GradVac: group_type must be one of {GROUP_TYPES}, got {group_type!r}")
+        if eps < 0:
+            raise ValueError(f"GradVac: eps must be >= 0, got {eps!r}")
+        self.beta, self.group_type, self.eps = beta, group_type, eps
+        self._targets: torch.Tensor | None = None  # (K, T, T)
+
+    def tags(self) -> AggregatorTags:
+        return AggregatorTags(
+            family="projection",
+            weighted=self.group_type == "whole",
+            nonneg_weights=False,
+            stateful=True,
+            stochastic=True,
+            task_symmetric=False,
+        )
+
+    def _reset_state(self):
+        self._targets = None
+
+    def _get_state(self):
+        return {"targets": self._targets}
+
+    def _set_state(self, state):
+        self._targets = state["targets"]
+
+    def _groups_and_grams(self, J):
+        groups = group_blocks(J.names, self.group_type)
+        block_grams = J.block_grams()
+        grams = torch.stack([block_grams[g].sum(0) for g in groups])
+        if self._targets is not None and self._targets.shape[0] != len(groups):
+            raise ValueError(f"{self!r}: state has {self._targets.shape[0]} groups but G has {len(groups)}; call reset()")
+        return groups, grams
+
+    def surgery(self, J) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, targets) for the current state without changing it: g_i' = C[k, i] G per group k.
+
+        Also returns the cosines ρ observed before each correction (to update the EMA) as
+        `self._last_rho`."""
+        groups, grams = self._groups_and_grams(J)
+        n = J.n_tasks
+        targets = self._targets if self._targets is not None else torch.zeros(len(groups), n, n, dtype=torch.float64)
+        C = torch.eye(n, dtype=torch.float64).repeat(len(groups), 1, 1)
+        rho_seen = targets.clone()
+        for i in range(n):
+            for j in random_order(n, i, self.generator):
+                for k, M in enumerate(grams):
+                    norm_i = math.sqrt(max(float(C[k, i] @ M @ C[k, i]), 0.0))
+                    norm_j = math.sqrt(max(float(M[j, j]), 0.0))
+                    if norm_i == 0.0 or norm_j == 0.0:
+                        continue
+                    rho = float(C[k, i] @ M[:, j]) / (norm_i * norm_j)
+                    target = float(targets[k, i, j])
+                    rho_seen[k, i, j] = rho
+                    if rho < target:
+                        a = norm_i * (target * math.sqrt(max(1 - rho**2, 0.0)) - rho * math.sqrt(max(1 - target**2, 0.0)))
+                        C[k, i, j] += a / (norm_j * math.sqrt(max(1 - target**2, 0.0)) + self.eps)
+        self._last_rho = rho_seen
+        return C, targets
+
+    def _aggregate(self, J, losses):
+        C, targets = self.surgery(J)
+        self._targets = (1 - self.beta) * targets + self.beta * self._last_rho
+        per_group = C.sum(1)  # (K, T)
+        if self.group_type == "whole":
+            return Aggregation(J.combine(per_group[0]), per_group[0])
+        groups = group_blocks(J.names, self.group_type)
+        per_block = torch.empty(len(J.blocks), J.n_tasks, dtype=torch.float64)
+        for k, g in enumerate(groups):
+            per_block[g] = per_group[k]
+        return Aggregation(J.combine_per_block(per_block), None)

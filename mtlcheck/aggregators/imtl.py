@@ -1,0 +1,75 @@
+"""IMTL (Liu et al. 2021): impartial multi-task learning, gradient (G) and loss (L) parts.
+
+IMTL-G: find the direction d = Σ_i α_i g_i with Σ_i α_i = 1 whose projections onto the unit
+task gradients u_i = g_i/‖g_i‖ are all equal. With M = G Gᵀ and n_i = ‖g_i‖ this is the linear
+system M α = c n, 1ᵀ α = 1, solved in the least-squares sense (minimum-norm α) so that
+rank-deficient G (identical or opposite rows) stays finite. Defining property: u_iᵀ d equal for
+all i.
+IMTL-L (`loss_balance=True`, the paper's hybrid): losses are scaled e^{s_i} L_i − s_i, so task
+gradients become e^{s_i} g_i; s is stepped with ∂/∂s_i = e^{s_i} L_i − 1 (SGD, lr/momentum).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._optim import check_lr, sgd_momentum
+from mtlcheck.aggregators._registry import register_aggregator
+
+
+def equal_projection_weights(gram: torch.Tensor) -> torch.Tensor:
+    """α with Σα = 1 and equal projections of Σ α_i g_i on every u_i (zeros when G = 0)."""
+    n = gram.shape[0]
+    trace = float(gram.trace())
+    if trace <= 0:
+        return torch.zeros(n, dtype=torch.float64)
+    M = gram / trace
+    norms = M.diagonal().clamp_min(0).sqrt()
+    A = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+    A[:n, :n] = M
+    A[:n, n] = -norms
+    A[n, :n] = 1.0
+    b = torch.zeros(n + 1, dtype=torch.float64)
+    b[n] = 1.0
+    sol = torch.linalg.pinv(A, rtol=1e-12) @ b
+    return sol[:n]
+
+
+@register_aggregator("imtl")
+class IMTL(WeightingAggregator):
+    def __init__(self, *, loss_balance: bool = True, lr: float = 1e-4, momentum: float = 0.9, seed: int = 0):
+        super().__init__(seed=seed)
+        check_lr("IMTL", lr, momentum)
+        self.loss_balance, self.lr, self.momentum = loss_balance, lr, momentum
+        self._s: torch.Tensor | None = None
+        self._velocity: torch.Tensor | None = None
+
+    def tags(self) -> AggregatorTags:
+        return AggregatorTags(
+            inputs=frozenset({"grads", "losses"} if self.loss_balance else {"grads"}),
+            family="solver",
+            stateful=self.loss_balance,
+            reduction="mean",
+        )
+
+    def _reset_state(self):
+        self._s = self._velocity = None
+
+    def _get_state(self):
+        return {"s": self._s, "velocity": self._velocity}
+
+    def _set_state(self, state):
+        self._s, self._velocity = state["s"], state["velocity"]
+
+    def _weights(self, J, losses):
+        n = J.n_tasks
+        if not self.loss_balance:
+            return equal_projection_weights(J.gram())
+        if self._s is None:
+            self._s = torch.zeros(n, dtype=torch.float64)
+            self._velocity = torch.zeros(n, dtype=torch.float64)
+        scale = self._s.exp()
+        alpha = equal_projection_weights(J.gram() * torch.outer(scale, scale))
+        self._s, self._velocity = sgd_momentum(self._s, scale * losses - 1.0, self._velocity, self.lr, self.momentum)
+        return alpha * scale

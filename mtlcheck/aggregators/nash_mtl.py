@@ -1,0 +1,117 @@
+"""Nash-MTL (Navon et al. 2022): the Nash bargaining solution of the task gradients.
+
+Find α > 0 with (M α)_i = 1/α_i, M = G Gᵀ / ‖G Gᵀ‖_F (the official code's normalisation);
+direction = Σ_i α_i g_i, clipped to norm `max_norm` (1.0, as the official code; None = off).
+The equations are the stationarity conditions of the strictly convex
+    f(α) = ½ αᵀ M α − Σ_i log α_i,
+solved here by damped Newton steps (warm-started from the last solution). f is unbounded below,
+so no solution exists, exactly when a non-negative, non-zero combination of the gradients
+vanishes (e.g. g and −g): then a SolverError is raised — never a silent fall back to equal
+weighting (peers return EW when their ECOS solver is missing or fails). Tasks whose gradient is
+zero get α = 0 and are left out of the bargaining. `update_weights_every` reuses α for k steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator, SolverError
+from mtlcheck.aggregators._registry import register_aggregator
+
+
+def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
+    """Solve M α = 1/α (α > 0) by Newton's method on f(α) = ½αᵀMα − Σ log α."""
+    alpha = alpha0.astype(np.float64).copy()
+
+    def f(a):
+        return 0.5 * a @ M @ a - np.log(a).sum()
+
+    for _ in range(max_iter):
+        grad = M @ alpha - 1.0 / alpha
+        if np.abs(grad * alpha).max() < tol:  # scale-free residual |α_i (Mα)_i − 1|
+            return alpha
+        H = M + np.diag(1.0 / alpha**2)
+        step = -np.linalg.solve(H, grad)
+        t = 1.0
+        neg = step < 0
+        if neg.any():
+            t = min(1.0, 0.99 * float(np.min(-alpha[neg] / step[neg])))
+        f0, slope = f(alpha), float(grad @ step)
+        while f(alpha + t * step) > f0 + 1e-4 * t * slope and t > 1e-12:
+            t *= 0.5
+        alpha = alpha + t * step
+        if not np.all(np.isfinite(alpha)) or alpha.max() > 1e12:
+            break
+    raise SolverError(
+        "Nash-MTL: no bargaining solution found (M α = 1/α diverged or did not converge); this happens when "
+        "a non-negative combination of the task gradients vanishes, e.g. two exactly opposite gradients"
+    )
+
+
+@register_aggregator("nash_mtl")
+class NashMTL(Aggregator):
+    def __init__(self, *, max_norm: float | None = 1.0, update_weights_every: int = 1, warm_start: bool = True,
+                 tol: float = 1e-10, max_iter: int = 100, seed: int = 0):
+        super().__init__(seed=seed)
+        if max_norm is not None and not max_norm > 0:
+            raise ValueError(f"NashMTL: max_norm must be > 0 or None, got {max_norm!r}")
+        if not (isinstance(update_weights_every, int) and update_weights_every >= 1):
+            raise ValueError(f"NashMTL: update_weights_every must be an int >= 1, got {update_weights_every!r}")
+        self.max_norm, self.update_weights_every, self.warm_start = max_norm, update_weights_every, warm_start
+        self.tol, self.max_iter = tol, max_iter
+        self._alpha: np.ndarray | None = None
+        self._step = 0
+
+    def tags(self) -> AggregatorTags:
+        return AggregatorTags(
+            family="solver",
+            nonneg_weights=True,
+            stateful=self.warm_start or self.update_weights_every > 1,
+            reduction="sum" if self.max_norm is None else "other",
+            homogeneity=1 if self.max_norm is None else None,
+            requires_solver="newton",
+        )
+
+    def identical_rows_scale(self, n_tasks):
+        return float(n_tasks) if self.max_norm is None else None
+
+    def _reset_state(self):
+        self._alpha, self._step = None, 0
+
+    def _get_state(self):
+        return {"alpha": self._alpha, "step": self._step}
+
+    def _set_state(self, state):
+        self._alpha, self._step = state["alpha"], state["step"]
+
+    def _solve(self, M: np.ndarray, alpha0: np.ndarray) -> np.ndarray:
+        return nash_newton(M, alpha0, tol=self.tol, max_iter=self.max_iter)
+
+    def solve_weights(self, gram: torch.Tensor) -> torch.Tensor:
+        n = gram.shape[0]
+        active = (gram.diagonal() > 0).numpy()
+        alpha = np.zeros(n)
+        if active.any():
+            M = gram.numpy()[np.ix_(active, active)]
+            M = M / np.linalg.norm(gram.numpy())
+            start = np.ones(active.sum())
+            if self.warm_start and self._alpha is not None and np.all(self._alpha[active] > 0):
+                start = self._alpha[active]
+            alpha[active] = self._solve(M, start)
+        return torch.from_numpy(alpha)
+
+    def _aggregate(self, J, losses):
+        if self._alpha is None or self._step % self.update_weights_every == 0:
+            alpha = self.solve_weights(J.gram())
+        else:
+            alpha = torch.from_numpy(self._alpha)
+        self._step += 1
+        if self.warm_start or self.update_weights_every > 1:
+            self._alpha = alpha.numpy().copy()
+        weights = alpha
+        if self.max_norm is not None:
+            norm = float(alpha @ J.gram() @ alpha) ** 0.5
+            if norm > self.max_norm:
+                weights = alpha * (self.max_norm / norm)
+        return Aggregation(J.combine(weights), weights)

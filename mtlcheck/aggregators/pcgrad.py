@@ -1,0 +1,47 @@
+"""PCGrad (Yu et al. 2020): gradient surgery by projection onto normal planes.
+
+For each task i, in a random order of the other tasks j: if ⟨g_i', g_j⟩ < 0 then
+g_i' ← g_i' − ⟨g_i', g_j⟩/‖g_j‖² · g_j (projections against the ORIGINAL g_j);
+direction = Σ_i g_i'. Every g_i' is a combination of the original gradients, so the surgery runs
+on the T×T Gram matrix (coefficients C with g_i' = Σ_j C_ij g_j) and the direction is
+(Σ_i C_i) G. Defining property: for T = 2, ⟨g_1', g_2⟩ ≥ 0 and ⟨g_2', g_1⟩ ≥ 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator
+from mtlcheck.aggregators._registry import register_aggregator
+
+
+def random_order(n: int, i: int, generator: torch.Generator) -> list[int]:
+    """The other tasks j ≠ i in a random order drawn from `generator`."""
+    others = [j for j in range(n) if j != i]
+    return [others[k] for k in torch.randperm(len(others), generator=generator).tolist()]
+
+
+@register_aggregator("pcgrad")
+class PCGrad(Aggregator):
+    def __init__(self, *, seed: int = 0):
+        super().__init__(seed=seed)
+
+    def tags(self) -> AggregatorTags:
+        return AggregatorTags(family="projection", nonneg_weights=True, stochastic=True, task_symmetric=False)
+
+    def surgery(self, J) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, targets): g_i' = C_i G, and the cosine each pair must reach (0 for PCGrad)."""
+        M = J.gram()
+        n = M.shape[0]
+        C = torch.eye(n, dtype=torch.float64)
+        for i in range(n):
+            for j in random_order(n, i, self.generator):
+                dot = C[i] @ M[:, j]
+                if dot < 0 and M[j, j] > 0:
+                    C[i, j] -= dot / M[j, j]
+        return C, torch.zeros(n, n, dtype=torch.float64)
+
+    def _aggregate(self, J, losses):
+        C, _ = self.surgery(J)
+        w = C.sum(0)
+        return Aggregation(J.combine(w), w)

@@ -1,0 +1,51 @@
+"""Uncertainty weighting (Kendall et al. 2018).
+
+Total loss Σ_i ½ (e^{−s_i} L_i + s_i) with learnable log-variances s = log σ² (init `init`),
+so w_i = ½ e^{−s_i}. s is stepped with ∂/∂s_i = ½ (1 − e^{−s_i} L_i) (SGD, lr/momentum) after
+the weights of the current step are taken. Loss-only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._optim import check_lr, sgd_momentum
+from mtlcheck.aggregators._registry import register_aggregator
+
+
+@register_aggregator("uncertainty")
+class Uncertainty(WeightingAggregator):
+    def __init__(self, *, init: float = 0.0, lr: float = 1e-4, momentum: float = 0.9, seed: int = 0):
+        super().__init__(seed=seed)
+        check_lr("Uncertainty", lr, momentum)
+        if not math.isfinite(init):
+            raise ValueError(f"Uncertainty: init must be finite, got {init!r}")
+        self.init, self.lr, self.momentum = init, lr, momentum
+        self._s: torch.Tensor | None = None
+        self._velocity: torch.Tensor | None = None
+
+    def tags(self) -> AggregatorTags:
+        return AggregatorTags(inputs=frozenset({"losses"}), nonneg_weights=True, stateful=True, reduction="other")
+
+    def identical_rows_scale(self, n_tasks):
+        return n_tasks * 0.5 * math.exp(-self.init)
+
+    def _reset_state(self):
+        self._s = self._velocity = None
+
+    def _get_state(self):
+        return {"s": self._s, "velocity": self._velocity}
+
+    def _set_state(self, state):
+        self._s, self._velocity = state["s"], state["velocity"]
+
+    def _weights(self, J, losses):
+        if self._s is None:
+            self._s = torch.full((losses.shape[0],), float(self.init), dtype=torch.float64)
+            self._velocity = torch.zeros_like(self._s)
+        w = 0.5 * torch.exp(-self._s)
+        self._s, self._velocity = sgd_momentum(self._s, 0.5 - w * losses, self._velocity, self.lr, self.momentum)
+        return w

@@ -1,0 +1,157 @@
+"""The T×d matrix of task gradients, stored as per-parameter (or per-feature-tensor) blocks.
+
+`Jacobian` is what every aggregator receives. Row i is the gradient g_i of task loss L_i with
+respect to the shared parameters (parameter level) or the shared representation Z (feature
+level). The gradient engine never flattens it: each block is a (T, n_k) view of one parameter's
+(or one Z tensor's) gradients, so that
+
+* the Gram matrix G Gᵀ is the sum of per-block T×T products, accumulated in float64 (a single
+  float32 product over 11M parameters is off by ~1e-2, see research/perf.md §2);
+* a weighted direction Σ_i w_i g_i is formed per block and written straight into `.grad`.
+
+A plain (T, d) tensor is a one-block Jacobian (`Jacobian.from_matrix`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+_GRAM_CHUNK = 1 << 16  # columns per float32 product in the Gram (keeps its relative error ~1e-6)
+
+
+@dataclass(frozen=True, eq=False)
+class Jacobian:
+    """Task gradients as blocks of shape (T, n_k).
+
+    Attributes:
+        blocks: the (T, n_k) blocks, one per parameter or Z tensor.
+        shapes: the shape each block's columns come from (the parameter's or Z tensor's shape).
+        names: a name per block (parameter name or ``"z0"``, ``"z1"``, ...).
+        level: ``"parameter"`` or ``"feature"``. At feature level every shape starts with the
+            batch dimension.
+        activations: at feature level, the values of Z (one tensor per block, same shapes), so
+            that methods like GradDrop can use sign(Z); None otherwise.
+    """
+
+    blocks: tuple[torch.Tensor, ...]
+    shapes: tuple[torch.Size, ...]
+    names: tuple[str, ...]
+    level: str = "parameter"
+    activations: tuple[torch.Tensor, ...] | None = None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not self.blocks:
+            raise ValueError("Jacobian needs at least one block")
+        if len(self.shapes) != len(self.blocks) or len(self.names) != len(self.blocks):
+            raise ValueError("Jacobian: blocks, shapes and names must have the same length")
+        if self.level not in ("parameter", "feature"):
+            raise ValueError(f"Jacobian level must be 'parameter' or 'feature', got {self.level!r}")
+        t = self.blocks[0].shape[0] if self.blocks[0].ndim == 2 else None
+        for name, block, shape in zip(self.names, self.blocks, self.shapes):
+            if block.ndim != 2:
+                raise ValueError(f"Jacobian block {name!r} must be 2-D (T, n), got shape {tuple(block.shape)}")
+            if block.shape[0] != t:
+                raise ValueError(f"Jacobian block {name!r} has {block.shape[0]} rows, expected T={t}")
+            if block.shape[1] != math.prod(shape):
+                raise ValueError(f"Jacobian block {name!r} has {block.shape[1]} columns but shape {tuple(shape)}")
+        if self.activations is not None:
+            if len(self.activations) != len(self.blocks):
+                raise ValueError("Jacobian: one activation tensor per block is required")
+            for name, a, shape in zip(self.names, self.activations, self.shapes):
+                if a.shape != shape:
+                    raise ValueError(f"activations for {name!r} have shape {tuple(a.shape)}, expected {tuple(shape)}")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_matrix(cls, matrix: torch.Tensor, *, name: str = "G") -> "Jacobian":
+        """A one-block Jacobian from a (T, d) tensor."""
+        if not isinstance(matrix, torch.Tensor):
+            raise TypeError(f"G must be a torch.Tensor of shape (T, d), got {type(matrix).__name__}")
+        if matrix.ndim != 2:
+            raise ValueError(f"G must have shape (T, d), got {tuple(matrix.shape)}")
+        return cls(blocks=(matrix,), shapes=(torch.Size([matrix.shape[1]]),), names=(name,))
+
+    @classmethod
+    def from_task_grads(
+        cls,
+        per_task: Sequence[Sequence[torch.Tensor | None]],
+        like: Sequence[torch.Tensor],
+        names: Sequence[str],
+        *,
+        level: str = "parameter",
+        activations: Sequence[torch.Tensor] | None = None,
+    ) -> "Jacobian":
+        """Stack per-task gradient lists (T lists of K tensors; None = no gradient = zeros)."""
+        blocks = []
+        for k, ref in enumerate(like):
+            rows = [
+                torch.zeros(ref.numel(), dtype=ref.dtype, device=ref.device) if g[k] is None else g[k].reshape(-1)
+                for g in per_task
+            ]
+            blocks.append(torch.stack(rows))
+        acts = None if activations is None else tuple(a.detach() for a in activations)
+        return cls(tuple(blocks), tuple(r.shape for r in like), tuple(names), level, acts)
+
+    # -- shape ----------------------------------------------------------------------------------
+    @property
+    def n_tasks(self) -> int:
+        return self.blocks[0].shape[0]
+
+    @property
+    def dim(self) -> int:
+        return sum(b.shape[1] for b in self.blocks)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.blocks[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.blocks[0].device
+
+    # -- derived quantities -------------------------------------------------------------------
+    def block_grams(self) -> torch.Tensor:
+        """Per-block Gram matrices, shape (K, T, T), float64 on the CPU."""
+        if "block_grams" not in self._cache:
+            grams = []
+            for b in self.blocks:
+                if b.dtype == torch.float64:
+                    grams.append(b @ b.T)
+                else:
+                    # products in the input precision over column chunks, accumulated in float64
+                    acc = torch.zeros(b.shape[0], b.shape[0], dtype=torch.float64, device=b.device)
+                    for chunk in b.split(_GRAM_CHUNK, dim=1):
+                        acc += (chunk @ chunk.T).to(torch.float64)
+                    grams.append(acc)
+            self._cache["block_grams"] = torch.stack(grams).cpu()
+        return self._cache["block_grams"]
+
+    def gram(self) -> torch.Tensor:
+        """G Gᵀ, shape (T, T), float64 on the CPU, symmetrised."""
+        if "gram" not in self._cache:
+            g = self.block_grams().sum(0)
+            self._cache["gram"] = (g + g.T) / 2
+        return self._cache["gram"]
+
+    def matrix(self) -> torch.Tensor:
+        """The full (T, d) matrix (a copy unless there is a single block)."""
+        return self.blocks[0] if len(self.blocks) == 1 else torch.cat(self.blocks, dim=1)
+
+    def combine(self, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Σ_i w_i g_i per block; weights (T,) in any dtype/device, cast to the blocks'."""
+        w = weights.to(dtype=self.dtype, device=self.device)
+        return tuple(w @ b for b in self.blocks)
+
+    def combine_per_block(self, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-block weights (K, T): block k gets Σ_i w_ki g_i."""
+        w = weights.to(dtype=self.dtype, device=self.device)
+        return tuple(w[k] @ b for k, b in enumerate(self.blocks))
+
+    def map_blocks(self, fn) -> "Jacobian":
+        """A Jacobian with fn applied to every block (same shapes and names)."""
+        return Jacobian(tuple(fn(b) for b in self.blocks), self.shapes, self.names, self.level, self.activations)
