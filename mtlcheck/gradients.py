@@ -1,0 +1,228 @@
+"""The gradient engine: per-task gradients, aggregation, and the write into `.grad`.
+
+Every step is a two-stage step (research/perf.md §7):
+
+1. z = model.encode(batch); the heads run on a detached copy z̃ (requires_grad), so the per-task
+   feature gradients ∇_Z L_i come from T cheap backward passes through the heads only;
+2. the shared encoder is back-propagated from Z:
+   * loss-only methods (EW, RLW, UW, DWA, FAMO): once, with Σ_i w_i ∇_Z L_i — the cost of a plain
+     backward of Σ_i w_i L_i, whatever T is;
+   * gradient methods at the feature level ("fast surrogate", e.g. MGDA-UB): once, with the
+     aggregated direction over the flattened B×F Jacobian of Z;
+   * gradient methods at the parameter level: T vector-Jacobian products give the rows g_i
+     (kept as per-parameter blocks), then the aggregated direction is written per parameter.
+   The two-stage parameter-level Jacobian is bitwise equal to T separate autograd.grad(L_i)
+   calls (perf.md §2).
+
+Head parameters: under gradient methods each head gets the unweighted gradient of the losses
+that reach it (its own loss, paper §2); under loss-only methods every parameter gets the
+gradient of the weighted loss. Second-order methods (CosReg) differentiate their penalty with
+double backprop instead. Loss-only methods have no feature-level variant: asking for one raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from mtlcheck.aggregators import Aggregator
+from mtlcheck.jacobian import Jacobian
+from mtlcheck.models._base import MultiTaskModel, as_tuple
+
+LEVELS = ("parameter", "feature")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A task loss is NaN or inf: the run has diverged at this step."""
+
+
+@dataclass
+class StepResult:
+    """What one engine step computed (all detached).
+
+    losses: (T,) float64 task losses. weights: the method's task weights, or None.
+    jacobian: the Jacobian the method saw (parameter or feature level), when one was built.
+    feature_grads: per Z tensor, the (T, *Z.shape) feature gradients ∇_Z L_i, when computed.
+    param_gram: the (T, T) float64 Gram of the parameter-level gradients, when computed.
+    """
+
+    losses: torch.Tensor
+    weights: torch.Tensor | None
+    jacobian: Jacobian | None = None
+    feature_grads: tuple[torch.Tensor, ...] | None = None
+    param_gram: torch.Tensor | None = None
+
+
+def _accumulate(params, grads, scale: float | torch.Tensor | None = None) -> None:
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        if scale is not None:
+            g = g * scale
+        p.grad = g.detach().clone() if p.grad is None else p.grad + g.detach()
+
+
+def _task_losses(model: MultiTaskModel, z, batch) -> torch.Tensor:
+    losses = model.task_losses(z, batch)
+    names = tuple(losses)
+    if names != tuple(model.task_names):
+        raise ValueError(f"{type(model).__name__}.task_losses returned tasks {names}, expected {tuple(model.task_names)}")
+    for name, value in losses.items():
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            raise ValueError(f"loss {name!r} must be a scalar tensor, got {getattr(value, 'shape', type(value))}")
+    stacked = torch.stack(list(losses.values()))
+    if not torch.isfinite(stacked).all():
+        bad = [n for n, v in losses.items() if not torch.isfinite(v)]
+        raise NonFiniteLossError(f"non-finite task loss(es) {bad}: {[float(v) for v in losses.values()]}")
+    return stacked
+
+
+def _zeros_for_none(grads, like):
+    return [torch.zeros_like(r) if g is None else g for g, r in zip(grads, like)]
+
+
+def parameter_jacobian(
+    zs: tuple[torch.Tensor, ...],
+    feature_grads: list[list[torch.Tensor]],
+    shared: list[tuple[str, torch.nn.Parameter]],
+    *,
+    batched: bool = False,
+    retain_graph: bool = False,
+) -> Jacobian:
+    """Rows g_i = (∂Z/∂θ)ᵀ ∇_Z L_i by T vector-Jacobian products through the encoder
+    (or one batched product with `batched=True`)."""
+    names = [n for n, _ in shared]
+    params = [p for _, p in shared]
+    n_tasks = len(feature_grads)
+    if batched:
+        outs = [torch.stack([feature_grads[i][k] for i in range(n_tasks)]) for k in range(len(zs))]
+        grads = torch.autograd.grad(zs, params, outs, retain_graph=retain_graph, allow_unused=True,
+                                    is_grads_batched=True)
+        per_task = [[None if g is None else g[i] for g in grads] for i in range(n_tasks)]
+    else:
+        per_task = []
+        for i in range(n_tasks):
+            keep = retain_graph or i < n_tasks - 1
+            per_task.append(torch.autograd.grad(zs, params, feature_grads[i], retain_graph=keep, allow_unused=True))
+    return Jacobian.from_task_grads(per_task, params, names, level="parameter")
+
+
+def feature_jacobian(zs, feature_grads: list[list[torch.Tensor]]) -> Jacobian:
+    """Rows ∇_Z L_i flattened over batch × features (Sener & Koltun's MGDA-UB convention)."""
+    return Jacobian.from_task_grads(feature_grads, zs, [f"z{k}" for k in range(len(zs))], level="feature",
+                                    activations=zs)
+
+
+def backward_step(
+    model: MultiTaskModel,
+    batch: Mapping[str, Any],
+    aggregator: Aggregator,
+    *,
+    level: str = "parameter",
+    feature_grads: bool = False,
+    param_gram: bool = False,
+    batched: bool = False,
+) -> StepResult:
+    """Forward `batch`, aggregate the task gradients with `aggregator`, and accumulate the result
+    into every parameter's `.grad` (call `optimizer.zero_grad()` before, `optimizer.step()` after).
+
+    level: "parameter" (gradients w.r.t. shared parameters) or "feature" (w.r.t. Z).
+    feature_grads / param_gram: also return ∇_Z L_i (for FD) / the parameter-level Gram (for
+    GDS and GMS) even when the method does not need them (monitoring steps).
+    batched: one batched vjp (is_grads_batched) instead of T vjps for the parameter Jacobian.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    tags = aggregator.tags()
+    if tags.loss_only and level == "feature":
+        raise ValueError(
+            f"{aggregator!r} weights the losses only; it has no feature-level variant (the encoder gradient "
+            "would be the same weighted loss gradient). Use level='parameter'."
+        )
+    shared = list(model.shared_parameters())
+    heads = [p for _, p in model.head_parameters()]
+    if tags.second_order:
+        return _second_order_step(model, batch, aggregator, level, shared, heads, feature_grads, param_gram)
+
+    z = model.encode(batch)
+    zs = as_tuple(z)
+    detached = tuple(t.detach().requires_grad_(True) for t in zs)
+    z_in = detached[0] if isinstance(z, torch.Tensor) else detached
+    L = _task_losses(model, z_in, batch)
+    n_tasks = L.shape[0]
+    L64 = L.detach().to(torch.float64).cpu()
+    inputs = list(detached) + heads
+    K = len(detached)
+
+    need_per_task = (not tags.loss_only) or feature_grads or param_gram
+    per_task_z: list[list[torch.Tensor]] = []
+    if need_per_task:
+        for i in range(n_tasks):
+            grads = torch.autograd.grad(L[i], inputs, retain_graph=True, allow_unused=True)
+            per_task_z.append(_zeros_for_none(grads[:K], detached))
+            if not tags.loss_only:
+                _accumulate(heads, grads[K:])
+    fgrads = tuple(torch.stack([per_task_z[i][k] for i in range(n_tasks)]) for k in range(K)) if need_per_task else None
+
+    gram = None
+    if tags.loss_only:
+        out = aggregator(None, L64)
+        w = out.weights.to(dtype=L.dtype, device=L.device)
+        grads = torch.autograd.grad((w * L).sum(), inputs, allow_unused=True)
+        _accumulate(heads, grads[K:])
+        z_dir = _zeros_for_none(grads[:K], detached)
+        if param_gram:
+            gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True).gram()
+        torch.autograd.backward(zs, z_dir)
+        return StepResult(L64, out.weights, None, fgrads, gram)
+
+    if level == "feature":
+        J = feature_jacobian(detached, per_task_z)
+        out = aggregator(J, L64)
+        if param_gram:
+            gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True).gram()
+        torch.autograd.backward(zs, [b.reshape(s) for b, s in zip(out.blocks, J.shapes)])
+        return StepResult(L64, out.weights, J, fgrads, gram)
+
+    J = parameter_jacobian(zs, per_task_z, shared, batched=batched)
+    out = aggregator(J, L64)
+    _accumulate([p for _, p in shared], [b.reshape(s) for b, s in zip(out.blocks, J.shapes)])
+    return StepResult(L64, out.weights, J, fgrads if feature_grads else None, J.gram())
+
+
+def _second_order_step(model, batch, aggregator, level, shared, heads, want_feature_grads, want_param_gram):
+    """Σ_i L_i + penalty(g_1..g_T), the g_i taken with create_graph=True (double backprop)."""
+    z = model.encode(batch)
+    zs = as_tuple(z)
+    L = _task_losses(model, z, batch)
+    n_tasks = L.shape[0]
+    shared_params = [p for _, p in shared]
+    wrt = list(zs) if level == "feature" else shared_params
+    rows = [
+        _zeros_for_none(torch.autograd.grad(L[i], wrt, create_graph=True, allow_unused=True), wrt)
+        for i in range(n_tasks)
+    ]
+    blocks = [torch.stack([rows[i][k].reshape(-1) for i in range(n_tasks)]) for k in range(len(wrt))]
+    penalty = aggregator.penalty_term(blocks)
+    names = [f"z{k}" for k in range(len(wrt))] if level == "feature" else [n for n, _ in shared]
+    J = Jacobian(tuple(b.detach() for b in blocks), tuple(t.shape for t in wrt), tuple(names), level,
+                 tuple(t.detach() for t in zs) if level == "feature" else None)
+    fgrads = None
+    if level == "feature":
+        fgrads = tuple(b.detach().reshape(n_tasks, *t.shape) for b, t in zip(blocks, zs))
+    elif want_feature_grads:
+        fz = [_zeros_for_none(torch.autograd.grad(L[i], list(zs), retain_graph=True, allow_unused=True), zs)
+              for i in range(n_tasks)]
+        fgrads = tuple(torch.stack([fz[i][k] for i in range(n_tasks)]) for k in range(len(zs)))
+    gram = J.gram() if level == "parameter" else None
+    if want_param_gram and gram is None:
+        rows_p = [_zeros_for_none(torch.autograd.grad(L[i], shared_params, retain_graph=True, allow_unused=True),
+                                  shared_params) for i in range(n_tasks)]
+        gram = Jacobian.from_task_grads(rows_p, shared_params, [n for n, _ in shared]).gram()
+    params = shared_params + heads
+    grads = torch.autograd.grad(L.sum() + penalty, params, allow_unused=True)
+    _accumulate(params, grads)
+    weights = torch.ones(n_tasks, dtype=torch.float64)
+    return StepResult(L.detach().to(torch.float64).cpu(), weights, J, fgrads, gram)
