@@ -173,7 +173,10 @@ class Aggregator:
             if not tags.loss_only:
                 raise ValueError(f"{self!r} needs the task gradients G (T, d); got None")
             return None
-        J = G if isinstance(G, Jacobian) else Jacobian.from_matrix(G)
+        try:
+            J = G if isinstance(G, Jacobian) else Jacobian.from_matrix(G)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self!r}: {exc}") from None
         if J.n_tasks == 0:
             raise ValueError(f"{self!r}: G has T=0 tasks; at least one task gradient is required")
         if not J.dtype.is_floating_point:

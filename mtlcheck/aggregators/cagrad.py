@@ -36,7 +36,7 @@ class CAGrad(WeightingAggregator):
             nonneg_weights=True,
             reduction="other",
             non_conflicting=self.c >= 1,
-            requires_solver="scipy",
+            requires_solver="scipy" if self.c > 0 else None,
         )
 
     def identical_rows_scale(self, n_tasks):

@@ -27,10 +27,14 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
     def f(a):
         return 0.5 * a @ M @ a - np.log(a).sum()
 
+    def residual(a):  # scale-free: max_i |α_i (Mα)_i − 1|
+        return float(np.abs(a * (M @ a) - 1.0).max())
+
     for _ in range(max_iter):
-        grad = M @ alpha - 1.0 / alpha
-        if np.abs(grad * alpha).max() < tol:  # scale-free residual |α_i (Mα)_i − 1|
+        r0 = residual(alpha)
+        if r0 < tol:
             return alpha
+        grad = M @ alpha - 1.0 / alpha
         H = M + np.diag(1.0 / alpha**2)
         step = -np.linalg.solve(H, grad)
         t = 1.0
@@ -38,7 +42,8 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
         if neg.any():
             t = min(1.0, 0.99 * float(np.min(-alpha[neg] / step[neg])))
         f0, slope = f(alpha), float(grad @ step)
-        while f(alpha + t * step) > f0 + 1e-4 * t * slope and t > 1e-12:
+        # Armijo on f, or (near the solution, where f is flat to rounding) a smaller residual
+        while t > 1e-12 and f(alpha + t * step) > f0 + 1e-4 * t * slope and residual(alpha + t * step) > 0.9 * r0:
             t *= 0.5
         alpha = alpha + t * step
         if not np.all(np.isfinite(alpha)) or alpha.max() > 1e12:

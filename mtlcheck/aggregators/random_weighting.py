@@ -21,7 +21,9 @@ class _RandomWeights(WeightingAggregator):
         super().__init__(seed=seed)
 
     def tags(self) -> AggregatorTags:
-        return AggregatorTags(inputs=self._inputs, nonneg_weights=True, stochastic=True, reduction="mean")
+        # weights are drawn per task index: equivariant in distribution only, not draw by draw
+        return AggregatorTags(inputs=self._inputs, nonneg_weights=True, stochastic=True, reduction="mean",
+                              task_symmetric=False)
 
     def _weights(self, J, losses):
         n = J.n_tasks if J is not None else losses.shape[0]

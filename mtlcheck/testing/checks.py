@@ -1,0 +1,536 @@
+"""The conformance checks every aggregator must pass, generated from its tags.
+
+Each check is a plain function `check_*(make)` taking a zero-argument factory that returns a
+fresh aggregator, and raising AssertionError (with the aggregator and expectation named) on
+failure. `aggregator_checks(make)` yields the checks that apply to `make().tags()`, like
+scikit-learn's estimator checks: a check that cannot apply is never generated.
+Inputs are float64 and seeded; the default tolerance is 1e-6 relative to the input's scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import random
+import warnings
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from mtlcheck.aggregators import Aggregator, AggregatorTags, SolverError, SolverFallbackWarning
+from mtlcheck.aggregators._registry import _REGISTRY
+from mtlcheck.jacobian import Jacobian
+from mtlcheck.testing import samplers
+
+Factory = Callable[[], Aggregator]
+RTOL = 1e-6
+TASK_COUNTS = (2, 3, 5)
+DIM = 12
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _losses(n: int, seed: int = 0) -> torch.Tensor:
+    return 0.5 + torch.rand(n, generator=_gen(1000 + seed), dtype=torch.float64)
+
+
+def _call(agg: Aggregator, G: torch.Tensor, losses: torch.Tensor | None = None):
+    """Call with losses when the method reads them (always pass them: G-only methods ignore)."""
+    return agg(G, _losses(G.shape[0]) if losses is None else losses)
+
+
+def _direction(agg, G, losses=None) -> torch.Tensor:
+    return _call(agg, G, losses).direction
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, scale: float, rtol: float = RTOL) -> bool:
+    return bool(torch.allclose(a, b, rtol=0.0, atol=rtol * max(scale, 1e-300)))
+
+
+def _label(make: Factory) -> str:
+    return repr(make())
+
+
+def _grads_inputs(tags: AggregatorTags) -> bool:
+    return "grads" in tags.inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# API checks
+# ---------------------------------------------------------------------------------------------
+def check_registry_and_config(make: Factory) -> None:
+    """Registry name resolves to the class; config round-trips; repr shows non-default params;
+    construction does not touch the global RNG; tags() is an AggregatorTags."""
+    state = torch.get_rng_state()
+    agg = make()
+    assert torch.equal(state, torch.get_rng_state()), f"constructing {agg!r} consumed the global torch RNG"
+    cls = type(agg)
+    if cls.name:
+        assert _REGISTRY.get(cls.name) is cls, f"{cls.__name__}.name={cls.name!r} does not resolve to the class"
+    config = agg.get_config()
+    again = cls.from_config(config)
+    assert again.get_config() == config, f"{agg!r}: from_config(get_config()) changed the config"
+    assert repr(again) == repr(agg), f"repr differs after a config round trip: {again!r} vs {agg!r}"
+    for p in cls._init_parameters():
+        value = getattr(agg, p.name)
+        if p.default is p.empty or value != p.default:
+            assert f"{p.name}=" in repr(agg), f"repr {agg!r} hides the non-default parameter {p.name}"
+    assert isinstance(agg.tags(), AggregatorTags), f"{agg!r}.tags() must return an AggregatorTags"
+
+
+def check_output_contract(make: Factory) -> None:
+    """Direction (d,), same dtype/device as G; weights (T,) when weighted; bad shapes raise
+    ValueError naming the class."""
+    agg = make()
+    tags = agg.tags()
+    n = max(tags.min_tasks, 3)
+    for dtype in (torch.float64, torch.float32):
+        G = samplers.normal(n, DIM, _gen()).to(dtype)
+        out = _call(make(), G)
+        assert out.direction.shape == (DIM,), f"{agg!r}: direction shape {tuple(out.direction.shape)} != ({DIM},)"
+        assert out.direction.dtype == dtype, f"{agg!r}: direction dtype {out.direction.dtype} != G's {dtype}"
+        assert out.direction.device == G.device, f"{agg!r}: direction left G's device"
+        if tags.weighted:
+            assert out.weights is not None and out.weights.shape == (n,), f"{agg!r}: weights must have shape ({n},)"
+    G = samplers.normal(n, DIM, _gen())
+    bad_inputs = {
+        "1-D G": (torch.ones(DIM, dtype=torch.float64), _losses(n)),
+        "3-D G": (torch.ones(n, DIM, 1, dtype=torch.float64), _losses(n)),
+        "T=0": (torch.ones(0, DIM, dtype=torch.float64), torch.ones(0, dtype=torch.float64)),
+        "NaN in G": (torch.full((n, DIM), float("nan"), dtype=torch.float64), _losses(n)),
+        "wrong number of losses": (G, _losses(n + 1)),
+        "NaN loss": (G, torch.full((n,), float("nan"), dtype=torch.float64)),
+    }
+    for what, (bad_G, losses) in bad_inputs.items():
+        try:
+            make()(bad_G, losses)
+        except ValueError as exc:
+            assert type(agg).__name__ in str(exc), f"{agg!r}: the ValueError for {what} does not name the class: {exc}"
+        else:
+            raise AssertionError(f"{agg!r} accepted {what} without a ValueError")
+
+
+def check_finite_on_hard_inputs(make: Factory) -> None:
+    """Finite output for rank-deficient G, a zero row, opposite rows, and scales 1e-10..1e10."""
+    agg = make()
+    for n in TASK_COUNTS:
+        if n < agg.tags().min_tasks:
+            continue
+        for name, G in samplers.hard_inputs(n, DIM, _gen(n)).items():
+            out = _call(make(), G)
+            assert torch.isfinite(out.direction).all(), f"{agg!r}: non-finite direction on {name} (T={n})"
+            if out.weights is not None:
+                assert torch.isfinite(out.weights).all(), f"{agg!r}: non-finite weights on {name} (T={n})"
+
+
+def check_zero_input(make: Factory) -> None:
+    """G = 0 gives exactly A(G) = 0."""
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    out = _call(make(), torch.zeros(n, DIM, dtype=torch.float64))
+    assert torch.equal(out.direction, torch.zeros(DIM, dtype=torch.float64)), (
+        f"{agg!r}: A(0) = {out.direction.tolist()} is not exactly 0"
+    )
+
+
+def check_input_not_mutated(make: Factory) -> None:
+    """G and the losses are bit-identical after the call."""
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    G = samplers.conflicting(n, DIM, _gen())
+    losses = _losses(n)
+    G0, l0 = G.clone(), losses.clone()
+    _call(agg, G, losses)
+    assert torch.equal(G, G0), f"{agg!r} modified its input G"
+    assert torch.equal(losses, l0), f"{agg!r} modified its input losses"
+
+
+def check_no_global_rng(make: Factory) -> None:
+    """torch, random and numpy global RNG states are unchanged by construction and calls."""
+    torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    for step in range(3):
+        _call(agg, samplers.conflicting(n, DIM, _gen(step)))
+    assert torch.equal(torch_state, torch.get_rng_state()), f"{agg!r} consumed the global torch RNG"
+    assert py_state == random.getstate(), f"{agg!r} consumed Python's global random RNG"
+    after = np.random.get_state()
+    assert np_state[0] == after[0] and np.array_equal(np_state[1], after[1]) and np_state[2:] == after[2:], (
+        f"{agg!r} consumed numpy's global RNG"
+    )
+
+
+def _sequence(agg: Aggregator, n: int, steps: int = 5, seed: int = 0) -> list[torch.Tensor]:
+    outs = []
+    for k in range(steps):
+        G = samplers.conflicting(n, DIM, _gen(seed + k))
+        out = _call(agg, G, _losses(n, seed + k))
+        outs.append(out.direction)
+        if agg.tags().post_step_update:
+            agg.after_step(_losses(n, seed + k) * 0.9)
+    return outs
+
+
+def check_seed_determinism(make: Factory) -> None:
+    """Two fresh instances fed the same 5-step sequence give bit-identical outputs."""
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    a, b = _sequence(make(), n), _sequence(make(), n)
+    for k, (x, y) in enumerate(zip(a, b)):
+        assert torch.equal(x, y), f"{agg!r}: step {k} differs between two fresh instances with the same seed"
+
+
+def check_stochastic_tag_truthful(make: Factory) -> None:
+    """stochastic=True: some two seeds differ on a conflicting G (T=3); False: all seeds agree."""
+    agg = make()
+    tags = agg.tags()
+    n = max(tags.min_tasks, 3)
+    G = samplers.conflicting(n, DIM, _gen(7))
+    config = agg.get_config()
+    outs = []
+    for seed in range(8):
+        config["seed"] = seed
+        outs.append(_direction(type(agg).from_config(config), G))
+    differs = any(not torch.equal(outs[0], o) for o in outs[1:])
+    if tags.stochastic:
+        assert differs, f"{agg!r} is tagged stochastic but 8 seeds gave identical outputs"
+    else:
+        assert not differs, f"{agg!r} is tagged deterministic but different seeds gave different outputs"
+
+
+def check_stateless_idempotent(make: Factory) -> None:
+    """Without declared state: two calls on one instance (re-seeded) equal one fresh call."""
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    G = samplers.conflicting(n, DIM, _gen())
+    first = _direction(agg, G)
+    agg.generator.manual_seed(agg.seed)
+    second = _direction(agg, G)
+    fresh = _direction(make(), G)
+    assert torch.equal(first, second) and torch.equal(first, fresh), (
+        f"{agg!r} is not tagged stateful but its output depends on earlier calls"
+    )
+
+
+def check_reset(make: Factory) -> None:
+    """After k steps and reset(), the next k outputs equal a fresh instance's."""
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    _sequence(agg, n, seed=50)
+    agg.reset()
+    for k, (x, y) in enumerate(zip(_sequence(agg, n), _sequence(make(), n))):
+        assert torch.equal(x, y), f"{agg!r}: after reset(), step {k} differs from a fresh instance"
+
+
+def check_state_roundtrip(make: Factory) -> None:
+    """load_state_dict(state_dict()), deepcopy and pickle resume with identical next outputs."""
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    _sequence(agg, n, seed=50)
+    restored = make()
+    restored.load_state_dict(agg.state_dict())
+    clones = {"state_dict": restored, "deepcopy": copy.deepcopy(agg), "pickle": pickle.loads(pickle.dumps(agg))}
+    expected = _sequence(agg, n, seed=80)
+    for how, clone in clones.items():
+        for k, (x, y) in enumerate(zip(_sequence(clone, n, seed=80), expected)):
+            assert torch.equal(x, y), f"{agg!r}: after a {how} round trip, step {k} differs"
+
+
+def check_weighted_consistency(make: Factory) -> None:
+    """Weighted methods: direction == weights @ G."""
+    agg = make()
+    for n in TASK_COUNTS:
+        if n < agg.tags().min_tasks:
+            continue
+        G = samplers.conflicting(n, DIM, _gen(n))
+        out = _call(make(), G)
+        assert out.weights is not None, f"{agg!r} is tagged weighted but returned no weights"
+        expected = out.weights.to(G.dtype) @ G
+        assert _close(out.direction, expected, float(G.norm())), f"{agg!r}: direction != weights @ G (T={n})"
+
+
+def check_single_task(make: Factory) -> None:
+    """T = 1: the direction is parallel to g (and equals scale·g when the scale is declared)."""
+    agg = make()
+    if agg.tags().min_tasks > 1:
+        return
+    G = samplers.normal(1, DIM, _gen())
+    d = _direction(make(), G)
+    cos = float(torch.dot(d, G[0]) / (d.norm() * G[0].norm()))
+    assert abs(cos - 1) < 1e-9, f"{agg!r}: for one task the direction is not parallel to g (cos={cos})"
+    scale = agg.identical_rows_scale(1)
+    if scale is not None:
+        assert _close(d, scale * G[0], float(G.norm())), f"{agg!r}: for one task expected {scale}·g"
+
+
+def check_identical_rows(make: Factory) -> None:
+    """G = 1 gᵀ gives c·g with c the declared scale (T for sum, 1 for mean), else parallel to g."""
+    agg = make()
+    for n in TASK_COUNTS:
+        if n < agg.tags().min_tasks:
+            continue
+        G = samplers.identical_rows(n, DIM, _gen(n))
+        g = G[0]
+        d = _direction(make(), G, torch.ones(n, dtype=torch.float64))
+        cos = float(torch.dot(d, g) / (d.norm() * g.norm()))
+        assert abs(cos - 1) < 1e-9, f"{agg!r}: identical rows (T={n}) but the direction is not parallel to g"
+        scale = make().identical_rows_scale(n)
+        if scale is not None:
+            got = float(d.norm() / g.norm())
+            assert _close(d, scale * g, float(g.norm()) * n), (
+                f"{agg!r}: identical rows (T={n}) gave {got:.6g}·g, but its tags declare {scale:.6g}·g"
+            )
+
+
+def check_permutation_equivariance(make: Factory) -> None:
+    """At the initial state, A(PG) = A(G) and w(PG) = P w(G) for permutations P."""
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    G = samplers.conflicting(n, DIM, _gen())
+    losses = _losses(n)
+    base = _call(make(), G, losses)
+    for shift in range(1, n):
+        perm = torch.roll(torch.arange(n), shift)
+        out = _call(make(), G[perm], losses[perm])
+        assert _close(out.direction, base.direction, float(G.norm())), f"{agg!r}: direction changes when tasks are permuted"
+        if base.weights is not None:
+            assert _close(out.weights, base.weights[perm], float(base.weights.abs().max())), (
+                f"{agg!r}: weights are not permuted with the tasks"
+            )
+
+
+def check_homogeneity(make: Factory) -> None:
+    """A(cG) = c^k A(G) for c in {1e-3, 0.5, 7, 1e3}, with k = tags.homogeneity (losses fixed)."""
+    agg = make()
+    k = agg.tags().homogeneity
+    n = max(agg.tags().min_tasks, 3)
+    G = samplers.conflicting(n, DIM, _gen())
+    losses = _losses(n)
+    base = _direction(make(), G, losses)
+    for c in (1e-3, 0.5, 7.0, 1e3):
+        got = _direction(make(), c * G, losses)
+        expected = c**k * base
+        assert _close(got, expected, float(expected.norm()), rtol=1e-5), (
+            f"{agg!r}: A({c:g}·G) != {c:g}^{k}·A(G) (max error {float((got - expected).abs().max()):.3g})"
+        )
+
+
+def check_non_conflicting(make: Factory) -> None:
+    """min_i ⟨g_i, A(G)⟩ >= −atol on pairwise-conflicting G."""
+    agg = make()
+    for n in TASK_COUNTS:
+        for seed in range(3):
+            G = samplers.conflicting(n, DIM, _gen(seed))
+            d = _direction(make(), G)
+            dots = G @ d
+            assert float(dots.min()) >= -RTOL * float(G.norm() * d.norm()), (
+                f"{agg!r}: conflicts with task {int(dots.argmin())} (⟨g_i, d⟩ = {float(dots.min()):.3g}, T={n})"
+            )
+
+
+def check_nonzero_off_stationarity(make: Factory) -> None:
+    """Non-negative weightings give a non-zero direction when no v >= 0 cancels the gradients."""
+    agg = make()
+    for n in TASK_COUNTS:
+        G = samplers.conflicting(n, DIM, _gen(n))
+        d = _direction(make(), G)
+        assert float(d.norm()) > 1e-3 * float(G.norm()), f"{agg!r}: zero direction off stationarity (T={n})"
+
+
+def check_projection_identity_without_conflict(make: Factory) -> None:
+    """Projection methods leave Σ_i g_i unchanged when no pair conflicts."""
+    agg = make()
+    for n in TASK_COUNTS:
+        G = samplers.non_conflicting(n, DIM, _gen(n))
+        d = _direction(make(), G)
+        assert _close(d, G.sum(0), float(G.norm())), f"{agg!r} changed non-conflicting gradients (T={n})"
+
+
+def check_conflict_reduction(make: Factory) -> None:
+    """Projection methods, T = 2: every surgered g_i' reaches its target, cos(g_i', g_j) >= target
+    (0 for PCGrad, the EMA target for GradVac), checked at the first step and after 3 steps."""
+    agg = make()
+    for step in range(4):
+        G = samplers.conflicting(2, DIM, _gen(10 + step))
+        J = Jacobian.from_matrix(G)
+        if step in (0, 3):
+            state = agg.state_dict()
+            C, targets = agg.surgery(J)
+            agg.load_state_dict(state)
+            C = C if C.ndim == 3 else C[None]
+            targets = targets if targets.ndim == 3 else targets[None]
+            for i, j in ((0, 1), (1, 0)):
+                gi = C[0, i] @ G
+                cos = float(gi @ G[j] / (gi.norm() * G[j].norm()))
+                assert cos >= float(targets[0, i, j]) - 1e-6, (
+                    f"{agg!r}: after surgery cos(g_{i}', g_{j}) = {cos:.4f} is below its target "
+                    f"{float(targets[0, i, j]):.4f} (step {step})"
+                )
+        _call(agg, G)
+
+
+def check_no_silent_fallback(make: Factory) -> None:
+    """If the inner solver fails, the method raises SolverError or warns SolverFallbackWarning."""
+    agg = make()
+
+    def broken(*args, **kwargs):
+        raise SolverError("planted solver failure (conformance check)")
+
+    agg._solve = broken
+    n = max(agg.tags().min_tasks, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _call(agg, samplers.conflicting(n, DIM, _gen()))
+        except SolverError:
+            return
+    if any(issubclass(w.category, SolverFallbackWarning) for w in caught):
+        return
+    raise AssertionError(f"{make()!r} returned a result although its solver failed, without SolverFallbackWarning")
+
+
+def check_autograd_contract(make: Factory) -> None:
+    """If G requires grad, a first-order method returns a detached result."""
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    G = samplers.conflicting(n, DIM, _gen()).requires_grad_(True)
+    out = _call(agg, G)
+    assert not out.direction.requires_grad, f"{agg!r} returned a direction attached to G's graph"
+
+
+def check_second_order(make: Factory) -> None:
+    """Second-order methods (penalty on the gradients): the engine's gradient equals a finite
+    difference of the full objective Σ L_i(θ) + penalty(g_1(θ)..g_T(θ)), and differs from the
+    plain summed gradient Σ_i g_i."""
+    from mtlcheck.gradients import backward_step
+    from mtlcheck.models.toy import ToyRegression
+
+    agg = make()
+    model = ToyRegression(n_tasks=3, in_features=4, hidden=5).double()
+    batch = ToyRegression.make_batch(3, 6, 4, dtype=torch.float64)
+    shared = [p for _, p in model.shared_parameters()]
+
+    def objective() -> float:
+        z = model.encode(batch)
+        L = torch.stack(list(model.task_losses(z, batch).values()))
+        rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(L[i], shared, retain_graph=True)])
+                for i in range(len(L))]
+        with torch.no_grad():
+            return float(L.sum() + agg.penalty_term([torch.stack(rows)]))
+
+    model.zero_grad()
+    backward_step(model, batch, make(), level="parameter")
+    engine = torch.cat([p.grad.reshape(-1) for p in shared])
+    model.zero_grad()
+    z = model.encode(batch)
+    plain = torch.autograd.grad(sum(model.task_losses(z, batch).values()), shared)
+    plain = torch.cat([g.reshape(-1) for g in plain])
+    h = 1e-6
+    fd = torch.zeros_like(engine)
+    flat = [(p, idx) for p in shared for idx in range(p.numel())]
+    for k, (p, idx) in enumerate(flat):
+        with torch.no_grad():
+            p.view(-1)[idx] += h
+        up = objective()
+        with torch.no_grad():
+            p.view(-1)[idx] -= 2 * h
+        down = objective()
+        with torch.no_grad():
+            p.view(-1)[idx] += h
+        fd[k] = (up - down) / (2 * h)
+    assert torch.allclose(engine, fd, rtol=1e-4, atol=1e-6), (
+        f"{agg!r}: the engine's gradient differs from a finite difference of the regularised objective "
+        f"(max error {float((engine - fd).abs().max()):.3g}) — is the penalty differentiated (double backprop)?"
+    )
+    assert not torch.allclose(engine, plain, rtol=1e-4, atol=1e-8), (
+        f"{agg!r}: the gradient equals the plain summed gradient; the penalty has no effect"
+    )
+
+
+def check_dtype_agreement(make: Factory) -> None:
+    """float32 and float64 inputs agree to 1e-4 relative (deterministic methods, same seed)."""
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    G = samplers.conflicting(n, DIM, _gen())
+    d64 = _direction(make(), G)
+    d32 = _direction(make(), G.float()).double()
+    assert _close(d32, d64, float(d64.norm()), rtol=1e-4), f"{agg!r}: float32 and float64 disagree"
+
+
+def check_feature_level_equivalence(make: Factory) -> None:
+    """With an identity encoder (Z = θ, batch 1, θ > 0) the parameter-level and feature-level
+    engine steps give the same update."""
+    from mtlcheck.gradients import backward_step
+    from mtlcheck.models.toy import IdentityEncoder
+
+    agg = make()
+    n = max(agg.tags().min_tasks, 3)
+    grads = {}
+    for level in ("parameter", "feature"):
+        model = IdentityEncoder(n_tasks=n, dim=DIM)
+        with torch.no_grad():
+            model.theta.abs_()
+        backward_step(model, {}, make(), level=level)
+        grads[level] = model.theta.grad.reshape(-1)
+    assert _close(grads["feature"], grads["parameter"], float(grads["parameter"].norm())), (
+        f"{agg!r}: feature-level and parameter-level updates differ for an identity encoder"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+# ---------------------------------------------------------------------------------------------
+def aggregator_checks(make: Factory) -> Iterator[Callable[[Factory], None]]:
+    """The checks that apply to `make()`, chosen by its tags."""
+    tags = make().tags()
+    yield check_registry_and_config
+    if tags.loss_only:
+        yield check_output_contract
+        yield check_input_not_mutated
+        yield check_no_global_rng
+        yield check_seed_determinism
+        yield check_stochastic_tag_truthful
+        yield from (check_reset, check_state_roundtrip) if tags.stateful else (check_stateless_idempotent,)
+        if tags.weighted:
+            yield check_weighted_consistency
+        yield check_identical_rows
+        if tags.task_symmetric:
+            yield check_permutation_equivariance
+        return
+    yield check_output_contract
+    yield check_finite_on_hard_inputs
+    yield check_zero_input
+    yield check_input_not_mutated
+    yield check_no_global_rng
+    yield check_seed_determinism
+    yield check_stochastic_tag_truthful
+    yield from (check_reset, check_state_roundtrip) if tags.stateful else (check_stateless_idempotent,)
+    if tags.weighted:
+        yield check_weighted_consistency
+    yield check_single_task
+    yield check_identical_rows
+    if tags.task_symmetric:
+        yield check_permutation_equivariance
+    if tags.homogeneity is not None:
+        yield check_homogeneity
+    if tags.non_conflicting:
+        yield check_non_conflicting
+    if tags.nonneg_weights and tags.weighted:
+        yield check_nonzero_off_stationarity
+    if tags.family == "projection":
+        yield check_projection_identity_without_conflict
+        yield check_conflict_reduction
+    if tags.requires_solver:
+        yield check_no_silent_fallback
+    yield check_second_order if tags.second_order else check_autograd_contract
+    if not tags.stochastic:
+        yield check_dtype_agreement
+    yield check_feature_level_equivalence
+
+
+def check_names(make: Factory) -> list[str]:
+    return [c.__name__ for c in aggregator_checks(make)]

@@ -1,0 +1,7 @@
+"""Every registered aggregator (and the built-ins' parameter variants) against every conformance
+check its tags call for. Select methods with --aggregator NAME or pkg.module:Class."""
+
+
+def test_conformance(aggregator_check):
+    make, check = aggregator_check
+    check(make)
