@@ -3,7 +3,8 @@
 State φ̂_ij (per group k), initialised to 0, an EMA of the observed cosines. For each task i and,
 in a random order, each j ≠ i: with ρ = cos(g_i', g_j), if ρ < φ̂_ij then
     g_i' ← g_i' + ‖g_i'‖ (φ̂_ij √(1−ρ²) − ρ √(1−φ̂_ij²)) / (‖g_j‖ √(1−φ̂_ij²)) · g_j,
-which makes cos(g_i', g_j) exactly φ̂_ij; then always φ̂_ij ← (1−β) φ̂_ij + β ρ.
+which makes cos(g_i', g_j) exactly φ̂_ij (ε = `eps` is added to √(1−φ̂²), not to the whole
+denominator as in LibMTL, so the method stays exactly scale-equivariant); then always φ̂_ij ← (1−β) φ̂_ij + β ρ.
 direction = Σ_i g_i'. Groups (`group_type`): "whole" model (one group), "module" (blocks that
 share a module path), "parameter" (each block). All of it runs on Gram matrices.
 """
@@ -73,6 +74,11 @@ class GradVac(Aggregator):
             raise ValueError(f"{self!r}: state has {self._targets.shape[0]} groups but G has {len(groups)}; call reset()")
         return groups, grams
 
+    def _correction(self, norm_i: float, norm_j: float, rho: float, target: float) -> float:
+        """The coefficient of g_j that lifts cos(g_i', g_j) from rho to target (Wang et al. Eq. 4)."""
+        root_rho, root_target = math.sqrt(max(1 - rho**2, 0.0)), math.sqrt(max(1 - target**2, 0.0))
+        return norm_i * (target * root_rho - rho * root_target) / (norm_j * (root_target + self.eps))
+
     def surgery(self, J) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, targets) for the current state without changing it: g_i' = C[k, i] G per group k.
 
@@ -94,8 +100,7 @@ class GradVac(Aggregator):
                     target = float(targets[k, i, j])
                     rho_seen[k, i, j] = rho
                     if rho < target:
-                        a = norm_i * (target * math.sqrt(max(1 - rho**2, 0.0)) - rho * math.sqrt(max(1 - target**2, 0.0)))
-                        C[k, i, j] += a / (norm_j * math.sqrt(max(1 - target**2, 0.0)) + self.eps)
+                        C[k, i, j] += self._correction(norm_i, norm_j, rho, target)
         self._last_rho = rho_seen
         return C, targets
 

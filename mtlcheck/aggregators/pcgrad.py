@@ -29,13 +29,16 @@ class PCGrad(Aggregator):
     def tags(self) -> AggregatorTags:
         return AggregatorTags(family="projection", nonneg_weights=True, stochastic=True, task_symmetric=False)
 
+    def _order(self, n: int, i: int) -> list[int]:
+        return random_order(n, i, self.generator)
+
     def surgery(self, J) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, targets): g_i' = C_i G, and the cosine each pair must reach (0 for PCGrad)."""
         M = J.gram()
         n = M.shape[0]
         C = torch.eye(n, dtype=torch.float64)
         for i in range(n):
-            for j in random_order(n, i, self.generator):
+            for j in self._order(n, i):
                 dot = C[i] @ M[:, j]
                 if dot < 0 and M[j, j] > 0:
                     C[i, j] -= dot / M[j, j]

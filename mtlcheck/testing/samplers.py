@@ -25,6 +25,8 @@ def conflicting(n_tasks: int, dim: int, generator: torch.Generator) -> torch.Ten
     g_i = a_i + ε u where the a_i are the vertices of a regular simplex centred at 0 in a
     subspace orthogonal to u (⟨a_i, a_j⟩ = −1/(T−1) for i ≠ j, ‖a_i‖ = 1), rotated randomly.
     Then ⟨g_i, g_j⟩ = −1/(T−1) + ε² < 0 for ε² < 1/(T−1), and ⟨Σ v_i g_i, u⟩ = ε Σ v_i > 0.
+    Rows are rescaled by factors in [0.1, 10] (the first two by exactly 10 and 0.1), so the plain
+    sum Σ_i g_i conflicts with the smallest task.
     """
     if dim < n_tasks + 1:
         raise ValueError(f"conflicting needs dim >= n_tasks + 1, got dim={dim}, n_tasks={n_tasks}")
@@ -35,7 +37,9 @@ def conflicting(n_tasks: int, dim: int, generator: torch.Generator) -> torch.Ten
     base[:, :n_tasks] = simplex
     base[:, n_tasks] = eps
     q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
-    scales = 0.5 + torch.rand(n_tasks, 1, generator=generator, dtype=torch.float64)
+    # norms spread over two decades, so that the plain sum conflicts with the smaller tasks
+    scales = 10.0 ** (2.0 * torch.rand(n_tasks, 1, generator=generator, dtype=torch.float64) - 1.0)
+    scales[0], scales[1] = 10.0, 0.1
     return (base @ q.T) * scales
 
 
