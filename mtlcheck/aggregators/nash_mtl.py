@@ -36,7 +36,10 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
             return alpha
         grad = M @ alpha - 1.0 / alpha
         H = M + np.diag(1.0 / alpha**2)
-        step = -np.linalg.solve(H, grad)
+        try:
+            step = -np.linalg.solve(H, grad)
+        except np.linalg.LinAlgError:
+            break
         t = 1.0
         neg = step < 0
         if neg.any():

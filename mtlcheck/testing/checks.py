@@ -481,6 +481,67 @@ def check_feature_level_equivalence(make: Factory) -> None:
     )
 
 
+def _toy_step(make: Factory, level: str):
+    from mtlcheck.gradients import backward_step
+    from mtlcheck.models.toy import ToyRegression
+
+    model = ToyRegression(n_tasks=3, in_features=4, hidden=6).double()
+    batch = ToyRegression.make_batch(3, 5, 4, dtype=torch.float64)
+    result = backward_step(model, batch, make(), level=level)
+    return model, batch, result
+
+
+def _per_task_rows(model, batch, wrt_features: bool):
+    """(Z, Jacobian of the true per-task gradients, losses) computed independently of the engine."""
+    z = model.encode(batch)
+    losses = list(model.task_losses(z, batch).values())
+    if wrt_features:
+        rows = [torch.autograd.grad(L, [z], retain_graph=True) for L in losses]
+        J = Jacobian.from_task_grads(rows, [z], ["z0"], level="feature", activations=[z])
+    else:
+        named = model.shared_parameters()
+        params = [p for _, p in named]
+        rows = [torch.autograd.grad(L, params, retain_graph=True) for L in losses]
+        J = Jacobian.from_task_grads(rows, params, [n for n, _ in named])
+    return z, J, torch.stack([L.detach() for L in losses])
+
+
+def check_engine_levels(make: Factory) -> None:
+    """The gradient engine applies the method faithfully at each gradient level on a toy model:
+    shared gradients equal the method's direction on the true per-task gradients (parameter
+    level) or its direction on ∇_Z L_i pushed through the encoder (feature level); heads get
+    the unweighted sum for gradient methods and the weighted loss for loss-only methods;
+    loss-only methods refuse the feature level."""
+    agg = make()
+    tags = agg.tags()
+    model, batch, result = _toy_step(make, "parameter")
+    shared = [p for _, p in model.shared_parameters()]
+    got = torch.cat([p.grad.reshape(-1) for p in shared])
+    _, J, losses = _per_task_rows(model, batch, wrt_features=False)
+    expected = make()(J, losses.double()).direction
+    assert _close(got, expected, float(J.gram().trace()) ** 0.5, rtol=1e-9), f"{agg!r}: parameter-level engine step != A(G)"
+    heads = [p for _, p in model.head_parameters()]
+    z = model.encode(batch)
+    L = torch.stack(list(model.task_losses(z, batch).values()))
+    head_weights = result.weights.to(L.dtype) if tags.loss_only else torch.ones_like(L)
+    head_expected = torch.autograd.grad((head_weights * L).sum(), heads)
+    for p, g in zip(heads, head_expected):
+        assert _close(p.grad, g, float(g.norm()) + 1e-12, rtol=1e-9), f"{agg!r}: head gradient convention violated"
+    if tags.loss_only:
+        try:
+            _toy_step(make, "feature")
+        except ValueError:
+            return
+        raise AssertionError(f"{agg!r} is loss-only but the engine accepted level='feature'")
+    model, batch, result = _toy_step(make, "feature")
+    z, J, losses = _per_task_rows(model, batch, wrt_features=True)
+    shared = [p for _, p in model.shared_parameters()]
+    direction = make()(J, losses.double()).direction.reshape(z.shape)
+    expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(z, shared, direction)])
+    got = torch.cat([p.grad.reshape(-1) for p in shared])
+    assert _close(got, expected, float(expected.norm()) + 1e-12, rtol=1e-9), f"{agg!r}: feature-level engine step != A(∇_Z L)"
+
+
 # ---------------------------------------------------------------------------------------------
 # generation
 # ---------------------------------------------------------------------------------------------
@@ -500,6 +561,7 @@ def aggregator_checks(make: Factory) -> Iterator[Callable[[Factory], None]]:
         yield check_identical_rows
         if tags.task_symmetric:
             yield check_permutation_equivariance
+        yield check_engine_levels
         return
     yield check_output_contract
     yield check_finite_on_hard_inputs
@@ -527,6 +589,8 @@ def aggregator_checks(make: Factory) -> Iterator[Callable[[Factory], None]]:
     if tags.requires_solver:
         yield check_no_silent_fallback
     yield check_second_order if tags.second_order else check_autograd_contract
+    if not tags.second_order:
+        yield check_engine_levels
     if not tags.stochastic:
         yield check_dtype_agreement
     yield check_feature_level_equivalence
