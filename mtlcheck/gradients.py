@@ -75,7 +75,7 @@ def _task_losses(model: MultiTaskModel, z, batch) -> torch.Tensor:
     stacked = torch.stack(list(losses.values()))
     if not torch.isfinite(stacked).all():
         bad = [n for n, v in losses.items() if not torch.isfinite(v)]
-        raise NonFiniteLossError(f"non-finite task loss(es) {bad}: {[float(v) for v in losses.values()]}")
+        raise NonFiniteLossError(f"non-finite task loss(es) {bad}: {[float(v.detach()) for v in losses.values()]}")
     return stacked
 
 

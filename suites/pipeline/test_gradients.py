@@ -1,0 +1,160 @@
+"""The gradient engine: exactness against plain autograd, engines agree, Z structures, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from mtlcheck.aggregators import EW, MGDA, RLW, CosReg, PCGrad
+from mtlcheck.gradients import NonFiniteLossError, backward_step
+from mtlcheck.jacobian import Jacobian
+from mtlcheck.models import MultiTaskModel
+from mtlcheck.models.toy import ToyRegression
+
+
+def toy(dtype=torch.float32):
+    model = ToyRegression(n_tasks=3, in_features=6, hidden=8).to(dtype)
+    return model, ToyRegression.make_batch(3, 7, 6, dtype=dtype)
+
+
+def shared_grad(model):
+    return torch.cat([p.grad.reshape(-1) for _, p in model.shared_parameters()])
+
+
+def test_parameter_jacobian_is_bitwise_equal_to_per_task_autograd():
+    model, batch = toy()
+    result = backward_step(model, batch, MGDA())
+    z = model.encode(batch)
+    params = [p for _, p in model.shared_parameters()]
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, params, retain_graph=True)])
+            for L in model.task_losses(z, batch).values()]
+    assert torch.equal(result.jacobian.matrix(), torch.stack(rows))
+
+
+def test_batched_engine_agrees_with_the_loop():
+    model, batch = toy()
+    loop = backward_step(model, batch, PCGrad(), param_gram=True).jacobian.matrix()
+    model.zero_grad()
+    batched = backward_step(model, batch, PCGrad(), batched=True).jacobian.matrix()
+    assert torch.allclose(batched, loop, rtol=1e-5, atol=1e-7 * float(loop.abs().max()))
+
+
+def test_ew_step_equals_backward_of_the_summed_loss():
+    model, batch = toy(torch.float64)
+    backward_step(model, batch, EW())
+    engine = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    z = model.encode(batch)
+    sum(model.task_losses(z, batch).values()).backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(engine[n], p.grad, rtol=1e-12, atol=1e-14), n
+
+
+def test_loss_only_methods_weight_every_parameter():
+    model, batch = toy(torch.float64)
+    result = backward_step(model, batch, RLW(seed=3))
+    engine = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    z = model.encode(batch)
+    L = torch.stack(list(model.task_losses(z, batch).values()))
+    (result.weights * L).sum().backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(engine[n], p.grad, rtol=1e-12, atol=1e-14), n
+
+
+def test_monitoring_outputs_match_definitions():
+    model, batch = toy(torch.float64)
+    result = backward_step(model, batch, EW(), feature_grads=True, param_gram=True)
+    z = model.encode(batch)
+    losses = list(model.task_losses(z, batch).values())
+    gz = torch.stack([torch.autograd.grad(L, z, retain_graph=True)[0] for L in losses])
+    assert torch.allclose(result.feature_grads[0], gz)
+    params = [p for _, p in model.shared_parameters()]
+    G = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, params, retain_graph=True)]) for L in losses])
+    assert torch.allclose(result.param_gram, G @ G.T, rtol=1e-10)
+
+
+class TwoLevel(MultiTaskModel):
+    """Z is a pair of tensors; task 'b' never reads the second level (an RoI-like unused level)."""
+
+    task_names = ("a", "b")
+
+    def __init__(self):
+        super().__init__()
+        self.enc1 = nn.Linear(3, 4)
+        self.enc2 = nn.Linear(3, 2)
+        self.head_a = nn.Linear(6, 1)
+        self.head_b = nn.Linear(4, 1)
+
+    def encode(self, batch):
+        x = batch["x"]
+        return (torch.tanh(self.enc1(x)), torch.tanh(self.enc2(x)))
+
+    def task_losses(self, z, batch):
+        z1, z2 = z
+        return {"a": self.head_a(torch.cat([z1, z2], 1)).pow(2).mean(), "b": self.head_b(z1).pow(2).mean()}
+
+    def predict(self, batch):
+        return {}
+
+    def shared_parameters(self):
+        return list(self.enc1.named_parameters(prefix="enc1")) + list(self.enc2.named_parameters(prefix="enc2"))
+
+
+@pytest.mark.parametrize("level", ["parameter", "feature"])
+def test_tuple_representation_with_an_unused_level_gives_zeros(level):
+    model = TwoLevel()
+    batch = {"x": torch.randn(5, 3, generator=torch.Generator().manual_seed(0))}
+    result = backward_step(model, batch, MGDA(), level=level, feature_grads=True)
+    assert torch.equal(result.feature_grads[1][1], torch.zeros(5, 2))  # task b, level 2
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    if level == "parameter":
+        enc2_rows = result.jacobian.blocks[2]  # enc2.weight block
+        assert torch.equal(enc2_rows[1], torch.zeros_like(enc2_rows[1]))
+
+
+def test_loss_only_method_at_feature_level_raises():
+    model, batch = toy()
+    with pytest.raises(ValueError, match="no feature-level variant"):
+        backward_step(model, batch, EW(), level="feature")
+
+
+def test_non_finite_loss_raises_the_divergence_error():
+    model, batch = toy()
+    batch["y"][0, 1] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="task1"):
+        backward_step(model, batch, EW())
+
+
+class Misnamed(ToyRegression):
+    def task_losses(self, z, batch):
+        losses = super().task_losses(z, batch)
+        return {name.upper(): value for name, value in losses.items()}
+
+
+def test_wrong_task_names_are_named():
+    model, batch = Misnamed(n_tasks=3), ToyRegression.make_batch(3, 7, 6)
+    with pytest.raises(ValueError, match="expected"):
+        backward_step(model, batch, EW())
+
+
+def test_bad_level_is_named():
+    model, batch = toy()
+    with pytest.raises(ValueError, match="level"):
+        backward_step(model, batch, EW(), level="pixel")
+
+
+def test_cosreg_feature_level_differs_from_the_plain_sum():
+    model, batch = toy(torch.float64)
+    backward_step(model, batch, CosReg(penalty=10.0), level="feature")
+    reg = shared_grad(model).clone()
+    model.zero_grad()
+    backward_step(model, batch, EW())
+    assert not torch.allclose(reg, shared_grad(model))
+
+
+def test_float32_gram_is_accurate_to_1e5_against_float64():
+    gen = torch.Generator().manual_seed(0)
+    big = torch.randn(3, 2_000_000, generator=gen) * 1e-2 + 1e-3
+    exact = big.double() @ big.double().T
+    approx = Jacobian.from_matrix(big).gram()
+    assert float(((approx - exact).abs() / exact.abs().max()).max()) < 1e-5
