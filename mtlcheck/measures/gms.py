@@ -12,7 +12,8 @@ Only the norms are needed, i.e. the diagonal of the Gram matrix G G^T (float64; 
 ``mtlcheck.measures.gds`` for why measures take the Gram and not G).
 
 Computation: with r = min(||g_i||, ||g_j||) / max(||g_i||, ||g_j||), beta_ij = 2 r / (1 + r^2),
-which never overflows or underflows and is exactly 1 when the two norms are equal.
+which cannot overflow and is exactly 1 when the two norms are equal (in float64, norms
+within a relative ~1e-8 of each other also round to beta = 1.0).
 
 Conventions
 -----------
