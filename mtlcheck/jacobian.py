@@ -23,6 +23,10 @@ import torch
 _GRAM_CHUNK = 1 << 16  # columns per float32 product in the Gram (keeps its relative error ~1e-6)
 
 
+class NonFiniteGradientError(FloatingPointError):
+    """The task gradients overflow: their Gram matrix is not finite (a diverging run)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Jacobian:
     """Task gradients as blocks of shape (T, n_k).
@@ -135,6 +139,8 @@ class Jacobian:
         """G Gᵀ, shape (T, T), float64 on the CPU, symmetrised."""
         if "gram" not in self._cache:
             g = self.block_grams().sum(0)
+            if not torch.isfinite(g).all():
+                raise NonFiniteGradientError(f"non-finite Gram matrix of the task gradients (overflow): {g.tolist()}")
             self._cache["gram"] = (g + g.T) / 2
         return self._cache["gram"]
 

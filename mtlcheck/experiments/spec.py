@@ -34,7 +34,7 @@ BUDGETS = ("smoke", "small", "paper")
 KEY_LENGTH = 16
 
 _FIELDS = ("benchmark", "method", "method_config", "level", "seed", "budget", "steps", "extra")
-_REQUIRED = ("benchmark", "method", "seed")
+_REQUIRED = ("benchmark", "method")
 
 
 def canonical_json(obj: Any) -> str:

@@ -18,7 +18,8 @@ run computes, and records every exception as a ``failed`` row with its traceback
 saves checkpoints through its `Claim` (``<store>.ckpt/<key>.pt``, written atomically); the
 process that takes the run over reads them and resumes. Finishing deletes the checkpoint.
 
-Limits: SQLite's WAL mode needs a local filesystem (not NFS); on Windows a dead owner is only
+Limits: SQLite's WAL mode needs a local filesystem (not NFS); heartbeats are wall-clock times,
+so hosts sharing a store need roughly synchronised clocks; on Windows a dead owner is only
 detected by its stale heartbeat.
 """
 
@@ -243,7 +244,7 @@ def _host_id() -> str:
 
 
 _HOST = _host_id()
-_LIVE_TOKENS: set[str] = set()
+_LIVE_TOKENS: dict[str, int] = {}  # token of each open claim in this process -> claiming thread
 _LIVE_LOCK = threading.Lock()
 
 
@@ -266,6 +267,15 @@ def _pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state not in ("Z", "X")
+
+
+def _owned_by_this_thread(owner: str | None) -> bool:
+    try:
+        host, pid, token = _parse_owner(owner or "")
+    except ValueError:
+        return False
+    with _LIVE_LOCK:
+        return host == _HOST and pid == os.getpid() and _LIVE_TOKENS.get(token) == threading.get_ident()
 
 
 def _owner_dead_reason(owner: str | None, heartbeat: float | None, now: float, stale_after: float) -> str | None:
@@ -379,6 +389,7 @@ class Claim:
         self.takeover_reason = takeover_reason
         self.started_at = time.time()
         self._closed = False
+        self._lost: str | None = None
 
     def __repr__(self) -> str:
         return f"Claim(key={self.key!r}, spec={self.spec.label!r}, owner={self.owner!r}, attempt={self.attempt})"
@@ -393,7 +404,7 @@ class Claim:
                 (time.time(), self.key, self.owner),
             )
             if cur.rowcount != 1:
-                raise ClaimLost(f"run {self.key} ({self.spec.label}) is no longer owned by {self.owner}: {self.store._describe(conn, self.key)}")
+                raise self._lose(conn)
 
     # -- checkpoints ----------------------------------------------------------------------------
     @property
@@ -474,9 +485,13 @@ class Claim:
             text = error
         else:
             raise TypeError(f"Claim.fail: error must be an exception or a string, got {type(error).__name__}")
+        try:
+            env = environment()
+        except Exception as exc:  # noqa: BLE001 - the failure must be recorded even so
+            env = {"environment_error": f"{type(exc).__name__}: {exc}"}
         self._end(
             "status='failed', finished=?, heartbeat=NULL, failures=failures+1, env_json=?, error=?",
-            (time.time(), encode_json(environment(), "environment"), text),
+            (time.time(), encode_json(env, "environment"), text),
             _event("failed", self.owner, error=text.strip().splitlines()[-1] if text.strip() else ""),
         )
 
@@ -490,18 +505,25 @@ class Claim:
             row = conn.execute("SELECT history_json FROM runs WHERE key=? AND owner=? AND status='running'",
                                (self.key, self.owner)).fetchone()
             if row is None:
-                raise ClaimLost(f"run {self.key} ({self.spec.label}) is no longer owned by {self.owner}: {self.store._describe(conn, self.key)}")
+                raise self._lose(conn)
             history = decode_json(row[0]) + [event]
             conn.execute(f"UPDATE runs SET {assignments}, history_json=? WHERE key=? AND owner=?",
                          (*params, encode_json(history, "history"), self.key, self.owner))
         self._close()
 
+    def _lose(self, conn: sqlite3.Connection) -> ClaimLost:
+        self._lost = f"run {self.key} ({self.spec.label}) is no longer owned by {self.owner}: {self.store._describe(conn, self.key)}"
+        self._close()
+        return ClaimLost(self._lost)
+
     def _close(self) -> None:
         self._closed = True
         with _LIVE_LOCK:
-            _LIVE_TOKENS.discard(_parse_owner(self.owner)[2])
+            _LIVE_TOKENS.pop(_parse_owner(self.owner)[2], None)
 
     def _check_open(self, what: str) -> None:
+        if self._lost is not None:
+            raise ClaimLost(self._lost)
         if self._closed:
             raise RuntimeError(f"Claim.{what}: the claim on {self.key} was already finished, failed or released")
 
@@ -625,16 +647,16 @@ class ResultStore:
         token = uuid.uuid4().hex[:12]
         owner = f"{_HOST}:{os.getpid()}:{token}"
         with _LIVE_LOCK:  # live before the row names it: a racing thread must see it alive
-            _LIVE_TOKENS.add(token)
+            _LIVE_TOKENS[token] = threading.get_ident()
         try:
             claim = self._claim_row(spec, key, spec_json, owner, stale_after, max_failures)
         except BaseException:
             with _LIVE_LOCK:
-                _LIVE_TOKENS.discard(token)
+                _LIVE_TOKENS.pop(token, None)
             raise
         if claim is None:
             with _LIVE_LOCK:
-                _LIVE_TOKENS.discard(token)
+                _LIVE_TOKENS.pop(token, None)
         return claim
 
     def _claim_row(self, spec: RunSpec, key: str, spec_json: str, owner: str, stale_after: float,
@@ -793,6 +815,9 @@ class ResultStore:
                 return record
             if record is not None and record.status == "failed" and record.failures >= max_failures:
                 raise RunFailedError(record)
+            if record is not None and record.status == "running" and _owned_by_this_thread(record.owner):
+                raise RuntimeError(f"get_or_run: run {spec.key} ({spec.label}) is being computed by this very "
+                                   "thread (a run function asked for its own result); waiting would never end")
             if not wait:
                 return None
             if deadline is not None and time.monotonic() >= deadline:

@@ -1,0 +1,212 @@
+"""The step loop for one run: model, data, method, gradient level, seed, budget.
+
+Optimiser as the paper's Appendix 7: SGD (lr, momentum 0.9) with a linear warm-up of the
+learning rate over the first `warmup_steps`. Every `monitor_every` steps the engine also returns
+the parameter-level Gram and the feature gradients, and GDS, GMS and FD are recorded with the
+task losses and the method's weights (`mtlcheck.monitor`). A NaN/inf loss ends the run with
+status "diverged" and the step it happened at. Batches are drawn by `StepSampler` from a
+per-epoch permutation seeded by (seed, epoch), so a run is a deterministic function of its seed
+on CPU and can resume at any step from a checkpoint (model, optimiser, method state, RNG states
+and the trajectory so far).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from mtlcheck.aggregators import Aggregator
+from mtlcheck.gradients import NonFiniteLossError, backward_step
+from mtlcheck.monitor import measure
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """Optimisation settings of one budget (Appendix 7 defaults)."""
+
+    steps: int
+    batch_size: int
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    monitor_every: int = 10
+    checkpoint_every: int = 50
+    num_workers: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "monitor_every", "checkpoint_every"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"TrainSetup.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainSetup.lr must be > 0, got {self.lr!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainSetup.warmup_steps must be >= 0, got {self.warmup_steps!r}")
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up from lr/warmup to lr over the first warmup_steps, then constant."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        return self.lr
+
+
+class StepSampler(Sampler):
+    """Batches of indices for steps [start, stop): epoch e is a permutation seeded by (seed, e);
+    partial last batches are dropped, so every step has a full batch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int):
+        if n < batch_size:
+            raise ValueError(f"dataset has {n} samples, fewer than one batch of {batch_size}")
+        self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+        self.per_epoch = n // batch_size
+
+    def batch_indices(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.per_epoch)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.n, generator=gen)
+        return perm[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            yield self.batch_indices(step)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Move every tensor in a (nested) batch to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+@dataclass
+class RunOutcome:
+    status: str  # "done" | "diverged"
+    metrics: dict[str, float]
+    trajectory: dict[str, list]
+    timings: dict[str, float]
+    error: str | None = None
+    diverged_step: int | None = None
+
+
+@dataclass
+class Checkpointer:
+    """Where a run saves and finds its checkpoint: two callables, e.g. a results-store claim's."""
+
+    save: Callable[[dict], None]
+    load: Callable[[], dict | None]
+
+
+@dataclass
+class _State:
+    step: int = 0
+    trajectory: dict[str, list] = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+
+def _record(trajectory: dict[str, list], row: dict[str, float]) -> None:
+    for key, value in row.items():
+        trajectory.setdefault(key, []).append(value)
+
+
+def train(
+    model: torch.nn.Module,
+    dataset,
+    collate: Callable,
+    aggregator: Aggregator,
+    setup: TrainSetup,
+    *,
+    level: str = "parameter",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    checkpointer: Checkpointer | None = None,
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    progress: bool | str = False,
+) -> RunOutcome:
+    """Train `model` with `aggregator` for `setup.steps` steps; evaluate at the end."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=setup.momentum,
+                                weight_decay=setup.weight_decay)
+    state = _State()
+    if checkpointer is not None and (saved := checkpointer.load()) is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        aggregator.load_state_dict(saved["aggregator"])
+        torch.set_rng_state(saved["rng"])
+        state = _State(saved["step"], saved["trajectory"], saved["train_seconds"])
+    names = list(model.task_names)
+    sampler = StepSampler(len(dataset), setup.batch_size, seed, state.step, setup.steps)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=setup.num_workers)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=setup.steps, initial=state.step, desc=progress if isinstance(progress, str) else "train",
+                   unit="step", leave=False)
+    post_step = aggregator.tags().post_step_update
+    t_start = time.perf_counter()
+    for step, batch in zip(range(state.step, setup.steps), loader):
+        batch = to_device(batch, device)
+        for group in optimizer.param_groups:
+            group["lr"] = setup.lr_at(step)
+        monitored = step % setup.monitor_every == 0
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            result = backward_step(model, batch, aggregator, level=level, feature_grads=monitored,
+                                   param_gram=monitored)
+            bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            if bad:
+                raise NonFiniteLossError(f"non-finite gradient in {bad[:3]}")
+        except FloatingPointError as exc:  # NonFiniteLossError, NonFiniteGradientError
+            state.train_seconds += time.perf_counter() - t_start
+            if bar is not None:
+                bar.close()
+            return RunOutcome("diverged", {}, state.trajectory, {"train_seconds": state.train_seconds},
+                              error=str(exc), diverged_step=step)
+        optimizer.step()
+        if post_step:
+            with torch.no_grad():
+                z = model.encode(batch)
+                after = torch.stack(list(model.task_losses(z, batch).values()))
+            aggregator.after_step(after.double().cpu())
+        if monitored:
+            row = {"step": step, **measure(result)}
+            row.update({f"loss/{n}": float(v) for n, v in zip(names, result.losses)})
+            if result.weights is not None:
+                row.update({f"weight/{n}": float(v) for n, v in zip(names, result.weights)})
+            _record(state.trajectory, row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(result.losses.sum()):.4g}")
+        if checkpointer is not None and (step + 1) % setup.checkpoint_every == 0 and step + 1 < setup.steps:
+            checkpointer.save({
+                "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "aggregator": aggregator.state_dict(), "rng": torch.get_rng_state(),
+                "trajectory": state.trajectory,
+                "train_seconds": state.train_seconds + time.perf_counter() - t_start,
+            })
+    if bar is not None:
+        bar.close()
+    state.train_seconds += time.perf_counter() - t_start
+    t_eval = time.perf_counter()
+    metrics = {}
+    if evaluate is not None:
+        model.eval()
+        with torch.no_grad():
+            metrics = evaluate(model)
+        model.train()
+    timings = {"train_seconds": state.train_seconds, "eval_seconds": time.perf_counter() - t_eval,
+               "steps": setup.steps, "seconds_per_step": state.train_seconds / max(setup.steps, 1)}
+    return RunOutcome("done", {k: float(v) for k, v in metrics.items()}, state.trajectory, timings)

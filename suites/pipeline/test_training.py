@@ -1,0 +1,101 @@
+"""The step loop: determinism from the seed, exact resume from a checkpoint, divergence, monitoring."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from mtlcheck.aggregators import FAMO, EW, MGDA, get_aggregator
+from mtlcheck.models.toy import ToyRegression
+from mtlcheck.training import Checkpointer, StepSampler, TrainSetup, train
+
+
+class ToyData(Dataset):
+    def __init__(self, n=40, n_tasks=3, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 6, generator=gen)
+        self.y = torch.randn(n, n_tasks, generator=gen)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def evaluate(model):
+    data = ToyData()
+    preds = model.predict({"x": data.x})
+    return {f"mse/{n}": float(((preds[n] - data.y[:, i]) ** 2).mean()) for i, n in enumerate(model.task_names)}
+
+
+SETUP = TrainSetup(steps=20, batch_size=8, lr=0.05, warmup_steps=5, monitor_every=5, checkpoint_every=7)
+
+
+def run(method="mgda", level="parameter", seed=0, checkpointer=None, steps=20):
+    setup = TrainSetup(**{**SETUP.__dict__, "steps": steps})
+    return train(ToyRegression(seed=seed), ToyData(), default_collate, get_aggregator(method), setup,
+                 level=level, seed=seed, checkpointer=checkpointer, evaluate=evaluate)
+
+
+def test_same_seed_same_metrics_and_trajectory():
+    a, b = run(seed=3), run(seed=3)
+    assert a.status == b.status == "done"
+    assert a.metrics == b.metrics and a.trajectory == b.trajectory
+    assert run(seed=4).metrics != a.metrics
+
+
+def test_training_reduces_the_losses():
+    out = run("ew", steps=60)
+    assert out.trajectory["loss/task0"][-1] < out.trajectory["loss/task0"][0]
+
+
+def test_monitor_records_measures_every_k_steps():
+    out = run()
+    assert out.trajectory["step"] == [0, 5, 10, 15]
+    for key in ("gds", "gms", "fd", "loss/task0", "weight/task2"):
+        assert len(out.trajectory[key]) == 4 and all(math.isfinite(v) for v in out.trajectory[key])
+    assert all(-1 <= v <= 1 for v in out.trajectory["gds"]) and all(0 <= v <= math.log(3) for v in out.trajectory["fd"])
+
+
+def test_resume_from_checkpoint_is_exact():
+    saved = {}
+
+    class Killed(Exception):
+        pass
+
+    def save(obj):
+        saved["ckpt"] = obj
+        if obj["step"] == 14:
+            raise Killed  # the process dies right after writing its second checkpoint
+
+    with pytest.raises(Killed):
+        run("famo", checkpointer=Checkpointer(save, lambda: None))
+    resumed = run("famo", checkpointer=Checkpointer(lambda obj: None, lambda: saved["ckpt"]))
+    straight = run("famo")
+    assert resumed.metrics == straight.metrics
+    assert resumed.trajectory == straight.trajectory
+
+
+@pytest.mark.parametrize("level", ["parameter", "feature"])
+def test_divergence_is_reported_with_its_step(level):
+    out = train(ToyRegression(), ToyData(), default_collate, MGDA(),
+                TrainSetup(steps=30, batch_size=8, lr=1e6, monitor_every=1), level=level)
+    assert out.status == "diverged" and out.diverged_step is not None and out.diverged_step < 30
+    assert "non-finite" in out.error
+
+
+def test_step_sampler_is_a_pure_function_of_the_step():
+    s = StepSampler(10, 3, seed=1, start=0, stop=9)
+    batches = list(s)
+    assert batches[5] == StepSampler(10, 3, seed=1, start=5, stop=6).batch_indices(5)
+    assert all(len(b) == 3 for b in batches)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        StepSampler(2, 3, 0, 0, 1)
+
+
+def test_setup_validation_names_the_field():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainSetup(steps=1, batch_size=0)
+    assert TrainSetup(steps=10, batch_size=1, lr=1.0, warmup_steps=4).lr_at(1) == pytest.approx(0.5)
