@@ -42,7 +42,9 @@ class Metric:
 @dataclass(frozen=True)
 class Benchmark:
     """One benchmark. `make_data(split, budget, data_root)` returns a Dataset,
-    `make_model(budget, weights)` a MultiTaskModel, `evaluate(model, dataset, device)` metrics."""
+    `make_model(budget, weights)` a MultiTaskModel, `evaluate(model, dataset, device)` metrics.
+    `paper_tables` names the paper's tables this benchmark reproduces: (results, feature-vs-
+    parameter relative change or None, ranking similarity)."""
 
     name: str
     description: str
@@ -52,6 +54,7 @@ class Benchmark:
     make_data: Callable[[str, str, Path | None], Dataset]
     make_model: Callable[[str, str | None], torch.nn.Module]
     evaluate: Callable[[torch.nn.Module, Dataset, Any], dict[str, float]]
+    paper_tables: tuple[str, str | None, str] = ("table2", None, "table6")
     collate: Callable = default_collate
     needs_data_root: bool = False
     eval_batch_size: int = 16
@@ -173,10 +176,12 @@ def _collate_instances(samples):
     return collate_instances(samples)
 
 
+# labels are the paper's column names (reference/paper/table*.json), so our tables and the
+# paper's can be compared and the same claims evaluated on both
 DENSE_METRICS = (
-    Metric("depth/l1", False, "DE (L1)"),
-    Metric("semantic/miou", True, "SS (mIoU)"),
-    Metric("instance/l1", False, "IS (L1)"),
+    Metric("depth/l1", False, "DE"),
+    Metric("semantic/miou", True, "SS"),
+    Metric("instance/l1", False, "IS"),
 )
 COCO_METRICS = tuple(
     Metric(f"{kind}_{stat}", True, f"{label} {stat}")
@@ -199,6 +204,7 @@ DIGITS_INSTANCE = Benchmark(
     name="digits-instance",
     description="embedded: the same scenes as instances with occlusion; amodal box, visible/amodal mask, occlusion",
     task_names=("cls", "det", "vsb", "amd", "occ"),
+    paper_tables=("table1", "table4", "table5"),
     metrics=COCO_METRICS,
     setups=_DIGITS_SETUPS,
     make_data=_digits_data("instance"),
@@ -300,8 +306,8 @@ NYUV2 = Benchmark(
     name="nyuv2",
     description="NYU-v2 (NYUD-MT or mtan .npy layout): depth, surface normals, semantic",
     task_names=("depth", "normal", "semantic"),
-    metrics=(Metric("depth/l1", False, "DE (L1)"), Metric("normal/mean", False, "NE (mean°)"),
-             Metric("semantic/miou", True, "SS (mIoU)")),
+    paper_tables=("table3", None, "table7"),
+    metrics=(Metric("depth/l1", False, "DE"), Metric("normal/mean", False, "NE"), Metric("semantic/miou", True, "SS")),
     setups=_real_setups(32),
     make_data=_nyu_data,
     make_model=_nyu_model,
@@ -313,6 +319,7 @@ METAGRASPNET = Benchmark(
     name="metagraspnet",
     description="MetaGraspNet (UOAIS-style COCO JSON train.json/test.json): 7 detection and amodal-mask losses",
     task_names=("rcls", "rdet", "cls", "det", "vsb", "amd", "occ"),
+    paper_tables=("table1", "table4", "table5"),
     metrics=COCO_METRICS,
     setups=_real_setups(4),
     make_data=_metagraspnet_data,
