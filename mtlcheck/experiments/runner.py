@@ -104,6 +104,7 @@ def _run_fn(spec: RunSpec, where: Where):
 
 def run_spec(store: ResultStore, spec: RunSpec, where: Where = Where(), *, wait: bool = True) -> RunRecord | None:
     """The stored result of `spec`, computing it here if nobody has."""
+    get_benchmark(spec.benchmark).check_data_root(where.data_root)  # a usage error, not a failed run
     return store.get_or_run(spec, _run_fn(spec, where), wait=wait)
 
 
@@ -112,6 +113,8 @@ def run_sweep(store: ResultStore, specs: Iterable[RunSpec], where: Where = Where
     """Compute every spec once (sharing the work with any other process on the same store).
     A run that fails is recorded as failed (with its traceback) and the sweep goes on."""
     specs = list(specs)
+    for name in {s.benchmark for s in specs}:
+        get_benchmark(name).check_data_root(where.data_root)
     bar = None
     if progress:
         from tqdm import tqdm
