@@ -231,6 +231,7 @@ SURROGATE_HELPS = frozenset({("MGDA", F), ("Aligned-MTL", F)})
 
 def _surrogate_only_mgda_aligned(tables: Tables) -> Verdict:
     t = tables["table4"]
+    _require(t, sorted(SURROGATE_HELPS))  # "only X and Y" needs X and Y in the table (partial sweeps)
     gains = set(_gain_keys(t))
     parts = [f"{t.label(k)}: {_changes_text(t, k)}" for k in sorted(gains)]
     rest = [f"{t.label(r.key)} {sum(t.is_better(v, 0.0, c) for c, v in r.values.items())}/"
@@ -256,6 +257,8 @@ def _surrogate_degrades(tables: Tables) -> Verdict:
 
 def _surrogate_not_general(tables: Tables) -> Verdict:
     t = tables["table4"]
+    if not t.rows:
+        raise ClaimNotEvaluable(f"{t.title} has no rows (no method ran at both gradient levels)")
     gains, losses = _gain_keys(t), _loss_keys(t)
     holds = len(gains) < len(t.rows) and bool(losses)
     return Verdict(holds, f"{t.title}: {len(gains)}/{len(t.rows)} methods gain on every metric "
@@ -307,6 +310,7 @@ def _fig5_fd_below_baseline(tables: Tables) -> Verdict:
     t = tables["figure5"]
     if FIGURE5_COLUMN not in t.columns:
         raise ClaimNotEvaluable(f"{t.title} has no {FIGURE5_COLUMN!r} column")
+    _require(t, [(BASELINE, P), *((m, P) for m in sorted(FIG5_EXCEPTIONS))])  # the named exceptions must be there
     base = t.value(BASELINE, FIGURE5_COLUMN, P)
     runs = [r for r in t.rows if r.method != BASELINE and r.level == P and r.values[FIGURE5_COLUMN] is not None]
     not_below = {r.method for r in runs if not r.values[FIGURE5_COLUMN] < base}
@@ -317,8 +321,13 @@ def _fig5_fd_below_baseline(tables: Tables) -> Verdict:
                    f"{len(runs) - len(not_below)}/{len(runs)}")
 
 
+# §3.1: Nash-MTL is not reported on MetaGraspNet, so Table 1 holds the other seven.
+TABLE1_GRADIENT_MANIPULATION = GRADIENT_MANIPULATION - {"Nash-MTL"}
+
+
 def _fig5_complement(tables: Tables) -> Verdict:
     t = tables["table1"]
+    _require(t, [(BASELINE, P), *((m, P) for m in sorted(TABLE1_GRADIENT_MANIPULATION))])  # a complement needs them all
     gm = [r.key for r in t.rows if r.method in GRADIENT_MANIPULATION and r.level == P]
     complement = [k for k in gm if k[0] not in FIG5_EXCEPTIONS]
     parts, holds = [], len(complement) == 3

@@ -1,0 +1,734 @@
+"""Reports: the paper's tables and figures rebuilt from stored runs, and the claims judged on them.
+
+Sources (paper 001): Tables 1-3 (§3.1, §3.2: results, ↑/↓/– against the baseline with the 0.01
+band of Table 1's caption), Table 4 (§4: relative change of the feature level against the
+parameter level, 100 × (feature − parameter) / parameter), Tables 5-7 (§5.3, §5.5: ranking
+similarity of GDS, GMS and FD against each test metric, trajectories ordered by the mean of
+their last 50 recorded points) and Figures 3-5 (§5.4: trajectories of the parameter-level runs
+relative to the baseline, moving average with a window of 1/10 of the trajectory length).
+
+Everything here is a pure function of the run records given (`mtlcheck.experiments.store.RunRecord`):
+
+- `result_tables(records, benchmark)` -> `ResultTable`s keyed like the paper's files (the
+  benchmark's `paper_tables`), plus 'relative_change', 'final_measures' and 'figure5', so the
+  predicates of `mtlcheck.claims` run on them exactly as on the paper's numbers;
+- `to_markdown` / `to_csv` render one table; `trajectory_figures` writes Figures 3-5 as PNG;
+- `claim_verdicts` / `verdict_markdown` judge every claim and say why one cannot be judged;
+- `write_report` writes report.md, one CSV per table and the PNGs (same records, same text).
+
+Rules: records of one benchmark, budget, step count and code epoch at a time (mixing raises);
+a (method, level) row takes the mean over seeds only when every one of its runs is 'done';
+otherwise its values are null and its note says what happened (diverged at step N in k/n
+seeds, failed, not finished) — no run is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mtlcheck.benchmarks import Benchmark, get_benchmark
+from mtlcheck.claims import CLAIMS, ClaimNotEvaluable
+from mtlcheck.experiments.store import RunRecord
+from mtlcheck.measures.ranking import symmetric_ranking_similarity
+from mtlcheck.reference import (
+    BAND,
+    BASELINE,
+    ResultTable,
+    Row,
+    baseline_mark,
+    load_paper_tables,
+    relative_change,
+)
+
+__all__ = [
+    "FIGURES",
+    "MEASURES",
+    "PAPER_NAMES",
+    "PAPER_ORDER",
+    "RS_LAST_POINTS",
+    "claim_verdicts",
+    "display_name",
+    "moving_average",
+    "result_tables",
+    "to_csv",
+    "to_markdown",
+    "trajectory_figures",
+    "verdict_markdown",
+    "write_report",
+]
+
+# registry name -> the paper's name (reference/paper/table*.json); others keep their own name
+PAPER_NAMES: Mapping[str, str] = {
+    "ew": BASELINE, "pcgrad": "PCGrad", "gradvac": "GradVac", "graddrop": "GradDrop", "rgw": "RGW",
+    "mgda": "MGDA", "cagrad": "CAGrad", "nash_mtl": "Nash-MTL", "aligned_mtl": "Aligned-MTL",
+    "uncertainty": "Uncertainty", "gradnorm": "GradNorm", "imtl": "IMTL", "famo": "FAMO", "rlw": "RLW",
+    "dwa": "DWA", "cosreg": "CosReg",
+}
+# row order of Tables 2-3 (Table 1 is the same order without Nash-MTL and GradNorm)
+PAPER_ORDER = ("Baseline", "RGW", "PCGrad", "GradVac", "MGDA", "CAGrad", "GradDrop", "Nash-MTL",
+               "Aligned-MTL", "IMTL", "RLW", "DWA", "Uncertainty", "GradNorm", "FAMO", "CosReg")
+LEVELS = ("parameter", "feature")
+# trajectory key, the paper's row name, the gradient level the measure uses (Tables 5-7 rows)
+MEASURES = (("gds", "GDS", "parameter"), ("gms", "GMS", "parameter"), ("fd", "FD", "feature"))
+FIGURES = {"gds": 3, "gms": 4, "fd": 5}  # §5.4: Figure 3 GDS, Figure 4 GMS, Figure 5 FD
+RS_LAST_POINTS = 50  # §5.5: "we took the mean of the last 50 elements"
+METRIC_DECIMALS = 4  # one more than the paper prints, so a difference of exactly 0.010 is visible
+PERCENT_DECIMALS = 2  # one more than Tables 4-7 print
+MEASURE_DECIMALS = 4
+
+
+# -- records -------------------------------------------------------------------------------------
+def display_name(record: RunRecord) -> str:
+    """The paper's name of the run's method; a non-default config is appended, e.g. 'CAGrad[c=0.2]',
+    so a claim about the paper's CAGrad never reads a differently configured run."""
+    spec = record.spec
+    name = PAPER_NAMES.get(spec.method, spec.method)
+    if spec.method_config:
+        name += "[" + ", ".join(f"{k}={v!r}" for k, v in sorted(spec.config.items())) + "]"
+    return name
+
+
+def _order(name: str) -> tuple[int, str]:
+    return (PAPER_ORDER.index(name) if name in PAPER_ORDER else len(PAPER_ORDER), name)
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """Validated records of one benchmark / budget, grouped by (display name, level)."""
+
+    bench: Benchmark
+    budget: str
+    steps: int | None
+    groups: Mapping[tuple[str, str], tuple[RunRecord, ...]]  # sorted by seed
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        return sorted(self.groups, key=lambda k: (LEVELS.index(k[1]), _order(k[0])))
+
+    def done(self, key: tuple[str, str]) -> bool:
+        return all(r.status == "done" for r in self.groups[key])
+
+    @property
+    def label(self) -> str:
+        steps = "" if self.steps is None else f", {self.steps} steps"
+        return f"{self.bench.name}, {self.budget}{steps}"
+
+
+def _as_benchmark(benchmark: Benchmark | str) -> Benchmark:
+    if isinstance(benchmark, Benchmark):
+        return benchmark
+    if isinstance(benchmark, str):
+        return get_benchmark(benchmark)
+    raise TypeError(f"benchmark must be a Benchmark or its name, got {type(benchmark).__name__}")
+
+
+def _runs(records: Iterable[RunRecord], benchmark: Benchmark | str) -> _Runs:
+    bench = _as_benchmark(benchmark)
+    records = list(records)
+    if not records:
+        raise ValueError(f"no run records given for benchmark {bench.name!r}")
+    for r in records:
+        if not isinstance(r, RunRecord):
+            raise TypeError(f"expected RunRecords (ResultStore.runs / run_sweep), got {type(r).__name__}")
+    other = sorted({r.spec.label for r in records if r.spec.benchmark != bench.name})
+    if other:
+        raise ValueError(f"records of another benchmark than {bench.name!r}: {other}")
+    for field, what in (("budget", "budgets"), ("steps", "step counts")):
+        seen = Counter(getattr(r.spec, field) for r in records)
+        if len(seen) > 1:
+            raise ValueError(f"records mix {what} {dict(sorted(seen.items(), key=str))} (runs per value); "
+                             f"report one {field} at a time")
+    epochs = Counter(r.code_epoch for r in records)
+    if len(epochs) > 1:
+        raise ValueError(f"records mix code epochs {dict(epochs)}; report one epoch at a time")
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for r in records:
+        groups[(display_name(r), r.spec.level)].append(r)
+    for (name, level), rs in groups.items():
+        seeds = Counter(r.spec.seed for r in rs)
+        dup = sorted(s for s, n in seeds.items() if n > 1)
+        if dup:
+            raise ValueError(f"{name} ({level}): several records for seed(s) {dup} "
+                             f"(keys {sorted(r.key for r in rs if r.spec.seed in dup)}); pass each run once")
+    return _Runs(bench, records[0].spec.budget, records[0].spec.steps,
+                 {k: tuple(sorted(v, key=lambda r: r.spec.seed)) for k, v in groups.items()})
+
+
+def _seeds(rs: Sequence[RunRecord]) -> str:
+    return ", ".join(str(r.spec.seed) for r in rs)
+
+
+def _status_note(rs: Sequence[RunRecord]) -> str:
+    """Why a row has no values: 'diverged at step 7 in 1/3 seeds (seed 2); ...'."""
+    n = len(rs)
+    parts = []
+    diverged = [r for r in rs if r.status == "diverged"]
+    if diverged:
+        steps = sorted({(r.timings or {}).get("diverged_step") for r in diverged}, key=str)
+        where = ("step " + ", ".join(str(s) for s in steps) if None not in steps
+                 else "an unrecorded step")
+        parts.append(f"diverged at {where} in {len(diverged)}/{n} seeds (seed {_seeds(diverged)})")
+    failed = [r for r in rs if r.status == "failed"]
+    if failed:
+        last = [(r.error or "").strip().splitlines()[-1:] or ["no error text"] for r in failed]
+        parts.append(f"failed in {len(failed)}/{n} seeds (" + "; ".join(
+            f"seed {r.spec.seed}: {line[0]}" for r, line in zip(failed, last)) + ")")
+    unfinished = [r for r in rs if r.status in ("pending", "running")]
+    if unfinished:
+        parts.append(f"not finished in {len(unfinished)}/{n} seeds (" + ", ".join(
+            f"seed {r.spec.seed}: {r.status}" for r in unfinished) + ")")
+    done = n - len(diverged) - len(failed) - len(unfinished)
+    if done:
+        parts.append(f"no mean taken over the other {done} done seed(s)")
+    return "; ".join(parts)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+# -- tables --------------------------------------------------------------------------------------
+def _table_name(paper_name: str | None, fallback: str, runs: _Runs) -> str:
+    base = f"Table {paper_name[5:]}" if paper_name and paper_name.startswith("table") else fallback
+    return f"{base} (ours: {runs.label})"
+
+
+def _results(runs: _Runs, name: str) -> ResultTable:
+    """Mean over seeds of each metric, one row per (method, level); null plus a note otherwise."""
+    bench = runs.bench
+    columns = tuple(m.label for m in bench.metrics)
+    rows = []
+    for key in runs.keys:
+        rs = runs.groups[key]
+        values: dict[str, float | None] = {}
+        note = None
+        if runs.done(key):
+            bad = []
+            for m in bench.metrics:
+                missing = [r.spec.label for r in rs if m.key not in (r.metrics or {})]
+                if missing:
+                    raise ValueError(f"done run(s) {missing} have no metric {m.key!r} "
+                                     f"(have {sorted(rs[0].metrics or {})})")
+                vals = [float(r.metrics[m.key]) for r in rs]
+                if all(math.isfinite(v) for v in vals):
+                    values[m.label] = _mean(vals)
+                else:
+                    values[m.label] = None
+                    bad.append(f"{m.label} non-finite in seed(s) "
+                               + ", ".join(str(r.spec.seed) for r, v in zip(rs, vals) if not math.isfinite(v)))
+            note = "; ".join(bad) or None
+        else:
+            values = {c: None for c in columns}
+            note = _status_note(rs)
+        rows.append(Row(method=key[0], level=key[1], values=values, note=note))
+    seed_sets = {k: tuple(r.spec.seed for r in rs) for k, rs in runs.groups.items()}
+    notes = [f"Mean over seeds of the done runs ({runs.label}); a row whose runs are not all done has "
+             "null values and a note. Parameter-level rows first, then feature-level rows.",
+             "Columns: " + ", ".join(f"{m.label} = {m.key}" for m in bench.metrics)
+             + " in the units of mtlcheck's evaluation (fractions where the paper prints a percentage)."]
+    if len(set(seed_sets.values())) > 1:
+        notes.append("Seed sets differ between rows: " + "; ".join(
+            f"{k[0]} ({k[1]}): {list(v)}" for k, v in sorted(seed_sets.items(), key=lambda kv: runs.keys.index(kv[0]))))
+    else:
+        notes.append(f"Seeds: {list(next(iter(seed_sets.values())))}.")
+    return ResultTable(
+        name=name, columns=columns, higher_is_better={m.label: m.higher_is_better for m in bench.metrics},
+        rows=tuple(rows), units={m.label: f"{m.key} (mtlcheck evaluation of {bench.name})" for m in bench.metrics},
+        printed_decimals={c: METRIC_DECIMALS for c in columns}, notes=tuple(notes), origin=name)
+
+
+def _relative_change(results: ResultTable, name: str) -> ResultTable:
+    """Table 4: 100 × (feature − parameter) / parameter of the same method (`reference.relative_change`)."""
+    rows = []
+    for r in results.rows:
+        if r.level != "feature" or not results.has(r.method, "parameter"):
+            continue
+        base = results.row(r.method, "parameter")
+        values: dict[str, float | None] = {}
+        why = []
+        for c in results.columns:
+            new, old = r.values[c], base.values[c]
+            if new is None or old is None:
+                values[c] = None
+                why.append(f"{c}: {'feature' if new is None else 'parameter'}-level value is null")
+            elif old == 0:
+                values[c] = None
+                why.append(f"{c}: parameter-level value is 0")
+            else:
+                values[c] = relative_change(results, r.method, c)
+        notes = [n for n in (f"feature: {r.note}" if r.note else None,
+                             f"parameter: {base.note}" if base.note else None) if n]
+        rows.append(Row(method=r.method, level="feature", values=values,
+                        note="; ".join(why + notes) if why else None))
+    return ResultTable(
+        name=name, columns=results.columns, higher_is_better=results.higher_is_better, rows=tuple(rows),
+        units={c: f"percent relative change of {c}: 100 × (feature − parameter) / parameter, same method"
+               for c in results.columns},
+        printed_decimals={c: PERCENT_DECIMALS for c in results.columns},
+        notes=("Methods run at both gradient levels (loss-only methods have no feature level). A positive "
+               "change in a lower-is-better column is a degradation.",),
+        origin=name)
+
+
+def _end_value(record: RunRecord, key: str) -> tuple[float | None, int, str | None]:
+    """Mean of the last min(50, len) recorded points of trajectory[key] (§5.5); (None, 0, why) if undefined."""
+    traj = (record.trajectory or {}).get(key)
+    if not traj:
+        return None, 0, f"no {key!r} trajectory in seed {record.spec.seed}"
+    tail = [float(v) for v in traj[-RS_LAST_POINTS:]]
+    if not all(math.isfinite(v) for v in tail):
+        return None, len(tail), f"{key} non-finite in the last {len(tail)} points of seed {record.spec.seed}"
+    return _mean(tail), len(tail), None
+
+
+@dataclass(frozen=True)
+class _Ends:
+    values: Mapping[str, Mapping[str, float]]  # measure key -> method -> mean over seeds of the end value
+    left_out: Mapping[str, Mapping[str, str]]  # measure key -> method -> why
+    lengths: tuple[int, ...]  # trajectory lengths seen
+    used: tuple[int, ...]  # points averaged
+
+
+def _ends(runs: _Runs) -> _Ends:
+    values: dict[str, dict[str, float]] = {k: {} for k, _, _ in MEASURES}
+    left: dict[str, dict[str, str]] = {k: {} for k, _, _ in MEASURES}
+    lengths, used = set(), set()
+    for name, level in runs.keys:
+        if level != "parameter":
+            continue
+        rs = runs.groups[(name, level)]
+        for key, _, _ in MEASURES:
+            if not runs.done((name, level)):
+                left[key][name] = _status_note(rs)
+                continue
+            got = [_end_value(r, key) for r in rs]
+            why = [w for _, _, w in got if w]
+            if why:
+                left[key][name] = "; ".join(why)
+                continue
+            values[key][name] = _mean([v for v, _, _ in got])
+            used.update(n for _, n, _ in got)
+            lengths.update(len(r.trajectory[key]) for r in rs)
+    return _Ends(values, left, tuple(sorted(lengths)), tuple(sorted(used)))
+
+
+def _points_text(ends: _Ends) -> str:
+    if not ends.lengths:
+        return f"mean of the last min({RS_LAST_POINTS}, length) recorded points (no trajectory had a value)"
+    return (f"mean of the last min({RS_LAST_POINTS}, length) recorded points: trajectories of "
+            f"{'/'.join(map(str, ends.lengths))} points here, so {'/'.join(map(str, ends.used))} points averaged")
+
+
+def _final_measures(runs: _Runs, ends: _Ends, name: str) -> ResultTable:
+    columns = tuple(label for _, label, _ in MEASURES)
+    rows = []
+    for method, level in runs.keys:
+        if level != "parameter":
+            continue
+        vals = {label: ends.values[key].get(method) for key, label, _ in MEASURES}
+        why = sorted({ends.left_out[key][method] for key, _, _ in MEASURES if method in ends.left_out[key]})
+        rows.append(Row(method=method, level=level, values=vals, note="; ".join(why) or None))
+    return ResultTable(
+        name=name, columns=columns, higher_is_better={"GDS": True, "GMS": True, "FD": False}, rows=tuple(rows),
+        units={label: f"{label} at the end of training: {_points_text(ends)}, mean over seeds" for label in columns},
+        printed_decimals={c: MEASURE_DECIMALS for c in columns},
+        notes=(f"Parameter-level runs; {_points_text(ends)} (§5.5), then the mean over seeds. Lower GDS/GMS: "
+               "more conflict/dominance (§5.1); lower FD: more disentangled features (§5.2).",),
+        origin=name)
+
+
+def _ranking_similarity(results: ResultTable, ends: _Ends, paper_name: str | None, name: str) -> ResultTable:
+    """Tables 5-7: 100 × (0.5 + |S − 0.5|), S of Eq. 9 between the methods ordered by a measure's end
+    value and ordered by a test metric (better first), over the parameter-level runs of all methods."""
+    paper = load_paper_tables()
+    order = ([r.method for r in paper[paper_name].rows] if paper_name in paper
+             else [label for _, label, _ in MEASURES])
+    by_label = {label: (key, level) for key, label, level in MEASURES}
+    rows = []
+    ranked_sets = set()
+    for label in order:
+        key, level = by_label[label]
+        values: dict[str, float | None] = {}
+        why = [f"{m}: {w}" for m, w in ends.left_out[key].items()]
+        for c in results.columns:
+            items = []
+            for r in results.rows:
+                if r.level != "parameter":
+                    continue
+                perf, end = r.values[c], ends.values[key].get(r.method)
+                if perf is None:
+                    if r.method not in ends.left_out[key]:
+                        why.append(f"{r.method}: no {c} value ({r.note})")
+                    continue
+                if end is not None:
+                    items.append((r.method, end, perf if results.higher_is_better[c] else -perf))
+            ranked_sets.add(tuple(m for m, _, _ in items))
+            if len(items) < 2:
+                values[c] = None
+                why.append(f"{c}: {len(items)} method(s) with both values; Eq. 9 needs 2")
+                continue
+            values[c] = 100.0 * symmetric_ranking_similarity([e for _, e, _ in items], [p for _, _, p in items])
+        rows.append(Row(method=label, level=level, values=values,
+                        note=("left out: " + "; ".join(dict.fromkeys(why))) if why else None))
+    ranked = " | ".join(", ".join(s) for s in sorted(ranked_sets)) or "none"
+    return ResultTable(
+        name=name, columns=results.columns, higher_is_better={c: True for c in results.columns}, rows=tuple(rows),
+        units={c: f"percent: symmetric ranking similarity (Eq. 9) between the measure's ranking of the "
+                  f"parameter-level runs and their ranking on {c}" for c in results.columns},
+        printed_decimals={c: PERCENT_DECIMALS for c in results.columns}, row_kind="measure",
+        notes=(f"Ranked: the parameter-level runs of the methods {ranked} (Baseline included). Measure value "
+               f"per method: {_points_text(ends)} (§5.5), mean over seeds; metric value: the results table's "
+               "mean over seeds, oriented so that better is larger. Value = 100 × (0.5 + |S − 0.5|) (§5.3).",),
+        origin=name)
+
+
+def result_tables(records: Iterable[RunRecord], benchmark: Benchmark | str) -> dict[str, ResultTable]:
+    """Our tables from stored runs, keyed like the paper's: the benchmark's `paper_tables`
+    (results, relative change when the paper has one, ranking similarity) plus 'relative_change'
+    (always; the same table as the paper-named one when there is one), 'final_measures' (GDS, GMS,
+    FD at the end of training per parameter-level method) and 'figure5' (its FD column, the input
+    of the Figure 5 claim). Raises ValueError for mixed budgets, steps, benchmarks or duplicates."""
+    runs = _runs(records, benchmark)
+    res_name, rel_name, rs_name = runs.bench.paper_tables
+    results = _results(runs, _table_name(res_name, "Results", runs))
+    rel = _relative_change(results, _table_name(rel_name, "Relative change", runs))
+    ends = _ends(runs)
+    final = _final_measures(runs, ends, f"Final measures (ours: {runs.label})")
+    fd_rows = tuple(Row(r.method, r.level, {"FD": r.values["FD"]}, note=r.note if r.values["FD"] is None else None)
+                    for r in final.rows)
+    figure5 = ResultTable(name=f"Figure 5 final FD (ours: {runs.label})", columns=("FD",),
+                          higher_is_better={"FD": False}, rows=fd_rows, units={"FD": final.units["FD"]},
+                          printed_decimals={"FD": MEASURE_DECIMALS}, notes=final.notes, origin="figure5")
+    tables = {res_name: results}
+    if rel_name:
+        tables[rel_name] = rel
+    tables["relative_change"] = rel
+    tables[rs_name] = _ranking_similarity(results, ends, rs_name, _table_name(rs_name, "Ranking similarity", runs))
+    tables["final_measures"] = final
+    tables["figure5"] = figure5
+    return tables
+
+
+# -- rendering -----------------------------------------------------------------------------------
+def _esc(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _cell_text(table: ResultTable, value: float | None, column: str) -> str:
+    if value is None:
+        return "null"
+    d = table.printed_decimals.get(column)
+    text = f"{value:.{d}f}" if d is not None else f"{value:.6g}"
+    return text + ("%" if table.units.get(column, "").startswith("percent") else "")
+
+
+def _baseline_for_marks(table: ResultTable) -> Row | None:
+    rows = [r for r in table.rows if r.method == BASELINE]
+    if not rows:
+        return None
+    if len(rows) > 1:
+        raise ValueError(f"{table.title}: Baseline at levels {[r.level for r in rows]}; marks need one Baseline row")
+    return rows[0]
+
+
+def to_markdown(table: ResultTable, *, marks: bool = True) -> str:
+    """The table in the paper's layout: one row per method (or measure), the cell as printed with
+    `printed_decimals` (+ '%' for percent units) and, with `marks`, '(↑)', '(↓)' or '(–)' against the
+    Baseline row: better / worse by more than 0.01 in the column's direction, else '–' (Table 1
+    caption, `reference.baseline_mark`). Tables without a Baseline row (ranking similarity,
+    relative change) have nothing to mark against; the caption then says so."""
+    base = _baseline_for_marks(table) if marks and table.row_kind == "method" else None
+    measure = table.row_kind == "measure"
+    head = ["Measure" if measure else "Method"] + [
+        c if measure else f"{c} ({'↑' if table.higher_is_better[c] else '↓'})" for c in table.columns]
+    lines = ["| " + " | ".join(_esc(h) for h in head) + " |",
+             "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+    for r in table.rows:
+        cells = [_esc(table.label(r))]
+        for c in table.columns:
+            text = _cell_text(table, r.values[c], c)
+            if (base is not None and r.key != base.key and r.values[c] is not None
+                    and base.values[c] is not None):
+                text += f" ({baseline_mark(table, r.method, c, level=r.level)})"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    if not table.rows:
+        lines.append("| (no rows) |" + " |" * len(table.columns))
+    caption = []
+    if marks and table.row_kind == "method":
+        if base is None:
+            caption.append("No Baseline row: no ↑/↓/– marks.")
+        else:
+            caption.append(f"Marks against {BASELINE} ({base.level}): ↑ / ↓ better / worse by more than {BAND} "
+                           "in the column's direction (↑ higher is better, ↓ lower is better in the header), "
+                           f"– within {BAND} (Table 1 caption).")
+            nulls = [c for c in table.columns if base.values[c] is None]
+            if nulls:
+                caption.append(f"No marks in {nulls}: the Baseline has no value there.")
+    out = "\n".join(lines) + "\n"
+    notes = list(caption) + list(table.notes) + [f"{table.label(r)}: {r.note}" for r in table.rows if r.note]
+    if notes:
+        out += "\n" + "\n".join(f"- {_esc(n)}" for n in notes) + "\n"
+    return out
+
+
+def to_csv(table: ResultTable) -> str:
+    """method, level, one column per metric (full precision, empty for null), note."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "level", *table.columns, "note"])
+    for r in table.rows:
+        w.writerow([r.method, r.level, *("" if r.values[c] is None else repr(float(r.values[c]))
+                                         for c in table.columns), r.note or ""])
+    return buf.getvalue()
+
+
+# -- figures -------------------------------------------------------------------------------------
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average, 'valid' part only: out[i] = mean(values[i : i + window]) (§5.4).
+    A NaN in a window makes that point NaN (a gap in the plot), never a silently smaller window."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"moving_average: window must be an int >= 1, got {window!r}")
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) < window:
+        raise ValueError(f"moving_average: need a 1-D series of at least {window} values, got shape {x.shape}")
+    return np.convolve(x, np.ones(window) / window, mode="valid")
+
+
+@dataclass(frozen=True)
+class _Curve:
+    method: str
+    steps: np.ndarray
+    values: np.ndarray  # smoothed mean over seeds of (method − baseline)
+    seeds: tuple[int, ...]
+    window: int
+    length: int
+
+
+def _curves(runs: _Runs, key: str) -> tuple[list[_Curve], list[str]]:
+    """Per parameter-level method: mean over seeds of trajectory − Baseline's trajectory of the same
+    seed on their common steps, smoothed with window max(1, length // 10) (§5.4)."""
+    base = {r.spec.seed: r for r in runs.groups.get((BASELINE, "parameter"), ()) if r.status == "done"}
+    curves, notes = [], []
+    for name, level in runs.keys:
+        if level != "parameter" or name == BASELINE:
+            continue
+        pairs = [(r, base[r.spec.seed]) for r in runs.groups[(name, level)]
+                 if r.status == "done" and r.spec.seed in base]
+        skipped = [r for r in runs.groups[(name, level)] if r.status != "done" or r.spec.seed not in base]
+        if skipped:
+            notes.append(f"{name}: seed(s) {_seeds(skipped)} left out ("
+                         + ", ".join(r.status if r.status != "done" else "no done Baseline run of that seed"
+                                     for r in skipped) + ")")
+        per_seed = []
+        for r, b in pairs:
+            mine = dict(zip((r.trajectory or {}).get("step", []), (r.trajectory or {}).get(key, [])))
+            theirs = dict(zip((b.trajectory or {}).get("step", []), (b.trajectory or {}).get(key, [])))
+            per_seed.append({s: float(mine[s]) - float(theirs[s]) for s in mine.keys() & theirs.keys()})
+        common = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
+        if not common:
+            if pairs:
+                notes.append(f"{name}: no recorded step in common with the Baseline")
+            continue
+        mean = np.array([_mean([d[s] for d in per_seed]) for s in common])
+        window = max(1, len(common) // 10)
+        curves.append(_Curve(name, np.array(common[window - 1:]), moving_average(mean, window),
+                             tuple(r.spec.seed for r, _ in pairs), window, len(common)))
+    return curves, notes
+
+
+def _figure_path(outdir: Path, key: str) -> Path:
+    return outdir / f"figure{FIGURES[key]}_{key}.png"
+
+
+def trajectory_figures(records: Iterable[RunRecord], benchmark: Benchmark | str, outdir: str | Path) -> list[Path]:
+    """Figures 3 (GDS), 4 (GMS), 5 (FD) as PNG: each parameter-level method's trajectory minus the
+    Baseline's (same seed), mean over seeds, moving average over 1/10 of the length (at least 1
+    point). Raises ValueError when there is no done parameter-level Baseline run to subtract."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = _runs(records, benchmark)
+    if not any(r.status == "done" for r in runs.groups.get((BASELINE, "parameter"), ())):
+        raise ValueError(f"{runs.label}: no done parameter-level {BASELINE} (ew) run; Figures 3-5 plot the "
+                         "trajectories relative to it")
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    names = [n for n, lv in runs.keys if lv == "parameter" and n != BASELINE]
+    cmap = colormaps["tab20"]
+    paths = []
+    for key, label, _ in MEASURES:
+        curves, _ = _curves(runs, key)
+        fig = Figure(figsize=(10, 5.5))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.axhline(0.0, color="black", lw=1.0, ls="--", label=f"{BASELINE} (0)")
+        for c in curves:
+            i = names.index(c.method) % 20  # the 10 dark tab20 colours first, then the 10 light ones
+            ax.plot(c.steps, c.values, color=cmap(2 * i if i < 10 else 2 * (i - 10) + 1), lw=1.6,
+                    marker="." if len(c.steps) < 30 else None,
+                    label=f"{c.method} (seed{'s' if len(c.seeds) > 1 else ''} {', '.join(map(str, c.seeds))})")
+        windows = sorted({(c.window, c.length) for c in curves})
+        smooth = ", ".join(f"window {w} of {n} points" for w, n in windows) or "no curves"
+        ax.set_title(f"Figure {FIGURES[key]}: {label} relative to {BASELINE} — {runs.bench.name}, "
+                     f"budget {runs.budget}\nparameter-level runs, mean over seeds, moving average ({smooth})",
+                     fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{label} − {BASELINE} {label}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+        fig.tight_layout()
+        path = _figure_path(outdir, key)
+        fig.savefig(path, dpi=110, metadata={"Software": None})
+        paths.append(path)
+    return paths
+
+
+# -- claims --------------------------------------------------------------------------------------
+VERDICTS = ("holds", "contradicted", "not evaluable", "error")
+
+
+def _with_values_only(tables: Mapping[str, ResultTable]) -> tuple[dict[str, ResultTable], dict[str, list[str]]]:
+    """Tables without rows that have a null value (the claims compare numbers); what was removed."""
+    out, removed = {}, {}
+    for name, t in tables.items():
+        keep = tuple(r for r in t.rows if all(v is not None for v in r.values.values()))
+        gone = [f"{t.label(r)} ({r.note})" for r in t.rows if r not in keep]
+        out[name] = t if not gone else ResultTable(
+            name=t.name, columns=t.columns, higher_is_better=t.higher_is_better, rows=keep, units=t.units,
+            printed_decimals=t.printed_decimals, source=t.source, row_kind=t.row_kind, notes=t.notes,
+            not_reported=t.not_reported, origin=t.origin)
+        if gone:
+            removed[name] = gone
+    return out, removed
+
+
+def claim_verdicts(tables: Mapping[str, ResultTable]) -> list[dict[str, str]]:
+    """Every claim of `claims.CLAIMS` on `tables`: {"id", "section", "statement", "verdict", "evidence"}.
+
+    verdict: "holds" / "contradicted" (the predicate's Verdict), "not evaluable" (the tables lack
+    a table, row or column the claim needs: the evidence names it), or "error" (the predicate
+    raised anything else: a bug, shown here rather than hidden). Rows with a null value (diverged,
+    failed, undefined) are removed first; a claim that needed them is not evaluable and says so."""
+    usable, removed = _with_values_only(tables)
+    out = []
+    for claim in CLAIMS:
+        try:
+            v = claim.evaluate(usable)
+        except ClaimNotEvaluable as exc:
+            verdict, evidence = "not evaluable", str(exc)
+        except KeyError as exc:  # ResultTable.row / column lookups: the row or column is missing
+            verdict, evidence = "not evaluable", f"missing: {exc.args[0] if exc.args else exc}"
+        except Exception as exc:  # noqa: BLE001 - reported in the verdict table, not hidden
+            verdict, evidence = "error", f"{type(exc).__name__}: {exc}"
+        else:
+            verdict, evidence = ("holds" if v.holds else "contradicted"), v.evidence
+        gone = [g for t in claim.source_tables for g in removed.get(t, ())]
+        if gone and verdict != "holds" and verdict != "contradicted":
+            evidence += "; rows left out for lack of values: " + "; ".join(gone)
+        elif gone:
+            evidence += " (rows left out for lack of values: " + "; ".join(gone) + ")"
+        out.append({"id": claim.id, "section": claim.section, "statement": claim.statement,
+                    "verdict": verdict, "evidence": evidence})
+    return out
+
+
+def verdict_markdown(verdicts: Sequence[Mapping[str, str]]) -> str:
+    """A markdown table of claim verdicts, with a count per verdict first."""
+    counts = Counter(v["verdict"] for v in verdicts)
+    head = ", ".join(f"{k}: {counts.get(k, 0)}" for k in VERDICTS if counts.get(k, 0) or k != "error")
+    lines = [f"{len(verdicts)} claims — {head}.", "", "| Claim | Section | Statement | Verdict | Evidence |",
+             "|---|---|---|---|---|"]
+    for v in verdicts:
+        lines.append("| " + " | ".join(_esc(v[k]) for k in ("id", "section", "statement")) +
+                     f" | **{v['verdict']}** | {_esc(v['evidence'])} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- the report ----------------------------------------------------------------------------------
+def _fmt_s(values: list[float]) -> str:
+    return f"{_mean(values):.2f}" if values else "n/a"
+
+
+def _runs_section(runs: _Runs) -> str:
+    lines = ["| Method | Level | Seeds | done | diverged | failed | unfinished | train s (mean) | eval s (mean) "
+             "| wall s (sum) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    total = Counter()
+    wall_total = 0.0
+    for key in runs.keys:
+        rs = runs.groups[key]
+        st = Counter(r.status for r in rs)
+        total.update(st)
+        tm = [r.timings or {} for r in rs]
+        train = [float(t["train_seconds"]) for t in tm if "train_seconds" in t]
+        ev = [float(t["eval_seconds"]) for t in tm if "eval_seconds" in t]
+        wall = [float(t["attempt_wall_s"]) for t in tm if "attempt_wall_s" in t]
+        wall_total += math.fsum(wall)
+        lines.append(f"| {_esc(key[0])} | {key[1]} | {_seeds(rs)} | {st['done']} | {st['diverged']} | {st['failed']} | "
+                     f"{st['pending'] + st['running']} | {_fmt_s(train)} | {_fmt_s(ev)} | "
+                     f"{f'{math.fsum(wall):.2f}' if wall else 'n/a'} |")
+    n = sum(total.values())
+    summary = (f"{n} runs: {total['done']} done, {total['diverged']} diverged, {total['failed']} failed, "
+               f"{total['pending'] + total['running']} unfinished; total wall time {wall_total:.2f} s "
+               "(sum of the stored `attempt_wall_s`; train/eval seconds from the stored timings).")
+    return summary + "\n\n" + "\n".join(lines) + "\n"
+
+
+def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdir: str | Path) -> Path:
+    """report.md (runs and wall times, our tables with marks, figures, claim verdicts), one CSV per
+    table and Figures 3-5 as PNG in `outdir`; returns the report's path. The text is a function of
+    the records only (no dates, no paths outside `outdir`)."""
+    records = list(records)
+    runs = _runs(records, benchmark)
+    bench = runs.bench
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    tables = result_tables(records, bench)
+    res_name, rel_name, rs_name = bench.paper_tables
+    setup = bench.setup(runs.budget, runs.steps)
+    parts = [f"# mtlcheck report: {bench.name}, budget {runs.budget}", "",
+             f"{bench.description}. {setup.steps} training steps, measures (GDS, GMS, FD) recorded every "
+             f"{setup.monitor_every} steps. Tables keyed as the paper's: results = {res_name}, relative change = "
+             f"{rel_name or 'relative_change (the paper has no such table for this benchmark)'}, ranking similarity = "
+             f"{rs_name}. Values are means over seeds; the paper's own numbers are not in this report.", "",
+             "## Runs", "", _runs_section(runs)]
+    sections = [(res_name, "Results per method and gradient level (Tables 1-3 layout)."),
+                ("relative_change", "Feature-level vs parameter-level runs of the same method, "
+                                    "100 × (feature − parameter) / parameter (Table 4 layout)."),
+                (rs_name, "Ranking similarity of each measure against each test metric (Tables 5-7 layout)."),
+                ("final_measures", "The measures' end-of-training values that the ranking similarity ranks.")]
+    for key, what in sections:
+        t = tables[key]
+        fname = f"{key}.csv"
+        (outdir / fname).write_text(to_csv(t), encoding="utf-8")
+        parts += [f"## {t.title}", "", what, "", to_markdown(t, marks=key == res_name),
+                  f"CSV: [{fname}]({fname})", ""]
+    parts += ["The `figure5` table given to the claims is the FD column of the final measures.", "",
+              "## Figures 3-5: trajectories relative to the Baseline", ""]
+    try:
+        paths = trajectory_figures(records, bench, outdir)
+    except ValueError as exc:
+        if BASELINE not in str(exc):
+            raise
+        parts += [f"No figures: {exc}.", ""]
+    else:
+        for path, (key, label, _) in zip(paths, MEASURES):
+            _, notes = _curves(runs, key)
+            parts += [f"![Figure {FIGURES[key]}: {label}]({path.name})", ""]
+            parts += [f"- {_esc(n)}" for n in notes] + ([""] if notes else [])
+    parts += ["## Claims on these runs", "",
+              "Every claim of `mtlcheck.claims` applied to the tables above (rows with null values removed).", "",
+              verdict_markdown(claim_verdicts(tables))]
+    path = outdir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

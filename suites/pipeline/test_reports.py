@@ -1,0 +1,406 @@
+"""mtlcheck.reports: the paper's tables, figures and claim verdicts rebuilt from stored runs.
+
+Fabricated records (written through the store, so they are real RunRecords) with numbers chosen
+so that every expected value is checkable by hand: means over seeds, the 0.01 band of Table 1's
+caption at and inside its edges, Table 4's relative change, the ranking similarity of Eq. 9 on
+four methods with the last-50-points rule, and Figures 3-5. One real smoke sweep at the end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mtlcheck import reports
+from mtlcheck.claims import CLAIMS
+from mtlcheck.experiments.runner import make_spec, run_sweep, sweep_specs
+from mtlcheck.experiments.spec import RunSpec
+from mtlcheck.experiments.store import ResultStore
+from mtlcheck.reference import BASELINE, load_paper_tables
+
+DENSE = "digits-dense"
+TIMINGS = {"train_seconds": 1.25, "eval_seconds": 0.5, "attempt_wall_s": 2.0, "steps": 12}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ResultStore(tmp_path / "runs.sqlite")
+
+
+def _traj(gds=0.1, gms=0.8, fd=0.5, n=4, every=3):
+    def series(v):
+        return list(v) if isinstance(v, (list, tuple)) else [float(v)] * n
+
+    return {"step": [every * i for i in range(n)], "gds": series(gds), "gms": series(gms), "fd": series(fd)}
+
+
+def _put(store, method, *, level="parameter", seed=0, metrics=None, traj=None, status="done", budget="smoke",
+         benchmark=DENSE, timings=None, error="ValueError: boom", config=None):
+    """Write one run into the store through a claim, as the runner does; returns its record."""
+    if ":" in method:  # a third-party method: no registry lookup
+        spec = RunSpec(benchmark, method, level=level, seed=seed, budget=budget)
+    else:
+        spec = make_spec(benchmark, method, level=level, seed=seed, budget=budget, method_config=config)
+    claim = store.claim(spec)
+    assert claim is not None, spec.label
+    if status == "failed":
+        claim.fail(error)
+    elif status != "running":
+        claim.finish(metrics or {}, traj if traj is not None else _traj(), dict(timings or TIMINGS), status=status)
+    return store.get(spec)
+
+
+def _dense(de, ss, is_):
+    return {"depth/l1": de, "semantic/miou": ss, "instance/l1": is_}
+
+
+# Two seeds; the per-seed values give exact means where a band edge is tested (equal seeds).
+# columns: DE (lower is better), SS (higher), IS (lower); Baseline: DE 1.1, SS 0.5, IS 0.2
+SEEDED = {
+    ("ew", "parameter"): [(1.0, 0.5, 0.2), (1.2, 0.5, 0.2)],
+    # DE 1.095: inside the band; SS +0.01 and IS −0.01 (better by exactly 0.01): '–'
+    ("pcgrad", "parameter"): [(1.0, 0.51, 0.19), (1.19, 0.51, 0.19)],
+    # SS +0.0101 ↑; IS +0.0101 (worse) ↓; DE 1.3 ↓
+    ("mgda", "parameter"): [(1.3, 0.5101, 0.2101), (1.3, 0.5101, 0.2101)],
+    # SS −0.01 exactly '–'; IS −0.005 '–'; DE 0.8 ↑
+    ("famo", "parameter"): [(0.8, 0.49, 0.195), (0.8, 0.49, 0.195)],
+    # SS −0.0101 ↓; DE equal '–'; IS 0.1 ↑
+    ("pcgrad", "feature"): [(1.1, 0.4899, 0.1), (1.1, 0.4899, 0.1)],
+}
+
+
+@pytest.fixture
+def seeded(store):
+    recs = []
+    for (method, level), per_seed in SEEDED.items():
+        for seed, (de, ss, is_) in enumerate(per_seed):
+            recs.append(_put(store, method, level=level, seed=seed, metrics=_dense(de, ss, is_),
+                             traj=_traj(fd=0.5 + 0.01 * seed)))
+    return recs
+
+
+# -- names -----------------------------------------------------------------------------------------
+def test_paper_names_are_the_names_of_the_reference_tables():
+    paper_methods = {r.method for t in load_paper_tables().values() if t.row_kind == "method" for r in t.rows}
+    assert paper_methods == set(reports.PAPER_NAMES.values())
+    assert set(reports.PAPER_NAMES.values()) == set(reports.PAPER_ORDER)
+    from mtlcheck.aggregators import list_aggregators
+    assert set(reports.PAPER_NAMES) == set(list_aggregators())
+
+
+def test_third_party_and_configured_methods_keep_their_own_names(store):
+    rec = _put(store, "my_pkg.mod:MyAggregator", metrics=_dense(1, 0.5, 0.2))
+    assert reports.display_name(rec) == "my_pkg.mod:MyAggregator"
+    cagrad = _put(store, "cagrad", metrics=_dense(1, 0.5, 0.2), config={"c": 0.2})
+    assert reports.display_name(cagrad) == "CAGrad[c=0.2]"
+    assert reports.result_tables([rec, cagrad], DENSE)["table2"].keys() == (
+        ("CAGrad[c=0.2]", "parameter"), ("my_pkg.mod:MyAggregator", "parameter"))
+
+
+# -- Tables 1-3 ------------------------------------------------------------------------------------
+def test_results_table_means_over_seeds(seeded):
+    tables = reports.result_tables(seeded, DENSE)
+    t = tables["table2"]
+    assert set(tables) == {"table2", "relative_change", "table6", "final_measures", "figure5"}
+    assert t.columns == ("DE", "SS", "IS")
+    assert t.keys() == (("Baseline", "parameter"), ("PCGrad", "parameter"), ("MGDA", "parameter"),
+                        ("FAMO", "parameter"), ("PCGrad", "feature"))
+    assert t.value(BASELINE, "DE") == pytest.approx(1.1)
+    assert t.value("PCGrad", "DE", "parameter") == pytest.approx((1.0 + 1.19) / 2)
+    assert t.value("MGDA", "IS") == 0.2101
+    assert "Seeds: [0, 1]." in t.notes
+
+
+def test_marks_follow_the_caption_band(seeded):
+    t = reports.result_tables(seeded, DENSE)["table2"]
+    md = reports.to_markdown(t)
+    assert "| Method | DE (↓) | SS (↑) | IS (↓) |" in md
+    assert "| Baseline | 1.1000 | 0.5000 | 0.2000 |" in md  # no mark on the baseline itself
+    # inside the band, +0.01 exactly, −0.01 exactly (better in a lower-is-better column)
+    assert "| PCGrad (parameter) | 1.0950 (–) | 0.5100 (–) | 0.1900 (–) |" in md
+    # just beyond the band each way; a larger value is worse in DE and IS
+    assert "| MGDA | 1.3000 (↓) | 0.5101 (↑) | 0.2101 (↓) |" in md
+    # −0.01 exactly, inside, and better in DE
+    assert "| FAMO | 0.8000 (↑) | 0.4900 (–) | 0.1950 (–) |" in md
+    assert "| PCGrad (feature) | 1.1000 (–) | 0.4899 (↓) | 0.1000 (↑) |" in md
+    assert "more than 0.01" in md
+    unmarked = reports.to_markdown(t, marks=False)
+    assert "(↑)" not in unmarked.split("\n", 2)[2] and "| MGDA | 1.3000 | 0.5101 | 0.2101 |" in unmarked
+
+
+def test_paper_table_renders_with_its_printed_values():
+    md = reports.to_markdown(load_paper_tables()["table1"])
+    # marks are recomputed by the caption's rule: BBox mAP 0.393 − 0.383 = 0.010 is not "more than
+    # 0.01", so '–' where the paper prints ↑ (reference.admissible_marks accepts both readings)
+    assert "| GradVac | 0.393 (–) | 0.560 (↑) | 0.521 (–) | 0.680 (↑) | 0.495 (–) | 0.654 (↑) |" in md
+    assert "| GDS | 64.3% |" in reports.to_markdown(load_paper_tables()["table5"])
+
+
+def test_csv_has_full_precision_and_empty_nulls(seeded, store):
+    recs = seeded + [_put(store, "mgda", level="feature", status="diverged", timings={"diverged_step": 7})]
+    t = reports.result_tables(recs, DENSE)["table2"]
+    lines = reports.to_csv(t).splitlines()
+    assert lines[0] == "method,level,DE,SS,IS,note"
+    assert lines[3] == "MGDA,parameter,1.3,0.5101,0.2101,"
+    assert lines[-1].startswith("MGDA,feature,,,,diverged at step 7 in 1/1 seeds (seed 0)")
+
+
+# -- diverged, failed, unfinished runs are shown, never dropped ------------------------------------
+def test_diverged_failed_and_unfinished_rows_are_null_with_a_note(seeded, store):
+    recs = seeded + [
+        _put(store, "mgda", level="feature", seed=0, status="diverged", timings={"diverged_step": 7}),
+        _put(store, "mgda", level="feature", seed=1, metrics=_dense(1, 0.5, 0.2)),
+        _put(store, "gradvac", seed=0, status="failed", error="Traceback ...\nValueError: solver failed"),
+        _put(store, "imtl", seed=0, status="running"),
+    ]
+    tables = reports.result_tables(recs, DENSE)
+    t = tables["table2"]
+    mgda_f = t.row("MGDA", "feature")
+    assert all(v is None for v in mgda_f.values.values())
+    assert mgda_f.note == ("diverged at step 7 in 1/2 seeds (seed 0); no mean taken over the other 1 done seed(s)")
+    assert t.row("GradVac").note == "failed in 1/1 seeds (seed 0: ValueError: solver failed)"
+    assert t.row("IMTL").note == "not finished in 1/1 seeds (seed 0: running)"
+    md = reports.to_markdown(t)
+    assert "| MGDA (feature) | null | null | null |" in md
+    assert "- MGDA (feature): diverged at step 7 in 1/2 seeds (seed 0)" in md
+    assert "Seed sets differ between rows" in " ".join(t.notes)
+    # the same rows stay visible (null, noted) in the derived tables
+    rel = tables["relative_change"].row("MGDA", "feature")
+    assert all(v is None for v in rel.values.values()) and "feature-level value is null" in rel.note
+    fin = tables["final_measures"].row("GradVac")
+    assert fin.values["FD"] is None and "failed" in fin.note
+    assert "GradVac" in tables["table6"].row("FD").note
+
+
+def test_records_must_share_budget_benchmark_and_steps(store):
+    a = _put(store, "ew", metrics=_dense(1, 0.5, 0.2))
+    b = _put(store, "pcgrad", metrics=_dense(1, 0.5, 0.2), budget="small")
+    with pytest.raises(ValueError, match="mix budgets"):
+        reports.result_tables([a, b], DENSE)
+    c = _put(store, "ew", metrics={"bbox_mAP": 0.1}, benchmark="digits-instance")
+    with pytest.raises(ValueError, match="another benchmark"):
+        reports.result_tables([a, c], DENSE)
+    with pytest.raises(ValueError, match="several records for seed"):
+        reports.result_tables([a, a], DENSE)
+    with pytest.raises(ValueError, match="no run records"):
+        reports.result_tables([], DENSE)
+    with pytest.raises(ValueError, match="no metric 'instance/l1'"):
+        reports.result_tables([_put(store, "mgda", metrics={"depth/l1": 1.0, "semantic/miou": 0.5})], DENSE)
+
+
+# -- Table 4 ---------------------------------------------------------------------------------------
+def test_relative_change_by_hand(seeded):
+    rel = reports.result_tables(seeded, DENSE)["relative_change"]
+    assert rel.keys() == (("PCGrad", "feature"),)
+    row = rel.row("PCGrad")
+    # 100 × (feature − parameter) / parameter
+    assert row.values["DE"] == pytest.approx(100 * (1.1 - 1.095) / 1.095)  # +0.4566 %
+    assert row.values["SS"] == pytest.approx(-3.9411764706)  # (0.4899 − 0.51) / 0.51
+    assert row.values["IS"] == pytest.approx(-47.3684210526)  # (0.1 − 0.19) / 0.19
+    md = reports.to_markdown(rel, marks=False)
+    assert "| PCGrad | 0.46% | -3.94% | -47.37% |" in md
+
+
+def test_instance_benchmark_names_the_relative_change_table4(store):
+    m = {f"{k}_{s}": 0.3 for k in ("bbox", "vmask", "amask") for s in ("mAP", "mAR")}
+    recs = [_put(store, "ew", metrics=m, benchmark="digits-instance"),
+            _put(store, "mgda", metrics=m, benchmark="digits-instance"),
+            _put(store, "mgda", level="feature", metrics={k: 0.33 for k in m}, benchmark="digits-instance")]
+    tables = reports.result_tables(recs, "digits-instance")
+    assert tables["table4"] is tables["relative_change"]
+    assert tables["table4"].value("MGDA", "BBox mAP") == pytest.approx(10.0)
+    assert tables["table1"].columns == ("BBox mAP", "BBox mAR", "VMask mAP", "VMask mAR", "AMask mAP", "AMask mAR")
+
+
+# -- Tables 5-7 ------------------------------------------------------------------------------------
+# four methods; the first 10 of 60 recorded points scramble the order, the last 50 decide it
+ENDS = {"ew": 0.5, "pcgrad": 0.4, "mgda": 0.6, "famo": 0.3}
+OUTLIERS = {"ew": 0.0, "pcgrad": 100.0, "mgda": -100.0, "famo": 200.0}
+METRICS = {"ew": (1.0, 0.5, 0.2), "pcgrad": (0.9, 0.6, 0.1), "mgda": (1.2, 0.4, 0.3), "famo": (0.8, 0.55, 0.4)}
+
+
+@pytest.fixture
+def four(store):
+    recs = []
+    for m, end in ENDS.items():
+        fd = [OUTLIERS[m]] * 10 + [end] * 50
+        gms = [-v for v in fd]
+        recs.append(_put(store, m, metrics=_dense(*METRICS[m]), traj=_traj(gds=0.1, gms=gms, fd=fd, n=60, every=10)))
+    return recs
+
+
+def test_ranking_similarity_by_hand_on_four_methods(four):
+    tables = reports.result_tables(four, DENSE)
+    fin = tables["final_measures"]
+    assert [fin.value(reports.PAPER_NAMES[m], "FD") for m in ENDS] == [0.5, 0.4, 0.6, 0.3]  # last 50 only
+    rs = tables["table6"]
+    assert rs.keys() == (("GMS", "parameter"), ("GDS", "parameter"), ("FD", "feature"))  # Table 6's order
+    # FD ascending: FAMO .3 < PCGrad .4 < Baseline .5 < MGDA .6. Oriented metrics (better = larger):
+    # DE: −DE ascending MGDA < Baseline < PCGrad < FAMO, the exact reverse: S = 0, RS = 100 %.
+    assert rs.value("FD", "DE") == pytest.approx(100.0)
+    # SS (0.5, 0.6, 0.4, 0.55): of the 6 pairs only PCGrad–FAMO is ordered alike: S = 1/6, RS = 5/6.
+    assert rs.value("FD", "SS") == pytest.approx(100 * 5 / 6)
+    # −IS (−0.2, −0.1, −0.3, −0.4): alike on B–F, P–F, M–F, unlike on B–P, B–M, P–M: S = 1/2.
+    assert rs.value("FD", "IS") == pytest.approx(50.0)
+    # GMS = −FD: the symmetric RS cannot tell; GDS constant: every pair tied in one vector, S = 1/2
+    for c in ("DE", "SS", "IS"):
+        assert rs.value("GMS", c) == pytest.approx(rs.value("FD", c))
+        assert rs.value("GDS", c) == pytest.approx(50.0)
+    notes = " ".join(rs.notes)
+    assert "Baseline, PCGrad, MGDA, FAMO" in notes
+    assert "min(50, length)" in notes and "60 points here, so 50 points averaged" in notes
+    assert "| FD | 100.00% | 83.33% | 50.00% |" in reports.to_markdown(rs)
+
+
+def test_short_trajectories_use_every_point_and_say_so(seeded):
+    rs = reports.result_tables(seeded, DENSE)["table6"]
+    assert "4 points here, so 4 points averaged" in " ".join(rs.notes)
+
+
+def test_undefined_measures_are_left_out_by_name(store):
+    recs = [_put(store, "ew", metrics=_dense(1, 0.5, 0.2), traj=_traj(fd=0.5)),
+            _put(store, "pcgrad", metrics=_dense(0.9, 0.6, 0.1), traj=_traj(fd=[0.4, 0.4, math.nan, 0.4])),
+            _put(store, "mgda", metrics=_dense(1.2, 0.4, 0.3), traj=_traj(fd=0.6))]
+    tables = reports.result_tables(recs, DENSE)
+    fd = tables["table6"].row("FD")
+    assert "PCGrad: fd non-finite in the last 4 points of seed 0" in fd.note
+    assert fd.values["DE"] == pytest.approx(100.0)  # ranked on Baseline and MGDA only
+    assert tables["final_measures"].row("PCGrad").values["FD"] is None
+    assert tables["final_measures"].row("PCGrad").values["GDS"] == pytest.approx(0.1)
+
+
+# -- Figures 3-5 -----------------------------------------------------------------------------------
+def test_moving_average():
+    assert reports.moving_average([1, 2, 3, 4, 5, 6], 3).tolist() == pytest.approx([2, 3, 4, 5])
+    assert reports.moving_average([1.0, 2.0], 1).tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match="window"):
+        reports.moving_average([1.0], 0)
+    with pytest.raises(ValueError, match="at least 3"):
+        reports.moving_average([1.0, 2.0], 3)
+
+
+def test_curves_are_differences_to_the_same_seed_baseline_smoothed_over_a_tenth(four):
+    curves, notes = reports._curves(reports._runs(four, DENSE), "fd")
+    assert [c.method for c in curves] == ["PCGrad", "MGDA", "FAMO"] and notes == []
+    mgda = curves[1]
+    assert (mgda.window, mgda.length) == (6, 60)  # 1/10 of 60 recorded points
+    assert mgda.steps.tolist() == list(range(50, 600, 10))  # trailing window: first point at the 6th step
+    assert mgda.values[0] == pytest.approx(-100.0)  # MGDA − Baseline over the outliers
+    assert mgda.values[-1] == pytest.approx(0.1)  # 0.6 − 0.5 at the end
+    assert mgda.values[5] == pytest.approx((5 * -100.0 + 0.1) / 6)  # points 5-10: five outliers, one end point
+
+
+def test_figures_are_written(four, tmp_path):
+    paths = reports.trajectory_figures(four, DENSE, tmp_path / "figs")
+    assert [p.name for p in paths] == ["figure3_gds.png", "figure4_gms.png", "figure5_fd.png"]
+    for p in paths:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_figures_need_a_baseline(store, tmp_path):
+    recs = [_put(store, "pcgrad", metrics=_dense(1, 0.5, 0.2))]
+    with pytest.raises(ValueError, match="no done parameter-level Baseline"):
+        reports.trajectory_figures(recs, DENSE, tmp_path)
+
+
+# -- claims ----------------------------------------------------------------------------------------
+def test_every_claim_gets_a_verdict_and_missing_inputs_are_named(seeded):
+    verdicts = reports.claim_verdicts(reports.result_tables(seeded, DENSE))
+    assert [v["id"] for v in verdicts] == [c.id for c in CLAIMS]
+    assert {v["verdict"] for v in verdicts} <= {"holds", "contradicted", "not evaluable"}
+    by_id = {v["id"]: v for v in verdicts}
+    assert by_id["cosreg-top3-cityscapes-nyuv2"]["verdict"] == "not evaluable"
+    assert "needs table(s) ['table3']" in by_id["cosreg-top3-cityscapes-nyuv2"]["evidence"]
+    assert by_id["rs-cityscapes-fd-beats-gds-gms"]["verdict"] in ("holds", "contradicted")
+    fig5 = by_id["fig5-fd-below-baseline-except-four"]
+    assert fig5["verdict"] == "not evaluable" and "('RGW', 'parameter')" in fig5["evidence"]
+    for v in verdicts:
+        assert v["evidence"] and v["statement"] and v["section"]
+    md = reports.verdict_markdown(verdicts)
+    assert md.startswith(f"{len(CLAIMS)} claims — ")
+    assert md.count("\n| ") == len(CLAIMS) + 1
+
+
+def _instance(values):
+    return {f"{k}_{s}": values[i] for i, (k, s) in enumerate(
+        (k, s) for k in ("bbox", "vmask", "amask") for s in ("mAP", "mAR"))}
+
+
+def test_claims_judge_our_instance_tables(store):
+    bench = "digits-instance"
+    recs = [_put(store, "ew", metrics=_instance([0.3] * 6), benchmark=bench),
+            _put(store, "famo", metrics=_instance([0.35] * 6), benchmark=bench),
+            _put(store, "mgda", metrics=_instance([0.31, 0.31, 0.31, 0.31, 0.31, 0.36]), benchmark=bench),
+            _put(store, "mgda", level="feature", metrics=_instance([0.4] * 6), benchmark=bench)]
+    by_id = {v["id"]: v for v in reports.claim_verdicts(reports.result_tables(recs, bench))}
+    assert by_id["fig4-famo-beats-mgda"]["verdict"] == "contradicted"  # MGDA better on AMask mAR
+    assert "FAMO better than MGDA on 5/6" in by_id["fig4-famo-beats-mgda"]["evidence"]
+    only = by_id["surrogate-gains-only-mgda-alignedmtl"]
+    assert only["verdict"] == "not evaluable" and "Aligned-MTL" in only["evidence"]
+    assert by_id["table1-markers-follow-caption-band"]["verdict"] == "not evaluable"
+    assert "no printed" in by_id["table1-markers-follow-caption-band"]["evidence"]
+    assert by_id["conclusion-v1-surrogate-not-general"]["verdict"] == "contradicted"  # MGDA gains, nothing loses
+
+
+def test_rows_without_values_make_claims_not_evaluable_and_are_named(store):
+    bench = "digits-instance"
+    recs = [_put(store, "ew", metrics=_instance([0.3] * 6), benchmark=bench),
+            _put(store, "famo", metrics=_instance([0.35] * 6), benchmark=bench),
+            _put(store, "mgda", status="diverged", timings={"diverged_step": 3}, benchmark=bench)]
+    v = {v["id"]: v for v in reports.claim_verdicts(reports.result_tables(recs, bench))}["fig4-famo-beats-mgda"]
+    assert v["verdict"] == "not evaluable"
+    assert "('MGDA', 'parameter')" in v["evidence"]
+    assert "rows left out for lack of values: MGDA (diverged at step 3 in 1/1 seeds (seed 0))" in v["evidence"]
+
+
+# -- the report ------------------------------------------------------------------------------------
+def test_write_report_is_deterministic_and_complete(seeded, tmp_path):
+    a = reports.write_report(seeded, DENSE, tmp_path / "a")
+    b = reports.write_report(list(reversed(seeded)), DENSE, tmp_path / "b")
+    text = a.read_text(encoding="utf-8")
+    assert text == b.read_text(encoding="utf-8")
+    for name in ("table2.csv", "relative_change.csv", "table6.csv", "final_measures.csv"):
+        assert (a.parent / name).read_bytes() == (b.parent / name).read_bytes()
+        assert f"]({name})" in text
+    for name in ("figure3_gds.png", "figure4_gms.png", "figure5_fd.png"):
+        assert (a.parent / name).stat().st_size > 0 and f"]({name})" in text
+    assert "10 runs: 10 done, 0 diverged, 0 failed, 0 unfinished; total wall time 20.00 s" in text
+    assert "| PCGrad | parameter | 0, 1 | 2 | 0 | 0 | 0 | 1.25 | 0.50 | 4.00 |" in text
+    assert all(c.id in text for c in CLAIMS)
+    assert str(tmp_path) not in text
+
+
+def test_report_without_a_baseline_says_why_there_are_no_figures(store, tmp_path):
+    recs = [_put(store, "pcgrad", metrics=_dense(1, 0.5, 0.2)), _put(store, "mgda", metrics=_dense(1, 0.5, 0.3))]
+    text = reports.write_report(recs, DENSE, tmp_path).read_text(encoding="utf-8")
+    assert "No figures: " in text and "no done parameter-level Baseline (ew) run" in text
+    assert "No Baseline row: no ↑/↓/– marks." in text
+    assert not list(tmp_path.glob("*.png"))
+
+
+# -- end to end on real runs -----------------------------------------------------------------------
+def test_smoke_sweep_to_report(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        store = ResultStore(tmp_path / "runs.sqlite")
+        specs = sweep_specs(DENSE, methods=["ew", "mgda", "pcgrad", "famo"], budget="smoke", seeds=(0,))
+        records = run_sweep(store, specs, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(records) == 6  # ew and famo weight losses only: parameter level only
+    path = reports.write_report(store.runs(benchmark=DENSE), DENSE, tmp_path / "report")
+    text = path.read_text(encoding="utf-8")
+    assert "# mtlcheck report: digits-dense, budget smoke" in text
+    for title in ("## Table 2 (ours: digits-dense, smoke)", "## Relative change (ours: digits-dense, smoke)",
+                  "## Table 6 (ours: digits-dense, smoke)", "## Final measures (ours: digits-dense, smoke)"):
+        assert title in text
+    assert len(list(path.parent.glob("figure*.png"))) == 3
+    assert "| MGDA (feature) |" in text and "6 runs: 6 done" in text
+    tables = reports.result_tables(records, DENSE)
+    assert all(v is not None for r in tables["table6"].rows for v in r.values.values())
+    assert all(c.id in text for c in CLAIMS)
+    print(text)
