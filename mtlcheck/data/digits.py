@@ -6,7 +6,8 @@ package; nothing is downloaded). Each scene is a pure function of (seed, split, 
 RNG is `numpy.random.default_rng(SeedSequence([seed, split_code, index]))`, never the global RNG,
 so any item can be regenerated alone, in any worker, in any order.
 
-Scene model (all lengths in pixels of a `size` x `size` image):
+Scene model (all lengths in pixels of a `size` x `size` image; default size 32, where digits are
+8-22 px; 48 gives 11-33 px digits at ~2.5x the compute):
 - A background plane with a slanted depth, d_bg(y) = far + tilt * (y/(size-1) - 0.5), far ~ U(3, 4),
   tilt ~ U(-0.5, 0.5), and a dim colour shaded by 2/d.
 - `n ~ U{min_digits..max_digits}` digits. Digit i has a depth d_i ~ U(1.0, 2.2) (always in front of
@@ -40,9 +41,11 @@ Instance variant (`DigitsInstances`, MetaGraspNet-like): a sample is
      0 = invalid), "target": {...}} with target
     boxes          float32 (N,4) amodal box xyxy, x2/y2 exclusive (= last pixel + 1, so x2 - x1 is
                    the pixel width as in COCO's toBbox)
-    labels         int64 (N,) digit + 1 in 1..10 (or all 1 with class_agnostic=True, as UOAIS)
+    labels         int64 (N,) all 1 (class_agnostic=True, the default, as UOAIS and the MetaGraspNet
+                   loader) or digit + 1 in 1..10 (class_agnostic=False)
     visible_masks  uint8 (N,H,W);  amodal_masks uint8 (N,H,W);  visible ⊆ amodal
-    occluded       int64 (N,) 1 iff |visible| < |amodal|
+    occluded       int64 (N,) 1 iff |visible| < |amodal| (the MetaGraspNet loader flags UOAIS's
+                   occluded_rate >= 0.05 instead; threshold occluded_rate to get that rule)
     occluded_rate  float32 (N,) 1 - |visible| / |amodal| (UOAIS "occluded_rate")
     image_id       int (the dataset index)
 Instances are ordered near to far; digits that are fully hidden (empty visible mask) are dropped,
@@ -147,7 +150,7 @@ def generate_scene(
     rng: np.random.Generator,
     pool: np.ndarray,
     *,
-    size: int = 48,
+    size: int = 32,
     min_digits: int = 2,
     max_digits: int = 4,
     hole_prob: float = 0.5,
@@ -239,7 +242,7 @@ def dense_targets(scene: DigitScene) -> dict[str, torch.Tensor]:
     }
 
 
-def instance_targets(scene: DigitScene, image_id: int, class_agnostic: bool = False) -> dict[str, Any]:
+def instance_targets(scene: DigitScene, image_id: int, class_agnostic: bool = True) -> dict[str, Any]:
     """MetaGraspNet-like sample {image, depth, target} of a scene (see module doc)."""
     visible = scene.visible
     keep = np.flatnonzero(visible.reshape(len(visible), -1).any(axis=1))
@@ -273,7 +276,7 @@ class DigitScenes(Dataset):
     """Base dataset: scene `index` is generated from SeedSequence([seed, split_code, index]).
 
     Parameters: split "train"/"test"; length (number of scenes); seed (int >= 0); size (image side,
-    16..256); min_digits/max_digits per scene; hole_prob (probability of one invalid-depth
+    16..256, default 32); min_digits/max_digits per scene; hole_prob (probability of one invalid-depth
     rectangle); noise_std (image noise); test_fraction (share of source glyphs in the test pool).
     """
 
@@ -283,7 +286,7 @@ class DigitScenes(Dataset):
         *,
         length: int = 1000,
         seed: int = 0,
-        size: int = 48,
+        size: int = 32,
         min_digits: int = 2,
         max_digits: int = 4,
         hole_prob: float = 0.5,
@@ -360,7 +363,7 @@ class DigitsInstances(DigitScenes):
     """Instance variant: items are {image, depth, target} (MetaGraspNet-style target dict);
     batch with `collate_instances`."""
 
-    def __init__(self, split: str = "train", *, class_agnostic: bool = False, **kwargs: Any):
+    def __init__(self, split: str = "train", *, class_agnostic: bool = True, **kwargs: Any):
         super().__init__(split, **kwargs)
         self.class_agnostic = bool(class_agnostic)
         self.num_classes = 1 if self.class_agnostic else NUM_DIGITS

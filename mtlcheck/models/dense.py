@@ -113,7 +113,9 @@ def depth_l1_loss(pred: torch.Tensor, target: torch.Tensor, task: str = "depth")
     return F.l1_loss(pred[mask], target[mask], reduction="mean")
 
 
-def semantic_ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, task: str = "semantic") -> torch.Tensor:
+def semantic_ce_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int, task: str = "semantic"
+) -> torch.Tensor:
     """Pixel-wise cross-entropy, mean over pixels with target != ignore_index."""
     _nonempty(target != ignore_index, task, f"semantic pixel (target != {ignore_index})")
     num_classes = logits.shape[1]
@@ -121,12 +123,15 @@ def semantic_ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: i
     if bool(((valid < 0) | (valid >= num_classes)).any()):
         bad = sorted({int(v) for v in valid[(valid < 0) | (valid >= num_classes)].unique()[:5]})
         raise ValueError(
-            f"task {task!r}: semantic labels {bad} are outside [0, {num_classes}) and not the ignore index {ignore_index}"
+            f"task {task!r}: semantic labels {bad} are outside [0, {num_classes}) "
+            f"and not the ignore index {ignore_index}"
         )
     return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="mean")
 
 
-def offset_l1_loss(pred: torch.Tensor, target: torch.Tensor, ignore_value: float, task: str = "instance") -> torch.Tensor:
+def offset_l1_loss(
+    pred: torch.Tensor, target: torch.Tensor, ignore_value: float, task: str = "instance"
+) -> torch.Tensor:
     """mean over entries with target != ignore_value of |pred - gt| (Pylon instance criterion)."""
     mask = target != ignore_value
     _nonempty(mask, task, f"instance-offset entry (target != {ignore_value})")
@@ -168,6 +173,14 @@ def check_tensor(
     if floating is False and t.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise ValueError(f"{owner}: batch[{key!r}] must be an integer tensor, got {t.dtype}")
     return t
+
+
+def check_batch_size(model: nn.Module, z: torch.Tensor, batch: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    """Every target batch[k] must have Z's batch size."""
+    sizes = {k: int(batch[k].shape[0]) for k in keys}
+    bad = {k: n for k, n in sizes.items() if n != z.shape[0]}
+    if bad:
+        raise ValueError(f"{type(model).__name__}: Z has batch size {z.shape[0]} but the targets have {bad}")
 
 
 # ------------------------------------------------------------------------------------- models
@@ -219,7 +232,9 @@ class DenseMultiTaskModel(MultiTaskModel):
 
     # -- contract
     def encode(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        image = check_tensor(batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True)
+        image = check_tensor(
+            batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True
+        )
         return self.encoder(image)[-1]
 
     def _check_z(self, z: Any) -> torch.Tensor:
@@ -236,6 +251,7 @@ class DenseMultiTaskModel(MultiTaskModel):
     def task_losses(self, z: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         z = self._check_z(z)
         size = self._target_size(batch)
+        check_batch_size(self, z, batch, self.task_names)
         outs = self.decode(z, size)
         return {task: self._loss(task, outs[task], batch) for task in self.task_names}
 
@@ -244,7 +260,9 @@ class DenseMultiTaskModel(MultiTaskModel):
         """Dense outputs at the image size, under no_grad and in the module's current mode
         (call `.eval()` first for evaluation). `semantic` holds logits (B,C,H,W): argmax(dim=1)
         gives labels; `normal` is unit-normalised; `depth`/`instance` are raw regressions."""
-        image = check_tensor(batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True)
+        image = check_tensor(
+            batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True
+        )
         outs = self.decode(self.encode(batch), tuple(image.shape[-2:]))
         return {task: self._postprocess(task, out) for task, out in outs.items()}
 
@@ -338,7 +356,9 @@ class NYUv2Model(DenseMultiTaskModel):
         return F.normalize(out, dim=1, eps=1e-8) if task == "normal" else out
 
 
-def _common_size(model: nn.Module, batch: Mapping[str, Any], spec: dict[str, tuple[int, int | None]]) -> tuple[int, int]:
+def _common_size(
+    model: nn.Module, batch: Mapping[str, Any], spec: dict[str, tuple[int, int | None]]
+) -> tuple[int, int]:
     """Check each target's rank/channels and that all share one (H, W); return it."""
     owner = type(model).__name__
     sizes = {}
@@ -362,4 +382,5 @@ __all__ = [
     "offset_l1_loss",
     "normal_cosine_loss",
     "check_tensor",
+    "check_batch_size",
 ]
