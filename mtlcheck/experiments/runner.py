@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from mtlcheck.aggregators import aggregator_class, list_aggregators
+from mtlcheck.aggregators import aggregator_class
 from mtlcheck.benchmarks import get_benchmark
 from mtlcheck.experiments.spec import RunSpec
 from mtlcheck.experiments.store import ResultStore, RunRecord, RunResult
@@ -24,6 +24,9 @@ from mtlcheck.training import Checkpointer, RunOutcome, train
 
 # the paper's "-UB" names: a method at the feature level
 ALIASES = {"mgda_ub": ("mgda", "feature"), "aligned_mtl_ub": ("aligned_mtl", "feature")}
+# what a sweep runs by default: the paper's 15 methods and its equal-weighting baseline
+PAPER_METHODS = ("ew", "pcgrad", "gradvac", "graddrop", "rgw", "mgda", "cagrad", "nash_mtl", "aligned_mtl",
+                 "uncertainty", "gradnorm", "imtl", "famo", "rlw", "dwa", "cosreg")
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,10 @@ def make_spec(benchmark: str, method: str, *, level: str = "parameter", seed: in
 
 def sweep_specs(benchmark: str, methods: Sequence[str] | None = None, levels: Sequence[str] = ("parameter", "feature"),
                 seeds: Sequence[int] = (0,), budget: str = "small", steps: int | None = None) -> list[RunSpec]:
-    """Every method × level × seed (loss-only methods at the parameter level only)."""
+    """Every method × level × seed (loss-only methods at the parameter level only); by default
+    the paper's methods (other registered methods run when named)."""
     specs = []
-    for method in methods or list_aggregators():
+    for method in methods or PAPER_METHODS:
         for level in levels:
             name, lv = ALIASES.get(method, (method, level))
             if aggregator_class(name)().tags().loss_only and lv == "feature":
