@@ -1,7 +1,7 @@
 """The step loop for one run: model, data, method, gradient level, seed, budget.
 
 Optimiser as the paper's Appendix 7: SGD (lr, momentum 0.9) with a linear warm-up of the
-learning rate over the first `warmup_steps`. Every `monitor_every` steps the engine also returns
+learning rate over the first `warmup_steps` (Adam is available for the embedded CPU budgets). Every `monitor_every` steps the engine also returns
 the parameter-level Gram and the feature gradients, and GDS, GMS and FD are recorded with the
 task losses and the method's weights (`mtlcheck.monitor`). A NaN/inf loss ends the run with
 status "diverged" and the step it happened at. Batches are drawn by `StepSampler` from a
@@ -37,6 +37,7 @@ class TrainSetup:
     monitor_every: int = 10
     checkpoint_every: int = 50
     num_workers: int = 0
+    optimizer: str = "sgd"  # "sgd" (the paper's) or "adam" (betas 0.9/0.999; momentum unused)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "monitor_every", "checkpoint_every"):
@@ -44,6 +45,8 @@ class TrainSetup:
                 raise ValueError(f"TrainSetup.{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"TrainSetup.lr must be > 0, got {self.lr!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"TrainSetup.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"TrainSetup.warmup_steps must be >= 0, got {self.warmup_steps!r}")
 
@@ -137,8 +140,11 @@ def train(
     device = torch.device(device)
     torch.manual_seed(seed)
     model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=setup.momentum,
-                                weight_decay=setup.weight_decay)
+    if setup.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=setup.lr, weight_decay=setup.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=setup.momentum,
+                                    weight_decay=setup.weight_decay)
     state = _State()
     if checkpointer is not None and (saved := checkpointer.load()) is not None:
         model.load_state_dict(saved["model"])
