@@ -39,7 +39,7 @@ def _parse_config(items: list[str] | None) -> dict:
 def _where(args):
     from mtlcheck.experiments.runner import Where
 
-    if args.device.startswith("cuda"):
+    if args.device.startswith("cuda") and getattr(args, "executor", "local") == "local":  # ray: on the workers
         import torch
 
         if not torch.cuda.is_available():
@@ -107,7 +107,16 @@ def _sweep(args):
     specs = sweep_specs(args.benchmark, args.methods, tuple(args.levels), tuple(args.seeds), args.budget, args.steps)
     store = _store(args)
     t0 = time.perf_counter()
-    records = run_sweep(store, specs, _where(args), progress=not args.quiet)
+    if args.ray_address is not None and args.executor != "ray":
+        raise SystemExit("mtlcheck: --ray-address needs --executor ray")
+    if args.executor == "ray":
+        from mtlcheck.experiments.distributed import run_sweep_ray
+
+        records = run_sweep_ray(store.path, specs, _where(args), num_cpus_per_run=args.threads or 1,
+                                num_gpus_per_run=1 if args.device.startswith("cuda") else 0,
+                                address=args.ray_address, progress=not args.quiet)
+    else:
+        records = run_sweep(store, specs, _where(args), progress=not args.quiet)
     return store, records, time.perf_counter() - t0
 
 
@@ -194,6 +203,10 @@ def _add_sweep(p, default_benchmark=None):
     p.add_argument("--budget", default="small", choices=["smoke", "small", "paper"])
     p.add_argument("--steps", type=int, default=None, help="override the budget's number of steps")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="report directory (default %(default)s)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="ray: one Ray task per run (pip install mtlcheck[ray]; the store must be on one node or a "
+                        "filesystem with working SQLite locking); --threads CPUs and, with --device cuda, one GPU per run")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     _add_where(p)
 
 

@@ -9,51 +9,15 @@ missing) — written to `<results dir>/verdicts-<budget>.md`; a contradicted cla
 not a test failure. The tests fail when the pipeline cannot produce a verdict.
 """
 
-from pathlib import Path
-
 import pytest
 
 from mtlcheck.claims import CLAIMS
-from mtlcheck.experiments.runner import Where, run_sweep, sweep_specs
-from mtlcheck.experiments.store import ResultStore
-from mtlcheck.reports import claim_verdicts, result_tables, verdict_markdown
+from mtlcheck.reports import claim_verdicts, verdict_markdown
 
 pytestmark = [pytest.mark.claim, pytest.mark.experiment]
 
-CPU_BENCHMARKS = ("digits-instance", "digits-dense")
-PAPER_BENCHMARKS = ("metagraspnet", "cityscapes", "nyuv2")
-
-
-@pytest.fixture(scope="session")
-def reproduced(request, tmp_path_factory):
-    """Tables from a full sweep of every benchmark of the chosen budget (computed once, shared by
-    xdist workers through the results store)."""
-    budget = request.config.getoption("budget")
-    results = request.config.getoption("results_dir")
-    results = Path(results) if results else tmp_path_factory.getbasetemp().parent / "mtlcheck-claims"
-    store = ResultStore(results / "runs.sqlite")
-    data_root = request.config.getoption("data_root")
-    if budget == "smoke" or data_root is None:
-        benchmarks, where = CPU_BENCHMARKS, lambda name: Where()
-    else:
-        benchmarks = PAPER_BENCHMARKS
-        device = "cuda" if _cuda() else "cpu"
-        where = lambda name: Where(data_root=str(Path(data_root) / name), device=device)  # noqa: E731
-    tables = {}
-    for name in benchmarks:
-        records = run_sweep(store, sweep_specs(name, budget=budget), where(name), progress=False)
-        tables.update(result_tables(records, name))
-    return budget, results, tables
-
-
-def _cuda():
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def test_every_claim_gets_a_verdict(reproduced):
-    budget, results, tables = reproduced
+    budget, results, tables = reproduced.budget, reproduced.results, reproduced.tables
     verdicts = claim_verdicts(tables)
     path = results / f"verdicts-{budget}.md"
     path.write_text(f"# The paper's claims on mtlcheck's own runs ({budget} budget)\n\n{verdict_markdown(verdicts)}\n")
@@ -67,7 +31,7 @@ def test_every_claim_gets_a_verdict(reproduced):
 def test_claim_is_evaluable_when_its_tables_exist(reproduced, claim):
     """A claim whose source tables our runs produce must be decided, or name the diverged/failed
     runs that keep it from being decided — never fail silently for want of a table."""
-    _, _, tables = reproduced
+    tables = reproduced.tables
     if not set(claim.source_tables) <= set(tables):
         pytest.skip(f"our {sorted(tables)} do not include {sorted(set(claim.source_tables) - set(tables))}")
     (verdict,) = [v for v in claim_verdicts(tables) if v["id"] == claim.id]

@@ -1,0 +1,52 @@
+"""Shared fixtures of the claim suites: the reproduced tables (computed once per session and
+shared by xdist workers through the results store)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mtlcheck.experiments.runner import Where, run_sweep, sweep_specs
+from mtlcheck.experiments.store import ResultStore
+from mtlcheck.reports import result_tables
+
+@dataclass(frozen=True)
+class Reproduced:
+    budget: str
+    results: Path
+    tables: dict
+    per_benchmark: dict
+
+
+CPU_BENCHMARKS = ("digits-instance", "digits-dense")
+PAPER_BENCHMARKS = ("metagraspnet", "cityscapes", "nyuv2")
+
+
+@pytest.fixture(scope="session")
+def reproduced(request, tmp_path_factory):
+    """Tables from a full sweep of every benchmark of the chosen budget (computed once, shared by
+    xdist workers through the results store)."""
+    budget = request.config.getoption("budget")
+    results = request.config.getoption("results_dir")
+    results = Path(results) if results else tmp_path_factory.getbasetemp().parent / "mtlcheck-claims"
+    store = ResultStore(results / "runs.sqlite")
+    data_root = request.config.getoption("data_root")
+    if budget == "smoke" or data_root is None:
+        benchmarks, where = CPU_BENCHMARKS, lambda name: Where()
+    else:
+        benchmarks = PAPER_BENCHMARKS
+        device = "cuda" if _cuda() else "cpu"
+        where = lambda name: Where(data_root=str(Path(data_root) / name), device=device)  # noqa: E731
+    tables, per_benchmark = {}, {}
+    for name in benchmarks:  # MetaGraspNet-like first: Figure 5 and Table 4 are MetaGraspNet's
+        records = run_sweep(store, sweep_specs(name, budget=budget), where(name), progress=False)
+        per_benchmark[name] = result_tables(records, name)
+        for key, table in per_benchmark[name].items():
+            tables.setdefault(key, table)
+    return Reproduced(budget, results, tables, per_benchmark)
+
+
+def _cuda():
+    import torch
+
+    return torch.cuda.is_available()
