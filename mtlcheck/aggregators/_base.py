@@ -108,7 +108,7 @@ class Aggregation:
 class Aggregator:
     """Base class. Subclasses set `name` (via `register_aggregator`), implement `tags()` and
     `_aggregate(J, losses)`, store every constructor argument under its own name (for
-    `get_config`), and, when stateful, `_get_state`/`_set_state`/`_reset_state`."""
+    `get_config`), and, when stateful, list their state attributes in `_state_attrs`."""
 
     name: ClassVar[str] = ""
 
@@ -216,14 +216,19 @@ class Aggregator:
         self._n_tasks = None
         self._reset_state()
 
+    # the attributes that hold a stateful method's state; None means "initial"
+    _state_attrs: ClassVar[tuple[str, ...]] = ()
+
     def _reset_state(self) -> None:
-        pass
+        for name in self._state_attrs:
+            setattr(self, name, None)
 
     def _get_state(self) -> dict[str, Any]:
-        return {}
+        return {name: getattr(self, name) for name in self._state_attrs}
 
     def _set_state(self, state: dict[str, Any]) -> None:
-        pass
+        for name in self._state_attrs:
+            setattr(self, name, state[name])
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: generator state, T, and the method's own state."""

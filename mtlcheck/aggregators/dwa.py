@@ -16,6 +16,8 @@ from mtlcheck.aggregators._registry import register_aggregator
 
 @register_aggregator("dwa")
 class DWA(WeightingAggregator):
+    _state_attrs = ('_history',)
+
     def __init__(self, *, temperature: float = 2.0, window: int = 25, seed: int = 0):
         super().__init__(seed=seed)
         if not temperature > 0:
@@ -23,22 +25,14 @@ class DWA(WeightingAggregator):
         if not (isinstance(window, int) and window >= 1):
             raise ValueError(f"DWA: window must be an int >= 1, got {window!r}")
         self.temperature, self.window = temperature, window
-        self._history: list[torch.Tensor] = []
+        self._reset_state()
 
     def tags(self) -> AggregatorTags:
         return AggregatorTags(inputs=frozenset({"losses"}), nonneg_weights=True, stateful=True)
 
-    def _reset_state(self):
-        self._history = []
-
-    def _get_state(self):
-        return {"history": list(self._history)}
-
-    def _set_state(self, state):
-        self._history = list(state["history"])
-
     def _weights(self, J, losses):
         n = losses.shape[0]
+        self._history = self._history or []
         if len(self._history) >= 2 * self.window:
             recent = torch.stack(self._history[-self.window:]).mean(0)
             before = torch.stack(self._history[-2 * self.window:-self.window]).mean(0)

@@ -18,6 +18,8 @@ from mtlcheck.aggregators._registry import register_aggregator
 
 @register_aggregator("famo")
 class FAMO(WeightingAggregator):
+    _state_attrs = ('_logits', '_adam', '_prev')
+
     def __init__(self, *, w_lr: float = 0.025, gamma: float = 1e-3, min_loss: float = 0.0, eps: float = 1e-8,
                  seed: int = 0):
         super().__init__(seed=seed)
@@ -32,15 +34,6 @@ class FAMO(WeightingAggregator):
     def tags(self) -> AggregatorTags:
         return AggregatorTags(inputs=frozenset({"losses"}), nonneg_weights=True, stateful=True, reduction="mean",
                               post_step_update=True)
-
-    def _reset_state(self):
-        self._logits = self._adam = self._prev = None
-
-    def _get_state(self):
-        return {"logits": self._logits, "adam": self._adam, "prev": self._prev}
-
-    def _set_state(self, state):
-        self._logits, self._adam, self._prev = state["logits"], state["adam"], state["prev"]
 
     def _shifted(self, losses: torch.Tensor, what: str) -> torch.Tensor:
         shifted = losses - self.min_loss + self.eps

@@ -20,6 +20,8 @@ from mtlcheck.aggregators._registry import register_aggregator
 
 @register_aggregator("gradnorm")
 class GradNorm(WeightingAggregator):
+    _state_attrs = ('_w', '_velocity', '_initial_losses')
+
     def __init__(self, *, alpha: float = 1.5, lr: float = 1e-4, momentum: float = 0.9, norm_blocks: str = "all",
                  seed: int = 0):
         super().__init__(seed=seed)
@@ -29,19 +31,10 @@ class GradNorm(WeightingAggregator):
         if norm_blocks not in ("all", "last"):
             raise ValueError(f"GradNorm: norm_blocks must be 'all' or 'last', got {norm_blocks!r}")
         self.alpha, self.lr, self.momentum, self.norm_blocks = alpha, lr, momentum, norm_blocks
-        self._w = self._velocity = self._initial_losses = None
+        self._reset_state()
 
     def tags(self) -> AggregatorTags:
         return AggregatorTags(inputs=frozenset({"grads", "losses"}), nonneg_weights=True, stateful=True)
-
-    def _reset_state(self):
-        self._w = self._velocity = self._initial_losses = None
-
-    def _get_state(self):
-        return {"w": self._w, "velocity": self._velocity, "initial_losses": self._initial_losses}
-
-    def _set_state(self, state):
-        self._w, self._velocity, self._initial_losses = state["w"], state["velocity"], state["initial_losses"]
 
     def _weights(self, J, losses):
         n = J.n_tasks

@@ -36,6 +36,8 @@ def group_blocks(names, group_type: str) -> list[list[int]]:
 
 @register_aggregator("gradvac")
 class GradVac(Aggregator):
+    _state_attrs = ('_targets',)
+
     def __init__(self, *, beta: float = 0.5, group_type: str = "whole", eps: float = 1e-8, seed: int = 0):
         super().__init__(seed=seed)
         if not 0.0 < beta <= 1.0:
@@ -45,7 +47,7 @@ class GradVac(Aggregator):
         if eps < 0:
             raise ValueError(f"GradVac: eps must be >= 0, got {eps!r}")
         self.beta, self.group_type, self.eps = beta, group_type, eps
-        self._targets: torch.Tensor | None = None  # (K, T, T)
+        self._reset_state()  # _targets: (K, T, T) EMA of the cosines, None before the first step
 
     def tags(self) -> AggregatorTags:
         return AggregatorTags(
@@ -56,15 +58,6 @@ class GradVac(Aggregator):
             stochastic=True,
             task_symmetric=False,
         )
-
-    def _reset_state(self):
-        self._targets = None
-
-    def _get_state(self):
-        return {"targets": self._targets}
-
-    def _set_state(self, state):
-        self._targets = state["targets"]
 
     def _groups_and_grams(self, J):
         groups = group_blocks(J.names, self.group_type)

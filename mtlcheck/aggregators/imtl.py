@@ -38,12 +38,13 @@ def equal_projection_weights(gram: torch.Tensor) -> torch.Tensor:
 
 @register_aggregator("imtl")
 class IMTL(WeightingAggregator):
+    _state_attrs = ('_s', '_velocity')
+
     def __init__(self, *, loss_balance: bool = True, lr: float = 1e-4, momentum: float = 0.9, seed: int = 0):
         super().__init__(seed=seed)
         check_lr("IMTL", lr, momentum)
         self.loss_balance, self.lr, self.momentum = loss_balance, lr, momentum
-        self._s: torch.Tensor | None = None
-        self._velocity: torch.Tensor | None = None
+        self._reset_state()
 
     def tags(self) -> AggregatorTags:
         return AggregatorTags(
@@ -52,15 +53,6 @@ class IMTL(WeightingAggregator):
             stateful=self.loss_balance,
             reduction="mean",
         )
-
-    def _reset_state(self):
-        self._s = self._velocity = None
-
-    def _get_state(self):
-        return {"s": self._s, "velocity": self._velocity}
-
-    def _set_state(self, state):
-        self._s, self._velocity = state["s"], state["velocity"]
 
     def _weights(self, J, losses):
         n = J.n_tasks

@@ -59,6 +59,8 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
 
 @register_aggregator("nash_mtl")
 class NashMTL(Aggregator):
+    _state_attrs = ('_alpha', '_step')
+
     def __init__(self, *, max_norm: float | None = 1.0, update_weights_every: int = 1, warm_start: bool = True,
                  tol: float = 1e-10, max_iter: int = 100, seed: int = 0):
         super().__init__(seed=seed)
@@ -68,8 +70,7 @@ class NashMTL(Aggregator):
             raise ValueError(f"NashMTL: update_weights_every must be an int >= 1, got {update_weights_every!r}")
         self.max_norm, self.update_weights_every, self.warm_start = max_norm, update_weights_every, warm_start
         self.tol, self.max_iter = tol, max_iter
-        self._alpha: np.ndarray | None = None
-        self._step = 0
+        self._reset_state()
 
     def tags(self) -> AggregatorTags:
         return AggregatorTags(
@@ -83,15 +84,6 @@ class NashMTL(Aggregator):
 
     def identical_rows_scale(self, n_tasks):
         return float(n_tasks) if self.max_norm is None else None
-
-    def _reset_state(self):
-        self._alpha, self._step = None, 0
-
-    def _get_state(self):
-        return {"alpha": self._alpha, "step": self._step}
-
-    def _set_state(self, state):
-        self._alpha, self._step = state["alpha"], state["step"]
 
     def _solve(self, M: np.ndarray, alpha0: np.ndarray) -> np.ndarray:
         return nash_newton(M, alpha0, tol=self.tol, max_iter=self.max_iter)
@@ -110,11 +102,12 @@ class NashMTL(Aggregator):
         return torch.from_numpy(alpha)
 
     def _aggregate(self, J, losses):
-        if self._alpha is None or self._step % self.update_weights_every == 0:
+        step = self._step or 0
+        if self._alpha is None or step % self.update_weights_every == 0:
             alpha = self.solve_weights(J.gram())
         else:
             alpha = torch.from_numpy(self._alpha)
-        self._step += 1
+        self._step = step + 1
         if self.warm_start or self.update_weights_every > 1:
             self._alpha = alpha.numpy().copy()
         weights = alpha

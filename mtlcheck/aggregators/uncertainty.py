@@ -18,29 +18,21 @@ from mtlcheck.aggregators._registry import register_aggregator
 
 @register_aggregator("uncertainty")
 class Uncertainty(WeightingAggregator):
+    _state_attrs = ('_s', '_velocity')
+
     def __init__(self, *, init: float = 0.0, lr: float = 1e-4, momentum: float = 0.9, seed: int = 0):
         super().__init__(seed=seed)
         check_lr("Uncertainty", lr, momentum)
         if not math.isfinite(init):
             raise ValueError(f"Uncertainty: init must be finite, got {init!r}")
         self.init, self.lr, self.momentum = init, lr, momentum
-        self._s: torch.Tensor | None = None
-        self._velocity: torch.Tensor | None = None
+        self._reset_state()
 
     def tags(self) -> AggregatorTags:
         return AggregatorTags(inputs=frozenset({"losses"}), nonneg_weights=True, stateful=True, reduction="other")
 
     def identical_rows_scale(self, n_tasks):
         return n_tasks * 0.5 * math.exp(-self.init)
-
-    def _reset_state(self):
-        self._s = self._velocity = None
-
-    def _get_state(self):
-        return {"s": self._s, "velocity": self._velocity}
-
-    def _set_state(self, state):
-        self._s, self._velocity = state["s"], state["velocity"]
 
     def _weights(self, J, losses):
         if self._s is None:

@@ -71,7 +71,7 @@ def test_imtl_l_scales_move_toward_balanced_losses():
     G, losses = random_G(2, seed=1), torch.tensor([4.0, 0.25], dtype=torch.float64)
     for _ in range(50):
         agg(G, losses)
-    s = agg._get_state()["s"]
+    s = agg._s
     # stationary point of e^s L - s: s = -log L, so the large loss gets the smaller scale
     assert float(s[0]) < 0 < float(s[1])
 
@@ -210,7 +210,7 @@ def test_famo_weights_and_logit_update():
     w = agg(None, losses).weights
     assert torch.allclose(w, (1 / losses) / (1 / losses).sum())
     agg.after_step(torch.tensor([0.5, 2.0, 4.0], dtype=torch.float64))  # task 0 improved, others not
-    logits = agg._get_state()["logits"]
+    logits = agg._logits
     assert float(logits[0]) < float(logits[1]) and float(logits[1]) == pytest.approx(float(logits[2]))
 
 
@@ -234,7 +234,7 @@ def test_uncertainty_weights_follow_log_variances():
     assert torch.allclose(agg(None, losses).weights, torch.full((2,), 0.5, dtype=torch.float64))
     for _ in range(300):
         agg(None, losses)
-    s = agg._get_state()["s"]
+    s = agg._s
     assert torch.allclose(s, losses.log(), atol=1e-3)  # optimum of ½(e^{-s}L + s): s = log L
 
 
