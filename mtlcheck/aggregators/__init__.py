@@ -34,6 +34,7 @@ from mtlcheck.aggregators.imtl import IMTL
 from mtlcheck.aggregators.mgda import MGDA
 from mtlcheck.aggregators.nash_mtl import NashMTL
 from mtlcheck.aggregators.pcgrad import PCGrad
+from mtlcheck.aggregators.published import CosRegPublished, EWMean, GradNormPublished, GradVacPublished, NashMTLPublished
 from mtlcheck.aggregators.random_weighting import RGW, RLW
 from mtlcheck.aggregators.uncertainty import Uncertainty
 
@@ -42,4 +43,5 @@ __all__ = [
     "ENTRY_POINT_GROUP", "aggregator_class", "get_aggregator", "list_aggregators", "register_aggregator",
     "AlignedMTL", "CAGrad", "CosReg", "DWA", "EW", "FAMO", "GradDrop", "GradNorm", "GradVac", "IMTL", "MGDA",
     "NashMTL", "PCGrad", "RGW", "RLW", "Uncertainty",
+    "CosRegPublished", "EWMean", "GradNormPublished", "GradVacPublished", "NashMTLPublished",
 ]
