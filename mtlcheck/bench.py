@@ -57,6 +57,28 @@ class ResNetClassifiers(MultiTaskModel):
         return list(self.trunk.named_parameters(prefix="trunk"))
 
 
+def libmtl_style_step(model: MultiTaskModel, batch, aggregator) -> None:
+    """The baseline to beat (research/perf.md §5): T full backward passes, each task's shared
+    gradients copied into a flat float32 CPU vector, the aggregator applied to that T×d matrix,
+    the result written back into `.grad` slice by slice; heads keep the unweighted sum."""
+    shared = [p for _, p in model.shared_parameters()]
+    z = model.encode(batch)
+    losses = list(model.task_losses(z, batch).values())
+    rows = []
+    for i, loss in enumerate(losses):
+        for p in shared:
+            p.grad = None
+        loss.backward(retain_graph=i < len(losses) - 1)
+        rows.append(torch.cat([p.grad.detach().reshape(-1).to("cpu", torch.float32) for p in shared]))
+    G = torch.stack(rows)
+    direction = aggregator(G, torch.stack([l.detach() for l in losses]).double().cpu()).direction
+    offset = 0
+    for p in shared:
+        n = p.numel()
+        p.grad = direction[offset:offset + n].view_as(p).to(p.device)
+        offset += n
+
+
 @dataclass
 class BenchRow:
     method: str
@@ -85,7 +107,9 @@ def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_si
     batch = {"image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
              "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device)}
     cases = [("ew", "parameter")] + [(m, lv) for m in methods for lv in levels if (m, lv) != ("ew", "parameter")]
-    cases = [(m, lv) for m, lv in cases if not (aggregator_class(m)().tags().loss_only and lv == "feature")]
+    cases = [(m, lv) for m, lv in cases
+             if not (aggregator_class(m)().tags().loss_only and lv != "parameter")
+             and not (aggregator_class(m)().tags().second_order and lv in ("libmtl-loop", "parameter-batched"))]
     aggs = {case: aggregator_class(case[0])() for case in cases}
 
     def step(case):
@@ -93,7 +117,11 @@ def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_si
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        backward_step(model, batch, aggs[case], level=case[1])
+        if case[1] == "libmtl-loop":
+            libmtl_style_step(model, batch, aggs[case])
+        else:
+            level = "parameter" if case[1] == "parameter-batched" else case[1]
+            backward_step(model, batch, aggs[case], level=level, batched=case[1] == "parameter-batched")
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - t0
@@ -152,7 +180,10 @@ def to_markdown(result: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="mtlcheck bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="*", default=None, help="registry names (default: all)")
-    parser.add_argument("--levels", nargs="*", default=["parameter", "feature"], choices=["parameter", "feature"])
+    parser.add_argument("--levels", nargs="*", default=["parameter", "feature"],
+                        choices=["parameter", "feature", "parameter-batched", "libmtl-loop"],
+                        help="engine: parameter (T VJPs), feature, parameter-batched (is_grads_batched), "
+                             "libmtl-loop (the LibMTL-style baseline: T backward passes into a flat CPU vector)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=3)
