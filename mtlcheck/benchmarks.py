@@ -57,7 +57,6 @@ class Benchmark:
     paper_tables: tuple[str, str | None, str] = ("table2", None, "table6")
     collate: Callable = default_collate
     needs_data_root: bool = False
-    eval_batch_size: int = 16
 
     def setup(self, budget: str, steps: int | None = None) -> TrainSetup:
         if budget not in self.setups:
@@ -202,7 +201,6 @@ DIGITS_DENSE = Benchmark(
     make_data=_digits_data("dense"),
     make_model=_digits_dense_model,
     evaluate=_evaluate_dense({"depth", "semantic", "instance"}, 11, 250, 64),
-    eval_batch_size=64,
 )
 
 DIGITS_INSTANCE = Benchmark(
@@ -216,7 +214,6 @@ DIGITS_INSTANCE = Benchmark(
     make_model=_digits_instance_model,
     evaluate=_evaluate_coco(64, _collate_instances, class_agnostic=False),
     collate=_collate_instances,
-    eval_batch_size=64,
 )
 
 

@@ -154,8 +154,11 @@ def cmd_reproduce(args) -> int:
     store, records, seconds = _sweep(args)
     path = _report(args, store)
     print(path.read_text())
+    failed = [r.spec.label for r in records if r.status == "failed"]
     print(f"\n{len(records)} runs, sweep wall time {seconds:.0f}s; report, CSV tables and figures in {path.parent}")
-    return 0
+    if failed:
+        print(f"{len(failed)} run(s) failed (their errors are in the store): {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_check(args) -> int:

@@ -55,16 +55,14 @@ class StepResult:
     param_gram: torch.Tensor | None = None
 
 
-def _accumulate(params, grads, scale: float | torch.Tensor | None = None) -> None:
+def _accumulate(params, grads) -> None:
     for p, g in zip(params, grads):
         if g is None:
             continue
-        if scale is not None:
-            g = g * scale
-        p.grad = g.detach().clone() if p.grad is None else p.grad + g.detach()
+        p.grad = g.detach() if p.grad is None else p.grad + g.detach()
 
 
-def _task_losses(model: MultiTaskModel, z, batch) -> torch.Tensor:
+def stacked_task_losses(model: MultiTaskModel, z, batch) -> torch.Tensor:
     losses = model.task_losses(z, batch)
     names = tuple(losses)
     if names != tuple(model.task_names):
@@ -150,7 +148,7 @@ def backward_step(
     zs = as_tuple(z)
     detached = tuple(t.detach().requires_grad_(True) for t in zs)
     z_in = detached[0] if isinstance(z, torch.Tensor) else detached
-    L = _task_losses(model, z_in, batch)
+    L = stacked_task_losses(model, z_in, batch)
     n_tasks = L.shape[0]
     L64 = L.detach().to(torch.float64).cpu()
     inputs = list(detached) + heads
@@ -164,7 +162,9 @@ def backward_step(
             per_task_z.append(_zeros_for_none(grads[:K], detached))
             if not tags.loss_only:
                 _accumulate(heads, grads[K:])
-    fgrads = tuple(torch.stack([per_task_z[i][k] for i in range(n_tasks)]) for k in range(K)) if need_per_task else None
+    fgrads = None
+    if feature_grads:
+        fgrads = tuple(torch.stack([per_task_z[i][k] for i in range(n_tasks)]) for k in range(K))
 
     gram = None
     if tags.loss_only:
@@ -189,14 +189,14 @@ def backward_step(
     J = parameter_jacobian(zs, per_task_z, shared, batched=batched)
     out = aggregator(J, L64)
     _accumulate([p for _, p in shared], [b.reshape(s) for b, s in zip(out.blocks, J.shapes)])
-    return StepResult(L64, out.weights, J, fgrads if feature_grads else None, J.gram())
+    return StepResult(L64, out.weights, J, fgrads, J.gram())
 
 
 def _second_order_step(model, batch, aggregator, level, shared, heads, want_feature_grads, want_param_gram):
     """Σ_i L_i + penalty(g_1..g_T), the g_i taken with create_graph=True (double backprop)."""
     z = model.encode(batch)
     zs = as_tuple(z)
-    L = _task_losses(model, z, batch)
+    L = stacked_task_losses(model, z, batch)
     n_tasks = L.shape[0]
     shared_params = [p for _, p in shared]
     wrt = list(zs) if level == "feature" else shared_params

@@ -27,6 +27,11 @@ class NonFiniteGradientError(FloatingPointError):
     """The task gradients overflow: their Gram matrix is not finite (a diverging run)."""
 
 
+class NonFiniteInputError(NonFiniteGradientError, ValueError):
+    """The task gradients contain NaN or inf: a bad input (ValueError) and, inside training, a
+    diverged run (FloatingPointError)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Jacobian:
     """Task gradients as blocks of shape (T, n_k).
@@ -157,6 +162,20 @@ class Jacobian:
         """Per-block weights (K, T): block k gets Σ_i w_ki g_i."""
         w = weights.to(dtype=self.dtype, device=self.device)
         return tuple(w[k] @ b for k, b in enumerate(self.blocks))
+
+    def groups(self, kind: str) -> list[list[int]]:
+        """Block indices per group: "whole" (one group), "module" (blocks whose names share the
+        module path, i.e. the name up to its last '.'), or "parameter" (one group per block)."""
+        if kind == "whole":
+            return [list(range(len(self.blocks)))]
+        if kind == "parameter":
+            return [[k] for k in range(len(self.blocks))]
+        if kind != "module":
+            raise ValueError(f"group kind must be 'whole', 'module' or 'parameter', got {kind!r}")
+        groups: dict[str, list[int]] = {}
+        for k, name in enumerate(self.names):
+            groups.setdefault(name.rpartition(".")[0], []).append(k)
+        return list(groups.values())
 
     def map_blocks(self, fn) -> "Jacobian":
         """A Jacobian with fn applied to every block (same shapes and names)."""

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from mtlcheck.aggregators import Aggregator
-from mtlcheck.gradients import NonFiniteLossError, backward_step
+from mtlcheck.gradients import NonFiniteLossError, stacked_task_losses, backward_step
 from mtlcheck.monitor import measure
 
 
@@ -151,10 +151,15 @@ def train(
         optimizer.load_state_dict(saved["optimizer"])
         aggregator.load_state_dict(saved["aggregator"])
         torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         state = _State(saved["step"], saved["trajectory"], saved["train_seconds"])
     names = list(model.task_names)
     sampler = StepSampler(len(dataset), setup.batch_size, seed, state.step, setup.steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=setup.num_workers)
+    # the loader gets its own generator: creating its iterator must not draw from the global RNG,
+    # or a resumed run would be shifted by one draw against the straight run
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=setup.num_workers,
+                        generator=torch.Generator().manual_seed(seed))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -172,21 +177,21 @@ def train(
         try:
             result = backward_step(model, batch, aggregator, level=level, feature_grads=monitored,
                                    param_gram=monitored)
-            bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-            if bad:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if not bool(torch.stack([g.isfinite().all() for g in grads]).all()):  # one host sync
+                bad = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
                 raise NonFiniteLossError(f"non-finite gradient in {bad[:3]}")
+            optimizer.step()
+            if post_step:
+                with torch.no_grad():
+                    after = stacked_task_losses(model, model.encode(batch), batch)
+                aggregator.after_step(after.double().cpu())
         except FloatingPointError as exc:  # NonFiniteLossError, NonFiniteGradientError
             state.train_seconds += time.perf_counter() - t_start
             if bar is not None:
                 bar.close()
             return RunOutcome("diverged", {}, state.trajectory, {"train_seconds": state.train_seconds},
                               error=str(exc), diverged_step=step)
-        optimizer.step()
-        if post_step:
-            with torch.no_grad():
-                z = model.encode(batch)
-                after = torch.stack(list(model.task_losses(z, batch).values()))
-            aggregator.after_step(after.double().cpu())
         if monitored:
             row = {"step": step, **measure(result)}
             row.update({f"loss/{n}": float(v) for n, v in zip(names, result.losses)})
@@ -200,6 +205,7 @@ def train(
             checkpointer.save({
                 "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "aggregator": aggregator.state_dict(), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 "trajectory": state.trajectory,
                 "train_seconds": state.train_seconds + time.perf_counter() - t_start,
             })

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mtlcheck.jacobian import Jacobian, NonFiniteGradientError
+from mtlcheck.jacobian import Jacobian, NonFiniteGradientError, NonFiniteInputError
 
 _REDUCTIONS = ("sum", "mean", "normalized", "other")
 _FAMILIES = ("weighting", "projection", "solver", "masking", "regularizer")
@@ -181,15 +181,15 @@ class Aggregator:
             raise ValueError(f"{self!r}: G has T=0 tasks; at least one task gradient is required")
         if not J.dtype.is_floating_point:
             raise ValueError(f"{self!r}: G must be a floating-point tensor, got dtype {J.dtype}")
+        if any(b.requires_grad for b in J.blocks) and not tags.second_order:
+            J = J.map_blocks(torch.Tensor.detach)  # non-differentiable: never a silently wrong gradient
         try:  # NaN/inf anywhere makes the Gram's diagonal non-finite: one pass instead of isfinite
             J.gram()
         except NonFiniteGradientError:
             for name, b in zip(J.names, J.blocks):
                 if not torch.isfinite(b).all():
-                    raise ValueError(f"{self!r}: G block {name!r} contains NaN or inf") from None
+                    raise NonFiniteInputError(f"{self!r}: G block {name!r} contains NaN or inf") from None
             raise  # finite entries whose Gram overflows: a diverging run
-        if any(b.requires_grad for b in J.blocks) and not tags.second_order:
-            J = J.map_blocks(torch.Tensor.detach)  # non-differentiable: never a silently wrong gradient
         return J
 
     def _check_losses(self, losses, tags: AggregatorTags, J: Jacobian | None) -> torch.Tensor | None:

@@ -57,6 +57,7 @@ def min_norm_weights(M: np.ndarray, *, tol: float = 1e-12, max_iter: int | None 
         if grad[j] >= value - tol or j in support:
             return _polish(w)
         support.append(j)
+        before = w.copy()
         for _ in range(max_iter):  # inner loop: move to the affine minimiser of the support
             v = _affine_minimizer(M, support)
             ws = w[support]
@@ -75,6 +76,10 @@ def min_norm_weights(M: np.ndarray, *, tol: float = 1e-12, max_iter: int | None 
             support = keep or [int(np.argmax(w))]
             w[[s for s in range(T) if s not in support]] = 0.0
             w /= w.sum()
+            if j not in support and t == 0.0:
+                # the new vertex is affinely dependent on the support and cannot enter: w is optimal
+                # up to rounding (re-adding it would cycle)
+                return _polish(before)
         else:
             raise MinNormError("min-norm inner loop did not terminate")
     raise MinNormError(f"min-norm solver did not converge in {max_iter} iterations")

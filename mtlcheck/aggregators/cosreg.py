@@ -16,14 +16,17 @@ from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
 from mtlcheck.aggregators._registry import register_aggregator
 
 
-def mean_squared_cosine(blocks, eps: float = 1e-12) -> torch.Tensor:
-    """mean_{i≠j} cos²(g_i, g_j) from per-block (T, n_k) gradients; differentiable; 0 for T = 1."""
+def mean_squared_cosine(blocks) -> torch.Tensor:
+    """mean_{i≠j} cos²(g_i, g_j) from per-block (T, n_k) gradients; differentiable; 0 for T = 1.
+    A pair with a zero gradient counts as cos² = 0 (no epsilon: the value is scale-free)."""
     gram = sum(b.to(torch.float64) @ b.to(torch.float64).T for b in blocks)
     n = gram.shape[0]
     if n < 2:
         return gram.new_zeros(())
     norms2 = gram.diagonal()
-    cos2 = gram**2 / (torch.outer(norms2, norms2) + eps)
+    denom = torch.outer(norms2, norms2)
+    positive = denom > 0
+    cos2 = torch.where(positive, gram**2 / torch.where(positive, denom, torch.ones_like(denom)), torch.zeros_like(denom))
     off = ~torch.eye(n, dtype=torch.bool, device=gram.device)
     return cos2[off].mean()
 

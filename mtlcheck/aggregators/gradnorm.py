@@ -1,7 +1,8 @@
 """GradNorm (Chen et al. 2018): balance gradient norms by learnable task weights.
 
-Weights w (init 1, renormalised to Σ w = T). With n_i = ‖g_i‖ (over all shared blocks, or the
-last block only: `norm_blocks="last"`, the paper's "last shared layer"), G_i = w_i n_i,
+Weights w (init 1, renormalised to Σ w = T). With n_i = ‖g_i‖ (over all shared blocks, or over
+the blocks of the last shared module with a weight matrix or kernel: `norm_blocks="last"`, the
+paper's "last shared layer"), G_i = w_i n_i,
 r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0)) with L(0) the first call's losses, and the target
 mean(G) · r_i^α held constant, the GradNorm loss Σ_i |G_i − target_i| has
 ∂/∂w_i = sign(G_i − target_i) n_i. Each call returns the current w (direction Σ w_i g_i) and
@@ -36,6 +37,13 @@ class GradNorm(WeightingAggregator):
     def tags(self) -> AggregatorTags:
         return AggregatorTags(inputs=frozenset({"grads", "losses"}), nonneg_weights=True, stateful=True)
 
+    @staticmethod
+    def last_layer(J) -> list[int]:
+        """Blocks of the last shared module that has a weight matrix or kernel (ndim >= 2), so a
+        trailing normalisation layer is not mistaken for the last layer; all blocks if none has."""
+        layers = [g for g in J.groups("module") if any(len(J.shapes[k]) >= 2 for k in g)]
+        return layers[-1] if layers else list(range(len(J.blocks)))
+
     def _weights(self, J, losses):
         n = J.n_tasks
         if self._w is None:
@@ -45,7 +53,7 @@ class GradNorm(WeightingAggregator):
             self._velocity = torch.zeros(n, dtype=torch.float64)
             self._initial_losses = losses.clone()
         grams = J.block_grams()
-        gram = grams[-1] if self.norm_blocks == "last" else grams.sum(0)
+        gram = grams[self.last_layer(J)].sum(0) if self.norm_blocks == "last" else grams.sum(0)
         norms = gram.diagonal().clamp_min(0).sqrt()
         w = self._w.clone()
         weighted = w * norms

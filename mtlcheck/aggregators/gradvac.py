@@ -22,18 +22,6 @@ from mtlcheck.aggregators.pcgrad import random_order
 GROUP_TYPES = ("whole", "module", "parameter")
 
 
-def group_blocks(names, group_type: str) -> list[list[int]]:
-    """Block indices per group: one group, per module path (name up to the last '.'), or per block."""
-    if group_type == "whole":
-        return [list(range(len(names)))]
-    if group_type == "parameter":
-        return [[k] for k in range(len(names))]
-    groups: dict[str, list[int]] = {}
-    for k, name in enumerate(names):
-        groups.setdefault(name.rpartition(".")[0], []).append(k)
-    return list(groups.values())
-
-
 @register_aggregator("gradvac")
 class GradVac(Aggregator):
     _state_attrs = ('_targets',)
@@ -60,7 +48,7 @@ class GradVac(Aggregator):
         )
 
     def _groups_and_grams(self, J):
-        groups = group_blocks(J.names, self.group_type)
+        groups = J.groups(self.group_type)
         block_grams = J.block_grams()
         grams = torch.stack([block_grams[g].sum(0) for g in groups])
         if self._targets is not None and self._targets.shape[0] != len(groups):
@@ -103,7 +91,7 @@ class GradVac(Aggregator):
         per_group = C.sum(1)  # (K, T)
         if self.group_type == "whole":
             return Aggregation(J.combine(per_group[0]), per_group[0])
-        groups = group_blocks(J.names, self.group_type)
+        groups = J.groups(self.group_type)
         per_block = torch.empty(len(J.blocks), J.n_tasks, dtype=torch.float64)
         for k, g in enumerate(groups):
             per_block[g] = per_group[k]

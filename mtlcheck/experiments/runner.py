@@ -157,7 +157,7 @@ def run_sweep(store: ResultStore, specs: Iterable[RunSpec], where: Where = Where
             bar.update(1)
     if bar is not None:
         bar.close()
-    return [records[s.key] for s in specs if s.key in records]
+    return [records[s.key] for s in specs if records.get(s.key) is not None]
 
 
 def default_store_path() -> Path:

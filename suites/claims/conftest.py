@@ -40,6 +40,8 @@ def reproduced(request, tmp_path_factory):
     tables, per_benchmark = {}, {}
     for name in benchmarks:  # MetaGraspNet-like first: Figure 5 and Table 4 are MetaGraspNet's
         records = run_sweep(store, sweep_specs(name, budget=budget), where(name), progress=False)
+        failed = {r.spec.label: (r.error or "")[-300:] for r in records if r.status == "failed"}
+        assert not failed, f"runs failed (a failure is not a verdict): {failed}"
         per_benchmark[name] = result_tables(records, name)
         for key, table in per_benchmark[name].items():
             tables.setdefault(key, table)

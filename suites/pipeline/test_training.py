@@ -99,3 +99,47 @@ def test_setup_validation_names_the_field():
     with pytest.raises(ValueError, match="batch_size"):
         TrainSetup(steps=1, batch_size=0)
     assert TrainSetup(steps=10, batch_size=1, lr=1.0, warmup_steps=4).lr_at(1) == pytest.approx(0.5)
+
+
+class DropoutToy(ToyRegression):
+    """Heads with dropout: the global RNG is drawn every step, so resume must restore it exactly."""
+
+    def task_losses(self, z, batch):
+        return super().task_losses(torch.nn.functional.dropout(z, 0.3, training=self.training), batch)
+
+
+def test_resume_is_exact_when_the_model_draws_random_numbers():
+    saved = {}
+
+    class Killed(Exception):
+        pass
+
+    def save(obj):
+        saved["ckpt"] = obj
+        if obj["step"] == 7:
+            raise Killed
+
+    def run_dropout(checkpointer=None):
+        return train(DropoutToy(), ToyData(), default_collate, get_aggregator("mgda"), SETUP, seed=2,
+                     checkpointer=checkpointer, evaluate=evaluate)
+
+    with pytest.raises(Killed):
+        run_dropout(Checkpointer(save, lambda: None))
+    resumed = run_dropout(Checkpointer(lambda obj: None, lambda: saved["ckpt"]))
+    straight = run_dropout()
+    assert resumed.trajectory == straight.trajectory and resumed.metrics == straight.metrics
+
+
+class NaNGradient(ToyRegression):
+    """Finite losses whose gradient is NaN (sqrt at 0): divergence must be reported, not raised."""
+
+    def task_losses(self, z, batch):
+        losses = super().task_losses(z, batch)
+        losses["task0"] = losses["task0"] + torch.sqrt(z[:, 0] * 0.0).sum()
+        return losses
+
+
+@pytest.mark.parametrize("method", ["ew", "mgda", "graddrop"])
+def test_nan_gradient_with_finite_loss_is_a_divergence(method):
+    out = train(NaNGradient(), ToyData(), default_collate, get_aggregator(method), SETUP)
+    assert out.status == "diverged" and out.diverged_step == 0, out
