@@ -25,7 +25,7 @@ from typing import Any
 
 __all__ = ["BUDGETS", "CODE_EPOCH", "KEY_LENGTH", "LEVELS", "RunSpec", "canonical_json", "spec_key"]
 
-CODE_EPOCH = 1
+CODE_EPOCH = 2  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG isolated from the model's
 """Bump when training semantics change (loss, schedule, data order, metric definitions):
 every key changes, so old results are kept but never mistaken for current ones."""
 
