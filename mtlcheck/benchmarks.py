@@ -261,18 +261,14 @@ def _width(budget):
     return {"smoke": 8, "small": 32, "paper": 64}[budget]
 
 
-def _cityscapes_model(budget, weights=None):
-    from mtlcheck.models.dense import CityScapesModel
+def _dense_model(class_name: str):
+    def make(budget, weights=None):
+        from mtlcheck.models import dense
 
-    w = _width(budget)
-    return CityScapesModel(width=w, decoder_width=2 * w, weights=weights)
+        w = _width(budget)
+        return getattr(dense, class_name)(width=w, decoder_width=2 * w, weights=weights)
 
-
-def _nyu_model(budget, weights=None):
-    from mtlcheck.models.dense import NYUv2Model
-
-    w = _width(budget)
-    return NYUv2Model(width=w, decoder_width=2 * w, weights=weights)
+    return make
 
 
 def _metagraspnet_model(budget, weights=None):
@@ -299,7 +295,7 @@ CITYSCAPES = Benchmark(
     metrics=DENSE_METRICS,
     setups=_real_setups(32),
     make_data=_cityscapes_data,
-    make_model=_cityscapes_model,
+    make_model=_dense_model("CityScapesModel"),
     evaluate=_evaluate_dense({"depth", "semantic", "instance"}, 19, 250, 8),
     needs_data_root=True,
 )
@@ -312,7 +308,7 @@ NYUV2 = Benchmark(
     metrics=(Metric("depth/l1", False, "DE"), Metric("normal/mean", False, "NE"), Metric("semantic/miou", True, "SS")),
     setups=_real_setups(32),
     make_data=_nyu_data,
-    make_model=_nyu_model,
+    make_model=_dense_model("NYUv2Model"),
     evaluate=_evaluate_dense({"depth", "normal", "semantic"}, 41, 250, 8),
     needs_data_root=True,
 )
