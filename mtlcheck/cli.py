@@ -180,13 +180,6 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_bench(args) -> int:
-    from mtlcheck import bench
-
-    bench.main(args.rest)
-    return 0
-
-
 def _add_where(p):
     p.add_argument("--data-root", default=None, help="root of the real dataset (paper benchmarks)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -245,14 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="run the conformance kit on aggregators (registry names or pkg.module:Class)")
     p.add_argument("aggregators", nargs="+")
     p.set_defaults(fn=cmd_check)
-    p = sub.add_parser("bench", help="step time per method as a ratio to EW (see `mtlcheck bench -- --help`)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_bench)
+    sub.add_parser("bench", help="step time per method as a ratio to EW (options: `mtlcheck bench --help`)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the bench has its own options: hand them over untouched
+        from mtlcheck import bench
+
+        rest = argv[1:]
+        bench.main(rest[1:] if rest[:1] == ["--"] else rest)
+        return 0
     args = build_parser().parse_args(argv)
     if getattr(args, "benchmark", "") is None:
         from mtlcheck.benchmarks import DEFAULT_BENCHMARK

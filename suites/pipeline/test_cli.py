@@ -81,3 +81,16 @@ def test_killed_sweep_resumes_and_finishes_only_the_missing_runs(tmp_path):
     with sqlite3.connect(store) as db:
         attempts = dict(db.execute("select key, attempts from runs").fetchall())
     assert all(attempts[k] == 1 for k in before)
+
+
+def test_bench_takes_its_own_options(capsys, tmp_path):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "--methods", "ew", "mgda", "--levels", "parameter", "feature", "--size", "32",
+                 "--repeats", "1", "--threads", "1", "--json", str(out_json)]) == 0
+    table = capsys.readouterr().out
+    assert "| mgda | feature |" in table and "| ew | parameter |" in table
+    import json
+
+    rows = json.loads(out_json.read_text())["rows"]
+    assert {(r["method"], r["level"]) for r in rows} == {("ew", "parameter"), ("mgda", "parameter"), ("mgda", "feature")}
+    assert next(r for r in rows if r["method"] == "ew")["ratio_to_ew"] == 1.0
