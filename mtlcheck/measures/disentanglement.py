@@ -41,6 +41,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ._inputs import real_tensor
+
 __all__ = ["feature_disentanglement", "position_entropies"]
 
 
@@ -63,13 +65,7 @@ def _as_levels(feature_grads) -> list[torch.Tensor]:
     T = None
     for k, z in enumerate(levels):
         where = _where(feature_grads, k)
-        if not isinstance(z, torch.Tensor):
-            try:
-                z = torch.as_tensor(z, dtype=torch.float64)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise ValueError(f"{where} must be a (T, ...) tensor; got {type(z).__name__}") from exc
-        if z.is_complex():
-            raise ValueError(f"{where} must be real; got dtype {z.dtype}")
+        z = real_tensor(z, where, "a (T, ...) tensor")
         if z.ndim < 2:
             raise ValueError(
                 f"{where} must have shape (T, ...) with at least one position axis "

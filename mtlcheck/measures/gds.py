@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from ._inputs import real_tensor
+
 __all__ = ["pairwise_cosines", "gradient_direction_similarity", "gds_from_gradients"]
 
 # Relative asymmetry tolerated in a Gram matrix before it is rejected (the engine symmetrizes;
@@ -33,13 +35,7 @@ _SYMMETRY_RTOL = 1e-6
 
 def _validate_gram(gram, *, name: str = "gram", min_tasks: int = 1) -> torch.Tensor:
     """Return ``gram`` as a detached, symmetrized float64 (T, T) tensor, or raise ValueError."""
-    if not isinstance(gram, torch.Tensor):
-        try:
-            gram = torch.as_tensor(gram, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{name} must be a (T, T) Gram matrix; got {type(gram).__name__}") from exc
-    if gram.is_complex():
-        raise ValueError(f"{name} must be real; got dtype {gram.dtype}")
+    gram = real_tensor(gram, name, "a (T, T) Gram matrix")
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError(f"{name} must be a square (T, T) Gram matrix; got shape {tuple(gram.shape)}")
     if gram.shape[0] < min_tasks:
@@ -66,13 +62,7 @@ def _validate_gram(gram, *, name: str = "gram", min_tasks: int = 1) -> torch.Ten
 
 def _gram_from_gradients(G, *, name: str = "G", min_tasks: int = 1) -> torch.Tensor:
     """Float64 Gram matrix of a (T, d) gradient matrix (trailing dims are flattened)."""
-    if not isinstance(G, torch.Tensor):
-        try:
-            G = torch.as_tensor(G, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{name} must be a (T, d) gradient matrix; got {type(G).__name__}") from exc
-    if G.is_complex():
-        raise ValueError(f"{name} must be real; got dtype {G.dtype}")
+    G = real_tensor(G, name, "a (T, d) gradient matrix")
     if G.ndim < 2:
         raise ValueError(f"{name} must have shape (T, d) (one row per task); got shape {tuple(G.shape)}")
     if G.shape[0] < min_tasks:

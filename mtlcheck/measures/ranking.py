@@ -38,19 +38,13 @@ import math
 
 import torch
 
+from ._inputs import real_tensor
+
 __all__ = ["ranking_similarity", "symmetric_ranking_similarity"]
 
 
 def _as_values(x, name: str) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        try:
-            t = torch.as_tensor(x, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{name} must be a 1-D sequence of real numbers; got {type(x).__name__}") from exc
-    if t.is_complex():
-        raise ValueError(f"{name} must be real; got dtype {t.dtype}")
+    t = real_tensor(x, name, "a 1-D sequence of real numbers").detach()
     if t.ndim != 1:
         raise ValueError(f"{name} must be 1-D; got shape {tuple(t.shape)}")
     try:
