@@ -51,7 +51,10 @@ def test_check_runs_the_kit_on_a_method(capsys):
 
 
 def _finished(store):
+    """Finished runs by key; none while the sweep has created the file but not yet its schema."""
     with sqlite3.connect(store) as db:
+        if db.execute("select 1 from sqlite_master where type = 'table' and name = 'runs'").fetchone() is None:
+            return {}
         return dict(db.execute("select key, finished from runs where status = 'done'").fetchall())
 
 
