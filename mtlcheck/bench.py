@@ -24,7 +24,10 @@ import torch
 from torch import nn
 
 from mtlcheck.aggregators import aggregator_class, list_aggregators
+from mtlcheck.allocator import malloc_setting
 from mtlcheck.gradients import backward_step
+from mtlcheck.measures import feature_disentanglement
+from mtlcheck.monitor import measure
 from mtlcheck.models._base import MultiTaskModel
 from mtlcheck.models.backbones import ResNetTrunk
 
@@ -79,6 +82,173 @@ def libmtl_style_step(model: MultiTaskModel, batch, aggregator) -> None:
         offset += n
 
 
+MONITOR_LEVELS = ("monitor-fd", "monitor-gds-gms")
+LEVEL_CHOICES = ("parameter", "feature", "parameter-batched", "libmtl-loop")
+
+
+def _model_and_batch(size, batch_size, n_tasks, device, seed):
+    torch.manual_seed(seed)
+    model = ResNetClassifiers(n_tasks).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    batch = {"image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
+             "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device)}
+    return model, batch
+
+
+def _applicable(method: str, level: str) -> bool:
+    tags = aggregator_class(method)().tags()
+    if tags.loss_only and level != "parameter":
+        return False  # loss-only methods have one engine
+    return not (tags.second_order and level in ("libmtl-loop", "parameter-batched"))
+
+
+def _step(model, batch, aggregator, level: str):
+    """One training step's gradient work for a bench case (level may be a monitor pseudo-level)."""
+    if level == "libmtl-loop":
+        libmtl_style_step(model, batch, aggregator)
+    elif level in MONITOR_LEVELS:  # EW with the paper's monitoring, as training runs it
+        measure(backward_step(model, batch, aggregator, feature_grads=True, param_gram=level == "monitor-gds-gms"))
+    else:
+        level_ = "parameter" if level == "parameter-batched" else level
+        backward_step(model, batch, aggregator, level=level_, batched=level == "parameter-batched")
+
+
+def _monitor_summary(model, batch, rows, device, every: int = 10, calls: int = 20) -> dict:
+    """Monitoring cost as fractions of the EW step: the FD step and, amortised over `every`
+    steps, the GDS/GMS step; plus the FD computation alone (timed directly, since its share is
+    below the noise of a step-time difference)."""
+    ratio = {r.level: r.ratio_to_ew for r in rows if r.method == "ew"}
+    ew_ms = next(r.median_ms for r in rows if (r.method, r.level) == ("ew", "parameter"))
+    model.zero_grad(set_to_none=True)
+    fgrads = backward_step(model, batch, aggregator_class("ew")(), feature_grads=True).feature_grads
+    times = []
+    for _ in range(calls + 2):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        feature_disentanglement(list(fgrads))
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    fd_ms = 1e3 * statistics.median(times[2:])
+    return {"every": every, "fd_ms": fd_ms, "fd_fraction_of_ew": fd_ms / ew_ms,
+            "fd_step_extra": ratio["monitor-fd"] - 1.0,
+            "gds_gms_step_extra": ratio["monitor-gds-gms"] - 1.0,
+            "gds_gms_amortised_extra": (ratio["monitor-gds-gms"] - 1.0) / every}
+
+
+def solve_times(methods=None, tasks=(3, 7), dim: int = 4096, calls: int = 100, seed: int = 0,
+                progress: bool = True) -> list[dict]:
+    """Per-call time of each method given its inputs, on a T×dim Jacobian small enough that the
+    Gram and the combination cost microseconds: what remains is the weight solve (MGDA's min-norm
+    problem, CAGrad's SLSQP, Nash-MTL's Newton iterations, ...). Second-order methods have no
+    solve (their penalty is part of the backward pass) and are left out."""
+    from mtlcheck.jacobian import Jacobian
+
+    names = [m for m in (methods or list_aggregators()) if not aggregator_class(m)().tags().second_order]
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    cases = [(m, t) for m in names for t in tasks]
+    if progress:
+        from tqdm import tqdm
+
+        cases = tqdm(cases, desc="solve times", unit="case")
+    for method, n_tasks in cases:
+        agg = aggregator_class(method)(seed=seed)
+        G = torch.randn(n_tasks, dim, generator=gen, dtype=torch.float64)
+        G[0] -= 0.5 * G[1]  # some conflict, as in training
+        losses = torch.rand(n_tasks, generator=gen, dtype=torch.float64) + 0.5
+        tags = agg.tags()
+        times = []
+        for i in range(calls + 5):
+            t0 = time.perf_counter()
+            agg(None if tags.loss_only else Jacobian.from_matrix(G), losses)
+            if tags.post_step_update:
+                agg.after_step(losses * 0.99)
+            times.append(time.perf_counter() - t0)
+        times = sorted(times[5:])
+        out.append({"method": method, "tasks": n_tasks, "median_ms": 1e3 * statistics.median(times),
+                    "p95_ms": 1e3 * times[int(0.95 * (len(times) - 1))], "dim": dim})
+    return out
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def _peak_rss_case(method: str, level: str, size: int, batch_size: int, n_tasks: int, threads: int | None) -> dict:
+    """In this process: the peak resident set (MiB) of two steps of one case over the loaded
+    model and batch, read from Linux's VmHWM after resetting it (/proc/self/clear_refs), so
+    that the memory of imports and model construction is not mistaken for the step's."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, batch = _model_and_batch(size, batch_size, n_tasks, "cpu", 0)
+    agg = aggregator_class(method)()
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset the peak resident set size to the current one
+    except OSError as exc:
+        raise RuntimeError(f"CPU peak memory needs Linux's /proc/self/clear_refs ({exc})") from None
+    before = _proc_status_kib("VmRSS")
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        _step(model, batch, agg, level)
+    return {"method": method, "level": level, "peak_mib": (_proc_status_kib("VmHWM") - before) / 1024.0}
+
+
+def peak_memory(methods=None, levels=("parameter", "feature"), size: int = 128, batch_size: int = 2,
+                n_tasks: int = 3, threads: int | None = None, device: str = "cpu", progress: bool = True) -> list[dict]:
+    """Peak memory of one step per case over the loaded model, and its ratio to EW's.
+
+    CUDA: torch.cuda.max_memory_allocated in this process. CPU: the growth of the peak resident
+    set of a fresh process per case (so one case's freed memory cannot hide another's peak),
+    under the same allocator setting as this process."""
+    import os
+    import subprocess
+    import sys
+
+    methods = list(methods or list_aggregators())
+    cases = [("ew", "parameter")] + [(m, lv) for m in methods for lv in levels
+                                     if (m, lv) != ("ew", "parameter") and _applicable(m, lv)]
+    if progress:
+        from tqdm import tqdm
+
+        cases = tqdm(cases, desc="peak memory", unit="case")
+    rows = []
+    if device.startswith("cuda"):
+        model, batch = _model_and_batch(size, batch_size, n_tasks, device, 0)
+        for method, level in cases:
+            agg = aggregator_class(method)()
+            model.zero_grad(set_to_none=True)
+            _step(model, batch, agg, level)  # warm-up: lazily created state and workspaces
+            model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            _step(model, batch, agg, level)
+            torch.cuda.synchronize()
+            rows.append({"method": method, "level": level,
+                         "peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20})
+    else:
+        env = {**os.environ, "MTLCHECK_MALLOC": "tuned" if malloc_setting().startswith("tuned") else "default"}
+        for method, level in cases:
+            cmd = [sys.executable, "-m", "mtlcheck.bench", "--peak-rss-case", method, level, "--size", str(size),
+                   "--batch-size", str(batch_size), "--tasks", str(n_tasks)] + (["--threads", str(threads)] if threads else [])
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"peak-memory case {method}/{level} failed:\n{done.stderr[-2000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    ew = rows[0]["peak_mib"]
+    for r in rows:
+        r["ratio_to_ew"] = r["peak_mib"] / ew if ew > 0 else float("nan")
+    return rows
+
+
 @dataclass
 class BenchRow:
     method: str
@@ -96,20 +266,21 @@ def _quartiles(xs):
 
 def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_size: int = 2, n_tasks: int = 3,
         repeats: int = 7, warmup: int = 2, threads: int | None = None, device: str = "cpu", seed: int = 0,
-        progress: bool = True) -> dict:
-    """Time one engine step per (method, level); returns {"rows": [...], "setup": {...}}."""
+        progress: bool = True, monitor: bool = False) -> dict:
+    """Time one engine step per (method, level); returns {"rows": [...], "setup": {...}}.
+
+    monitor: also time the EW step with the paper's monitoring (FD from the feature gradients
+    of the two-stage step; GDS/GMS, which need the parameter-level Gram), and report their cost
+    as a fraction of the EW step under "monitor" (GDS/GMS amortised over k = 10 steps)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     methods = list(methods or list_aggregators())
-    model = ResNetClassifiers(n_tasks).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    batch = {"image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
-             "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device)}
+    model, batch = _model_and_batch(size, batch_size, n_tasks, device, seed)
     cases = [("ew", "parameter")] + [(m, lv) for m in methods for lv in levels if (m, lv) != ("ew", "parameter")]
-    cases = [(m, lv) for m, lv in cases
-             if not (aggregator_class(m)().tags().loss_only and lv != "parameter")
-             and not (aggregator_class(m)().tags().second_order and lv in ("libmtl-loop", "parameter-batched"))]
+    cases = [(m, lv) for m, lv in cases if _applicable(m, lv)]
+    if monitor:
+        cases += [("ew", lv) for lv in MONITOR_LEVELS]
     aggs = {case: aggregator_class(case[0])() for case in cases}
 
     def step(case):
@@ -117,11 +288,7 @@ def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_si
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        if case[1] == "libmtl-loop":
-            libmtl_style_step(model, batch, aggs[case])
-        else:
-            level = "parameter" if case[1] == "parameter-batched" else case[1]
-            backward_step(model, batch, aggs[case], level=level, batched=case[1] == "parameter-batched")
+        _step(model, batch, aggs[case], case[1])
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - t0
@@ -152,13 +319,16 @@ def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_si
         q1, med, q3 = _quartiles(times[case])
         r1, rmed, r3 = _quartiles(ratios)
         rows.append(BenchRow(case[0], case[1], 1e3 * med, 1e3 * (q3 - q1), rmed, r3 - r1))
+    result = {"rows": [asdict(r) for r in rows]}
+    if monitor:
+        result["monitor"] = _monitor_summary(model, batch, rows, device)
     setup = {"model": "ResNet18 trunk + light heads", "image_size": size, "batch_size": batch_size, "tasks": n_tasks,
              "shared_parameters": sum(p.numel() for _, p in model.shared_parameters()), "repeats": repeats,
              "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__,
-             "machine": platform.processor() or platform.machine()}
+             "machine": platform.processor() or platform.machine(), "malloc": malloc_setting()}
     if device.startswith("cuda"):
         setup["gpu"] = torch.cuda.get_device_name()
-    return {"setup": setup, "rows": [asdict(r) for r in rows]}
+    return {"setup": setup, **result}
 
 
 def to_markdown(result: dict) -> str:
@@ -166,7 +336,8 @@ def to_markdown(result: dict) -> str:
     lines = [
         f"Step time relative to EW — {s['model']}, {s['tasks']} tasks, batch {s['batch_size']}×3×{s['image_size']}², "
         f"{s['shared_parameters']:,} shared parameters, {s['device']} ({s.get('gpu', s['machine'])}), "
-        f"{s['threads']} threads, torch {s['torch']}, median of {s['repeats']} interleaved repeats.",
+        f"{s['threads']} threads, torch {s['torch']}, malloc: {s.get('malloc', 'default')}, "
+        f"median of {s['repeats']} interleaved repeats.",
         "",
         "| method | level | step ms (IQR) | × EW (IQR) |",
         "|---|---|---|---|",
@@ -174,14 +345,29 @@ def to_markdown(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['method']} | {r['level']} | {r['median_ms']:.1f} ({r['iqr_ms']:.1f}) | "
                      f"{r['ratio_to_ew']:.2f} ({r['ratio_iqr']:.2f}) |")
+    if "monitor" in result:
+        m = result["monitor"]
+        lines += ["", "Monitoring cost (fraction of the EW step):", "",
+                  f"- FD computed from the two-stage step's feature gradients: {m['fd_ms']:.2f} ms = "
+                  f"{100 * m['fd_fraction_of_ew']:.2f} % (whole monitored step: {100 * m['fd_step_extra']:+.1f} %)",
+                  f"- GDS/GMS (parameter-level Gram): {100 * m['gds_gms_step_extra']:+.0f} % on a monitored step, "
+                  f"{100 * m['gds_gms_amortised_extra']:+.1f} % per step when monitoring every {m['every']} steps"]
+    if result.get("solves"):
+        lines += ["", f"Per-call time given the inputs (T×{result['solves'][0]['dim']} float64 Jacobian; "
+                      "the weight solve dominates):", "", "| method | T | median ms | p95 ms |", "|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['tasks']} | {r['median_ms']:.3f} | {r['p95_ms']:.3f} |" for r in result["solves"]]
+    if result.get("memory"):
+        where = "CUDA max_memory_allocated" if s["device"].startswith("cuda") else "peak-RSS growth of a fresh process"
+        lines += ["", f"Peak memory of a step over the loaded model ({where}):", "",
+                  "| method | level | MiB | × EW |", "|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['level']} | {r['peak_mib']:.0f} | {r['ratio_to_ew']:.2f} |" for r in result["memory"]]
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="mtlcheck bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="*", default=None, help="registry names (default: all)")
-    parser.add_argument("--levels", nargs="*", default=["parameter", "feature"],
-                        choices=["parameter", "feature", "parameter-batched", "libmtl-loop"],
+    parser.add_argument("--levels", nargs="*", default=["parameter", "feature"], choices=LEVEL_CHOICES,
                         help="engine: parameter (T VJPs), feature, parameter-batched (is_grads_batched), "
                              "libmtl-loop (the LibMTL-style baseline: T backward passes into a flat CPU vector)")
     parser.add_argument("--size", type=int, default=128)
@@ -190,10 +376,23 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--monitor", action="store_true", help="also time FD and GDS/GMS monitoring of the EW step")
+    parser.add_argument("--solves", action="store_true", help="also time each method's call on its inputs at T=3 and 7")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure each case's peak memory (CPU: one fresh process per case)")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
+    parser.add_argument("--peak-rss-case", nargs=2, metavar=("METHOD", "LEVEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.peak_rss_case:  # the child process of peak_memory on the CPU
+        print(json.dumps(_peak_rss_case(*args.peak_rss_case, args.size, args.batch_size, args.tasks, args.threads)))
+        return
     result = run(args.methods, tuple(args.levels), args.size, args.batch_size, args.tasks, args.repeats,
-                 threads=args.threads, device=args.device)
+                 threads=args.threads, device=args.device, monitor=args.monitor)
+    if args.solves:
+        result["solves"] = solve_times(args.methods)
+    if args.memory:
+        result["memory"] = peak_memory(args.methods, tuple(args.levels), args.size, args.batch_size, args.tasks,
+                                       args.threads, args.device)
     print(to_markdown(result))
     if args.json:
         with open(args.json, "w") as fh:
@@ -201,4 +400,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from mtlcheck.allocator import tune_malloc
+
+    tune_malloc()
     main()

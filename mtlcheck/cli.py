@@ -263,5 +263,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def console_main() -> int:
+    """The `mtlcheck` command: `main` in a process whose CPU allocator is tuned for the engine
+    (mtlcheck.allocator; MTLCHECK_MALLOC=default turns that off)."""
+    from mtlcheck.allocator import tune_malloc
+
+    tune_malloc()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from mtlcheck.allocator import malloc_setting
 from mtlcheck.experiments import spec as _spec
 from mtlcheck.experiments.spec import RunSpec
 
@@ -224,6 +225,8 @@ def environment(repo: str | os.PathLike | None = None, *, refresh: bool = False)
         "git_revision": revision,
         "git_dirty": dirty,
         "code_epoch": _spec.CODE_EPOCH,
+        "malloc": malloc_setting(),
+        "torch_threads": torch.get_num_threads(),
     }
     if repo is None:
         _ENV_CACHE[os.getpid()] = dict(env)

@@ -199,7 +199,7 @@ def test_graddrop_feature_level_uses_activation_sign_and_batch_sum():
     d = GradDrop(seed=1)(J).direction.reshape(B, F)
     S = (g * torch.sign(z)).sum(1)
     P = 0.5 * (1 + S.sum(0) / S.abs().sum(0))
-    U = torch.rand(F, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    U = torch.rand(F, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
     M = ((P > U) & (S > 0)) | ((P < U) & (S < 0))
     assert torch.allclose(d, (g * M[:, None, :]).sum(0))
 
