@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtlcheck.experiments.runner import Where, run_sweep, sweep_specs
 from mtlcheck.experiments.store import ResultStore
@@ -31,20 +32,29 @@ def reproduced(request, tmp_path_factory):
     results = Path(results) if results else tmp_path_factory.getbasetemp().parent / "mtlcheck-claims"
     store = ResultStore(results / "runs.sqlite")
     data_root = request.config.getoption("data_root")
+    threads = None
     if budget == "smoke" or data_root is None:
         benchmarks, where = CPU_BENCHMARKS, lambda name: Where()
+        threads = 1  # CPU float reductions depend on the thread count: one thread keeps the
+        #              snapshots the same with or without xdist workers
     else:
         benchmarks = PAPER_BENCHMARKS
         device = "cuda" if _cuda() else "cpu"
         where = lambda name: Where(data_root=str(Path(data_root) / name), device=device)  # noqa: E731
     tables, per_benchmark = {}, {}
-    for name in benchmarks:  # MetaGraspNet-like first: Figure 5 and Table 4 are MetaGraspNet's
-        records = run_sweep(store, sweep_specs(name, budget=budget), where(name), progress=False)
-        failed = {r.spec.label: (r.error or "")[-300:] for r in records if r.status == "failed"}
-        assert not failed, f"runs failed (a failure is not a verdict): {failed}"
-        per_benchmark[name] = result_tables(records, name)
-        for key, table in per_benchmark[name].items():
-            tables.setdefault(key, table)
+    saved_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        for name in benchmarks:  # MetaGraspNet-like first: Figure 5 and Table 4 are MetaGraspNet's
+            records = run_sweep(store, sweep_specs(name, budget=budget), where(name), progress=False)
+            failed = {r.spec.label: (r.error or "")[-300:] for r in records if r.status == "failed"}
+            assert not failed, f"runs failed (a failure is not a verdict): {failed}"
+            per_benchmark[name] = result_tables(records, name)
+            for key, table in per_benchmark[name].items():
+                tables.setdefault(key, table)
+    finally:
+        torch.set_num_threads(saved_threads)
     return Reproduced(budget, results, tables, per_benchmark)
 
 
