@@ -13,6 +13,7 @@ same repeat. Timings are measurements, never pass/fail tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import platform
@@ -28,6 +29,7 @@ from mtlcheck.allocator import malloc_setting
 from mtlcheck.gradients import backward_step
 from mtlcheck.measures import feature_disentanglement
 from mtlcheck.monitor import measure
+from mtlcheck.precision import Precision
 from mtlcheck.models._base import MultiTaskModel
 from mtlcheck.models.backbones import ResNetTrunk
 
@@ -86,13 +88,49 @@ MONITOR_LEVELS = ("monitor-fd", "monitor-gds-gms")
 LEVEL_CHOICES = ("parameter", "feature", "parameter-batched", "libmtl-loop")
 
 
-def _model_and_batch(size, batch_size, n_tasks, device, seed):
+def _model_and_batch(size, batch_size, n_tasks, device, seed, precision: Precision = Precision()):
     torch.manual_seed(seed)
-    model = ResNetClassifiers(n_tasks).to(device)
+    precision.apply_backends()
+    model = precision.prepare_model(ResNetClassifiers(n_tasks).to(device))
     gen = torch.Generator().manual_seed(seed)
     batch = {"image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
              "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device)}
-    return model, batch
+    return model, precision.prepare_batch(batch)
+
+
+def precision_effect(precision: Precision, size: int = 128, batch_size: int = 2, n_tasks: int = 3,
+                     device: str = "cpu", batches: int = 8, seed: int = 0) -> dict:
+    """How much `precision` moves what the paper measures and what MGDA decides: on `batches`
+    random batches through the same model, GDS and GMS (parameter-level Gram) and MGDA's weights
+    at both levels, compared with the exact float32 step. Returns max and mean |difference|."""
+    exact_model, _ = _model_and_batch(size, batch_size, n_tasks, device, seed)
+    other_model, _ = _model_and_batch(size, batch_size, n_tasks, device, seed, precision)
+    Precision().apply_backends()
+    gen = torch.Generator().manual_seed(seed + 1)
+    diffs: dict[str, list[float]] = {"gds": [], "gms": [], "mgda_weights_parameter": [], "mgda_weights_feature": []}
+    mgda = aggregator_class("mgda")
+    for _ in range(batches):
+        batch = {"image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
+                 "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device)}
+        values = []
+        for model, prec in ((exact_model, Precision()), (other_model, precision)):
+            prec.apply_backends()
+            b = prec.prepare_batch(batch)
+            model.zero_grad(set_to_none=True)
+            monitored = measure(backward_step(model, b, mgda(), param_gram=True, precision=prec))
+            model.zero_grad(set_to_none=True)
+            w_param = backward_step(model, b, mgda(), precision=prec).weights
+            model.zero_grad(set_to_none=True)
+            w_feat = backward_step(model, b, mgda(), level="feature", precision=prec).weights
+            values.append((monitored["gds"], monitored["gms"], w_param, w_feat))
+        (g0, m0, wp0, wf0), (g1, m1, wp1, wf1) = values
+        diffs["gds"].append(abs(g1 - g0))
+        diffs["gms"].append(abs(m1 - m0))
+        diffs["mgda_weights_parameter"].append(float((wp1 - wp0).abs().max()))
+        diffs["mgda_weights_feature"].append(float((wf1 - wf0).abs().max()))
+    Precision().apply_backends()
+    return {"precision": precision.options(), "batches": batches,
+            **{k: {"max": max(v), "mean": statistics.fmean(v)} for k, v in diffs.items()}}
 
 
 def _applicable(method: str, level: str) -> bool:
@@ -102,15 +140,18 @@ def _applicable(method: str, level: str) -> bool:
     return not (tags.second_order and level in ("libmtl-loop", "parameter-batched"))
 
 
-def _step(model, batch, aggregator, level: str):
+def _step(model, batch, aggregator, level: str, precision: Precision | None = None):
     """One training step's gradient work for a bench case (level may be a monitor pseudo-level)."""
     if level == "libmtl-loop":
-        libmtl_style_step(model, batch, aggregator)
+        with precision.forward_context(batch["image"].device) if precision else contextlib.nullcontext():
+            libmtl_style_step(model, batch, aggregator)
     elif level in MONITOR_LEVELS:  # EW with the paper's monitoring, as training runs it
-        measure(backward_step(model, batch, aggregator, feature_grads=True, param_gram=level == "monitor-gds-gms"))
+        measure(backward_step(model, batch, aggregator, feature_grads=True, param_gram=level == "monitor-gds-gms",
+                              precision=precision))
     else:
         level_ = "parameter" if level == "parameter-batched" else level
-        backward_step(model, batch, aggregator, level=level_, batched=level == "parameter-batched")
+        backward_step(model, batch, aggregator, level=level_, batched=level == "parameter-batched",
+                      precision=precision)
 
 
 def _monitor_summary(model, batch, rows, device, every: int = 10, calls: int = 20) -> dict:
@@ -266,7 +307,7 @@ def _quartiles(xs):
 
 def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_size: int = 2, n_tasks: int = 3,
         repeats: int = 7, warmup: int = 2, threads: int | None = None, device: str = "cpu", seed: int = 0,
-        progress: bool = True, monitor: bool = False) -> dict:
+        progress: bool = True, monitor: bool = False, precision: Precision = Precision()) -> dict:
     """Time one engine step per (method, level); returns {"rows": [...], "setup": {...}}.
 
     monitor: also time the EW step with the paper's monitoring (FD from the feature gradients
@@ -276,7 +317,7 @@ def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_si
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     methods = list(methods or list_aggregators())
-    model, batch = _model_and_batch(size, batch_size, n_tasks, device, seed)
+    model, batch = _model_and_batch(size, batch_size, n_tasks, device, seed, precision)
     cases = [("ew", "parameter")] + [(m, lv) for m in methods for lv in levels if (m, lv) != ("ew", "parameter")]
     cases = [(m, lv) for m, lv in cases if _applicable(m, lv)]
     if monitor:
@@ -288,7 +329,7 @@ def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_si
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        _step(model, batch, aggs[case], case[1])
+        _step(model, batch, aggs[case], case[1], precision)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - t0
@@ -325,7 +366,8 @@ def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_si
     setup = {"model": "ResNet18 trunk + light heads", "image_size": size, "batch_size": batch_size, "tasks": n_tasks,
              "shared_parameters": sum(p.numel() for _, p in model.shared_parameters()), "repeats": repeats,
              "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__,
-             "machine": platform.processor() or platform.machine(), "malloc": malloc_setting()}
+             "machine": platform.processor() or platform.machine(), "malloc": malloc_setting(),
+             "precision": precision.options() or "float32 (exact)"}
     if device.startswith("cuda"):
         setup["gpu"] = torch.cuda.get_device_name()
     return {"setup": setup, **result}
@@ -356,6 +398,12 @@ def to_markdown(result: dict) -> str:
         lines += ["", f"Per-call time given the inputs (T×{result['solves'][0]['dim']} float64 Jacobian; "
                       "the weight solve dominates):", "", "| method | T | median ms | p95 ms |", "|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['tasks']} | {r['median_ms']:.3f} | {r['p95_ms']:.3f} |" for r in result["solves"]]
+    if result.get("precision_effect"):
+        e = result["precision_effect"]
+        lines += ["", f"Effect of {e['precision']} against the exact float32 step ({e['batches']} batches, same model):", "",
+                  "| quantity | max abs. difference | mean |", "|---|---|---|"]
+        lines += [f"| {k} | {e[k]['max']:.2e} | {e[k]['mean']:.2e} |"
+                  for k in ("gds", "gms", "mgda_weights_parameter", "mgda_weights_feature")]
     if result.get("memory"):
         where = "CUDA max_memory_allocated" if s["device"].startswith("cuda") else "peak-RSS growth of a fresh process"
         lines += ["", f"Peak memory of a step over the loaded model ({where}):", "",
@@ -380,14 +428,24 @@ def main(argv=None) -> None:
     parser.add_argument("--solves", action="store_true", help="also time each method's call on its inputs at T=3 and 7")
     parser.add_argument("--memory", action="store_true",
                         help="also measure each case's peak memory (CPU: one fresh process per case)")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (default: exact float32)")
+    parser.add_argument("--autocast", default=None, choices=["bf16"], help="forward pass under bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC model and images")
+    parser.add_argument("--precision-effect", action="store_true",
+                        help="also measure how --tf32/--autocast move GDS, GMS and MGDA's weights")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     parser.add_argument("--peak-rss-case", nargs=2, metavar=("METHOD", "LEVEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak_rss_case:  # the child process of peak_memory on the CPU
         print(json.dumps(_peak_rss_case(*args.peak_rss_case, args.size, args.batch_size, args.tasks, args.threads)))
         return
+    precision = Precision(tf32=args.tf32, autocast=args.autocast, channels_last=args.channels_last)
     result = run(args.methods, tuple(args.levels), args.size, args.batch_size, args.tasks, args.repeats,
-                 threads=args.threads, device=args.device, monitor=args.monitor)
+                 threads=args.threads, device=args.device, monitor=args.monitor, precision=precision)
+    if args.precision_effect:
+        if precision.exact:
+            parser.error("--precision-effect compares --tf32/--autocast/--channels-last against float32: give one")
+        result["precision_effect"] = precision_effect(precision, args.size, args.batch_size, args.tasks, args.device)
     if args.solves:
         result["solves"] = solve_times(args.methods)
     if args.memory:

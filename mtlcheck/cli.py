@@ -90,7 +90,7 @@ def cmd_run(args) -> int:
 
     _threads(args)
     spec = make_spec(args.benchmark, args.method, level=args.level, seed=args.seed, budget=args.budget,
-                     steps=args.steps, method_config=_parse_config(args.config))
+                     steps=args.steps, method_config=_parse_config(args.config), extra=_precision(args).options())
     record = run_spec(_store(args), spec, _where(args))
     print(f"{spec.label}: {record.status}" + (f" ({record.error})" if record.error else ""))
     for key, value in sorted((record.metrics or {}).items()):
@@ -104,7 +104,8 @@ def cmd_run(args) -> int:
 def _sweep(args):
     from mtlcheck.experiments.runner import run_sweep, sweep_specs
 
-    specs = sweep_specs(args.benchmark, args.methods, tuple(args.levels), tuple(args.seeds), args.budget, args.steps)
+    specs = sweep_specs(args.benchmark, args.methods, tuple(args.levels), tuple(args.seeds), args.budget, args.steps,
+                        extra=_precision(args).options())
     store = _store(args)
     t0 = time.perf_counter()
     if args.ray_address is not None and args.executor != "ray":
@@ -134,11 +135,17 @@ def _report(args, store) -> Path:
     from mtlcheck.benchmarks import get_benchmark
     from mtlcheck.reports import write_report
 
-    records = [r for r in store.runs(benchmark=args.benchmark) if r.spec.budget == args.budget]
+    from mtlcheck.precision import Precision
+
+    precision = _precision(args)
+    records = [r for r in store.runs(benchmark=args.benchmark)
+               if r.spec.budget == args.budget and Precision.from_options(r.spec.options) == precision]
     if not records:
-        raise SystemExit(f"mtlcheck: no stored runs for {args.benchmark} at budget {args.budget} in {args.store}; "
-                         f"run `mtlcheck sweep --benchmark {args.benchmark} --budget {args.budget}` first")
-    out = Path(args.out) / f"{args.benchmark}-{args.budget}"
+        raise SystemExit(f"mtlcheck: no stored runs for {args.benchmark} at budget {args.budget} with {precision} "
+                         f"in {args.store}; run `mtlcheck sweep --benchmark {args.benchmark} --budget {args.budget}` "
+                         "with the same precision options first")
+    suffix = "".join(f"-{k}" if v is True else f"-{v}" for k, v in precision.options().items())
+    out = Path(args.out) / f"{args.benchmark}-{args.budget}{suffix}"
     return write_report(records, get_benchmark(args.benchmark), out)
 
 
@@ -187,6 +194,20 @@ def _add_where(p):
     p.add_argument("--store", default=str(DEFAULT_STORE), help="SQLite results store (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_precision(p)
+
+
+def _add_precision(p):
+    p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (faster; default: exact float32)")
+    p.add_argument("--autocast", default=None, choices=["bf16"], help="forward pass under bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and images")
+
+
+def _precision(args):
+    from mtlcheck.precision import Precision
+
+    return Precision(tf32=getattr(args, "tf32", False), autocast=getattr(args, "autocast", None),
+                     channels_last=getattr(args, "channels_last", False))
 
 
 def _add_sweep(p, default_benchmark=None):
@@ -231,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="small", choices=["smoke", "small", "paper"])
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--store", default=str(DEFAULT_STORE))
+    _add_precision(p)
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("reproduce", help="sweep + report + claim verdicts (default: the embedded default, small budget)")
     _add_sweep(p)

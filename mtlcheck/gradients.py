@@ -22,6 +22,8 @@ double backprop instead. Loss-only methods have no feature-level variant: asking
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -30,6 +32,7 @@ import torch
 from mtlcheck.aggregators import Aggregator
 from mtlcheck.jacobian import Jacobian
 from mtlcheck.models._base import MultiTaskModel, as_tuple
+from mtlcheck.precision import Precision
 
 LEVELS = ("parameter", "feature")
 
@@ -122,6 +125,7 @@ def backward_step(
     feature_grads: bool = False,
     param_gram: bool = False,
     batched: bool = False,
+    precision: Precision | None = None,
 ) -> StepResult:
     """Forward `batch`, aggregate the task gradients with `aggregator`, and accumulate the result
     into every parameter's `.grad` (call `optimizer.zero_grad()` before, `optimizer.step()` after).
@@ -130,6 +134,8 @@ def backward_step(
     feature_grads / param_gram: also return ∇_Z L_i (for FD) / the parameter-level Gram (for
     GDS and GMS) even when the method does not need them (monitoring steps).
     batched: one batched vjp (is_grads_batched) instead of T vjps for the parameter Jacobian.
+    precision: runs the forward pass (encoder and heads) in its context, e.g. bf16 autocast;
+    the backward passes run outside it, as autocast requires.
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
@@ -141,14 +147,17 @@ def backward_step(
         )
     shared = list(model.shared_parameters())
     heads = [p for _, p in model.head_parameters()]
+    forward = _forward_context(precision, shared)
     if tags.second_order:
-        return _second_order_step(model, batch, aggregator, level, shared, heads, feature_grads, param_gram)
+        return _second_order_step(model, batch, aggregator, level, shared, heads, feature_grads, param_gram, forward)
 
-    z = model.encode(batch)
+    with forward:
+        z = model.encode(batch)
     zs = as_tuple(z)
     detached = tuple(t.detach().requires_grad_(True) for t in zs)
     z_in = detached[0] if isinstance(z, torch.Tensor) else detached
-    L = stacked_task_losses(model, z_in, batch)
+    with _forward_context(precision, shared):
+        L = stacked_task_losses(model, z_in, batch)
     n_tasks = L.shape[0]
     L64 = L.detach().to(torch.float64).cpu()
     inputs = list(detached) + heads
@@ -172,10 +181,12 @@ def backward_step(
         w = out.weights.to(dtype=L.dtype, device=L.device)
         grads = torch.autograd.grad((w * L).sum(), inputs, allow_unused=True)
         _accumulate(heads, grads[K:])
-        z_dir = _zeros_for_none(grads[:K], detached)
-        if param_gram:
-            gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True).gram()
-        torch.autograd.backward(zs, z_dir)
+        if param_gram:  # the T rows are computed anyway: Σ w_i g_i saves the encoder backward
+            J = parameter_jacobian(zs, per_task_z, shared, batched=batched)
+            gram = J.gram()
+            _accumulate([p for _, p in shared], [b.reshape(s) for b, s in zip(J.combine(out.weights), J.shapes)])
+        else:
+            torch.autograd.backward(zs, _zeros_for_none(grads[:K], detached))
         return StepResult(L64, out.weights, None, fgrads, gram)
 
     if level == "feature":
@@ -192,11 +203,19 @@ def backward_step(
     return StepResult(L64, out.weights, J, fgrads, J.gram())
 
 
-def _second_order_step(model, batch, aggregator, level, shared, heads, want_feature_grads, want_param_gram):
+def _forward_context(precision: Precision | None, shared):
+    if precision is None:
+        return contextlib.nullcontext()
+    return precision.forward_context(shared[0][1].device if shared else "cpu")
+
+
+def _second_order_step(model, batch, aggregator, level, shared, heads, want_feature_grads, want_param_gram,
+                       forward=None):
     """Σ_i L_i + penalty(g_1..g_T), the g_i taken with create_graph=True (double backprop)."""
-    z = model.encode(batch)
-    zs = as_tuple(z)
-    L = stacked_task_losses(model, z, batch)
+    with forward or contextlib.nullcontext():
+        z = model.encode(batch)
+        zs = as_tuple(z)
+        L = stacked_task_losses(model, z, batch)
     n_tasks = L.shape[0]
     shared_params = [p for _, p in shared]
     wrt = list(zs) if level == "feature" else shared_params

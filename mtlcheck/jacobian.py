@@ -133,8 +133,11 @@ class Jacobian:
                     grams.append(b @ b.T)
                 else:
                     # products in the input precision over column chunks, accumulated in float64
+                    # (bf16/fp16 blocks, e.g. feature gradients under autocast, are multiplied in float32)
                     acc = torch.zeros(b.shape[0], b.shape[0], dtype=torch.float64, device=b.device)
                     for chunk in b.split(_GRAM_CHUNK, dim=1):
+                        if chunk.dtype in (torch.bfloat16, torch.float16):
+                            chunk = chunk.float()
                         acc += (chunk @ chunk.T).to(torch.float64)
                     grams.append(acc)
             self._cache["block_grams"] = torch.stack(grams).cpu()

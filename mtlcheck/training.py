@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from mtlcheck.aggregators import Aggregator
 from mtlcheck.gradients import NonFiniteLossError, stacked_task_losses, backward_step
+from mtlcheck.precision import Precision
 from mtlcheck.monitor import measure
 
 
@@ -135,11 +136,14 @@ def train(
     checkpointer: Checkpointer | None = None,
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     progress: bool | str = False,
+    precision: Precision = Precision(),
 ) -> RunOutcome:
-    """Train `model` with `aggregator` for `setup.steps` steps; evaluate at the end."""
+    """Train `model` with `aggregator` for `setup.steps` steps; evaluate at the end (in float32,
+    whatever `precision` the training steps use)."""
     device = torch.device(device)
     torch.manual_seed(seed)
-    model.to(device).train()
+    precision.apply_backends()
+    precision.prepare_model(model.to(device)).train()
     if setup.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=setup.lr, weight_decay=setup.weight_decay)
     else:
@@ -169,21 +173,21 @@ def train(
     post_step = aggregator.tags().post_step_update
     t_start = time.perf_counter()
     for step, batch in zip(range(state.step, setup.steps), loader):
-        batch = to_device(batch, device)
+        batch = precision.prepare_batch(to_device(batch, device))
         for group in optimizer.param_groups:
             group["lr"] = setup.lr_at(step)
         monitored = step % setup.monitor_every == 0
         optimizer.zero_grad(set_to_none=True)
         try:
             result = backward_step(model, batch, aggregator, level=level, feature_grads=monitored,
-                                   param_gram=monitored)
+                                   param_gram=monitored, precision=precision)
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             if not bool(torch.stack([g.isfinite().all() for g in grads]).all()):  # one host sync
                 bad = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
                 raise NonFiniteLossError(f"non-finite gradient in {bad[:3]}")
             optimizer.step()
             if post_step:
-                with torch.no_grad():
+                with torch.no_grad(), precision.forward_context(device):
                     after = stacked_task_losses(model, model.encode(batch), batch)
                 aggregator.after_step(after.double().cpu())
         except FloatingPointError as exc:  # NonFiniteLossError, NonFiniteGradientError

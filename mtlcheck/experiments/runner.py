@@ -20,6 +20,7 @@ from mtlcheck.aggregators import aggregator_class
 from mtlcheck.benchmarks import get_benchmark
 from mtlcheck.experiments.spec import RunSpec
 from mtlcheck.experiments.store import ResultStore, RunRecord, RunResult
+from mtlcheck.precision import Precision
 from mtlcheck.training import Checkpointer, RunOutcome, train
 
 # the paper's "-UB" names: a method at the feature level
@@ -40,7 +41,7 @@ class Where:
 
 
 def make_spec(benchmark: str, method: str, *, level: str = "parameter", seed: int = 0, budget: str = "small",
-              steps: int | None = None, method_config: dict | None = None) -> RunSpec:
+              steps: int | None = None, method_config: dict | None = None, extra: dict | None = None) -> RunSpec:
     """A RunSpec with the method resolved (aliases like 'mgda_ub' set the level) and its config
     reduced to the non-default constructor arguments (the aggregator's seed is the run's seed)."""
     if method in ALIASES:
@@ -57,12 +58,15 @@ def make_spec(benchmark: str, method: str, *, level: str = "parameter", seed: in
     cls(**config)  # validate now, not in the middle of a sweep
     if cls().tags().loss_only and level == "feature":
         raise ValueError(f"{method!r} weights the losses only: it has no feature-level variant")
+    if extra:
+        Precision.from_options(extra)  # validate now
     return RunSpec(benchmark=benchmark, method=method, method_config=config, level=level, seed=seed,
-                   budget=budget, steps=steps)
+                   budget=budget, steps=steps, extra=extra or {})
 
 
 def sweep_specs(benchmark: str, methods: Sequence[str] | None = None, levels: Sequence[str] = ("parameter", "feature"),
-                seeds: Sequence[int] = (0,), budget: str = "small", steps: int | None = None) -> list[RunSpec]:
+                seeds: Sequence[int] = (0,), budget: str = "small", steps: int | None = None,
+                extra: dict | None = None) -> list[RunSpec]:
     """Every method × level × seed (loss-only methods at the parameter level only); by default
     the paper's methods (other registered methods run when named)."""
     specs = []
@@ -72,7 +76,7 @@ def sweep_specs(benchmark: str, methods: Sequence[str] | None = None, levels: Se
             if aggregator_class(name)().tags().loss_only and lv == "feature":
                 continue
             for seed in seeds:
-                spec = make_spec(benchmark, name, level=lv, seed=seed, budget=budget, steps=steps)
+                spec = make_spec(benchmark, name, level=lv, seed=seed, budget=budget, steps=steps, extra=extra)
                 if spec not in specs:
                     specs.append(spec)
     return specs
@@ -89,7 +93,7 @@ def execute(spec: RunSpec, where: Where = Where(), checkpointer: Checkpointer | 
     train_data = bench.make_data("train", spec.budget, root)
     test_data = bench.make_data("test", spec.budget, root)
     return train(model, train_data, bench.collate, aggregator, setup, level=spec.level, seed=spec.seed,
-                 device=where.device, checkpointer=checkpointer,
+                 device=where.device, checkpointer=checkpointer, precision=Precision.from_options(spec.options),
                  evaluate=lambda m: bench.evaluate(m, test_data, where.device),
                  progress=spec.label if where.progress else False)
 

@@ -158,3 +158,20 @@ def test_float32_gram_is_accurate_to_1e5_against_float64():
     exact = big.double() @ big.double().T
     approx = Jacobian.from_matrix(big).gram()
     assert float(((approx - exact).abs() / exact.abs().max()).max()) < 1e-5
+
+
+@pytest.mark.parametrize("method", [EW, RLW])
+def test_monitored_loss_only_step_takes_its_update_from_the_rows_it_computed(method):
+    """With param_gram the T rows exist, so the encoder update Σ w_i g_i is formed from them
+    instead of one more encoder backward; it must be the same update."""
+    model, batch = toy(torch.float64)
+    plain = backward_step(model, batch, method(seed=2))
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    monitored = backward_step(model, batch, method(seed=2), param_gram=True, feature_grads=True)
+    assert torch.equal(monitored.weights, plain.weights)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[n], rtol=1e-12, atol=1e-14), n
+    model.zero_grad(set_to_none=True)
+    rows = backward_step(model, batch, PCGrad(), level="parameter").jacobian
+    assert torch.allclose(monitored.param_gram, rows.gram(), rtol=1e-12)

@@ -1,0 +1,88 @@
+"""Numerics of a training step: TF32, bf16 autocast and the channels-last memory format.
+
+All three change results, so a run records them in its spec (`RunSpec.extra`); defaults give the
+exact float32 step.
+
+* ``tf32``: allow TensorFloat-32 in CUDA matmuls and cuDNN convolutions (Ampere and later; a
+  10-bit mantissa in the products, ~1e-3 relative error, much faster). Off by default for
+  reproducibility — note that PyTorch itself allows TF32 in cuDNN convolutions by default, so
+  "off" is set explicitly. No effect on the CPU.
+* ``autocast``: None or ``"bf16"``: the forward pass (encoder and heads) runs under
+  ``torch.autocast``; gradients with respect to the float32 parameters stay float32, the
+  feature-level gradients ∇_Z L_i are bfloat16 (their Gram is still accumulated in float64 from
+  float32 products). fp16 is not offered: it needs loss scaling, which would rescale every task
+  gradient the methods compare.
+* ``channels_last``: NHWC memory format for the model's parameters and the 4-D image tensors of
+  each batch (faster convolutions with cuDNN; conv weight gradients come out NHWC-strided, which
+  the engine's blockwise Jacobian handles — a flat ``.view(-1)`` of them would fail).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import torch
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
+OPTION_KEYS = ("tf32", "autocast", "channels_last")
+
+
+@dataclass(frozen=True)
+class Precision:
+    tf32: bool = False
+    autocast: str | None = None
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.tf32, bool) or not isinstance(self.channels_last, bool):
+            raise ValueError(f"Precision: tf32 and channels_last must be booleans, got {self.tf32!r}, "
+                             f"{self.channels_last!r}")
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"Precision: autocast must be None or one of {sorted(AUTOCAST_DTYPES)}, "
+                             f"got {self.autocast!r}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "Precision":
+        """The precision keys of a spec's `extra` options (other keys are not ours)."""
+        return cls(**{k: options[k] for k in OPTION_KEYS if k in options})
+
+    def options(self) -> dict[str, Any]:
+        """The non-default settings, as `RunSpec.extra` entries (defaults leave the key unchanged)."""
+        default = Precision()
+        return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
+
+    @property
+    def exact(self) -> bool:
+        return self == Precision()
+
+    def apply_backends(self) -> None:
+        """Set the process-wide TF32 switches to this setting (both of them, explicitly)."""
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
+
+    def forward_context(self, device: torch.device | str):
+        """The context the forward pass runs in: bf16 autocast, or nothing."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[self.autocast])
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def prepare_batch(self, batch):
+        """Every 4-D floating-point tensor of the batch in channels-last format (when asked)."""
+        if not self.channels_last:
+            return batch
+
+        def convert(x):
+            if isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point():
+                return x.contiguous(memory_format=torch.channels_last)
+            if isinstance(x, dict):
+                return {k: convert(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return type(x)(convert(v) for v in x)
+            return x
+
+        return convert(batch)
