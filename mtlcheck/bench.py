@@ -379,6 +379,7 @@ def to_markdown(result: dict) -> str:
         f"Step time relative to EW — {s['model']}, {s['tasks']} tasks, batch {s['batch_size']}×3×{s['image_size']}², "
         f"{s['shared_parameters']:,} shared parameters, {s['device']} ({s.get('gpu', s['machine'])}), "
         f"{s['threads']} threads, torch {s['torch']}, malloc: {s.get('malloc', 'default')}, "
+        f"precision: {s.get('precision', 'float32 (exact)')}, "
         f"median of {s['repeats']} interleaved repeats.",
         "",
         "| method | level | step ms (IQR) | × EW (IQR) |",

@@ -102,12 +102,20 @@ def parameter_jacobian(
         grads = torch.autograd.grad(zs, params, outs, retain_graph=retain_graph, allow_unused=True,
                                     is_grads_batched=True)
         per_task = [[None if g is None else g[i] for g in grads] for i in range(n_tasks)]
-    else:
-        per_task = []
-        for i in range(n_tasks):
-            keep = retain_graph or i < n_tasks - 1
-            per_task.append(torch.autograd.grad(zs, params, feature_grads[i], retain_graph=keep, allow_unused=True))
-    return Jacobian.from_task_grads(per_task, params, names, level="parameter")
+        return Jacobian.from_task_grads(per_task, params, names, level="parameter")
+    # each task's gradients go straight into their row, so only one task's set is alive at a
+    # time (peak: J plus one gradient set, not J plus T sets)
+    blocks = [torch.empty(n_tasks, p.numel(), dtype=p.dtype, device=p.device) for p in params]
+    for i in range(n_tasks):
+        keep = retain_graph or i < n_tasks - 1
+        grads = torch.autograd.grad(zs, params, feature_grads[i], retain_graph=keep, allow_unused=True)
+        for block, p, g in zip(blocks, params, grads):
+            if g is None:
+                block[i].zero_()
+            else:
+                block[i].view(p.shape).copy_(g)
+        del grads
+    return Jacobian(tuple(blocks), tuple(p.shape for p in params), tuple(names), "parameter")
 
 
 def feature_jacobian(zs, feature_grads: list[list[torch.Tensor]]) -> Jacobian:
