@@ -62,13 +62,14 @@ class ResNetClassifiers(MultiTaskModel):
         return list(self.trunk.named_parameters(prefix="trunk"))
 
 
-def libmtl_style_step(model: MultiTaskModel, batch, aggregator) -> None:
+def libmtl_style_step(model: MultiTaskModel, batch, aggregator, forward=None) -> None:
     """The baseline to beat (research/perf.md §5): T full backward passes, each task's shared
     gradients copied into a flat float32 CPU vector, the aggregator applied to that T×d matrix,
     the result written back into `.grad` slice by slice; heads keep the unweighted sum."""
     shared = [p for _, p in model.shared_parameters()]
-    z = model.encode(batch)
-    losses = list(model.task_losses(z, batch).values())
+    with forward or contextlib.nullcontext():  # e.g. autocast: the forward pass only
+        z = model.encode(batch)
+        losses = list(model.task_losses(z, batch).values())
     rows = []
     for i, loss in enumerate(losses):
         for p in shared:
@@ -105,7 +106,6 @@ def precision_effect(precision: Precision, size: int = 128, batch_size: int = 2,
     at both levels, compared with the exact float32 step. Returns max and mean |difference|."""
     exact_model, _ = _model_and_batch(size, batch_size, n_tasks, device, seed)
     other_model, _ = _model_and_batch(size, batch_size, n_tasks, device, seed, precision)
-    Precision().apply_backends()
     gen = torch.Generator().manual_seed(seed + 1)
     diffs: dict[str, list[float]] = {"gds": [], "gms": [], "mgda_weights_parameter": [], "mgda_weights_feature": []}
     mgda = aggregator_class("mgda")
@@ -114,21 +114,20 @@ def precision_effect(precision: Precision, size: int = 128, batch_size: int = 2,
                  "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device)}
         values = []
         for model, prec in ((exact_model, Precision()), (other_model, precision)):
-            prec.apply_backends()
             b = prec.prepare_batch(batch)
-            model.zero_grad(set_to_none=True)
-            monitored = measure(backward_step(model, b, mgda(), param_gram=True, precision=prec))
-            model.zero_grad(set_to_none=True)
-            w_param = backward_step(model, b, mgda(), precision=prec).weights
-            model.zero_grad(set_to_none=True)
-            w_feat = backward_step(model, b, mgda(), level="feature", precision=prec).weights
+            with prec.backends():
+                model.zero_grad(set_to_none=True)
+                monitored = measure(backward_step(model, b, mgda(), param_gram=True, precision=prec))
+                model.zero_grad(set_to_none=True)
+                w_param = backward_step(model, b, mgda(), precision=prec).weights
+                model.zero_grad(set_to_none=True)
+                w_feat = backward_step(model, b, mgda(), level="feature", precision=prec).weights
             values.append((monitored["gds"], monitored["gms"], w_param, w_feat))
         (g0, m0, wp0, wf0), (g1, m1, wp1, wf1) = values
         diffs["gds"].append(abs(g1 - g0))
         diffs["gms"].append(abs(m1 - m0))
         diffs["mgda_weights_parameter"].append(float((wp1 - wp0).abs().max()))
         diffs["mgda_weights_feature"].append(float((wf1 - wf0).abs().max()))
-    Precision().apply_backends()
     return {"precision": precision.options(), "batches": batches,
             **{k: {"max": max(v), "mean": statistics.fmean(v)} for k, v in diffs.items()}}
 
@@ -143,8 +142,7 @@ def _applicable(method: str, level: str) -> bool:
 def _step(model, batch, aggregator, level: str, precision: Precision | None = None):
     """One training step's gradient work for a bench case (level may be a monitor pseudo-level)."""
     if level == "libmtl-loop":
-        with precision.forward_context(batch["image"].device) if precision else contextlib.nullcontext():
-            libmtl_style_step(model, batch, aggregator)
+        libmtl_style_step(model, batch, aggregator, precision.forward_context(batch["image"].device) if precision else None)
     elif level in MONITOR_LEVELS:  # EW with the paper's monitoring, as training runs it
         measure(backward_step(model, batch, aggregator, feature_grads=True, param_gram=level == "monitor-gds-gms",
                               precision=precision))
@@ -154,14 +152,14 @@ def _step(model, batch, aggregator, level: str, precision: Precision | None = No
                       precision=precision)
 
 
-def _monitor_summary(model, batch, rows, device, every: int = 10, calls: int = 20) -> dict:
+def _monitor_summary(model, batch, rows, device, precision: Precision, every: int = 10, calls: int = 20) -> dict:
     """Monitoring cost as fractions of the EW step: the FD step and, amortised over `every`
     steps, the GDS/GMS step; plus the FD computation alone (timed directly, since its share is
     below the noise of a step-time difference)."""
     ratio = {r.level: r.ratio_to_ew for r in rows if r.method == "ew"}
     ew_ms = next(r.median_ms for r in rows if (r.method, r.level) == ("ew", "parameter"))
     model.zero_grad(set_to_none=True)
-    fgrads = backward_step(model, batch, aggregator_class("ew")(), feature_grads=True).feature_grads
+    fgrads = backward_step(model, batch, aggregator_class("ew")(), feature_grads=True, precision=precision).feature_grads
     times = []
     for _ in range(calls + 2):
         if device.startswith("cuda"):
@@ -221,13 +219,14 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
-def _peak_rss_case(method: str, level: str, size: int, batch_size: int, n_tasks: int, threads: int | None) -> dict:
+def _peak_rss_case(method: str, level: str, size: int, batch_size: int, n_tasks: int, threads: int | None,
+                   precision: Precision = Precision()) -> dict:
     """In this process: the peak resident set (MiB) of two steps of one case over the loaded
     model and batch, read from Linux's VmHWM after resetting it (/proc/self/clear_refs), so
     that the memory of imports and model construction is not mistaken for the step's."""
     if threads:
         torch.set_num_threads(threads)
-    model, batch = _model_and_batch(size, batch_size, n_tasks, "cpu", 0)
+    model, batch = _model_and_batch(size, batch_size, n_tasks, "cpu", 0, precision)
     agg = aggregator_class(method)()
     gc.collect()
     try:
@@ -238,12 +237,18 @@ def _peak_rss_case(method: str, level: str, size: int, batch_size: int, n_tasks:
     before = _proc_status_kib("VmRSS")
     for _ in range(2):
         model.zero_grad(set_to_none=True)
-        _step(model, batch, agg, level)
+        _step(model, batch, agg, level, precision)
     return {"method": method, "level": level, "peak_mib": (_proc_status_kib("VmHWM") - before) / 1024.0}
 
 
+def _precision_flags(precision: Precision) -> list[str]:
+    return ((["--tf32"] if precision.tf32 else []) + (["--autocast", precision.autocast] if precision.autocast else [])
+            + (["--channels-last"] if precision.channels_last else []))
+
+
 def peak_memory(methods=None, levels=("parameter", "feature"), size: int = 128, batch_size: int = 2,
-                n_tasks: int = 3, threads: int | None = None, device: str = "cpu", progress: bool = True) -> list[dict]:
+                n_tasks: int = 3, threads: int | None = None, device: str = "cpu", progress: bool = True,
+                precision: Precision = Precision()) -> list[dict]:
     """Peak memory of one step per case over the loaded model, and its ratio to EW's.
 
     CUDA: torch.cuda.max_memory_allocated in this process. CPU: the growth of the peak resident
@@ -262,16 +267,16 @@ def peak_memory(methods=None, levels=("parameter", "feature"), size: int = 128, 
         cases = tqdm(cases, desc="peak memory", unit="case")
     rows = []
     if device.startswith("cuda"):
-        model, batch = _model_and_batch(size, batch_size, n_tasks, device, 0)
+        model, batch = _model_and_batch(size, batch_size, n_tasks, device, 0, precision)
         for method, level in cases:
             agg = aggregator_class(method)()
             model.zero_grad(set_to_none=True)
-            _step(model, batch, agg, level)  # warm-up: lazily created state and workspaces
+            _step(model, batch, agg, level, precision)  # warm-up: lazily created state and workspaces
             model.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            _step(model, batch, agg, level)
+            _step(model, batch, agg, level, precision)
             torch.cuda.synchronize()
             rows.append({"method": method, "level": level,
                          "peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20})
@@ -279,7 +284,7 @@ def peak_memory(methods=None, levels=("parameter", "feature"), size: int = 128, 
         env = {**os.environ, "MTLCHECK_MALLOC": "tuned" if malloc_setting().startswith("tuned") else "default"}
         for method, level in cases:
             cmd = [sys.executable, "-m", "mtlcheck.bench", "--peak-rss-case", method, level, "--size", str(size),
-                   "--batch-size", str(batch_size), "--tasks", str(n_tasks)] + (["--threads", str(threads)] if threads else [])
+                   "--batch-size", str(batch_size), "--tasks", str(n_tasks), *_precision_flags(precision)] + (["--threads", str(threads)] if threads else [])
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"peak-memory case {method}/{level} failed:\n{done.stderr[-2000:]}")
@@ -362,7 +367,7 @@ def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_si
         rows.append(BenchRow(case[0], case[1], 1e3 * med, 1e3 * (q3 - q1), rmed, r3 - r1))
     result = {"rows": [asdict(r) for r in rows]}
     if monitor:
-        result["monitor"] = _monitor_summary(model, batch, rows, device)
+        result["monitor"] = _monitor_summary(model, batch, rows, device, precision)
     setup = {"model": "ResNet18 trunk + light heads", "image_size": size, "batch_size": batch_size, "tasks": n_tasks,
              "shared_parameters": sum(p.numel() for _, p in model.shared_parameters()), "repeats": repeats,
              "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__,
@@ -437,21 +442,22 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     parser.add_argument("--peak-rss-case", nargs=2, metavar=("METHOD", "LEVEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.peak_rss_case:  # the child process of peak_memory on the CPU
-        print(json.dumps(_peak_rss_case(*args.peak_rss_case, args.size, args.batch_size, args.tasks, args.threads)))
-        return
     precision = Precision(tf32=args.tf32, autocast=args.autocast, channels_last=args.channels_last)
+    if args.peak_rss_case:  # the child process of peak_memory on the CPU
+        print(json.dumps(_peak_rss_case(*args.peak_rss_case, args.size, args.batch_size, args.tasks, args.threads,
+                                        precision)))
+        return
+    if args.precision_effect and precision.exact:
+        parser.error("--precision-effect compares --tf32/--autocast/--channels-last against float32: give one")
     result = run(args.methods, tuple(args.levels), args.size, args.batch_size, args.tasks, args.repeats,
                  threads=args.threads, device=args.device, monitor=args.monitor, precision=precision)
     if args.precision_effect:
-        if precision.exact:
-            parser.error("--precision-effect compares --tf32/--autocast/--channels-last against float32: give one")
         result["precision_effect"] = precision_effect(precision, args.size, args.batch_size, args.tasks, args.device)
     if args.solves:
         result["solves"] = solve_times(args.methods)
     if args.memory:
         result["memory"] = peak_memory(args.methods, tuple(args.levels), args.size, args.batch_size, args.tasks,
-                                       args.threads, args.device)
+                                       args.threads, args.device, precision=precision)
     print(to_markdown(result))
     if args.json:
         with open(args.json, "w") as fh:

@@ -142,8 +142,9 @@ def backward_step(
     feature_grads / param_gram: also return ∇_Z L_i (for FD) / the parameter-level Gram (for
     GDS and GMS) even when the method does not need them (monitoring steps).
     batched: one batched vjp (is_grads_batched) instead of T vjps for the parameter Jacobian.
-    precision: runs the forward pass (encoder and heads) in its context, e.g. bf16 autocast;
-    the backward passes run outside it, as autocast requires.
+    precision: only its autocast applies here — the forward pass (encoder and heads) runs in
+    it, the backward passes outside, as autocast requires. TF32 and channels-last are process
+    and model settings: `train` applies them (`Precision.backends`, `prepare_model`).
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
@@ -189,11 +190,16 @@ def backward_step(
         w = out.weights.to(dtype=L.dtype, device=L.device)
         grads = torch.autograd.grad((w * L).sum(), inputs, allow_unused=True)
         _accumulate(heads, grads[K:])
-        if param_gram:  # the T rows are computed anyway: Σ w_i g_i saves the encoder backward
+        # With the T rows computed anyway, Σ w_i g_i saves the encoder backward — but only when
+        # every non-shared parameter is a head parameter (got a gradient above): an encoder
+        # parameter left out of shared_parameters() is reached by the encoder backward alone.
+        if param_gram and all(g is not None for g in grads[K:]):
             J = parameter_jacobian(zs, per_task_z, shared, batched=batched)
             gram = J.gram()
             _accumulate([p for _, p in shared], [b.reshape(s) for b, s in zip(J.combine(out.weights), J.shapes)])
         else:
+            if param_gram:
+                gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True).gram()
             torch.autograd.backward(zs, _zeros_for_none(grads[:K], detached))
         return StepResult(L64, out.weights, None, fgrads, gram)
 

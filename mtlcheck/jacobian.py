@@ -14,6 +14,7 @@ A plain (T, d) tensor is a one-block Jacobian (`Jacobian.from_matrix`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -21,6 +22,19 @@ from typing import Sequence
 import torch
 
 _GRAM_CHUNK = 1 << 16  # columns per float32 product in the Gram (keeps its relative error ~1e-6)
+
+
+@contextlib.contextmanager
+def exact_matmul(device: torch.device):
+    """No autocast and no TF32 inside (restored on exit): the Gram's float32 products must keep
+    their ~1e-6 relative error whatever precision the training step runs in."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -127,21 +141,25 @@ class Jacobian:
     def block_grams(self) -> torch.Tensor:
         """Per-block Gram matrices, shape (K, T, T), float64 on the CPU."""
         if "block_grams" not in self._cache:
-            grams = []
-            for b in self.blocks:
-                if b.dtype == torch.float64:
-                    grams.append(b @ b.T)
-                else:
-                    # products in the input precision over column chunks, accumulated in float64
-                    # (bf16/fp16 blocks, e.g. feature gradients under autocast, are multiplied in float32)
-                    acc = torch.zeros(b.shape[0], b.shape[0], dtype=torch.float64, device=b.device)
-                    for chunk in b.split(_GRAM_CHUNK, dim=1):
-                        if chunk.dtype in (torch.bfloat16, torch.float16):
-                            chunk = chunk.float()
-                        acc += (chunk @ chunk.T).to(torch.float64)
-                    grams.append(acc)
-            self._cache["block_grams"] = torch.stack(grams).cpu()
+            with exact_matmul(self.device):
+                self._cache["block_grams"] = self._block_grams()
         return self._cache["block_grams"]
+
+    def _block_grams(self) -> torch.Tensor:
+        grams = []
+        for b in self.blocks:
+            if b.dtype == torch.float64:
+                grams.append(b @ b.T)
+            else:
+                # products in the input precision over column chunks, accumulated in float64
+                # (bf16/fp16 blocks, e.g. feature gradients under autocast, are multiplied in float32)
+                acc = torch.zeros(b.shape[0], b.shape[0], dtype=torch.float64, device=b.device)
+                for chunk in b.split(_GRAM_CHUNK, dim=1):
+                    if chunk.dtype in (torch.bfloat16, torch.float16):
+                        chunk = chunk.float()
+                    acc += (chunk @ chunk.T).to(torch.float64)
+                grams.append(acc)
+        return torch.stack(grams).cpu()
 
     def gram(self) -> torch.Tensor:
         """G Gᵀ, shape (T, T), float64 on the CPU, symmetrised."""

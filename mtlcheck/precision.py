@@ -45,7 +45,10 @@ class Precision:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "Precision":
-        """The precision keys of a spec's `extra` options (other keys are not ours)."""
+        """The precision of a spec's `extra` options (the only options `extra` holds)."""
+        unknown = sorted(set(options) - set(OPTION_KEYS))
+        if unknown:
+            raise ValueError(f"unknown run option(s) {unknown}; the options are {list(OPTION_KEYS)}")
         return cls(**{k: options[k] for k in OPTION_KEYS if k in options})
 
     def options(self) -> dict[str, Any]:
@@ -61,6 +64,16 @@ class Precision:
         """Set the process-wide TF32 switches to this setting (both of them, explicitly)."""
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
+
+    @contextlib.contextmanager
+    def backends(self):
+        """The TF32 switches set to this setting inside, the process's own restored on exit."""
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        self.apply_backends()
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
     def forward_context(self, device: torch.device | str):
         """The context the forward pass runs in: bf16 autocast, or nothing."""

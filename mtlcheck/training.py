@@ -138,11 +138,11 @@ def train(
     progress: bool | str = False,
     precision: Precision = Precision(),
 ) -> RunOutcome:
-    """Train `model` with `aggregator` for `setup.steps` steps; evaluate at the end (in float32,
-    whatever `precision` the training steps use)."""
+    """Train `model` with `aggregator` for `setup.steps` steps; evaluate at the end (in exact
+    float32 — no autocast, TF32 off — whatever `precision` the training steps use). The TF32
+    switches are set for the training steps only and restored afterwards."""
     device = torch.device(device)
     torch.manual_seed(seed)
-    precision.apply_backends()
     precision.prepare_model(model.to(device)).train()
     if setup.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=setup.lr, weight_decay=setup.weight_decay)
@@ -179,17 +179,19 @@ def train(
         monitored = step % setup.monitor_every == 0
         optimizer.zero_grad(set_to_none=True)
         try:
-            result = backward_step(model, batch, aggregator, level=level, feature_grads=monitored,
-                                   param_gram=monitored, precision=precision)
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if not bool(torch.stack([g.isfinite().all() for g in grads]).all()):  # one host sync
-                bad = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
-                raise NonFiniteLossError(f"non-finite gradient in {bad[:3]}")
-            optimizer.step()
-            if post_step:
-                with torch.no_grad(), precision.forward_context(device):
-                    after = stacked_task_losses(model, model.encode(batch), batch)
-                aggregator.after_step(after.double().cpu())
+            with precision.backends():  # TF32 as asked for the step, restored after it
+                result = backward_step(model, batch, aggregator, level=level, feature_grads=monitored,
+                                       param_gram=monitored, precision=precision)
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                if not bool(torch.stack([g.isfinite().all() for g in grads]).all()):  # one host sync
+                    bad = [n for n, p in model.named_parameters()
+                           if p.grad is not None and not p.grad.isfinite().all()]
+                    raise NonFiniteLossError(f"non-finite gradient in {bad[:3]}")
+                optimizer.step()
+                if post_step:
+                    with torch.no_grad(), precision.forward_context(device):
+                        after = stacked_task_losses(model, model.encode(batch), batch)
+                    aggregator.after_step(after.double().cpu())
         except FloatingPointError as exc:  # NonFiniteLossError, NonFiniteGradientError
             state.train_seconds += time.perf_counter() - t_start
             if bar is not None:
@@ -220,7 +222,7 @@ def train(
     metrics = {}
     if evaluate is not None:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), Precision().backends():
             metrics = evaluate(model)
         model.train()
     timings = {"train_seconds": state.train_seconds, "eval_seconds": time.perf_counter() - t_eval,

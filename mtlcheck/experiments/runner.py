@@ -58,10 +58,10 @@ def make_spec(benchmark: str, method: str, *, level: str = "parameter", seed: in
     cls(**config)  # validate now, not in the middle of a sweep
     if cls().tags().loss_only and level == "feature":
         raise ValueError(f"{method!r} weights the losses only: it has no feature-level variant")
-    if extra:
-        Precision.from_options(extra)  # validate now
+    # validated now, and only non-default settings kept: {"tf32": False} is the same run as {}
+    options = Precision.from_options(dict(extra or {})).options()
     return RunSpec(benchmark=benchmark, method=method, method_config=config, level=level, seed=seed,
-                   budget=budget, steps=steps, extra=extra or {})
+                   budget=budget, steps=steps, extra=options)
 
 
 def sweep_specs(benchmark: str, methods: Sequence[str] | None = None, levels: Sequence[str] = ("parameter", "feature"),

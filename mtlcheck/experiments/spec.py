@@ -25,8 +25,9 @@ from typing import Any
 
 __all__ = ["BUDGETS", "CODE_EPOCH", "KEY_LENGTH", "LEVELS", "RunSpec", "canonical_json", "spec_key"]
 
-CODE_EPOCH = 3  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG isolated from the model's;
-#                3: GradDrop draws U in float32 (a different random stream)
+CODE_EPOCH = 4  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG isolated from the model's;
+#                3: GradDrop draws U in float32 (a different random stream);
+#                4: monitored loss-only steps take Σ w_i g_i from the rows (other rounding)
 """Bump when training semantics change (loss, schedule, data order, metric definitions):
 every key changes, so old results are kept but never mistaken for current ones."""
 

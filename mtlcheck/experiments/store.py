@@ -190,10 +190,11 @@ def environment(repo: str | os.PathLike | None = None, *, refresh: bool = False)
     """Versions and hardware of this process: python, platform, host, torch, CUDA, GPU names,
     numpy, mtlcheck, and the git revision (None outside a repository) of `repo` (default: the
     checkout mtlcheck is imported from). CUDA is queried only when `torch.cuda.is_available()`.
-    Cached per process unless `refresh`."""
-    if repo is None and not refresh and os.getpid() in _ENV_CACHE:
-        return dict(_ENV_CACHE[os.getpid()])
+    Cached per process unless `refresh` (all but the torch thread count, read each call)."""
     import torch
+
+    if repo is None and not refresh and os.getpid() in _ENV_CACHE:  # the thread count can change
+        return {**_ENV_CACHE[os.getpid()], "torch_threads": torch.get_num_threads()}
 
     import mtlcheck
 
@@ -226,11 +227,10 @@ def environment(repo: str | os.PathLike | None = None, *, refresh: bool = False)
         "git_dirty": dirty,
         "code_epoch": _spec.CODE_EPOCH,
         "malloc": malloc_setting(),
-        "torch_threads": torch.get_num_threads(),
     }
     if repo is None:
         _ENV_CACHE[os.getpid()] = dict(env)
-    return env
+    return {**env, "torch_threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,3 +175,23 @@ def test_monitored_loss_only_step_takes_its_update_from_the_rows_it_computed(met
     model.zero_grad(set_to_none=True)
     rows = backward_step(model, batch, PCGrad(), level="parameter").jacobian
     assert torch.allclose(monitored.param_gram, rows.gram(), rtol=1e-12)
+
+
+class _PartlySharedToy(ToyRegression):
+    """An encoder whose first layer is left out of shared_parameters() (so it counts as a head)."""
+
+    def shared_parameters(self):
+        return list(self.encoder[2].named_parameters(prefix="encoder.2"))
+
+
+def test_monitored_loss_only_step_still_reaches_encoder_parameters_outside_shared():
+    model = _PartlySharedToy(n_tasks=3, in_features=6, hidden=8).double()
+    batch = ToyRegression.make_batch(3, 7, 6, dtype=torch.float64)
+    backward_step(model, batch, EW())
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    result = backward_step(model, batch, EW(), param_gram=True)
+    assert result.param_gram is not None
+    for n, p in model.named_parameters():
+        assert p.grad is not None, n
+        assert torch.allclose(p.grad, expected[n], rtol=1e-12, atol=1e-14), n

@@ -26,6 +26,21 @@ def test_settings_are_validated_and_round_trip_through_spec_options():
     assert spec.key != make_spec("digits-dense", "mgda", budget="smoke").key  # results differ: keys differ
     with pytest.raises(ValueError, match="autocast"):
         make_spec("digits-dense", "mgda", budget="smoke", extra={"autocast": "int8"})
+    with pytest.raises(ValueError, match=r"unknown run option\(s\) \['channelslast'\]"):
+        make_spec("digits-dense", "mgda", budget="smoke", extra={"channelslast": True})
+    # an explicit default is the default run, not a second one
+    assert make_spec("digits-dense", "mgda", budget="smoke", extra={"tf32": False}).key == \
+        make_spec("digits-dense", "mgda", budget="smoke").key
+
+
+def test_gram_stays_exact_inside_autocast():
+    from mtlcheck.jacobian import Jacobian
+
+    G = torch.randn(3, 200_000, generator=torch.Generator().manual_seed(0))
+    exact = G.double() @ G.double().T
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # e.g. a user's own autocast around the step
+        gram = Jacobian.from_matrix(G).gram()
+    assert float(((gram - exact).abs() / exact.abs().max()).max()) < 1e-5
 
 
 def test_tf32_switches_are_set_explicitly_both_ways():
@@ -105,15 +120,17 @@ def test_precision_effect_reports_the_bf16_shift_of_gds_and_mgda_weights():
 def test_run_with_bf16_autocast_is_stored_apart_and_reported_apart(tmp_path, capsys):
     store = str(tmp_path / "runs.sqlite")
     common = ["--benchmark", "digits-dense", "--budget", "smoke", "--store", store, "--quiet"]
-    assert main(["run", "--method", "ew", *common, "--autocast", "bf16"]) == 0
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    assert main(["run", "--method", "ew", *common, "--autocast", "bf16", "--tf32"]) == 0
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == saved  # restored
     assert main(["run", "--method", "ew", *common]) == 0
     with sqlite3.connect(store) as db:
         assert db.execute("select count(*) from runs where status = 'done'").fetchone()[0] == 2
     capsys.readouterr()
     out = str(tmp_path / "reports")
     assert main(["report", "--benchmark", "digits-dense", "--budget", "smoke", "--store", store, "--out", out,
-                 "--autocast", "bf16"]) == 0
-    assert (tmp_path / "reports" / "digits-dense-smoke-bf16").is_dir()
+                 "--autocast", "bf16", "--tf32"]) == 0
+    assert (tmp_path / "reports" / "digits-dense-smoke-tf32-bf16").is_dir()
     with pytest.raises(SystemExit, match="no stored runs for digits-dense at budget smoke with .*channels_last=True"):
         main(["report", "--benchmark", "digits-dense", "--budget", "smoke", "--store", store, "--out", out,
               "--channels-last"])

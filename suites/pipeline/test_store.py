@@ -601,3 +601,19 @@ def test_two_processes_share_a_sweep_without_duplicates(tmp_path, zygote):
     assert sorted(Counter(e["key"] for e in starts).values()) == [1] * N_RUNS  # no run computed twice
     assert all(r.attempts == 1 for r in store.runs())
     assert {e["pid"] for e in starts} == set(pids)  # and the work was shared
+
+
+def test_environment_reads_the_current_thread_count_past_its_cache():
+    import torch
+
+    from mtlcheck.experiments.store import environment
+
+    saved = torch.get_num_threads()
+    try:
+        environment()  # cached now
+        torch.set_num_threads(1)
+        assert environment()["torch_threads"] == 1
+        torch.set_num_threads(2)
+        assert environment()["torch_threads"] == 2
+    finally:
+        torch.set_num_threads(saved)
