@@ -160,12 +160,11 @@ def backward_step(
     if tags.second_order:
         return _second_order_step(model, batch, aggregator, level, shared, heads, feature_grads, param_gram, forward)
 
-    with forward:
+    with forward:  # encoder, then the heads on a detached Z
         z = model.encode(batch)
-    zs = as_tuple(z)
-    detached = tuple(t.detach().requires_grad_(True) for t in zs)
-    z_in = detached[0] if isinstance(z, torch.Tensor) else detached
-    with _forward_context(precision, shared):
+        zs = as_tuple(z)
+        detached = tuple(t.detach().requires_grad_(True) for t in zs)
+        z_in = detached[0] if isinstance(z, torch.Tensor) else detached
         L = stacked_task_losses(model, z_in, batch)
     n_tasks = L.shape[0]
     L64 = L.detach().to(torch.float64).cpu()

@@ -25,6 +25,8 @@ from typing import Any, Mapping
 
 import torch
 
+from mtlcheck.data.collate import map_tensors
+
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
 OPTION_KEYS = ("tf32", "autocast", "channels_last")
 
@@ -88,14 +90,5 @@ class Precision:
         """Every 4-D floating-point tensor of the batch in channels-last format (when asked)."""
         if not self.channels_last:
             return batch
-
-        def convert(x):
-            if isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point():
-                return x.contiguous(memory_format=torch.channels_last)
-            if isinstance(x, dict):
-                return {k: convert(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple)):
-                return type(x)(convert(v) for v in x)
-            return x
-
-        return convert(batch)
+        return map_tensors(batch, lambda t: t.contiguous(memory_format=torch.channels_last)
+                           if t.ndim == 4 and t.is_floating_point() else t)

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from mtlcheck.aggregators import Aggregator
+from mtlcheck.data.collate import map_tensors
 from mtlcheck.gradients import NonFiniteLossError, stacked_task_losses, backward_step
 from mtlcheck.precision import Precision
 from mtlcheck.monitor import measure
@@ -84,13 +85,7 @@ class StepSampler(Sampler):
 
 def to_device(batch: Any, device: torch.device | str) -> Any:
     """Move every tensor in a (nested) batch to `device`."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
+    return map_tensors(batch, lambda t: t.to(device, non_blocking=True))
 
 
 @dataclass

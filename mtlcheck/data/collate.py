@@ -14,7 +14,18 @@ import torch
 
 from mtlcheck.data.paper import PAPER_BATCH_SIZE, PAPER_IMAGE_SIZE
 
-__all__ = ["collate_detection", "collate_dense", "PAPER_BATCH_SIZE", "PAPER_IMAGE_SIZE"]
+__all__ = ["collate_detection", "collate_dense", "map_tensors", "PAPER_BATCH_SIZE", "PAPER_IMAGE_SIZE"]
+
+
+def map_tensors(batch: Any, fn) -> Any:
+    """`fn` applied to every tensor of a (nested dict / list / tuple) batch; other values kept."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(map_tensors(v, fn) for v in batch)
+    return batch
 
 
 def _stack(key: str, values: list) -> Any:
