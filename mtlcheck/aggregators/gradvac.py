@@ -64,26 +64,33 @@ class GradVac(Aggregator):
         """(C, targets) for the current state without changing it: g_i' = C[k, i] G per group k.
 
         Also returns the cosines ρ observed before each correction (to update the EMA) as
-        `self._last_rho`."""
+        `self._last_rho`. Runs on Python floats (T is small), keeping h = C[k, i] M_k, the inner
+        products of g_i' with every original g_j in group k, up to date: ‖g_i'‖² = C[k, i]·h."""
         groups, grams = self._groups_and_grams(J)
         n = J.n_tasks
         targets = self._targets if self._targets is not None else torch.zeros(len(groups), n, n, dtype=torch.float64)
-        C = torch.eye(n, dtype=torch.float64).repeat(len(groups), 1, 1)
-        rho_seen = targets.clone()
+        target_values = targets.tolist()
+        rho_seen = targets.tolist()
+        M = grams.tolist()
+        C = [[[float(a == b) for b in range(n)] for a in range(n)] for _ in M]
+        H = [[list(Mk[i]) for i in range(n)] for Mk in M]
         for i in range(n):
             for j in random_order(n, i, self.generator):
-                for k, M in enumerate(grams):
-                    norm_i = math.sqrt(max(float(C[k, i] @ M @ C[k, i]), 0.0))
-                    norm_j = math.sqrt(max(float(M[j, j]), 0.0))
+                for k, Mk in enumerate(M):
+                    c_i, h_i = C[k][i], H[k][i]
+                    norm_i = math.sqrt(max(sum(a * b for a, b in zip(c_i, h_i)), 0.0))
+                    norm_j = math.sqrt(max(Mk[j][j], 0.0))
                     if norm_i == 0.0 or norm_j == 0.0:
                         continue
-                    rho = float(C[k, i] @ M[:, j]) / (norm_i * norm_j)
-                    target = float(targets[k, i, j])
-                    rho_seen[k, i, j] = rho
+                    rho = h_i[j] / (norm_i * norm_j)
+                    target = target_values[k][i][j]
+                    rho_seen[k][i][j] = rho
                     if rho < target:
-                        C[k, i, j] += self._correction(norm_i, norm_j, rho, target)
-        self._last_rho = rho_seen
-        return C, targets
+                        coef = self._correction(norm_i, norm_j, rho, target)
+                        c_i[j] += coef
+                        H[k][i] = [x + coef * m for x, m in zip(h_i, Mk[j])]
+        self._last_rho = torch.tensor(rho_seen, dtype=torch.float64)
+        return torch.tensor(C, dtype=torch.float64), targets
 
     def _aggregate(self, J, losses):
         C, targets = self.surgery(J)

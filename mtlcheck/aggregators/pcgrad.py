@@ -33,16 +33,21 @@ class PCGrad(Aggregator):
         return random_order(n, i, self.generator)
 
     def surgery(self, J) -> tuple[torch.Tensor, torch.Tensor]:
-        """(C, targets): g_i' = C_i G, and the cosine each pair must reach (0 for PCGrad)."""
-        M = J.gram()
-        n = M.shape[0]
-        C = torch.eye(n, dtype=torch.float64)
+        """(C, targets): g_i' = C_i G, and the cosine each pair must reach (0 for PCGrad).
+
+        Runs on Python floats (T is small; tensor calls would cost more than the arithmetic),
+        keeping h = C_i M, the inner products of g_i' with every original g_j, up to date."""
+        M = J.gram().tolist()
+        n = len(M)
+        C = [[float(a == b) for b in range(n)] for a in range(n)]
         for i in range(n):
+            h = list(M[i])
             for j in self._order(n, i):
-                dot = C[i] @ M[:, j]
-                if dot < 0 and M[j, j] > 0:
-                    C[i, j] -= dot / M[j, j]
-        return C, torch.zeros(n, n, dtype=torch.float64)
+                if h[j] < 0 and M[j][j] > 0:
+                    coef = h[j] / M[j][j]
+                    C[i][j] -= coef
+                    h = [hk - coef * mk for hk, mk in zip(h, M[j])]
+        return torch.tensor(C, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64)
 
     def _aggregate(self, J, losses):
         C, _ = self.surgery(J)

@@ -25,9 +25,11 @@ from typing import Any
 
 __all__ = ["BUDGETS", "CODE_EPOCH", "KEY_LENGTH", "LEVELS", "RunSpec", "canonical_json", "spec_key"]
 
-CODE_EPOCH = 4  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG isolated from the model's;
+CODE_EPOCH = 5  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG isolated from the model's;
 #                3: GradDrop draws U in float32 (a different random stream);
-#                4: monitored loss-only steps take Σ w_i g_i from the rows (other rounding)
+#                4: monitored loss-only steps take Σ w_i g_i from the rows (other rounding);
+#                5: CAGrad's dual solved exactly by support enumeration (SLSQP was ~1e-7 off),
+#                   PCGrad/GradVac surgery on Python floats (other rounding)
 """Bump when training semantics change (loss, schedule, data order, metric definitions):
 every key changes, so old results are kept but never mistaken for current ones."""
 
