@@ -14,26 +14,13 @@ is used only for T > `ENUMERATION_MAX_TASKS`, where 2^T supports would be too ma
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-
 import numpy as np
 import torch
 from scipy.optimize import minimize
 
 from mtlcheck.aggregators._base import AggregatorTags, SolverError, WeightingAggregator
-from mtlcheck.aggregators._min_norm import min_norm_weights
+from mtlcheck.aggregators._min_norm import ENUMERATION_MAX_TASKS, batched_solve, face_masks, min_norm_weights
 from mtlcheck.aggregators._registry import register_aggregator
-
-ENUMERATION_MAX_TASKS = 10
-
-
-@lru_cache(maxsize=None)
-def _supports(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every non-empty support S ⊆ {0..n-1} as a (2^n − 1, n) mask, its (., n, n) pair mask,
-    and the identity on the complement (to pad A_SS into an invertible n×n matrix)."""
-    masks = ((np.arange(1, 2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
-    pairs = masks[:, :, None] & masks[:, None, :]
-    return masks, pairs, np.eye(n) * ~pairs
 
 
 def solve_dual(A: np.ndarray, c: float, *, tol: float = 1e-9) -> np.ndarray:
@@ -53,13 +40,10 @@ def solve_dual(A: np.ndarray, c: float, *, tol: float = 1e-9) -> np.ndarray:
     """
     n = A.shape[0]
     b = A.mean(1)
-    masks, pairs, eye_outside = _supports(n)
+    masks, pairs, eye_outside = face_masks(n)
     M = np.where(pairs, A, eye_outside)
     rhs = np.where(masks[:, :, None], np.stack([np.ones(n), b], 1), 0.0)
-    try:
-        X = np.linalg.solve(M, rhs)
-    except np.linalg.LinAlgError:  # some A_SS singular (rank-deficient G): least-squares candidates
-        X = np.linalg.pinv(M, hermitian=True) @ rhs
+    X = batched_solve(M, rhs)  # least-squares candidates where A_SS is singular (rank-deficient G)
     p, q = X[..., 0], X[..., 1]
     alpha, beta, gamma = p.sum(1), q.sum(1), q @ b
     disc = beta**2 - alpha * (gamma - c * c)
