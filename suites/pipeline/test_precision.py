@@ -81,10 +81,15 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_float32_gradients(leve
 
 @pytest.mark.parametrize("method", ["ew", "pcgrad", "graddrop", "imtl", "cagrad", "aligned_mtl", "gradvac", "rgw"])
 def test_every_kind_of_method_takes_bf16_feature_gradients(method):
-    model, batch = bench._model_and_batch(32, 4, 3, "cpu", 0)
+    """Each kind of method (sum, projection, masking, solver, SVD, EMA state, random weights) gives
+    under bf16 autocast the step it gives in float32, up to bf16's perturbation (cosines 0.87–0.93
+    measured at 64 px; an upcast forgotten or applied twice would leave an unrelated step)."""
+    model, batch = bench._model_and_batch(64, 4, 3, "cpu", 0)
     level = "parameter" if method == "ew" else "feature"
+    _, d_exact = _direction(model, batch, method, level, Precision())
     _, d = _direction(model, batch, method, level, Precision(autocast="bf16"))
     assert torch.isfinite(d).all() and float(d.abs().max()) > 0
+    assert float(torch.nn.functional.cosine_similarity(d, d_exact, dim=0)) > 0.7
 
 
 def _jacobian(precision, dtype=torch.float32):
