@@ -39,7 +39,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, paste_masks_in_image, project_masks_on_boxes
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
-from torchvision.ops import MultiScaleRoIAlign, boxes as box_ops
+from torchvision.ops import boxes as box_ops
+
+from mtlcheck.models.roi_align import TwiceDifferentiableMultiScaleRoIAlign
 
 ROI_LEVELS = ["0", "1", "2", "3"]  # P2..P5: RoI heads pool these (P6 only feeds the RPN)
 
@@ -274,7 +276,7 @@ class AmodalRoIHeads(RoIHeads):
         mask_pool_size: int = 14,
     ):
         super().__init__(
-            box_roi_pool=MultiScaleRoIAlign(ROI_LEVELS, box_pool_size, 0),
+            box_roi_pool=TwiceDifferentiableMultiScaleRoIAlign(ROI_LEVELS, box_pool_size, 0),
             box_head=MLCBoxHead(channels),
             box_predictor=AgnosticBoxPredictor(channels * box_pool_size * box_pool_size, num_classes),
             fg_iou_thresh=fg_iou_thresh,
@@ -295,7 +297,7 @@ class AmodalRoIHeads(RoIHeads):
         self.smooth_l1_beta = float(smooth_l1_beta)
         # mask_roi_pool is a separate attribute name: RoIHeads.has_mask() must stay False so that
         # its check_targets does not demand a "masks" key.
-        self.hom_roi_pool = MultiScaleRoIAlign(ROI_LEVELS, mask_pool_size, 0)
+        self.hom_roi_pool = TwiceDifferentiableMultiScaleRoIAlign(ROI_LEVELS, mask_pool_size, 0)
         self.mlc_extract = nn.Sequential(
             nn.ConvTranspose2d(channels, channels, 2, stride=2),
             *_conv_relu_stack([channels, channels, channels]),

@@ -188,6 +188,25 @@ def test_gradient_engine_step(model, batch, method, level):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("level", ["parameter", "feature"])
+def test_cosreg_differentiates_through_the_roi_heads(model, batch, level):
+    """CosReg's penalty needs a double backward through RoIAlign (torchvision has none); it must
+    run and change the shared gradients."""
+    from mtlcheck.aggregators import CosReg
+    from mtlcheck.gradients import backward_step
+
+    model.train()
+    grads = []
+    for penalty in (0.0, 10.0):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        backward_step(model, batch, CosReg(penalty=penalty), level=level)
+        grads.append(torch.cat([p.grad.reshape(-1) for _, p in model.shared_parameters()]))
+        assert torch.isfinite(grads[-1]).all()
+    assert not torch.allclose(grads[0], grads[1])
+    model.zero_grad(set_to_none=True)
+
+
 # --- empty and mixed batches ----------------------------------------------------------------------
 
 
