@@ -23,6 +23,7 @@ import torch
 
 _GRAM_CHUNK = 1 << 13  # columns per float32 product in the Gram (relative error ~1e-8; batched, so
 #                       small chunks cost no more than large ones: 15 ms for 3×11.2M on 2 CPU cores)
+_GRAM_SPAN = 1 << 22  # columns per batched product (bounds the float32 copy of a bf16/fp16 block to 4M columns)
 
 
 @contextlib.contextmanager
@@ -152,19 +153,22 @@ class Jacobian:
             if b.dtype == torch.float64:
                 grams.append(b @ b.T)
                 continue
-            # float32 products over column chunks of _GRAM_CHUNK, summed in float64; bf16/fp16
-            # blocks (e.g. feature gradients under autocast) are multiplied in float32
-            if b.dtype in (torch.bfloat16, torch.float16):
-                b = b.float()
+            # float32 products over column chunks of _GRAM_CHUNK, all chunks of a span in one
+            # batched product, summed in float64; bf16/fp16 blocks (e.g. feature gradients under
+            # autocast) are multiplied in float32, one span at a time (no float32 copy of the block)
             t, n = b.shape
-            m = n // _GRAM_CHUNK
             acc = torch.zeros(t, t, dtype=torch.float64, device=b.device)
-            if m:  # all full chunks in one batched product: (m, T, C) @ (m, C, T)
-                chunks = b[:, : m * _GRAM_CHUNK].reshape(t, m, _GRAM_CHUNK).transpose(0, 1)
-                acc += torch.bmm(chunks, chunks.transpose(1, 2)).to(torch.float64).sum(0)
-            if n > m * _GRAM_CHUNK:
-                rest = b[:, m * _GRAM_CHUNK:]
-                acc += (rest @ rest.T).to(torch.float64)
+            for start in range(0, n, _GRAM_SPAN):
+                part = b[:, start:start + _GRAM_SPAN]
+                if part.dtype in (torch.bfloat16, torch.float16):
+                    part = part.float()
+                m = part.shape[1] // _GRAM_CHUNK
+                if m:  # (m, T, C) @ (m, C, T)
+                    chunks = part[:, : m * _GRAM_CHUNK].reshape(t, m, _GRAM_CHUNK).transpose(0, 1)
+                    acc += torch.bmm(chunks, chunks.transpose(1, 2)).to(torch.float64).sum(0)
+                if part.shape[1] > m * _GRAM_CHUNK:
+                    rest = part[:, m * _GRAM_CHUNK:]
+                    acc += (rest @ rest.T).to(torch.float64)
             grams.append(acc)
         return torch.stack(grams).cpu()
 
@@ -182,14 +186,17 @@ class Jacobian:
         return self.blocks[0] if len(self.blocks) == 1 else torch.cat(self.blocks, dim=1)
 
     def combine(self, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Σ_i w_i g_i per block; weights (T,) in any dtype/device, rounded to the blocks' dtype."""
-        w = _scalars(weights, self.dtype)
-        return tuple(_weighted_row_sum(b, w) for b in self.blocks)
+        """Σ_i w_i g_i per block; weights (T,) in any dtype/device."""
+        if tuple(weights.shape) != (self.n_tasks,):
+            raise ValueError(f"combine: weights must have shape ({self.n_tasks},), got {tuple(weights.shape)}")
+        return tuple(_weighted_row_sum(b, weights) for b in self.blocks)
 
     def combine_per_block(self, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-block weights (K, T): block k gets Σ_i w_ki g_i."""
-        w = [_scalars(row, self.dtype) for row in weights]
-        return tuple(_weighted_row_sum(b, wk) for wk, b in zip(w, self.blocks))
+        if tuple(weights.shape) != (len(self.blocks), self.n_tasks):
+            raise ValueError(f"combine_per_block: weights must have shape ({len(self.blocks)}, {self.n_tasks}), "
+                             f"got {tuple(weights.shape)}")
+        return tuple(_weighted_row_sum(b, wk) for wk, b in zip(weights, self.blocks))
 
     def groups(self, kind: str) -> list[list[int]]:
         """Block indices per group: "whole" (one group), "module" (blocks whose names share the
@@ -210,17 +217,15 @@ class Jacobian:
         return Jacobian(tuple(fn(b) for b in self.blocks), self.shapes, self.names, self.level, self.activations)
 
 
-def _scalars(weights: torch.Tensor, dtype: torch.dtype) -> list[float]:
-    """The weights as Python floats, rounded to `dtype` first (so they equal what a product
-    in the blocks' dtype would use)."""
-    return weights.detach().to(device="cpu", dtype=dtype).tolist()
-
-
-def _weighted_row_sum(block: torch.Tensor, w: list[float]) -> torch.Tensor:
-    """Σ_i w_i block[i] as one scaled copy plus T−1 in-place axpys: one pass over each row
-    (w @ block, a (1,T)·(T,n) product, is ~30 % slower on a 3×11M float32 Jacobian on CPU)."""
+def _weighted_row_sum(block: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_i w_i block[i]. float32/float64 blocks: one scaled copy plus T−1 in-place axpys with
+    the weights rounded to the block's dtype — one pass over each row (w @ block, a (1,T)·(T,n)
+    product, is ~30 % slower on a 3×11M float32 Jacobian on CPU). bf16/fp16 blocks, and weights
+    that carry a graph, take the product, which accumulates in float32 and keeps the graph."""
+    if weights.requires_grad or block.dtype not in (torch.float32, torch.float64):
+        return weights.to(dtype=block.dtype, device=block.device) @ block
+    w = weights.detach().to(device="cpu", dtype=block.dtype).tolist()
     out = block[0] * w[0]
     for i in range(1, len(w)):
         out.add_(block[i], alpha=w[i])
     return out
-

@@ -89,3 +89,37 @@ def test_many_tasks_use_slsqp_and_agree_with_the_enumeration():
     w_enum = solve_dual(A, c)
     assert objective(A, c, w_enum) <= objective(A, c, w_slsqp) + 1e-10
     assert objective(A, c, w_slsqp) <= objective(A, c, w_enum) + 1e-8
+
+
+def test_a_tiny_task_gradient_cannot_certify_a_wrong_candidate():
+    """0 lies in the hull of g1, g2; g3 is 1e-6 long, so ∇F is ~1e-13 everywhere: an absolute
+    KKT tolerance accepted w = e3 (F = 2.5e-13) over the optimum w = (½, ½, 0) (F = 0)."""
+    G = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1e-6]])
+    A = normalised_gram(G)
+    c = 0.5 * math.sqrt(A.mean())
+    w = solve_dual(A, c)
+    assert w == pytest.approx([0.5, 0.5, 0.0], abs=1e-9)
+    assert objective(A, c, w) <= 1e-20
+
+
+def test_direction_is_g0_where_g_w_vanishes():
+    """g2 = −(1 + 1e-4) g1: 0 is in the hull, ‖g_w‖ is rounding noise, and λ = c'/‖g_w‖ must not
+    blow up; the step is T g0 / (1 + c²) (the official code's ‖g_w‖ + 1e-4 denominator does the same)."""
+    import torch
+
+    G = torch.tensor([[1.0, 2.0, 0.5], [-1.0001, -2.0002, -0.50005]], dtype=torch.float64)
+    out = CAGrad(c=2.0)(G)
+    assert float(out.weights.abs().max()) <= 1.0
+    assert torch.allclose(out.direction, 2 * G.mean(0) / 5, rtol=1e-9, atol=1e-15)
+
+
+def test_the_slsqp_path_is_the_one_used_for_many_tasks(monkeypatch):
+    import mtlcheck.aggregators.cagrad as cagrad
+
+    calls = []
+    monkeypatch.setattr(cagrad, "solve_dual_slsqp", lambda A, c: calls.append(A.shape[0]) or solve_dual(A, c))
+    A, c = random_case(np.random.default_rng(5), ENUMERATION_MAX_TASKS + 1, 30)
+    CAGrad()._solve(A, c)
+    A, c = random_case(np.random.default_rng(5), ENUMERATION_MAX_TASKS, 30)
+    CAGrad()._solve(A, c)
+    assert calls == [ENUMERATION_MAX_TASKS + 1]

@@ -9,9 +9,10 @@ from mtlcheck.aggregators import _min_norm
 from mtlcheck.aggregators._min_norm import _enumerated, kkt_violation, min_norm_weights
 
 
-@pytest.fixture(params=["enumeration", "wolfe"])
+@pytest.fixture(params=["default", "wolfe-only"])
 def solver(request, monkeypatch):
-    if request.param == "wolfe":
+    """default: face enumeration, Wolfe where no candidate passes the KKT test; wolfe-only: Wolfe."""
+    if request.param == "wolfe-only":
         monkeypatch.setattr(_min_norm, "ENUMERATION_MAX_TASKS", 0)
     return request.param
 
@@ -50,10 +51,15 @@ def test_zero_in_the_hull_and_duplicates(solver):
     assert float(np.linalg.norm(w @ G)) < 1e-12
 
 
-def test_many_tasks_use_wolfe():
+def test_many_tasks_use_wolfe(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_min_norm, "_enumerated", lambda M, tol: calls.append(M.shape[0]))
     rng = np.random.default_rng(3)
     n = _min_norm.ENUMERATION_MAX_TASKS + 2
     G = rng.normal(size=(n, 50))
     M = G @ G.T
     w = min_norm_weights(M)
     assert kkt_violation(M, w) < 1e-10
+    assert calls == []  # enumeration never tried beyond ENUMERATION_MAX_TASKS
+    min_norm_weights(M[:3, :3])
+    assert calls == [3]

@@ -195,3 +195,36 @@ def test_monitored_loss_only_step_still_reaches_encoder_parameters_outside_share
     for n, p in model.named_parameters():
         assert p.grad is not None, n
         assert torch.allclose(p.grad, expected[n], rtol=1e-12, atol=1e-14), n
+
+
+def test_combine_keeps_its_contract_in_every_dtype():
+    gen = torch.Generator().manual_seed(3)
+    w = torch.tensor([0.3, -0.2, 0.9], dtype=torch.float64)
+    for dtype, tol in ((torch.float64, 1e-15), (torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 2e-3)):
+        B = torch.randn(3, 50_000, generator=gen).to(dtype)
+        exact = w @ B.double()
+        got = Jacobian.from_matrix(B).combine(w)[0]
+        assert got.dtype == dtype
+        assert float((got.double() - exact).abs().max() / exact.abs().max()) < tol, dtype
+    J = Jacobian.from_matrix(torch.randn(3, 10, generator=gen))
+    with pytest.raises(ValueError, match="shape"):
+        J.combine(torch.ones(2))
+    weights = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    out = J.combine(weights)[0]
+    assert out.requires_grad  # a graph through the weights is kept
+    (g,) = torch.autograd.grad(out.sum(), weights)
+    assert torch.allclose(g, J.blocks[0].sum(1))
+
+
+def test_gram_over_several_spans_and_remainders_in_every_dtype(monkeypatch):
+    """Blocks are multiplied span by span (a bf16/fp16 span upcast to float32 at a time), each
+    span in 8192-column chunks plus a remainder: small spans here exercise all of it."""
+    from mtlcheck import jacobian
+
+    monkeypatch.setattr(jacobian, "_GRAM_SPAN", 20_000)
+    gen = torch.Generator().manual_seed(4)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        B = (torch.randn(3, 50_000, generator=gen) + 0.1).to(dtype)  # spans 20k, 20k, 10k
+        exact = B.double() @ B.double().T
+        got = Jacobian.from_matrix(B).gram()
+        assert float(((got - exact).abs() / exact.abs().max()).max()) < 1e-5, dtype
