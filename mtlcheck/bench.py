@@ -180,7 +180,7 @@ def solve_times(methods=None, tasks=(3, 7), dim: int = 4096, calls: int = 100, s
                 progress: bool = True) -> list[dict]:
     """Per-call time of each method given its inputs, on a T×dim Jacobian small enough that the
     Gram and the combination cost microseconds: what remains is the weight solve (MGDA's min-norm
-    problem, CAGrad's SLSQP, Nash-MTL's Newton iterations, ...). Second-order methods have no
+    problem, CAGrad's dual, Nash-MTL's Newton iterations, ...). Second-order methods have no
     solve (their penalty is part of the backward pass) and are left out."""
     from mtlcheck.jacobian import Jacobian
 
