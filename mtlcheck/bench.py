@@ -93,10 +93,13 @@ def _model_and_batch(size, batch_size, n_tasks, device, seed, precision: Precisi
     torch.manual_seed(seed)
     precision.apply_backends()
     model = precision.prepare_model(ResNetClassifiers(n_tasks).to(device))
-    gen = torch.Generator().manual_seed(seed)
-    batch = {"image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
-             "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device)}
+    batch = _random_batch(torch.Generator().manual_seed(seed), size, batch_size, n_tasks, device)
     return model, precision.prepare_batch(batch)
+
+
+def _random_batch(gen: torch.Generator, size: int, batch_size: int, n_tasks: int, device) -> dict:
+    return {"image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
+            "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device)}
 
 
 def precision_effect(precision: Precision, size: int = 128, batch_size: int = 2, n_tasks: int = 3,
@@ -110,8 +113,7 @@ def precision_effect(precision: Precision, size: int = 128, batch_size: int = 2,
     diffs: dict[str, list[float]] = {"gds": [], "gms": [], "mgda_weights_parameter": [], "mgda_weights_feature": []}
     mgda = aggregator_class("mgda")
     for _ in range(batches):
-        batch = {"image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
-                 "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device)}
+        batch = _random_batch(gen, size, batch_size, n_tasks, device)
         values = []
         for model, prec in ((exact_model, Precision()), (other_model, precision)):
             b = prec.prepare_batch(batch)
@@ -241,11 +243,6 @@ def _peak_rss_case(method: str, level: str, size: int, batch_size: int, n_tasks:
     return {"method": method, "level": level, "peak_mib": (_proc_status_kib("VmHWM") - before) / 1024.0}
 
 
-def _precision_flags(precision: Precision) -> list[str]:
-    return ((["--tf32"] if precision.tf32 else []) + (["--autocast", precision.autocast] if precision.autocast else [])
-            + (["--channels-last"] if precision.channels_last else []))
-
-
 def peak_memory(methods=None, levels=("parameter", "feature"), size: int = 128, batch_size: int = 2,
                 n_tasks: int = 3, threads: int | None = None, device: str = "cpu", progress: bool = True,
                 precision: Precision = Precision()) -> list[dict]:
@@ -284,7 +281,7 @@ def peak_memory(methods=None, levels=("parameter", "feature"), size: int = 128, 
         env = {**os.environ, "MTLCHECK_MALLOC": "tuned" if malloc_setting().startswith("tuned") else "default"}
         for method, level in cases:
             cmd = [sys.executable, "-m", "mtlcheck.bench", "--peak-rss-case", method, level, "--size", str(size),
-                   "--batch-size", str(batch_size), "--tasks", str(n_tasks), *_precision_flags(precision)] + (["--threads", str(threads)] if threads else [])
+                   "--batch-size", str(batch_size), "--tasks", str(n_tasks), *precision.flags()] + (["--threads", str(threads)] if threads else [])
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"peak-memory case {method}/{level} failed:\n{done.stderr[-2000:]}")
@@ -445,15 +442,13 @@ def main(argv=None) -> None:
     parser.add_argument("--solves", action="store_true", help="also time each method's call on its inputs at T=3 and 7")
     parser.add_argument("--memory", action="store_true",
                         help="also measure each case's peak memory (CPU: one fresh process per case)")
-    parser.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (default: exact float32)")
-    parser.add_argument("--autocast", default=None, choices=["bf16"], help="forward pass under bf16 autocast")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC model and images")
+    Precision.add_arguments(parser)
     parser.add_argument("--precision-effect", action="store_true",
                         help="also measure how --tf32/--autocast move GDS, GMS and MGDA's weights")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     parser.add_argument("--peak-rss-case", nargs=2, metavar=("METHOD", "LEVEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    precision = Precision(tf32=args.tf32, autocast=args.autocast, channels_last=args.channels_last)
+    precision = Precision.from_args(args)
     if args.peak_rss_case:  # the child process of peak_memory on the CPU
         print(json.dumps(_peak_rss_case(*args.peak_rss_case, args.size, args.batch_size, args.tasks, args.threads,
                                         precision)))

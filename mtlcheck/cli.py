@@ -198,16 +198,15 @@ def _add_where(p):
 
 
 def _add_precision(p):
-    p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (faster; default: exact float32)")
-    p.add_argument("--autocast", default=None, choices=["bf16"], help="forward pass under bf16 autocast")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and images")
+    from mtlcheck.precision import Precision
+
+    Precision.add_arguments(p)
 
 
 def _precision(args):
     from mtlcheck.precision import Precision
 
-    return Precision(tf32=getattr(args, "tf32", False), autocast=getattr(args, "autocast", None),
-                     channels_last=getattr(args, "channels_last", False))
+    return Precision.from_args(args)
 
 
 def _add_sweep(p, default_benchmark=None):

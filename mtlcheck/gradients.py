@@ -223,9 +223,9 @@ def _forward_context(precision: Precision | None, shared):
 
 
 def _second_order_step(model, batch, aggregator, level, shared, heads, want_feature_grads, want_param_gram,
-                       forward=None):
+                       forward):
     """Σ_i L_i + penalty(g_1..g_T), the g_i taken with create_graph=True (double backprop)."""
-    with forward or contextlib.nullcontext():
+    with forward:
         z = model.encode(batch)
         zs = as_tuple(z)
         L = stacked_task_losses(model, z, batch)

@@ -58,6 +58,25 @@ class Precision:
         default = Precision()
         return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
 
+    @classmethod
+    def from_args(cls, args) -> "Precision":
+        """The precision named by the command-line flags of `add_arguments` (absent flags: defaults)."""
+        return cls(tf32=getattr(args, "tf32", False), autocast=getattr(args, "autocast", None),
+                   channels_last=getattr(args, "channels_last", False))
+
+    @staticmethod
+    def add_arguments(parser) -> None:
+        """--tf32, --autocast bf16 and --channels-last on an argparse parser."""
+        parser.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (faster; default: exact float32)")
+        parser.add_argument("--autocast", default=None, choices=sorted(AUTOCAST_DTYPES),
+                            help="forward pass under bf16 autocast")
+        parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and images")
+
+    def flags(self) -> list[str]:
+        """The command-line flags that give this precision (the inverse of `from_args`)."""
+        return ((["--tf32"] if self.tf32 else []) + (["--autocast", self.autocast] if self.autocast else [])
+                + (["--channels-last"] if self.channels_last else []))
+
     @property
     def exact(self) -> bool:
         return self == Precision()

@@ -14,6 +14,7 @@ is used only for T > `ENUMERATION_MAX_TASKS`, where 2^T supports would be too ma
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 from scipy.optimize import minimize

@@ -139,3 +139,14 @@ def test_run_with_bf16_autocast_is_stored_apart_and_reported_apart(tmp_path, cap
     with pytest.raises(SystemExit, match="no stored runs for digits-dense at budget smoke with .*channels_last=True"):
         main(["report", "--benchmark", "digits-dense", "--budget", "smoke", "--store", store, "--out", out,
               "--channels-last"])
+
+
+@pytest.mark.parametrize("precision", [Precision(), Precision(tf32=True), Precision(autocast="bf16", channels_last=True)])
+def test_command_line_flags_round_trip(precision):
+    """One declaration of the flags serves the CLI and the bench (whose memory cases re-launch
+    themselves with `flags()`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    Precision.add_arguments(parser)
+    assert Precision.from_args(parser.parse_args(precision.flags())) == precision
