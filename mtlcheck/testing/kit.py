@@ -75,6 +75,15 @@ def builtin_variants(cls: type[Aggregator], config: dict[str, Any] | None = None
     return [as_factory(cls)] + [as_factory(lambda cfg=cfg: cls(**cfg)) for cfg in BUILTIN_VARIANTS.get(cls, [])]
 
 
+def resolve_aggregator(name: str) -> type[Aggregator]:
+    """The class behind a registry name, a `run` alias (mgda_ub, aligned_mtl_ub: the same
+    method, whose level only the engine sets) or pkg.module:Class."""
+    from mtlcheck.aggregators import aggregator_class
+    from mtlcheck.experiments.runner import ALIASES
+
+    return aggregator_class(ALIASES[name][0] if name in ALIASES else name)
+
+
 def as_factory(obj: Any) -> Factory:
     """A class, an instance (deep-copied per call) or a factory → a zero-argument factory."""
     if isinstance(obj, type) and issubclass(obj, Aggregator):
