@@ -237,3 +237,41 @@ def test_identity_message_names_the_condition_and_the_amount():
     assert record["status"] == "failed"
     assert "KKT ⟨g_i, d⟩ ≥ ‖d‖²" in record["exception"] and "violated by" in record["exception"]
     assert "tolerance 1e-06" in record["exception"] and "dominant task" in record["exception"]
+
+
+ADAPTER_MODULE = '''
+import torch
+from mtlcheck.aggregators import AggregatorTags, WeightingAggregator
+
+class Scaled(WeightingAggregator):
+    def __init__(self, *, scale: float = 1.0, seed: int = 0):
+        super().__init__(seed=seed)
+        self.scale = scale
+
+    def tags(self):
+        return AggregatorTags(nonneg_weights=True, reduction="other")
+
+    def identical_rows_scale(self, n_tasks):
+        return n_tasks * self.scale
+
+    def _weights(self, J, losses):
+        return torch.full((J.n_tasks,), self.scale, dtype=torch.float64)
+'''
+
+
+def test_cli_check_imports_from_the_working_folder_and_takes_config(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from mtlcheck.cli import main
+
+    (tmp_path / "kit_adapter_mod.py").write_text(ADAPTER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "kit_adapter_mod", raising=False)
+    assert main(["check", "kit_adapter_mod:Scaled", "--config", "scale=2.5"]) == 0
+    out = capsys.readouterr().out
+    assert "Scaled(scale=2.5): " in out and "ok" in out
+    assert main(["check", "kit_adapter_mod:Scaled", "--config", "nope=1"]) == 2
+    assert "unexpected keyword argument 'nope'" in capsys.readouterr().err
+    assert main(["check", "aligned_mtl_ub", "--config", "scale_mode=rmse"]) == 0  # the alias resolves
+    assert "AlignedMTL(scale_mode='rmse')" in capsys.readouterr().out
