@@ -432,11 +432,13 @@ def check_no_silent_fallback(make: Factory) -> None:
         baseline = make()(G, losses)
     usual = {(w.category, str(w.message)) for w in caught}
     reached = []
-    for backend in faults.available_backends():
+    backends = faults.available_backends()
+    refs = faults.references(backends)
+    for backend in backends:
         fresh = make()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with faults.failing_backend(backend) as calls:
+            with faults.failing_backend(backend, refs) as calls:
                 try:
                     out = fresh(G, losses)
                 except Exception:  # noqa: BLE001 - an error is the right answer

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 BACKENDS = ("scipy.optimize", "cvxpy", "numpy.linalg", "scipy.linalg", "torch.linalg")
 _LINALG = ("solve", "lstsq", "inv", "pinv", "eig", "eigh", "eigvalsh", "svd", "cholesky", "qr")
@@ -39,7 +39,7 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS if b in sys.modules]
 
 
-def _targets(backend: str) -> dict[str, Any]:
+def _targets(backend: str) -> dict[str, Callable]:
     module = sys.modules[backend]
     if backend == "torch.linalg":
         import torch
@@ -80,23 +80,31 @@ def _failing(backend: str, qualname: str, calls: Calls) -> Callable:
     return fail
 
 
-def _references(originals: dict[int, str]) -> list[tuple[dict, str, int]]:
-    """(namespace, key, id) of every loaded module's global bound to one of `originals`."""
-    found = []
+def references(backends) -> dict[str, list[tuple[dict, str, object]]]:
+    """For each back end, (namespace, key, original) of every loaded module's global bound to one of
+    its functions (one pass over sys.modules for all of them; pass the result to failing_backend)."""
+    owner = {}
+    for backend in backends:
+        if backend != "cvxpy":
+            for f in _targets(backend).values():
+                owner[id(f)] = (backend, f)
+    found = {b: [] for b in backends}
     for mod in list(sys.modules.values()):
         try:
             namespace = vars(mod)
         except TypeError:
             continue
         for key, value in list(namespace.items()):
-            if id(value) in originals:
-                found.append((namespace, key, id(value)))
+            hit = owner.get(id(value))
+            if hit is not None and hit[1] is value:
+                found[hit[0]].append((namespace, key, value))
     return found
 
 
 @contextlib.contextmanager
-def failing_backend(backend: str) -> Iterator[Calls]:
-    """Within the block, `backend` fails in its own way (see the module docstring)."""
+def failing_backend(backend: str, refs: dict | None = None) -> Iterator[Calls]:
+    """Within the block, `backend` fails in its own way (see the module docstring); `refs`: the
+    result of `references(...)` when several back ends are failed in turn."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown back end {backend!r}; known: {BACKENDS}")
     calls = Calls(backend)
@@ -115,16 +123,14 @@ def failing_backend(backend: str) -> Iterator[Calls]:
         finally:
             cvxpy.Problem.solve = original
         return
-    targets = _targets(backend)
-    originals = {id(f): name for name, f in targets.items()}
-    keep_alive = list(targets.values())  # ids stay valid while patched
-    replacements = {id(f): _failing(backend, name, calls) for name, f in targets.items()}
-    refs = _references(originals)
-    for namespace, key, ident in refs:
-        namespace[key] = replacements[ident]
+    refs = (refs or references([backend]))[backend]
+    names = {id(f): name for name, f in _targets(backend).items()}
+    replacements = {id(original): _failing(backend, names.get(id(original), key), calls)
+                    for _, key, original in refs}
+    for namespace, key, original in refs:
+        namespace[key] = replacements[id(original)]
     try:
         yield calls
     finally:
-        objects = {id(f): f for f in keep_alive}
-        for namespace, key, ident in refs:
-            namespace[key] = objects[ident]
+        for namespace, key, original in refs:
+            namespace[key] = original

@@ -28,6 +28,7 @@ tolerance. Tolerances are relative (cosine units, or relative to the scale named
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -50,6 +51,12 @@ def _unit_rows(G: torch.Tensor) -> torch.Tensor:
 
 
 def hard_cases(n: int) -> dict[str, torch.Tensor]:
+    """Fresh copies of `_hard_cases(n)` (built once per process)."""
+    return {label: G.clone() for label, G in _hard_cases(n).items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _hard_cases(n: int) -> dict[str, torch.Tensor]:
     """Full-rank (T, 12) float64 matrices that are hard for solvers.
 
     conflicting: pairwise conflicting rows with norms 0.1..10 (`samplers.conflicting`);
