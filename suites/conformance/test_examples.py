@@ -96,3 +96,19 @@ def test_torchjd_nash_mtl_full_kit():
     records = check_aggregator(adapters.NashMTL, on_fail=None)
     assert _outcome(records) == ({"check_zero_input", "check_single_task", "check_method_identity",
                                   "check_no_silent_fallback"}, set())
+
+
+def test_the_readme_adapter_runs_as_written():
+    """The worked adapter of README "Checking a third-party implementation", executed verbatim."""
+    import types
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Checking a third-party implementation", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 30
+    module = types.ModuleType("readme_adapter")
+    sys.modules["readme_adapter"] = module
+    exec(compile(code, "README.md", "exec"), module.__dict__)
+    torch.manual_seed(0)
+    records = check_aggregator(module.TorchJDMGDA, on_fail=None)
+    assert _outcome(records) == OUTCOME["MGDA"], [r for r in records if r["status"] != "passed"]

@@ -10,7 +10,7 @@ import torch
 from scipy.optimize import nnls
 
 from mtlcheck.aggregators import (
-    Aggregation, Aggregator, AggregatorTags, GradVac, ProjectionMethod, SecondOrderMethod, WeightingAggregator,
+    Aggregation, Aggregator, AggregatorTags, GradVac, SecondOrderMethod, WeightingAggregator,
 )
 from mtlcheck.testing import CheckSkipped, check_aggregator, faults, parametrize_with_checks
 from mtlcheck.testing.kit import builtin_variants
