@@ -13,6 +13,7 @@ Inputs are float64 and seeded; the default tolerance is 1e-6 relative to the inp
 from __future__ import annotations
 
 import copy
+import inspect
 import pickle
 import random
 import unittest
@@ -96,10 +97,11 @@ def check_registry_and_config(make: Factory) -> None:
                              f"{type(exc).__name__}: {exc}") from exc
     assert config_again == config, f"{agg!r}: from_config(get_config()) changed the config"
     assert repr(again) == repr(agg), f"repr differs after a config round trip: {again!r} vs {agg!r}"
-    for p in cls._init_parameters():
-        value = getattr(agg, p.name)
-        if p.default is p.empty or value != p.default:
-            assert f"{p.name}=" in repr(agg), f"repr {agg!r} hides the non-default parameter {p.name}"
+    defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values()}
+    for name, value in config.items():
+        default = defaults.get(name, inspect.Parameter.empty)
+        if default is inspect.Parameter.empty or value != default:
+            assert f"{name}=" in repr(agg), f"repr {agg!r} hides the non-default parameter {name}"
     assert isinstance(agg.tags(), AggregatorTags), f"{agg!r}.tags() must return an AggregatorTags"
 
 
