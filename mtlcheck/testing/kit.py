@@ -85,14 +85,24 @@ def resolve_aggregator(name: str) -> type[Aggregator]:
 
 
 def as_factory(obj: Any) -> Factory:
-    """A class, an instance (deep-copied per call) or a factory → a zero-argument factory."""
+    """A class, an instance or a factory → a zero-argument factory. An instance is rebuilt from
+    its config per call (a fresh state), or deep-copied when its config does not round-trip
+    (check_registry_and_config then reports why)."""
     if isinstance(obj, type) and issubclass(obj, Aggregator):
         factory = obj
     elif isinstance(obj, Aggregator):
-        template = copy.deepcopy(obj)
+        cls = type(obj)
+        try:
+            config = obj.get_config()
+            cls.from_config(config)
+        except Exception:  # noqa: BLE001 - reported by check_registry_and_config, not a crash here
+            template = copy.deepcopy(obj)
 
-        def factory():
-            return copy.deepcopy(template)
+            def factory():
+                return copy.deepcopy(template)
+        else:
+            def factory():
+                return cls.from_config(config)
     elif callable(obj):
         factory = obj
     else:
