@@ -1,2 +1,3 @@
-# The mtlcheck pytest plugin is registered by the package's `pytest11` entry point
-# (mtlcheck.testing.plugin); install the package (see README) before running the suites.
+# Intentionally near-empty. The suites' own options and set-up live in suites/conftest.py; the
+# installed mtlcheck pytest plugin (pytest11 entry point, mtlcheck.testing.plugin) adds only
+# --mtlcheck-aggregator and the conformance marker.

@@ -5,7 +5,7 @@
     mtlcheck run --benchmark digits-dense --method mgda --level feature
     mtlcheck sweep --benchmark cityscapes --data-root /data/cityscapes --budget paper --seeds 0 1 2
     mtlcheck report --benchmark digits-dense --budget small
-    mtlcheck check my_pkg.module:MyAggregator     # the conformance kit on any aggregator
+    mtlcheck check my_pkg.module:MyAggregator     # the conformance kit on any aggregator (--config KEY=VALUE)
     mtlcheck bench --size 128 --tasks 3           # step time per method as a ratio to EW
 """
 
@@ -169,21 +169,33 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from mtlcheck.aggregators import aggregator_class
     from mtlcheck.testing import check_aggregator
-    from mtlcheck.testing.kit import builtin_variants
+    from mtlcheck.testing.kit import builtin_variants, resolve_aggregator
 
+    if os.getcwd() not in sys.path and "" not in sys.path:  # like `python -m`: modules of the working folder
+        sys.path.insert(0, os.getcwd())
+    config = _parse_config(args.config)
     failed = 0
     for name in args.aggregators:
-        for make in builtin_variants(aggregator_class(name)):
+        cls = resolve_aggregator(name)
+        if config:
+            try:
+                cls(**config)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name}: cannot construct {cls.__name__} with --config {config}: {exc}") from None
+        for make in builtin_variants(cls, config):
             records = check_aggregator(make, on_fail=None)
             bad = [r for r in records if r["status"] in ("failed", "xpass")]
             failed += len(bad)
-            status = "ok" if not bad else f"{len(bad)} FAILED"
+            skipped = sum(r["status"] == "skipped" for r in records)
+            status = ("ok" if not bad else f"{len(bad)} FAILED") + (f", {skipped} skipped" if skipped else "")
             print(f"{make.__mtlcheck_repr__}: {len(records)} checks, {status}")
             for r in records:
                 if r["status"] != "passed":
-                    print(f"  {r['status']:<6} {r['check']}: {r['exception'] or ''}{' — ' + r['reason'] if r['reason'] else ''}")
+                    detail = r["exception"] or ""
+                    if r["reason"]:
+                        detail = f"{detail} — {r['reason']}" if detail else r["reason"]
+                    print(f"  {r['status']:<7} {r['check']}: {detail}")
     return 1 if failed else 0
 
 
@@ -256,8 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="sweep + report + claim verdicts (default: the embedded default, small budget)")
     _add_sweep(p)
     p.set_defaults(fn=cmd_reproduce)
-    p = sub.add_parser("check", help="run the conformance kit on aggregators (registry names or pkg.module:Class)")
+    p = sub.add_parser("check", help="run the conformance kit on aggregators (registry names, aliases such as "
+                                     "mgda_ub, or pkg.module:Class importable from the working folder)")
     p.add_argument("aggregators", nargs="+")
+    p.add_argument("--config", nargs="*", default=None, metavar="KEY=VALUE",
+                   help="constructor arguments (values parsed as JSON when possible); without it, built-ins are "
+                        "checked at their default and their documented parameter variants")
     p.set_defaults(fn=cmd_check)
     sub.add_parser("bench", help="step time per method as a ratio to EW (options: `mtlcheck bench --help`)")
     return parser

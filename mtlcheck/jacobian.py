@@ -185,6 +185,12 @@ class Jacobian:
         """The full (T, d) matrix (a copy unless there is a single block)."""
         return self.blocks[0] if len(self.blocks) == 1 else torch.cat(self.blocks, dim=1)
 
+    def split(self, direction: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A (d,) direction cut into this Jacobian's blocks (for `Aggregation(blocks, weights)`)."""
+        if tuple(direction.shape) != (self.dim,):
+            raise ValueError(f"split: direction must have shape ({self.dim},), got {tuple(direction.shape)}")
+        return tuple(torch.split(direction.to(self.dtype), [b.shape[1] for b in self.blocks]))
+
     def combine(self, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Σ_i w_i g_i per block; weights (T,) in any dtype/device."""
         if tuple(weights.shape) != (self.n_tasks,):

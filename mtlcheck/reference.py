@@ -54,7 +54,10 @@ __all__ = [
     "top_k",
 ]
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "reference" / "paper"
+# a wheel ships the tables as package data (mtlcheck/_reference, copied at build time by setup.py);
+# a source checkout or an editable install reads the top-level reference/, their source of truth
+_PACKAGED = Path(__file__).resolve().parent / "_reference" / "paper"
+PAPER_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "reference" / "paper"
 BASELINE = "Baseline"
 BAND = 0.01  # Table 1 caption: "more than 0.01" is ↑/↓, "within 0.01" is "–"
 MARKS = ("↑", "↓", "–")

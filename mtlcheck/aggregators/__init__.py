@@ -10,6 +10,9 @@ from mtlcheck.aggregators._base import (
     Aggregation,
     Aggregator,
     AggregatorTags,
+    IDENTITIES,
+    ProjectionMethod,
+    SecondOrderMethod,
     SolverError,
     SolverFallbackWarning,
     WeightingAggregator,
@@ -39,7 +42,7 @@ from mtlcheck.aggregators.random_weighting import RGW, RLW
 from mtlcheck.aggregators.uncertainty import Uncertainty
 
 __all__ = [
-    "Aggregation", "Aggregator", "AggregatorTags", "SolverError", "SolverFallbackWarning", "WeightingAggregator",
+    "Aggregation", "Aggregator", "AggregatorTags", "IDENTITIES", "ProjectionMethod", "SecondOrderMethod", "SolverError", "SolverFallbackWarning", "WeightingAggregator",
     "ENTRY_POINT_GROUP", "aggregator_class", "get_aggregator", "list_aggregators", "register_aggregator",
     "AlignedMTL", "CAGrad", "CosReg", "DWA", "EW", "FAMO", "GradDrop", "GradNorm", "GradVac", "IMTL", "MGDA",
     "NashMTL", "PCGrad", "RGW", "RLW", "Uncertainty",

@@ -108,9 +108,23 @@ class Aggregation:
 class Aggregator:
     """Base class. Subclasses set `name` (via `register_aggregator`), implement `tags()` and
     `_aggregate(J, losses)`, store every constructor argument under its own name (for
-    `get_config`), and, when stateful, list their state attributes in `_state_attrs`."""
+    `get_config`; or override `get_config`), and, when stateful, list their state attributes in
+    `_state_attrs`.
+
+    The conformance kit (`mtlcheck.testing`) uses only public members: `tags()`,
+    `identical_rows_scale`, `get_config`/`from_config`, `reset`, `state_dict`/`load_state_dict`,
+    `after_step`, `seed`/`generator`, `implements`, and the hooks of the protocol mixins
+    `ProjectionMethod.surgery` and `SecondOrderMethod.penalty_term`.
+
+    implements: the published method this class claims to be, one of `IDENTITIES` ("mgda",
+        "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac"), or None. The kit
+        then checks that method's defining property on hard inputs (`check_method_identity`).
+        A class attribute or a property (when it depends on the configuration). "cagrad" reads
+        the attribute `c` (the ball radius factor), "gradvac" reads `beta` (the EMA rate).
+    """
 
     name: ClassVar[str] = ""
+    implements: ClassVar[str | None] = None
 
     def __init__(self, *, seed: int = 0):
         if not isinstance(seed, int):
@@ -135,7 +149,14 @@ class Aggregator:
         return [p for p in params if p.name != "self" and p.kind in kinds]
 
     def get_config(self) -> dict[str, Any]:
-        """Constructor arguments (every keyword of __init__, read from the attribute of that name)."""
+        """Constructor arguments (every keyword of __init__, read from the attribute of that name).
+        Raises TypeError naming the argument when it is not stored under its own name."""
+        missing = [p.name for p in self._init_parameters() if not hasattr(self, p.name)]
+        if missing:
+            raise TypeError(
+                f"{type(self).__name__}: constructor argument(s) {missing} are not stored under their own name, "
+                f"so get_config() cannot read them; store them as self.<name> or override get_config()"
+            )
         return {p.name: copy.deepcopy(getattr(self, p.name)) for p in self._init_parameters()}
 
     @classmethod
@@ -143,11 +164,18 @@ class Aggregator:
         return cls(**config)
 
     def __repr__(self) -> str:
-        shown = [
-            f"{p.name}={getattr(self, p.name)!r}"
-            for p in self._init_parameters()
-            if p.default is p.empty or getattr(self, p.name) != p.default
-        ]
+        shown = []
+        for p in self._init_parameters():
+            if not hasattr(self, p.name):  # stored under another name: repr must not fail (get_config says why)
+                shown.append(f"{p.name}=?")
+                continue
+            value = getattr(self, p.name)
+            try:
+                differs = p.default is p.empty or bool(value != p.default)
+            except Exception:  # noqa: BLE001 - e.g. a tensor argument: show it
+                differs = True
+            if differs:
+                shown.append(f"{p.name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
     # -- the call -------------------------------------------------------------------------------
@@ -262,6 +290,39 @@ class Aggregator:
         new = type(self).__new__(type(self))
         new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
         return new
+
+
+IDENTITIES = ("mgda", "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac")
+
+
+class ProjectionMethod:
+    """Protocol mixin for gradient-surgery methods (tags family "projection").
+
+    Implement `surgery(J)`; the kit's `check_conflict_reduction` calls it (a projection method
+    without it gets that check reported as skipped, with the reason)."""
+
+    def surgery(self, J: Jacobian) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, targets) for the current state, WITHOUT changing it (the kit saves and restores
+        `state_dict()` around the call all the same).
+
+        J: the task gradients (`Jacobian`: `J.gram()` the float64 T×T Gram matrix, `J.matrix()` G).
+        C: float64 (T, T), or (K, T, T) for K parameter groups: the corrected gradient of task i
+            is g_i' = Σ_j C[i, j] g_j (per group k: C[k, i] applied to that group's blocks).
+        targets: same shape as C: the cosine cos(g_i', g_j) that the surgery must reach for each
+            pair (0 for PCGrad; GradVac's EMA target φ̂_ij)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement surgery(J)")
+
+
+class SecondOrderMethod:
+    """Protocol mixin for methods whose objective penalises the gradients (tags second_order):
+    Σ_i L_i + penalty(g_1, ..., g_T). The engine takes the g_i with create_graph=True and
+    differentiates the penalty (double backprop); the kit's `check_second_order` compares that
+    gradient with finite differences of the penalty's value."""
+
+    def penalty_term(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """A scalar tensor: the penalty. blocks: per parameter block (or feature tensor) k, the
+        (T, n_k) task gradients, attached to the autograd graph; the result must stay attached."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement penalty_term(blocks)")
 
 
 class WeightingAggregator(Aggregator):

@@ -19,6 +19,8 @@ SCALE_MODES = ("min", "median", "rmse")
 
 @register_aggregator("aligned_mtl")
 class AlignedMTL(WeightingAggregator):
+    implements = "aligned_mtl"
+
     def __init__(self, *, scale_mode: str = "min", seed: int = 0):
         super().__init__(seed=seed)
         if scale_mode not in SCALE_MODES:

@@ -106,6 +106,8 @@ def solve_dual_slsqp(A: np.ndarray, c: float) -> np.ndarray:
 
 @register_aggregator("cagrad")
 class CAGrad(WeightingAggregator):
+    implements = "cagrad"
+
     def __init__(self, *, c: float = 0.5, rescale: int = 1, seed: int = 0):
         super().__init__(seed=seed)
         if not c >= 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._base import AggregatorTags, SecondOrderMethod, WeightingAggregator
 from mtlcheck.aggregators._registry import register_aggregator
 
 
@@ -32,7 +32,7 @@ def mean_squared_cosine(blocks) -> torch.Tensor:
 
 
 @register_aggregator("cosreg")
-class CosReg(WeightingAggregator):
+class CosReg(SecondOrderMethod, WeightingAggregator):
     def __init__(self, *, penalty: float = 10.0, seed: int = 0):
         super().__init__(seed=seed)
         if not penalty >= 0:

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator
+from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator, ProjectionMethod
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators.pcgrad import random_order
 
@@ -23,7 +23,8 @@ GROUP_TYPES = ("whole", "module", "parameter")
 
 
 @register_aggregator("gradvac")
-class GradVac(Aggregator):
+class GradVac(ProjectionMethod, Aggregator):
+    implements = "gradvac"
     _state_attrs = ('_targets',)
 
     def __init__(self, *, beta: float = 0.5, group_type: str = "whole", eps: float = 1e-8, seed: int = 0):

@@ -54,6 +54,11 @@ class IMTL(WeightingAggregator):
             reduction="mean",
         )
 
+    @property
+    def implements(self):
+        """IMTL-G's equal projections hold for the gradients alone (loss_balance=False)."""
+        return None if self.loss_balance else "imtl_g"
+
     def _weights(self, J, losses):
         n = J.n_tasks
         if not self.loss_balance:

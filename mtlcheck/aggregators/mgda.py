@@ -40,6 +40,11 @@ class MGDA(WeightingAggregator):
             requires_solver="min-norm",
         )
 
+    @property
+    def implements(self):
+        """The min-norm point of the hull (Sener & Koltun) only without normalisation."""
+        return "mgda" if self.normalization == "none" else None
+
     def identical_rows_scale(self, n_tasks):
         return 1.0 if self.normalization == "none" else None
 

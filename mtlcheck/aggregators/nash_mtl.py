@@ -59,6 +59,7 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
 
 @register_aggregator("nash_mtl")
 class NashMTL(Aggregator):
+    implements = "nash_mtl"
     _state_attrs = ('_alpha', '_step')
 
     def __init__(self, *, max_norm: float | None = 1.0, update_weights_every: int = 1, warm_start: bool = True,

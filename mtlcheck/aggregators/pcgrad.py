@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator
+from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator, ProjectionMethod
 from mtlcheck.aggregators._registry import register_aggregator
 
 
@@ -22,7 +22,9 @@ def random_order(n: int, i: int, generator: torch.Generator) -> list[int]:
 
 
 @register_aggregator("pcgrad")
-class PCGrad(Aggregator):
+class PCGrad(ProjectionMethod, Aggregator):
+    implements = "pcgrad"
+
     def __init__(self, *, seed: int = 0):
         super().__init__(seed=seed)
 

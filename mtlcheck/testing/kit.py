@@ -8,38 +8,44 @@
     from mtlcheck.testing import check_aggregator
     records = check_aggregator(MyAggregator)      # raises on the first failure by default
 
-Known failures of built-ins live in `EXPECTED_FAILURES` (strict xfails with a reason);
-third parties pass `expected_failed_checks=callable(aggregator) -> {check name: reason}`.
+Known failures of built-ins live in `EXPECTED_FAILURES` and their extra parameter settings in
+`BUILTIN_VARIANTS`, both keyed by the class object itself (a user's class of the same name, or a
+subclass, inherits neither); third parties pass
+`expected_failed_checks=callable(aggregator) -> {check name: reason}` (strict xfails).
+A check that does not apply to a class (a protocol hook it lacks) is reported as skipped.
 """
 
 from __future__ import annotations
 
+import copy
 import traceback
 import warnings
 from typing import Any, Callable, Iterable
 
-from mtlcheck.aggregators import Aggregator
-from mtlcheck.testing.checks import aggregator_checks
+from mtlcheck.aggregators import (
+    CAGrad, DWA, GradDrop, GradNorm, GradVac, GradVacPublished, IMTL, MGDA, Aggregator, AlignedMTL, NashMTL, Uncertainty,
+)
+from mtlcheck.testing.checks import CheckSkipped, aggregator_checks
 
 Factory = Callable[[], Aggregator]
 
-EXPECTED_FAILURES: dict[str, dict[str, str]] = {
-    "NashMTL": {
+EXPECTED_FAILURES: dict[type, dict[str, str]] = {
+    NashMTL: {
         "check_finite_on_hard_inputs": (
             "No Nash bargaining solution exists when a non-negative combination of the gradients vanishes "
             "(opposite rows g, -g): M α = 1/α has no positive solution, so NashMTL raises SolverError "
             "instead of returning a silent fallback (Navon et al. 2022, Eq. 3 assumes linearly independent gradients)."
         ),
     },
-    "GradVacPublished": {
+    GradVacPublished: {
         "check_conflict_reduction": (
-            "By design (research/peers.md §4 GradVac): the published correction has '+ ρ√(1−φ̂²)' where Wang et al. "
+            "By design: the published correction has '+ ρ√(1−φ̂²)' where Wang et al. "
             "Eq. 4 has '−', so at φ̂ = 0 a conflicting g_i is pushed further from g_j (cos falls below its target) "
             "instead of being lifted to φ̂."
         ),
-        "check_projection_identity_without_conflict": (
-            "By design (research/peers.md §5): the published GradVac averages the corrected gradients, so without "
-            "conflict it returns Σ_i g_i / T, not Σ_i g_i (same direction, declared reduction 'mean')."
+        "check_method_identity": (
+            "By design: the sign-flipped published correction (see check_conflict_reduction) is not "
+            "GradVac's Eq. 4, so the output differs from GradVac's on every conflicting pair."
         ),
     },
 }
@@ -47,35 +53,56 @@ EXPECTED_FAILURES: dict[str, dict[str, str]] = {
 
 # extra parameter settings of built-ins whose properties depend on parameters (sklearn's
 # PER_ESTIMATOR_CHECK_PARAMS): each is checked in addition to the default instance
-BUILTIN_VARIANTS: dict[str, list[dict[str, Any]]] = {
-    "CAGrad": [dict(c=0.0), dict(c=1.0), dict(c=2.0, rescale=0), dict(c=0.4, rescale=2)],
-    "MGDA": [dict(normalization="l2"), dict(normalization="loss"), dict(normalization="loss+")],
-    "GradVac": [dict(group_type="parameter"), dict(beta=0.01)],
-    "NashMTL": [dict(max_norm=None), dict(update_weights_every=3)],
-    "AlignedMTL": [dict(scale_mode="median"), dict(scale_mode="rmse")],
-    "IMTL": [dict(loss_balance=False)],
-    "GradDrop": [dict(leak=0.5)],
-    "GradNorm": [dict(alpha=0.5, norm_blocks="last")],
-    "DWA": [dict(window=1)],
-    "Uncertainty": [dict(init=-0.5)],
+BUILTIN_VARIANTS: dict[type, list[dict[str, Any]]] = {
+    CAGrad: [dict(c=0.0), dict(c=1.0), dict(c=2.0, rescale=0), dict(c=0.4, rescale=2)],
+    MGDA: [dict(normalization="l2"), dict(normalization="loss"), dict(normalization="loss+")],
+    GradVac: [dict(group_type="parameter"), dict(beta=0.01)],
+    NashMTL: [dict(max_norm=None), dict(update_weights_every=3)],
+    AlignedMTL: [dict(scale_mode="median"), dict(scale_mode="rmse")],
+    IMTL: [dict(loss_balance=False)],
+    GradDrop: [dict(leak=0.5)],
+    GradNorm: [dict(alpha=0.5, norm_blocks="last")],
+    DWA: [dict(window=1)],
+    Uncertainty: [dict(init=-0.5)],
 }
 
 
-def builtin_variants(cls: type[Aggregator]) -> list[Factory]:
-    """The default instance of `cls` plus its BUILTIN_VARIANTS, as factories."""
-    configs = [{}] + BUILTIN_VARIANTS.get(cls.__name__, [])
-    return [as_factory(cls(**cfg)) if cfg else as_factory(cls) for cfg in configs]
+def builtin_variants(cls: type[Aggregator], config: dict[str, Any] | None = None) -> list[Factory]:
+    """The instance of `cls` built with `config` (default: no arguments), plus, without a
+    config, its BUILTIN_VARIANTS (the class itself, not a subclass or namesake), as factories."""
+    if config:
+        return [as_factory(lambda: cls(**config))]
+    return [as_factory(cls)] + [as_factory(lambda cfg=cfg: cls(**cfg)) for cfg in BUILTIN_VARIANTS.get(cls, [])]
+
+
+def resolve_aggregator(name: str) -> type[Aggregator]:
+    """The class behind a registry name, a `run` alias (mgda_ub, aligned_mtl_ub: the same
+    method, whose level only the engine sets) or pkg.module:Class."""
+    from mtlcheck.aggregators import aggregator_class
+    from mtlcheck.experiments.runner import ALIASES
+
+    return aggregator_class(ALIASES[name][0] if name in ALIASES else name)
 
 
 def as_factory(obj: Any) -> Factory:
-    """A class, an instance (deep-copied per call) or a factory → a zero-argument factory."""
+    """A class, an instance or a factory → a zero-argument factory. An instance is rebuilt from
+    its config per call (a fresh state), or deep-copied when its config does not round-trip
+    (check_registry_and_config then reports why)."""
     if isinstance(obj, type) and issubclass(obj, Aggregator):
         factory = obj
     elif isinstance(obj, Aggregator):
-        config, cls = obj.get_config(), type(obj)
+        cls = type(obj)
+        try:
+            config = obj.get_config()
+            cls.from_config(config)
+        except Exception:  # noqa: BLE001 - reported by check_registry_and_config, not a crash here
+            template = copy.deepcopy(obj)
 
-        def factory():
-            return cls.from_config(config)
+            def factory():
+                return copy.deepcopy(template)
+        else:
+            def factory():
+                return cls.from_config(config)
     elif callable(obj):
         factory = obj
     else:
@@ -89,7 +116,7 @@ def as_factory(obj: Any) -> Factory:
 
 def _expected(make: Factory, expected_failed_checks) -> dict[str, str]:
     agg = make()
-    reasons = dict(EXPECTED_FAILURES.get(type(agg).__name__, {}))
+    reasons = dict(EXPECTED_FAILURES.get(type(agg), {}))
     if expected_failed_checks is not None:
         reasons.update(expected_failed_checks(agg) or {})
     return reasons
@@ -106,7 +133,8 @@ def iter_checks(aggregators: Iterable[Any], expected_failed_checks=None):
 
 def parametrize_with_checks(aggregators: Iterable[Any], *, expected_failed_checks=None):
     """pytest.mark.parametrize("aggregator, check", ...) with ids 'Repr-check_name'; expected
-    failures become strict xfails carrying their reason."""
+    failures become strict xfails carrying their reason; a check that does not apply to the class
+    is skipped with its reason when it runs."""
     import pytest
 
     params = []
@@ -119,7 +147,8 @@ def parametrize_with_checks(aggregators: Iterable[Any], *, expected_failed_check
 def check_aggregator(aggregator: Any, *, on_fail: str | None = "raise", expected_failed_checks=None,
                      checks: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """Run every applicable check without pytest; returns one record per check:
-    {"check", "status": passed|failed|xfail|xpass, "reason", "exception"}.
+    {"check", "status": passed|failed|xfail|xpass|skipped, "reason", "exception"} (for skipped,
+    "reason" says why the check does not apply).
     on_fail: "raise" (first unexpected failure raises), "warn", or None (just record)."""
     if on_fail not in ("raise", "warn", None):
         raise ValueError(f"on_fail must be 'raise', 'warn' or None, got {on_fail!r}")
@@ -130,6 +159,9 @@ def check_aggregator(aggregator: Any, *, on_fail: str | None = "raise", expected
             continue
         try:
             check(make)
+        except CheckSkipped as exc:
+            records.append({"check": check.__name__, "status": "skipped", "reason": str(exc), "exception": None})
+            continue
         except Exception as exc:  # noqa: BLE001 - recorded
             status = "xfail" if reason else "failed"
             records.append({"check": check.__name__, "status": status, "reason": reason,

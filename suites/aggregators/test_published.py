@@ -135,7 +135,9 @@ def test_gradvac_published_mean_and_beta():
 def test_conformance_kit(cls):
     records = check_aggregator(cls, on_fail="raise")
     statuses = {r["check"]: r["status"] for r in records}
-    assert set(statuses.values()) <= {"passed", "xfail"}
-    expected_xfail = {"check_conflict_reduction", "check_projection_identity_without_conflict"} \
-        if cls is GradVacPublished else set()
+    assert set(statuses.values()) <= {"passed", "xfail", "skipped"}
+    assert {c for c, s in statuses.items() if s == "skipped"} <= {"check_no_silent_fallback"}  # no solver
+    # the flipped sign is not GradVac's Eq. 4; its mean reduction is declared, so the identity
+    # without conflict holds for Σ_i g_i / T
+    expected_xfail = {"check_conflict_reduction", "check_method_identity"} if cls is GradVacPublished else set()
     assert {c for c, s in statuses.items() if s == "xfail"} == expected_xfail

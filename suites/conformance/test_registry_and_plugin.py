@@ -1,14 +1,24 @@
-"""Registry (built-ins, entry points, import paths) and the pytest plugin's GPU pinning."""
+"""Registry (built-ins, entry points, import paths) and the suites' GPU pinning (suites/conftest.py)."""
 
+import importlib.util
 import os
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import torch
 
 from mtlcheck.aggregators import EW, aggregator_class, get_aggregator, list_aggregators, register_aggregator
 from mtlcheck.aggregators import _registry
-from mtlcheck.testing import check_aggregator, plugin
+from mtlcheck.testing import check_aggregator
+
+
+def _suites_conftest():
+    """A fresh copy of suites/conftest.py (the loaded one is registered under its path)."""
+    spec = importlib.util.spec_from_file_location("suites_conftest_copy", Path(__file__).parents[1] / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class ThirdPartyMean(EW):
@@ -48,18 +58,19 @@ def test_xdist_workers_are_pinned_to_one_gpu_each(monkeypatch):
         def addinivalue_line(self, *args):
             pass
 
+    conftest = _suites_conftest()
     threads = torch.get_num_threads()
     try:
         for worker, expected in (("gw0", "4"), ("gw1", "6"), ("gw2", "4")):
             monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
             monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
             monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
-            plugin.pytest_configure(Config())
+            conftest.pytest_configure(Config())
             assert os.environ["CUDA_VISIBLE_DEVICES"] == expected
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
-        assert plugin.pytest_xdist_auto_num_workers(None) == 3
+        assert conftest.pytest_xdist_auto_num_workers(None) == 3
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-        assert plugin._visible_gpus() == []
+        assert conftest.visible_gpus() == []
     finally:
         torch.set_num_threads(threads)
 

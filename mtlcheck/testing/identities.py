@@ -1,0 +1,264 @@
+"""Method identity: the defining property of each published method, checked from outputs only.
+
+An aggregator that declares `implements = "<method>"` is called on hard inputs (`hard_cases`)
+and its output (direction d, weights w when it returns them) must satisfy that method's defining
+property. Nothing of its internals is used, so this catches solvers that stop early, a solver
+left at its start, a fallback to equal weights behind any exception, and sign errors.
+
+Where implementations legitimately differ by a positive scale (Nash-MTL's Gram normalisation
+and clipping, Aligned-MTL's σ, IMTL-G's and CAGrad's rescaling), the property is stated on the
+direction (scale-free). Every violation is reported with the condition, its size and the
+tolerance. Tolerances are relative (cosine units, or relative to the scale named), in float64.
+
+    mgda         d is the minimum-norm point of the convex hull of the g_i (Sener & Koltun 2018):
+                 KKT ⟨g_i, d⟩ ≥ ‖d‖² for every i, and ‖d‖ = min_{w ∈ Δ} ‖Σ w_i g_i‖.
+    cagrad       d, rescaled onto the sphere ‖d − g0‖ = c‖g0‖ (g0 = mean_i g_i), attains the dual
+                 optimum: min_i ⟨g_i, d⟩ = min_{w ∈ Δ} wᵀA1/T + c‖g0‖√(wᵀAw) (Liu et al. 2021).
+    nash_mtl     α_i (GGᵀα)_i is the same for every task, α > 0 (Navon et al. 2022: = 1 unclipped
+                 on the raw Gram; a common factor from clipping or a normalised Gram is allowed).
+    imtl_g       equal projections of d on the unit gradients u_i, d ≠ 0 in span{g_i} (Liu et al. 2021).
+    aligned_mtl  the aligned system has equal singular values: with G = P S Qᵀ (thin SVD), the
+                 rows of P Qᵀ all have the same projection on d, d ≠ 0 in span{g_i} (Senushkin et al. 2023).
+    pcgrad       T = 2: d = s (g_1' + g_2'), g_i' = g_i − min(⟨g_i, g_j⟩, 0)/‖g_j‖² g_j (Yu et al. 2020).
+    gradvac      T = 2, over a sequence of steps: g_i' = g_i + ‖g_i‖(φ̂√(1−ρ²) − ρ√(1−φ̂²))/(‖g_j‖√(1−φ̂²)) g_j
+                 when ρ = cos(g_i, g_j) < φ̂, then φ̂ ← (1−β)φ̂ + βρ, φ̂ = 0 at the start (Wang et al. 2021, Eq. 4).
+    s is the scale the method declares for identical rows (`identical_rows_scale(2) / 2`), or any
+    positive scale when it declares none.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import torch
+
+from mtlcheck.testing import samplers
+
+DIM = 12
+TASK_COUNTS = (2, 3, 5, 7)
+TOL = {"mgda": 1e-6, "cagrad": 1e-6, "nash_mtl": 1e-6, "imtl_g": 1e-6, "aligned_mtl": 1e-6, "pcgrad": 1e-6,
+       "gradvac": 1e-6}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _unit_rows(G: torch.Tensor) -> torch.Tensor:
+    return G / G.norm(dim=1, keepdim=True)
+
+
+def hard_cases(n: int) -> dict[str, torch.Tensor]:
+    """Fresh copies of `_hard_cases(n)` (built once per process)."""
+    return {label: G.clone() for label, G in _hard_cases(n).items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _hard_cases(n: int) -> dict[str, torch.Tensor]:
+    """Full-rank (T, 12) float64 matrices that are hard for solvers.
+
+    conflicting: pairwise conflicting rows with norms 0.1..10 (`samplers.conflicting`);
+    dominant task: the same rows at unit norm, the first scaled by 1e4;
+    ill-conditioned: singular values 1 .. 1e-3 (geometric), random singular vectors;
+    nearly collinear: u + 1e-3 q_i (all rows within 1e-3 of one direction);
+    conflicting pair (T = 2): g and −g + 0.1·noise (cos ≈ −0.99)."""
+    g = _gen(17 * n)
+    cases = {"conflicting": samplers.conflicting(n, DIM, g)}
+    dominant = _unit_rows(samplers.conflicting(n, DIM, g))
+    dominant[0] *= 1e4
+    cases["dominant task (norms 1e4 apart)"] = dominant
+    P, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    Q, _ = torch.linalg.qr(torch.randn(DIM, n, generator=g, dtype=torch.float64))
+    s = torch.logspace(0, -3, n, dtype=torch.float64) if n > 1 else torch.ones(1, dtype=torch.float64)
+    cases["ill-conditioned (cond 1e3)"] = (P * s) @ Q.T
+    u = torch.randn(DIM, generator=g, dtype=torch.float64)
+    cases["nearly collinear"] = u / u.norm() + 1e-3 * torch.randn(n, DIM, generator=g, dtype=torch.float64)
+    if n == 2:
+        a = torch.randn(DIM, generator=g, dtype=torch.float64)
+        cases["conflicting pair"] = torch.stack([a, -a + 0.1 * torch.randn(DIM, generator=g, dtype=torch.float64)])
+    return cases
+
+
+Violations = list[tuple[str, float, float]]  # (condition, amount, tolerance)
+
+
+def _span_residual(G: torch.Tensor, d: torch.Tensor) -> float:
+    Q, _ = torch.linalg.qr(G.T)
+    return float((d - Q @ (Q.T @ d)).norm() / d.norm())
+
+
+def _spread(v: torch.Tensor) -> float:
+    return float((v.max() - v.min()) / v.abs().max())
+
+
+def mgda(G, d, w, agg) -> Violations:
+    from mtlcheck.aggregators._min_norm import min_norm_weights
+
+    tol = TOL["mgda"]
+    w_star = torch.from_numpy(min_norm_weights((G @ G.T).numpy()))
+    r = float((w_star @ G).norm())
+    dn = float(d.norm())
+    kkt = float(((dn**2 - G @ d) / (G.norm(dim=1) * max(dn, 1e-300))).max())
+    out = [("KKT ⟨g_i, d⟩ ≥ ‖d‖² for every task (cosine units)", max(kkt, 0.0), tol),
+           ("minimum norm ‖d‖ = min_{w∈Δ}‖Σw_i g_i‖ (relative)", abs(dn - r) / r, tol)]
+    if w is not None:
+        out.append(("weights on the simplex (w ≥ 0, Σw = 1)", max(float(-w.min()), abs(float(w.sum()) - 1), 0.0), tol))
+    return out
+
+
+def cagrad(G, d, w, agg) -> Violations:
+    from mtlcheck.aggregators.cagrad import solve_dual
+
+    tol = TOL["cagrad"]
+    c = getattr(agg, "c", None)
+    if not isinstance(c, (int, float)) or c < 0:
+        return [(f"implements='cagrad' needs a numeric attribute c >= 0 (the ball radius factor), got {c!r}",
+                 math.inf, tol)]
+    n = G.shape[0]
+    g0 = G.mean(0)
+    r0 = float(g0.norm())
+    if c == 0:
+        cos = float(d @ g0 / (d.norm() * g0.norm()))
+        return [("c = 0: d parallel to g0 = mean_i g_i (1 − cos)", 1 - cos, tol)]
+    A = G @ G.T
+    trace = float(A.trace())
+    An = (A / trace).numpy()
+    w_star = solve_dual(An, c * math.sqrt(max(float(An.mean()), 0.0)))
+    A64 = A.numpy()
+    F_star = float(w_star @ A64.mean(1) + c * r0 * math.sqrt(max(w_star @ A64 @ w_star, 0.0)))
+    # x d on the sphere ‖x d − g0‖ = c‖g0‖: x²‖d‖² − 2x⟨d,g0⟩ + (1−c²)‖g0‖² = 0
+    dd, dg = float(d @ d), float(d @ g0)
+    disc = dg * dg - dd * (1 - c * c) * r0 * r0
+    scale = r0 * float(G.norm(dim=1).max())
+    if disc < 0 or dd == 0:
+        return [("d meets the ball ‖d − g0‖ ≤ c‖g0‖ (d's ray misses it)", math.inf, tol)]
+    roots = [x for x in ((dg - math.sqrt(disc)) / dd, (dg + math.sqrt(disc)) / dd) if x > 0]
+    if not roots:
+        return [("d meets the ball ‖d − g0‖ ≤ c‖g0‖ on its positive ray", math.inf, tol)]
+    best = max(float((G @ (x * d)).min()) for x in roots)
+    return [("dual optimality min_i⟨g_i, d̂⟩ = min_w F(w) (relative to ‖g0‖·max‖g_i‖)", max(F_star - best, 0.0) / scale,
+             tol)]
+
+
+def nash_mtl(G, d, w, agg) -> Violations:
+    tol = TOL["nash_mtl"]
+    p = G @ d
+    if w is not None:
+        if not bool((w > 0).all()):
+            return [(f"α_i > 0 for every task (smallest α = {float(w.min()):.3g})", math.inf, 0.0)]
+        return [("bargaining α_i (GGᵀα)_i equal for every task (relative spread)", _spread(w * p), tol)]
+    if bool((p <= 0).any()):
+        return [(f"(GGᵀα)_i = ⟨g_i, d⟩ > 0 for every task (smallest {float(p.min()):.3g})", math.inf, 0.0)]
+    target = (G / p[:, None]).sum(0)  # α_i ∝ 1/(GGᵀα)_i
+    cos = float(d @ target / (d.norm() * target.norm()))
+    return [("bargaining d ∥ Σ_i g_i/⟨g_i, d⟩ (1 − cos)", 1 - cos, tol)]
+
+
+def imtl_g(G, d, w, agg) -> Violations:
+    tol = TOL["imtl_g"]
+    if float(d.norm()) == 0:
+        return [("d ≠ 0", math.inf, 0.0)]
+    proj = _unit_rows(G) @ d
+    return [("equal projections u_iᵀd (relative spread)", _spread(proj), tol),
+            ("d in span{g_i} (relative residual)", _span_residual(G, d), tol)]
+
+
+def aligned_mtl(G, d, w, agg) -> Violations:
+    tol = TOL["aligned_mtl"]
+    if float(d.norm()) == 0:
+        return [("d ≠ 0", math.inf, 0.0)]
+    P, _, Qt = torch.linalg.svd(G, full_matrices=False)
+    return [("equal singular values: rows of P Qᵀ have equal projections on d (relative spread)",
+             _spread(P @ (Qt @ d)), tol),
+            ("d in span{g_i} (relative residual)", _span_residual(G, d), tol)]
+
+
+def _scaled_match(d: torch.Tensor, expected: torch.Tensor, agg, what: str, tol: float) -> Violations:
+    declared = agg.identical_rows_scale(2)
+    if declared is None:
+        cos = float(d @ expected / (d.norm() * expected.norm()))
+        return [(f"{what}, up to a positive scale (1 − cos)", 1 - cos, tol)]
+    s = declared / 2
+    return [(f"{what} with the declared scale s = {s:g} (relative error)",
+             float((d - s * expected).norm() / (s * expected).norm()), tol)]
+
+
+def _pcgrad_pair(G: torch.Tensor) -> torch.Tensor:
+    g1, g2 = G
+    dot = float(g1 @ g2)
+    if dot >= 0:
+        return g1 + g2
+    return (g1 - dot / float(g2 @ g2) * g2) + (g2 - dot / float(g1 @ g1) * g1)
+
+
+def pcgrad(G, d, w, agg) -> Violations:
+    return _scaled_match(d, _pcgrad_pair(G), agg, "d = s(g_1' + g_2') (PCGrad, T = 2)", TOL["pcgrad"])
+
+
+def gradvac_expected(G: torch.Tensor, target: float) -> tuple[torch.Tensor, float]:
+    """(g_1' + g_2', ρ) for T = 2 and the current target φ̂ (Wang et al. Eq. 4)."""
+    norms = G.norm(dim=1)
+    rho = float(G[0] @ G[1] / (norms[0] * norms[1]))
+    out = G.clone()
+    if rho < target:
+        root_rho, root_t = math.sqrt(max(1 - rho * rho, 0.0)), math.sqrt(max(1 - target * target, 0.0))
+        for i, j in ((0, 1), (1, 0)):
+            coef = float(norms[i]) * (target * root_rho - rho * root_t) / (float(norms[j]) * root_t)
+            out[i] = G[i] + coef * G[j]
+    return out.sum(0), rho
+
+
+IDENTITY_CHECKS: dict[str, Callable] = {
+    "mgda": mgda, "cagrad": cagrad, "nash_mtl": nash_mtl, "imtl_g": imtl_g, "aligned_mtl": aligned_mtl,
+    "pcgrad": pcgrad,
+}
+PAIR_ONLY = ("pcgrad", "gradvac")
+
+
+def violations(name: str, make, losses_for) -> list[str]:
+    """Every violated condition of method `name` on the hard cases, as messages."""
+    agg0 = make()
+    found = []
+    if name == "gradvac":
+        beta = getattr(agg0, "beta", None)
+        cases = list(hard_cases(2).items())
+        agg = make()
+        target = 0.0
+        sequence = cases * 2 if isinstance(beta, (int, float)) else cases[:1]
+        for step, (label, G) in enumerate(sequence):
+            d = agg(G, losses_for(2)).direction.to(torch.float64)
+            if agg.tags().post_step_update:
+                agg.after_step(losses_for(2))
+            expected, rho = gradvac_expected(G, target)
+            for cond, amount, tol in _scaled_match(d, expected, agg, "d = s(g_1' + g_2') (GradVac Eq. 4, T = 2)",
+                                                   TOL["gradvac"]):
+                if not amount <= tol:
+                    found.append(_message(cond, amount, tol, f"'{label}' at step {step} (target φ̂ = {target:.4g}, "
+                                                             f"ρ = {rho:.4g})"))
+            if isinstance(beta, (int, float)):
+                target = (1 - beta) * target + beta * rho
+        return found
+    check = IDENTITY_CHECKS[name]
+    counts = (2,) if name in PAIR_ONLY else TASK_COUNTS
+    for n in counts:
+        if n < agg0.tags().min_tasks:
+            continue
+        for label, G in hard_cases(n).items():
+            out = make()(G, losses_for(n))
+            d = out.direction.to(torch.float64)
+            w = None if out.weights is None else out.weights.to(torch.float64)
+            if not bool(torch.isfinite(d).all()):
+                found.append(f"finite direction: got non-finite values on '{label}' (T={n})")
+                continue
+            for cond, amount, tol in check(G, d, w, agg0):
+                if not amount <= tol:
+                    found.append(_message(cond, amount, tol, f"'{label}' (T={n})"))
+    return found
+
+
+def _message(cond: str, amount: float, tol: float, where: str) -> str:
+    if math.isinf(amount):
+        return f"{cond}: violated on {where}"
+    return f"{cond}: violated by {amount:.3g} (tolerance {tol:g}) on {where}"
