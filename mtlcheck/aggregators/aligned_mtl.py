@@ -41,5 +41,5 @@ class AlignedMTL(WeightingAggregator):
         return sigma2.sqrt() * (V * lam.rsqrt()) @ V.T
 
     def _weights(self, J, losses):
-        B = self.alignment(J.gram(), torch.finfo(J.dtype).eps)
+        B = self.alignment(J.scaled_gram(), torch.finfo(J.dtype).eps)  # B does not change with the Gram's scale
         return B.sum(1)

@@ -136,7 +136,7 @@ class CAGrad(WeightingAggregator):
         return solve_dual_slsqp(A, c)
 
     def _weights(self, J, losses):
-        A = J.gram()
+        A = J.scaled_gram()  # normalised by its trace below: any power-of-two scale
         n = A.shape[0]
         trace = float(A.trace())
         if trace <= 0:

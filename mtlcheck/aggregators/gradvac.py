@@ -49,7 +49,7 @@ class GradVac(Aggregator):
 
     def _groups_and_grams(self, J):
         groups = J.groups(self.group_type)
-        block_grams = J.block_grams()
+        block_grams = J.scaled_block_grams()  # cosines and norm ratios only
         grams = torch.stack([block_grams[g].sum(0) for g in groups])
         if self._targets is not None and self._targets.shape[0] != len(groups):
             raise ValueError(f"{self!r}: state has {self._targets.shape[0]} groups but G has {len(groups)}; call reset()")

@@ -57,11 +57,11 @@ class IMTL(WeightingAggregator):
     def _weights(self, J, losses):
         n = J.n_tasks
         if not self.loss_balance:
-            return equal_projection_weights(J.gram())
+            return equal_projection_weights(J.scaled_gram())  # normalised by its trace
         if self._s is None:
             self._s = torch.zeros(n, dtype=torch.float64)
             self._velocity = torch.zeros(n, dtype=torch.float64)
         scale = self._s.exp()
-        alpha = equal_projection_weights(J.gram() * torch.outer(scale, scale))
+        alpha = equal_projection_weights(J.scaled_gram() * torch.outer(scale, scale))
         self._s, self._velocity = sgd_momentum(self._s, scale * losses - 1.0, self._velocity, self.lr, self.momentum)
         return alpha * scale

@@ -16,6 +16,7 @@ import torch
 from mtlcheck.aggregators._base import AggregatorTags, SolverError, WeightingAggregator
 from mtlcheck.aggregators._min_norm import MinNormError, min_norm_weights
 from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.jacobian import times_pow2
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -63,7 +64,9 @@ class MGDA(WeightingAggregator):
             raise SolverError(f"{self!r}: {exc}") from exc
 
     def _weights(self, J, losses):
-        gram = J.gram()
+        # the Gram at scale 4^-S (J.scaled_gram): the min-norm weights do not change with the Gram's
+        # scale, and the norms it gives are ‖g_i‖ / 2^S
+        gram = J.scaled_gram()
         if self.normalization in ("loss", "loss+") and bool((losses <= 0).any()):
             raise ValueError(f"{self!r}: loss normalization needs positive losses, got {losses.tolist()}")
         n = self.normalizers(gram, losses)
@@ -71,4 +74,5 @@ class MGDA(WeightingAggregator):
         sol = torch.from_numpy(np.asarray(self._solve(normalized.numpy()), dtype=np.float64))
         if not torch.isfinite(sol).all():
             raise SolverError(f"{self!r}: solver returned non-finite weights {sol.tolist()}")
-        return sol / n
+        w = sol / n
+        return times_pow2(w, -J.gram_exponent) if self.normalization in ("l2", "loss+") else w

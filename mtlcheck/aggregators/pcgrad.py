@@ -37,7 +37,7 @@ class PCGrad(Aggregator):
 
         Runs on Python floats (T is small; tensor calls would cost more than the arithmetic),
         keeping h = C_i M, the inner products of g_i' with every original g_j, up to date."""
-        M = J.gram().tolist()
+        M = J.scaled_gram().tolist()  # ratios only: any power-of-two scale of the Gram
         n = len(M)
         C = [[float(a == b) for b in range(n)] for a in range(n)]
         for i in range(n):
