@@ -250,6 +250,16 @@ class Jacobian:
             groups.setdefault(name.rpartition(".")[0], []).append(k)
         return list(groups.values())
 
+    def batch_summed(self) -> "Jacobian":
+        """A feature-level Jacobian with each row summed over the batch (the first axis of every
+        shape), kept as a batch of one: rows Σ_b ∇_{Z_b} L_i (LibMTL's rule for gradients with
+        respect to the representation, `_get_grads` with `rep_grad=True`). No activations."""
+        if self.level != "feature":
+            raise ValueError(f"batch_summed needs a feature-level Jacobian, got level {self.level!r}")
+        blocks = tuple(b.reshape(b.shape[0], s[0], -1).sum(1) for b, s in zip(self.blocks, self.shapes))
+        shapes = tuple(torch.Size([1, *s[1:]]) for s in self.shapes)
+        return Jacobian(blocks, shapes, self.names, "feature")
+
     def map_blocks(self, fn) -> "Jacobian":
         """A Jacobian with fn applied to every block (same shapes and names)."""
         return Jacobian(tuple(fn(b) for b in self.blocks), self.shapes, self.names, self.level, self.activations)
