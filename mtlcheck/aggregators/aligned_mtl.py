@@ -5,6 +5,10 @@ deficiency), B = σ V diag(λ^{-1/2}) Vᵀ and α = B 1, direction = Σ_i α_i g
 ("min", the paper's default), the median ("median") or the mean ("rmse") of the kept
 eigenvalues. Defining property: the aligned system B G has all its non-zero singular values
 equal to σ (condition number 1). At the feature level this is Aligned-MTL-UB.
+
+Peers: α = B 1 as the official code (github.com/SamsungLabs/MTL) and LibMTL; TorchJD's
+`AlignedMTL` and Pylon use the mean preference B 1/T (÷T, same direction). LibMTL's -UB solves on
+batch-summed feature rows (mtlcheck: feature_batch="sum"); the official -UB flattens them, as here.
 """
 
 from __future__ import annotations

@@ -6,6 +6,14 @@ parameter mode). Normalisers n_i (Sener et al. §3.2, LibMTL `mgda_gn`):
 "none" 1, "l2" ‖g_i‖, "loss" L_i, "loss+" L_i·‖g_i‖. At the feature level (gradients w.r.t.
 the flattened B×F representation) this is MGDA-UB.
 Defining property (KKT): (M w)_i ≥ wᵀ M w for all i, with equality where w_i > 0.
+
+Peers: with "none" LibMTL, SamsungLabs/MTL and TorchJD return Σ w_i g_i as here; nash-mtl
+(github.com/AvivNavon/nash-mtl) and CAGrad's repository (github.com/Cranial-XIX/CAGrad) multiply by
+T. With a normaliser the conventions differ by design: Sener & Koltun's code and nash-mtl apply the
+weights w (found on the normalised ĝ_i) to the RAW gradients, Σ w_i g_i — another direction
+whenever the normalisers differ — while LibMTL's parameter mode and mtlcheck use Σ w_i ĝ_i.
+LibMTL's feature mode (rep_grad) applies w to the raw feature gradients and solves on the
+batch-summed rows (mtlcheck's feature_batch="sum" engine option).
 """
 
 from __future__ import annotations

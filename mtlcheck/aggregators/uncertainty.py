@@ -1,7 +1,9 @@
 """Uncertainty weighting (Kendall et al. 2018).
 
 Total loss Σ_i ½ (e^{−s_i} L_i + s_i) with learnable log-variances s = log σ² (init `init`),
-so w_i = ½ e^{−s_i}. s is stepped with ∂/∂s_i = ½ (1 − e^{−s_i} L_i) (SGD, lr/momentum) after
+so w_i = ½ e^{−s_i} (nash-mtl's form and init 0: weights 0.5 at the start; LibMTL starts at
+s = −0.5, weights 0.82, SamsungLabs/MTL uses e^{−s}L + ½s, weights 1 — the same direction at the
+first step, other scales). s is stepped with ∂/∂s_i = ½ (1 − e^{−s_i} L_i) (SGD, lr/momentum) after
 the weights of the current step are taken. Loss-only. The losses must be ≥ 0 (ValueError
 otherwise): for L_i < 0 the objective is unbounded below in s_i (s_i → −∞, the weight overflows
 to inf and NaN); Kendall et al.'s losses are negative log-likelihoods of a Gaussian or softmax
