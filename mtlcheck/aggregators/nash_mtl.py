@@ -54,8 +54,6 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
 
     Raises NashNotConverged when neither stopping rule is met within `max_iter` steps or α diverges."""
     n = M.shape[0]
-    abs_M = np.abs(M)
-    identity = np.eye(n)
     alpha = np.asarray(alpha0, dtype=np.float64) / float(np.max(alpha0))
     q = float(alpha @ M @ alpha)
     if q > 0:
@@ -75,7 +73,8 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
             if np.all(np.abs(r_before) <= bound):
                 return before
             raise NashNotConverged(f"Newton stalled at max |α_i (Mα)_i − 1| = {err:.3g}")
-        H = alpha[:, None] * M * alpha[None, :] + identity
+        H = alpha[:, None] * M * alpha[None, :]
+        H.flat[:: n + 1] += 1.0
         try:
             s = -np.linalg.solve(H, r)
         except np.linalg.LinAlgError as exc:
@@ -83,7 +82,7 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
         lam2 = max(-float(r @ s), 0.0)
         lam = math.sqrt(lam2)
         if lam < 0.25:  # quadratic convergence region: full step (α stays > 0: ‖s‖ ≤ λ < 1)
-            last_full = (alpha, err, r, 2 * n * UNIT_ROUNDOFF * alpha * (abs_M @ alpha))
+            last_full = (alpha, err, r, 2 * n * UNIT_ROUNDOFF * alpha * (np.abs(M) @ alpha))
             alpha = alpha * (1.0 + s)
             continue
         last_full = None
@@ -158,32 +157,36 @@ class NashMTL(Aggregator):
 
     def solve_weights(self, gram: torch.Tensor) -> torch.Tensor:
         """α with α_i (gram α)_i = 1 for every task with a non-zero gradient (α_i = 0 for the others)."""
+        return torch.from_numpy(self._solve_gram(gram.numpy()))
+
+    def _solve_gram(self, gram: np.ndarray) -> np.ndarray:
         n = gram.shape[0]
-        active = (gram.diagonal() > 0).numpy()
+        active = np.diag(gram) > 0
         alpha = np.zeros(n)
         if active.any():
-            M = gram.numpy()[np.ix_(active, active)]
+            M = gram if active.all() else gram[np.ix_(active, active)]
             norm = float(np.linalg.norm(M))
             start = 1.0 / np.sqrt(np.diag(M))
             if self.warm_start and self._alpha is not None and np.all(self._alpha[active] > 0):
                 start = self._alpha[active]
             alpha[active] = self._solve(M / norm, start) / math.sqrt(norm)
-        return torch.from_numpy(alpha)
+        return alpha
 
     def _aggregate(self, J, losses):
         step = self._step or 0
         gram, exponent = J.scaled_gram(), J.gram_exponent  # G Gᵀ = 4^exponent · gram
         if self._alpha is None or step % self.update_weights_every == 0:
-            alpha = times_pow2(self.solve_weights(gram), -exponent)
+            alpha = times_pow2(self.solve_weights(gram).numpy(), -exponent)
         else:
-            alpha = torch.from_numpy(self._alpha)
+            alpha = self._alpha
         self._step = step + 1
         if self.warm_start or self.update_weights_every > 1:
-            self._alpha = alpha.numpy().copy()
+            self._alpha = alpha.copy()
         weights = alpha
         if self.max_norm is not None:
             scaled = times_pow2(alpha, exponent)  # ‖Σ α_i g_i‖ from the scaled Gram
-            norm = float(scaled @ gram @ scaled) ** 0.5
+            norm = float(scaled @ gram.numpy() @ scaled) ** 0.5
             if norm > self.max_norm:
                 weights = alpha * (self.max_norm / norm)
+        weights = torch.from_numpy(weights.copy())  # never a view of the state
         return Aggregation(J.combine(weights), weights)
