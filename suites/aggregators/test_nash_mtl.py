@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from mtlcheck.aggregators import NashMTL, SolverError
-from mtlcheck.aggregators.nash_mtl import UNIT_ROUNDOFF
 from mtlcheck.testing import samplers
+
+UNIT_ROUNDOFF = 2.0**-53
 
 
 def gen(seed=0):
