@@ -231,15 +231,14 @@ def backward_step(
 
     if level == "feature":
         J = feature_jacobian(detached, per_task_z)
-        if feature_batch == "sum":
-            out = aggregator(J.batch_summed(), L64)
+        seen = J.batch_summed() if feature_batch == "sum" else J
+        out = aggregator(seen, L64)
+        if seen is not J:  # the weights carry over to the per-sample rows
             out = type(out)(J.combine(out.weights), out.weights)
-        else:
-            out = aggregator(J, L64)
         if param_gram:
             gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True).gram()
         torch.autograd.backward(zs, [b.reshape(s) for b, s in zip(out.blocks, J.shapes)])
-        return StepResult(L64, out.weights, J, fgrads, gram)
+        return StepResult(L64, out.weights, seen, fgrads, gram)
 
     J = parameter_jacobian(zs, per_task_z, shared, batched=batched)
     out = aggregator(J, L64)

@@ -42,6 +42,7 @@ def test_batch_sum_reproduces_the_batch_summed_definition(make):
     direction = torch.einsum("t,tbf->bf", w, rows)
     expected = torch.autograd.grad(z, [p for _, p in model.shared_parameters()], direction)
     assert torch.allclose(result.weights, w, rtol=1e-12, atol=1e-14)
+    assert torch.equal(result.jacobian.matrix(), rows.sum(1))  # the Jacobian the method saw
     assert torch.allclose(got, torch.cat([g.reshape(-1) for g in expected]), rtol=1e-12, atol=1e-14)
 
 
