@@ -7,23 +7,26 @@ whatever the scale of G (‖Σ α_i g_i‖² = αᵀ G Gᵀ α = Σ_i α_i (G G�
 norm `max_norm` (1.0 as the official code, so the default step has norm 1; None = off: norm √T,
 as SamsungLabs/MTL's copy). `update_weights_every` reuses α for k steps (official option).
 
-Solver. The equations are the stationarity conditions of the strictly convex
-    f(α) = ½ αᵀ M α − Σ_i log α_i,    M = G Gᵀ / ‖G Gᵀ‖_F  (then α = α_M / √‖G Gᵀ‖_F),
-solved by Newton's method in relative coordinates: with D = diag(α) and r = α ⊙ Mα − 1,
-(D M D + I) s = −r and α ← α ⊙ (1 + t s). f is self-concordant, so the damped step
+Solver. The equation is solved for the cosine matrix C_ij = ⟨g_i, g_j⟩ / (‖g_i‖ ‖g_j‖) —
+if β ⊙ Cβ = 1 then α_i = β_i / ‖g_i‖ solves it for G Gᵀ (the official code's ‖G Gᵀ‖_F is another
+exact rescaling) — as the stationarity conditions of the strictly convex
+    f(β) = ½ βᵀ C β − Σ_i log β_i,
+by Newton's method in relative coordinates: with D = diag(β) and r = β ⊙ Cβ − 1,
+(D C D + I) s = −r and β ← β ⊙ (1 + t s). f is self-concordant, so the damped step
 t = 1/(1 + λ), λ² = −rᵀs (the Newton decrement), decreases f and keeps α > 0 from any start, and
 full steps converge quadratically once λ < 1/4 (Boyd & Vandenberghe, Convex Optimization §9.6);
 a backtracking search tries longer damped steps first. It stops when max_i |r_i| ≤ `tol`, or,
-where rounding makes that unreachable (nearly opposite gradients: α is large and M α a
-cancellation), when full Newton steps stop reducing r while |r_i| ≤ 2T·u·α_i(|M| α)_i
-(u = 2⁻⁵³): α is then the exact solution for a Gram that differs from M by at most 2T·u
+where rounding makes that unreachable (nearly opposite gradients: β is large and Cβ a
+cancellation), when full Newton steps stop halving r while |r_i| ≤ 2T·u·β_i(|C| β)_i
+(u = 2⁻⁵³): α is then the exact solution for a Gram that differs from G Gᵀ by at most 2T·u
 relative, entry by entry. Start: the last α (warm start) or 1/‖g_i‖, scaled by the optimal
-factor √(T / αᵀMα).
+factor √(T / βᵀCβ).
 
 No solution exists exactly when a non-negative, non-zero combination of the gradients vanishes
 (e.g. g and −g; f is then unbounded below). When Newton does not converge, the minimum-norm
-point Σ w_i g_i of the convex hull of the gradients (w on the simplex) decides: if its squared
-norm is zero up to rounding, SolverError reports w as the certificate — never a silent fall back
+point Σ w_i ĝ_i of the convex hull of the unit gradients ĝ_i = g_i/‖g_i‖ (w on the simplex)
+decides: if its squared norm is zero up to rounding (then no solution exists, or none that
+float64 resolves), SolverError reports w as the certificate — never a silent fall back
 to equal weighting (peers return EW when their ECOS solver is missing or fails). Tasks whose
 gradient is zero get α = 0 and are left out of the bargaining. Scale: the solve reads the
 Jacobian's scaled Gram (`Jacobian.scaled_gram`), so tiny or huge gradients give the same step.
@@ -42,7 +45,7 @@ from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.jacobian import times_pow2
 
 UNIT_ROUNDOFF = 2.0**-53
-DIVERGED = 1e12  # α_M beyond this (M of unit norm): f is heading to −∞ along a vanishing combination
+DIVERGED = 1e12  # β (unit gradients) beyond this: f is heading to −∞ along a vanishing combination
 
 
 class NashNotConverged(Exception):
@@ -50,7 +53,8 @@ class NashNotConverged(Exception):
 
 
 def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
-    """α > 0 with α ⊙ (M α) = 1 by damped Newton on f(α) = ½αᵀMα − Σ log α (module docstring).
+    """α > 0 with α ⊙ (M α) = 1 by damped Newton on f(α) = ½αᵀMα − Σ log α (module docstring;
+    NashMTL calls it with the cosine matrix, M_ii = 1, for which `DIVERGED` is meant).
 
     Raises NashNotConverged when neither stopping rule is met within `max_iter` steps or α diverges."""
     n = M.shape[0]
@@ -68,18 +72,19 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
         err = float(np.abs(r).max())
         if err <= tol:
             return alpha
-        if last_full is not None and err > 0.5 * last_full[1]:  # full steps stopped converging
-            before, _, r_before, bound = last_full
+        if last_full is not None and err > 0.5 * last_full[1]:  # a full step no longer halved r:
+            before, _, r_before, bound = last_full           # rounding, if r was at its level
             if np.all(np.abs(r_before) <= bound):
                 return before
-            raise NashNotConverged(f"Newton stalled at max |α_i (Mα)_i − 1| = {err:.3g}")
         H = alpha[:, None] * M * alpha[None, :]
         H.flat[:: n + 1] += 1.0
         try:
             s = -np.linalg.solve(H, r)
         except np.linalg.LinAlgError as exc:
             raise NashNotConverged(f"Newton system singular: {exc}") from None
-        lam2 = max(-float(r @ s), 0.0)
+        # λ² = −rᵀs = sᵀ(DMD + I)s ≥ ‖s‖² (DMD is PSD); the bound keeps λ honest where rounding
+        # makes −rᵀs meaningless (β ~ 1e8), so that ‖s‖∞ ≤ λ and every step below keeps β > 0
+        lam2 = max(-float(r @ s), float(s @ s))
         lam = math.sqrt(lam2)
         if lam < 0.25:  # quadratic convergence region: full step (α stays > 0: ‖s‖ ≤ λ < 1)
             last_full = (alpha, err, r, 2 * n * UNIT_ROUNDOFF * alpha * (np.abs(M) @ alpha))
@@ -94,13 +99,13 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
             t *= 0.5
         alpha = alpha * (1.0 + max(t, safe) * s)
         if not np.all(np.isfinite(alpha)) or float(alpha.max()) > DIVERGED:
-            raise NashNotConverged(f"α diverged (max α_i = {float(alpha.max()):.3g} for a Gram of unit norm)")
+            raise NashNotConverged(f"α diverged (max α_i = {float(alpha.max()):.3g} for unit gradients)")
     raise NashNotConverged(f"no certified solution after {max_iter} Newton steps")
 
 
 def no_solution_certificate(M: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     """(w, ‖Σ w_i g_i‖², rounding level) when 0 is in the convex hull of the gradients up to
-    rounding — the proof that α ⊙ Mα = 1 has no positive solution — else None."""
+    rounding — the proof that α ⊙ Mα = 1 has no positive solution float64 can resolve — else None."""
     try:
         w = min_norm_weights(M)
     except MinNormError:
@@ -140,7 +145,7 @@ class NashMTL(Aggregator):
         )
 
     def _solve(self, M: np.ndarray, alpha0: np.ndarray) -> np.ndarray:
-        """α_M for a Gram M of unit Frobenius norm (raises SolverError when there is none)."""
+        """β for the cosine matrix M of the task gradients (raises SolverError when there is none)."""
         try:
             return nash_newton(M, alpha0, tol=self.tol, max_iter=self.max_iter)
         except NashNotConverged as exc:
@@ -148,12 +153,12 @@ class NashMTL(Aggregator):
             if certificate is not None:
                 w, value, level = certificate
                 raise SolverError(
-                    f"{self!r}: no bargaining solution: α_i (G Gᵀ α)_i = 1 has no positive solution because a "
-                    f"non-negative combination of the task gradients vanishes — w = {np.round(w, 6).tolist()} "
-                    f"(on the simplex) gives ‖Σ w_i g_i‖² = {value:.3g} ≤ {level:.3g}, the rounding level, in units "
-                    f"of ‖G Gᵀ‖_F (e.g. two exactly opposite gradients)") from None
-            raise SolverError(f"{self!r}: Newton failed on a Gram where a bargaining solution exists ({exc}); "
-                              f"Gram / ‖Gram‖_F = {M.tolist()}") from None
+                    f"{self!r}: no bargaining solution: α_i (G Gᵀ α)_i = 1 has no positive solution (none that "
+                    f"float64 resolves) because a non-negative combination of the task gradients vanishes up to "
+                    f"rounding — w = {np.round(w, 6).tolist()} (on the simplex) gives ‖Σ w_i g_i/‖g_i‖‖² = "
+                    f"{value:.3g} ≤ {level:.3g}, the rounding level (e.g. two exactly opposite gradients)") from None
+            raise SolverError(f"{self!r}: Newton failed although a bargaining solution exists ({exc}); "
+                              f"cosine matrix of the gradients = {M.tolist()}") from None
 
     def solve_weights(self, gram: torch.Tensor) -> torch.Tensor:
         """α with α_i (gram α)_i = 1 for every task with a non-zero gradient (α_i = 0 for the others)."""
@@ -165,11 +170,11 @@ class NashMTL(Aggregator):
         alpha = np.zeros(n)
         if active.any():
             M = gram if active.all() else gram[np.ix_(active, active)]
-            norm = float(np.linalg.norm(M))
-            start = 1.0 / np.sqrt(np.diag(M))
+            norms = np.sqrt(np.diag(M))
+            start = np.ones(len(norms))
             if self.warm_start and self._alpha is not None and np.all(self._alpha[active] > 0):
-                start = self._alpha[active]
-            alpha[active] = self._solve(M / norm, start) / math.sqrt(norm)
+                start = self._alpha[active] * norms
+            alpha[active] = self._solve(M / np.outer(norms, norms), start) / norms
         return alpha
 
     def _aggregate(self, J, losses):
