@@ -13,13 +13,13 @@ exact rescaling) — as the stationarity conditions of the strictly convex
     f(β) = ½ βᵀ C β − Σ_i log β_i,
 by Newton's method in relative coordinates: with D = diag(β) and r = β ⊙ Cβ − 1,
 (D C D + I) s = −r and β ← β ⊙ (1 + t s). f is self-concordant, so the damped step
-t = 1/(1 + λ), λ² = −rᵀs (the Newton decrement), decreases f and keeps α > 0 from any start, and
+t = 1/(1 + λ), λ² = −rᵀs ≥ ‖s‖² (the Newton decrement), decreases f and keeps β > 0 from any start, and
 full steps converge quadratically once λ < 1/4 (Boyd & Vandenberghe, Convex Optimization §9.6);
 a backtracking search tries longer damped steps first. It stops when max_i |r_i| ≤ `tol`, or,
 where rounding makes that unreachable (nearly opposite gradients: β is large and Cβ a
 cancellation), when full Newton steps stop halving r while |r_i| ≤ 2T·u·β_i(|C| β)_i
-(u = 2⁻⁵³): α is then the exact solution for a Gram that differs from G Gᵀ by at most 2T·u
-relative, entry by entry. Start: the last α (warm start) or 1/‖g_i‖, scaled by the optimal
+(u = 2⁻⁵³): α then solves the equation exactly for a matrix that differs from G Gᵀ by at most
+2T·u relative, entry by entry (a componentwise backward error). Start: the last α (warm start) or 1/‖g_i‖, scaled by the optimal
 factor √(T / βᵀCβ).
 
 No solution exists exactly when a non-negative, non-zero combination of the gradients vanishes

@@ -77,7 +77,7 @@ def nearly_collinear(n, d, delta, seed, opposite):
 @pytest.mark.parametrize("n", range(2, 11))
 def test_nash_certified_on_ill_conditioned_grams(n, delta, opposite):
     """Nearly collinear G (d = 1000; δ = 1e-7 gives cond(G Gᵀ) ≥ 1e14): a solution exists, and the
-    returned α satisfies the equation exactly for a Gram within 4T·u of the given one, entry by
+    returned α satisfies the equation exactly for a matrix within 4T·u of the Gram, entry by
     entry: |α_i (Mα)_i − 1| ≤ 1e-9 + 4T·u·α_i (|M| α)_i, the residual taken in exact arithmetic."""
     G = nearly_collinear(n, 1000, delta, seed=n, opposite=opposite)
     sv = torch.linalg.svdvals(G)
