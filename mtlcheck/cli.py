@@ -90,7 +90,7 @@ def cmd_run(args) -> int:
 
     _threads(args)
     spec = make_spec(args.benchmark, args.method, level=args.level, seed=args.seed, budget=args.budget,
-                     steps=args.steps, method_config=_parse_config(args.config), extra=_precision(args).options())
+                     steps=args.steps, method_config=_parse_config(args.config), extra=_run_options(args))
     record = run_spec(_store(args), spec, _where(args))
     print(f"{spec.label}: {record.status}" + (f" ({record.error})" if record.error else ""))
     for key, value in sorted((record.metrics or {}).items()):
@@ -105,7 +105,7 @@ def _sweep(args):
     from mtlcheck.experiments.runner import run_sweep, sweep_specs
 
     specs = sweep_specs(args.benchmark, args.methods, tuple(args.levels), tuple(args.seeds), args.budget, args.steps,
-                        extra=_precision(args).options())
+                        extra=_run_options(args))
     store = _store(args)
     t0 = time.perf_counter()
     if args.ray_address is not None and args.executor != "ray":
@@ -135,11 +135,11 @@ def _report(args, store) -> Path:
     from mtlcheck.benchmarks import get_benchmark
     from mtlcheck.reports import write_report
 
-    from mtlcheck.precision import Precision
+    from mtlcheck.experiments.runner import run_options
 
-    precision = _precision(args)
+    precision = _precision(args)  # both feature-level batch rules are reported, as separate rows
     records = [r for r in store.runs(benchmark=args.benchmark)
-               if r.spec.budget == args.budget and Precision.from_options(r.spec.options) == precision]
+               if r.spec.budget == args.budget and run_options(r.spec.options)[0] == precision]
     if not records:
         raise SystemExit(f"mtlcheck: no stored runs for {args.benchmark} at budget {args.budget} with {precision} "
                          f"in {args.store}; run `mtlcheck sweep --benchmark {args.benchmark} --budget {args.budget}` "
@@ -221,6 +221,17 @@ def _precision(args):
     return Precision.from_args(args)
 
 
+def _add_feature_batch(p):
+    p.add_argument("--feature-batch", default="flatten", choices=["flatten", "sum"],
+                   help="feature level: solve on the rows flattened over batch x features (Sener & Koltun, "
+                        "default) or summed over the batch (LibMTL's rep_grad)")
+
+
+def _run_options(args) -> dict:
+    """The `extra` options of the runs asked for: precision flags and the feature-level batch rule."""
+    return {**_precision(args).options(), "feature_batch": args.feature_batch}
+
+
 def _add_sweep(p, default_benchmark=None):
     from mtlcheck.benchmarks import DEFAULT_BENCHMARK
 
@@ -235,6 +246,7 @@ def _add_sweep(p, default_benchmark=None):
                    help="ray: one Ray task per run (pip install mtlcheck[ray]; the store must be on one node or a "
                         "filesystem with working SQLite locking); --threads CPUs and, with --device cuda, one GPU per run")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    _add_feature_batch(p)
     _add_where(p)
 
 
@@ -253,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="small", choices=["smoke", "small", "paper"])
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--config", nargs="*", default=None, help="method parameters KEY=VALUE")
+    _add_feature_batch(p)
     _add_where(p)
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("sweep", help="every method × level × seed of a benchmark")

@@ -35,6 +35,11 @@ from mtlcheck.models._base import MultiTaskModel, as_tuple
 from mtlcheck.precision import Precision
 
 LEVELS = ("parameter", "feature")
+# How the feature level treats the batch axis of Z: "flatten" solves on the rows ∇_Z L_i over
+# the flattened batch × features (Sener & Koltun's MGDA-UB; nash-mtl, Aligned-MTL's code, TorchJD);
+# "sum" solves on the batch-summed rows Σ_b ∇_{Z_b} L_i and applies the weights to the per-sample
+# gradients (LibMTL, `rep_grad=True`). They differ for B > 1 (MGDA-UB, Aligned-MTL-UB, IMTL).
+FEATURE_BATCH_RULES = ("flatten", "sum")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -118,6 +123,24 @@ def parameter_jacobian(
     return Jacobian(tuple(blocks), tuple(p.shape for p in params), tuple(names), "parameter")
 
 
+def batch_sum_supported(tags) -> bool:
+    """Whether a method can run with feature_batch="sum": a first-order gradient weighting method."""
+    return tags.weighted and not tags.loss_only and not tags.second_order
+
+
+def check_feature_batch(feature_batch: str, aggregator: Aggregator | None = None) -> None:
+    """ValueError unless `feature_batch` is one of FEATURE_BATCH_RULES (and, given a feature-level
+    `aggregator`, a rule it supports)."""
+    if feature_batch not in FEATURE_BATCH_RULES:
+        raise ValueError(f"feature_batch must be one of {FEATURE_BATCH_RULES}, got {feature_batch!r}")
+    if aggregator is None:
+        return
+    if feature_batch == "sum" and not batch_sum_supported(aggregator.tags()):
+        raise ValueError(f"feature_batch='sum' solves on batch-summed feature gradients and applies the task "
+                         f"weights to the per-sample ones: it needs a gradient weighting method, and {aggregator!r} "
+                         "returns no such weights")
+
+
 def feature_jacobian(zs, feature_grads: list[list[torch.Tensor]]) -> Jacobian:
     """Rows ∇_Z L_i flattened over batch × features (Sener & Koltun's MGDA-UB convention)."""
     return Jacobian.from_task_grads(feature_grads, zs, [f"z{k}" for k in range(len(zs))], level="feature",
@@ -134,6 +157,7 @@ def backward_step(
     param_gram: bool = False,
     batched: bool = False,
     precision: Precision | None = None,
+    feature_batch: str = "flatten",
 ) -> StepResult:
     """Forward `batch`, aggregate the task gradients with `aggregator`, and accumulate the result
     into every parameter's `.grad` (call `optimizer.zero_grad()` before, `optimizer.step()` after).
@@ -142,6 +166,8 @@ def backward_step(
     feature_grads / param_gram: also return ∇_Z L_i (for FD) / the parameter-level Gram (for
     GDS and GMS) even when the method does not need them (monitoring steps).
     batched: one batched vjp (is_grads_batched) instead of T vjps for the parameter Jacobian.
+    feature_batch: at the feature level, "flatten" (default) or "sum" (`FEATURE_BATCH_RULES`);
+    "sum" needs a weighting method (the weights are what carries over to the per-sample rows).
     precision: only its autocast applies here — the forward pass (encoder and heads) runs in
     it, the backward passes outside, as autocast requires. TF32 and channels-last are process
     and model settings: `train` applies them (`Precision.backends`, `prepare_model`).
@@ -149,6 +175,7 @@ def backward_step(
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     tags = aggregator.tags()
+    check_feature_batch(feature_batch, aggregator if level == "feature" else None)
     if tags.loss_only and level == "feature":
         raise ValueError(
             f"{aggregator!r} weights the losses only; it has no feature-level variant (the encoder gradient "
@@ -204,11 +231,14 @@ def backward_step(
 
     if level == "feature":
         J = feature_jacobian(detached, per_task_z)
-        out = aggregator(J, L64)
+        seen = J.batch_summed() if feature_batch == "sum" else J
+        out = aggregator(seen, L64)
+        if seen is not J:  # the weights carry over to the per-sample rows
+            out = type(out)(J.combine(out.weights), out.weights)
         if param_gram:
             gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True).gram()
         torch.autograd.backward(zs, [b.reshape(s) for b, s in zip(out.blocks, J.shapes)])
-        return StepResult(L64, out.weights, J, fgrads, gram)
+        return StepResult(L64, out.weights, seen, fgrads, gram)
 
     J = parameter_jacobian(zs, per_task_z, shared, batched=batched)
     out = aggregator(J, L64)

@@ -140,46 +140,87 @@ class Jacobian:
         return self.blocks[0].device
 
     # -- derived quantities -------------------------------------------------------------------
-    def block_grams(self) -> torch.Tensor:
-        """Per-block Gram matrices, shape (K, T, T), float64 on the CPU."""
-        if "block_grams" not in self._cache:
+    # The Gram is kept as 4^S · Ĝ with S an integer and max_i Ĝ_ii in [1, 4): Ĝ never under- or
+    # overflows, whatever the scale of G. Methods whose weights only depend on ratios of Gram
+    # entries (every Gram-based method here) read Ĝ, so they give the same direction at any
+    # representable positive scale of G (G Gᵀ of float64 rows at 1e-170, or the float32 products of
+    # rows at 1e-24, underflow to zero).
+    def scaled_block_grams(self) -> torch.Tensor:
+        """Per-block Gram matrices divided by 4^S (`gram_exponent`), shape (K, T, T), float64 on the CPU."""
+        if "scaled_block_grams" not in self._cache:
             with exact_matmul(self.device):
-                self._cache["block_grams"] = self._block_grams()
+                self._cache["scaled_block_grams"], self._cache["gram_exponent"] = self._scaled_block_grams()
+        return self._cache["scaled_block_grams"]
+
+    @property
+    def gram_exponent(self) -> int:
+        """S with G Gᵀ = 4^S · `scaled_gram()` (so ‖g_i‖ = 2^S √Ĝ_ii); 0 when G = 0."""
+        self.scaled_block_grams()
+        return self._cache["gram_exponent"]
+
+    def scaled_gram(self) -> torch.Tensor:
+        """Ĝ = G Gᵀ / 4^S, shape (T, T), float64 on the CPU, symmetrised, max diagonal in [1, 4)."""
+        if "scaled_gram" not in self._cache:
+            g = self.scaled_block_grams().sum(0)
+            if not torch.isfinite(g).all():
+                raise NonFiniteGradientError(f"non-finite Gram matrix of the task gradients: {g.tolist()}")
+            self._cache["scaled_gram"] = (g + g.T) / 2
+        return self._cache["scaled_gram"]
+
+    def block_grams(self) -> torch.Tensor:
+        """Per-block Gram matrices, shape (K, T, T), float64 on the CPU (may under- or overflow
+        where 4^S does: use `scaled_block_grams` for ratios)."""
+        if "block_grams" not in self._cache:
+            self._cache["block_grams"] = times_pow2(self.scaled_block_grams(), 2 * self.gram_exponent)
         return self._cache["block_grams"]
 
-    def _block_grams(self) -> torch.Tensor:
-        grams = []
-        for b in self.blocks:
-            if b.dtype == torch.float64:
-                grams.append(b @ b.T)
-                continue
-            # float32 products over column chunks of _GRAM_CHUNK, all chunks of a span in one
-            # batched product, summed in float64; bf16/fp16 blocks (e.g. feature gradients under
-            # autocast) are multiplied in float32, one span at a time (no float32 copy of the block)
-            t, n = b.shape
-            acc = torch.zeros(t, t, dtype=torch.float64, device=b.device)
-            for start in range(0, n, _GRAM_SPAN):
-                part = b[:, start:start + _GRAM_SPAN]
-                if part.dtype in (torch.bfloat16, torch.float16):
-                    part = part.float()
-                m = part.shape[1] // _GRAM_CHUNK
-                if m:  # (m, T, C) @ (m, C, T)
-                    chunks = part[:, : m * _GRAM_CHUNK].reshape(t, m, _GRAM_CHUNK).transpose(0, 1)
-                    acc += torch.bmm(chunks, chunks.transpose(1, 2)).to(torch.float64).sum(0)
-                if part.shape[1] > m * _GRAM_CHUNK:
-                    rest = part[:, m * _GRAM_CHUNK:]
-                    acc += (rest @ rest.T).to(torch.float64)
-            grams.append(acc)
-        return torch.stack(grams).cpu()
-
     def gram(self) -> torch.Tensor:
-        """G Gᵀ, shape (T, T), float64 on the CPU, symmetrised."""
+        """G Gᵀ, shape (T, T), float64 on the CPU, symmetrised (raises NonFiniteGradientError where
+        it overflows float64; use `scaled_gram` for ratios)."""
         if "gram" not in self._cache:
-            g = self.block_grams().sum(0)
+            g = times_pow2(self.scaled_gram(), 2 * self.gram_exponent)
             if not torch.isfinite(g).all():
-                raise NonFiniteGradientError(f"non-finite Gram matrix of the task gradients (overflow): {g.tolist()}")
-            self._cache["gram"] = (g + g.T) / 2
+                raise NonFiniteGradientError(f"the Gram matrix of the task gradients overflows float64 "
+                                             f"(4^{self.gram_exponent} times {self.scaled_gram().tolist()})")
+            self._cache["gram"] = g
         return self._cache["gram"]
+
+    def _scaled_block_grams(self) -> tuple[torch.Tensor, int]:
+        # Fast path: the products of the blocks as they are. A block is recomputed from its rows
+        # times a power of two (exact) only where its products may have lost digits: a row whose
+        # squared norm is below n·tiny/eps of the product dtype (its products underflow: subnormal
+        # or zero), or a finite block whose Gram overflowed.
+        grams = torch.stack([_block_gram(b) for b in self.blocks]).cpu()  # block k: 4^{e_k} · G_k G_kᵀ
+        exponents = [0] * len(self.blocks)
+        finite = torch.isfinite(grams).flatten(1).all(1).tolist()
+        diagonals = grams.diagonal(dim1=1, dim2=2).tolist()
+        for k, b in enumerate(self.blocks):
+            info = torch.finfo(torch.float64 if b.dtype == torch.float64 else torch.float32)  # the product dtype
+            floor = b.shape[1] * info.tiny / info.eps
+            if finite[k] and not any(m < floor and bool(b[i].any()) for i, m in enumerate(diagonals[k])):
+                continue
+            low, high = torch.aminmax(b)
+            top = max(-float(low), float(high))
+            if math.isfinite(top) and top > 0:
+                exponents[k] = -math.frexp(top)[1]  # max |b · 2^e| in [0.5, 1)
+                grams[k] = _block_gram(b, exponents[k]).cpu()
+        # the common exponent S (max diagonal of Σ_k 4^{-e_k-S} B_k in [1, 4)): first from the
+        # largest block, then corrected by the sum (powers of two: exact)
+        peaks = [(float(g.diagonal().max()), e) for g, e in zip(grams, exponents)]
+        logs = [math.frexp(p)[1] - 1 - 2 * e for p, e in peaks if 0 < p < math.inf]
+        if not logs:  # G = 0, or NaN/inf in G (left for the caller's finiteness check)
+            return grams, 0
+        S = max(logs) // 2
+        if len(set(exponents)) == 1:  # one factor for every block (the fast path: all e_k = 0)
+            scaled = times_pow2(grams, -2 * (exponents[0] + S))
+        else:
+            scaled = torch.stack([times_pow2(g, -2 * (e + S)) for g, e in zip(grams, exponents)])
+        peak = float(scaled.sum(0).diagonal().max())
+        if 4 <= peak < math.inf:  # the blocks' diagonals add up past 4
+            step = (math.frexp(peak)[1] - 1) // 2
+            S += step
+            scaled = times_pow2(scaled, -2 * step)
+        return scaled, S
 
     def matrix(self) -> torch.Tensor:
         """The full (T, d) matrix (a copy unless there is a single block)."""
@@ -218,9 +259,54 @@ class Jacobian:
             groups.setdefault(name.rpartition(".")[0], []).append(k)
         return list(groups.values())
 
+    def batch_summed(self) -> "Jacobian":
+        """A feature-level Jacobian with each row summed over the batch (the first axis of every
+        shape), kept as a batch of one: rows Σ_b ∇_{Z_b} L_i (LibMTL's rule for gradients with
+        respect to the representation, `_get_grads` with `rep_grad=True`). No activations."""
+        if self.level != "feature":
+            raise ValueError(f"batch_summed needs a feature-level Jacobian, got level {self.level!r}")
+        blocks = tuple(b.reshape(b.shape[0], s[0], -1).sum(1) for b, s in zip(self.blocks, self.shapes))
+        shapes = tuple(torch.Size([1, *s[1:]]) for s in self.shapes)
+        return Jacobian(blocks, shapes, self.names, "feature")
+
     def map_blocks(self, fn) -> "Jacobian":
         """A Jacobian with fn applied to every block (same shapes and names)."""
         return Jacobian(tuple(fn(b) for b in self.blocks), self.shapes, self.names, self.level, self.activations)
+
+
+def times_pow2(x, exponent: int):
+    """x · 2^exponent (a tensor or array), exact unless the result leaves the dtype's normal range;
+    in factors of at most 2^±100, each representable even in float32 (2^146 is not, 2^100 · 2^46 is)."""
+    while exponent:
+        step = max(-100, min(100, exponent))
+        x = x * 2.0**step
+        exponent -= step
+    return x
+
+
+def _block_gram(b: torch.Tensor, exponent: int = 0) -> torch.Tensor:
+    """(b · 2^exponent)(b · 2^exponent)ᵀ in float64. float32 products over column chunks of
+    _GRAM_CHUNK, all chunks of a span in one batched product, summed in float64; bf16/fp16 blocks
+    (e.g. feature gradients under autocast) are multiplied in float32, one span at a time (no
+    float32 copy of the block); a non-zero exponent scales each span (a copy of one span)."""
+    if b.dtype == torch.float64:
+        b = times_pow2(b, exponent)
+        return b @ b.T
+    t, n = b.shape
+    acc = torch.zeros(t, t, dtype=torch.float64, device=b.device)
+    for start in range(0, n, _GRAM_SPAN):
+        part = b[:, start:start + _GRAM_SPAN]
+        if part.dtype in (torch.bfloat16, torch.float16):
+            part = part.float()
+        part = times_pow2(part, exponent)
+        m = part.shape[1] // _GRAM_CHUNK
+        if m:  # (m, T, C) @ (m, C, T)
+            chunks = part[:, : m * _GRAM_CHUNK].reshape(t, m, _GRAM_CHUNK).transpose(0, 1)
+            acc += torch.bmm(chunks, chunks.transpose(1, 2)).to(torch.float64).sum(0)
+        if part.shape[1] > m * _GRAM_CHUNK:
+            rest = part[:, m * _GRAM_CHUNK:]
+            acc += (rest @ rest.T).to(torch.float64)
+    return acc
 
 
 def _weighted_row_sum(block: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -88,11 +88,14 @@ MEASURE_DECIMALS = 4
 # -- records -------------------------------------------------------------------------------------
 def display_name(record: RunRecord) -> str:
     """The paper's name of the run's method; a non-default config is appended, e.g. 'CAGrad[c=0.2]',
-    so a claim about the paper's CAGrad never reads a differently configured run."""
+    and so is a non-default feature-level batch rule ('MGDA (feature_batch=sum)'), so a claim about
+    the paper's CAGrad or MGDA-UB never reads a differently configured run."""
     spec = record.spec
     name = PAPER_NAMES.get(spec.method, spec.method)
     if spec.method_config:
         name += "[" + ", ".join(f"{k}={v!r}" for k, v in sorted(spec.config.items())) + "]"
+    if spec.options.get("feature_batch", "flatten") != "flatten":  # LibMTL's batch-summed feature rows
+        name += f" (feature_batch={spec.options['feature_batch']})"
     return name
 
 

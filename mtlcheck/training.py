@@ -132,10 +132,12 @@ def train(
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     progress: bool | str = False,
     precision: Precision = Precision(),
+    feature_batch: str = "flatten",
 ) -> RunOutcome:
     """Train `model` with `aggregator` for `setup.steps` steps; evaluate at the end (in exact
     float32 — no autocast, TF32 off — whatever `precision` the training steps use). The TF32
-    switches are set for the training steps only and restored afterwards."""
+    switches are set for the training steps only and restored afterwards. `feature_batch`: the
+    feature level's batch rule (`gradients.FEATURE_BATCH_RULES`)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     precision.prepare_model(model.to(device)).train()
@@ -176,7 +178,7 @@ def train(
         try:
             with precision.backends():  # TF32 as asked for the step, restored after it
                 result = backward_step(model, batch, aggregator, level=level, feature_grads=monitored,
-                                       param_gram=monitored, precision=precision)
+                                       param_gram=monitored, precision=precision, feature_batch=feature_batch)
                 grads = [p.grad for p in model.parameters() if p.grad is not None]
                 if not bool(torch.stack([g.isfinite().all() for g in grads]).all()):  # one host sync
                     bad = [n for n, p in model.named_parameters()

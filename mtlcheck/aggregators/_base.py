@@ -212,12 +212,12 @@ class Aggregator:
         if any(b.requires_grad for b in J.blocks) and not tags.second_order:
             J = J.map_blocks(torch.Tensor.detach)  # non-differentiable: never a silently wrong gradient
         try:  # NaN/inf anywhere makes the Gram's diagonal non-finite: one pass instead of isfinite
-            J.gram()
+            J.scaled_gram()  # (finite rows at any scale give a finite scaled Gram)
         except NonFiniteGradientError:
             for name, b in zip(J.names, J.blocks):
                 if not torch.isfinite(b).all():
                     raise NonFiniteInputError(f"{self!r}: G block {name!r} contains NaN or inf") from None
-            raise  # finite entries whose Gram overflows: a diverging run
+            raise
         return J
 
     def _check_losses(self, losses, tags: AggregatorTags, J: Jacobian | None) -> torch.Tensor | None:

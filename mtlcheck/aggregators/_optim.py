@@ -33,3 +33,12 @@ def check_lr(owner: str, lr: float, momentum: float | None = None) -> None:
         raise ValueError(f"{owner}: lr must be >= 0, got {lr!r}")
     if momentum is not None and not 0 <= momentum < 1:
         raise ValueError(f"{owner}: momentum must be in [0, 1), got {momentum!r}")
+
+
+def check_nonnegative_losses(owner, losses: torch.Tensor, objective: str, runaway: str) -> None:
+    """Raise ValueError naming `losses` if any is negative: the method's objective in its learnable
+    scale is then unbounded below (the scale runs away and the weight becomes inf/NaN)."""
+    if bool((losses < 0).any()):
+        raise ValueError(f"{owner!r}: losses must be >= 0, got {losses.tolist()}; for a negative loss L the "
+                         f"objective {objective} is unbounded below ({runaway}) and the task weight becomes "
+                         f"inf/NaN. Shift the loss by a constant lower bound.")

@@ -5,6 +5,10 @@ deficiency), B = σ V diag(λ^{-1/2}) Vᵀ and α = B 1, direction = Σ_i α_i g
 ("min", the paper's default), the median ("median") or the mean ("rmse") of the kept
 eigenvalues. Defining property: the aligned system B G has all its non-zero singular values
 equal to σ (condition number 1). At the feature level this is Aligned-MTL-UB.
+
+Peers: α = B 1 as the official code (github.com/SamsungLabs/MTL) and LibMTL; TorchJD's
+`AlignedMTL` and Pylon use the mean preference B 1/T (÷T, same direction). LibMTL's -UB solves on
+batch-summed feature rows (mtlcheck: feature_batch="sum"); the official -UB flattens them, as here.
 """
 
 from __future__ import annotations
@@ -43,5 +47,5 @@ class AlignedMTL(WeightingAggregator):
         return sigma2.sqrt() * (V * lam.rsqrt()) @ V.T
 
     def _weights(self, J, losses):
-        B = self.alignment(J.gram(), torch.finfo(J.dtype).eps)
+        B = self.alignment(J.scaled_gram(), torch.finfo(J.dtype).eps)  # B does not change with the Gram's scale
         return B.sum(1)

@@ -7,6 +7,12 @@ direction is multiplied by T ("to match the sum loss"), and `rescale` divides it
 1 (0), 1 + c² (1, the official default) or 1 + c (2). c = 0 gives the plain sum Σ_i g_i;
 c ≥ 1 makes the direction non-conflicting.
 
+Peers (all the same direction, github.com/Cranial-XIX/CAGrad the reference): ×T as here in the
+official code, nash-mtl and FAMO's repository, not in LibMTL, SamsungLabs/MTL, Pylon or TorchJD;
+÷(1 + c²) (rescale=1) in the official code, LibMTL, nash-mtl and FAMO, not in SamsungLabs/MTL
+(rescale=0 default), Pylon or TorchJD. Default c: 0.5 here and in the official code and LibMTL,
+0.4 in nash-mtl and FAMO.
+
 The dual is solved exactly by `solve_dual` (closed form per support, below); SLSQP (scipy)
 is used only for T > `ENUMERATION_MAX_TASKS`, where 2^T supports would be too many.
 """
@@ -138,7 +144,7 @@ class CAGrad(WeightingAggregator):
         return solve_dual_slsqp(A, c)
 
     def _weights(self, J, losses):
-        A = J.gram()
+        A = J.scaled_gram()  # normalised by its trace below: any power-of-two scale
         n = A.shape[0]
         trace = float(A.trace())
         if trace <= 0:

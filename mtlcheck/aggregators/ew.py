@@ -1,7 +1,9 @@
 """Equal weighting (EW): the paper's baseline, the SUM of the task losses (Eq. 4).
 
-direction = Σ_i g_i, i.e. weights w_i = 1. (Some peers use the mean Σ_i g_i / T; that is
-only a rescaling of the learning rate, see research/peers.md §5.)
+direction = Σ_i g_i, i.e. weights w_i = 1, as LibMTL (github.com/median-research-group/LibMTL),
+nash-mtl (github.com/AvivNavon/nash-mtl), FAMO (github.com/Cranial-XIX/FAMO) and Aligned-MTL's code
+(github.com/SamsungLabs/MTL). TorchJD's `Mean` and Pylon (github.com/danielmao2019/Pylon) take the
+mean Σ_i g_i / T: the same direction, ÷T in scale (a rescaled learning rate).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Logits ξ (init 0), z = softmax(ξ), D_i = L_i − ℓ_i + ε with ℓ_i the kno
 w_i = (z_i / D_i) / Σ_j (z_j / D_j) (they sum to 1). After the optimizer step the trainer
 re-evaluates the same batch and calls `after_step(L_new)`: with δ = log D_prev − log D_new,
 the logits get the gradient J_softmax(ξ)ᵀ δ and one Adam step (lr `w_lr`, weight decay `gamma`).
+NaN or inf losses (at the step or after it) raise ValueError, naming them: a NaN logit would make
+every later weight NaN.
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ class FAMO(WeightingAggregator):
     def after_step(self, losses: torch.Tensor) -> None:
         if self._prev is None:
             raise RuntimeError(f"{self!r}: after_step() called before any aggregation step")
-        new = self._shifted(torch.as_tensor(losses, dtype=torch.float64).detach().cpu().reshape(-1), "post-step losses")
+        new = torch.as_tensor(losses, dtype=torch.float64).detach().cpu().reshape(-1)
+        if not torch.isfinite(new).all():  # log D would make the logits, and every later weight, NaN
+            raise ValueError(f"{self!r}: after_step(losses) got NaN or inf post-step losses {new.tolist()}")
+        new = self._shifted(new, "post-step losses")
         if new.shape != self._prev.shape:
             raise ValueError(f"{self!r}: after_step got {new.shape[0]} losses, expected {self._prev.shape[0]}")
         delta = self._prev.log() - new.log()

@@ -7,6 +7,8 @@ U ~ Uniform(0, 1) per coordinate (float32, from the method's own CPU generator),
 negative part where P < U:  M_i = [P > U][S_i > 0] + [P < U][S_i < 0].
 direction = Σ_i g_i ⊙ (ℓ + (1 − ℓ) M_i), with leak ℓ ∈ [0, 1]; the mask is broadcast over the
 batch at the feature level. At the parameter level S_i = g_i (no activation sign, no batch).
+Activations Z with NaN or inf raise NonFiniteInputError (a ValueError) naming the block: sign(NaN)
+is NaN, which would silently drop that feature's gradient.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator
 from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.jacobian import NonFiniteInputError
 
 
 @register_aggregator("graddrop")
@@ -55,5 +58,9 @@ class GradDrop(Aggregator):
     def _aggregate(self, J, losses):
         feature = J.level == "feature"
         acts = J.activations if J.activations is not None else (None,) * len(J.blocks)
+        for name, a in zip(J.names, acts):
+            if a is not None and not bool(torch.isfinite(a).all()):
+                raise NonFiniteInputError(f"{self!r}: the activations Z of block {name!r} (J.activations) "
+                                          "contain NaN or inf")
         blocks = tuple(self._drop(b, s, a, feature) for b, s, a in zip(J.blocks, J.shapes, acts))
         return Aggregation(blocks, None)

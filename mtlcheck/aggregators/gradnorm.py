@@ -17,6 +17,7 @@ import torch
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
 from mtlcheck.aggregators._optim import check_lr, sgd_momentum
 from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.jacobian import times_pow2
 
 
 @register_aggregator("gradnorm")
@@ -52,9 +53,9 @@ class GradNorm(WeightingAggregator):
             self._w = torch.ones(n, dtype=torch.float64)
             self._velocity = torch.zeros(n, dtype=torch.float64)
             self._initial_losses = losses.clone()
-        grams = J.block_grams()
+        grams = J.scaled_block_grams()
         gram = grams[self.last_layer(J)].sum(0) if self.norm_blocks == "last" else grams.sum(0)
-        norms = gram.diagonal().clamp_min(0).sqrt()
+        norms = times_pow2(gram.diagonal().clamp_min(0).sqrt(), J.gram_exponent)  # ‖g_i‖
         w = self._w.clone()
         weighted = w * norms
         ratio = losses / self._initial_losses

@@ -5,7 +5,7 @@ in a random order, each j ≠ i: with ρ = cos(g_i', g_j), if ρ < φ̂_ij then
     g_i' ← g_i' + ‖g_i'‖ (φ̂_ij √(1−ρ²) − ρ √(1−φ̂_ij²)) / (‖g_j‖ √(1−φ̂_ij²)) · g_j,
 which makes cos(g_i', g_j) exactly φ̂_ij (ε = `eps` is added to √(1−φ̂²), not to the whole
 denominator as in LibMTL, so the method stays exactly scale-equivariant); then always φ̂_ij ← (1−β) φ̂_ij + β ρ.
-direction = Σ_i g_i'. Groups (`group_type`): "whole" model (one group), "module" (blocks that
+direction = Σ_i g_i' (LibMTL and TorchJD; Pylon averages, ÷T). Groups (`group_type`): "whole" model (one group), "module" (blocks that
 share a module path), "parameter" (each block). All of it runs on Gram matrices.
 """
 
@@ -50,7 +50,7 @@ class GradVac(ProjectionMethod, Aggregator):
 
     def _groups_and_grams(self, J):
         groups = J.groups(self.group_type)
-        block_grams = J.block_grams()
+        block_grams = J.scaled_block_grams()  # cosines and norm ratios only
         grams = torch.stack([block_grams[g].sum(0) for g in groups])
         if self._targets is not None and self._targets.shape[0] != len(groups):
             raise ValueError(f"{self!r}: state has {self._targets.shape[0]} groups but G has {len(groups)}; call reset()")

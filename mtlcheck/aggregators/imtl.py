@@ -7,6 +7,7 @@ rank-deficient G (identical or opposite rows) stays finite. Defining property: u
 all i.
 IMTL-L (`loss_balance=True`, the paper's hybrid): losses are scaled e^{s_i} L_i − s_i, so task
 gradients become e^{s_i} g_i; s is stepped with ∂/∂s_i = e^{s_i} L_i − 1 (SGD, lr/momentum).
+IMTL-L needs losses ≥ 0 (ValueError otherwise): e^{s}L − s is unbounded below in s for L < 0.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
-from mtlcheck.aggregators._optim import check_lr, sgd_momentum
+from mtlcheck.aggregators._optim import check_lr, check_nonnegative_losses, sgd_momentum
 from mtlcheck.aggregators._registry import register_aggregator
 
 
@@ -62,11 +63,12 @@ class IMTL(WeightingAggregator):
     def _weights(self, J, losses):
         n = J.n_tasks
         if not self.loss_balance:
-            return equal_projection_weights(J.gram())
+            return equal_projection_weights(J.scaled_gram())  # normalised by its trace
+        check_nonnegative_losses(self, losses, "e^{s}L − s", "s → +∞")
         if self._s is None:
             self._s = torch.zeros(n, dtype=torch.float64)
             self._velocity = torch.zeros(n, dtype=torch.float64)
         scale = self._s.exp()
-        alpha = equal_projection_weights(J.gram() * torch.outer(scale, scale))
+        alpha = equal_projection_weights(J.scaled_gram() * torch.outer(scale, scale))
         self._s, self._velocity = sgd_momentum(self._s, scale * losses - 1.0, self._velocity, self.lr, self.momentum)
         return alpha * scale

@@ -6,6 +6,14 @@ parameter mode). Normalisers n_i (Sener et al. §3.2, LibMTL `mgda_gn`):
 "none" 1, "l2" ‖g_i‖, "loss" L_i, "loss+" L_i·‖g_i‖. At the feature level (gradients w.r.t.
 the flattened B×F representation) this is MGDA-UB.
 Defining property (KKT): (M w)_i ≥ wᵀ M w for all i, with equality where w_i > 0.
+
+Peers: with "none" LibMTL, SamsungLabs/MTL and TorchJD return Σ w_i g_i as here; nash-mtl
+(github.com/AvivNavon/nash-mtl) and CAGrad's repository (github.com/Cranial-XIX/CAGrad) multiply by
+T. With a normaliser the conventions differ by design: Sener & Koltun's code and nash-mtl apply the
+weights w (found on the normalised ĝ_i) to the RAW gradients, Σ w_i g_i — another direction
+whenever the normalisers differ — while LibMTL's parameter mode and mtlcheck use Σ w_i ĝ_i.
+LibMTL's feature mode (rep_grad) applies w to the raw feature gradients and solves on the
+batch-summed rows (mtlcheck's feature_batch="sum" engine option).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import torch
 from mtlcheck.aggregators._base import AggregatorTags, SolverError, WeightingAggregator
 from mtlcheck.aggregators._min_norm import MinNormError, min_norm_weights
 from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.jacobian import times_pow2
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -68,7 +77,9 @@ class MGDA(WeightingAggregator):
             raise SolverError(f"{self!r}: {exc}") from exc
 
     def _weights(self, J, losses):
-        gram = J.gram()
+        # the Gram at scale 4^-S (J.scaled_gram): the min-norm weights do not change with the Gram's
+        # scale, and the norms it gives are ‖g_i‖ / 2^S
+        gram = J.scaled_gram()
         if self.normalization in ("loss", "loss+") and bool((losses <= 0).any()):
             raise ValueError(f"{self!r}: loss normalization needs positive losses, got {losses.tolist()}")
         n = self.normalizers(gram, losses)
@@ -76,4 +87,5 @@ class MGDA(WeightingAggregator):
         sol = torch.from_numpy(np.asarray(self._solve(normalized.numpy()), dtype=np.float64))
         if not torch.isfinite(sol).all():
             raise SolverError(f"{self!r}: solver returned non-finite weights {sol.tolist()}")
-        return sol / n
+        w = sol / n
+        return times_pow2(w, -J.gram_exponent) if self.normalization in ("l2", "loss+") else w

@@ -5,6 +5,15 @@ g_i' ← g_i' − ⟨g_i', g_j⟩/‖g_j‖² · g_j (projections against the OR
 direction = Σ_i g_i'. Every g_i' is a combination of the original gradients, so the surgery runs
 on the T×T Gram matrix (coefficients C with g_i' = Σ_j C_ij g_j) and the direction is
 (Σ_i C_i) G. Defining property: for T = 2, ⟨g_1', g_2⟩ ≥ 0 and ⟨g_2', g_1⟩ ≥ 0.
+
+Peers (same direction up to these conventions): LibMTL (github.com/median-research-group/LibMTL),
+nash-mtl (github.com/AvivNavon/nash-mtl) and Aligned-MTL's code (github.com/SamsungLabs/MTL) shuffle
+ALL task indices for task i, i itself included; that self-projection only fires once earlier
+projections have turned g_i' against g_i (so the random stream, and rarely the step, differ from
+ours, which follows Yu et al.'s j ≠ i, as CAGrad's repository and TorchJD do). They also add ε
+(1e-8, SamsungLabs 1e-5) to ‖g_j‖²; the sum Σ_i g_i' is everyone's scale except Pylon's mean (÷T).
+For T ≥ 3 the result depends on the order whenever a task conflicts with two others, so peers
+agree only in distribution.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ class PCGrad(ProjectionMethod, Aggregator):
 
         Runs on Python floats (T is small; tensor calls would cost more than the arithmetic),
         keeping h = C_i M, the inner products of g_i' with every original g_j, up to date."""
-        M = J.gram().tolist()
+        M = J.scaled_gram().tolist()  # ratios only: any power-of-two scale of the Gram
         n = len(M)
         C = [[float(a == b) for b in range(n)] for a in range(n)]
         for i in range(n):

@@ -1,8 +1,13 @@
 """Uncertainty weighting (Kendall et al. 2018).
 
 Total loss Σ_i ½ (e^{−s_i} L_i + s_i) with learnable log-variances s = log σ² (init `init`),
-so w_i = ½ e^{−s_i}. s is stepped with ∂/∂s_i = ½ (1 − e^{−s_i} L_i) (SGD, lr/momentum) after
-the weights of the current step are taken. Loss-only.
+so w_i = ½ e^{−s_i} (nash-mtl's form and init 0: weights 0.5 at the start; LibMTL starts at
+s = −0.5, weights 0.82, SamsungLabs/MTL uses e^{−s}L + ½s, weights 1 — the same direction at the
+first step, other scales). s is stepped with ∂/∂s_i = ½ (1 − e^{−s_i} L_i) (SGD, lr/momentum) after
+the weights of the current step are taken. Loss-only. The losses must be ≥ 0 (ValueError
+otherwise): for L_i < 0 the objective is unbounded below in s_i (s_i → −∞, the weight overflows
+to inf and NaN); Kendall et al.'s losses are negative log-likelihoods of a Gaussian or softmax
+likelihood up to constants, ≥ 0 as cross-entropies and squared errors are.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import math
 import torch
 
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
-from mtlcheck.aggregators._optim import check_lr, sgd_momentum
+from mtlcheck.aggregators._optim import check_lr, check_nonnegative_losses, sgd_momentum
 from mtlcheck.aggregators._registry import register_aggregator
 
 
@@ -35,6 +40,7 @@ class Uncertainty(WeightingAggregator):
         return n_tasks * 0.5 * math.exp(-self.init)
 
     def _weights(self, J, losses):
+        check_nonnegative_losses(self, losses, "½(e^{−s}L + s)", "s → −∞")
         if self._s is None:
             self._s = torch.full((losses.shape[0],), float(self.init), dtype=torch.float64)
             self._velocity = torch.zeros_like(self._s)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -20,6 +20,7 @@ from mtlcheck.aggregators import aggregator_class
 from mtlcheck.benchmarks import get_benchmark
 from mtlcheck.experiments.spec import RunSpec
 from mtlcheck.experiments.store import ResultStore, RunRecord, RunResult
+from mtlcheck.gradients import batch_sum_supported, check_feature_batch
 from mtlcheck.precision import Precision
 from mtlcheck.training import Checkpointer, RunOutcome, train
 
@@ -40,6 +41,16 @@ class Where:
     progress: bool = False
 
 
+def run_options(options: Mapping[str, Any]) -> tuple[Precision, str]:
+    """A spec's `extra` options as (precision, feature-level batch rule): the rule is stored as
+    `feature_batch` only when it is not the default "flatten" (gradients.FEATURE_BATCH_RULES), so
+    the keys of default runs do not change."""
+    options = dict(options)
+    feature_batch = options.pop("feature_batch", "flatten")
+    check_feature_batch(feature_batch)
+    return Precision.from_options(options), feature_batch
+
+
 def make_spec(benchmark: str, method: str, *, level: str = "parameter", seed: int = 0, budget: str = "small",
               steps: int | None = None, method_config: dict | None = None, extra: dict | None = None) -> RunSpec:
     """A RunSpec with the method resolved (aliases like 'mgda_ub' set the level) and its config
@@ -58,8 +69,13 @@ def make_spec(benchmark: str, method: str, *, level: str = "parameter", seed: in
     cls(**config)  # validate now, not in the middle of a sweep
     if cls().tags().loss_only and level == "feature":
         raise ValueError(f"{method!r} weights the losses only: it has no feature-level variant")
-    # validated now, and only non-default settings kept: {"tf32": False} is the same run as {}
-    options = Precision.from_options(dict(extra or {})).options()
+    # validated now, and only non-default settings kept: {"tf32": False} is the same run as {}; the
+    # batch rule only exists at the feature level
+    precision, feature_batch = run_options(extra or {})
+    options = precision.options()
+    if level == "feature" and feature_batch != "flatten":
+        check_feature_batch(feature_batch, cls(**config))
+        options["feature_batch"] = feature_batch
     return RunSpec(benchmark=benchmark, method=method, method_config=config, level=level, seed=seed,
                    budget=budget, steps=steps, extra=options)
 
@@ -67,13 +83,16 @@ def make_spec(benchmark: str, method: str, *, level: str = "parameter", seed: in
 def sweep_specs(benchmark: str, methods: Sequence[str] | None = None, levels: Sequence[str] = ("parameter", "feature"),
                 seeds: Sequence[int] = (0,), budget: str = "small", steps: int | None = None,
                 extra: dict | None = None) -> list[RunSpec]:
-    """Every method × level × seed (loss-only methods at the parameter level only); by default
+    """Every method × level × seed (loss-only methods at the parameter level only; with the
+    feature-level batch rule "sum", only the weighting methods at the feature level); by default
     the paper's methods (other registered methods run when named)."""
     specs = []
+    summed = run_options(extra or {})[1] == "sum"
     for method in methods or PAPER_METHODS:
         for level in levels:
             name, lv = ALIASES.get(method, (method, level))
-            if aggregator_class(name)().tags().loss_only and lv == "feature":
+            tags = aggregator_class(name)().tags()
+            if lv == "feature" and (tags.loss_only or (summed and not batch_sum_supported(tags))):
                 continue
             for seed in seeds:
                 spec = make_spec(benchmark, name, level=lv, seed=seed, budget=budget, steps=steps, extra=extra)
@@ -90,10 +109,11 @@ def execute(spec: RunSpec, where: Where = Where(), checkpointer: Checkpointer | 
     torch.manual_seed(spec.seed)
     model = bench.make_model(spec.budget, where.weights)
     aggregator = aggregator_class(spec.method)(**spec.config, seed=spec.seed)
+    precision, feature_batch = run_options(spec.options)
     train_data = bench.make_data("train", spec.budget, root)
     test_data = bench.make_data("test", spec.budget, root)
     return train(model, train_data, bench.collate, aggregator, setup, level=spec.level, seed=spec.seed,
-                 device=where.device, checkpointer=checkpointer, precision=Precision.from_options(spec.options),
+                 device=where.device, checkpointer=checkpointer, precision=precision, feature_batch=feature_batch,
                  evaluate=lambda m: bench.evaluate(m, test_data, where.device),
                  progress=spec.label if where.progress else False)
 

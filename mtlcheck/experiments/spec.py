@@ -25,13 +25,16 @@ from typing import Any
 
 __all__ = ["BUDGETS", "CODE_EPOCH", "KEY_LENGTH", "LEVELS", "RunSpec", "canonical_json", "spec_key"]
 
-CODE_EPOCH = 5  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG isolated from the model's;
+CODE_EPOCH = 6  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG isolated from the model's;
 #                3: GradDrop draws U in float32 (a different random stream);
 #                4: monitored loss-only steps take Σ w_i g_i from the rows (other rounding);
 #                5: CAGrad's dual solved exactly by support enumeration (SLSQP was ~1e-7 off) and
 #                   g_w = 0 handled as g0; MGDA's min-norm by face enumeration; PCGrad/GradVac
 #                   surgery on Python floats; Gram over batched 8192-column chunks; Σ w_i g_i by
 #                   axpys (all: other rounding)
+#                6: Nash-MTL at the official scale (α_i (G Gᵀ α)_i = 1 on the raw Gram: the default step
+#                   now always has norm 1) with a new Newton solver; feature_batch option (non-default
+#                   runs only); Grams of tiny/huge gradients rescaled (other results only there)
 """Bump when training semantics change (loss, schedule, data order, metric definitions):
 every key changes, so old results are kept but never mistaken for current ones."""
 

@@ -33,8 +33,8 @@ EXPECTED_FAILURES: dict[type, dict[str, str]] = {
     NashMTL: {
         "check_finite_on_hard_inputs": (
             "No Nash bargaining solution exists when a non-negative combination of the gradients vanishes "
-            "(opposite rows g, -g): M α = 1/α has no positive solution, so NashMTL raises SolverError "
-            "instead of returning a silent fallback (Navon et al. 2022, Eq. 3 assumes linearly independent gradients)."
+            "(opposite rows g, -g): α_i (G Gᵀ α)_i = 1 has no positive solution, so NashMTL raises SolverError "
+            "with that combination as the certificate instead of returning a silent fallback (Navon et al. 2022, Eq. 3 assumes linearly independent gradients)."
         ),
     },
     GradVacPublished: {

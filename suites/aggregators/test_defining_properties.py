@@ -80,11 +80,11 @@ def test_imtl_l_scales_move_toward_balanced_losses():
 @pytest.mark.parametrize("seed", range(4))
 def test_nash_mtl_bargaining_equations(n, seed):
     G = random_G(n, 12, seed)
-    alpha = NashMTL(max_norm=None)(G).weights
-    M = G @ G.T
-    M = M / torch.linalg.matrix_norm(M)
+    out = NashMTL(max_norm=None)(G)
+    alpha, M = out.weights, G @ G.T  # the raw Gram: the official scale
     assert bool((alpha > 0).all())
     assert float((alpha * (M @ alpha) - 1).abs().max()) < 1e-9
+    assert float(out.direction.norm()) == pytest.approx(math.sqrt(n), rel=1e-9)
 
 
 def test_nash_mtl_clips_to_max_norm_and_warm_start_agrees():
