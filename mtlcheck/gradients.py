@@ -31,7 +31,7 @@ import torch
 
 from mtlcheck.aggregators import Aggregator
 from mtlcheck.jacobian import Jacobian
-from mtlcheck.models._base import MultiTaskModel, as_tuple
+from mtlcheck.models._base import MultiTaskModel, as_tuple, named_shared_parameters
 from mtlcheck.precision import Precision
 
 LEVELS = ("parameter", "feature")
@@ -154,7 +154,7 @@ def backward_step(
             f"{aggregator!r} weights the losses only; it has no feature-level variant (the encoder gradient "
             "would be the same weighted loss gradient). Use level='parameter'."
         )
-    shared = list(model.shared_parameters())
+    shared = named_shared_parameters(model)
     heads = [p for _, p in model.head_parameters()]
     forward = _forward_context(precision, shared)
     if tags.second_order:

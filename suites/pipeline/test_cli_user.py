@@ -332,3 +332,20 @@ def _put(store, method, *, seed=0, steps=None, metrics=None, traj=None):
     claim.finish(metrics or _dense(1.0, 0.5, 0.2), traj or {"step": [0, 3, 6], "gds": [0.1] * 3, "gms": [0.8] * 3,
                                                            "fd": [0.5] * 3}, {"train_seconds": 1.0})
     return store.get(spec)
+
+
+# -- 7. the committed fixtures are data roots -------------------------------------------------------
+@pytest.mark.parametrize("benchmark, root", [("metagraspnet", "metagraspnet"), ("nyuv2", "nyuv2/nyud_mt"),
+                                             ("nyuv2", "nyuv2/mtan"), ("cityscapes", "cityscapes")])
+def test_committed_fixtures_are_data_roots(benchmark, root, tmp_path, capsys):
+    store = str(tmp_path / "runs.sqlite")
+    argv = ["run", "--benchmark", benchmark, "--method", "ew", "--steps", "1", "--store", store, *SMOKE]
+    assert main(argv + ["--data-root", str(FIXTURES / root)]) == 0, capsys.readouterr().err
+    assert ": done" in capsys.readouterr().out
+
+
+def test_the_nyuv2_fixture_folder_names_the_layout_to_pass(tmp_path, capsys):
+    argv = ["run", "--benchmark", "nyuv2", "--method", "ew", "--steps", "1", "--store", str(tmp_path / "r.sqlite"),
+            "--data-root", str(FIXTURES / "nyuv2"), *SMOKE]
+    assert main(argv) == 2
+    assert f"pass --data-root {FIXTURES / 'nyuv2' / 'nyud_mt'}" in capsys.readouterr().err
