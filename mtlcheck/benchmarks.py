@@ -1,7 +1,7 @@
 """Benchmarks: data + model + task losses + metrics + the training setup of each budget.
 
 Five benchmarks. The two embedded ones run anywhere from data generated on the fly from
-scikit-learn's bundled handwritten digits (DESIGN.md); the paper's three read the user's copy
+scikit-learn's bundled handwritten digits; the paper's three read the user's copy
 of the real dataset from `--data-root`:
 
 | name            | tasks                             | like                        |

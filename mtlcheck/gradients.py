@@ -1,6 +1,6 @@
 """The gradient engine: per-task gradients, aggregation, and the write into `.grad`.
 
-Every step is a two-stage step (research/perf.md §7):
+Every step is a two-stage step:
 
 1. z = model.encode(batch); the heads run on a detached copy z̃ (requires_grad), so the per-task
    feature gradients ∇_Z L_i come from T cheap backward passes through the heads only;

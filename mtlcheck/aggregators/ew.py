@@ -1,7 +1,8 @@
 """Equal weighting (EW): the paper's baseline, the SUM of the task losses (Eq. 4).
 
 direction = Σ_i g_i, i.e. weights w_i = 1. (Some peers use the mean Σ_i g_i / T; that is
-only a rescaling of the learning rate, see research/peers.md §5.)
+only a rescaling of the learning rate: Pylon's baseline and torchjd's `Mean` use the mean,
+LibMTL, nash-mtl and SamsungLabs/MTL the sum.)
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Tiny synthetic samples in the real on-disk formats of CityScapes, NYU-v2 (NYUD_MT and mtan)
 and MetaGraspNet (raw scenes plus the converted UOAIS-style COCO JSON).
 
-Deterministic from `seed` (numpy `default_rng`). Contents follow research/models_data.md
-section 5; layouts are those documented in `cityscapes.py`, `nyuv2.py` and `metagraspnet.py`.
+Deterministic from `seed` (numpy `default_rng`); layouts are those documented in `cityscapes.py`, `nyuv2.py` and `metagraspnet.py`.
 Regenerate the committed copies with::
 
     python -m mtlcheck.data.fixtures fixtures/          # [--seed 0]

@@ -33,12 +33,12 @@ EXPECTED_FAILURES: dict[str, dict[str, str]] = {
     },
     "GradVacPublished": {
         "check_conflict_reduction": (
-            "By design (research/peers.md §4 GradVac): the published correction has '+ ρ√(1−φ̂²)' where Wang et al. "
+            "By design (danielmao2019/Pylon's GradVac): the published correction has '+ ρ√(1−φ̂²)' where Wang et al. "
             "Eq. 4 has '−', so at φ̂ = 0 a conflicting g_i is pushed further from g_j (cos falls below its target) "
             "instead of being lifted to φ̂."
         ),
         "check_projection_identity_without_conflict": (
-            "By design (research/peers.md §5): the published GradVac averages the corrected gradients, so without "
+            "By design (danielmao2019/Pylon's GradVac): the published GradVac averages the corrected gradients, so without "
             "conflict it returns Σ_i g_i / T, not Σ_i g_i (same direction, declared reduction 'mean')."
         ),
     },
