@@ -199,6 +199,9 @@ def cmd_sweep(args) -> int:
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
     print(f"{len(records)} runs in {seconds:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if counts.get("failed"):
+        print(f"failed runs: `mtlcheck runs list --status failed --store {args.store}` shows their errors, "
+              f"`mtlcheck runs retry --failed --store {args.store}` computes them again", file=sys.stderr)
     return 0 if counts.get("failed", 0) == 0 else 1
 
 

@@ -349,3 +349,17 @@ def test_the_nyuv2_fixture_folder_names_the_layout_to_pass(tmp_path, capsys):
             "--data-root", str(FIXTURES / "nyuv2"), *SMOKE]
     assert main(argv) == 2
     assert f"pass --data-root {FIXTURES / 'nyuv2' / 'nyud_mt'}" in capsys.readouterr().err
+
+
+def test_method_config_is_checked_against_the_constructor():
+    from mtlcheck.aggregators import aggregator_class
+
+    assert make_spec("digits-dense", "cagrad", method_config={"c": 1}).config == {"c": 1.0}  # one key for 1 and 1.0
+    assert make_spec("digits-dense", "nash_mtl", method_config={"max_norm": None}).config == {"max_norm": None}
+    assert make_spec("digits-dense", "cagrad", method_config={"c": 0.5}).config == {}  # the default
+    for cls, config, message in (("cagrad", {"rescale": 1.5}, "rescale must be an integer"),
+                                 ("imtl", {"loss_balance": 1}, "loss_balance must be true or false"),
+                                 ("nash_mtl", {"max_norm": "x"}, "max_norm must be a finite number or null"),
+                                 ("mgda", {"normalization": 3}, "normalization must be a string")):
+        with pytest.raises(ValueError, match=message):
+            aggregator_class(cls).check_config(config)
