@@ -151,15 +151,18 @@ def execute(spec: RunSpec, where: Where = Where(), checkpointer: Checkpointer | 
     data files, device, weights, running out of GPU memory) raise `SetupError`."""
     bench = get_benchmark(spec.benchmark)
     setup = bench.setup(spec.budget, spec.steps)
-    aggregator = aggregator_class(spec.method)(**spec.config, seed=spec.seed)
     try:
         check_device(where.device)
         root = bench.check_data_root(where.data_root)
         torch.manual_seed(spec.seed)
         model = bench.make_model(spec.budget, where.weights)
+    except Exception as exc:  # noqa: BLE001 - none of this is the run's computation
+        raise SetupError(f"{spec.label} cannot start here: {type(exc).__name__}: {exc}") from exc
+    aggregator = aggregator_class(spec.method)(**spec.config, seed=spec.seed)
+    try:
         train_data = bench.make_data("train", spec.budget, root)
         test_data = bench.make_data("test", spec.budget, root)
-    except Exception as exc:  # noqa: BLE001 - none of this is the run's computation
+    except Exception as exc:  # noqa: BLE001
         raise SetupError(f"{spec.label} cannot start here: {type(exc).__name__}: {exc}") from exc
     if root is not None:
         train_data, test_data = _GuardedData(train_data, root), _GuardedData(test_data, root)
