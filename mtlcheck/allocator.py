@@ -4,7 +4,7 @@ A parameter-level step allocates T fresh copies of the shared gradients (44 MB e
 ResNet18) and frees them again. With glibc's defaults, blocks that large are served by mmap and
 returned to the OS on free, so every step page-faults them in anew: on this project's 2-core CPU
 that made the T encoder VJPs ~25 % slower and the stacking of the Jacobian ~5× slower
-(research/perf.md §Setup; `mtlcheck bench --malloc default` shows it). Raising the mmap
+(`mtlcheck bench --malloc default` shows it; docs/bench/cpu_malloc_tuned_vs_default.md). Raising the mmap
 threshold to its maximum (32 MiB) and never trimming the heap keeps freed blocks for reuse —
 what PyTorch's caching allocator does on a GPU. Memory freed by one step stays in the process
 for the next (the resident size stays at its peak).

@@ -1,6 +1,6 @@
 """Step-time benchmark: every method at both gradient levels, as a ratio to the EW step.
 
-The model is research/perf.md's "Model A": a ResNet18 trunk (11.2M shared parameters) on
+The model ("Model A") is a ResNet18 trunk (11.2M shared parameters) on
 B×3×S×S images, Z = the C5 feature map, and T light classification heads (1×1 conv 512→64,
 ReLU, global pool, linear, cross-entropy). Each repeat runs every (method, level) once in a
 rotated order (interleaved, so drift in machine speed hits all alike), after warm-up; we report
@@ -63,7 +63,7 @@ class ResNetClassifiers(MultiTaskModel):
 
 
 def libmtl_style_step(model: MultiTaskModel, batch, aggregator, forward=None) -> None:
-    """The baseline to beat (research/perf.md §5): T full backward passes, each task's shared
+    """The baseline to beat (LibMTL's way of getting per-task gradients): T full backward passes, each task's shared
     gradients copied into a flat float32 CPU vector, the aggregator applied to that T×d matrix,
     the result written back into `.grad` slice by slice; heads keep the unweighted sum."""
     shared = [p for _, p in model.shared_parameters()]

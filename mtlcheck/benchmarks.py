@@ -1,7 +1,7 @@
 """Benchmarks: data + model + task losses + metrics + the training setup of each budget.
 
 Five benchmarks. The two embedded ones run anywhere from data generated on the fly from
-scikit-learn's bundled handwritten digits (DESIGN.md); the paper's three read the user's copy
+scikit-learn's bundled handwritten digits; the paper's three read the user's copy
 of the real dataset from `--data-root`:
 
 | name            | tasks                             | like                        |
@@ -241,7 +241,12 @@ def _cityscapes_data(split, budget, data_root):
 def _nyu_data(split, budget, data_root):
     from mtlcheck.data.nyuv2 import NYUv2Dataset
 
-    layout = "mtan" if (Path(data_root) / "train" / "image").is_dir() else "nyud_mt"
+    root = Path(data_root)
+    layouts = [d for d in ("nyud_mt", "mtan") if (root / d).is_dir()]
+    if layouts and not (root / "gt_sets").is_dir() and not (root / "train" / "image").is_dir():
+        raise FileNotFoundError(f"{root} holds the layout folder(s) {layouts}, not a dataset: pass "
+                                f"--data-root {root / layouts[0]}")
+    layout = "mtan" if (root / "train" / "image").is_dir() else "nyud_mt"
     return NYUv2Dataset(data_root, "train" if split == "train" else "val", layout=layout, size=_REAL_SIZE[budget],
                         num_classes=None)
 

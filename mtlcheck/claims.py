@@ -1,5 +1,5 @@
 """The paper's claims as predicates over result tables (§3.1, §3.2, §4, §5.4, §5.5, §6, and the
-conclusions of the earlier version summarized in shared/paper/000_338905fa79753b0a.txt).
+conclusions of the earlier version, arXiv:2402.03557).
 
 A predicate takes a mapping of `ResultTable`s keyed like the paper's files ('table1' ... 'table7',
 plus 'figure5' for our runs: the final FD per method, which the paper only plots) and returns a
@@ -453,7 +453,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("cosreg-top3-cityscapes-nyuv2", "§3.2",
           "CosReg consistently reaches top 3 on both datasets (CityScapes, NYU-v2) and all evaluation metrics.",
           ("table2", "table3"), lambda ts: _top3_everywhere(ts, "CosReg"),
-          notes="research/peers.md §4: in the authors' probable code base CosReg's penalty has no gradient, so "
+          notes="In the authors' probable code base (danielmao2019/Pylon) CosReg's penalty has no gradient, so "
                 "it trains the plain summed loss (the mean-loss baseline with a T-times larger step)."),
     Claim("graddrop-top3-except-nyuv2-ne", "§3.2",
           "GradDrop also achieved top 3 scores except normal estimation (NE) on NYU-v2, but still improved "
@@ -550,7 +550,7 @@ def claim_by_id(claim_id: str) -> Claim:
     raise KeyError(claim_id)
 
 
-# -- as published (research/peers.md §4): the authors' probable code base ----------------------
+# -- as published: the authors' probable code base (danielmao2019/Pylon) ----------------------
 # Under the as-published reading, Nash-MTL and GradNorm train the baseline itself (mean loss) and
 # CosReg the summed loss; those three rows are therefore left out of the reference spread.
 AS_PUBLISHED_EW = ("Nash-MTL", "GradNorm", "CosReg")
@@ -646,7 +646,7 @@ def _published_cosreg_not_baseline(tables: Tables) -> Verdict:
 
 
 CLAIMS = CLAIMS + (
-    Claim("published-nash-gradnorm-equal-baseline", "§3.2, Tables 2-3 (as published, research/peers.md §4)",
+    Claim("published-nash-gradnorm-equal-baseline", "§3.2, Tables 2-3 (as published: danielmao2019/Pylon)",
           "In the authors' probable code base Nash-MTL (solver NameError swallowed, α = 1/T) and GradNorm (stale "
           "weights, softmax keeps 1/T) train the baseline's mean loss; if so, their Table 2 and Table 3 rows are "
           "re-runs of the Baseline and lie within the spread expected of equal weighting on every column.",
@@ -656,7 +656,7 @@ CLAIMS = CLAIMS + (
                 "GradNorm, CosReg left out) plus one unit of the last printed digit. The paper averages 3 runs "
                 "(§3 'General Setup') and reports no spread, so the closest quarter of genuinely different methods "
                 "stands in for run-to-run noise; it can fail (a row farther than most methods)."),
-    Claim("published-cosreg-is-summed-ew", "§3.2, Tables 2-3 (as published, research/peers.md §4)",
+    Claim("published-cosreg-is-summed-ew", "§3.2, Tables 2-3 (as published: danielmao2019/Pylon)",
           "In the authors' probable code base CosReg's penalty has no gradient, so it trains Σ L_i = T × the "
           "baseline's mean loss: the baseline with a T-times larger step, not a re-run of it; so its Table 2 and "
           "Table 3 rows must NOT coincide with the Baseline row (outside the EW spread on a majority of columns).",

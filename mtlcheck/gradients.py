@@ -1,6 +1,6 @@
 """The gradient engine: per-task gradients, aggregation, and the write into `.grad`.
 
-Every step is a two-stage step (research/perf.md §7):
+Every step is a two-stage step:
 
 1. z = model.encode(batch); the heads run on a detached copy z̃ (requires_grad), so the per-task
    feature gradients ∇_Z L_i come from T cheap backward passes through the heads only;
@@ -31,7 +31,7 @@ import torch
 
 from mtlcheck.aggregators import Aggregator
 from mtlcheck.jacobian import Jacobian
-from mtlcheck.models._base import MultiTaskModel, as_tuple
+from mtlcheck.models._base import MultiTaskModel, as_tuple, named_shared_parameters
 from mtlcheck.precision import Precision
 
 LEVELS = ("parameter", "feature")
@@ -181,7 +181,7 @@ def backward_step(
             f"{aggregator!r} weights the losses only; it has no feature-level variant (the encoder gradient "
             "would be the same weighted loss gradient). Use level='parameter'."
         )
-    shared = list(model.shared_parameters())
+    shared = named_shared_parameters(model)
     heads = [p for _, p in model.head_parameters()]
     forward = _forward_context(precision, shared)
     if tags.second_order:

@@ -6,7 +6,7 @@ level). The gradient engine never flattens it: each block is a (T, n_k) view of 
 (or one Z tensor's) gradients, so that
 
 * the Gram matrix G Gᵀ is the sum of per-block T×T products, accumulated in float64 (a single
-  float32 product over 11M parameters is off by ~1e-2, see research/perf.md §2);
+  float32 product over 11M parameters was measured ~1e-2 off the float64 one);
 * a weighted direction Σ_i w_i g_i is formed per block and written straight into `.grad`.
 
 A plain (T, d) tensor is a one-block Jacobian (`Jacobian.from_matrix`).

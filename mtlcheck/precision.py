@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from mtlcheck.data.collate import map_tensors
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16}
+AUTOCAST_NAMES = ("bf16",)  # torch dtypes by name in `autocast_dtype` (torch is imported lazily:
+#                             the command line declares these flags without loading it)
 OPTION_KEYS = ("tf32", "autocast", "channels_last")
 
 
@@ -41,8 +41,8 @@ class Precision:
         if not isinstance(self.tf32, bool) or not isinstance(self.channels_last, bool):
             raise ValueError(f"Precision: tf32 and channels_last must be booleans, got {self.tf32!r}, "
                              f"{self.channels_last!r}")
-        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
-            raise ValueError(f"Precision: autocast must be None or one of {sorted(AUTOCAST_DTYPES)}, "
+        if self.autocast is not None and self.autocast not in AUTOCAST_NAMES:
+            raise ValueError(f"Precision: autocast must be None or one of {list(AUTOCAST_NAMES)}, "
                              f"got {self.autocast!r}")
 
     @classmethod
@@ -68,7 +68,7 @@ class Precision:
     def add_arguments(parser) -> None:
         """--tf32, --autocast bf16 and --channels-last on an argparse parser."""
         parser.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (faster; default: exact float32)")
-        parser.add_argument("--autocast", default=None, choices=sorted(AUTOCAST_DTYPES),
+        parser.add_argument("--autocast", default=None, choices=AUTOCAST_NAMES,
                             help="forward pass under bf16 autocast")
         parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and images")
 
@@ -81,14 +81,24 @@ class Precision:
     def exact(self) -> bool:
         return self == Precision()
 
+    @property
+    def autocast_dtype(self) -> "torch.dtype | None":
+        import torch
+
+        return None if self.autocast is None else {"bf16": torch.bfloat16}[self.autocast]
+
     def apply_backends(self) -> None:
         """Set the process-wide TF32 switches to this setting (both of them, explicitly)."""
+        import torch
+
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
 
     @contextlib.contextmanager
     def backends(self):
         """The TF32 switches set to this setting inside, the process's own restored on exit."""
+        import torch
+
         saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         self.apply_backends()
         try:
@@ -100,14 +110,22 @@ class Precision:
         """The context the forward pass runs in: bf16 autocast, or nothing."""
         if self.autocast is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[self.autocast])
+        import torch
+
+        return torch.autocast(device_type=torch.device(device).type, dtype=self.autocast_dtype)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import torch
+
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def prepare_batch(self, batch):
         """Every 4-D floating-point tensor of the batch in channels-last format (when asked)."""
         if not self.channels_last:
             return batch
+        import torch
+
+        from mtlcheck.data.collate import map_tensors
+
         return map_tensors(batch, lambda t: t.contiguous(memory_format=torch.channels_last)
                            if t.ndim == 4 and t.is_floating_point() else t)

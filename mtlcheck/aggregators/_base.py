@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
+import types
+import typing
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -105,6 +108,47 @@ class Aggregation:
         return self.blocks[0] if len(self.blocks) == 1 else torch.cat(self.blocks)
 
 
+def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(whether `value` fits the annotation `hint`, the value as that type). Unknown or missing
+    annotations accept anything."""
+    if hint is inspect.Parameter.empty or hint is Any or isinstance(hint, str):
+        return True, value
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            ok, conformed = _conform(value, option)
+            if ok:
+                return True, conformed
+        return False, value
+    if origin is typing.Literal:
+        return value in typing.get_args(hint), value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False, value
+        return True, float(value)
+    if hint is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        return isinstance(value, (list, tuple)), value
+    return True, value
+
+
+def _describe_type(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if hint is float:
+        return "a finite number"
+    return {bool: "true or false", int: "an integer", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
 class Aggregator:
     """Base class. Subclasses set `name` (via `register_aggregator`), implement `tags()` and
     `_aggregate(J, losses)`, store every constructor argument under its own name (for
@@ -147,6 +191,29 @@ class Aggregator:
         kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         params = inspect.signature(cls.__init__).parameters.values()
         return [p for p in params if p.name != "self" and p.kind in kinds]
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """`config` checked against the constructor's keywords and their annotated types (an int
+        for a float becomes that float; a bool is never a number; floats must be finite): a
+        ValueError naming the parameter, its type and the value otherwise. Values themselves
+        (ranges) are the constructor's to check."""
+        params = {p.name: p for p in cls._init_parameters()}
+        unknown = sorted(set(config) - set(params))
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no parameter(s) {unknown}; it takes {sorted(params)}")
+        try:
+            hints = typing.get_type_hints(cls.__init__)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: leave the values to __init__
+            hints = {}
+        checked = {}
+        for name, value in config.items():
+            hint = hints.get(name, params[name].annotation)
+            ok, value = _conform(value, hint)
+            if not ok:
+                raise ValueError(f"{cls.__name__}: {name} must be {_describe_type(hint)}, got {value!r}")
+            checked[name] = value
+        return checked
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments (every keyword of __init__, read from the attribute of that name).

@@ -5,7 +5,7 @@ parameters, or Z at the feature level). The penalty depends on the gradients, so
 needs second derivatives: the engine takes g_i with create_graph=True and differentiates
 `penalty(J)` (double backprop). Given only a fixed G, the first-order part is Σ_i g_i, which is
 what `__call__` returns. (The authors' code computes the penalty from detached gradients, so it
-trains the plain summed loss; see research/peers.md §4.)
+trains the plain summed loss: danielmao2019/Pylon @ ebe46305 `optimizers/multi_task_optimizers` takes g_i without create_graph=True.)
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """'As published' variants: what the authors' probable code base actually trains.
 
-research/peers.md §1.1 identifies Pylon (danielmao2019/Pylon) as the likely source of the paper's
-numbers; §4-§5 list where its methods differ from their papers. Each class below reproduces that
-behaviour from the math (not from their code), so runs and claims can ask whether the published
-rows are explained by it. None of them is a correct implementation of its method:
+Pylon (danielmao2019/Pylon, `optimizers/multi_task_optimizers`, read at ebe46305) is likely the
+code base behind the paper's numbers: it has exactly the paper's list of methods, a `wrt_rep`
+switch for the feature level with `mgda_ub`/`alignedmtl_ub` configs, the paper's benchmarks and
+its SGD settings. Several of its methods differ from their papers, as listed below. Each class
+reproduces that behaviour from the math (not from their code), so runs and claims can ask
+whether the published rows are explained by it. None of them is a correct implementation of its method:
 
     ew-mean             the published baseline: Σ_i g_i / T (mean of the losses; EW here is the sum)
     cosreg-published    Σ_i g_i: the penalty is computed from detached gradients, so it is a constant

@@ -12,8 +12,7 @@ version has no instance maps and is not supported. Layout::
 The image list is sorted(<root>/leftImg8bit/<split>/*/*.png), as in the paper code.
 
 Targets, as built by the paper code (danielmao2019/Pylon @ c94c50b9c, `datasets/city_scapes.py`,
-itself following SamsungLabs/MTL `code/data/datasets/cityscapes.py`); see
-research/models_data.md section 1:
+itself following SamsungLabs/MTL `code/data/datasets/cityscapes.py`):
 
 - semantic (H, W) int64: label ids VALID_IDS -> 0..18 in that order, every other id -> 250.
   `num_classes=7` uses the 7-class coarse map of Pylon HEAD instead (COARSE_MAP).

@@ -1,14 +1,15 @@
 """Tiny synthetic samples in the real on-disk formats of CityScapes, NYU-v2 (NYUD_MT and mtan)
 and MetaGraspNet (raw scenes plus the converted UOAIS-style COCO JSON).
 
-Deterministic from `seed` (numpy `default_rng`). Contents follow research/models_data.md
-section 5; layouts are those documented in `cityscapes.py`, `nyuv2.py` and `metagraspnet.py`.
+Deterministic from `seed` (numpy `default_rng`); layouts are those documented in `cityscapes.py`, `nyuv2.py` and `metagraspnet.py`.
 Regenerate the committed copies with::
 
     python -m mtlcheck.data.fixtures fixtures/          # [--seed 0]
 
 which writes <outdir>/cityscapes, <outdir>/nyuv2/nyud_mt, <outdir>/nyuv2/mtan and
-<outdir>/metagraspnet (scene0/ + annotations.json). PNG and JSON files are byte-identical across
+<outdir>/metagraspnet (scene0/ + annotations.json, and the same as train.json and test.json). Each is
+a data root as it stands, except that NYU-v2's is one of its two layouts: pass
+fixtures/nyuv2/nyud_mt or fixtures/nyuv2/mtan as --data-root. PNG and JSON files are byte-identical across
 runs; .npz (zip timestamps), .mat (header timestamp) and JPEG (codec version) files are identical
 in content only.
 """
@@ -263,12 +264,15 @@ def write_metagraspnet_raw(root: str | Path, seed: int = 0, views: int = 2) -> P
 
 
 def write_metagraspnet(root: str | Path, seed: int = 0) -> Path:
-    """Raw scene0 plus `annotations.json` converted from it (file names relative to `root`)."""
+    """Raw scene0 plus `annotations.json` converted from it (file names relative to `root`), and
+    the same file as `train.json` and `test.json`, so that `root` is a MetaGraspNet data root
+    as it stands (`mtlcheck run --benchmark metagraspnet --data-root fixtures/metagraspnet`)."""
     from mtlcheck.data.metagraspnet import convert_scenes
 
     root = write_metagraspnet_raw(root, seed)
-    data = convert_scenes(root, ["scene0"])
-    (root / "annotations.json").write_text(json.dumps(data, indent=1))
+    text = json.dumps(convert_scenes(root, ["scene0"]), indent=1)
+    for name in ("annotations.json", "train.json", "test.json"):
+        (root / name).write_text(text)
     return root
 
 

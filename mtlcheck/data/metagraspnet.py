@@ -2,8 +2,7 @@
 from raw MetaGraspNet scenes to that JSON.
 
 No loader or model of the paper's authors is public for MetaGraspNet; the format follows UOAIS
-(gist-ailab/uoais ``adet/data/uoais.py``), which the paper builds on (research/models_data.md
-section 3). Raw scene layout read by `convert_scenes` (maximiliangilles/MetaGraspNet)::
+(gist-ailab/uoais ``adet/data/uoais.py``), which the paper builds on. Raw scene layout read by `convert_scenes` (maximiliangilles/MetaGraspNet)::
 
     <root>/<scene>/<V>_rgb.png      RGB uint8
     <root>/<scene>/<V>.npz          'depth' (H,W) float cm, NaN = invalid;

@@ -1,6 +1,6 @@
 """NYU-v2 with depth (DE), surface normals (NE) and semantic segmentation (SS).
 
-Two on-disk layouts (research/models_data.md section 2):
+Two on-disk layouts:
 
 ``layout="nyud_mt"`` (default; facebookresearch/astmt NYUD_MT, used by the paper code,
 danielmao2019/Pylon ``datasets/nyud_mt.py``)::

@@ -8,8 +8,7 @@ as mtan and LibMTL do). ``compute()`` raises ``RuntimeError`` when no valid pixe
 metric over nothing is undefined, and we never return a silent NaN.
 
 Sources of the formulas: mtan ``im2im_pred/utils.py`` (= LibMTL ``examples/nyu/utils.py``), the
-paper's code base Pylon (``metrics/``), SamsungLabs/MTL ``code/evaluation/cityscapes.py``; see
-``research/models_data.md`` sections 1.3 and 2.3.
+paper's code base Pylon (``metrics/``), SamsungLabs/MTL ``code/evaluation/cityscapes.py``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from mtlcheck.experiments.store import (
     RunFailedError,
     RunRecord,
     RunResult,
+    SetupError,
     StoreError,
     environment,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "RunRecord",
     "RunResult",
     "RunSpec",
+    "SetupError",
     "StoreError",
     "environment",
     "spec_key",

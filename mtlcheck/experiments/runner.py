@@ -4,11 +4,14 @@ Every run goes through `ResultStore.get_or_run`, so a run is computed once howev
 processes (xdist workers, several shells, a killed and restarted sweep) ask for it, and a
 killed run resumes from its last checkpoint. A sweep first takes every run nobody owns, then
 waits for the ones other processes are computing. Where a run executes (data root, device,
-pretrained weights) is not part of its key.
+pretrained weights) is not part of its key, and a problem there (a wrong data root, a corrupt
+file, a missing device or weights file) is a `SetupError`: the run is released, not counted as
+failed, and computes once the problem is fixed.
 """
 
 from __future__ import annotations
 
+import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ import torch
 from mtlcheck.aggregators import aggregator_class
 from mtlcheck.benchmarks import get_benchmark
 from mtlcheck.experiments.spec import RunSpec
-from mtlcheck.experiments.store import ResultStore, RunRecord, RunResult
+from mtlcheck.experiments.store import ResultStore, RunFailedError, RunRecord, RunResult, SetupError
 from mtlcheck.gradients import batch_sum_supported, check_feature_batch
 from mtlcheck.precision import Precision
 from mtlcheck.training import Checkpointer, RunOutcome, train
@@ -40,6 +43,14 @@ class Where:
     weights: str | None = None
     progress: bool = False
 
+    def check(self, benchmarks: Iterable[str] = ()) -> None:
+        """Usage errors before any run is claimed: the device must exist here, the weights file
+        and each benchmark's data root must be there (ValueError / FileNotFoundError)."""
+        check_device(self.device)
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise FileNotFoundError(f"--weights file not found: {self.weights}")
+        for name in set(benchmarks):
+            get_benchmark(name).check_data_root(self.data_root)
 
 def run_options(options: Mapping[str, Any]) -> tuple[Precision, str]:
     """A spec's `extra` options as (precision, feature-level batch rule): the rule is stored as
@@ -51,22 +62,43 @@ def run_options(options: Mapping[str, Any]) -> tuple[Precision, str]:
     return Precision.from_options(options), feature_batch
 
 
-def make_spec(benchmark: str, method: str, *, level: str = "parameter", seed: int = 0, budget: str = "small",
+
+def check_device(device: str) -> None:
+    """ValueError unless `device` is a torch device this process can use ('cpu', 'cuda[:N]', ...)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}: expected cpu or cuda[:N] ({exc})") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def make_spec(benchmark: str, method: str, *, level: str | None = None, seed: int = 0, budget: str = "small",
               steps: int | None = None, method_config: dict | None = None, extra: dict | None = None) -> RunSpec:
-    """A RunSpec with the method resolved (aliases like 'mgda_ub' set the level) and its config
-    reduced to the non-default constructor arguments (the aggregator's seed is the run's seed)."""
+    """A RunSpec with the method resolved (aliases like 'mgda_ub' fix the level; asking for
+    another level is an error), the level defaulting to 'parameter', and the config checked
+    against the constructor's signature and types and reduced to its non-default arguments.
+    The aggregator's seed is the run's seed, so `seed` is not a config key."""
     if method in ALIASES:
-        method, level = ALIASES[method]
+        name, alias_level = ALIASES[method]
+        if level not in (None, alias_level):
+            raise ValueError(f"{method!r} is {name!r} at the {alias_level} level; it has no {level} level "
+                             f"(for {name} at the {level} level, ask for {name!r})")
+        method, level = name, alias_level
+    level = "parameter" if level is None else level
     get_benchmark(benchmark)
     cls = aggregator_class(method)
     config = dict(method_config or {})
-    config.pop("seed", None)
+    if "seed" in config:
+        raise ValueError(f"seed={config['seed']!r} in the method config: the aggregator's seed is the run's seed "
+                         "(--seed on the command line)")
+    config = cls.check_config(config)
     defaults = {p.name: p.default for p in cls._init_parameters()}
-    unknown = sorted(set(config) - set(defaults))
-    if unknown:
-        raise ValueError(f"{cls.__name__} has no parameter(s) {unknown}; it takes {sorted(defaults)}")
     config = {k: v for k, v in config.items() if v != defaults[k]}
-    cls(**config)  # validate now, not in the middle of a sweep
+    cls(**config)  # validate the values now, not in the middle of a sweep
     if cls().tags().loss_only and level == "feature":
         raise ValueError(f"{method!r} weights the losses only: it has no feature-level variant")
     # validated now, and only non-default settings kept: {"tf32": False} is the same run as {}; the
@@ -83,12 +115,20 @@ def make_spec(benchmark: str, method: str, *, level: str = "parameter", seed: in
 def sweep_specs(benchmark: str, methods: Sequence[str] | None = None, levels: Sequence[str] = ("parameter", "feature"),
                 seeds: Sequence[int] = (0,), budget: str = "small", steps: int | None = None,
                 extra: dict | None = None) -> list[RunSpec]:
-    """Every method × level × seed (loss-only methods at the parameter level only; with the
-    feature-level batch rule "sum", only the weighting methods at the feature level); by default
-    the paper's methods (other registered methods run when named)."""
+    """Every method × level × seed (loss-only methods at the parameter level only; an alias such
+    as 'mgda_ub' at its own level, which must be among `levels`); by default the paper's methods
+    (other registered methods run when named); with the feature-level batch rule "sum", only
+    the weighting methods at the feature level. No runs at all is a ValueError saying why."""
+    methods = PAPER_METHODS if methods is None else tuple(methods)
+    for what, values in (("methods", methods), ("levels", levels), ("seeds", seeds)):
+        if not values:
+            raise ValueError(f"no runs: no {what} given")
     specs = []
     summed = run_options(extra or {})[1] == "sum"
-    for method in methods or PAPER_METHODS:
+    for method in methods:
+        if method in ALIASES and ALIASES[method][1] not in levels:
+            raise ValueError(f"{method!r} is {ALIASES[method][0]!r} at the {ALIASES[method][1]} level, "
+                             f"which is not among the levels {list(levels)}")
         for level in levels:
             name, lv = ALIASES.get(method, (method, level))
             tags = aggregator_class(name)().tags()
@@ -98,24 +138,61 @@ def sweep_specs(benchmark: str, methods: Sequence[str] | None = None, levels: Se
                 spec = make_spec(benchmark, name, level=lv, seed=seed, budget=budget, steps=steps, extra=extra)
                 if spec not in specs:
                     specs.append(spec)
+    if not specs:
+        raise ValueError(f"no runs: {', '.join(methods)} weight(s) the losses only and have no level among "
+                         f"{list(levels)} (loss-only methods run at the parameter level)")
     return specs
 
 
+class _GuardedData(torch.utils.data.Dataset):
+    """A dataset whose read errors (a missing or corrupt file found mid-run) are `SetupError`s."""
+
+    def __init__(self, dataset, root):
+        self.dataset, self.root = dataset, root
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except Exception as exc:  # noqa: BLE001 - any failure to read a sample is the data's
+            raise SetupError(f"data under {self.root}: sample {index}: {type(exc).__name__}: {exc}") from exc
+
+    def __getattr__(self, name):
+        if name in ("dataset", "root"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def execute(spec: RunSpec, where: Where = Where(), checkpointer: Checkpointer | None = None) -> RunOutcome:
-    """Train and evaluate one spec (no store involved)."""
+    """Train and evaluate one spec (no store involved). Problems of where it runs (data root,
+    data files, device, weights, running out of GPU memory) raise `SetupError`."""
     bench = get_benchmark(spec.benchmark)
-    root = bench.check_data_root(where.data_root)
     setup = bench.setup(spec.budget, spec.steps)
-    torch.manual_seed(spec.seed)
-    model = bench.make_model(spec.budget, where.weights)
+    try:
+        check_device(where.device)
+        root = bench.check_data_root(where.data_root)
+        torch.manual_seed(spec.seed)
+        model = bench.make_model(spec.budget, where.weights)
+    except Exception as exc:  # noqa: BLE001 - none of this is the run's computation
+        raise SetupError(f"{spec.label} cannot start here: {type(exc).__name__}: {exc}") from exc
     aggregator = aggregator_class(spec.method)(**spec.config, seed=spec.seed)
     precision, feature_batch = run_options(spec.options)
-    train_data = bench.make_data("train", spec.budget, root)
-    test_data = bench.make_data("test", spec.budget, root)
-    return train(model, train_data, bench.collate, aggregator, setup, level=spec.level, seed=spec.seed,
-                 device=where.device, checkpointer=checkpointer, precision=precision, feature_batch=feature_batch,
-                 evaluate=lambda m: bench.evaluate(m, test_data, where.device),
-                 progress=spec.label if where.progress else False)
+    try:
+        train_data = bench.make_data("train", spec.budget, root)
+        test_data = bench.make_data("test", spec.budget, root)
+    except Exception as exc:  # noqa: BLE001
+        raise SetupError(f"{spec.label} cannot start here: {type(exc).__name__}: {exc}") from exc
+    if root is not None:
+        train_data, test_data = _GuardedData(train_data, root), _GuardedData(test_data, root)
+    try:
+        return train(model, train_data, bench.collate, aggregator, setup, level=spec.level, seed=spec.seed,
+                     device=where.device, checkpointer=checkpointer, precision=precision, feature_batch=feature_batch,
+                     evaluate=lambda m: bench.evaluate(m, test_data, where.device),
+                     progress=spec.label if where.progress else False)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise SetupError(f"{spec.label} ran out of GPU memory on {where.device}: {exc}") from exc
 
 
 def _run_fn(spec: RunSpec, where: Where):
@@ -130,10 +207,20 @@ def _run_fn(spec: RunSpec, where: Where):
     return fn
 
 
+def _say_waiting(spec: RunSpec):
+    def on_wait(record: RunRecord | None) -> None:
+        owner = f" by {record.owner}" if record is not None and record.owner else ""
+        print(f"mtlcheck: waiting for run {spec.label} ({spec.key}): another process is computing it{owner}",
+              file=sys.stderr, flush=True)
+
+    return on_wait
+
+
 def run_spec(store: ResultStore, spec: RunSpec, where: Where = Where(), *, wait: bool = True) -> RunRecord | None:
-    """The stored result of `spec`, computing it here if nobody has."""
-    get_benchmark(spec.benchmark).check_data_root(where.data_root)  # a usage error, not a failed run
-    return store.get_or_run(spec, _run_fn(spec, where), wait=wait)
+    """The stored result of `spec`, computing it here if nobody has (saying so on stderr when it
+    waits for another process)."""
+    where.check([spec.benchmark])  # usage errors, never a failed run
+    return store.get_or_run(spec, _run_fn(spec, where), wait=wait, on_wait=_say_waiting(spec))
 
 
 def run_sweep(store: ResultStore, specs: Iterable[RunSpec], where: Where = Where(), *, progress: bool = True,
@@ -141,8 +228,7 @@ def run_sweep(store: ResultStore, specs: Iterable[RunSpec], where: Where = Where
     """Compute every spec once (sharing the work with any other process on the same store).
     A run that fails is recorded as failed (with its traceback) and the sweep goes on."""
     specs = list(specs)
-    for name in {s.benchmark for s in specs}:
-        get_benchmark(name).check_data_root(where.data_root)
+    where.check(s.benchmark for s in specs)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -159,6 +245,11 @@ def run_sweep(store: ResultStore, specs: Iterable[RunSpec], where: Where = Where
                 bar.set_postfix_str(spec.label)
             try:
                 record = run_spec(store, spec, where, wait=False)
+            except SetupError:  # the data or device: every other run would meet it too
+                raise
+            except RunFailedError as exc:  # failed before, out of attempts: one line, not a traceback
+                print(f"run {spec.label}: {exc}")
+                record = exc.record
             except Exception:  # noqa: BLE001 - recorded in the store; the sweep goes on
                 if not keep_going:
                     raise
@@ -173,6 +264,8 @@ def run_sweep(store: ResultStore, specs: Iterable[RunSpec], where: Where = Where
     for spec in pending:  # second pass: wait for (or take over) what others were computing
         try:
             records[spec.key] = run_spec(store, spec, where, wait=True)
+        except SetupError:
+            raise
         except Exception:  # noqa: BLE001
             if not keep_going:
                 raise

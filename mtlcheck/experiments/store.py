@@ -9,7 +9,12 @@ Life of a run::
 
     (absent) / pending / failed (retryable) --claim--> running --finish--> done | diverged
                                                          |  \\--fail-----> failed
+                                                         \\--release---> pending (Ctrl-C, SetupError)
                                             owner dead or heartbeat stale: taken over by claim
+
+Only failures of the computation count against a run (`DEFAULT_MAX_FAILURES`): a run function
+that raises `SetupError` (missing or corrupt data, an unusable device: where the run executes,
+not what it computes) releases the run unchanged, and `retry` gives a failed run its attempts back.
 
 A claim records its owner as ``host:pid:token``. Another process takes the run over when the
 owner's heartbeat is older than `stale_after`, or at once when the owner ran on this host and
@@ -59,6 +64,7 @@ __all__ = [
     "RunFailedError",
     "RunRecord",
     "RunResult",
+    "SetupError",
     "StoreError",
     "decode_json",
     "encode_json",
@@ -104,6 +110,12 @@ class StoreError(RuntimeError):
     """The store file cannot be used (wrong schema, WAL refused, key collision)."""
 
 
+class SetupError(RuntimeError):
+    """The run cannot start or go on because of where it executes (data, device, files), not
+    because of what it computes. Raised by a run function, it makes `get_or_run` release the run
+    (status 'pending', no failure counted, the message kept as its last error) and re-raise."""
+
+
 class ClaimLost(RuntimeError):
     """This process no longer owns the run: another process took it over (stale heartbeat)."""
 
@@ -113,9 +125,11 @@ class RunFailedError(RuntimeError):
 
     def __init__(self, record: "RunRecord"):
         self.record = record
+        last = (record.error or "").strip().splitlines()
         super().__init__(
-            f"run {record.key} ({record.spec.label}) failed {record.failures} time(s) and is not retried; "
-            f"last error:\n{record.error}"
+            f"run {record.key} ({record.spec.label}) failed {record.failures} time(s) and is not retried "
+            f"(last error: {last[-1] if last else 'none recorded'}); `mtlcheck runs retry {record.key}` "
+            "gives it its attempts back"
         )
 
 
@@ -498,10 +512,15 @@ class Claim:
             _event("failed", self.owner, error=text.strip().splitlines()[-1] if text.strip() else ""),
         )
 
-    def release(self, reason: str = "released") -> None:
-        """Give the run back unfinished (status 'pending', checkpoint kept), e.g. on Ctrl-C."""
+    def release(self, reason: str = "released", error: str | None = None) -> None:
+        """Give the run back unfinished (status 'pending', checkpoint kept, no failure counted),
+        e.g. on Ctrl-C or a `SetupError`; `error` (if given) becomes the row's last error."""
         self._check_open("release")
-        self._end("status='pending', owner=NULL, heartbeat=NULL", (), _event("released", self.owner, reason=reason))
+        if error is None:
+            self._end("status='pending', owner=NULL, heartbeat=NULL", (), _event("released", self.owner, reason=reason))
+        else:
+            self._end("status='pending', owner=NULL, heartbeat=NULL, error=?", (error,),
+                      _event("released", self.owner, reason=reason))
 
     def _end(self, assignments: str, params: tuple, event: dict) -> None:
         with self.store._write() as conn:
@@ -545,19 +564,35 @@ def _fsync_dir(path: Path) -> None:
 # The store
 # ---------------------------------------------------------------------------------------------
 class ResultStore:
-    """Runs in the SQLite file `path` (created with its parent directories). Safe to share
-    between threads (one connection per thread) and processes (WAL + busy timeout)."""
+    """Runs in the SQLite file `path` (created with its parent directories unless `create` is
+    False). Safe to share between threads (one connection per thread) and processes (WAL + busy
+    timeout). `readonly` opens an existing store for reading only (it may lie on a read-only
+    filesystem; writing raises `StoreError`). Every problem with the file itself (a folder, not
+    SQLite, not writable) raises `StoreError` naming it."""
 
-    def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 60.0):
+    def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 60.0, readonly: bool = False,
+                 create: bool = True):
         if str(path) in ("", ":memory:"):
             raise ValueError(f"ResultStore: path must be a file (processes share it), got {str(path)!r}")
         if not busy_timeout > 0:
             raise ValueError(f"ResultStore: busy_timeout must be positive seconds, got {busy_timeout!r}")
         self.path = Path(path).resolve()
         self.busy_timeout = float(busy_timeout)
+        self.readonly = bool(readonly)
         self.checkpoint_dir = self.path.with_name(self.path.name + ".ckpt")
         self._local = threading.local()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._immutable = False
+        if self.path.is_dir():
+            raise StoreError(f"results store {self.path} is a folder; pass the SQLite file "
+                             f"(e.g. {self.path / 'runs.sqlite'})")
+        if not self.path.exists() and (readonly or not create):
+            raise StoreError(f"no results store at {self.path}")
+        if not readonly:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder of results store {self.path}: "
+                                 f"{exc.strerror or exc}") from exc
         self._init_schema()
 
     def __repr__(self) -> str:
@@ -565,6 +600,40 @@ class ResultStore:
 
     # -- connections ----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        try:
+            return self._connect_readonly() if self.readonly else self._connect_readwrite()
+        except sqlite3.Error as exc:
+            raise self._file_error(exc) from exc
+
+    def _file_error(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            why = "is not an SQLite results store (or is truncated or corrupt)"
+        elif "readonly" in text or "read-only" in text:
+            why = "is not writable (a read-only file or folder); `mtlcheck report` and `mtlcheck runs list` can read it"
+        elif "unable to open" in text:
+            why = "cannot be opened (a missing or read-only folder?)"
+        else:
+            why = "cannot be used"
+        return StoreError(f"results store {self.path} {why}: sqlite3: {text}")
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """Read-only; a WAL store whose folder cannot be written (no -shm file can be made) is
+        opened as immutable, which is right for an archived store nobody writes."""
+        uri = self.path.as_uri()
+        if not self._immutable:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=self.busy_timeout, isolation_level=None)
+            try:
+                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if "unable to open" not in str(exc) and "readonly" not in str(exc):
+                    raise
+            self._immutable = True
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+
+    def _connect_readwrite(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
@@ -602,6 +671,8 @@ class ResultStore:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A short ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+        if self.readonly:
+            raise StoreError(f"results store {self.path} was opened read-only")
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -612,6 +683,20 @@ class ResultStore:
         conn.execute("COMMIT")
 
     def _init_schema(self) -> None:
+        try:
+            self._create_or_check_schema()
+        except sqlite3.Error as exc:
+            raise self._file_error(exc) from exc
+
+    def _create_or_check_schema(self) -> None:
+        if self.readonly:
+            conn = self._conn()
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+                raise StoreError(f"{self.path}: schema version {version} (tables {[t[0] for t in tables]}), "
+                                 f"this mtlcheck expects {SCHEMA_VERSION}")
+            return
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
@@ -717,6 +802,18 @@ class ResultStore:
                 added += cur.rowcount
         return added
 
+    def retry(self, spec_or_key: RunSpec | str) -> bool:
+        """Give a failed run its attempts back (failures set to 0, history kept), so the next
+        `claim` computes it again; True if the run was failed."""
+        key = self._key(spec_or_key)
+        with self._write() as conn:
+            row = conn.execute("SELECT history_json FROM runs WHERE key=? AND status='failed'", (key,)).fetchone()
+            if row is None:
+                return False
+            history = decode_json(row[0]) + [_event("retry", None)]
+            conn.execute("UPDATE runs SET failures=0, history_json=? WHERE key=?", (encode_json(history), key))
+        return True
+
     def forget(self, spec_or_key: RunSpec | str) -> bool:
         """Delete a run and its checkpoint so it is computed again; True if a row existed.
         Never do this while a process is computing it."""
@@ -786,7 +883,8 @@ class ResultStore:
     # -- computing ------------------------------------------------------------------------------
     def get_or_run(self, spec: RunSpec, fn: Callable[[Claim], Any], *, wait: bool = True,
                    timeout: float | None = None, poll: float = 0.5, stale_after: float = DEFAULT_STALE_AFTER,
-                   max_failures: int = DEFAULT_MAX_FAILURES, heartbeat_every: float | None = None) -> RunRecord | None:
+                   max_failures: int = DEFAULT_MAX_FAILURES, heartbeat_every: float | None = None,
+                   on_wait: Callable[[RunRecord | None], Any] | None = None) -> RunRecord | None:
         """The stored result of `spec`, computing it with ``fn(claim)`` if nobody has.
 
         `fn` returns a `RunResult` (or a tuple metrics, trajectory, timings[, status]); a
@@ -795,7 +893,9 @@ class ResultStore:
         None at once when `wait` is False), taking the run over should that owner die. An
         exception in `fn` is recorded as 'failed' with its traceback and re-raised; a stored
         failure that is out of retries raises `RunFailedError`. KeyboardInterrupt and other
-        non-Exception exits release the run to 'pending' (checkpoint kept)."""
+        non-Exception exits release the run to 'pending' (checkpoint kept), and so does a
+        `SetupError` (no failure counted). `on_wait(record)` is called once when this call starts
+        waiting for another process's claim (e.g. to say so)."""
         if not isinstance(spec, RunSpec):
             raise TypeError(f"ResultStore.get_or_run: expected a RunSpec, got {type(spec).__name__}")
         if not callable(fn):
@@ -805,6 +905,7 @@ class ResultStore:
             raise ValueError(f"ResultStore.get_or_run: heartbeat_every must be in (0, stale_after), got {interval!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         try_claim = True
+        told = False
         while True:
             if try_claim:
                 claim = self.claim(spec, stale_after=stale_after, max_failures=max_failures)
@@ -826,6 +927,9 @@ class ResultStore:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"run {spec.key} ({spec.label}) not finished after {timeout}s: "
                                    f"{'absent' if record is None else self._describe(self._conn(), spec.key)}")
+            if on_wait is not None and not told:
+                told = True
+                on_wait(record)
             time.sleep(poll)
             record = self.get(spec)
             try_claim = (record is None or record.status in ("pending", "failed")
@@ -854,6 +958,10 @@ class ResultStore:
             finally:
                 stop.set()
                 thread.join()
+        except SetupError as exc:
+            with contextlib.suppress(ClaimLost):
+                claim.release(f"setup error: {exc}", error="".join(traceback.format_exception_only(type(exc), exc)))
+            raise
         except Exception as exc:
             with contextlib.suppress(ClaimLost):
                 claim.fail(exc)

@@ -26,7 +26,7 @@ Conventions
   ln T. Dead positions are excluded whatever ``eps`` is.
 * Multi-level Z (e.g. FPN levels): pass a sequence of (T, ...) tensors with the same T; the
   positions of all levels are pooled, so each position (not each level) has equal weight.
-* Batch: the batch axis is just more positions (DESIGN.md: the Jacobian w.r.t. the flattened
+* Batch: the batch axis is just more positions (the Jacobian is taken w.r.t. the flattened
   batch x features representation).
 * T = 1 is accepted and gives FD = 0 (ln 1); a (T,) tensor is rejected, since it is more
   likely a flattened single-task gradient than T tasks at one position -- pass (T, 1).

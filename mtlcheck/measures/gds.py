@@ -7,8 +7,8 @@ where g_i = d L_i / d theta_sh is task i's gradient w.r.t. the shared parameters
 
 Everything here is computed from the T x T Gram matrix ``gram = G G^T`` (float64), never from
 the T x d matrix G itself: the gradient engine (``mtlcheck.jacobian``) accumulates the Gram
-accurately per parameter block (a single fp32 ``G @ G.T`` over ~11M parameters is off by ~1%,
-research/perf.md section 2), and the measures only need inner products.
+accurately per parameter block (a single fp32 ``G @ G.T`` over ~11M parameters was measured
+~1% off), and the measures only need inner products.
 
 Conventions
 -----------

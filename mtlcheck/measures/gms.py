@@ -6,7 +6,7 @@
 Typo: the paper prints the denominator of Eq. 6a as ||g_j||^2 + ||g_j||^2 (j twice), which
 would make beta_ij = ||g_i|| / ||g_j|| -- unbounded and not symmetric, contradicting the text's
 beta_ij in [0, 1]. We use ||g_i||^2 + ||g_j||^2, as in the measure's source (PCGrad, Yu et al.
-2020), which is what DESIGN.md settles on.
+2020).
 
 Only the norms are needed, i.e. the diagonal of the Gram matrix G G^T (float64; see
 ``mtlcheck.measures.gds`` for why measures take the Gram and not G).

@@ -5,8 +5,10 @@ The gradient engine (`mtlcheck.gradients`) splits a model into a shared encoder 
     z = model.encode(batch)              # shared representation Z: a Tensor or a tuple of Tensors
     losses = model.task_losses(z, batch) # {task name: scalar loss}, ordered as model.task_names
 
-`shared_parameters()` are the parameters the per-task gradients are taken with respect to
-(theta_sh in the paper); every other trainable parameter belongs to the heads. `task_losses`
+`shared_parameters()` returns the parameters the per-task gradients are taken with respect to
+(theta_sh in the paper) as ``(name, parameter)`` pairs, like ``named_parameters()`` (a list of
+bare parameters is refused with an error saying so); every other trainable parameter belongs to
+the heads. `task_losses`
 must accept any tensor(s) with the structure and shapes `encode` returned (the engine feeds it a
 detached copy of Z so that feature-level gradients dL_i/dZ are cheap), and must never call
 `encode` itself.
@@ -38,13 +40,29 @@ class MultiTaskModel(nn.Module):
         raise NotImplementedError
 
     def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:  # pragma: no cover - abstract
-        """Named shared parameters theta_sh, in a fixed order."""
+        """Named shared parameters theta_sh, in a fixed order: ``(name, parameter)`` pairs, e.g.
+        ``list(self.encoder.named_parameters())``."""
         raise NotImplementedError
 
     def head_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Every trainable parameter that is not shared."""
-        shared = {id(p) for _, p in self.shared_parameters()}
+        shared = {id(p) for _, p in named_shared_parameters(self)}
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in shared]
+
+
+def named_shared_parameters(model: MultiTaskModel) -> list[tuple[str, nn.Parameter]]:
+    """`model.shared_parameters()` as a list, checked to be ``(name, parameter)`` pairs: a
+    TypeError naming the model and the first bad item otherwise (a bare parameter would be
+    unpacked along its first dimension)."""
+    items = list(model.shared_parameters())
+    for i, item in enumerate(items):
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], torch.Tensor)):
+            what = f"a bare {type(item).__name__} of shape {tuple(item.shape)}" if isinstance(item, torch.Tensor) \
+                else f"{type(item).__name__} {item!r:.80}"
+            raise TypeError(f"{type(model).__name__}.shared_parameters() must yield (name, parameter) pairs like "
+                            f"named_parameters(); item {i} is {what}")
+    return items
 
 
 def as_tuple(z: Representation) -> tuple[torch.Tensor, ...]:

@@ -1,7 +1,7 @@
 """Dense-prediction multi-task models for the CityScapes and NYU-v2 benchmarks (paper §3.2, App. 7).
 
 Architecture (the paper fixes only "ResNet18 backbone, ImageNet weights, 512x512 input"; the head
-design is not stated, see research/models_data.md §4.1 and §6.6):
+design is not stated):
 
     image (B,3,H,W) --ResNetTrunk--> [C2, C3, C4, C5];   Z = C5, shape (B, 8*width, ceil(H/32), ceil(W/32))
     for each task t:  y_t = upsample_bilinear(DenseHead_t(Z), size=(H, W))
@@ -17,7 +17,7 @@ Decoders (`DenseHead`) are deliberately light: conv3x3 -> GroupNorm -> ReLU, the
 `task_losses` free of side effects (no running statistics are updated when the gradient engine or a
 monitor evaluates the heads several times on the same Z) and keeps the heads vmap-friendly.
 
-Losses (Pylon @ c94c50b9 `criteria/`, mtan/LibMTL `utils.py`; research/models_data.md §1.3, §2.3):
+Losses (danielmao2019/Pylon @ c94c50b9 `criteria/`, lorenmt/mtan and LibMTL `utils.py`):
 - depth:    L1 over valid pixels, mean_{gt>0} |pred - gt|       (0 marks invalid depth)
 - semantic: cross-entropy with `ignore_index` (250 on CityScapes; 250 on NYUD_MT where no pixel is 250)
 - instance: L1 over the entries of the (2,H,W) centre-offset map whose target is not 250
@@ -275,7 +275,7 @@ class CityScapesModel(DenseMultiTaskModel):
     instance (2 ch centre offsets (dy, dx) normalised by (H-1, W-1), L1 ignore 250).
 
     Batch: image (B,3,H,W) float; semantic (B,H,W) int64; depth (B,1,H,W) float, 0 = invalid;
-    instance (B,2,H,W) float, 250 = ignore (research/models_data.md §1.2).
+    instance (B,2,H,W) float, 250 = ignore (as Pylon and SamsungLabs/MTL build the targets).
     """
 
     task_names = ("depth", "semantic", "instance")
@@ -318,7 +318,7 @@ class NYUv2Model(DenseMultiTaskModel):
     use num_classes=40, ignore_index=-1 for the 40-class convention or 13/-1 for mtan's files).
 
     Batch: image (B,3,H,W) float; semantic (B,H,W) int64; depth (B,1,H,W) float, 0 = invalid;
-    normal (B,3,H,W) float, zero vector = invalid (research/models_data.md §2).
+    normal (B,3,H,W) float, zero vector = invalid.
     """
 
     task_names = ("depth", "normal", "semantic")

@@ -39,7 +39,7 @@ EXPECTED_FAILURES: dict[type, dict[str, str]] = {
     },
     GradVacPublished: {
         "check_conflict_reduction": (
-            "By design: the published correction has '+ ρ√(1−φ̂²)' where Wang et al. "
+            "By design (danielmao2019/Pylon's GradVac): the published correction has '+ ρ√(1−φ̂²)' where Wang et al. "
             "Eq. 4 has '−', so at φ̂ = 0 a conflicting g_i is pushed further from g_j (cos falls below its target) "
             "instead of being lifted to φ̂."
         ),

@@ -1,5 +1,5 @@
 """The 'as published' variants (mtlcheck.aggregators.published) reproduce the behaviour that
-research/peers.md §4-§5 found in the authors' probable code base, on fixed inputs: CosReg = Σ g_i,
+the authors' probable code base (danielmao2019/Pylon) shows, on fixed inputs: CosReg = Σ g_i,
 Nash-MTL = GradNorm = baseline = Σ g_i / T, GradVac with the sign-flipped correction."""
 
 import math

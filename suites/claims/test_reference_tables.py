@@ -26,7 +26,6 @@ from mtlcheck.reference import (
     top_k,
 )
 
-PAPER_NAME = "001_60bdb5714aa0631d.txt"
 PAPER_SHA256 = "3aca8ab48d354a7d2f103f22b736b51143231273b904b40757fc47223215d184"
 EXCERPT = PAPER_DIR / "source_text.txt"
 TABLE_FILES = sorted(PAPER_DIR.glob("table*.json"))
@@ -36,11 +35,10 @@ EXPECTED_ROWS = {1: 14, 2: 16, 3: 16, 4: 8, 5: 3, 6: 3, 7: 3}
 
 
 def _paper_text_path() -> Path | None:
-    """The paper's full text: $MTLCHECK_PAPER_TEXT, else the workspace's shared/paper copy."""
+    """The paper's full text (a plain-text extraction whose sha256 is PAPER_SHA256), when
+    $MTLCHECK_PAPER_TEXT names it; it is not part of the repository."""
     env = os.environ.get("MTLCHECK_PAPER_TEXT")
-    candidates = [Path(env)] if env else []
-    candidates.append(PAPER_DIR.parents[2] / "shared" / "paper" / PAPER_NAME)
-    return next((p for p in candidates if p.is_file()), None)
+    return Path(env) if env and Path(env).is_file() else None
 
 
 def _excerpt_blocks() -> dict[int, tuple[int, list[str]]]:

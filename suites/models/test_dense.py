@@ -265,3 +265,34 @@ def test_local_imagenet_weights_are_loaded(tmp_path):
     model = CityScapesModel(width=64, decoder_width=8, decoder_stages=0, weights=path)
     assert torch.equal(model.encoder.stem[0].weight, reference.conv1.weight)
     assert torch.equal(model.encoder.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def test_shared_parameters_must_be_name_parameter_pairs():
+    """A model whose shared_parameters() yields bare parameters gets an error saying so, from the
+    engine and from head_parameters (a (2, k) parameter would otherwise unpack silently)."""
+    from mtlcheck.aggregators import get_aggregator
+    from mtlcheck.gradients import backward_step
+
+    class Bare(MultiTaskModel):
+        task_names = ("a", "b")
+
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.Linear(3, 2)
+            self.heads = torch.nn.ModuleList(torch.nn.Linear(2, 1) for _ in range(2))
+
+        def encode(self, batch):
+            return self.encoder(batch["x"])
+
+        def task_losses(self, z, batch):
+            return {n: h(z).pow(2).mean() for n, h in zip(self.task_names, self.heads)}
+
+        def shared_parameters(self):
+            return list(self.encoder.parameters())  # the mistake: no names
+
+    model = Bare()
+    message = r"Bare.shared_parameters\(\) must yield \(name, parameter\) pairs.*item 0 is a bare Parameter of shape \(2, 3\)"
+    with pytest.raises(TypeError, match=message):
+        model.head_parameters()
+    with pytest.raises(TypeError, match=message):
+        backward_step(model, {"x": torch.randn(4, 3)}, get_aggregator("mgda"), level="parameter")

@@ -1,0 +1,7 @@
+"""`python -m mtlcheck`: the `mtlcheck` command."""
+
+import sys
+
+from mtlcheck.cli import console_main
+
+sys.exit(console_main())
