@@ -12,14 +12,24 @@ Everything here is a pure function of the run records given (`mtlcheck.experimen
 - `result_tables(records, benchmark)` -> `ResultTable`s keyed like the paper's files (the
   benchmark's `paper_tables`), plus 'relative_change', 'final_measures' and 'figure5', so the
   predicates of `mtlcheck.claims` run on them exactly as on the paper's numbers;
-- `to_markdown` / `to_csv` render one table; `trajectory_figures` writes Figures 3-5 as PNG;
-- `claim_verdicts` / `verdict_markdown` judge every claim and say why one cannot be judged;
-- `write_report` writes report.md, one CSV per table and the PNGs (same records, same text).
+- `to_markdown` / `to_csv` / `to_json` render one table; `trajectory_figures` writes Figures 3-5
+  as PNG (one panel per method, mean over seeds with a band);
+- `claim_verdicts` / `verdict_markdown` judge every claim (`mtlcheck.verdicts`: holds /
+  contradicted / inconclusive / not evaluable) and say why one cannot be judged;
+- `write_report` writes report.md, one CSV and one JSON per table and the PNGs (same records,
+  same text).
 
 Rules: records of one benchmark, budget, step count and code epoch at a time (mixing raises);
 a (method, level) row takes the mean over seeds only when every one of its runs is 'done';
 otherwise its values are null and its note says what happened (diverged at step N in k/n
 seeds, failed, not finished) — no run is dropped silently.
+
+Uncertainty: every cell of the results and final-measure tables is a `statistics.Estimate` over
+seeds (the 95 % Student-t interval of the mean; none for one seed) with its paired difference to
+the Baseline on the same seeds (same seed = same initialisation and data order). The store keeps
+one number per run and metric, so a bootstrap over test samples is not possible here. Derived
+cells (relative change, ranking similarity) carry the 95 % percentile interval of their value
+over draws of the seed means from their t-posteriors (`study.Study.posterior`).
 """
 
 from __future__ import annotations
@@ -858,7 +868,7 @@ def verdict_markdown(verdicts: Sequence[Mapping]) -> str:
     for v in verdicts:
         support = "" if v.get("support") is None else f"{v['support']:.0%}"
         seeds = "" if v.get("seeds") is None else str(v["seeds"])
-        if v["verdict"] == "inconclusive" and v.get("seeds") is None and v.get("support") is not None:
+        if v["verdict"] == "inconclusive" and "not decided even with" in v["evidence"]:
             seeds = f"> {MAX_SEEDS}"
         lines.append("| " + " | ".join(_esc(v[k]) for k in ("id", "section", "statement")) +
                      f" | **{v['verdict']}** | {support} | {seeds} | {_esc(v['evidence'])} |")

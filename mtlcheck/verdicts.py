@@ -46,7 +46,8 @@ __all__ = ["MAX_SEEDS", "SUPPORT_DRAWS", "UNIFORM_DRAWS", "VERDICTS", "judge", "
 VERDICTS = ("holds", "contradicted", "inconclusive", "not evaluable", "error")
 UNIFORM_DRAWS = 50  # points drawn uniformly in the region after the corner patterns
 SEARCH_UNIFORM = 30  # the same, per tried seed count when estimating the seeds that would decide
-SUPPORT_DRAWS = 400
+SEARCH_CORNERS = 300  # corner patterns per tried seed count (a planning figure, not a verdict)
+SUPPORT_DRAWS = 200
 MAX_SEEDS = 256
 
 Tables = Mapping[str, ResultTable]
@@ -154,9 +155,10 @@ def _table_at(point: ResultTable, box: Box, u_of: Callable[[RowKey, str], float]
 
 
 def _search(claim: Claim, tables: Tables, boxes: Mapping[str, Box], seed: int = 0,
-            uniform: int = UNIFORM_DRAWS) -> tuple[int, int]:
-    """(points where the claim holds, points where it fails) in the boxes: the corner patterns, then
-    `uniform` points with every cell uniform in its box; stops as soon as both answers were seen."""
+            uniform: int = UNIFORM_DRAWS, corners: int | None = None) -> tuple[int, int]:
+    """(points where the claim holds, points where it fails) in the boxes: the corner patterns (the
+    first `corners` of them, all by default), then `uniform` points with every cell uniform in its
+    box; stops as soon as both answers were seen."""
     rng = np.random.default_rng(seed)
     names = sorted(boxes)
     n_true = n_false = 0
@@ -174,7 +176,7 @@ def _search(claim: Claim, tables: Tables, boxes: Mapping[str, Box], seed: int = 
         n_false += not ok
         return n_true > 0 and n_false > 0
 
-    for rho, others, sigma in _corner_patterns(claim, tables, names, rng):
+    for rho, others, sigma in itertools.islice(_corner_patterns(claim, tables, names, rng), corners):
         coin = {}
 
         def row_sign(key, rho=rho, others=others, coin=coin):
@@ -264,7 +266,7 @@ def judge(claim: Claim, tables: Tables, removed: Mapping[str, list[str]] | None 
 
 def _seeds_to_decide(claim: Claim, tables: Tables, boxes, point: str, n: int) -> tuple[int | None, str]:
     def decided(m: int) -> str | None:
-        t, f = _search(claim, tables, boxes(m), uniform=SEARCH_UNIFORM)
+        t, f = _search(claim, tables, boxes(m), uniform=SEARCH_UNIFORM, corners=SEARCH_CORNERS)
         d = _decision(t + (point == "holds"), f + (point != "holds"))
         return None if d == "inconclusive" else d
 
@@ -278,7 +280,7 @@ def _seeds_to_decide(claim: Claim, tables: Tables, boxes, point: str, n: int) ->
         lo, m = m, 2 * m
     if hi is None:
         return None, ""
-    while hi - lo > 1:  # smallest decided count in (lo, hi]
+    while hi - lo > max(1, hi // 8):  # smallest decided count in (lo, hi], to within an eighth
         mid = (lo + hi) // 2
         d = decided(mid)
         if d:
