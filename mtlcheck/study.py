@@ -78,14 +78,20 @@ class UncertainTable(ResultTable):
         return ""
 
     def fmt(self, method: str, column: str, level: str | None = None) -> str:
-        """The cell with its uncertainty: '0.5210 ± 0.0031', '66.67 [50.00, 100.00]%'."""
+        """The cell with its uncertainty, for evidence: '0.5210 ± 0.0031 (Δ +0.0040 ± 0.0012)' (Δ: the
+        paired difference to the Baseline on the same seeds, what comparisons rest on) or
+        '66.67 [50.00, 100.00]%'."""
         row = self.row(method, level)
         v = row.values[column]
         if v is None:
             return "null"
         d = self.printed_decimals.get(column)
         text = f"{v:.{d}f}" if d is not None else f"{v:.6g}"
-        return text + self.spread_text(row.key, column) + ("%" if self._is_percent(column) else "")
+        text += self.spread_text(row.key, column) + ("%" if self._is_percent(column) else "")
+        p = self.paired_estimate(row.key, column)
+        if p is not None and p.half_width is not None:
+            text += f" (Δ {p.mean:+.{d if d is not None else 4}f} ± {p.half_width:.{d if d is not None else 4}f})"
+        return text
 
 
 def with_values(table: ResultTable, values: Mapping[RowKey, Mapping[str, float | None]]) -> ResultTable:

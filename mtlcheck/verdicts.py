@@ -260,7 +260,8 @@ def judge(claim: Claim, tables: Tables, removed: Mapping[str, list[str]] | None 
         summary += (f"; about {seeds} seeds would decide it ({would}) if the means and spreads stayed as observed"
                     if seeds else f"; not decided even with {MAX_SEEDS} seeds at the observed means and spreads "
                                   "(a tie, or differences far inside the noise)")
-    return {**out, "verdict": verdict, "evidence": f"{summary} | point values: {evidence}",
+    return {**out, "verdict": verdict, "evidence": f"{summary} | point values (mean ± 95% t half-width over seeds; "
+                                                  f"Δ: paired difference to the Baseline): {evidence}",
             "support": support, "seeds": seeds}
 
 
