@@ -493,7 +493,9 @@ def _study(runs: _Runs) -> Study:
     return Study(base, functools.partial(_derive, runs, ends), depends, views, label=runs.label)
 
 
-def _percentile_ranges(point: ResultTable, draws: Sequence[ResultTable]) -> dict[RowKey, dict[str, tuple[float, float]]]:
+def _percentile_ranges(point: ResultTable, draws: Sequence[ResultTable]
+                       ) -> dict[RowKey, dict[str, tuple[float, float]]]:
+    """Per cell: the 95 % percentile interval of its value over `draws` (cells null in a draw: none)."""
     q = (100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2)
     out: dict[RowKey, dict[str, tuple[float, float]]] = {}
     for r in point.rows:
@@ -641,8 +643,8 @@ def to_markdown(table: ResultTable, *, marks: bool = True) -> str:
                 caption.append(f"Marks in brackets against {BASELINE} ({base.level}), from the paired per-seed "
                                f"differences (same seed = same initialisation and data order): ↑ / ↓ when the "
                                f"{_LEVEL_TEXT} Student-t interval of the mean difference lies wholly on the better / "
-                               "worse side of 0 in the column's direction (↑ higher is better, ↓ lower is better in "
-                               "the header), – when it contains 0, n=1 when one seed gives no interval.")
+                               "worse side of 0 in the column's direction (↑ higher is better, ↓ lower is better "
+                               "in the header), – when it contains 0, n=1 when one seed gives no interval.")
                 caption.append(f"'band' columns: the paper's mark (Table 1 caption), ↑ / ↓ better / worse by more "
                                f"than {BAND} on the means, – within {BAND}; it ignores the seed-to-seed spread.")
             else:
