@@ -9,23 +9,33 @@ runs a cell is a mean over seeds known up to an interval, and a verdict is one o
 - not evaluable: the tables lack a row, column or value the claim needs (the evidence says which);
 - error: the predicate raised anything else (a bug, shown rather than hidden).
 
-The region is the box of Student-t intervals over seeds (`mtlcheck.statistics`) of every drawn
-coordinate of the claim's base tables — per column the Baseline's mean and each other row's paired
-difference to the Baseline — each at level 1 − 0.05/K for K coordinates (Bonferroni), explored by
-`Study.region` draws. If the box covers the true means (probability ≥ 95 %), a decided verdict is
-the verdict at the true means: a wrong decision has probability ≤ 5 % whatever the truth. At a tie
-(a method equal to the baseline, an RS cell equal for two measures) every neighbourhood of the
-truth holds both answers, so ties decide nothing. The draws search the box rather than cover it,
-so the guarantee is measured, not assumed: suites/claims/test_calibration.py checks the
-false-decision rate and the power on simulated tables.
+The region is a box per source table (`Study.box`). For the results and final-measure tables (and
+Figure 5's FD, their column): the Student-t interval over seeds (`mtlcheck.statistics`) of each
+row's paired difference to the Baseline and of the Baseline's own mean, each at level 1 − 0.05/K
+for the K cells the claim depends on (Bonferroni; a claim marked `only_named` depends on its named
+rows and the Baseline only). For derived tables (relative change, ranking similarity): each cell's
+range over draws of the seed means in their boxes at the level of all the cells it depends on. If
+the boxes cover the true values (probability ≥ 95 %), a decided verdict is the verdict at the
+truth: a wrong decision has probability ≤ 5 % whatever the truth. At a tie (a method equal to the
+baseline, two measures with equal RS) every neighbourhood of the truth holds both answers, so ties
+decide nothing; a zero-width interval is widened to ±1e-9 relative for the same reason.
+
+The box is searched, not covered: its corners first — every combination of ends for the claim's
+named rows (`Claim.named`) with the other rows all at their better end, all at their worse end or
+each at a random end, whole rows moving together (and, for ranking-similarity tables, every sign
+pattern over the columns) — then points drawn uniformly inside it; the search stops as soon as
+both answers were seen. A missed corner could decide wrongly, so the guarantee is measured, not
+assumed: suites/claims/test_calibration.py checks the false-decision rate and the power on
+simulated studies.
 
 Why not decide on the *support* (the fraction of posterior draws on which the predicate holds) at
 95 % / 5 %: a claim joining many comparisons ("above the baseline on all six metrics") has a
 support near 0.5^k when every method equals the baseline, and would be "contradicted" by noise.
 The support is still reported with each verdict, as a summary of the evidence.
 
-For an inconclusive verdict, `seeds` is the smallest number of seeds at which the same region would
-decide, holding the observed means and spreads (a planning figure: both move with more seeds).
+For an inconclusive verdict, `seeds` is about the smallest number of seeds at which the same region
+would decide, holding the observed means and spreads (a planning figure: both move with more seeds;
+found by doubling then bisecting to within an eighth, with a search capped at 300 corners per try).
 """
 
 from __future__ import annotations
