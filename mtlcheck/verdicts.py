@@ -57,7 +57,7 @@ VERDICTS = ("holds", "contradicted", "inconclusive", "not evaluable", "error")
 UNIFORM_DRAWS = 50  # points drawn uniformly in the region after the corner patterns
 SEARCH_UNIFORM = 30  # the same, per tried seed count when estimating the seeds that would decide
 SEARCH_CORNERS = 300  # corner patterns per tried seed count (a planning figure, not a verdict)
-SUPPORT_DRAWS = 200
+SUPPORT_DRAWS = 400  # the draws behind the derived cells' intervals in `reports` (shared, cached)
 MAX_SEEDS = 256
 
 Tables = Mapping[str, ResultTable]
