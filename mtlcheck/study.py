@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from mtlcheck.reference import BASELINE, ResultTable, Row, RowKey
-from mtlcheck.statistics import LEVEL, Estimate, bonferroni_level, t_quantile
+from mtlcheck.statistics import LEVEL, Estimate, t_quantile
 
 __all__ = ["TIE_WIDTH", "Study", "UncertainTable", "with_values"]
 
@@ -262,12 +262,11 @@ class Study:
     def box(self, name: str, level: float, seeds: int | None = None, draws: int = 120) -> Box:
         """Where each cell of table `name` may lie at per-coordinate `level`: exact t intervals for a
         view of a base table (paired with the Baseline), else the cell's range over `draws` region
-        draws of the base cells (and its point value) at the Bonferroni level of all the cells it
-        depends on, or `level` if stricter (a third of the draws when planning `seeds`)."""
+        draws of the base cells at `level` (and its point value; a third of the draws when planning
+        `seeds`). A derived cell is valid at `level` when the cells it is computed from are."""
         derived = name not in self.views
-        if derived:  # one box per table whatever the claim: the level of all the cells it depends on
-            level = min(level, bonferroni_level(self.level, max(1, self.cells(self.depends.get(name)))))
-            draws = draws if seeds is None else max(40, draws // 3)
+        if derived and seeds is not None:
+            draws = max(40, draws // 3)
         key = ("box", name, level, seeds, draws)
         if key in self._cache:
             return self._cache[key]

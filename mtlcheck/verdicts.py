@@ -14,7 +14,7 @@ Figure 5's FD, their column): the Student-t interval over seeds (`mtlcheck.stati
 row's paired difference to the Baseline and of the Baseline's own mean, each at level 1 − 0.05/K
 for the K cells the claim depends on (Bonferroni; a claim marked `only_named` depends on its named
 rows and the Baseline only). For derived tables (relative change, ranking similarity): each cell's
-range over draws of the seed means in their boxes at the level of all the cells it depends on. If
+range over draws of the seed means inside their boxes at that same level. If
 the boxes cover the true values (probability ≥ 95 %), a decided verdict is the verdict at the
 truth: a wrong decision has probability ≤ 5 % whatever the truth. At a tie (a method equal to the
 baseline, two measures with equal RS) every neighbourhood of the truth holds both answers, so ties
