@@ -286,8 +286,13 @@ def _paired_to_baseline(rows: Sequence[Row], estimates: Mapping[RowKey, Mapping[
 
 
 def _relative_change(results: ResultTable, name: str) -> ResultTable:
-    """Table 4: 100 × (feature − parameter) / parameter of the same method (`reference.relative_change`)."""
-    rows = []
+    """Table 4: 100 × (feature − parameter) / parameter of the same method (`reference.relative_change`).
+
+    On a results table with per-seed values each cell also gets the estimate of the per-seed change
+    100 × (f_s − p_s) / p_s over the seeds both levels ran (same seed = same initialisation and
+    data order): the paired interval the verdicts use for this table."""
+    rows, estimates = [], {}
+    seeded = isinstance(results, UncertainTable) and bool(results.estimates)
     for r in results.rows:
         if r.level != "feature" or not results.has(r.method, "parameter"):
             continue
@@ -304,18 +309,29 @@ def _relative_change(results: ResultTable, name: str) -> ResultTable:
                 why.append(f"{c}: parameter-level value is 0")
             else:
                 values[c] = relative_change(results, r.method, c)
+                f, p = (results.estimate(k, c) if seeded else None for k in (r.key, base.key))
+                if f is not None and p is not None:
+                    fs, ps = dict(zip(f.seeds, f.values)), dict(zip(p.seeds, p.values))
+                    per_seed = {s: 100.0 * (fs[s] - ps[s]) / ps[s] for s in fs.keys() & ps.keys() if ps[s] != 0}
+                    if per_seed:
+                        estimates.setdefault(r.key, {})[c] = estimate(per_seed)
         notes = [n for n in (f"feature: {r.note}" if r.note else None,
                              f"parameter: {base.note}" if base.note else None) if n]
         rows.append(Row(method=r.method, level="feature", values=values,
                         note="; ".join(why + notes) if why else None))
-    return ResultTable(
+    table = ResultTable(
         name=name, columns=results.columns, higher_is_better=results.higher_is_better, rows=tuple(rows),
         units={c: f"percent relative change of {c}: 100 × (feature − parameter) / parameter, same method"
                for c in results.columns},
         printed_decimals={c: PERCENT_DECIMALS for c in results.columns},
         notes=("Methods run at both gradient levels (loss-only methods have no feature level). A positive "
-               "change in a lower-is-better column is a degradation.",),
+               "change in a lower-is-better column is a degradation.",
+               f"± : half-width of the {_LEVEL_TEXT} Student-t interval of the per-seed change 100 × (f_s − p_s) / "
+               "p_s (feature and parameter run of the same seed); the cell itself is the change of the means."),
         origin=name)
+    if estimates:
+        return UncertainTable(**_fields(table), estimates=estimates)
+    return table
 
 
 def _end_value(record: RunRecord, key: str) -> tuple[float | None, int, str | None]:

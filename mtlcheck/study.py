@@ -227,9 +227,9 @@ class Study:
             self._cache[key] = self._build(drawn, n)
         return self._cache[key]
 
-    def half_width(self, k: _Coordinate, level: float, seeds: int | None = None) -> float:
+    def half_width(self, k: _Coordinate | Estimate, level: float, seeds: int | None = None) -> float:
         """t_{m−1, (1+level)/2} · s / √m with m = `seeds` or the cell's n; at least the tie width."""
-        e = k.estimate
+        e = k.estimate if isinstance(k, _Coordinate) else k
         m = seeds if seeds is not None else e.n
         h = t_quantile(level, m - 1) * e.sd / math.sqrt(m) if m >= 2 and e.sd is not None else 0.0
         return max(h, TIE_WIDTH * (1.0 + abs(e.mean)))
@@ -263,7 +263,8 @@ class Study:
         """Where each cell of table `name` may lie at per-coordinate `level`: exact t intervals for a
         view of a base table (paired with the Baseline), else the cell's range over `draws` region
         draws of the base cells at `level` (and its point value; a third of the draws when planning
-        `seeds`). A derived cell is valid at `level` when the cells it is computed from are."""
+        `seeds`), or, when the derived table carries per-seed estimates of its own (the relative
+        change, paired per seed), their t intervals at `level`."""
         derived = name not in self.views
         if derived and seeds is not None:
             draws = max(40, draws // 3)
@@ -272,7 +273,14 @@ class Study:
             return self._cache[key]
         point = self.tables()[name]
         out: dict[tuple[RowKey, str], CellBox] = {}
-        if not derived:
+        if derived and isinstance(point, UncertainTable) and point.estimates:  # its own per-seed estimates
+            for r in point.rows:
+                for c in point.columns:
+                    e = point.estimate(r.key, c)
+                    if e is not None and r.values[c] is not None:
+                        h = self.half_width(e, level, seeds)
+                        out[(r.key, c)] = CellBox(e.mean, e.mean - h, e.mean + h)
+        elif not derived:
             for k in self._coords[self.views[name]]:
                 if k.key in point.keys() and k.column in point.columns:
                     h = self.half_width(k, level, seeds)

@@ -249,11 +249,11 @@ def test_relative_change_by_hand(seeded):
     assert row.values["SS"] == pytest.approx(-3.9411764706)  # (0.4899 − 0.51) / 0.51
     assert row.values["IS"] == pytest.approx(-47.3684210526)  # (0.1 − 0.19) / 0.19
     md = reports.to_markdown(rel, marks=False)
-    # in brackets: the 95% percentile interval over posterior draws of the seed means; SS and IS
-    # are equal on both seeds (no spread), DE differs by 0.01 between the seeds of the parameter run
-    assert "| PCGrad | 0.46 [" in md and "| -3.94 [-3.94, -3.94]% | -47.37 [-47.37, -47.37]% |" in md
-    lo, hi = rel.range(("PCGrad", "feature"), "DE")
-    assert lo < 0.46 < hi
+    # ±: the 95% t interval of the per-seed change (same seed): DE 100 × (1.1 − 1.0) / 1.0 = 10 % and
+    # 100 × (1.1 − 1.19) / 1.19 = −7.56 %: sd 12.42, 12.706 · 12.42 / √2 = 111.58; SS and IS equal per seed
+    assert "| PCGrad | 0.46 ± 111.58% | -3.94 ± 0.00% | -47.37 ± 0.00% |" in md
+    e = rel.estimate(("PCGrad", "feature"), "DE")
+    assert e.values == pytest.approx((10.0, 100 * (1.1 - 1.19) / 1.19))
 
 
 def test_instance_benchmark_names_the_relative_change_table4(store):
