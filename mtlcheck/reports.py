@@ -27,9 +27,10 @@ seeds, failed, not finished) — no run is dropped silently.
 Uncertainty: every cell of the results and final-measure tables is a `statistics.Estimate` over
 seeds (the 95 % Student-t interval of the mean; none for one seed) with its paired difference to
 the Baseline on the same seeds (same seed = same initialisation and data order). The store keeps
-one number per run and metric, so a bootstrap over test samples is not possible here. Derived
-cells (relative change, ranking similarity) carry the 95 % percentile interval of their value
-over draws of the seed means from their t-posteriors (`study.Study.posterior`).
+one number per run and metric, so a bootstrap over test samples is not possible here. A relative
+change (Table 4) carries the t interval of its per-seed value (feature vs parameter run of the same
+seed); a ranking similarity the 95 % percentile interval of its value over draws of the seed means
+from their t-posteriors (`study.Study.posterior`).
 """
 
 from __future__ import annotations

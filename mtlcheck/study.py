@@ -12,7 +12,7 @@ data order); a row without a paired Baseline uses its own mean. Two kinds of dra
 
 - posterior: each coordinate = mean + s/√n · T with T ~ Student t(n − 1), independently (the
   t-posterior of a normal mean under the flat prior, e.g. Gelman et al., Bayesian Data Analysis,
-  §3.2); used for the percentile intervals of derived tables and for a claim's *support*;
+  §3.2); used for the percentile intervals of the ranking similarity and for a claim's *support*;
 - region: each coordinate inside its simultaneous interval mean ± t_{n−1, 1−α/(2K)} · s/√n
   (Bonferroni over the K coordinates a claim depends on): at the ends (a whole row at its better
   or worse end, the ends a "row is good / bad" claim turns on) or uniformly inside. A zero-width
