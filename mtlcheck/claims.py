@@ -4,7 +4,9 @@ conclusions of the earlier version, arXiv:2402.03557).
 A predicate takes a mapping of `ResultTable`s keyed like the paper's files ('table1' ... 'table7',
 plus 'figure5' for our runs: the final FD per method, which the paper only plots) and returns a
 `Verdict` whose evidence names the cells it used. The same predicates run on the paper's own
-numbers (`mtlcheck.reference.load_paper_tables()`) and on our reproduced tables.
+numbers (`mtlcheck.reference.load_paper_tables()`), where their verdict is the verdict, and on our
+reproduced tables, where `mtlcheck.verdicts` runs them over a region of the seed means and decides
+only when they agree everywhere in it (holds / contradicted / inconclusive).
 
 Readings fixed once, from the paper's own wording:
 - "gain over the baseline" on a metric: strictly better than the Baseline row. The 0.01 band of
@@ -40,6 +42,7 @@ P, F = "parameter", "feature"
 # §3 "Selected Methods": the gradient manipulation category (8 methods).
 GRADIENT_MANIPULATION = frozenset(
     {"PCGrad", "GradVac", "GradDrop", "RGW", "MGDA", "CAGrad", "Nash-MTL", "Aligned-MTL"})
+MEASURE_ROWS = ("FD", "GDS", "GMS")  # rows of Tables 5-7
 FIGURE5_COLUMN = "FD"  # final FD per parameter-level run: mean of the last 50 points (§5.5)
 
 
@@ -57,7 +60,14 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Claim:
-    """One statement of the paper (`section`), checkable on the tables named in `source_tables`."""
+    """One statement of the paper (`section`), checkable on the tables named in `source_tables`.
+
+    `named`: the rows the statement is about — method (or measure) names, any level, or (method,
+    level) keys. On our runs the verdict search (`mtlcheck.verdicts`) moves these rows to every
+    combination of their interval ends, and the other rows together, since a claim turns on
+    how its named rows stand against the rest. `only_named`: the predicate's verdict reads no
+    other row than those (at any level) and the Baseline, so the simultaneous level of the
+    verdict counts their cells only (suites/claims/test_calibration.py checks this)."""
 
     id: str
     section: str
@@ -65,6 +75,8 @@ class Claim:
     source_tables: tuple[str, ...]
     predicate: Callable[[Tables], Verdict] = field(repr=False)
     notes: str = ""
+    named: tuple[str | RowKey, ...] = ()
+    only_named: bool = False  # the verdict depends on the named rows and the Baseline only
 
     def evaluate(self, tables: Tables) -> Verdict:
         missing = [t for t in self.source_tables if t not in tables]
@@ -75,8 +87,12 @@ class Claim:
 
 # -- helpers -----------------------------------------------------------------------------------
 def _mgn(tables: Tables) -> ResultTable:
-    """MetaGraspNet: Table 1 plus the feature-level rows derived from Table 4."""
-    return apply_relative_change(tables["table1"], tables["table4"])
+    """MetaGraspNet: Table 1 plus the feature-level rows derived from Table 4 (our Table 1 already
+    holds the feature-level runs: then it is the table itself)."""
+    t1, t4 = tables["table1"], tables["table4"]
+    if all(t1.has(*r.key) for r in t4.rows):
+        return t1
+    return apply_relative_change(t1, t4)
 
 
 def _require(table: ResultTable, keys: Iterable[RowKey]) -> None:
@@ -85,21 +101,37 @@ def _require(table: ResultTable, keys: Iterable[RowKey]) -> None:
         raise ClaimNotEvaluable(f"{table.title} has no row(s) {missing}")
 
 
+# A rank claim needs rows to rank: "top 3" among 3 rows or fewer is true of every row, and "the
+# best" of 2 rows is one pairwise comparison, not a ranking.
+TOP3_MIN_RANKED = 4
+BEST_MIN_RANKED = 3
+
+
+def _require_ranked(table: ResultTable, at_least: int, what: str) -> None:
+    n = sum(r.method != BASELINE for r in table.rows)
+    if n < at_least:
+        raise ClaimNotEvaluable(f"{table.title} ranks {n} row(s) besides the {BASELINE}; '{what}' needs at least "
+                                f"{at_least}")
+
+
 def _signed(table: ResultTable, key: RowKey, column: str, ref: RowKey) -> float:
     """Difference key − ref in `column`, positive when `key` is better."""
     a, b = table.value(key[0], column, key[1]), table.value(ref[0], column, ref[1])
     return (a - b) if table.higher_is_better[column] else (b - a)
 
 
+def _gain_misses(table: ResultTable, key: RowKey) -> list[str]:
+    """Columns where `key` is not strictly better than the baseline (or a value is missing)."""
+    base = table.row(BASELINE, P).values
+    row = table.row(*key).values
+    return [c for c in table.columns
+            if row[c] is None or base[c] is None or not table.is_better(row[c], base[c], c)]
+
+
 def _gains_all(table: ResultTable, key: RowKey) -> tuple[bool, list[str]]:
     """Strictly better than the baseline on every column; returns the failing cells."""
-    base = table.row(BASELINE, P)
-    fails = []
-    for c in table.columns:
-        v, b = table.value(key[0], c, key[1]), base.values[c]
-        if v is None or b is None or not table.is_better(v, b, c):
-            fails.append(f"{table.cell(key, c)} vs {BASELINE} {table.fmt(BASELINE, c, P)}")
-    return not fails, fails
+    misses = _gain_misses(table, key)
+    return not misses, [f"{table.cell(key, c)} vs {BASELINE} {table.fmt(BASELINE, c, P)}" for c in misses]
 
 
 def _mean(values: Iterable[float | None]) -> float:
@@ -158,7 +190,7 @@ def _consistent_gains(tables: Tables) -> Verdict:
         else:
             parts.append(f"{t.label(key)}: NOT above on " + "; ".join(fails))
     others = [t.label(k) for k in t.keys()
-              if k[0] != BASELINE and k not in CONSISTENT_GAINERS and _gains_all(t, k)[0]]
+              if k[0] != BASELINE and k not in CONSISTENT_GAINERS and not _gain_misses(t, k)]
     parts.append(f"other rows above the baseline on all metrics: {others or 'none'}")
     return Verdict(holds, f"{t.title} (Baseline row): " + " | ".join(parts))
 
@@ -169,6 +201,7 @@ TOP3_NAMED = (("GradVac", P), ("IMTL", P), ("MGDA", F))
 def _top3_majority(tables: Tables) -> Verdict:
     t = _mgn(tables)
     _require(t, TOP3_NAMED)
+    _require_ranked(t, TOP3_MIN_RANKED, "top 3")
     need = _majority(len(t.columns))  # §3.1: "a majority (≥3) of the metrics" (of 6)
     parts, holds = [], True
     for key in TOP3_NAMED:
@@ -212,6 +245,7 @@ def _top3_everywhere(tables: Tables, method: str, except_: frozenset[tuple[str, 
     for name in ("table2", "table3"):
         t = tables[name]
         _require(t, [(method, P)])
+        _require_ranked(t, TOP3_MIN_RANKED, "top 3")
         for c in t.columns:
             r = rank(t, c)[(method, P)]
             if (name, c) in except_:
@@ -313,6 +347,10 @@ def _fig5_fd_below_baseline(tables: Tables) -> Verdict:
     _require(t, [(BASELINE, P), *((m, P) for m in sorted(FIG5_EXCEPTIONS))])  # the named exceptions must be there
     base = t.value(BASELINE, FIGURE5_COLUMN, P)
     runs = [r for r in t.rows if r.method != BASELINE and r.level == P and r.values[FIGURE5_COLUMN] is not None]
+    need = 2 * len(FIG5_EXCEPTIONS) + 1  # "most, with four exceptions" needs more than 4 others below
+    if len(runs) < need:
+        raise ClaimNotEvaluable(f"{t.title} has {len(runs)} method(s) besides the {BASELINE}; 'most methods ... "
+                                f"with the exception of {len(FIG5_EXCEPTIONS)}' needs at least {need}")
     not_below = {r.method for r in runs if not r.values[FIGURE5_COLUMN] < base}
     most = len(runs) - len(not_below) > len(runs) / 2
     return Verdict(not_below == FIG5_EXCEPTIONS and most,
@@ -328,7 +366,7 @@ TABLE1_GRADIENT_MANIPULATION = GRADIENT_MANIPULATION - {"Nash-MTL"}
 def _fig5_complement(tables: Tables) -> Verdict:
     t = tables["table1"]
     _require(t, [(BASELINE, P), *((m, P) for m in sorted(TABLE1_GRADIENT_MANIPULATION))])  # a complement needs them all
-    gm = [r.key for r in t.rows if r.method in GRADIENT_MANIPULATION and r.level == P]
+    gm = [r.key for r in t.rows if r.method in TABLE1_GRADIENT_MANIPULATION and r.level == P]  # Table 1's seven
     complement = [k for k in gm if k[0] not in FIG5_EXCEPTIONS]
     parts, holds = [], len(complement) == 3
     for k in gm:
@@ -383,6 +421,7 @@ def _graddrop_cosreg_best(tables: Tables) -> Verdict:
             keys = [k for k in t.keys() if k[0] == method]
             if not keys:
                 raise ClaimNotEvaluable(f"{t.title} has no {method} row")
+            _require_ranked(t, TOP3_MIN_RANKED, "top 3")
             need = _majority(len(t.columns))
             counts = {k: len(_top3_columns(t, k)) for k in keys}
             ok = max(counts.values()) >= need
@@ -412,6 +451,7 @@ def _mgda_ub_best(tables: Tables) -> Verdict:
     t = _mgn(tables)
     key = ("MGDA", F)
     _require(t, [key])
+    _require_ranked(t, BEST_MIN_RANKED, "performs the best")
     mr = mean_rank(t)
     order = sorted(mr, key=mr.get)
     best = mr[order[0]]
@@ -439,12 +479,14 @@ CLAIMS: tuple[Claim, ...] = (
           "performance gain compared to the baseline on all 6 evaluation metrics.",
           ("table1", "table4"), _consistent_gains,
           notes="Feature-level rows are derived from Table 1 × Table 4; a gain is a value strictly above "
-                "the baseline (the 0.01 band would drop GradVac, which the paper lists)."),
+                "the baseline (the 0.01 band would drop GradVac, which the paper lists).",
+          only_named=True, named=CONSISTENT_GAINERS),
     Claim("mgn-top3-majority", "§3.1",
           "GradVac, IMTL, and (rep) MGDA achieved top-three performance under a majority (≥3) of the metrics.",
           ("table1", "table4"), _top3_majority,
           notes="Ranked among all MetaGraspNet rows of both levels. With Table 1 rows plus MGDA-UB only, "
-                "FAMO would also be top-3 on 3 metrics."),
+                "FAMO would also be top-3 on 3 metrics.",
+          named=TOP3_NAMED),
     Claim("table1-markers-follow-caption-band", "§3.1, Table 1 caption",
           "Performance increase (↑) or decrease (↓) that's more than 0.01 are shown in brackets after each "
           "table entry; scores within 0.01 of the baseline are labeled '–'.",
@@ -454,82 +496,98 @@ CLAIMS: tuple[Claim, ...] = (
           "CosReg consistently reaches top 3 on both datasets (CityScapes, NYU-v2) and all evaluation metrics.",
           ("table2", "table3"), lambda ts: _top3_everywhere(ts, "CosReg"),
           notes="In the authors' probable code base (danielmao2019/Pylon) CosReg's penalty has no gradient, so "
-                "it trains the plain summed loss (the mean-loss baseline with a T-times larger step)."),
+                "it trains the plain summed loss (the mean-loss baseline with a T-times larger step).",
+          named=("CosReg",)),
     Claim("graddrop-top3-except-nyuv2-ne", "§3.2",
           "GradDrop also achieved top 3 scores except normal estimation (NE) on NYU-v2, but still improved "
           "the baseline.",
           ("table2", "table3"),
-          lambda ts: _top3_everywhere(ts, "GradDrop", frozenset({("table3", "NE")}))),
+          lambda ts: _top3_everywhere(ts, "GradDrop", frozenset({("table3", "NE")})),
+          named=("GradDrop",)),
     Claim("surrogate-gains-only-mgda-alignedmtl", "§4",
           "Only MGDA and Aligned-MTL achieved consistent performance gain under all evaluation metrics "
           "when feature-level gradients replace parameter-level gradients.",
-          ("table4",), _surrogate_only_mgda_aligned),
+          ("table4",), _surrogate_only_mgda_aligned,
+          named=tuple(sorted(SURROGATE_HELPS))),
     Claim("surrogate-degrades-gradvac-rgw-imtl", "§4",
           "GradVac, RGW, and IMTL got significant performance degradation with feature-level gradients.",
           ("table4",), _surrogate_degrades,
-          notes="'Significant' is not defined; checked as a negative change on every metric."),
+          notes="'Significant' is not defined; checked as a negative change on every metric.",
+          only_named=True, named=SURROGATE_HURTS),
     Claim("rs-metagraspnet-fd-box-vs-mask", "§5.5",
           "On MetaGraspNet, FD has lower ranking similarities for bounding box predictions compared to GDS or "
           "GMS, but consistently out-performs traditional GDS and GMS for visible and amodal mask predictions.",
-          ("table5",), _rs_mgn, notes="'Lower compared to GDS or GMS' is checked as lower than each."),
+          ("table5",), _rs_mgn, notes="'Lower compared to GDS or GMS' is checked as lower than each.",
+          named=MEASURE_ROWS),
     Claim("rs-cityscapes-fd-beats-gds-gms", "§5.5",
           "On CityScapes, FD out-performed GMS and GDS on semantic segmentation and instance segmentation, "
           "and out-performed GMS on depth estimation.",
-          ("table6",), _rs_cityscapes),
+          ("table6",), _rs_cityscapes,
+          named=MEASURE_ROWS),
     Claim("rs-nyuv2-fd-beats-gms", "§5.5",
           "On NYU-v2, FD still out-performed GMS on depth estimation and normal estimation.",
-          ("table7",), _rs_nyuv2),
+          ("table7",), _rs_nyuv2,
+          named=("FD", "GMS")),
     Claim("fig5-fd-below-baseline-except-four", "§5.4, Figure 5",
           "Most methods applied parameter-level gradients achieved feature entangled-ness lower than baseline "
           "close to the end of training, with the exception for RGW, PCGrad, MGDA, and Aligned-MTL.",
           ("figure5",), _fig5_fd_below_baseline,
           notes="Figure 5 prints no numbers: on the paper this claim is a statement only. On our runs, "
                 "'figure5' is a table with column 'FD' (mean of the last 50 recorded values, §5.5) per "
-                "parameter-level run, Baseline included. The 'clear decrease trends' part needs trajectories."),
+                "parameter-level run, Baseline included. The 'clear decrease trends' part needs trajectories.",
+          named=tuple(sorted(FIG5_EXCEPTIONS))),
     Claim("fig5-exceptions-complement-of-table1-gainers", "§5.4 (Table 1 part)",
           "These four methods (RGW, PCGrad, MGDA, Aligned-MTL) form exactly the complement of the three methods "
           "that achieved performance gain among the gradient manipulation methods, as reported in Table 1.",
           ("table1",), _fig5_complement,
           notes="'Performance gain' read as in §3.1 (above the baseline on all six). A looser reading, above "
-                "the baseline on a majority (≥4/6), would make the statement hold (CAGrad is above on 4/6)."),
+                "the baseline on a majority (≥4/6), would make the statement hold (CAGrad is above on 4/6).",
+          only_named=True, named=tuple((m, P) for m in sorted(TABLE1_GRADIENT_MANIPULATION))),
     Claim("fig3-uncertainty-poor-gradvac-strong", "§5.4 (Table 1 part)",
           "Uncertainty Weighting had poor performance on the test set (Table 1), and GradVac had stronger "
           "performance.",
           ("table1",), _fig3_uncertainty_gradvac,
-          notes="Read against the baseline: Uncertainty below it on every metric, GradVac above it on every metric."),
+          notes="Read against the baseline: Uncertainty below it on every metric, GradVac above it on every metric.",
+          only_named=True, named=(("Uncertainty", P), ("GradVac", P))),
     Claim("fig3-pcgrad-alignedmtl-undecided", "§5.4 (Table 1 part)",
           "PCGrad and Aligned-MTL are hard to conclude one is superior to the other on the test set.",
           ("table1",), _fig3_pcgrad_aligned,
-          notes="Checked as: neither is better than the other on more than half of the metrics."),
+          notes="Checked as: neither is better than the other on more than half of the metrics.",
+          only_named=True, named=(("PCGrad", P), ("Aligned-MTL", P))),
     Claim("fig4-famo-beats-mgda", "§5.4 (Table 1 part)",
           "FAMO achieved significantly better performance results than MGDA.",
           ("table1",), _fig4_famo_mgda,
           notes="Checked as better on every metric. The sentence cites Figure 4 (GMS) for 'almost the same GDS "
-                "curves'; the curves themselves are not checkable."),
+                "curves'; the curves themselves are not checkable.",
+          only_named=True, named=(("FAMO", P), ("MGDA", P))),
     Claim("conclusion-graddrop-cosreg-best", f"§6 ({V2})",
           "GradDrop and CosReg were the best-performing methods on all three datasets.",
           ("table1", "table2", "table3", "table4"), _graddrop_cosreg_best,
           notes="'Best-performing' read with the paper's own §3.1 yardstick: top-3 on a majority of the metrics "
                 "of each dataset, at either gradient level. With Table 1's parameter-level rows only, GradDrop "
-                "would pass on MetaGraspNet (3/6) but CosReg would still fail (1/6)."),
+                "would pass on MetaGraspNet (3/6) but CosReg would still fail (1/6).",
+          named=("GradDrop", "CosReg")),
     Claim("conclusion-surrogate-only-mgda-alignedmtl", f"§6 ({V2})",
           "Only MGDA and Aligned-MTL, which have theoretical guarantees, achieved a performance gain with "
           "feature-level gradients, while others were either similar or had significant performance degrade.",
           ("table4",), _surrogate_only_mgda_aligned,
           notes="Only the 'only MGDA and Aligned-MTL gain' part is checked; 'similar' is not defined (the "
-                "evidence gives each other method's mean change)."),
+                "evidence gives each other method's mean change).",
+          named=tuple(sorted(SURROGATE_HELPS))),
     Claim("conclusion-fd-faithful-masks-and-cityscapes-seg", f"§6 ({V2})",
           "FD showed its faithfulness for visible and amodal mask predictions on MetaGraspNet and for semantic "
           "and instance segmentation on CityScapes.",
           ("table5", "table6"), _fd_faithful,
           notes="Checked as: FD's ranking similarity is not below GDS's or GMS's on those columns (§5.5's "
-                "stricter 'out-performed' is claim rs-cityscapes-fd-beats-gds-gms)."),
+                "stricter 'out-performed' is claim rs-cityscapes-fd-beats-gds-gms).",
+          named=MEASURE_ROWS),
     Claim("conclusion-v1-mgda-ub-best", f"Key conclusions ({V1})",
           "MGDA-UB (feature-level gradients) performs the best; it is the most suitable for complex vision MTL "
           "(MetaGraspNet).",
           ("table1", "table4"), _mgda_ub_best,
           notes="Evaluated on the later version's numbers (the earlier tables are not available): lowest mean "
-                "rank over the six MetaGraspNet metrics among all rows of both levels."),
+                "rank over the six MetaGraspNet metrics among all rows of both levels.",
+          named=(("MGDA", F),)),
     Claim("conclusion-v1-surrogate-not-general", f"Key conclusions ({V1})",
           "Feature gradients do not generalize as substitutes for parameter gradients (only MGDA and "
           "Aligned-MTL consistently improve with them).",
@@ -539,7 +597,8 @@ CLAIMS: tuple[Claim, ...] = (
           "rankings by FD better matched final performance (MetaGraspNet).",
           ("table5",), _fd_better_indicator_v1,
           notes="Checked as: FD has the highest ranking similarity on a majority of Table 5's columns. The "
-                "earlier version covered MetaGraspNet only."),
+                "earlier version covered MetaGraspNet only.",
+          named=MEASURE_ROWS),
 )
 
 
@@ -655,7 +714,8 @@ CLAIMS = CLAIMS + (
                 "|row − Baseline| ≤ the 25th percentile of |row − Baseline| over the other method rows (Nash-MTL, "
                 "GradNorm, CosReg left out) plus one unit of the last printed digit. The paper averages 3 runs "
                 "(§3 'General Setup') and reports no spread, so the closest quarter of genuinely different methods "
-                "stands in for run-to-run noise; it can fail (a row farther than most methods)."),
+                "stands in for run-to-run noise; it can fail (a row farther than most methods).",
+          named=(("Nash-MTL", P), ("GradNorm", P))),
     Claim("published-cosreg-is-summed-ew", "§3.2, Tables 2-3 (as published: danielmao2019/Pylon)",
           "In the authors' probable code base CosReg's penalty has no gradient, so it trains Σ L_i = T × the "
           "baseline's mean loss: the baseline with a T-times larger step, not a re-run of it; so its Table 2 and "
@@ -665,5 +725,6 @@ CLAIMS = CLAIMS + (
                 "explains the CosReg row needs a Baseline run at that step, which the paper does not report; the "
                 "small SGD step (lr 1e-4, appendix 7) and the low mIoU (2.7% NYU-v2) make a larger step plausibly "
                 "better on every metric, but the tables cannot decide it. Same EW-spread rule as "
-                "published-nash-gradnorm-equal-baseline."),
+                "published-nash-gradnorm-equal-baseline.",
+          named=(("CosReg", P),)),
 )

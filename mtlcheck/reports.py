@@ -12,20 +12,34 @@ Everything here is a pure function of the run records given (`mtlcheck.experimen
 - `result_tables(records, benchmark)` -> `ResultTable`s keyed like the paper's files (the
   benchmark's `paper_tables`), plus 'relative_change', 'final_measures' and 'figure5', so the
   predicates of `mtlcheck.claims` run on them exactly as on the paper's numbers;
-- `to_markdown` / `to_csv` render one table; `trajectory_figures` writes Figures 3-5 as PNG;
-- `claim_verdicts` / `verdict_markdown` judge every claim and say why one cannot be judged;
-- `write_report` writes report.md, one CSV per table and the PNGs (same records, same text).
+- `to_markdown` / `to_csv` / `to_json` render one table; `trajectory_figures` writes Figures 3-5
+  as PNG (one panel per method, mean over seeds with a band);
+- `claim_verdicts` / `verdict_markdown` judge every claim (`mtlcheck.verdicts`: holds /
+  contradicted / inconclusive / not evaluable) and say why one cannot be judged;
+- `write_report` writes report.md, one CSV and one JSON per table and the PNGs (same records,
+  same text).
 
 Rules: records of one benchmark, budget, step count and code epoch at a time (mixing raises);
 a (method, level) row takes the mean over seeds only when every one of its runs is 'done';
 otherwise its values are null and its note says what happened (diverged at step N in k/n
 seeds, failed, not finished) — no run is dropped silently.
+
+Uncertainty: every cell of the results and final-measure tables is a `statistics.Estimate` over
+seeds (the 95 % Student-t interval of the mean; none for one seed) with its paired difference to
+the Baseline on the same seeds (same seed = same initialisation and data order). The store keeps
+one number per run and metric, so a bootstrap over test samples is not possible here. A relative
+change (Table 4) carries the t interval of its per-seed value (feature vs parameter run of the same
+seed); a ranking similarity the 95 % percentile interval of its value over draws of the seed means
+from their t-posteriors (`study.Study.posterior`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import io
+import json
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -35,7 +49,6 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mtlcheck.benchmarks import Benchmark, get_benchmark
-from mtlcheck.claims import CLAIMS, ClaimNotEvaluable
 from mtlcheck.experiments.store import RunRecord
 from mtlcheck.measures.ranking import symmetric_ranking_similarity
 from mtlcheck.reference import (
@@ -43,10 +56,14 @@ from mtlcheck.reference import (
     BASELINE,
     ResultTable,
     Row,
+    RowKey,
     baseline_mark,
     load_paper_tables,
     relative_change,
 )
+from mtlcheck.statistics import LEVEL, Estimate, estimate, paired, t_quantile
+from mtlcheck.study import TIE_WIDTH, Study, UncertainTable
+from mtlcheck.verdicts import MAX_SEEDS, VERDICTS, judge_all
 
 __all__ = [
     "FIGURES",
@@ -57,8 +74,10 @@ __all__ = [
     "claim_verdicts",
     "display_name",
     "moving_average",
+    "paired_mark",
     "result_tables",
     "to_csv",
+    "to_json",
     "to_markdown",
     "trajectory_figures",
     "verdict_markdown",
@@ -83,6 +102,8 @@ RS_LAST_POINTS = 50  # §5.5: "we took the mean of the last 50 elements"
 METRIC_DECIMALS = 4  # one more than the paper prints, so a difference of exactly 0.010 is visible
 PERCENT_DECIMALS = 2  # one more than Tables 4-7 print
 MEASURE_DECIMALS = 4
+POSTERIOR_DRAWS = 400  # draws behind the percentile intervals of derived cells (relative change, RS)
+_LEVEL_TEXT = f"{100 * LEVEL:g}%"
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -204,11 +225,12 @@ def _table_name(paper_name: str | None, fallback: str, runs: _Runs) -> str:
     return f"{base} (ours: {runs.label})"
 
 
-def _results(runs: _Runs, name: str) -> ResultTable:
-    """Mean over seeds of each metric, one row per (method, level); null plus a note otherwise."""
+def _results(runs: _Runs, name: str) -> UncertainTable:
+    """Mean over seeds of each metric, one row per (method, level), with each cell's per-seed values
+    and its paired difference to the Baseline; null plus a note when a run is not done."""
     bench = runs.bench
     columns = tuple(m.label for m in bench.metrics)
-    rows = []
+    rows, estimates = [], {}
     for key in runs.keys:
         rs = runs.groups[key]
         values: dict[str, float | None] = {}
@@ -223,6 +245,7 @@ def _results(runs: _Runs, name: str) -> ResultTable:
                 vals = [float(r.metrics[m.key]) for r in rs]
                 if all(math.isfinite(v) for v in vals):
                     values[m.label] = _mean(vals)
+                    estimates.setdefault(key, {})[m.label] = estimate({r.spec.seed: v for r, v in zip(rs, vals)})
                 else:
                     values[m.label] = None
                     bad.append(f"{m.label} non-finite in seed(s) "
@@ -233,8 +256,9 @@ def _results(runs: _Runs, name: str) -> ResultTable:
             note = _status_note(rs)
         rows.append(Row(method=key[0], level=key[1], values=values, note=note))
     seed_sets = {k: tuple(r.spec.seed for r in rs) for k, rs in runs.groups.items()}
-    notes = [f"Mean over seeds of the done runs ({runs.label}); a row whose runs are not all done has "
-             "null values and a note. Parameter-level rows first, then feature-level rows.",
+    notes = [f"Mean over seeds of the done runs ({runs.label}) ± the half-width of its {_LEVEL_TEXT} Student-t "
+             "interval over seeds (n=1: one seed, no interval); a row whose runs are not all done has null values "
+             "and a note. Parameter-level rows first, then feature-level rows.",
              "Columns: " + ", ".join(f"{m.label} = {m.key}" for m in bench.metrics)
              + " in the units of mtlcheck's evaluation (fractions where the paper prints a percentage)."]
     if len(set(seed_sets.values())) > 1:
@@ -242,15 +266,37 @@ def _results(runs: _Runs, name: str) -> ResultTable:
             f"{k[0]} ({k[1]}): {list(v)}" for k, v in sorted(seed_sets.items(), key=lambda kv: runs.keys.index(kv[0]))))
     else:
         notes.append(f"Seeds: {list(next(iter(seed_sets.values())))}.")
-    return ResultTable(
+    return UncertainTable(
         name=name, columns=columns, higher_is_better={m.label: m.higher_is_better for m in bench.metrics},
         rows=tuple(rows), units={m.label: f"{m.key} (mtlcheck evaluation of {bench.name})" for m in bench.metrics},
-        printed_decimals={c: METRIC_DECIMALS for c in columns}, notes=tuple(notes), origin=name)
+        printed_decimals={c: METRIC_DECIMALS for c in columns}, notes=tuple(notes), origin=name,
+        estimates=estimates, paired=_paired_to_baseline(rows, estimates))
+
+
+def _paired_to_baseline(rows: Sequence[Row], estimates: Mapping[RowKey, Mapping[str, Estimate]]
+                        ) -> dict[RowKey, dict[str, Estimate]]:
+    """Per row and column: row − Baseline (parameter level) over the seeds both have."""
+    base = estimates.get((BASELINE, "parameter"), {})
+    out: dict[RowKey, dict[str, Estimate]] = {}
+    for r in rows:
+        if r.key == (BASELINE, "parameter"):
+            continue
+        for c, e in estimates.get(r.key, {}).items():
+            if c in base:
+                p = paired(dict(zip(e.seeds, e.values)), dict(zip(base[c].seeds, base[c].values)))
+                if p is not None:
+                    out.setdefault(r.key, {})[c] = p
+    return out
 
 
 def _relative_change(results: ResultTable, name: str) -> ResultTable:
-    """Table 4: 100 × (feature − parameter) / parameter of the same method (`reference.relative_change`)."""
-    rows = []
+    """Table 4: 100 × (feature − parameter) / parameter of the same method (`reference.relative_change`).
+
+    On a results table with per-seed values each cell also gets the estimate of the per-seed change
+    100 × (f_s − p_s) / p_s over the seeds both levels ran (same seed = same initialisation and
+    data order): the paired interval the verdicts use for this table."""
+    rows, estimates = [], {}
+    seeded = isinstance(results, UncertainTable) and bool(results.estimates)
     for r in results.rows:
         if r.level != "feature" or not results.has(r.method, "parameter"):
             continue
@@ -267,18 +313,29 @@ def _relative_change(results: ResultTable, name: str) -> ResultTable:
                 why.append(f"{c}: parameter-level value is 0")
             else:
                 values[c] = relative_change(results, r.method, c)
+                f, p = (results.estimate(k, c) if seeded else None for k in (r.key, base.key))
+                if f is not None and p is not None:
+                    fs, ps = dict(zip(f.seeds, f.values)), dict(zip(p.seeds, p.values))
+                    per_seed = {s: 100.0 * (fs[s] - ps[s]) / ps[s] for s in fs.keys() & ps.keys() if ps[s] != 0}
+                    if per_seed:
+                        estimates.setdefault(r.key, {})[c] = estimate(per_seed)
         notes = [n for n in (f"feature: {r.note}" if r.note else None,
                              f"parameter: {base.note}" if base.note else None) if n]
         rows.append(Row(method=r.method, level="feature", values=values,
                         note="; ".join(why + notes) if why else None))
-    return ResultTable(
+    table = ResultTable(
         name=name, columns=results.columns, higher_is_better=results.higher_is_better, rows=tuple(rows),
         units={c: f"percent relative change of {c}: 100 × (feature − parameter) / parameter, same method"
                for c in results.columns},
         printed_decimals={c: PERCENT_DECIMALS for c in results.columns},
         notes=("Methods run at both gradient levels (loss-only methods have no feature level). A positive "
-               "change in a lower-is-better column is a degradation.",),
+               "change in a lower-is-better column is a degradation.",
+               f"± : half-width of the {_LEVEL_TEXT} Student-t interval of the per-seed change 100 × (f_s − p_s) / "
+               "p_s (feature and parameter run of the same seed); the cell itself is the change of the means."),
         origin=name)
+    if estimates:
+        return UncertainTable(**_fields(table), estimates=estimates)
+    return table
 
 
 def _end_value(record: RunRecord, key: str) -> tuple[float | None, int, str | None]:
@@ -294,14 +351,14 @@ def _end_value(record: RunRecord, key: str) -> tuple[float | None, int, str | No
 
 @dataclass(frozen=True)
 class _Ends:
-    values: Mapping[str, Mapping[str, float]]  # measure key -> method -> mean over seeds of the end value
+    values: Mapping[str, Mapping[str, Mapping[int, float]]]  # measure key -> method -> seed -> end value
     left_out: Mapping[str, Mapping[str, str]]  # measure key -> method -> why
     lengths: tuple[int, ...]  # trajectory lengths seen
     used: tuple[int, ...]  # points averaged
 
 
 def _ends(runs: _Runs) -> _Ends:
-    values: dict[str, dict[str, float]] = {k: {} for k, _, _ in MEASURES}
+    values: dict[str, dict[str, dict[int, float]]] = {k: {} for k, _, _ in MEASURES}
     left: dict[str, dict[str, str]] = {k: {} for k, _, _ in MEASURES}
     lengths, used = set(), set()
     for name, level in runs.keys:
@@ -317,7 +374,7 @@ def _ends(runs: _Runs) -> _Ends:
             if why:
                 left[key][name] = "; ".join(why)
                 continue
-            values[key][name] = _mean([v for v, _, _ in got])
+            values[key][name] = {r.spec.seed: v for r, (v, _, _) in zip(rs, got)}
             used.update(n for _, n, _ in got)
             lengths.update(len(r.trajectory[key]) for r in rs)
     return _Ends(values, left, tuple(sorted(lengths)), tuple(sorted(used)))
@@ -330,31 +387,48 @@ def _points_text(ends: _Ends) -> str:
             f"{'/'.join(map(str, ends.lengths))} points here, so {'/'.join(map(str, ends.used))} points averaged")
 
 
-def _final_measures(runs: _Runs, ends: _Ends, name: str) -> ResultTable:
+def _final_measures(runs: _Runs, ends: _Ends, name: str) -> UncertainTable:
     columns = tuple(label for _, label, _ in MEASURES)
-    rows = []
+    rows, estimates = [], {}
     for method, level in runs.keys:
         if level != "parameter":
             continue
-        vals = {label: ends.values[key].get(method) for key, label, _ in MEASURES}
+        vals = {}
+        for key, label, _ in MEASURES:
+            seeds = ends.values[key].get(method)
+            vals[label] = None if seeds is None else _mean(list(seeds.values()))
+            if seeds is not None:
+                estimates.setdefault((method, level), {})[label] = estimate(seeds)
         why = sorted({ends.left_out[key][method] for key, _, _ in MEASURES if method in ends.left_out[key]})
         rows.append(Row(method=method, level=level, values=vals, note="; ".join(why) or None))
-    return ResultTable(
+    return UncertainTable(
         name=name, columns=columns, higher_is_better={"GDS": True, "GMS": True, "FD": False}, rows=tuple(rows),
         units={label: f"{label} at the end of training: {_points_text(ends)}, mean over seeds" for label in columns},
         printed_decimals={c: MEASURE_DECIMALS for c in columns},
-        notes=(f"Parameter-level runs; {_points_text(ends)} (§5.5), then the mean over seeds. Lower GDS/GMS: "
-               "more conflict/dominance (§5.1); lower FD: more disentangled features (§5.2).",),
-        origin=name)
+        notes=(f"Parameter-level runs; {_points_text(ends)} (§5.5), then the mean over seeds ± the half-width of "
+               f"its {_LEVEL_TEXT} Student-t interval over seeds. Lower GDS/GMS: more conflict/dominance (§5.1); "
+               "lower FD: more disentangled features (§5.2).",),
+        origin=name, estimates=estimates, paired=_paired_to_baseline(rows, estimates))
 
 
-def _ranking_similarity(results: ResultTable, ends: _Ends, paper_name: str | None, name: str) -> ResultTable:
-    """Tables 5-7: 100 × (0.5 + |S − 0.5|), S of Eq. 9 between the methods ordered by a measure's end
-    value and ordered by a test metric (better first), over the parameter-level runs of all methods."""
+@functools.lru_cache(maxsize=None)
+def _measure_order(paper_name: str | None) -> tuple[str, ...]:
+    """Row order of a ranking-similarity table: the paper's, else GDS, GMS, FD."""
     paper = load_paper_tables()
-    order = ([r.method for r in paper[paper_name].rows] if paper_name in paper
-             else [label for _, label, _ in MEASURES])
+    return tuple([r.method for r in paper[paper_name].rows] if paper_name in paper
+                 else [label for _, label, _ in MEASURES])
+
+
+def _ranking_similarity(results: ResultTable, final: ResultTable, ends: _Ends, paper_name: str | None,
+                        name: str) -> ResultTable:
+    """Tables 5-7: 100 × (0.5 + |S − 0.5|), S of Eq. 9 between the methods ordered by a measure's end
+    value and ordered by a test metric (better first), over the parameter-level runs of all methods.
+    A metric (or measure) with one value for every ranked method orders nothing: its RS would be
+    50 % from ties alone, so the cell is null with that reason, never a number a claim could use."""
+    order = _measure_order(paper_name)
     by_label = {label: (key, level) for key, label, level in MEASURES}
+    ends_of = {label: {r.method: r.values[label] for r in final.rows if r.values[label] is not None}
+               for label in by_label}
     rows = []
     ranked_sets = set()
     for label in order:
@@ -366,7 +440,7 @@ def _ranking_similarity(results: ResultTable, ends: _Ends, paper_name: str | Non
             for r in results.rows:
                 if r.level != "parameter":
                     continue
-                perf, end = r.values[c], ends.values[key].get(r.method)
+                perf, end = r.values[c], ends_of[label].get(r.method)
                 if perf is None:
                     if r.method not in ends.left_out[key]:
                         why.append(f"{r.method}: no {c} value ({r.note})")
@@ -374,11 +448,18 @@ def _ranking_similarity(results: ResultTable, ends: _Ends, paper_name: str | Non
                 if end is not None:
                     items.append((r.method, end, perf if results.higher_is_better[c] else -perf))
             ranked_sets.add(tuple(m for m, _, _ in items))
+            values[c] = None
             if len(items) < 2:
-                values[c] = None
                 why.append(f"{c}: {len(items)} method(s) with both values; Eq. 9 needs 2")
-                continue
-            values[c] = 100.0 * symmetric_ranking_similarity([e for _, e, _ in items], [p for _, _, p in items])
+            elif len({p for _, _, p in items}) == 1:
+                why.append(f"{c}: the same value for all {len(items)} ranked methods, so it ranks nothing "
+                           "(RS would be 50% from ties alone)")
+            elif len({e for _, e, _ in items}) == 1:
+                why.append(f"{c}: {label} has the same end value for all {len(items)} ranked methods, so it ranks "
+                           "nothing (RS would be 50% from ties alone)")
+            else:
+                values[c] = 100.0 * symmetric_ranking_similarity([e for _, e, _ in items],
+                                                                 [p for _, _, p in items])
         rows.append(Row(method=label, level=level, values=values,
                         note=("left out: " + "; ".join(dict.fromkeys(why))) if why else None))
     ranked = " | ".join(", ".join(s) for s in sorted(ranked_sets)) or "none"
@@ -389,35 +470,102 @@ def _ranking_similarity(results: ResultTable, ends: _Ends, paper_name: str | Non
         printed_decimals={c: PERCENT_DECIMALS for c in results.columns}, row_kind="measure",
         notes=(f"Ranked: the parameter-level runs of the methods {ranked} (Baseline included). Measure value "
                f"per method: {_points_text(ends)} (§5.5), mean over seeds; metric value: the results table's "
-               "mean over seeds, oriented so that better is larger. Value = 100 × (0.5 + |S − 0.5|) (§5.3).",),
+               "mean over seeds, oriented so that better is larger. Value = 100 × (0.5 + |S − 0.5|) (§5.3); "
+               f"in brackets its {_LEVEL_TEXT} percentile interval over {POSTERIOR_DRAWS} draws of the means from "
+               "their t-posteriors (measures and metrics drawn per seed-paired cell).",),
         origin=name)
 
 
-def result_tables(records: Iterable[RunRecord], benchmark: Benchmark | str) -> dict[str, ResultTable]:
-    """Our tables from stored runs, keyed like the paper's: the benchmark's `paper_tables`
-    (results, relative change when the paper has one, ranking similarity) plus 'relative_change'
-    (always; the same table as the paper-named one when there is one), 'final_measures' (GDS, GMS,
-    FD at the end of training per parameter-level method) and 'figure5' (its FD column, the input
-    of the Figure 5 claim). Raises ValueError for mixed budgets, steps, benchmarks or duplicates."""
-    runs = _runs(records, benchmark)
-    res_name, rel_name, rs_name = runs.bench.paper_tables
-    results = _results(runs, _table_name(res_name, "Results", runs))
-    rel = _relative_change(results, _table_name(rel_name, "Relative change", runs))
-    ends = _ends(runs)
-    final = _final_measures(runs, ends, f"Final measures (ours: {runs.label})")
+def _figure5(final: ResultTable, label: str) -> ResultTable:
     fd_rows = tuple(Row(r.method, r.level, {"FD": r.values["FD"]}, note=r.note if r.values["FD"] is None else None)
                     for r in final.rows)
-    figure5 = ResultTable(name=f"Figure 5 final FD (ours: {runs.label})", columns=("FD",),
-                          higher_is_better={"FD": False}, rows=fd_rows, units={"FD": final.units["FD"]},
-                          printed_decimals={"FD": MEASURE_DECIMALS}, notes=final.notes, origin="figure5")
+    return ResultTable(name=f"Figure 5 final FD (ours: {label})", columns=("FD",),
+                       higher_is_better={"FD": False}, rows=fd_rows, units={"FD": final.units["FD"]},
+                       printed_decimals={"FD": MEASURE_DECIMALS}, notes=final.notes, origin="figure5")
+
+
+def _derive(runs: _Runs, ends: _Ends, base: Mapping[str, ResultTable]) -> dict[str, ResultTable]:
+    """Every table keyed like the paper's, from the two base tables ('results', 'final_measures')."""
+    res_name, rel_name, rs_name = runs.bench.paper_tables
+    results, final = base["results"], base["final_measures"]
+    rel = _relative_change(results, _table_name(rel_name, "Relative change", runs))
     tables = {res_name: results}
     if rel_name:
         tables[rel_name] = rel
     tables["relative_change"] = rel
-    tables[rs_name] = _ranking_similarity(results, ends, rs_name, _table_name(rs_name, "Ranking similarity", runs))
+    tables[rs_name] = _ranking_similarity(results, final, ends, rs_name,
+                                          _table_name(rs_name, "Ranking similarity", runs))
     tables["final_measures"] = final
-    tables["figure5"] = figure5
+    tables["figure5"] = _figure5(final, runs.label)
     return tables
+
+
+def _study(runs: _Runs) -> Study:
+    res_name, rel_name, rs_name = runs.bench.paper_tables
+    ends = _ends(runs)
+    base = {"results": _results(runs, _table_name(res_name, "Results", runs)),
+            "final_measures": _final_measures(runs, ends, f"Final measures (ours: {runs.label})")}
+    r, f = frozenset({"results"}), frozenset({"final_measures"})
+    depends = {res_name: r, "relative_change": r, rs_name: r | f, "final_measures": f, "figure5": f}
+    if rel_name:
+        depends[rel_name] = r
+    views = {res_name: "results", "final_measures": "final_measures", "figure5": "final_measures"}
+    return Study(base, functools.partial(_derive, runs, ends), depends, views, label=runs.label)
+
+
+def _percentile_ranges(point: ResultTable, draws: Sequence[ResultTable]
+                       ) -> dict[RowKey, dict[str, tuple[float, float]]]:
+    """Per cell: the 95 % percentile interval of its value over `draws` (cells null in a draw: none)."""
+    q = (100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2)
+    out: dict[RowKey, dict[str, tuple[float, float]]] = {}
+    for r in point.rows:
+        for c in point.columns:
+            if r.values[c] is None:
+                continue
+            xs = [d.row(*r.key).values[c] for d in draws]
+            xs = [x for x in xs if x is not None]
+            if len(xs) == len(draws):
+                lo, hi = np.percentile(xs, q)
+                out.setdefault(r.key, {})[c] = (float(lo), float(hi))
+    return out
+
+
+def result_tables(records: Iterable[RunRecord], benchmark: Benchmark | str, *,
+                  derived_intervals: bool = True) -> dict[str, ResultTable]:
+    """Our tables from stored runs, keyed like the paper's: the benchmark's `paper_tables`
+    (results, relative change when the paper has one, ranking similarity) plus 'relative_change'
+    (always; the same table as the paper-named one when there is one), 'final_measures' (GDS, GMS,
+    FD at the end of training per parameter-level method) and 'figure5' (its FD column, the input
+    of the Figure 5 claim). Raises ValueError for mixed budgets, steps, benchmarks or duplicates.
+
+    Every table is a `study.UncertainTable` bound to the same `Study`: base cells (results, final
+    measures) carry their per-seed values and paired differences to the Baseline; derived cells
+    (relative change, ranking similarity) a percentile interval over posterior draws (none with
+    one seed, or with `derived_intervals=False`, which skips the draws behind them)."""
+    study = _study(_runs(records, benchmark))
+    point = study.tables()
+    draws = study.posterior(POSTERIOR_DRAWS) if derived_intervals and study.min_seeds() >= 2 else []
+    out: dict[str, ResultTable] = {}
+    done: dict[int, ResultTable] = {}  # one table under two names (table4 = relative_change) stays one
+    for name, t in point.items():
+        if id(t) in done:
+            out[name] = done[id(t)]
+        elif isinstance(t, UncertainTable):
+            out[name] = dataclasses.replace(t, study=study)
+        elif name == "figure5":
+            final = point["final_measures"]
+            out[name] = UncertainTable(**_fields(t), study=study,
+                                       estimates={k: {"FD": v["FD"]} for k, v in final.estimates.items() if "FD" in v},
+                                       paired={k: {"FD": v["FD"]} for k, v in final.paired.items() if "FD" in v})
+        else:
+            ranges = _percentile_ranges(t, [d[name] for d in draws]) if draws else {}
+            out[name] = UncertainTable(**_fields(t), study=study, ranges=ranges)
+        done[id(t)] = out[name]
+    return out
+
+
+def _fields(t: ResultTable) -> dict:
+    return {f.name: getattr(t, f.name) for f in dataclasses.fields(ResultTable) if f.init}
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -425,11 +573,17 @@ def _esc(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _cell_text(table: ResultTable, value: float | None, column: str) -> str:
+def _cell_text(table: ResultTable, value: float | None, column: str, key: RowKey | None = None,
+               marked: bool = False) -> str:
+    """The printed value, its uncertainty on our tables (`UncertainTable.spread_text`; a '(n=1)' is
+    left to the mark of a `marked` cell) and '%' for percent units."""
     if value is None:
         return "null"
     d = table.printed_decimals.get(column)
     text = f"{value:.{d}f}" if d is not None else f"{value:.6g}"
+    if key is not None and isinstance(table, UncertainTable):
+        spread = table.spread_text(key, column)
+        text += "" if marked and spread == " (n=1)" else spread
     return text + ("%" if table.units.get(column, "").startswith("percent") else "")
 
 
@@ -442,37 +596,81 @@ def _baseline_for_marks(table: ResultTable) -> Row | None:
     return rows[0]
 
 
+def paired_mark(table: UncertainTable, key: RowKey, column: str) -> str:
+    """'↑' / '↓' when the t interval of the paired per-seed difference to the Baseline lies wholly on
+    the better / worse side of 0 (in the column's direction), '–' when it contains 0, 'n=1' when one
+    shared seed gives no interval, '' without a paired difference."""
+    p = table.paired_estimate(key, column)
+    if p is None:
+        return ""
+    if p.half_width is None:
+        return "n=1"
+    lo, hi = p.interval
+    base = table.estimate((BASELINE, "parameter"), column)
+    tie = TIE_WIDTH * (1.0 + abs(base.mean if base is not None else 0.0))  # rounding is no difference
+    better_up = table.higher_is_better[column]
+    if lo > tie:
+        return "↑" if better_up else "↓"
+    if hi < -tie:
+        return "↓" if better_up else "↑"
+    return "–"
+
+
 def to_markdown(table: ResultTable, *, marks: bool = True) -> str:
-    """The table in the paper's layout: one row per method (or measure), the cell as printed with
-    `printed_decimals` (+ '%' for percent units) and, with `marks`, '(↑)', '(↓)' or '(–)' against the
-    Baseline row: better / worse by more than 0.01 in the column's direction, else '–' (Table 1
-    caption, `reference.baseline_mark`). Tables without a Baseline row (ranking similarity,
-    relative change) have nothing to mark against; the caption then says so."""
+    """The table in the paper's layout: one row per method (or measure), each cell as printed with
+    `printed_decimals` (+ '%' for percent units) and, on our tables, its uncertainty: 'mean ± half-
+    width' of the 95 % Student-t interval over seeds, or '[lo, hi]' for a derived cell. With `marks`:
+
+    - our tables: '(↑)', '(↓)', '(–)' from the paired per-seed differences to the Baseline
+      (`paired_mark`), plus a separate '<column> band' column with the paper's mark: better / worse
+      by more than 0.01, else '–' (Table 1 caption, `reference.baseline_mark`);
+    - other tables (no seeds): the 0.01-band mark in the cell, as the paper prints it.
+
+    Tables without a Baseline row (ranking similarity, relative change) have nothing to mark against;
+    the caption then says so."""
     base = _baseline_for_marks(table) if marks and table.row_kind == "method" else None
     measure = table.row_kind == "measure"
-    head = ["Measure" if measure else "Method"] + [
-        c if measure else f"{c} ({'↑' if table.higher_is_better[c] else '↓'})" for c in table.columns]
+    seeded = isinstance(table, UncertainTable) and bool(table.paired)
+    head = ["Measure" if measure else "Method"]
+    for c in table.columns:
+        head.append(c if measure else f"{c} ({'↑' if table.higher_is_better[c] else '↓'})")
+        if base is not None and seeded:
+            head.append(f"{c} band")
     lines = ["| " + " | ".join(_esc(h) for h in head) + " |",
-             "|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|"]
+             "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in table.rows:
         cells = [_esc(table.label(r))]
         for c in table.columns:
-            text = _cell_text(table, r.values[c], c)
-            if (base is not None and r.key != base.key and r.values[c] is not None
-                    and base.values[c] is not None):
-                text += f" ({baseline_mark(table, r.method, c, level=r.level)})"
+            comparable = (base is not None and r.key != base.key and r.values[c] is not None
+                          and base.values[c] is not None)
+            text = _cell_text(table, r.values[c], c, r.key, marked=comparable and seeded)
+            band = baseline_mark(table, r.method, c, level=r.level) if comparable else ""
+            if comparable:
+                mark = paired_mark(table, r.key, c) if seeded else band
+                text += f" ({mark})" if mark else ""
             cells.append(text)
+            if base is not None and seeded:
+                cells.append(band)
         lines.append("| " + " | ".join(cells) + " |")
     if not table.rows:
-        lines.append("| (no rows) |" + " |" * len(table.columns))
+        lines.append("| (no rows) |" + " |" * (len(head) - 1))
     caption = []
     if marks and table.row_kind == "method":
         if base is None:
             caption.append("No Baseline row: no ↑/↓/– marks.")
         else:
-            caption.append(f"Marks against {BASELINE} ({base.level}): ↑ / ↓ better / worse by more than {BAND} "
-                           "in the column's direction (↑ higher is better, ↓ lower is better in the header), "
-                           f"– within {BAND} (Table 1 caption).")
+            if seeded:
+                caption.append(f"Marks in brackets against {BASELINE} ({base.level}), from the paired per-seed "
+                               f"differences (same seed = same initialisation and data order): ↑ / ↓ when the "
+                               f"{_LEVEL_TEXT} Student-t interval of the mean difference lies wholly on the better / "
+                               "worse side of 0 in the column's direction (↑ higher is better, ↓ lower is better "
+                               "in the header), – when it contains 0, n=1 when one seed gives no interval.")
+                caption.append(f"'band' columns: the paper's mark (Table 1 caption), ↑ / ↓ better / worse by more "
+                               f"than {BAND} on the means, – within {BAND}; it ignores the seed-to-seed spread.")
+            else:
+                caption.append(f"Marks against {BASELINE} ({base.level}): ↑ / ↓ better / worse by more than {BAND} "
+                               "in the column's direction (↑ higher is better, ↓ lower is better in the header), "
+                               f"– within {BAND} (Table 1 caption).")
             nulls = [c for c in table.columns if base.values[c] is None]
             if nulls:
                 caption.append(f"No marks in {nulls}: the Baseline has no value there.")
@@ -483,15 +681,68 @@ def to_markdown(table: ResultTable, *, marks: bool = True) -> str:
     return out
 
 
+def _cell_record(table: ResultTable, r: Row, c: str) -> dict:
+    """Everything known about one cell: value and, on our tables, the per-seed values, n, the
+    interval (t over seeds, or percentile over draws) and the paired difference to the Baseline."""
+    rec: dict = {"mean" if isinstance(table, UncertainTable) else "value": r.values[c]}
+    if not isinstance(table, UncertainTable) or r.values[c] is None:
+        return rec
+    e = table.estimate(r.key, c)
+    if e is not None:
+        rec.update(n=e.n, seeds=dict(zip(e.seeds, e.values)), sd=e.sd, half_width=e.half_width,
+                   lo=None if e.interval is None else e.interval[0], hi=None if e.interval is None else e.interval[1],
+                   interval=f"Student-t {_LEVEL_TEXT} over seeds" if e.n > 1 else "none (one seed)")
+    rng = table.range(r.key, c)
+    if rng is not None:
+        rec.update(lo=rng[0], hi=rng[1], interval=f"{_LEVEL_TEXT} percentile over {POSTERIOR_DRAWS} posterior draws")
+    p = table.paired_estimate(r.key, c)
+    if p is not None:
+        rec["vs_baseline"] = {"mean": p.mean, "n": p.n, "half_width": p.half_width,
+                              "lo": None if p.interval is None else p.interval[0],
+                              "hi": None if p.interval is None else p.interval[1],
+                              "mark": paired_mark(table, r.key, c)}
+    return rec
+
+
 def to_csv(table: ResultTable) -> str:
-    """method, level, one column per metric (full precision, empty for null), note."""
+    """method, level, one column per metric (the mean, full precision, empty for null), note; on our
+    tables then per metric: n, lo, hi (the interval), per-seed values ('seed:value;...'), the
+    paired difference to the Baseline (mean, lo, hi) and both marks (paired, 0.01 band)."""
+    seeded = isinstance(table, UncertainTable)
+    extra = ("n", "lo", "hi", "seeds", "diff", "diff lo", "diff hi", "mark", "band mark")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "level", *table.columns, "note"])
+    w.writerow(["method", "level", *table.columns, "note", *([f"{c} {x}" for c in table.columns for x in extra]
+                                                           if seeded else [])])
+    base = _baseline_for_marks(table) if table.row_kind == "method" else None
+
+    def num(x):
+        return "" if x is None else repr(float(x))
+
     for r in table.rows:
-        w.writerow([r.method, r.level, *("" if r.values[c] is None else repr(float(r.values[c]))
-                                         for c in table.columns), r.note or ""])
+        row = [r.method, r.level, *(num(r.values[c]) for c in table.columns), r.note or ""]
+        if seeded:
+            for c in table.columns:
+                rec = _cell_record(table, r, c)
+                d = rec.get("vs_baseline", {})
+                band = (baseline_mark(table, r.method, c, level=r.level)
+                        if base is not None and r.key != base.key and r.values[c] is not None
+                        and base.values[c] is not None else "")
+                row += [rec.get("n", ""), num(rec.get("lo")), num(rec.get("hi")),
+                        ";".join(f"{s}:{v!r}" for s, v in rec.get("seeds", {}).items()),
+                        num(d.get("mean")), num(d.get("lo")), num(d.get("hi")), d.get("mark", ""), band]
+        w.writerow(row)
     return buf.getvalue()
+
+
+def to_json(table: ResultTable) -> str:
+    """The table as JSON: title, columns, directions, notes and per row and column `_cell_record`."""
+    return json.dumps({
+        "title": table.title, "columns": list(table.columns), "higher_is_better": dict(table.higher_is_better),
+        "units": dict(table.units), "notes": list(table.notes),
+        "rows": [{"method": r.method, "level": r.level, "note": r.note,
+                  "cells": {c: _cell_record(table, r, c) for c in table.columns}} for r in table.rows]},
+        indent=1, ensure_ascii=False) + "\n"
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -514,6 +765,7 @@ class _Curve:
     seeds: tuple[int, ...]
     window: int
     length: int
+    half_width: np.ndarray | None = None  # per step: t interval over seeds of the smoothed difference
 
 
 def _curves(runs: _Runs, key: str) -> tuple[list[_Curve], list[str]]:
@@ -541,10 +793,13 @@ def _curves(runs: _Runs, key: str) -> tuple[list[_Curve], list[str]]:
             if pairs:
                 notes.append(f"{name}: no recorded step in common with the Baseline")
             continue
-        mean = np.array([_mean([d[s] for d in per_seed]) for s in common])
         window = max(1, len(common) // 10)
-        curves.append(_Curve(name, np.array(common[window - 1:]), moving_average(mean, window),
-                             tuple(r.spec.seed for r, _ in pairs), window, len(common)))
+        smoothed = np.array([moving_average([d[s] for s in common], window) for d in per_seed])
+        half = None
+        if len(per_seed) > 1:  # Student-t interval over seeds at every step (smoothing is linear)
+            half = t_quantile(LEVEL, len(per_seed) - 1) * smoothed.std(axis=0, ddof=1) / math.sqrt(len(per_seed))
+        curves.append(_Curve(name, np.array(common[window - 1:]), smoothed.mean(axis=0),
+                             tuple(r.spec.seed for r, _ in pairs), window, len(common), half))
     return curves, notes
 
 
@@ -554,8 +809,10 @@ def _figure_path(outdir: Path, key: str) -> Path:
 
 def trajectory_figures(records: Iterable[RunRecord], benchmark: Benchmark | str, outdir: str | Path) -> list[Path]:
     """Figures 3 (GDS), 4 (GMS), 5 (FD) as PNG: each parameter-level method's trajectory minus the
-    Baseline's (same seed), mean over seeds, moving average over 1/10 of the length (at least 1
-    point). Raises ValueError when there is no done parameter-level Baseline run to subtract."""
+    Baseline's (same seed), moving average over 1/10 of the length (at least 1 point), mean over
+    seeds with a band of its 95 % Student-t interval over seeds (no band with one seed). One small
+    panel per method on a shared y axis, so that 15 curves never overlap. Raises ValueError when
+    there is no done parameter-level Baseline run to subtract."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -571,89 +828,72 @@ def trajectory_figures(records: Iterable[RunRecord], benchmark: Benchmark | str,
     paths = []
     for key, label, _ in MEASURES:
         curves, _ = _curves(runs, key)
-        fig = Figure(figsize=(10, 5.5))
+        ncols = min(4, max(1, len(curves)))
+        nrows = max(1, math.ceil(len(curves) / ncols))
+        fig = Figure(figsize=(3.2 * ncols + 0.6, 2.3 * nrows + 1.1))
         FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        ax.axhline(0.0, color="black", lw=1.0, ls="--", label=f"{BASELINE} (0)")
-        for c in curves:
+        axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+        for ax in axes[len(curves):]:
+            ax.set_visible(False)
+        if not curves:
+            axes[0].set_visible(True)
+            axes[0].text(0.5, 0.5, "no curves", ha="center", va="center", transform=axes[0].transAxes)
+        for ax, c in zip(axes, curves):
             i = names.index(c.method) % 20  # the 10 dark tab20 colours first, then the 10 light ones
-            ax.plot(c.steps, c.values, color=cmap(2 * i if i < 10 else 2 * (i - 10) + 1), lw=1.6,
-                    marker="." if len(c.steps) < 30 else None,
-                    label=f"{c.method} (seed{'s' if len(c.seeds) > 1 else ''} {', '.join(map(str, c.seeds))})")
+            color = cmap(2 * i if i < 10 else 2 * (i - 10) + 1)
+            ax.axhline(0.0, color="black", lw=0.8, ls="--")
+            if c.half_width is not None:
+                ax.fill_between(c.steps, c.values - c.half_width, c.values + c.half_width, color=color, alpha=0.25,
+                                lw=0)
+            ax.plot(c.steps, c.values, color=color, lw=1.6, marker="." if len(c.steps) < 30 else None)
+            n = len(c.seeds)
+            ax.set_title(f"{c.method} (n={n}{', no band' if n < 2 else ''})", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        for ax in axes[(nrows - 1) * ncols:]:
+            ax.set_xlabel("training step", fontsize=8)
+        for ax in axes[::ncols]:
+            ax.set_ylabel(f"Δ{label} vs {BASELINE}", fontsize=8)
         windows = sorted({(c.window, c.length) for c in curves})
         smooth = ", ".join(f"window {w} of {n} points" for w, n in windows) or "no curves"
-        ax.set_title(f"Figure {FIGURES[key]}: {label} relative to {BASELINE} — {runs.bench.name}, "
-                     f"budget {runs.budget}\nparameter-level runs, mean over seeds, moving average ({smooth})",
-                     fontsize=10)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(f"{label} − {BASELINE} {label}")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+        fig.suptitle(f"Figure {FIGURES[key]}: {label} − {BASELINE} {label} (same seed), {runs.bench.name}, budget "
+                     f"{runs.budget}; parameter-level runs, moving average ({smooth});\nline: mean over seeds, band: "
+                     f"{_LEVEL_TEXT} Student-t interval over seeds, dashed: the {BASELINE}", fontsize=9)
         fig.tight_layout()
         path = _figure_path(outdir, key)
-        fig.savefig(path, dpi=110, metadata={"Software": None})
+        fig.savefig(path, dpi=100, metadata={"Software": None})
         paths.append(path)
     return paths
 
 
 # -- claims --------------------------------------------------------------------------------------
-VERDICTS = ("holds", "contradicted", "not evaluable", "error")
+def claim_verdicts(tables: Mapping[str, ResultTable]) -> list[dict]:
+    """Every claim of `claims.CLAIMS` on `tables` (`verdicts.judge_all`): {"id", "section",
+    "statement", "verdict", "evidence", "support", "seeds"}.
+
+    On our tables (`result_tables`) the verdict is holds / contradicted / inconclusive, decided in a
+    simultaneous 95 % region of the seed means (`mtlcheck.verdicts`); on tables without seeds (the
+    paper's) holds / contradicted as the predicate says. "not evaluable": the tables lack a table,
+    row, column or value the claim needs (the evidence names it); "error": the predicate raised
+    anything else (a bug, shown rather than hidden). Rows with a null value (diverged, failed,
+    undefined) are removed first and named."""
+    return judge_all(tables)
 
 
-def _with_values_only(tables: Mapping[str, ResultTable]) -> tuple[dict[str, ResultTable], dict[str, list[str]]]:
-    """Tables without rows that have a null value (the claims compare numbers); what was removed."""
-    out, removed = {}, {}
-    for name, t in tables.items():
-        keep = tuple(r for r in t.rows if all(v is not None for v in r.values.values()))
-        gone = [f"{t.label(r)} ({r.note})" for r in t.rows if r not in keep]
-        out[name] = t if not gone else ResultTable(
-            name=t.name, columns=t.columns, higher_is_better=t.higher_is_better, rows=keep, units=t.units,
-            printed_decimals=t.printed_decimals, source=t.source, row_kind=t.row_kind, notes=t.notes,
-            not_reported=t.not_reported, origin=t.origin)
-        if gone:
-            removed[name] = gone
-    return out, removed
-
-
-def claim_verdicts(tables: Mapping[str, ResultTable]) -> list[dict[str, str]]:
-    """Every claim of `claims.CLAIMS` on `tables`: {"id", "section", "statement", "verdict", "evidence"}.
-
-    verdict: "holds" / "contradicted" (the predicate's Verdict), "not evaluable" (the tables lack
-    a table, row or column the claim needs: the evidence names it), or "error" (the predicate
-    raised anything else: a bug, shown here rather than hidden). Rows with a null value (diverged,
-    failed, undefined) are removed first; a claim that needed them is not evaluable and says so."""
-    usable, removed = _with_values_only(tables)
-    out = []
-    for claim in CLAIMS:
-        try:
-            v = claim.evaluate(usable)
-        except ClaimNotEvaluable as exc:
-            verdict, evidence = "not evaluable", str(exc)
-        except KeyError as exc:  # ResultTable.row / column lookups: the row or column is missing
-            verdict, evidence = "not evaluable", f"missing: {exc.args[0] if exc.args else exc}"
-        except Exception as exc:  # noqa: BLE001 - reported in the verdict table, not hidden
-            verdict, evidence = "error", f"{type(exc).__name__}: {exc}"
-        else:
-            verdict, evidence = ("holds" if v.holds else "contradicted"), v.evidence
-        gone = [g for t in claim.source_tables for g in removed.get(t, ())]
-        if gone and verdict != "holds" and verdict != "contradicted":
-            evidence += "; rows left out for lack of values: " + "; ".join(gone)
-        elif gone:
-            evidence += " (rows left out for lack of values: " + "; ".join(gone) + ")"
-        out.append({"id": claim.id, "section": claim.section, "statement": claim.statement,
-                    "verdict": verdict, "evidence": evidence})
-    return out
-
-
-def verdict_markdown(verdicts: Sequence[Mapping[str, str]]) -> str:
+def verdict_markdown(verdicts: Sequence[Mapping]) -> str:
     """A markdown table of claim verdicts, with a count per verdict first."""
     counts = Counter(v["verdict"] for v in verdicts)
     head = ", ".join(f"{k}: {counts.get(k, 0)}" for k in VERDICTS if counts.get(k, 0) or k != "error")
-    lines = [f"{len(verdicts)} claims — {head}.", "", "| Claim | Section | Statement | Verdict | Evidence |",
-             "|---|---|---|---|---|"]
+    lines = [f"{len(verdicts)} claims — {head}.", "",
+             "| Claim | Section | Statement | Verdict | Support | Seeds to decide | Evidence |",
+             "|---|---|---|---|---:|---:|---|"]
     for v in verdicts:
+        support = "" if v.get("support") is None else f"{v['support']:.0%}"
+        seeds = "" if v.get("seeds") is None else str(v["seeds"])
+        if v["verdict"] == "inconclusive" and "not decided even with" in v["evidence"]:
+            seeds = f"> {MAX_SEEDS}"
         lines.append("| " + " | ".join(_esc(v[k]) for k in ("id", "section", "statement")) +
-                     f" | **{v['verdict']}** | {_esc(v['evidence'])} |")
+                     f" | **{v['verdict']}** | {support} | {seeds} | {_esc(v['evidence'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -703,7 +943,10 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
              f"{bench.description}. {setup.steps} training steps, measures (GDS, GMS, FD) recorded every "
              f"{setup.monitor_every} steps. Tables keyed as the paper's: results = {res_name}, relative change = "
              f"{rel_name or 'relative_change (the paper has no such table for this benchmark)'}, ranking similarity = "
-             f"{rs_name}. Values are means over seeds; the paper's own numbers are not in this report.", "",
+             f"{rs_name}. Values are means over seeds ± the half-width of their {_LEVEL_TEXT} Student-t interval over "
+             "seeds (the store keeps one number per run and metric, so the test samples cannot be resampled); derived "
+             f"cells carry a {_LEVEL_TEXT} percentile interval in brackets. The paper's own numbers are not in this "
+             "report.", "",
              "## Runs", "", _runs_section(runs)]
     sections = [(res_name, "Results per method and gradient level (Tables 1-3 layout)."),
                 ("relative_change", "Feature-level vs parameter-level runs of the same method, "
@@ -713,9 +956,11 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
     for key, what in sections:
         t = tables[key]
         fname = f"{key}.csv"
+        jname = f"{key}.json"
         (outdir / fname).write_text(to_csv(t), encoding="utf-8")
+        (outdir / jname).write_text(to_json(t), encoding="utf-8")
         parts += [f"## {t.title}", "", what, "", to_markdown(t, marks=key == res_name),
-                  f"CSV: [{fname}]({fname})", ""]
+                  f"CSV: [{fname}]({fname}), JSON: [{jname}]({jname}) (per-seed values, mean, interval, n)", ""]
     parts += ["The `figure5` table given to the claims is the FD column of the final measures.", "",
               "## Figures 3-5: trajectories relative to the Baseline", ""]
     try:
@@ -730,7 +975,13 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
             parts += [f"![Figure {FIGURES[key]}: {label}]({path.name})", ""]
             parts += [f"- {_esc(n)}" for n in notes] + ([""] if notes else [])
     parts += ["## Claims on these runs", "",
-              "Every claim of `mtlcheck.claims` applied to the tables above (rows with null values removed).", "",
+              "Every claim of `mtlcheck.claims` applied to the tables above (rows with null values removed). "
+              "A verdict is decided (holds / contradicted) only when the claim's predicate gives that answer "
+              f"everywhere in a simultaneous {_LEVEL_TEXT} region of the seed means it depends on (Student-t "
+              "intervals over seeds of the Baseline and of each row's paired difference to it, Bonferroni over "
+              "those cells); otherwise it is inconclusive, with the number of seeds that would decide it at the "
+              "observed means and spreads. Support: the fraction of posterior draws of the means on which the "
+              "claim holds (a summary, not the decision rule: see `mtlcheck.verdicts`).", "",
               verdict_markdown(claim_verdicts(tables))]
     path = outdir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ._inputs import real_tensor
@@ -43,7 +44,13 @@ from ._inputs import real_tensor
 __all__ = ["ranking_similarity", "symmetric_ranking_similarity"]
 
 
-def _as_values(x, name: str) -> torch.Tensor:
+def _as_values(x, name: str) -> np.ndarray:
+    if isinstance(x, (list, tuple)) and all(isinstance(v, float) for v in x):
+        # plain floats (the reports' draws): numpy, same checks, no tensor round trip
+        a = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        return a
     t = real_tensor(x, name, "a 1-D sequence of real numbers").detach()
     if t.ndim != 1:
         raise ValueError(f"{name} must be 1-D; got shape {tuple(t.shape)}")
@@ -53,16 +60,16 @@ def _as_values(x, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must contain real numbers; got dtype {t.dtype}") from exc
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return t
+    return t.numpy()
 
 
-def _validate_pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
+def _validate_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     a = _as_values(a, "a")
     b = _as_values(b, "b")
-    if a.numel() < 2:
-        raise ValueError(f"a has {a.numel()} value(s); Eq. 9 needs n >= 2 items to form a pair")
-    if b.numel() != a.numel():
-        raise ValueError(f"b has {b.numel()} values but a has {a.numel()}; they must score the same items")
+    if len(a) < 2:
+        raise ValueError(f"a has {len(a)} value(s); Eq. 9 needs n >= 2 items to form a pair")
+    if len(b) != len(a):
+        raise ValueError(f"b has {len(b)} values but a has {len(a)}; they must score the same items")
     return a, b
 
 
@@ -76,7 +83,7 @@ def ranking_similarity(a, b) -> float:
     in [0, 1]. Raises ``ValueError`` naming the offending argument for bad input.
     """
     a, b = _validate_pair(a, b)
-    n = a.numel()
+    n = len(a)
     gt_a = a[:, None] > a[None, :]
     gt_b = b[:, None] > b[None, :]
     agree = int((gt_a == gt_b).sum()) - n  # the n diagonal pairs (False == False) always agree

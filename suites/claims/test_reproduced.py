@@ -4,9 +4,11 @@ On CPU (default `--budget smoke`) the embedded digits benchmarks stand in for th
 digits-instance gives Tables 1, 4, 5 and Figure 5's final FD (MetaGraspNet-like), digits-dense
 Tables 2 and 6 (CityScapes-like). With `--budget paper --data-root DIR` on a GPU machine the
 paper's own benchmarks run from DIR/metagraspnet, DIR/cityscapes and DIR/nyuv2. Every claim gets
-a verdict — holds, contradicted (with the deciding cells) or not evaluable (with what is
-missing) — written to `<results dir>/verdicts-<budget>.md`; a contradicted claim is a finding,
-not a test failure. The tests fail when the pipeline cannot produce a verdict.
+a verdict — holds or contradicted (decided on a simultaneous 95% region of the seed means, with
+the deciding cells and their intervals), inconclusive (with the seeds that would decide it) or not
+evaluable (with what is missing) — written to `<results dir>/verdicts-<budget>.md`; a
+contradicted claim is a finding, not a test failure. The tests fail when the pipeline cannot
+produce a verdict.
 """
 
 import pytest
@@ -16,9 +18,14 @@ from mtlcheck.reports import claim_verdicts, verdict_markdown
 
 pytestmark = [pytest.mark.claim, pytest.mark.experiment]
 
-def test_every_claim_gets_a_verdict(reproduced):
-    budget, results, tables = reproduced.budget, reproduced.results, reproduced.tables
-    verdicts = claim_verdicts(tables)
+
+@pytest.fixture(scope="module")
+def verdicts(reproduced):
+    return claim_verdicts(reproduced.tables)  # once: each verdict searches its region of the seed means
+
+
+def test_every_claim_gets_a_verdict(reproduced, verdicts):
+    budget, results = reproduced.budget, reproduced.results
     path = results / f"verdicts-{budget}.md"
     path.write_text(f"# The paper's claims on mtlcheck's own runs ({budget} budget)\n\n{verdict_markdown(verdicts)}\n")
     print(f"\nverdict table: {path}\n{verdict_markdown(verdicts)}")
@@ -28,13 +35,13 @@ def test_every_claim_gets_a_verdict(reproduced):
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[c.id for c in CLAIMS])
-def test_claim_is_evaluable_when_its_tables_exist(reproduced, claim):
+def test_claim_is_evaluable_when_its_tables_exist(reproduced, verdicts, claim):
     """A claim whose source tables our runs produce must be decided, or name the diverged/failed
     runs that keep it from being decided — never fail silently for want of a table."""
     tables = reproduced.tables
     if not set(claim.source_tables) <= set(tables):
         pytest.skip(f"our {sorted(tables)} do not include {sorted(set(claim.source_tables) - set(tables))}")
-    (verdict,) = [v for v in claim_verdicts(tables) if v["id"] == claim.id]
+    (verdict,) = [v for v in verdicts if v["id"] == claim.id]
     assert verdict["verdict"] != "error", verdict["evidence"]
     if verdict["verdict"] == "not evaluable":
         assert "needs table" not in verdict["evidence"], verdict["evidence"]

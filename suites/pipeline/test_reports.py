@@ -117,21 +117,51 @@ def test_results_table_means_over_seeds(seeded):
     assert "Seeds: [0, 1]." in t.notes
 
 
-def test_marks_follow_the_caption_band(seeded):
+def test_marks_follow_the_paired_interval_and_the_band_is_its_own_column(seeded):
     t = reports.result_tables(seeded, DENSE)["table2"]
     md = reports.to_markdown(t)
-    assert "| Method | DE (↓) | SS (↑) | IS (↓) |" in md
-    assert "| Baseline | 1.1000 | 0.5000 | 0.2000 |" in md  # no mark on the baseline itself
-    # inside the band, +0.01 exactly, −0.01 exactly (better in a lower-is-better column)
-    assert "| PCGrad (parameter) | 1.0950 (–) | 0.5100 (–) | 0.1900 (–) |" in md
-    # just beyond the band each way; a larger value is worse in DE and IS
-    assert "| MGDA | 1.3000 (↓) | 0.5101 (↑) | 0.2101 (↓) |" in md
-    # −0.01 exactly, inside, and better in DE
-    assert "| FAMO | 0.8000 (↑) | 0.4900 (–) | 0.1950 (–) |" in md
-    assert "| PCGrad (feature) | 1.1000 (–) | 0.4899 (↓) | 0.1000 (↑) |" in md
-    assert "more than 0.01" in md
+    assert "| Method | DE (↓) | DE band | SS (↑) | SS band | IS (↓) | IS band |" in md
+    # mean ± t_{1, 0.975} · sd / √2 over the two seeds: DE 1.0, 1.2 → 12.706 · 0.1414 / 1.414 = 1.2706
+    assert "| Baseline | 1.1000 ± 1.2706 |  | 0.5000 ± 0.0000 |  | 0.2000 ± 0.0000 |  |" in md
+    # paired per seed: DE −0.0, −0.01 (interval contains 0: –); SS +0.01 and IS −0.01 on both seeds
+    # (interval [0.01, 0.01] excludes 0: ↑ in both, since IS is lower-is-better); the band says – for all
+    assert ("| PCGrad (parameter) | 1.0950 ± 1.2071 (–) | – | 0.5100 ± 0.0000 (↑) | – | 0.1900 ± 0.0000 (↑) | – |"
+            in md)
+    # DE +0.3 / +0.1: 0.2 ± 1.27 contains 0 (–) although the band, on the means alone, says ↓
+    assert "| MGDA | 1.3000 ± 0.0000 (–) | ↓ | 0.5101 ± 0.0000 (↑) | ↑ | 0.2101 ± 0.0000 (↓) | ↓ |" in md
+    assert "| FAMO | 0.8000 ± 0.0000 (–) | ↑ | 0.4900 ± 0.0000 (↓) | – | 0.1950 ± 0.0000 (↑) | – |" in md
+    assert ("| PCGrad (feature) | 1.1000 ± 0.0000 (–) | – | 0.4899 ± 0.0000 (↓) | ↓ | 0.1000 ± 0.0000 (↑) | ↑ |"
+            in md)
+    assert "paired per-seed differences" in md and "more than 0.01" in md
     unmarked = reports.to_markdown(t, marks=False)
-    assert "(↑)" not in unmarked.split("\n", 2)[2] and "| MGDA | 1.3000 | 0.5101 | 0.2101 |" in unmarked
+    assert "(↑)" not in unmarked.split("\n", 2)[2]
+    assert "| MGDA | 1.3000 ± 0.0000 | 0.5101 ± 0.0000 | 0.2101 ± 0.0000 |" in unmarked
+
+
+def test_one_seed_gives_no_interval_and_no_paired_mark(store):
+    recs = [_put(store, "ew", metrics=_dense(1.0, 0.5, 0.2)), _put(store, "mgda", metrics=_dense(1.3, 0.6, 0.1))]
+    t = reports.result_tables(recs, DENSE)["table2"]
+    md = reports.to_markdown(t)
+    assert "| Baseline | 1.0000 (n=1) |  | 0.5000 (n=1) |  | 0.2000 (n=1) |  |" in md
+    assert "| MGDA | 1.3000 (n=1) | ↓ | 0.6000 (n=1) | ↑ | 0.1000 (n=1) | ↑ |" in md
+    assert reports.paired_mark(t, ("MGDA", "parameter"), "SS") == "n=1"
+
+
+def test_paired_differences_see_what_the_seed_spread_hides(store):
+    """The issue's case: the seed spread of the Baseline (1.757 vs 2.737) is ~100x the method's
+    effect, but MGDA − Baseline on the same seed is small and consistent."""
+    recs = []
+    for seed, (ew, mgda) in enumerate([(1.757, 1.774), (2.737, 2.752), (2.100, 2.118)]):
+        recs.append(_put(store, "ew", seed=seed, metrics=_dense(ew, 0.5, 0.2)))
+        recs.append(_put(store, "mgda", seed=seed, metrics=_dense(mgda, 0.5, 0.2)))
+    t = reports.result_tables(recs, DENSE)["table2"]
+    own = t.estimate(("MGDA", "parameter"), "DE")
+    diff = t.paired_estimate(("MGDA", "parameter"), "DE")
+    assert own.interval[0] < t.value(BASELINE, "DE") < own.interval[1]  # unpaired: indistinguishable
+    assert diff.mean == pytest.approx(0.0167, abs=1e-4) and diff.interval[0] > 0  # paired: worse, decided
+    assert reports.paired_mark(t, ("MGDA", "parameter"), "DE") == "↓"
+    row = next(line for line in reports.to_markdown(t).splitlines() if line.startswith("| MGDA |"))
+    assert row.split(" | ")[1].endswith("(↓)") and row.count("(↓)") == 1
 
 
 def test_paper_table_renders_with_its_printed_values():
@@ -146,9 +176,24 @@ def test_csv_has_full_precision_and_empty_nulls(seeded, store):
     recs = seeded + [_put(store, "mgda", level="feature", status="diverged", timings={"diverged_step": 7})]
     t = reports.result_tables(recs, DENSE)["table2"]
     lines = reports.to_csv(t).splitlines()
-    assert lines[0] == "method,level,DE,SS,IS,note"
-    assert lines[3] == "MGDA,parameter,1.3,0.5101,0.2101,"
-    assert lines[-1].startswith("MGDA,feature,,,,diverged at step 7 in 1/1 seeds (seed 0)")
+    per = ("n", "lo", "hi", "seeds", "diff", "diff lo", "diff hi", "mark", "band mark")
+    assert lines[0] == "method,level,DE,SS,IS,note," + ",".join(f"{c} {x}" for c in ("DE", "SS", "IS") for x in per)
+    assert lines[3].startswith("MGDA,parameter,1.3,0.5101,0.2101,,2,1.3,1.3,0:1.3;1:1.3,0.20000000000000007,")
+    assert ",↑,↑,2,0.2101,0.2101,0:0.2101;1:0.2101," in lines[3] and lines[3].endswith(",↓,↓")
+    assert lines[-1].startswith("MGDA,feature,,,,diverged at step 7 in 1/1 seeds (seed 0),,")
+
+
+def test_json_keeps_the_per_seed_values_the_interval_and_n(seeded):
+    import json
+
+    t = reports.result_tables(seeded, DENSE)["table2"]
+    data = json.loads(reports.to_json(t))
+    cell = next(r for r in data["rows"] if r["method"] == "PCGrad" and r["level"] == "parameter")["cells"]["DE"]
+    assert cell["seeds"] == {"0": 1.0, "1": 1.19} and cell["n"] == 2
+    assert cell["mean"] == pytest.approx(1.095) and cell["lo"] < 1.095 < cell["hi"]
+    assert cell["half_width"] == pytest.approx(12.7062 * math.sqrt(0.19 ** 2 / 2) / math.sqrt(2), rel=1e-4)
+    assert cell["vs_baseline"]["mark"] == "–" and cell["vs_baseline"]["mean"] == pytest.approx(-0.005)
+    assert "Student-t" in cell["interval"]
 
 
 # -- diverged, failed, unfinished runs are shown, never dropped ------------------------------------
@@ -167,7 +212,7 @@ def test_diverged_failed_and_unfinished_rows_are_null_with_a_note(seeded, store)
     assert t.row("GradVac").note == "failed in 1/1 seeds (seed 0: ValueError: solver failed)"
     assert t.row("IMTL").note == "not finished in 1/1 seeds (seed 0: running)"
     md = reports.to_markdown(t)
-    assert "| MGDA (feature) | null | null | null |" in md
+    assert "| MGDA (feature) | null |  | null |  | null |  |" in md
     assert "- MGDA (feature): diverged at step 7 in 1/2 seeds (seed 0)" in md
     assert "Seed sets differ between rows" in " ".join(t.notes)
     # the same rows stay visible (null, noted) in the derived tables
@@ -204,7 +249,11 @@ def test_relative_change_by_hand(seeded):
     assert row.values["SS"] == pytest.approx(-3.9411764706)  # (0.4899 − 0.51) / 0.51
     assert row.values["IS"] == pytest.approx(-47.3684210526)  # (0.1 − 0.19) / 0.19
     md = reports.to_markdown(rel, marks=False)
-    assert "| PCGrad | 0.46% | -3.94% | -47.37% |" in md
+    # ±: the 95% t interval of the per-seed change (same seed): DE 100 × (1.1 − 1.0) / 1.0 = 10 % and
+    # 100 × (1.1 − 1.19) / 1.19 = −7.56 %: sd 12.42, 12.706 · 12.42 / √2 = 111.58; SS and IS equal per seed
+    assert "| PCGrad | 0.46 ± 111.58% | -3.94 ± 0.00% | -47.37 ± 0.00% |" in md
+    e = rel.estimate(("PCGrad", "feature"), "DE")
+    assert e.values == pytest.approx((10.0, 100 * (1.1 - 1.19) / 1.19))
 
 
 def test_instance_benchmark_names_the_relative_change_table4(store):
@@ -248,10 +297,12 @@ def test_ranking_similarity_by_hand_on_four_methods(four):
     assert rs.value("FD", "SS") == pytest.approx(100 * 5 / 6)
     # −IS (−0.2, −0.1, −0.3, −0.4): alike on B–F, P–F, M–F, unlike on B–P, B–M, P–M: S = 1/2.
     assert rs.value("FD", "IS") == pytest.approx(50.0)
-    # GMS = −FD: the symmetric RS cannot tell; GDS constant: every pair tied in one vector, S = 1/2
+    # GMS = −FD: the symmetric RS cannot tell; GDS constant: every pair tied in one vector, so
+    # S = 1/2 from ties alone: no value (a tie must not read as "no better than chance")
     for c in ("DE", "SS", "IS"):
         assert rs.value("GMS", c) == pytest.approx(rs.value("FD", c))
-        assert rs.value("GDS", c) == pytest.approx(50.0)
+        assert rs.value("GDS", c) is None
+    assert "GDS has the same end value for all 4 ranked methods" in rs.row("GDS").note
     notes = " ".join(rs.notes)
     assert "Baseline, PCGrad, MGDA, FAMO" in notes
     assert "min(50, length)" in notes and "60 points here, so 50 points averaged" in notes
@@ -314,11 +365,13 @@ def test_figures_need_a_baseline(store, tmp_path):
 def test_every_claim_gets_a_verdict_and_missing_inputs_are_named(seeded):
     verdicts = reports.claim_verdicts(reports.result_tables(seeded, DENSE))
     assert [v["id"] for v in verdicts] == [c.id for c in CLAIMS]
-    assert {v["verdict"] for v in verdicts} <= {"holds", "contradicted", "not evaluable"}
+    assert {v["verdict"] for v in verdicts} <= {"holds", "contradicted", "inconclusive", "not evaluable"}
     by_id = {v["id"]: v for v in verdicts}
     assert by_id["cosreg-top3-cityscapes-nyuv2"]["verdict"] == "not evaluable"
     assert "needs table(s) ['table3']" in by_id["cosreg-top3-cityscapes-nyuv2"]["evidence"]
-    assert by_id["rs-cityscapes-fd-beats-gds-gms"]["verdict"] in ("holds", "contradicted")
+    # every method has the same FD trajectory here: FD ranks nothing, so its RS is left out (not 50 %)
+    rs = by_id["rs-cityscapes-fd-beats-gds-gms"]
+    assert rs["verdict"] == "not evaluable" and "FD has the same end value for all 4" in rs["evidence"]
     fig5 = by_id["fig5-fd-below-baseline-except-four"]
     assert fig5["verdict"] == "not evaluable" and "('RGW', 'parameter')" in fig5["evidence"]
     for v in verdicts:
@@ -340,13 +393,37 @@ def test_claims_judge_our_instance_tables(store):
             _put(store, "mgda", metrics=_instance([0.31, 0.31, 0.31, 0.31, 0.31, 0.36]), benchmark=bench),
             _put(store, "mgda", level="feature", metrics=_instance([0.4] * 6), benchmark=bench)]
     by_id = {v["id"]: v for v in reports.claim_verdicts(reports.result_tables(recs, bench))}
-    assert by_id["fig4-famo-beats-mgda"]["verdict"] == "contradicted"  # MGDA better on AMask mAR
-    assert "FAMO better than MGDA on 5/6" in by_id["fig4-famo-beats-mgda"]["evidence"]
+    fig4 = by_id["fig4-famo-beats-mgda"]
+    # one seed: no interval, nothing decided, although the point values contradict the claim
+    assert fig4["verdict"] == "inconclusive" and "one seed" in fig4["evidence"]
+    assert "the claim fails" in fig4["evidence"] and "FAMO better than MGDA on 5/6" in fig4["evidence"]
     only = by_id["surrogate-gains-only-mgda-alignedmtl"]
     assert only["verdict"] == "not evaluable" and "Aligned-MTL" in only["evidence"]
     assert by_id["table1-markers-follow-caption-band"]["verdict"] == "not evaluable"
     assert "no printed" in by_id["table1-markers-follow-caption-band"]["evidence"]
-    assert by_id["conclusion-v1-surrogate-not-general"]["verdict"] == "contradicted"  # MGDA gains, nothing loses
+    assert by_id["conclusion-v1-surrogate-not-general"]["verdict"] == "inconclusive"
+    # 'the best' of MGDA (feature) among 3 rows besides the Baseline: evaluable, one seed: inconclusive
+    assert by_id["conclusion-v1-mgda-ub-best"]["verdict"] == "inconclusive"
+
+
+def test_three_seeds_decide_a_clear_paired_difference(store):
+    bench = "digits-instance"
+    recs = []
+    for seed, shift in enumerate((0.0, 0.05, -0.04)):  # a seed effect shared by every method
+        recs += [_put(store, "ew", seed=seed, metrics=_instance([0.3 + shift] * 6), benchmark=bench),
+                 _put(store, "famo", seed=seed, benchmark=bench,
+                      metrics=_instance([0.35 + shift + 0.0002 * seed] * 6)),
+                 _put(store, "mgda", seed=seed, benchmark=bench,
+                      metrics=_instance([0.31 + shift - 0.0002 * seed] * 5 + [0.36 + shift + 0.0001 * seed]))]
+    by_id = {v["id"]: v for v in reports.claim_verdicts(reports.result_tables(recs, bench))}
+    fig4 = by_id["fig4-famo-beats-mgda"]
+    # FAMO − Baseline ≈ +0.05 and MGDA − Baseline ≈ +0.06 on AMask mAR on every seed: MGDA is
+    # better there whatever the seed, so 'FAMO better on every metric' is contradicted
+    assert fig4["verdict"] == "contradicted", fig4["evidence"]
+    assert "fails at all" in fig4["evidence"]
+    cell = "AMask mAR 0.3535 ± 0.1118 (Δ +0.0502 ± 0.0005) vs 0.3634 ± 0.1119 (Δ +0.0601 ± 0.0002)"
+    assert cell in fig4["evidence"]
+    assert fig4["support"] == 0.0
 
 
 def test_rows_without_values_make_claims_not_evaluable_and_are_named(store):
@@ -405,6 +482,9 @@ def test_smoke_sweep_to_report(tmp_path):
     assert len(list(path.parent.glob("figure*.png"))) == 3
     assert "| MGDA (feature) |" in text and "6 runs: 6 done" in text
     tables = reports.result_tables(records, DENSE)
-    assert all(v is not None for r in tables["table6"].rows for v in r.values.values())
+    # one seed of 12 steps: a metric equal for every method ranks nothing, and its RS cells say so
+    for r in tables["table6"].rows:
+        for c, v in r.values.items():
+            assert v is not None or f"{c}: the same value for all" in r.note or "same end value" in r.note
     assert all(c.id in text for c in CLAIMS)
     print(text)
