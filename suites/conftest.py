@@ -5,7 +5,9 @@ Markers: gpu, slow, experiment, claim. Options:
   --require-gpu                     a gpu test without a GPU fails instead of skipping
   --budget smoke|small|paper        size of the runs claim tests use (default smoke)
   --data-root PATH                  where the user's datasets live (paper budget)
-  --results-dir PATH                the results store claim tests read and fill
+  --store FILE                      the SQLite results store claim tests read and fill (as the
+                                    command line's --store; default: one under pytest's temp root)
+  --out DIR                         where the verdict table goes (default: the store's folder)
 Under pytest-xdist each worker is pinned to one GPU (CUDA_VISIBLE_DEVICES set in
 pytest_configure, before anything initialises CUDA), `-n auto` means one worker per GPU on a
 GPU machine (CPU cores otherwise), and the CPU cores are shared between workers. Hypothesis
@@ -49,7 +51,8 @@ def pytest_addoption(parser):
     group.addoption("--require-gpu", action="store_true", help="fail gpu tests when no GPU is present")
     group.addoption("--budget", choices=("smoke", "small", "paper"), default="smoke", help="run size for claim tests")
     group.addoption("--data-root", default=None, help="root directory of the user's datasets")
-    group.addoption("--results-dir", default=None, help="results store directory")
+    group.addoption("--store", default=None, help="SQLite results store the claim tests read and fill")
+    group.addoption("--out", default=None, help="folder for the verdict table (default: the store's folder)")
 
 
 def pin_worker() -> None:

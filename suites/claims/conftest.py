@@ -28,9 +28,11 @@ def reproduced(request, tmp_path_factory):
     """Tables from a full sweep of every benchmark of the chosen budget (computed once, shared by
     xdist workers through the results store)."""
     budget = request.config.getoption("budget")
-    results = request.config.getoption("results_dir")
-    results = Path(results) if results else tmp_path_factory.getbasetemp().parent / "mtlcheck-claims"
-    store = ResultStore(results / "runs.sqlite")
+    path = request.config.getoption("store")
+    path = Path(path) if path else tmp_path_factory.getbasetemp().parent / "mtlcheck-claims" / "runs.sqlite"
+    results = Path(request.config.getoption("out") or path.parent)
+    results.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(path)
     data_root = request.config.getoption("data_root")
     threads = None
     if data_root is None:  # the embedded stand-ins (CI); with --data-root the paper's own, at any budget

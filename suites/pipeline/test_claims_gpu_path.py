@@ -28,7 +28,7 @@ def test_claim_suites_run_the_papers_benchmarks_from_a_data_root(tmp_path):
     results = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", str(REPO / "suites" / "claims"), "-q", "-p", "no:cacheprovider",
-         "--budget", "smoke", "--data-root", str(data), "--results-dir", str(results)],
+         "--budget", "smoke", "--data-root", str(data), "--store", str(results / "runs.sqlite")],
         cwd=REPO, capture_output=True, text=True, timeout=1800,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
