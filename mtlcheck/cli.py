@@ -110,15 +110,35 @@ def _sweep(args):
     t0 = time.perf_counter()
     if args.ray_address is not None and args.executor != "ray":
         raise SystemExit("mtlcheck: --ray-address needs --executor ray")
+    jobs = _jobs(args)
     if args.executor == "ray":
         from mtlcheck.experiments.distributed import run_sweep_ray
 
         records = run_sweep_ray(store.path, specs, _where(args), num_cpus_per_run=args.threads or 1,
                                 num_gpus_per_run=1 if args.device.startswith("cuda") else 0,
                                 address=args.ray_address, progress=not args.quiet)
+    elif jobs > 1:
+        from mtlcheck.experiments.distributed import run_sweep_processes
+
+        threads = args.threads or max(1, _cpu_count() // jobs)
+        records = run_sweep_processes(store.path, specs, _where(args), jobs=jobs, threads=threads,
+                                      progress=not args.quiet)
     else:
         records = run_sweep(store, specs, _where(args), progress=not args.quiet)
     return store, records, time.perf_counter() - t0
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _jobs(args) -> int:
+    """--jobs, by default one worker process per CPU core on the CPU and 1 on a GPU."""
+    if args.jobs is not None:
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        return args.jobs
+    return 1 if args.device.startswith("cuda") else _cpu_count()
 
 
 def cmd_sweep(args) -> int:
@@ -215,13 +235,16 @@ def _add_sweep(p, default_benchmark=None):
     p.add_argument("--benchmark", default=default_benchmark or DEFAULT_BENCHMARK)
     p.add_argument("--methods", nargs="*", default=None, help="registry names (default: every method)")
     p.add_argument("--levels", nargs="*", default=["parameter", "feature"], choices=["parameter", "feature"])
-    p.add_argument("--seeds", nargs="*", type=int, default=[0])
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="default: the paper's 3 seeds")
     p.add_argument("--budget", default="small", choices=["smoke", "small", "paper"])
     p.add_argument("--steps", type=int, default=None, help="override the budget's number of steps")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="report directory (default %(default)s)")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="ray: one Ray task per run (pip install mtlcheck[ray]; the store must be on one node or a "
                         "filesystem with working SQLite locking); --threads CPUs and, with --device cuda, one GPU per run")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="local executor: runs at once, one worker process each, with --threads (default: cores / "
+                        "jobs) torch threads (default: one job per CPU core on the CPU, 1 with --device cuda)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     _add_where(p)
 

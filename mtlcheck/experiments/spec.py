@@ -25,13 +25,17 @@ from typing import Any
 
 __all__ = ["BUDGETS", "CODE_EPOCH", "KEY_LENGTH", "LEVELS", "RunSpec", "canonical_json", "spec_key"]
 
-CODE_EPOCH = 5  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG isolated from the model's;
+CODE_EPOCH = 6  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG isolated from the model's;
 #                3: GradDrop draws U in float32 (a different random stream);
 #                4: monitored loss-only steps take Σ w_i g_i from the rows (other rounding);
 #                5: CAGrad's dual solved exactly by support enumeration (SLSQP was ~1e-7 off) and
 #                   g_w = 0 handled as g0; MGDA's min-norm by face enumeration; PCGrad/GradVac
 #                   surgery on Python floats; Gram over batched 8192-column chunks; Σ w_i g_i by
 #                   axpys (all: other rounding)
+#                6: the global RNG re-seeded from (seed, step) at every step (runs of one seed stay
+#                   paired: FAMO's extra forward shifted the MetaGraspNet proposal sampling);
+#                   digits-dense small: 24x24 scenes of 1-2 larger digits, 450 steps of batch 8 at
+#                   Adam 1e-2, heads at Z's resolution; digits small budgets measure every 10 steps
 """Bump when training semantics change (loss, schedule, data order, metric definitions):
 every key changes, so old results are kept but never mistaken for current ones."""
 
