@@ -13,7 +13,7 @@ of the real dataset from `--data-root`:
 | metagraspnet    | rcls, rdet, cls, det, vsb, amd, occ | MetaGraspNet, paper §3.1  |
 
 Budgets: "smoke" runs in seconds on a CPU (tests, CI), "small" is the embedded default study
-(minutes on a laptop CPU; Adam; digits-dense 450 steps of batch 8 at 24×24, digits-instance 150
+(minutes on a laptop CPU; Adam; digits-dense 400 steps of batch 8 at 24×24, digits-instance 150
 steps of batch 16 at 32×32; measures every 10 steps), "paper" is Appendix 7: 512×512 images, batch 4 (MetaGraspNet) or
 32 (CityScapes, NYU-v2), SGD lr 1e-4 momentum 0.9 with linear warm-up, measures every 10 steps,
 about 3k iterations (stated for MetaGraspNet; used for all three).
@@ -161,10 +161,10 @@ _DIGITS_SETUPS = {
 _DIGITS_DENSE_SCENES = {"small": {"size": 24, "digit_scale": 0.9, "min_digits": 1, "max_digits": 2}}
 _DIGITS_DENSE_SETUPS = {
     **_DIGITS_SETUPS,
-    "small": TrainSetup(steps=450, batch_size=8, lr=1e-2, warmup_steps=30, monitor_every=10, checkpoint_every=100,
+    "small": TrainSetup(steps=400, batch_size=8, lr=1e-2, warmup_steps=30, monitor_every=10, checkpoint_every=100,
                         optimizer="adam"),
 }
-_DIGITS_DENSE_TRAIN_SCENES = {"small": 3600}  # one epoch of the small budget (450 x 8)
+_DIGITS_DENSE_TRAIN_SCENES = {"small": 3200}  # one epoch of the small budget (400 x 8)
 
 
 class _Materialised(Dataset):

@@ -34,7 +34,7 @@ CODE_EPOCH = 6  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG i
 #                   axpys (all: other rounding)
 #                6: the global RNG re-seeded from (seed, step) at every step (runs of one seed stay
 #                   paired: FAMO's extra forward shifted the MetaGraspNet proposal sampling);
-#                   digits-dense small: 24x24 scenes of 1-2 larger digits, 450 steps of batch 8 at
+#                   digits-dense small: 24x24 scenes of 1-2 larger digits, 400 steps of batch 8 at
 #                   Adam 1e-2, heads at Z's resolution; digits small budgets measure every 10 steps
 """Bump when training semantics change (loss, schedule, data order, metric definitions):
 every key changes, so old results are kept but never mistaken for current ones."""
