@@ -182,15 +182,33 @@ def _sweep(args):
     _threads(args)
     args._specs = specs
     t0 = time.perf_counter()
+    jobs = _jobs(args)
     if args.executor == "ray":
         from mtlcheck.experiments.distributed import run_sweep_ray
 
         records = run_sweep_ray(store.path, specs, where, num_cpus_per_run=args.threads or 1,
                                 num_gpus_per_run=1 if args.device.startswith("cuda") else 0,
                                 address=args.ray_address, progress=not args.quiet)
+    elif jobs > 1:
+        from mtlcheck.experiments.distributed import run_sweep_processes
+
+        threads = args.threads or max(1, _cpu_count() // jobs)
+        records = run_sweep_processes(store.path, specs, where, jobs=jobs, threads=threads,
+                                      progress=not args.quiet)
     else:
         records = run_sweep(store, specs, where, progress=not args.quiet)
     return store, records, time.perf_counter() - t0
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _jobs(args) -> int:
+    """--jobs, by default one worker process per CPU core on the CPU and 1 on a GPU."""
+    if args.jobs is not None:
+        return args.jobs
+    return 1 if args.device.startswith("cuda") else _cpu_count()
 
 
 def cmd_sweep(args) -> int:
@@ -459,13 +477,17 @@ def _add_sweep(p):
     p.add_argument("--benchmark", default=None, help="benchmark name (default: the embedded digits-dense)")
     p.add_argument("--methods", nargs="+", default=None, help="registry names (default: the paper's methods)")
     p.add_argument("--levels", nargs="+", default=["parameter", "feature"], choices=["parameter", "feature"])
-    p.add_argument("--seeds", nargs="+", type=_non_negative_int, default=[0])
+    p.add_argument("--seeds", nargs="+", type=_non_negative_int, default=[0, 1, 2],
+                   help="default: the paper's 3 seeds")
     p.add_argument("--budget", default="small", choices=BUDGET_CHOICES)
     p.add_argument("--steps", type=_positive_int, default=None, help="override the budget's number of steps")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="report directory (default %(default)s)")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="ray: one Ray task per run (pip install mtlcheck[ray]; the store must be on one node or a "
                         "filesystem with working SQLite locking); --threads CPUs and, with --device cuda, one GPU per run")
+    p.add_argument("--jobs", type=_positive_int, default=None,
+                   help="local executor: runs at once, one worker process each, with --threads (default: cores / "
+                        "jobs) torch threads (default: one job per CPU core on the CPU, 1 with --device cuda)")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     _add_feature_batch(p)
     _add_where(p)

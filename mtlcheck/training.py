@@ -5,9 +5,11 @@ learning rate over the first `warmup_steps` (Adam is available for the embedded 
 the parameter-level Gram and the feature gradients, and GDS, GMS and FD are recorded with the
 task losses and the method's weights (`mtlcheck.monitor`). A NaN/inf loss ends the run with
 status "diverged" and the step it happened at. Batches are drawn by `StepSampler` from a
-per-epoch permutation seeded by (seed, epoch), so a run is a deterministic function of its seed
-on CPU and can resume at any step from a checkpoint (model, optimiser, method state, RNG states
-and the trajectory so far).
+per-epoch permutation seeded by (seed, epoch), and the global RNG is re-seeded from (seed, step)
+at every step (`step_seed`): runs that share a seed share their initial model (built under
+`torch.manual_seed(seed)`), their batches and their in-step randomness whatever the method, so
+a run is a deterministic function of its seed on CPU and can resume at any step from a
+checkpoint (model, optimiser, method state, RNG states and the trajectory so far).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -81,6 +84,14 @@ class StepSampler(Sampler):
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of the global RNG at the start of `step` of a run with `seed`: the randomness a
+    step draws there (e.g. the proposal sampling of a detection model) depends on (seed, step)
+    only, so runs of different methods with one seed stay paired even when a method runs extra
+    forward passes (FAMO's loss after the update), and a resumed run draws what a straight one does."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0])
 
 
 def to_device(batch: Any, device: torch.device | str) -> Any:
@@ -170,6 +181,7 @@ def train(
     post_step = aggregator.tags().post_step_update
     t_start = time.perf_counter()
     for step, batch in zip(range(state.step, setup.steps), loader):
+        torch.manual_seed(step_seed(seed, step))
         batch = precision.prepare_batch(to_device(batch, device))
         for group in optimizer.param_groups:
             group["lr"] = setup.lr_at(step)

@@ -155,6 +155,7 @@ def generate_scene(
     max_digits: int = 4,
     hole_prob: float = 0.5,
     noise_std: float = 0.03,
+    digit_scale: float = 0.6,
 ) -> DigitScene:
     """Draw one scene from `rng` using glyphs from `pool` (indices into load_digits)."""
     images, targets = _load_glyphs()
@@ -172,7 +173,7 @@ def generate_scene(
     sources = rng.choice(pool, size=n, replace=False)
     colours = rng.uniform(0.4, 1.0, size=(n, 3))
     jitter = rng.uniform(0.85, 1.15, size=n)
-    sides = np.clip(np.round(0.6 * size / depths * jitter), 8, size).astype(int)
+    sides = np.clip(np.round(digit_scale * size / depths * jitter), 8, size).astype(int)
     corners = [(int(rng.integers(0, size - s + 1)), int(rng.integers(0, size - s + 1))) for s in sides]
 
     alphas = np.zeros((n, h, w))
@@ -292,6 +293,7 @@ class DigitScenes(Dataset):
         hole_prob: float = 0.5,
         noise_std: float = 0.03,
         test_fraction: float = 0.25,
+        digit_scale: float = 0.6,
     ):
         if split not in _SPLIT_CODE:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -318,6 +320,7 @@ class DigitScenes(Dataset):
         self.hole_prob = float(hole_prob)
         self.noise_std = float(noise_std)
         self.test_fraction = float(test_fraction)
+        self.digit_scale = float(digit_scale)
         self.pool = source_indices(split, test_fraction)
 
     def __len__(self) -> int:
@@ -345,6 +348,7 @@ class DigitScenes(Dataset):
             max_digits=self.max_digits,
             hole_prob=self.hole_prob,
             noise_std=self.noise_std,
+            digit_scale=self.digit_scale,
         )
 
 

@@ -1,4 +1,5 @@
-"""Sweeps on a Ray cluster (optional extra: ``pip install mtlcheck[ray]``).
+"""Sweeps on several worker processes: local ones (`run_sweep_processes`) or a Ray cluster
+(`run_sweep_ray`, optional extra: ``pip install mtlcheck[ray]``).
 
 Each run is one Ray task that opens the same `ResultStore` file and calls `run_spec`, so the
 store still does everything that matters: a run is computed once (also against local sweeps
@@ -30,7 +31,7 @@ from mtlcheck.experiments.runner import Where, run_spec
 from mtlcheck.experiments.spec import RunSpec
 from mtlcheck.experiments.store import ResultStore, RunRecord
 
-__all__ = ["run_sweep_ray"]
+__all__ = ["run_sweep_processes", "run_sweep_ray"]
 
 RAY_EXTRA = "pip install mtlcheck[ray]"
 
@@ -60,6 +61,100 @@ def _run_one(store_path: str, spec_json: str, where: Where, threads: int) -> tup
     finally:
         store.close()
     return record.status, None
+
+
+def _heaviest_first(specs: list[RunSpec]) -> list[RunSpec]:
+    """Specs in order of their expected cost (second-order > parameter-level gradient method >
+    feature level > loss-only), so that the last runs to finish are short ones."""
+    from mtlcheck.aggregators import aggregator_class
+
+    def rank(spec: RunSpec) -> int:
+        try:
+            tags = aggregator_class(spec.method)().tags()
+        except Exception:  # noqa: BLE001 - an unknown method fails in its run, where it is recorded
+            return 0
+        if tags.second_order:
+            return 3
+        if tags.loss_only:
+            return 0
+        return 2 if spec.level == "parameter" else 1
+
+    return sorted(specs, key=rank, reverse=True)  # stable: ties keep the sweep's order
+
+
+def run_sweep_processes(store_path: str | Path, specs: Iterable[RunSpec], where: Where = Where(), *, jobs: int = 2,
+                        threads: int = 1, progress: bool = True) -> list[RunRecord]:
+    """Compute every spec once on `jobs` local worker processes with `threads` torch threads each.
+
+    On a CPU this is the fast way to run a sweep of small models: one run per core with one
+    thread each keeps every core busy, whereas intra-op threads on small tensors synchronise
+    often and, when the cores are oversubscribed, make each op many times slower. Workers are
+    started with "spawn" (no inherited SQLite connections or thread pools) and live for the
+    whole sweep, so a benchmark's cached data is generated once per worker. Results, failures
+    and the return value are as `run_sweep_ray`'s."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    specs = list(specs)
+    for s in specs:
+        if not isinstance(s, RunSpec):
+            raise TypeError(f"run_sweep_processes: expected RunSpecs, got {type(s).__name__}")
+    for name, value in (("jobs", jobs), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"run_sweep_processes: {name} must be an int >= 1, got {value!r}")
+    for name in {s.benchmark for s in specs}:
+        get_benchmark(name).check_data_root(where.data_root)
+    store = ResultStore(store_path)  # creates the file and schema before any worker opens it
+    todo = []
+    for s in specs:
+        record = store.get(s)
+        if (record is None or not record.is_finished) and s not in todo:
+            todo.append(s)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"runs ({jobs} processes)", unit="run")
+    worker_where = replace(where, progress=False)
+    try:
+        if todo:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
+                                     mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_run_one, str(store.path), s.to_json(), worker_where, threads): s
+                           for s in _heaviest_first(todo)}
+                for future in as_completed(futures):
+                    spec = futures[future]
+                    try:
+                        status, error = future.result()
+                    except Exception as exc:  # noqa: BLE001 - the worker process itself died
+                        status, error = "absent", f"{type(exc).__name__}: {exc}"
+                    if error is not None:
+                        print(f"run {spec.label} failed ({status} in the store):\n{error}", file=sys.stderr)
+                    if bar is not None:
+                        bar.set_postfix_str(spec.label)
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return _stored_records(store, specs, "run_sweep_processes")
+
+
+def _stored_records(store: ResultStore, specs: list[RunSpec], who: str) -> list[RunRecord]:
+    """The stored record of every spec, in order; raises if one is neither finished nor failed."""
+    records, problems = [], []
+    for s in specs:
+        record = store.get(s)
+        if record is None or not (record.is_finished or record.status == "failed"):
+            state = "absent" if record is None else f"{record.status} (owner {record.owner})"
+            problems.append(f"{s.label} [{s.key}]: {state}")
+        if record is not None:
+            records.append(record)
+    store.close()
+    if problems:
+        raise RuntimeError(f"{who}: {len(problems)} run(s) neither finished nor failed in {store.path} "
+                           "(see the errors printed above; run the sweep again to retry them):\n  "
+                           + "\n  ".join(problems))
+    return records
 
 
 def _check_device(where: Where, num_gpus_per_run: float) -> None:
@@ -150,17 +245,4 @@ def run_sweep_ray(store_path: str | Path, specs: Iterable[RunSpec], where: Where
             bar.close()
         if started:
             ray.shutdown()
-    records = []
-    for s in specs:
-        record = store.get(s)
-        if record is None or not (record.is_finished or record.status == "failed"):
-            state = "absent" if record is None else f"{record.status} (owner {record.owner})"
-            problems.append(f"{s.label} [{s.key}]: {state}")
-        if record is not None:
-            records.append(record)
-    store.close()
-    if problems:
-        raise RuntimeError(f"run_sweep_ray: {len(problems)} run(s) neither finished nor failed in {store.path} "
-                           "(see the errors printed above; run the sweep again to retry them):\n  "
-                           + "\n  ".join(problems))
-    return records
+    return _stored_records(store, specs, "run_sweep_ray")

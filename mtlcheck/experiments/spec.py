@@ -35,6 +35,10 @@ CODE_EPOCH = 6  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG i
 #                6: Nash-MTL at the official scale (α_i (G Gᵀ α)_i = 1 on the raw Gram: the default step
 #                   now always has norm 1) with a new Newton solver; feature_batch option (non-default
 #                   runs only); Grams of tiny/huge gradients rescaled (other results only there)
+#                   and the global RNG re-seeded from (seed, step) at every step (runs of one seed stay
+#                   paired: FAMO's extra forward shifted the MetaGraspNet proposal sampling);
+#                   digits-dense small: 24x24 scenes of 1-2 larger digits, 400 steps of batch 8 at
+#                   Adam 1e-2, heads at Z's resolution; digits small budgets measure every 10 steps
 """Bump when training semantics change (loss, schedule, data order, metric definitions):
 every key changes, so old results are kept but never mistaken for current ones."""
 

@@ -63,7 +63,7 @@ def test_killed_sweep_resumes_and_finishes_only_the_missing_runs(tmp_path):
     store = str(tmp_path / "runs.sqlite")
     methods = ["ew", "mgda", "pcgrad", "imtl", "famo", "rlw"]
     cmd = [sys.executable, "-m", "mtlcheck.cli", "sweep", "--benchmark", "digits-dense", "--methods", *methods,
-           "--levels", "parameter", "--store", store, *SMOKE]
+           "--levels", "parameter", "--seeds", "0", "--jobs", "1", "--store", store, *SMOKE]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120

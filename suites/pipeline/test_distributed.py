@@ -1,4 +1,5 @@
-"""Sweeps through Ray (`run_sweep_ray`) on a local Ray instance: same store semantics, same results."""
+"""Sweeps on several processes: local worker processes (`run_sweep_processes`) and Ray
+(`run_sweep_ray`) on a local Ray instance: same store semantics, same results."""
 
 import os
 import sys
@@ -90,10 +91,36 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(ray, tmp_path):
 @pytest.mark.slow
 def test_cli_sweep_with_the_ray_executor(ray, tmp_path, capsys):
     store = str(tmp_path / "runs.sqlite")
-    args = ["sweep", "--executor", "ray", "--methods", "ew", "--levels", "parameter", "--budget", "smoke",
+    args = ["sweep", "--executor", "ray", "--methods", "ew", "--levels", "parameter", "--seeds", "0", "--budget", "smoke",
             "--quiet", "--threads", "1", "--store", store]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "1 runs in" in out and "1 done" in out
     (record,) = ResultStore(store).runs()
     assert record.status == "done" and record.attempts == 1
+
+
+def test_local_worker_processes_compute_each_run_once_as_an_in_process_sweep_does(tmp_path):
+    """`run_sweep_processes` (the CPU default of `mtlcheck sweep`/`reproduce`: one worker process
+    per core): every run computed once, in the workers, with the results of an in-process sweep
+    at the same thread count; a failing run is recorded and the others go on."""
+    from mtlcheck.experiments.distributed import run_sweep_processes
+
+    bad = RunSpec(benchmark="digits-dense", method="ew", method_config={"no_such_option": 1}, budget="smoke")
+    specs = sweep_specs("digits-dense", ["ew"], levels=("parameter",), seeds=(0, 1), budget="smoke")
+    path = tmp_path / "procs.sqlite"
+    records = run_sweep_processes(path, [*specs, bad], jobs=2, threads=1, progress=False)
+    assert [r.spec for r in records] == [*specs, bad]
+    by_key = {r.key: r for r in records}
+    assert by_key[bad.key].status == "failed" and "no_such_option" in by_key[bad.key].error
+    good = [by_key[s.key] for s in specs]
+    assert all(r.status == "done" and r.attempts == 1 for r in good), [(r.spec.label, r.status, r.error) for r in good]
+    assert str(os.getpid()) not in {r.history[0]["owner"].split(":")[1] for r in good}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: CPU sums depend on the thread count
+    try:
+        local = run_sweep(ResultStore(tmp_path / "local.sqlite"), specs, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert {r.key: r.metrics for r in local} == {r.key: r.metrics for r in good}
