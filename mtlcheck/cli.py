@@ -109,6 +109,9 @@ def _check_out(out: str) -> Path:
 def _check_executor(args) -> None:
     if args.ray_address is not None and args.executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
+    if args.jobs is not None and args.executor != "local":
+        raise UsageError("--jobs is for --executor local; with --executor ray each run is one Ray task "
+                         "(--threads CPUs each)")
     if args.executor == "ray":
         import importlib.util
 
@@ -178,6 +181,7 @@ def _sweep(args):
     specs = sweep_specs(args.benchmark, args.methods, tuple(args.levels), tuple(args.seeds), args.budget, args.steps,
                         extra=_run_options(args))
     where = _where(args)
+    where.check(s.benchmark for s in specs)  # device, weights, data root: usage errors before the store opens
     store = _store(args)
     _threads(args)
     args._specs = specs
@@ -633,8 +637,7 @@ def _where_it_stopped(args) -> str:
         return f"Could not read the store {args.store} ({exc}); run the same command again to resume."
     finished = sum(1 for r in records if r is not None and r.is_finished)
     stopped = [r for r in records if r is not None and r.status == "pending" and r.history
-               and r.history[-1].get("event") == "released" and f"interrupted in {os.getpid()}" in str(
-                   r.history[-1].get("reason"))]
+               and r.history[-1].get("event") == "released" and "interrupted in" in str(r.history[-1].get("reason"))]  # by this process or its workers
     parts = [f"{finished} of {len(specs)} run(s) finished and stored in {args.store}."]
     for r in stopped:
         ckpt = store.checkpoint_path(r.key).exists()

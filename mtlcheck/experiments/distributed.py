@@ -29,7 +29,7 @@ from typing import Any, Iterable
 from mtlcheck.benchmarks import get_benchmark
 from mtlcheck.experiments.runner import Where, run_spec
 from mtlcheck.experiments.spec import RunSpec
-from mtlcheck.experiments.store import ResultStore, RunRecord
+from mtlcheck.experiments.store import ResultStore, RunFailedError, RunRecord, SetupError, StoreError
 
 __all__ = ["run_sweep_processes", "run_sweep_ray"]
 
@@ -54,6 +54,10 @@ def _run_one(store_path: str, spec_json: str, where: Where, threads: int) -> tup
     store = ResultStore(store_path)
     try:
         record = run_spec(store, spec, where, wait=True)
+    except SetupError as exc:  # the data or device: the run is released, not counted
+        return "setup", str(exc)
+    except RunFailedError as exc:  # failed before, out of attempts: one line, not a traceback
+        return "failed", str(exc)
     except Exception:  # noqa: BLE001 - recorded in the store by get_or_run; the sweep goes on
         record = store.get(spec)
         status = "absent" if record is None else record.status
@@ -102,8 +106,7 @@ def run_sweep_processes(store_path: str | Path, specs: Iterable[RunSpec], where:
     for name, value in (("jobs", jobs), ("threads", threads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"run_sweep_processes: {name} must be an int >= 1, got {value!r}")
-    for name in {s.benchmark for s in specs}:
-        get_benchmark(name).check_data_root(where.data_root)
+    where.check(s.benchmark for s in specs)  # usage errors (device, weights, data root) before any worker starts
     store = ResultStore(store_path)  # creates the file and schema before any worker opens it
     todo = []
     for s in specs:
@@ -128,7 +131,12 @@ def run_sweep_processes(store_path: str | Path, specs: Iterable[RunSpec], where:
                         status, error = future.result()
                     except Exception as exc:  # noqa: BLE001 - the worker process itself died
                         status, error = "absent", f"{type(exc).__name__}: {exc}"
-                    if error is not None:
+                    if status == "setup":  # every other run would meet it too (as run_sweep)
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise SetupError(error)
+                    if status == "failed" and error is not None:
+                        print(f"run {spec.label}: {error}", file=sys.stderr)
+                    elif error is not None:
                         print(f"run {spec.label} failed ({status} in the store):\n{error}", file=sys.stderr)
                     if bar is not None:
                         bar.set_postfix_str(spec.label)
@@ -151,7 +159,7 @@ def _stored_records(store: ResultStore, specs: list[RunSpec], who: str) -> list[
             records.append(record)
     store.close()
     if problems:
-        raise RuntimeError(f"{who}: {len(problems)} run(s) neither finished nor failed in {store.path} "
+        raise StoreError(f"{who}: {len(problems)} run(s) neither finished nor failed in {store.path} "
                            "(see the errors printed above; run the sweep again to retry them):\n  "
                            + "\n  ".join(problems))
     return records

@@ -120,6 +120,11 @@ def test_ordinary_mistakes_are_one_line_naming_the_input(tmp_path):
                                  ["'mgda_ub' is 'mgda' at the feature level"]),
         "mistyped report store": (["report", "--store", str(tmp_path / "typo.sqlite")], ["no results store at"]),
         "ray": (["sweep", "--executor", "ray", "--store", store, *SMOKE], ["--executor ray needs Ray"]),
+        "weights, worker processes": (["sweep", "--methods", "ew", "--levels", "parameter", "--seeds", "0", "--jobs",
+                                       "2", "--weights", str(tmp_path / "typo.pt"), "--store", store, *SMOKE],
+                                      ["--weights file not found", "typo.pt"]),
+        "jobs with ray": (["sweep", "--executor", "ray", "--jobs", "2", "--store", store, *SMOKE],
+                          ["--jobs is for --executor local"]),
     }
     import importlib.util
 
@@ -193,6 +198,23 @@ def test_three_wrong_data_roots_then_the_right_one_completes_the_run(tmp_path):
     with sqlite3.connect(store) as db:
         status, attempts, failures = db.execute("select status, attempts, failures from runs").fetchone()
     assert (status, attempts, failures) == ("done", 4, 0)
+
+
+def test_bad_data_found_in_a_worker_process_is_one_line_and_not_counted(tmp_path):
+    """The default CPU sweep runs on worker processes (--jobs): a data file that turns out to be
+    corrupt while training is the same one-line error there as in-process, the run is released
+    without counting a failure, and the other runs are not started."""
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(FIXTURES / "cityscapes", corrupt)
+    for png in (corrupt / "leftImg8bit").rglob("*.png"):
+        png.write_bytes(png.read_bytes()[:100])
+    store = tmp_path / "runs.sqlite"
+    result = _mtlcheck("sweep", "--benchmark", "cityscapes", "--methods", "ew", "rlw", "--levels", "parameter",
+                       "--seeds", "0", "--steps", "2", "--jobs", "2", "--data-root", corrupt, "--store", store, *SMOKE)
+    _one_clear_line(result.returncode, result.stderr, "cannot decode image")
+    with sqlite3.connect(store) as db:
+        rows = db.execute("select status, failures from runs").fetchall()
+    assert rows and all(failures == 0 and status != "done" for status, failures in rows), rows
 
 
 def test_a_failed_run_is_retried_on_request(tmp_path, capsys):
