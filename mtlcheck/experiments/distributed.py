@@ -107,12 +107,7 @@ def run_sweep_processes(store_path: str | Path, specs: Iterable[RunSpec], where:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"run_sweep_processes: {name} must be an int >= 1, got {value!r}")
     where.check(s.benchmark for s in specs)  # usage errors (device, weights, data root) before any worker starts
-    store = ResultStore(store_path)  # creates the file and schema before any worker opens it
-    todo = []
-    for s in specs:
-        record = store.get(s)
-        if (record is None or not record.is_finished) and s not in todo:
-            todo.append(s)
+    store, todo = _open_with_todo(store_path, specs)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -145,6 +140,18 @@ def run_sweep_processes(store_path: str | Path, specs: Iterable[RunSpec], where:
         if bar is not None:
             bar.close()
     return _stored_records(store, specs, "run_sweep_processes")
+
+
+def _open_with_todo(store_path: str | Path, specs: list[RunSpec]) -> tuple[ResultStore, list[RunSpec]]:
+    """The store (its file and schema created before any worker opens it) and the specs, without
+    repeats, that it holds no finished run of."""
+    store = ResultStore(store_path)
+    todo = []
+    for s in specs:
+        record = store.get(s)
+        if (record is None or not record.is_finished) and s not in todo:
+            todo.append(s)
+    return store, todo
 
 
 def _stored_records(store: ResultStore, specs: list[RunSpec], who: str) -> list[RunRecord]:
@@ -203,12 +210,7 @@ def run_sweep_ray(store_path: str | Path, specs: Iterable[RunSpec], where: Where
     _check_device(where, num_gpus_per_run)
     for name in {s.benchmark for s in specs}:  # usage errors here, not as failed runs on workers
         get_benchmark(name).check_data_root(where.data_root)
-    store = ResultStore(store_path)  # creates the file and schema before any worker opens it
-    todo = []
-    for s in specs:
-        record = store.get(s)
-        if (record is None or not record.is_finished) and s not in todo:
-            todo.append(s)
+    store, todo = _open_with_todo(store_path, specs)
 
     started = False
     if ray.is_initialized():
