@@ -143,3 +143,29 @@ class NaNGradient(ToyRegression):
 def test_nan_gradient_with_finite_loss_is_a_divergence(method):
     out = train(NaNGradient(), ToyData(), default_collate, get_aggregator(method), SETUP)
     assert out.status == "diverged" and out.diverged_step == 0, out
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_multi_tensor_optimiser_steps_equal_the_per_tensor_loop(optimizer, monkeypatch):
+    """train() asks for the foreach kernels; they must give the per-tensor loop's numbers exactly."""
+    setup = TrainSetup(**{**SETUP.__dict__, "optimizer": optimizer})
+
+    def go():
+        return train(ToyRegression(seed=1), ToyData(), default_collate, get_aggregator("mgda"), setup, seed=1,
+                     evaluate=evaluate)
+
+    fast = go()
+    cls = getattr(torch.optim, {"sgd": "SGD", "adam": "Adam"}[optimizer])
+    monkeypatch.setattr(torch.optim, cls.__name__, lambda *a, **k: cls(*a, **{**k, "foreach": False}))
+    loop = go()
+    assert fast.metrics == loop.metrics and fast.trajectory == loop.trajectory
+
+
+def test_reseed_draws_what_manual_seed_draws():
+    from mtlcheck.training import reseed
+
+    torch.manual_seed(123)
+    expected = torch.rand(5), torch.randn(3)
+    torch.manual_seed(7)
+    reseed(123, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(expected, (torch.rand(5), torch.randn(3))))
