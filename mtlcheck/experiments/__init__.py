@@ -1,24 +1,26 @@
 """Experiments: run specifications, the shared results store (and, later, the sweep runner)."""
 
+from mtlcheck.experiments.clock import Clock, SystemClock
+from mtlcheck.experiments.provenance import environment
 from mtlcheck.experiments.spec import BUDGETS, CODE_EPOCH, LEVELS, RunSpec, spec_key
 from mtlcheck.experiments.store import (
-    Claim,
-    ClaimLost,
+    Lease,
+    LeaseLost,
     ResultStore,
     RunFailedError,
     RunRecord,
     RunResult,
     SetupError,
     StoreError,
-    environment,
 )
 
 __all__ = [
     "BUDGETS",
     "CODE_EPOCH",
     "LEVELS",
-    "Claim",
-    "ClaimLost",
+    "Clock",
+    "Lease",
+    "LeaseLost",
     "ResultStore",
     "RunFailedError",
     "RunRecord",
@@ -26,6 +28,7 @@ __all__ = [
     "RunSpec",
     "SetupError",
     "StoreError",
+    "SystemClock",
     "environment",
     "spec_key",
 ]

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mtlcheck.experiments.store import RunRecord, encode_json
+from mtlcheck.experiments.codec import encode_json
+from mtlcheck.experiments.store import RunRecord
 
 SPEC_COLUMNS = ("key", "benchmark", "method", "level", "seed", "budget", "steps", "config", "options")
 RUN_COLUMNS = ("status", "attempts", "failures", "train_seconds", "ms_per_step", "finished", "last_error")

@@ -196,8 +196,8 @@ def execute(spec: RunSpec, where: Where = Where(), checkpointer: Checkpointer | 
 
 
 def _run_fn(spec: RunSpec, where: Where):
-    def fn(claim) -> RunResult:
-        ckpt = Checkpointer(save=claim.save_checkpoint, load=claim.load_checkpoint)
+    def fn(lease) -> RunResult:
+        ckpt = Checkpointer(save=lease.save_checkpoint, load=lease.load_checkpoint)
         outcome = execute(spec, where, ckpt)
         timings = dict(outcome.timings)
         if outcome.diverged_step is not None:

@@ -4,11 +4,11 @@ Modes (all print one JSON object per line on stdout):
   sweep STORE LOG [--n N] [--epochs E] [--sleep S] [--hang-at RUN:EPOCH] [--barrier DIR --parties P]
       run N specs through `get_or_run`; each run saves a checkpoint per epoch and resumes from it.
       Events go to the LOG file (one JSON line per event, appended atomically).
-  claim STORE BARRIER_DIR PARTIES RELEASE_FILE
-      wait for all parties, claim the shared spec, print whether it won; the winner waits for
-      RELEASE_FILE and exits without finishing (its claim is left to a dead owner).
+  lease STORE BARRIER_DIR PARTIES RELEASE_FILE
+      wait for all parties, lease the shared spec, print whether it won; the winner waits for
+      RELEASE_FILE and exits without finishing (its lease is left to a dead owner).
   own STORE
-      claim the shared spec and obey stdin commands: "heartbeat" (prints ok/lost), "exit".
+      lease the shared spec and obey stdin commands: "heartbeat" (prints ok/lost), "exit".
   zygote
       import torch once, then fork one fresh worker process per stdin command
       {"cmd": "spawn", "argv": [...], "stdout": PATH} (replies {"pid": N}) and reap it on
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from mtlcheck.experiments import ClaimLost, ResultStore, RunResult, RunSpec
+from mtlcheck.experiments import LeaseLost, ResultStore, RunResult, RunSpec
 
 SHARED_SPEC = RunSpec("race", "ew", seed=0, budget="smoke")
 
@@ -78,17 +78,17 @@ def run_sweep(args: argparse.Namespace) -> None:
     specs = sweep_specs(args.n)
 
     def make_fn(index: int, spec: RunSpec):
-        def fn(claim):
-            ckpt = claim.load_checkpoint()
+        def fn(lease):
+            ckpt = lease.load_checkpoint()
             start = 0 if ckpt is None else ckpt["epoch"] + 1
             acc = 0.0 if ckpt is None else ckpt["acc"]
             curve = [] if ckpt is None else list(ckpt["curve"])
-            log_event(args.log, event="start", key=spec.key, index=index, start=start, attempt=claim.attempt)
+            log_event(args.log, event="start", key=spec.key, index=index, start=start, attempt=lease.attempt)
             for epoch in range(start, args.epochs):
                 time.sleep(args.sleep)
                 acc += epoch_value(spec.seed, epoch)
                 curve.append(acc)
-                claim.save_checkpoint({"epoch": epoch, "acc": acc, "curve": curve})
+                lease.save_checkpoint({"epoch": epoch, "acc": acc, "curve": curve})
                 log_event(args.log, event="epoch", key=spec.key, index=index, epoch=epoch)
                 if hang == (index, epoch) and start == 0:
                     log_event(args.log, event="hanging", key=spec.key, index=index, epoch=epoch)
@@ -111,29 +111,29 @@ def run_sweep(args: argparse.Namespace) -> None:
     emit({"pid": os.getpid(), "results": results})
 
 
-def run_claim(args: argparse.Namespace) -> None:
+def run_lease(args: argparse.Namespace) -> None:
     store = ResultStore(args.store)
     wait_barrier(args.barrier, f"c{os.getpid()}", args.parties)
-    claim = store.claim(SHARED_SPEC)
-    emit({"pid": os.getpid(), "won": claim is not None, "owner": None if claim is None else claim.owner})
-    if claim is not None:
+    lease = store.lease(SHARED_SPEC)
+    emit({"pid": os.getpid(), "won": lease is not None, "owner": None if lease is None else lease.owner})
+    if lease is not None:
         deadline = time.monotonic() + 120
         while not os.path.exists(args.release) and time.monotonic() < deadline:
             time.sleep(0.01)
-        os._exit(0)  # leave the claim behind, as a crashed worker would
+        os._exit(0)  # leave the lease behind, as a crashed worker would
 
 
 def run_own(args: argparse.Namespace) -> None:
     store = ResultStore(args.store)
-    claim = store.claim(SHARED_SPEC)
-    emit({"pid": os.getpid(), "owner": None if claim is None else claim.owner})
+    lease = store.lease(SHARED_SPEC)
+    emit({"pid": os.getpid(), "owner": None if lease is None else lease.owner})
     for line in sys.stdin:
         command = line.strip()
         if command == "heartbeat":
             try:
-                claim.heartbeat()
+                lease.heartbeat()
                 emit({"heartbeat": "ok"})
-            except ClaimLost as exc:
+            except LeaseLost as exc:
                 emit({"heartbeat": "lost", "message": str(exc)})
         elif command == "exit":
             break
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hang-at", default=None)
     p.add_argument("--barrier", default=None)
     p.add_argument("--parties", type=int, default=1)
-    p = sub.add_parser("claim")
+    p = sub.add_parser("lease")
     p.add_argument("store")
     p.add_argument("barrier")
     p.add_argument("parties", type=int)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "zygote":
         run_zygote()
     else:
-        {"sweep": run_sweep, "claim": run_claim, "own": run_own}[args.mode](args)
+        {"sweep": run_sweep, "lease": run_lease, "own": run_own}[args.mode](args)
 
 
 if __name__ == "__main__":

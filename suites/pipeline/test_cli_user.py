@@ -143,8 +143,8 @@ def test_read_only_places(tmp_path):
     archive.mkdir()
     spec = make_spec("digits-dense", "ew", budget="smoke")
     with_run = ResultStore(archive / "runs.sqlite")
-    claim = with_run.claim(spec)
-    claim.finish(_dense(1.0, 0.5, 0.2), {"step": [0]}, {"train_seconds": 1.0})
+    lease = with_run.lease(spec)
+    lease.finish(_dense(1.0, 0.5, 0.2), {"step": [0]}, {"train_seconds": 1.0})
     with_run.close()
     os.chmod(archive / "runs.sqlite", 0o444)
     os.chmod(archive, 0o555)
@@ -169,7 +169,7 @@ def test_report_and_runs_open_the_store_read_only(tmp_path, capsys):
     before = path.read_bytes()
     reader = ResultStore(path, readonly=True)
     with pytest.raises(StoreError, match="opened read-only"):
-        reader.claim(make_spec("digits-dense", "mgda", budget="smoke"))
+        reader.lease(make_spec("digits-dense", "mgda", budget="smoke"))
     assert main(["runs", "list", "--store", str(path)]) == 0
     assert "digits-dense/ew/parameter/seed0/smoke" in capsys.readouterr().out
     assert path.read_bytes() == before
@@ -222,7 +222,7 @@ def test_a_failed_run_is_retried_on_request(tmp_path, capsys):
     store = ResultStore(store_path)
     spec = make_spec("digits-dense", "ew", budget="smoke", steps=1)
     for _ in range(DEFAULT_MAX_FAILURES):
-        store.claim(spec).fail("RuntimeError: a failure of the computation")
+        store.lease(spec).fail("RuntimeError: a failure of the computation")
     run = ["run", "--benchmark", "digits-dense", "--method", "ew", "--steps", "1", "--store", str(store_path), *SMOKE]
     assert main(run) == 2
     err = capsys.readouterr().err
@@ -270,17 +270,17 @@ def test_ctrl_c_says_where_the_run_stopped_and_that_it_resumes(tmp_path):
 def test_a_run_waiting_for_another_process_says_so(tmp_path, capsys):
     store = ResultStore(tmp_path / "runs.sqlite")
     spec = make_spec("digits-dense", "ew", budget="smoke", steps=1)
-    claimed = threading.Event()
+    leased = threading.Event()
 
     def other_owner():  # another thread of this process: a live owner that finishes after a while
-        claim = store.claim(spec)
-        claimed.set()
+        lease = store.lease(spec)
+        leased.set()
         time.sleep(1.5)
-        claim.finish(_dense(1.0, 0.5, 0.2), {"step": [0]}, {"train_seconds": 1.0})
+        lease.finish(_dense(1.0, 0.5, 0.2), {"step": [0]}, {"train_seconds": 1.0})
 
     thread = threading.Thread(target=other_owner)
     thread.start()
-    claimed.wait(10)
+    leased.wait(10)
     assert main(["run", "--benchmark", "digits-dense", "--method", "ew", "--steps", "1",
                  "--store", str(store.path), *SMOKE]) == 0
     thread.join()
@@ -314,7 +314,7 @@ def test_runs_export_json_and_csv(tmp_path, capsys):
     for seed in (0, 1):
         _put(store, "ew", seed=seed, metrics=_dense(1.0 + seed, 0.5, 0.2), traj={"step": [0, 3], "gds": [0.1, 0.2]})
     failed = make_spec("digits-dense", "pcgrad", budget="smoke")
-    store.claim(failed).fail("RuntimeError: boom")
+    store.lease(failed).fail("RuntimeError: boom")
     assert main(["runs", "export", str(tmp_path / "all.json"), "--store", str(store.path)]) == 0
     runs = json.loads((tmp_path / "all.json").read_text())["runs"]
     assert [(r["spec"]["method"], r["spec"]["seed"], r["status"]) for r in runs] == [
@@ -351,8 +351,8 @@ def _dense(de, ss, is_):
 
 def _put(store, method, *, seed=0, steps=None, metrics=None, traj=None):
     spec = make_spec("digits-dense", method, seed=seed, budget="smoke", steps=steps)
-    claim = store.claim(spec)
-    claim.finish(metrics or _dense(1.0, 0.5, 0.2), traj or {"step": [0, 3, 6], "gds": [0.1] * 3, "gms": [0.8] * 3,
+    lease = store.lease(spec)
+    lease.finish(metrics or _dense(1.0, 0.5, 0.2), traj or {"step": [0, 3, 6], "gds": [0.1] * 3, "gms": [0.8] * 3,
                                                            "fd": [0.5] * 3}, {"train_seconds": 1.0})
     return store.get(spec)
 

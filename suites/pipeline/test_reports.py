@@ -38,17 +38,17 @@ def _traj(gds=0.1, gms=0.8, fd=0.5, n=4, every=3):
 
 def _put(store, method, *, level="parameter", seed=0, metrics=None, traj=None, status="done", budget="smoke",
          benchmark=DENSE, timings=None, error="ValueError: boom", config=None):
-    """Write one run into the store through a claim, as the runner does; returns its record."""
+    """Write one run into the store through a lease, as the runner does; returns its record."""
     if ":" in method:  # a third-party method: no registry lookup
         spec = RunSpec(benchmark, method, level=level, seed=seed, budget=budget)
     else:
         spec = make_spec(benchmark, method, level=level, seed=seed, budget=budget, method_config=config)
-    claim = store.claim(spec)
-    assert claim is not None, spec.label
+    lease = store.lease(spec)
+    assert lease is not None, spec.label
     if status == "failed":
-        claim.fail(error)
+        lease.fail(error)
     elif status != "running":
-        claim.finish(metrics or {}, traj if traj is not None else _traj(), dict(timings or TIMINGS), status=status)
+        lease.finish(metrics or {}, traj if traj is not None else _traj(), dict(timings or TIMINGS), status=status)
     return store.get(spec)
 
 

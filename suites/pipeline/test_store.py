@@ -1,4 +1,7 @@
-"""RunSpec keys and the SQLite results store: atomic claims, take-over, checkpoints, real kills."""
+"""RunSpec keys and the SQLite results store: atomic leases, take-over, checkpoints, real kills.
+
+Heartbeat ages and timeouts are judged on a `ManualClock` moved by the test; real sleeps remain
+only where real processes race on one file (polling them, and their simulated epochs)."""
 
 from __future__ import annotations
 
@@ -19,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from mtlcheck.experiments import codec, owners
 from mtlcheck.experiments import spec as spec_module
-from mtlcheck.experiments import store as store_module
 from mtlcheck.experiments import (
-    ClaimLost,
+    LeaseLost,
     ResultStore,
     RunFailedError,
     RunResult,
@@ -31,6 +34,7 @@ from mtlcheck.experiments import (
     environment,
     spec_key,
 )
+from mtlcheck.experiments.store import DEFAULT_STALE_AFTER
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_store_worker.py"
@@ -39,6 +43,28 @@ worker = importlib.util.module_from_spec(_worker_spec)
 _worker_spec.loader.exec_module(worker)
 
 BASE = RunSpec("digits", "cagrad", {"c": 0.5, "rescale": 1}, level="parameter", seed=0, budget="smoke")
+
+
+class ManualClock:
+    """A store clock that moves only when the test moves it (or the store sleeps on it): wall
+    time starts at the real time, so heartbeats that other processes write compare sensibly."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.elapsed = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.elapsed
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.elapsed += seconds
 
 
 def ok_result(value: float = 1.0) -> RunResult:
@@ -56,7 +82,7 @@ def read_log(path: Path) -> list[dict]:
 def wait_until(predicate, timeout: float, what: str, pid: int | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        if pid is not None and not store_module._pid_alive(pid):
+        if pid is not None and not owners.pid_alive(pid):
             raise AssertionError(f"worker {pid} died before {what}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -153,8 +179,13 @@ def test_from_dict_is_strict():
 # Store basics
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def store(tmp_path):
-    return ResultStore(tmp_path / "results.sqlite")
+def clock():
+    return ManualClock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    return ResultStore(tmp_path / "results.sqlite", clock=clock)
 
 
 def test_store_uses_wal_and_a_sibling_checkpoint_dir(store, tmp_path):
@@ -179,8 +210,8 @@ def test_schema_mismatch_is_refused(tmp_path):
 def test_get_or_run_computes_once_and_records_everything(store):
     calls = []
 
-    def fn(claim):
-        calls.append(claim.attempt)
+    def fn(lease):
+        calls.append(lease.attempt)
         return RunResult({"delta_m": -1.5, "per_task": {"seg": 0.5}}, {"loss": [3.0, 2.0, 1.0]}, {"train_s": 0.1})
 
     first = store.get_or_run(BASE, fn)
@@ -195,7 +226,7 @@ def test_get_or_run_computes_once_and_records_everything(store):
     assert first.started <= first.finished
     assert {"torch", "cuda", "gpus", "python", "platform", "git_revision"} <= set(first.env)
     assert [e["event"] for e in first.history] == ["claimed", "done"]
-    assert store.claim(BASE) is None
+    assert store.lease(BASE) is None
     assert store.get(BASE.key) == first and store.get(dataclasses.replace(BASE, seed=9)) is None
     assert [r.key for r in store.runs(status="done", benchmark="digits")] == [BASE.key]
     assert store.runs(status="failed") == [] and store.runs(benchmark="nyuv2") == []
@@ -212,7 +243,7 @@ def test_tuple_results_and_diverged_runs(store):
     diverged = dataclasses.replace(BASE, seed=1)
     record = store.get_or_run(diverged, lambda c: RunResult({"loss": math.inf}, status="diverged", error="NaN loss at step 3"))
     assert record.error == "NaN loss at step 3"
-    assert store.claim(diverged) is None
+    assert store.lease(diverged) is None
     assert store.get_or_run(diverged, lambda c: pytest.fail("a diverged run must not be recomputed")) == record
 
 
@@ -230,14 +261,14 @@ def test_nan_and_inf_round_trip_as_strict_json(store):
     for text in raw:
         json.loads(text, parse_constant=refuse)
     with pytest.raises(ValueError, match="reserved"):
-        store_module.encode_json({"__float__": "nan"})
+        codec.encode_json({"__float__": "nan"})
 
 
 def test_failures_are_recorded_with_traceback_and_retried_up_to_a_limit(store):
     calls = []
 
-    def boom(claim):
-        calls.append(claim.attempt)
+    def boom(lease):
+        calls.append(lease.attempt)
         raise ValueError("boom 42")
 
     for _ in range(2):
@@ -252,7 +283,7 @@ def test_failures_are_recorded_with_traceback_and_retried_up_to_a_limit(store):
     with pytest.raises(RunFailedError, match="boom 42"):
         store.get_or_run(BASE, boom, max_failures=2)
     assert calls == [1, 2]
-    assert store.claim(BASE, max_failures=2) is None
+    assert store.lease(BASE, max_failures=2) is None
     # a later, more permissive caller may retry; success clears the error
     done = store.get_or_run(BASE, lambda c: ok_result(), max_failures=3)
     assert done.status == "done" and done.error is None and done.failures == 2 and done.attempts == 3
@@ -281,8 +312,8 @@ def test_tensor_metrics_are_refused_with_a_hint(store):
 
 
 def test_interrupt_releases_the_run_and_keeps_the_checkpoint(store):
-    def interrupted(claim):
-        claim.save_checkpoint({"step": 5})
+    def interrupted(lease):
+        lease.save_checkpoint({"step": 5})
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -297,7 +328,7 @@ def test_interrupt_releases_the_run_and_keeps_the_checkpoint(store):
 
 def test_a_run_asking_for_its_own_result_raises_instead_of_hanging(store):
     with pytest.raises(RuntimeError, match="this very thread"):
-        store.get_or_run(BASE, lambda claim: store.get_or_run(BASE, lambda c: ok_result()))
+        store.get_or_run(BASE, lambda lease: store.get_or_run(BASE, lambda c: ok_result()))
     assert store.get(BASE).status == "failed" and "this very thread" in store.get(BASE).error
 
 
@@ -305,9 +336,9 @@ def test_add_registers_pending_runs(store):
     specs = [dataclasses.replace(BASE, seed=s) for s in range(3)]
     assert store.add(specs) == 3 and store.add(specs[0]) == 0
     assert [r.status for r in store.runs()] == ["pending"] * 3
-    claim = store.claim(specs[1])
-    assert claim is not None and claim.attempt == 1
-    claim.finish({"loss": 0.0})
+    lease = store.lease(specs[1])
+    assert lease is not None and lease.attempt == 1
+    lease.finish({"loss": 0.0})
     assert store.counts() == {"pending": 2, "running": 0, "done": 1, "failed": 0, "diverged": 0}
     assert store.forget(specs[1]) and store.get(specs[1]) is None
 
@@ -315,19 +346,19 @@ def test_add_registers_pending_runs(store):
 def test_checkpoints_are_atomic_and_deleted_on_finish(store):
     import torch
 
-    claim = store.claim(BASE)
-    assert claim.load_checkpoint() is None and not claim.has_checkpoint()
-    assert claim.checkpoint_path == store.checkpoint_dir / f"{BASE.key}.pt"
-    claim.save_checkpoint({"step": 1, "w": torch.ones(2)})
-    claim.save_checkpoint({"step": 2, "w": torch.zeros(2)})
+    lease = store.lease(BASE)
+    assert lease.load_checkpoint() is None and not lease.has_checkpoint()
+    assert lease.checkpoint_path == store.checkpoint_dir / f"{BASE.key}.pt"
+    lease.save_checkpoint({"step": 1, "w": torch.ones(2)})
+    lease.save_checkpoint({"step": 2, "w": torch.zeros(2)})
     (store.checkpoint_dir / f".{BASE.key}.leftover.tmp").write_bytes(b"half a file")  # a write killed midway
-    loaded = claim.load_checkpoint()
+    loaded = lease.load_checkpoint()
     assert loaded["step"] == 2 and torch.equal(loaded["w"], torch.zeros(2))
     assert sorted(p.name for p in store.checkpoint_dir.iterdir()) == [f".{BASE.key}.leftover.tmp", f"{BASE.key}.pt"]
-    claim.finish({"loss": 1.0})
+    lease.finish({"loss": 1.0})
     assert list(store.checkpoint_dir.iterdir()) == []
     with pytest.raises(RuntimeError, match="already finished"):
-        claim.heartbeat()
+        lease.heartbeat()
 
 
 def test_environment_does_not_initialise_cuda(tmp_path):
@@ -342,10 +373,10 @@ def test_environment_does_not_initialise_cuda(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Claims: atomicity and take-over
+# Leases: atomicity and take-over
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shared", [True, False], ids=["one-store", "store-per-thread"])
-def test_threads_racing_for_a_claim_one_wins(tmp_path, shared):
+def test_threads_racing_for_a_lease_one_wins(tmp_path, shared):
     path = tmp_path / "r.sqlite"
     common = ResultStore(path)
     n = 12
@@ -355,7 +386,7 @@ def test_threads_racing_for_a_claim_one_wins(tmp_path, shared):
     def race(i):
         s = common if shared else ResultStore(path)
         barrier.wait()
-        results[i] = s.claim(BASE)
+        results[i] = s.lease(BASE)
 
     threads = [threading.Thread(target=race, args=(i,)) for i in range(n)]
     for t in threads:
@@ -368,14 +399,14 @@ def test_threads_racing_for_a_claim_one_wins(tmp_path, shared):
     winners[0].finish({"loss": 1.0})
 
 
-def test_processes_racing_for_a_claim_one_wins(tmp_path):
+def test_processes_racing_for_a_lease_one_wins(tmp_path):
     path, barrier, release = tmp_path / "r.sqlite", tmp_path / "barrier", tmp_path / "release"
     ResultStore(path)
     n = 6
-    procs = [spawn("claim", str(path), str(barrier), str(n), str(release)) for _ in range(n)]
+    procs = [spawn("lease", str(path), str(barrier), str(n), str(release)) for _ in range(n)]
     outcomes = {}
     try:
-        # losers print and exit; the winner prints and holds its claim until released
+        # losers print and exit; the winner prints and holds its lease until released
         for p in procs:
             outcomes[p.pid] = json.loads(p.stdout.readline())
         winners = [pid for pid, o in outcomes.items() if o["won"]]
@@ -391,22 +422,22 @@ def test_processes_racing_for_a_claim_one_wins(tmp_path):
         for p in procs:
             p.wait(timeout=30)
             p.stdout.close()
-    # the winner exited without finishing: its claim is taken over at once (owner pid is dead)
-    claim = ResultStore(path).claim(worker.SHARED_SPEC)
-    assert claim is not None and claim.attempt == 2 and claim.took_over_from == record.owner
-    assert "dead" in claim.takeover_reason
+    # the winner exited without finishing: its lease is taken over at once (owner pid is dead)
+    lease = ResultStore(path).lease(worker.SHARED_SPEC)
+    assert lease is not None and lease.attempt == 2 and lease.took_over_from == record.owner
+    assert "dead" in lease.takeover_reason
 
 
-def test_dead_owner_is_taken_over_live_owner_is_not(tmp_path):
+def test_dead_owner_is_taken_over_live_owner_is_not(tmp_path, clock):
     path = tmp_path / "r.sqlite"
-    store = ResultStore(path)
+    store = ResultStore(path, clock=clock)
     # a live owner in another process: not taken over while its heartbeat is fresh
     proc = spawn("own", str(path), stdin=subprocess.PIPE)
     try:
         owner = json.loads(proc.stdout.readline())["owner"]
         assert owner is not None and owner.split(":")[1] == str(proc.pid)
-        assert store.claim(worker.SHARED_SPEC) is None
-        assert store.claim(worker.SHARED_SPEC, stale_after=5.0) is None
+        assert store.lease(worker.SHARED_SPEC) is None
+        assert store.lease(worker.SHARED_SPEC, stale_after=5.0) is None
         assert store.get_or_run(worker.SHARED_SPEC, lambda c: pytest.fail("computed twice"), wait=False) is None
         with pytest.raises(TimeoutError, match="status running"):
             store.wait_for(worker.SHARED_SPEC, timeout=0.1, poll=0.02)
@@ -414,17 +445,20 @@ def test_dead_owner_is_taken_over_live_owner_is_not(tmp_path):
         proc.stdin.flush()
         assert json.loads(proc.stdout.readline()) == {"heartbeat": "ok"}
         # ... but taken over once its heartbeat is older than stale_after (a hung worker)
-        time.sleep(0.3)
-        claim = store.claim(worker.SHARED_SPEC, stale_after=0.2)
-        assert claim is not None and claim.took_over_from == owner and "heartbeat" in claim.takeover_reason
+        heartbeat = store.get(worker.SHARED_SPEC).heartbeat
+        clock.now = heartbeat + DEFAULT_STALE_AFTER - 1
+        assert store.lease(worker.SHARED_SPEC) is None
+        clock.now = heartbeat + DEFAULT_STALE_AFTER + 1
+        lease = store.lease(worker.SHARED_SPEC)
+        assert lease is not None and lease.took_over_from == owner and "heartbeat" in lease.takeover_reason
         proc.stdin.write("heartbeat\n")
         proc.stdin.flush()
         reply = json.loads(proc.stdout.readline())
-        assert reply["heartbeat"] == "lost" and claim.owner in reply["message"]
+        assert reply["heartbeat"] == "lost" and lease.owner in reply["message"]
         proc.stdin.write("exit\n")
         proc.stdin.flush()
         assert proc.wait(timeout=30) == 0
-        claim.finish({"loss": 2.0})
+        lease.finish({"loss": 2.0})
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -432,52 +466,52 @@ def test_dead_owner_is_taken_over_live_owner_is_not(tmp_path):
         proc.stdout.close()
         proc.stdin.close()
 
-    # an owner that claims and dies is taken over at once, with the attempt counted
+    # an owner that leases and dies is taken over at once, with the attempt counted
     other = dataclasses.replace(worker.SHARED_SPEC, seed=1)
     code = (
         "import sys; from mtlcheck.experiments import ResultStore, RunSpec; "
         f"s = RunSpec.from_json({other.to_json()!r}); "
-        "c = ResultStore(sys.argv[1]).claim(s); assert c is not None; print(c.owner)"
+        "c = ResultStore(sys.argv[1]).lease(s); assert c is not None; print(c.owner)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, check=True)
     dead_owner = out.stdout.strip()
     assert store.get(other).status == "running" and store.get(other).owner == dead_owner
-    claim = store.claim(other)
-    assert claim is not None and claim.attempt == 2 and claim.took_over_from == dead_owner
-    assert "dead" in claim.takeover_reason
+    clock.now = store.get(other).heartbeat  # a fresh heartbeat: only the dead pid gives it away
+    lease = store.lease(other)
+    assert lease is not None and lease.attempt == 2 and lease.took_over_from == dead_owner
+    assert "dead" in lease.takeover_reason
     assert [e["event"] for e in store.get(other).history] == ["claimed", "taken_over"]
 
 
-def test_other_host_owner_is_judged_by_heartbeat_only(store):
-    claim = store.claim(BASE)
+def test_other_host_owner_is_judged_by_heartbeat_only(store, clock):
+    lease = store.lease(BASE)
     foreign = "elsewhere/0000:1:abcdef"
     with sqlite3.connect(store.path) as conn:
         conn.execute("UPDATE runs SET owner=? WHERE key=?", (foreign, BASE.key))
-    with pytest.raises(ClaimLost, match="no longer owned"):
-        claim.heartbeat()
-    with pytest.raises(ClaimLost):
-        claim.save_checkpoint({"step": 1})
-    with pytest.raises(ClaimLost):
-        claim.finish({"loss": 1.0})
-    assert store.claim(BASE) is None  # pid 1 is not ours to judge on another host
-    with sqlite3.connect(store.path) as conn:
-        conn.execute("UPDATE runs SET heartbeat=? WHERE key=?", (time.time() - 1000, BASE.key))
-    taken = store.claim(BASE, stale_after=600)
+    with pytest.raises(LeaseLost, match="no longer owned"):
+        lease.heartbeat()
+    with pytest.raises(LeaseLost):
+        lease.save_checkpoint({"step": 1})
+    with pytest.raises(LeaseLost):
+        lease.finish({"loss": 1.0})
+    assert store.lease(BASE) is None  # pid 1 is not ours to judge on another host
+    clock.advance(DEFAULT_STALE_AFTER + 1)
+    taken = store.lease(BASE)
     assert taken is not None and taken.took_over_from == foreign
     assert store.get(BASE).status == "running" and store.get(BASE).metrics is None
 
 
-def test_get_or_run_returns_the_new_owners_result_after_losing_its_claim(store):
-    def taken_over_midway(claim):
-        time.sleep(0.05)
+def test_get_or_run_returns_the_new_owners_result_after_losing_its_lease(store, clock):
+    def taken_over_midway(lease):
+        clock.advance(DEFAULT_STALE_AFTER + 1)  # our heartbeat thread beats only every stale_after/4 s
         thief = []
-        t = threading.Thread(target=lambda: thief.append(store.claim(BASE, stale_after=0.01)))
+        t = threading.Thread(target=lambda: thief.append(store.lease(BASE)))
         t.start()
         t.join()
-        assert thief[0] is not None and thief[0].took_over_from == claim.owner
+        assert thief[0] is not None and thief[0].took_over_from == lease.owner
         thief[0].finish({"by": "thief"})
-        claim.save_checkpoint({"step": 1})  # raises ClaimLost: this result is not wanted any more
-        pytest.fail("save_checkpoint must refuse a lost claim")
+        lease.save_checkpoint({"step": 1})  # raises LeaseLost: this result is not wanted any more
+        pytest.fail("save_checkpoint must refuse a lost lease")
 
     record = store.get_or_run(BASE, taken_over_midway, poll=0.01)
     assert record.metrics == {"by": "thief"} and record.attempts == 2
@@ -485,10 +519,10 @@ def test_get_or_run_returns_the_new_owners_result_after_losing_its_claim(store):
 
 
 def test_a_stale_owner_in_this_process_is_taken_over(store):
-    """A claim whose token is no longer live here (pid reused by a later process) counts as dead."""
-    claim = store.claim(BASE)
-    store_module._LIVE_TOKENS.pop(claim.owner.rsplit(":", 1)[1])
-    taken = store.claim(BASE)
+    """A lease whose token is no longer live here (pid reused by a later process) counts as dead."""
+    lease = store.lease(BASE)
+    owners.retire(lease.owner)
+    taken = store.lease(BASE)
     assert taken is not None and "not live in this process" in taken.takeover_reason
 
 
@@ -605,8 +639,6 @@ def test_two_processes_share_a_sweep_without_duplicates(tmp_path, zygote):
 
 def test_environment_reads_the_current_thread_count_past_its_cache():
     import torch
-
-    from mtlcheck.experiments.store import environment
 
     saved = torch.get_num_threads()
     try:
