@@ -275,7 +275,3 @@ def run_sweep(store: ResultStore, specs: Iterable[RunSpec], where: Where = Where
     if bar is not None:
         bar.close()
     return [records[s.key] for s in specs if records.get(s.key) is not None]
-
-
-def default_store_path() -> Path:
-    return Path("mtlcheck-results") / "runs.sqlite"
