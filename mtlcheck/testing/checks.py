@@ -3,8 +3,10 @@
 Each check is a plain function `check_*(make)` taking a zero-argument factory that returns a
 fresh aggregator, and raising AssertionError (with the aggregator and expectation named) on
 failure. `aggregator_checks(make)` yields the checks that apply to `make().tags()`, like
-scikit-learn's estimator checks: a check that cannot apply is never generated. A check whose
-protocol hook the class does not provide (`ProjectionMethod.surgery`,
+scikit-learn's estimator checks: a check that cannot apply is never generated; the generator
+chains one small `_yield_*` group per concern (API, inputs, randomness and state, declared
+properties, back ends and engine), and a loss-only method gets each group's checks that need no
+Jacobian. A check whose protocol hook the class does not provide (`ProjectionMethod.surgery`,
 `SecondOrderMethod.penalty_term`), or that has nothing to test (no numerical back end reached),
 raises `CheckSkipped` with the reason (pytest reports it as skipped).
 Inputs are float64 and seeded; the default tolerance is 1e-6 relative to the input's scale.
@@ -29,6 +31,7 @@ from mtlcheck.jacobian import Jacobian
 from mtlcheck.testing import faults, identities, samplers
 
 Factory = Callable[[], Aggregator]
+Check = Callable[[Factory], None]
 RTOL = 1e-6
 TASK_COUNTS = (2, 3, 5)
 DIM = 12
@@ -72,8 +75,15 @@ def _label(make: Factory) -> str:
     return repr(make())
 
 
-def _grads_inputs(tags: AggregatorTags) -> bool:
-    return "grads" in tags.inputs
+def _subject(make: Factory) -> tuple[Aggregator, int]:
+    """A fresh instance and the task count most checks use: max(min_tasks, 3)."""
+    agg = make()
+    return agg, max(agg.tags().min_tasks, 3)
+
+
+def _task_counts(agg: Aggregator) -> list[int]:
+    """The TASK_COUNTS the instance accepts (at least its min_tasks)."""
+    return [n for n in TASK_COUNTS if n >= agg.tags().min_tasks]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,9 +118,8 @@ def check_registry_and_config(make: Factory) -> None:
 def check_output_contract(make: Factory) -> None:
     """Direction (d,), same dtype/device as G; weights (T,) when weighted; bad shapes raise
     ValueError naming the class."""
-    agg = make()
+    agg, n = _subject(make)
     tags = agg.tags()
-    n = max(tags.min_tasks, 3)
     for dtype in (torch.float64, torch.float32):
         G = samplers.normal(n, DIM, _gen()).to(dtype)
         out = _call(make(), G)
@@ -140,9 +149,7 @@ def check_output_contract(make: Factory) -> None:
 def check_finite_on_hard_inputs(make: Factory) -> None:
     """Finite output for rank-deficient G, a zero row, opposite rows, and scales 1e-10..1e10."""
     agg = make()
-    for n in TASK_COUNTS:
-        if n < agg.tags().min_tasks:
-            continue
+    for n in _task_counts(agg):
         for name, G in samplers.hard_inputs(n, DIM, _gen(n)).items():
             out = _call(make(), G)
             assert torch.isfinite(out.direction).all(), f"{agg!r}: non-finite direction on {name} (T={n})"
@@ -152,8 +159,7 @@ def check_finite_on_hard_inputs(make: Factory) -> None:
 
 def check_zero_input(make: Factory) -> None:
     """G = 0 gives exactly A(G) = 0."""
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     out = _call(make(), torch.zeros(n, DIM, dtype=torch.float64))
     assert torch.equal(out.direction, torch.zeros(DIM, dtype=torch.float64)), (
         f"{agg!r}: A(0) = {out.direction.tolist()} is not exactly 0"
@@ -162,8 +168,7 @@ def check_zero_input(make: Factory) -> None:
 
 def check_input_not_mutated(make: Factory) -> None:
     """G and the losses are bit-identical after the call."""
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     G = samplers.conflicting(n, DIM, _gen())
     losses = _losses(n)
     G0, l0 = G.clone(), losses.clone()
@@ -175,8 +180,7 @@ def check_input_not_mutated(make: Factory) -> None:
 def check_no_global_rng(make: Factory) -> None:
     """torch, random and numpy global RNG states are unchanged by construction and calls."""
     torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     for step in range(3):
         _call(agg, samplers.conflicting(n, DIM, _gen(step)))
     assert torch.equal(torch_state, torch.get_rng_state()), f"{agg!r} consumed the global torch RNG"
@@ -200,8 +204,7 @@ def _sequence(agg: Aggregator, n: int, steps: int = 5, seed: int = 0) -> list[to
 
 def check_seed_determinism(make: Factory) -> None:
     """Two fresh instances fed the same 5-step sequence give bit-identical outputs."""
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     a, b = _sequence(make(), n), _sequence(make(), n)
     for k, (x, y) in enumerate(zip(a, b)):
         assert torch.equal(x, y), f"{agg!r}: step {k} differs between two fresh instances with the same seed"
@@ -209,9 +212,8 @@ def check_seed_determinism(make: Factory) -> None:
 
 def check_stochastic_tag_truthful(make: Factory) -> None:
     """stochastic=True: some two seeds differ on a conflicting G (T=3); False: all seeds agree."""
-    agg = make()
+    agg, n = _subject(make)
     tags = agg.tags()
-    n = max(tags.min_tasks, 3)
     G = samplers.conflicting(n, DIM, _gen(7))
     outs = []
     for seed in range(8):
@@ -228,8 +230,7 @@ def check_stochastic_tag_truthful(make: Factory) -> None:
 
 def check_stateless_idempotent(make: Factory) -> None:
     """Without declared state: two calls on one instance (re-seeded) equal one fresh call."""
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     G = samplers.conflicting(n, DIM, _gen())
     first = _direction(agg, G)
     agg.generator.manual_seed(agg.seed)
@@ -242,8 +243,7 @@ def check_stateless_idempotent(make: Factory) -> None:
 
 def check_reset(make: Factory) -> None:
     """After k steps and reset(), the next k outputs equal a fresh instance's."""
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     _sequence(agg, n, seed=50)
     agg.reset()
     for k, (x, y) in enumerate(zip(_sequence(agg, n), _sequence(make(), n))):
@@ -252,8 +252,7 @@ def check_reset(make: Factory) -> None:
 
 def check_state_roundtrip(make: Factory) -> None:
     """load_state_dict(state_dict()), deepcopy and pickle resume with identical next outputs."""
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     _sequence(agg, n, seed=50)
     restored = make()
     restored.load_state_dict(agg.state_dict())
@@ -267,9 +266,7 @@ def check_state_roundtrip(make: Factory) -> None:
 def check_weighted_consistency(make: Factory) -> None:
     """Weighted methods: direction == weights @ G."""
     agg = make()
-    for n in TASK_COUNTS:
-        if n < agg.tags().min_tasks:
-            continue
+    for n in _task_counts(agg):
         G = samplers.conflicting(n, DIM, _gen(n))
         out = _call(make(), G)
         assert out.weights is not None, f"{agg!r} is tagged weighted but returned no weights"
@@ -294,9 +291,7 @@ def check_single_task(make: Factory) -> None:
 def check_identical_rows(make: Factory) -> None:
     """G = 1 gᵀ gives c·g with c the declared scale (T for sum, 1 for mean), else parallel to g."""
     agg = make()
-    for n in TASK_COUNTS:
-        if n < agg.tags().min_tasks:
-            continue
+    for n in _task_counts(agg):
         G = samplers.identical_rows(n, DIM, _gen(n))
         g = G[0]
         d = _direction(make(), G, torch.ones(n, dtype=torch.float64))
@@ -312,8 +307,7 @@ def check_identical_rows(make: Factory) -> None:
 
 def check_permutation_equivariance(make: Factory) -> None:
     """At the initial state, A(PG) = A(G) and w(PG) = P w(G) for permutations P."""
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     G = samplers.conflicting(n, DIM, _gen())
     losses = _losses(n)
     base = _call(make(), G, losses)
@@ -329,9 +323,8 @@ def check_permutation_equivariance(make: Factory) -> None:
 
 def check_homogeneity(make: Factory) -> None:
     """A(cG) = c^k A(G) for c in {1e-3, 0.5, 7, 1e3}, with k = tags.homogeneity (losses fixed)."""
-    agg = make()
+    agg, n = _subject(make)
     k = agg.tags().homogeneity
-    n = max(agg.tags().min_tasks, 3)
     G = samplers.conflicting(n, DIM, _gen())
     losses = _losses(n)
     base = _direction(make(), G, losses)
@@ -369,9 +362,7 @@ def check_projection_identity_without_conflict(make: Factory) -> None:
     """Projection methods leave the gradients alone when no pair conflicts: Σ_i g_i for reduction
     "sum", Σ_i g_i / T for "mean", the direction of Σ_i g_i when the scale is not declared."""
     agg = make()
-    for n in TASK_COUNTS:
-        if n < agg.tags().min_tasks:
-            continue
+    for n in _task_counts(agg):
         G = samplers.non_conflicting(n, DIM, _gen(n))
         d = _direction(make(), G)
         scale = agg.identical_rows_scale(n)
@@ -425,8 +416,7 @@ def check_no_silent_fallback(make: Factory) -> None:
     `faults.py`), the method raises or warns (a UserWarning, e.g. SolverFallbackWarning) — or
     returns the same result as without the failure. A different result without a word is a
     silent fallback. Back ends the method never reaches are not judged."""
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     losses = _losses(n)
     reached = set()
     # a symmetric input can be solved without the back end (Nash-MTL's Newton starts at the answer
@@ -472,8 +462,7 @@ def _judge_backends(make: Factory, G: torch.Tensor, losses, name: str) -> set[st
 
 def check_autograd_contract(make: Factory) -> None:
     """If G requires grad, a first-order method returns a detached result."""
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     G = samplers.conflicting(n, DIM, _gen()).requires_grad_(True)
     out = _call(agg, G)
     assert not out.direction.requires_grad, f"{agg!r} returned a direction attached to G's graph"
@@ -564,8 +553,7 @@ def check_method_identity(make: Factory) -> None:
 
 def check_dtype_agreement(make: Factory) -> None:
     """float32 and float64 inputs agree to 1e-4 relative (deterministic methods, same seed)."""
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     G = samplers.conflicting(n, DIM, _gen())
     d64 = _direction(make(), G)
     d32 = _direction(make(), G.float()).double()
@@ -578,8 +566,7 @@ def check_feature_level_equivalence(make: Factory) -> None:
     from mtlcheck.gradients import backward_step
     from mtlcheck.models.toy import IdentityEncoder
 
-    agg = make()
-    n = max(agg.tags().min_tasks, 3)
+    agg, n = _subject(make)
     grads = {}
     for level in ("parameter", "feature"):
         model = IdentityEncoder(n_tasks=n, dim=DIM)
@@ -656,38 +643,42 @@ def check_engine_levels(make: Factory) -> None:
 # ---------------------------------------------------------------------------------------------
 # generation
 # ---------------------------------------------------------------------------------------------
-def aggregator_checks(make: Factory) -> Iterator[Callable[[Factory], None]]:
-    """The checks that apply to `make()`, chosen by its tags."""
-    tags = make().tags()
+def _yield_api_checks(tags: AggregatorTags) -> Iterator[Check]:
+    """Registry, config and repr; the output's shapes and dtypes; bad inputs refused."""
     yield check_registry_and_config
-    if tags.loss_only:
-        yield check_output_contract
-        yield check_input_not_mutated
-        yield check_no_global_rng
-        yield check_seed_determinism
-        yield check_stochastic_tag_truthful
-        yield from (check_reset, check_state_roundtrip) if tags.stateful else (check_stateless_idempotent,)
-        if tags.weighted:
-            yield check_weighted_consistency
-        yield check_identical_rows
-        if tags.task_symmetric:
-            yield check_permutation_equivariance
-        yield check_engine_levels
-        return
     yield check_output_contract
-    yield check_finite_on_hard_inputs
-    yield check_zero_input
+
+
+def _yield_input_checks(tags: AggregatorTags) -> Iterator[Check]:
+    """Hard and zero Jacobians (methods reading gradients); inputs left unmodified."""
+    if not tags.loss_only:
+        yield check_finite_on_hard_inputs
+        yield check_zero_input
     yield check_input_not_mutated
+
+
+def _yield_randomness_and_state_checks(tags: AggregatorTags) -> Iterator[Check]:
+    """Own generator only, seeded and truthful about `stochastic`; state that resets and
+    round-trips, or none at all."""
     yield check_no_global_rng
     yield check_seed_determinism
     yield check_stochastic_tag_truthful
     yield from (check_reset, check_state_roundtrip) if tags.stateful else (check_stateless_idempotent,)
+
+
+def _yield_property_checks(agg: Aggregator, tags: AggregatorTags) -> Iterator[Check]:
+    """The properties the tags declare; the ones about the direction's geometry (single task,
+    homogeneity, conflicts, projections, a published method's identity) for gradient methods."""
+    grads = not tags.loss_only
     if tags.weighted:
         yield check_weighted_consistency
-    yield check_single_task
+    if grads:
+        yield check_single_task
     yield check_identical_rows
     if tags.task_symmetric:
         yield check_permutation_equivariance
+    if not grads:
+        return
     if tags.homogeneity is not None:
         yield check_homogeneity
     if tags.non_conflicting:
@@ -697,15 +688,37 @@ def aggregator_checks(make: Factory) -> Iterator[Callable[[Factory], None]]:
     if tags.family == "projection":
         yield check_projection_identity_without_conflict
         yield check_conflict_reduction
-    if getattr(make(), "implements", None) is not None:
+    if getattr(agg, "implements", None) is not None:
         yield check_method_identity
-    yield check_no_silent_fallback
-    yield check_second_order if tags.second_order else check_autograd_contract
-    if not tags.second_order:
+
+
+def _yield_backend_and_engine_checks(tags: AggregatorTags) -> Iterator[Check]:
+    """Gradient methods: no silent fallback of a numerical back end, the autograd contract (or
+    the second-order penalty's gradient), float32 against float64, and the feature level on an
+    identity encoder; every method but a second-order one: the engine at each level."""
+    grads = not tags.loss_only
+    second_order = grads and tags.second_order
+    if grads:
+        yield check_no_silent_fallback
+        yield check_second_order if second_order else check_autograd_contract
+    if not second_order:
         yield check_engine_levels
-    if not tags.stochastic:
-        yield check_dtype_agreement
-    yield check_feature_level_equivalence
+    if grads:
+        if not tags.stochastic:
+            yield check_dtype_agreement
+        yield check_feature_level_equivalence
+
+
+def aggregator_checks(make: Factory) -> Iterator[Check]:
+    """The checks that apply to `make()`, chosen by its tags (a loss-only method gets those that
+    do not read a Jacobian)."""
+    agg = make()
+    tags = agg.tags()
+    yield from _yield_api_checks(tags)
+    yield from _yield_input_checks(tags)
+    yield from _yield_randomness_and_state_checks(tags)
+    yield from _yield_property_checks(agg, tags)
+    yield from _yield_backend_and_engine_checks(tags)
 
 
 def check_names(make: Factory) -> list[str]:
