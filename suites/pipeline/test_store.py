@@ -343,6 +343,23 @@ def test_add_registers_pending_runs(store):
     assert store.forget(specs[1]) and store.get(specs[1]) is None
 
 
+def test_the_store_keeps_the_times_of_its_clock_and_waits_on_it(store, clock):
+    clock.advance(5.0)
+    t0 = clock.now
+    store.add(BASE)
+    lease = store.lease(BASE)
+    clock.advance(2.0)
+    lease.heartbeat()
+    assert store.get(BASE).heartbeat == t0 + 2.0
+    with pytest.raises(TimeoutError, match="not finished after 30s"):
+        store.wait_for(BASE, timeout=30, poll=1.0)  # 30 s pass on the clock, not on the wall
+    assert clock.elapsed == 5.0 + 2.0 + 30.0
+    lease.finish({"loss": 1.0})
+    record = store.get(BASE)
+    assert (record.created, record.started, record.finished) == (t0, t0, clock.now)
+    assert [e["time"] for e in record.history] == [t0, t0, clock.now]
+
+
 def test_checkpoints_are_atomic_and_deleted_on_finish(store):
     import torch
 
