@@ -121,7 +121,7 @@ class RunOutcome:
 
 @dataclass
 class Checkpointer:
-    """Where a run saves and finds its checkpoint: two callables, e.g. a results-store claim's."""
+    """Where a run saves and finds its checkpoint: two callables, e.g. a results-store lease's."""
 
     save: Callable[[dict], None]
     load: Callable[[], dict | None]
