@@ -61,7 +61,7 @@ from mtlcheck.reference import (
     load_paper_tables,
     relative_change,
 )
-from mtlcheck.statistics import LEVEL, Estimate, estimate, paired, t_quantile
+from mtlcheck.statistics import LEVEL, Estimate, estimate, moderate, moderated_pairs, t_quantile
 from mtlcheck.study import TIE_WIDTH, Study, UncertainTable
 from mtlcheck.verdicts import MAX_SEEDS, VERDICTS, judge_all
 
@@ -104,6 +104,11 @@ PERCENT_DECIMALS = 2  # one more than Tables 4-7 print
 MEASURE_DECIMALS = 4
 POSTERIOR_DRAWS = 400  # draws behind the percentile intervals of derived cells (relative change, RS)
 _LEVEL_TEXT = f"{100 * LEVEL:g}%"
+_MODERATED_TEXT = ("empirical-Bayes moderated t, Smyth 2004: per-run variances s̃² = max((d0·s0² + d·s²)/(d0 + d), s²) "
+                   "on d0 + d df, d0 (capped at d) and s0² fitted by the method of moments on the log variances of "
+                   "the column's rows (seed effect: the median of the other rows); a paired difference uses "
+                   "s̃_row² + s̃_Baseline² on the smaller df; the plain t over seeds when fewer than 3 rows have a "
+                   "variance")
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -275,17 +280,25 @@ def _results(runs: _Runs, name: str) -> UncertainTable:
 
 def _paired_to_baseline(rows: Sequence[Row], estimates: Mapping[RowKey, Mapping[str, Estimate]]
                         ) -> dict[RowKey, dict[str, Estimate]]:
-    """Per row and column: row − Baseline (parameter level) over the seeds both have."""
-    base = estimates.get((BASELINE, "parameter"), {})
+    """Per row and column: row − Baseline (parameter level) over the seeds both have, the variances
+    moderated per column across the rows (`statistics.moderated_pairs`)."""
+    base_key = (BASELINE, "parameter")
     out: dict[RowKey, dict[str, Estimate]] = {}
-    for r in rows:
-        if r.key == (BASELINE, "parameter"):
-            continue
-        for c, e in estimates.get(r.key, {}).items():
-            if c in base:
-                p = paired(dict(zip(e.seeds, e.values)), dict(zip(base[c].seeds, base[c].values)))
-                if p is not None:
-                    out.setdefault(r.key, {})[c] = p
+    for c in {c for v in estimates.values() for c in v}:
+        values = {r.key: dict(zip(e.seeds, e.values)) for r in rows for e in [estimates.get(r.key, {}).get(c)]
+                  if e is not None}
+        for k, p in moderated_pairs(values, base_key).items():
+            out.setdefault(k, {})[c] = p
+    return {r.key: out[r.key] for r in rows if r.key in out}
+
+
+def _moderated(estimates: Mapping[RowKey, Mapping[str, Estimate]]) -> dict[RowKey, dict[str, Estimate]]:
+    """Each column's estimates with their variances moderated together (`statistics.moderate`: one
+    column of one table is one family of cells measured the same way)."""
+    out: dict[RowKey, dict[str, Estimate]] = {k: dict(v) for k, v in estimates.items()}
+    for c in {c for v in estimates.values() for c in v}:
+        for k, e in moderate({k: v[c] for k, v in estimates.items() if c in v}).items():
+            out[k][c] = e
     return out
 
 
@@ -331,10 +344,11 @@ def _relative_change(results: ResultTable, name: str) -> ResultTable:
         notes=("Methods run at both gradient levels (loss-only methods have no feature level). A positive "
                "change in a lower-is-better column is a degradation.",
                f"± : half-width of the {_LEVEL_TEXT} Student-t interval of the per-seed change 100 × (f_s − p_s) / "
-               "p_s (feature and parameter run of the same seed); the cell itself is the change of the means."),
+               "p_s (feature and parameter run of the same seed), its variance moderated across the column's "
+               f"methods ({_MODERATED_TEXT}); the cell itself is the change of the means."),
         origin=name)
     if estimates:
-        return UncertainTable(**_fields(table), estimates=estimates)
+        return UncertainTable(**_fields(table), estimates=_moderated(estimates))
     return table
 
 
@@ -662,9 +676,9 @@ def to_markdown(table: ResultTable, *, marks: bool = True) -> str:
             if seeded:
                 caption.append(f"Marks in brackets against {BASELINE} ({base.level}), from the paired per-seed "
                                f"differences (same seed = same initialisation and data order): ↑ / ↓ when the "
-                               f"{_LEVEL_TEXT} Student-t interval of the mean difference lies wholly on the better / "
-                               "worse side of 0 in the column's direction (↑ higher is better, ↓ lower is better "
-                               "in the header), – when it contains 0, n=1 when one seed gives no interval.")
+                               f"{_LEVEL_TEXT} interval of the mean difference ({_MODERATED_TEXT}) lies wholly on "
+                               "the better / worse side of 0 in the column's direction (↑ higher is better, ↓ lower "
+                               "is better in the header), – when it contains 0, n=1 when one seed gives no interval.")
                 caption.append(f"'band' columns: the paper's mark (Table 1 caption), ↑ / ↓ better / worse by more "
                                f"than {BAND} on the means, – within {BAND}; it ignores the seed-to-seed spread.")
             else:
@@ -696,8 +710,11 @@ def _cell_record(table: ResultTable, r: Row, c: str) -> dict:
     if rng is not None:
         rec.update(lo=rng[0], hi=rng[1], interval=f"{_LEVEL_TEXT} percentile over {POSTERIOR_DRAWS} posterior draws")
     p = table.paired_estimate(r.key, c)
+    if e is not None and e.prior is not None:
+        rec.update(df=e.df, scale=e.scale, interval=f"{_LEVEL_TEXT} {e.model}")
     if p is not None:
-        rec["vs_baseline"] = {"mean": p.mean, "n": p.n, "half_width": p.half_width,
+        rec["vs_baseline"] = {"mean": p.mean, "n": p.n, "half_width": p.half_width, "df": p.df, "scale": p.scale,
+                              "interval": p.model,
                               "lo": None if p.interval is None else p.interval[0],
                               "hi": None if p.interval is None else p.interval[1],
                               "mark": paired_mark(table, r.key, c)}
@@ -978,8 +995,8 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
               "Every claim of `mtlcheck.claims` applied to the tables above (rows with null values removed). "
               "A verdict is decided (holds / contradicted) only when the claim's predicate gives that answer "
               f"everywhere in a simultaneous {_LEVEL_TEXT} region of the seed means it depends on (Student-t "
-              "intervals over seeds of the Baseline and of each row's paired difference to it, Bonferroni over "
-              "those cells); otherwise it is inconclusive, with the number of seeds that would decide it at the "
+              "intervals over seeds of the Baseline and of each row's paired difference to it, the latter with "
+              f"variances moderated per column ({_MODERATED_TEXT}), Bonferroni over those cells); otherwise it is inconclusive, with the number of seeds that would decide it at the "
               "observed means and spreads. Support: the fraction of posterior draws of the means on which the "
               "claim holds (a summary, not the decision rule: see `mtlcheck.verdicts`).", "",
               verdict_markdown(claim_verdicts(tables))]
