@@ -12,8 +12,8 @@ data order); a row without a paired Baseline uses its own mean. Two kinds of dra
 
 - posterior: each coordinate = mean + s/√n · T with T ~ Student t(n − 1), independently (the
   t-posterior of a normal mean under the flat prior, e.g. Gelman et al., Bayesian Data Analysis,
-  §3.2; with a moderated variance, `statistics.moderate`, s̃ and d0 + n − 1 df instead); used for
-  the percentile intervals of the relative change and for a claim's *support*;
+  §3.2; with a moderated variance, `statistics.moderate`, s̃ and its df instead); used for a
+  claim's *support*;
 - region: each coordinate inside its simultaneous interval mean ± t_{n−1, 1−α/(2K)} · s/√n (the
   moderated s̃ on d0 + n − 1 df where the cell has a prior)
   (Bonferroni over the K coordinates a claim depends on): at the ends (a whole row at its better
@@ -48,7 +48,7 @@ class UncertainTable(ResultTable):
 
     - `estimates[row][column]`: the per-seed values of a base cell (`statistics.Estimate`);
     - `paired[row][column]`: the row minus the Baseline on the same seeds (`Estimate`);
-    - `ranges[row][column]`: (lo, hi) percentile interval of a derived cell over posterior draws;
+    - `ranges[row][column]`: (lo, hi) interval of a derived cell (its range over a confidence region);
     - `study`: the `Study` the table comes from (for draws), None for a hand-made table.
     """
 
@@ -67,7 +67,7 @@ class UncertainTable(ResultTable):
         return self.ranges.get(key, {}).get(column)
 
     def spread_text(self, key: RowKey, column: str) -> str:
-        """' ± 0.0031' (t interval over seeds), ' [48.33, 71.67]' (percentile interval of a derived
+        """' ± 0.0031' (t interval over seeds), ' [48.33, 71.67]' (interval of a derived
         cell), ' (n=1)' (one seed: no interval) or ''; in the column's printed decimals."""
         d = self.printed_decimals.get(column, 4)
         e = self.estimate(key, column)

@@ -8,8 +8,8 @@ two rows then has sd σ√2 =: s_d.
 - Null: every row equals the Baseline. A claim decided (holds or contradicted) there is decided
   by noise: at most 5 % of the studies may decide any one claim (3 seeds, the paper's protocol).
 - The same null with unequal run noise per row (log-normal, one row 10x noisier): at most 5 %.
-- Large effect (5 seeds, and 3 seeds for the Figure 3 claim): named rows differ from the Baseline by 10 s_d on every metric, in the
-  direction that makes the claims below true ("holds" world) or false ("contradicted" world);
+- Large effect (5 seeds, and 3 seeds for the Figure 3 claim): named rows differ from the Baseline
+  by 10 s_d on every metric, in the direction that makes the claims below true ("holds" world) or false ("contradicted" world);
   the right verdict must be reached in at least 80 % of the studies.
 
 Everything is seeded: the rates are deterministic. The measured rates are printed (-s).
