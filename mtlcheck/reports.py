@@ -29,8 +29,10 @@ seeds (the 95 % Student-t interval of the mean; none for one seed) with its pair
 the Baseline on the same seeds (same seed = same initialisation and data order). The store keeps
 one number per run and metric, so a bootstrap over test samples is not possible here. A relative
 change (Table 4) carries the t interval of its per-seed value (feature vs parameter run of the same
-seed); a ranking similarity the 95 % percentile interval of its value over draws of the seed means
-from their t-posteriors (`study.Study.posterior`).
+seed); a ranking similarity its range over the simultaneous 95 % region of the seed means it is
+computed from (`_region_ranges`). (A percentile interval over posterior draws of the means was
+used before; it redrew the seed noise around already noisy means, which scrambles rankings and
+pulls RS toward 50 %: the interval could lie wholly below its own value.)
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from mtlcheck.reference import (
     load_paper_tables,
     relative_change,
 )
-from mtlcheck.statistics import LEVEL, Estimate, estimate, paired, t_quantile
+from mtlcheck.statistics import LEVEL, Estimate, bonferroni_level, estimate, moderate, moderated_pairs, t_quantile
 from mtlcheck.study import TIE_WIDTH, Study, UncertainTable
 from mtlcheck.verdicts import MAX_SEEDS, VERDICTS, judge_all
 
@@ -102,8 +104,14 @@ RS_LAST_POINTS = 50  # §5.5: "we took the mean of the last 50 elements"
 METRIC_DECIMALS = 4  # one more than the paper prints, so a difference of exactly 0.010 is visible
 PERCENT_DECIMALS = 2  # one more than Tables 4-7 print
 MEASURE_DECIMALS = 4
-POSTERIOR_DRAWS = 400  # draws behind the percentile intervals of derived cells (relative change, RS)
+POSTERIOR_DRAWS = 400  # posterior draws behind a claim's support
+REGION_DRAWS = 400  # region draws searched for the range of a ranking similarity (Tables 5-7)
 _LEVEL_TEXT = f"{100 * LEVEL:g}%"
+_MODERATED_TEXT = ("empirical-Bayes moderated t, Smyth 2004: per-run variances s̃² = max((d0·s0² + d·s²)/(d0 + d), s²) "
+                   "on d0 + d df, d0 (capped at d) and s0² fitted by the method of moments on the log variances of "
+                   "the column's rows (seed effect: the median of the other rows); a paired difference uses "
+                   "s̃_row² + s̃_Baseline² on the smaller df; the plain t over seeds when fewer than 3 rows have a "
+                   "variance")
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -275,17 +283,25 @@ def _results(runs: _Runs, name: str) -> UncertainTable:
 
 def _paired_to_baseline(rows: Sequence[Row], estimates: Mapping[RowKey, Mapping[str, Estimate]]
                         ) -> dict[RowKey, dict[str, Estimate]]:
-    """Per row and column: row − Baseline (parameter level) over the seeds both have."""
-    base = estimates.get((BASELINE, "parameter"), {})
+    """Per row and column: row − Baseline (parameter level) over the seeds both have, the variances
+    moderated per column across the rows (`statistics.moderated_pairs`)."""
+    base_key = (BASELINE, "parameter")
     out: dict[RowKey, dict[str, Estimate]] = {}
-    for r in rows:
-        if r.key == (BASELINE, "parameter"):
-            continue
-        for c, e in estimates.get(r.key, {}).items():
-            if c in base:
-                p = paired(dict(zip(e.seeds, e.values)), dict(zip(base[c].seeds, base[c].values)))
-                if p is not None:
-                    out.setdefault(r.key, {})[c] = p
+    for c in {c for v in estimates.values() for c in v}:
+        values = {r.key: dict(zip(e.seeds, e.values)) for r in rows for e in [estimates.get(r.key, {}).get(c)]
+                  if e is not None}
+        for k, p in moderated_pairs(values, base_key).items():
+            out.setdefault(k, {})[c] = p
+    return {r.key: out[r.key] for r in rows if r.key in out}
+
+
+def _moderated(estimates: Mapping[RowKey, Mapping[str, Estimate]]) -> dict[RowKey, dict[str, Estimate]]:
+    """Each column's estimates with their variances moderated together (`statistics.moderate`: one
+    column of one table is one family of cells measured the same way)."""
+    out: dict[RowKey, dict[str, Estimate]] = {k: dict(v) for k, v in estimates.items()}
+    for c in {c for v in estimates.values() for c in v}:
+        for k, e in moderate({k: v[c] for k, v in estimates.items() if c in v}).items():
+            out[k][c] = e
     return out
 
 
@@ -331,10 +347,11 @@ def _relative_change(results: ResultTable, name: str) -> ResultTable:
         notes=("Methods run at both gradient levels (loss-only methods have no feature level). A positive "
                "change in a lower-is-better column is a degradation.",
                f"± : half-width of the {_LEVEL_TEXT} Student-t interval of the per-seed change 100 × (f_s − p_s) / "
-               "p_s (feature and parameter run of the same seed); the cell itself is the change of the means."),
+               "p_s (feature and parameter run of the same seed), its variance moderated across the column's "
+               f"methods ({_MODERATED_TEXT}); the cell itself is the change of the means."),
         origin=name)
     if estimates:
-        return UncertainTable(**_fields(table), estimates=estimates)
+        return UncertainTable(**_fields(table), estimates=_moderated(estimates))
     return table
 
 
@@ -471,8 +488,10 @@ def _ranking_similarity(results: ResultTable, final: ResultTable, ends: _Ends, p
         notes=(f"Ranked: the parameter-level runs of the methods {ranked} (Baseline included). Measure value "
                f"per method: {_points_text(ends)} (§5.5), mean over seeds; metric value: the results table's "
                "mean over seeds, oriented so that better is larger. Value = 100 × (0.5 + |S − 0.5|) (§5.3); "
-               f"in brackets its {_LEVEL_TEXT} percentile interval over {POSTERIOR_DRAWS} draws of the means from "
-               "their t-posteriors (measures and metrics drawn per seed-paired cell).",),
+               f"in brackets its range over the simultaneous {_LEVEL_TEXT} region of the seed means it is computed "
+               "from (each measure's and metric's Baseline mean and paired differences inside their intervals, "
+               f"Bonferroni over those cells; {REGION_DRAWS} points searched, ends first): a confidence interval "
+               "that holds the value itself.",),
         origin=name)
 
 
@@ -513,20 +532,16 @@ def _study(runs: _Runs) -> Study:
     return Study(base, functools.partial(_derive, runs, ends), depends, views, label=runs.label)
 
 
-def _percentile_ranges(point: ResultTable, draws: Sequence[ResultTable]
-                       ) -> dict[RowKey, dict[str, tuple[float, float]]]:
-    """Per cell: the 95 % percentile interval of its value over `draws` (cells null in a draw: none)."""
-    q = (100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2)
+def _region_ranges(study: Study, name: str, draws: int = REGION_DRAWS) -> dict[RowKey, dict[str, tuple[float, float]]]:
+    """Per cell of derived table `name`: [min, max] of its value over the simultaneous 95 % region of
+    the seed means it is computed from (`Study.box` at level 1 − 0.05/K, K = those cells): the set of
+    values the table takes where the means may be, so it holds the point value and covers the value
+    at the true means whenever the region covers them (probability ≥ 95 %; the region is searched
+    with `draws` draws, corners first, so the coverage is measured in suites/claims)."""
+    level = bonferroni_level(LEVEL, study.cells(study.bases_of((name,))))
     out: dict[RowKey, dict[str, tuple[float, float]]] = {}
-    for r in point.rows:
-        for c in point.columns:
-            if r.values[c] is None:
-                continue
-            xs = [d.row(*r.key).values[c] for d in draws]
-            xs = [x for x in xs if x is not None]
-            if len(xs) == len(draws):
-                lo, hi = np.percentile(xs, q)
-                out.setdefault(r.key, {})[c] = (float(lo), float(hi))
+    for (key, c), b in study.box(name, level, draws=draws).items():
+        out.setdefault(key, {})[c] = (b.lo, b.hi)
     return out
 
 
@@ -544,7 +559,7 @@ def result_tables(records: Iterable[RunRecord], benchmark: Benchmark | str, *,
     one seed, or with `derived_intervals=False`, which skips the draws behind them)."""
     study = _study(_runs(records, benchmark))
     point = study.tables()
-    draws = study.posterior(POSTERIOR_DRAWS) if derived_intervals and study.min_seeds() >= 2 else []
+    intervals = derived_intervals and study.min_seeds() >= 2
     out: dict[str, ResultTable] = {}
     done: dict[int, ResultTable] = {}  # one table under two names (table4 = relative_change) stays one
     for name, t in point.items():
@@ -558,7 +573,7 @@ def result_tables(records: Iterable[RunRecord], benchmark: Benchmark | str, *,
                                        estimates={k: {"FD": v["FD"]} for k, v in final.estimates.items() if "FD" in v},
                                        paired={k: {"FD": v["FD"]} for k, v in final.paired.items() if "FD" in v})
         else:
-            ranges = _percentile_ranges(t, [d[name] for d in draws]) if draws else {}
+            ranges = _region_ranges(study, name) if intervals else {}
             out[name] = UncertainTable(**_fields(t), study=study, ranges=ranges)
         done[id(t)] = out[name]
     return out
@@ -662,9 +677,9 @@ def to_markdown(table: ResultTable, *, marks: bool = True) -> str:
             if seeded:
                 caption.append(f"Marks in brackets against {BASELINE} ({base.level}), from the paired per-seed "
                                f"differences (same seed = same initialisation and data order): ↑ / ↓ when the "
-                               f"{_LEVEL_TEXT} Student-t interval of the mean difference lies wholly on the better / "
-                               "worse side of 0 in the column's direction (↑ higher is better, ↓ lower is better "
-                               "in the header), – when it contains 0, n=1 when one seed gives no interval.")
+                               f"{_LEVEL_TEXT} interval of the mean difference ({_MODERATED_TEXT}) lies wholly on "
+                               "the better / worse side of 0 in the column's direction (↑ higher is better, ↓ lower "
+                               "is better in the header), – when it contains 0, n=1 when one seed gives no interval.")
                 caption.append(f"'band' columns: the paper's mark (Table 1 caption), ↑ / ↓ better / worse by more "
                                f"than {BAND} on the means, – within {BAND}; it ignores the seed-to-seed spread.")
             else:
@@ -694,10 +709,13 @@ def _cell_record(table: ResultTable, r: Row, c: str) -> dict:
                    interval=f"Student-t {_LEVEL_TEXT} over seeds" if e.n > 1 else "none (one seed)")
     rng = table.range(r.key, c)
     if rng is not None:
-        rec.update(lo=rng[0], hi=rng[1], interval=f"{_LEVEL_TEXT} percentile over {POSTERIOR_DRAWS} posterior draws")
+        rec.update(lo=rng[0], hi=rng[1], interval=f"range over the simultaneous {_LEVEL_TEXT} region of the seed means")
     p = table.paired_estimate(r.key, c)
+    if e is not None and e.prior is not None:
+        rec.update(df=e.df, scale=e.scale, interval=f"{_LEVEL_TEXT} {e.model}")
     if p is not None:
-        rec["vs_baseline"] = {"mean": p.mean, "n": p.n, "half_width": p.half_width,
+        rec["vs_baseline"] = {"mean": p.mean, "n": p.n, "half_width": p.half_width, "df": p.df, "scale": p.scale,
+                              "interval": p.model,
                               "lo": None if p.interval is None else p.interval[0],
                               "hi": None if p.interval is None else p.interval[1],
                               "mark": paired_mark(table, r.key, c)}
@@ -945,8 +963,10 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
              f"{rel_name or 'relative_change (the paper has no such table for this benchmark)'}, ranking similarity = "
              f"{rs_name}. Values are means over seeds ± the half-width of their {_LEVEL_TEXT} Student-t interval over "
              "seeds (the store keeps one number per run and metric, so the test samples cannot be resampled); derived "
-             f"cells carry a {_LEVEL_TEXT} percentile interval in brackets. The paper's own numbers are not in this "
-             "report.", "",
+             f"paired differences to the Baseline and Table 4's per-seed changes use variances moderated across the "
+             f"column's rows ({_MODERATED_TEXT}); a ranking similarity carries in brackets its range over the "
+             f"simultaneous {_LEVEL_TEXT} region of the seed means it is computed from. The paper's own numbers are "
+             "not in this report.", "",
              "## Runs", "", _runs_section(runs)]
     sections = [(res_name, "Results per method and gradient level (Tables 1-3 layout)."),
                 ("relative_change", "Feature-level vs parameter-level runs of the same method, "
@@ -978,8 +998,9 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
               "Every claim of `mtlcheck.claims` applied to the tables above (rows with null values removed). "
               "A verdict is decided (holds / contradicted) only when the claim's predicate gives that answer "
               f"everywhere in a simultaneous {_LEVEL_TEXT} region of the seed means it depends on (Student-t "
-              "intervals over seeds of the Baseline and of each row's paired difference to it, Bonferroni over "
-              "those cells); otherwise it is inconclusive, with the number of seeds that would decide it at the "
+              "intervals over seeds of the Baseline and of each row's paired difference to it, the latter with "
+              f"variances moderated per column ({_MODERATED_TEXT}), Bonferroni over those cells); otherwise it "
+              "is inconclusive, with the number of seeds that would decide it at the "
               "observed means and spreads. Support: the fraction of posterior draws of the means on which the "
               "claim holds (a summary, not the decision rule: see `mtlcheck.verdicts`).", "",
               verdict_markdown(claim_verdicts(tables))]

@@ -12,8 +12,10 @@ data order); a row without a paired Baseline uses its own mean. Two kinds of dra
 
 - posterior: each coordinate = mean + s/√n · T with T ~ Student t(n − 1), independently (the
   t-posterior of a normal mean under the flat prior, e.g. Gelman et al., Bayesian Data Analysis,
-  §3.2); used for the percentile intervals of the ranking similarity and for a claim's *support*;
-- region: each coordinate inside its simultaneous interval mean ± t_{n−1, 1−α/(2K)} · s/√n
+  §3.2; with a moderated variance, `statistics.moderate`, s̃ and its df instead); used for a
+  claim's *support*;
+- region: each coordinate inside its simultaneous interval mean ± t_{n−1, 1−α/(2K)} · s/√n (the
+  moderated s̃ on d0 + n − 1 df where the cell has a prior)
   (Bonferroni over the K coordinates a claim depends on): at the ends (a whole row at its better
   or worse end, the ends a "row is good / bad" claim turns on) or uniformly inside. A zero-width
   interval is widened to ±1e-9 × (1 + |value|) so that an exact tie is drawn both ways and never
@@ -31,7 +33,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from mtlcheck.reference import BASELINE, ResultTable, Row, RowKey
-from mtlcheck.statistics import LEVEL, Estimate, t_quantile
+from mtlcheck.statistics import LEVEL, Estimate
 
 __all__ = ["TIE_WIDTH", "Study", "UncertainTable", "with_values"]
 
@@ -46,7 +48,7 @@ class UncertainTable(ResultTable):
 
     - `estimates[row][column]`: the per-seed values of a base cell (`statistics.Estimate`);
     - `paired[row][column]`: the row minus the Baseline on the same seeds (`Estimate`);
-    - `ranges[row][column]`: (lo, hi) percentile interval of a derived cell over posterior draws;
+    - `ranges[row][column]`: (lo, hi) interval of a derived cell (its range over a confidence region);
     - `study`: the `Study` the table comes from (for draws), None for a hand-made table.
     """
 
@@ -65,7 +67,7 @@ class UncertainTable(ResultTable):
         return self.ranges.get(key, {}).get(column)
 
     def spread_text(self, key: RowKey, column: str) -> str:
-        """' ± 0.0031' (t interval over seeds), ' [48.33, 71.67]' (percentile interval of a derived
+        """' ± 0.0031' (t interval over seeds), ' [48.33, 71.67]' (interval of a derived
         cell), ' (n=1)' (one seed: no interval) or ''; in the column's printed decimals."""
         d = self.printed_decimals.get(column, 4)
         e = self.estimate(key, column)
@@ -185,6 +187,10 @@ class Study:
         return sum(1 for k, v in self._coords.items() if bases is None or k in bases
                    for c in v if rows is None or rows(c.key))
 
+    def estimates(self, bases: frozenset[str] | None = None) -> list[Estimate]:
+        """The drawn coordinates' estimates in the given base tables (default: all)."""
+        return [c.estimate for k, v in self._coords.items() if bases is None or k in bases for c in v]
+
     def min_seeds(self, bases: frozenset[str] | None = None) -> int:
         ns = [c.estimate.n for k, v in self._coords.items() if bases is None or k in bases for c in v]
         return min(ns) if ns else 0
@@ -219,7 +225,8 @@ class Study:
                     e = k.estimate
                     x = np.full(n, e.mean)
                     if e.n >= 2:
-                        x = x + e.sd / math.sqrt(e.n) * rng.standard_t(e.n - 1, size=n)
+                        x = x + e.scale / math.sqrt(e.n) * (rng.standard_normal(size=n) if math.isinf(e.df)
+                                                            else rng.standard_t(e.df, size=n))
                     if k.anchor is not None:
                         x = x + cols[k.anchor][k.column]
                     cols.setdefault(k.key, {})[k.column] = x
@@ -228,10 +235,11 @@ class Study:
         return self._cache[key]
 
     def half_width(self, k: _Coordinate | Estimate, level: float, seeds: int | None = None) -> float:
-        """t_{m−1, (1+level)/2} · s / √m with m = `seeds` or the cell's n; at least the tie width."""
+        """`Estimate.half_width_at`: t_{d0+m−1, (1+level)/2} · s̃ / √m with m = `seeds` or the cell's n
+        (d0 = 0 and s̃ = s without a moderating prior), the same variance model as the cell's own
+        interval; at least the tie width."""
         e = k.estimate if isinstance(k, _Coordinate) else k
-        m = seeds if seeds is not None else e.n
-        h = t_quantile(level, m - 1) * e.sd / math.sqrt(m) if m >= 2 and e.sd is not None else 0.0
+        h = e.half_width_at(level, seeds) or 0.0
         return max(h, TIE_WIDTH * (1.0 + abs(e.mean)))
 
     def region(self, level: float, n: int = 300, seed: int = 1, seeds: int | None = None

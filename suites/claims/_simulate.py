@@ -54,19 +54,24 @@ def _record(method: str, level: str, seed: int, metrics: dict, measures: dict) -
 
 
 def simulate(rng: np.random.Generator, n_seeds: int, effects: Mapping[tuple[str, str], float] | None = None,
-             rows=ROWS, noise_sd: float = NOISE_SD) -> list[RunRecord]:
+             rows=ROWS, noise_sd: float | Mapping[tuple[str, str], float] = NOISE_SD,
+             measure_effects: Mapping[tuple[str, str], float] | None = None) -> list[RunRecord]:
     """One simulated study: `effects[(method, level)]` is added to the true mean of every metric of
-    that row (0 for rows not named: equal to the baseline up to noise)."""
+    that row (0 for rows not named: equal to the baseline up to noise); `noise_sd` is the run noise
+    of every row, or per row ({(method, level): sd}); `measure_effects[(method, level)]` is added to
+    the true GDS, GMS and FD of that row (0 by default)."""
     effects = dict(effects or {})
     seed_metric = rng.normal(0.0, SEED_SD, size=(n_seeds, len(METRICS)))
     seed_measure = rng.normal(0.0, SEED_SD, size=(n_seeds, len(MEASURE_KEYS)))
     records = []
     for method, level in rows:
         shift = effects.get((method, level), 0.0)
+        sd = noise_sd[(method, level)] if isinstance(noise_sd, Mapping) else noise_sd
         for s in range(n_seeds):
-            m = BASE_METRIC + shift + seed_metric[s] + rng.normal(0.0, noise_sd, size=len(METRICS))
-            g = np.array([BASE_MEASURES[k] for k in MEASURE_KEYS]) + seed_measure[s] + rng.normal(
-                0.0, noise_sd, size=len(MEASURE_KEYS))
+            m = BASE_METRIC + shift + seed_metric[s] + rng.normal(0.0, sd, size=len(METRICS))
+            g = np.array([BASE_MEASURES[k] for k in MEASURE_KEYS]) + (measure_effects or {}).get(
+                (method, level), 0.0) + seed_measure[s] + rng.normal(
+                0.0, sd, size=len(MEASURE_KEYS))
             records.append(_record(method, level, s, dict(zip(METRICS, map(float, m))),
                                    dict(zip(MEASURE_KEYS, map(float, g)))))
     return records
