@@ -10,7 +10,9 @@ go through, for each method that a peer also implements:
   `HPS` architecture the way its `Trainer` builds the model (`class MTLmodel(HPS, weighting)`,
   `init_param()`, the losses stacked into a (T,) tensor, `model.backward(losses, **weight_args)`
   with the defaults of its `config.py`), the parameter level (`rep_grad=False`) and, for the
-  methods that support it, the representation level (`rep_grad=True`).
+  methods that support it, the representation level (`rep_grad=True`; with an encoder that
+  returns one tensor, HPS keeps one representation per task, so this level back-propagates the
+  encoder T times, weighted, where mtlcheck's feature level does it once).
 
 Each cell (peer, method, level) runs in a fresh process so that its peak memory is its own:
 the growth of the kernel's peak resident set (VmHWM, reset through /proc/self/clear_refs) over
@@ -298,13 +300,17 @@ def run_cell(peer: str, method: str, level: str, size: int, batch_size: int, n_t
         for _ in range(warmup):
             timed(ew), timed(step)
         out["ew_s"], out["step_s"] = [], []
-        for r in range(repeats):  # alternate which goes first
-            if r % 2 == 0:
-                t_ew, t_step = timed(ew), timed(step)
-            else:
-                t_step, t_ew = timed(step), timed(ew)
-            out["ew_s"].append(t_ew)
-            out["step_s"].append(t_step)
+        gc.disable()  # as `mtlcheck bench`: no collection inside a timed step
+        try:
+            for r in range(repeats):  # alternate which goes first
+                if r % 2 == 0:
+                    t_ew, t_step = timed(ew), timed(step)
+                else:
+                    t_step, t_ew = timed(step), timed(ew)
+                out["ew_s"].append(t_ew)
+                out["step_s"].append(t_step)
+        finally:
+            gc.enable()
 
         out.update(compare(model, batch, peer, method, level))
     except MissingExtraError:

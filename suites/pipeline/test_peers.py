@@ -96,3 +96,27 @@ def test_table_from_one_process_per_cell(tmp_path):
     ratio, expected = tjd[6].split()
     assert expected == "(0.6250)" and float(ratio) == pytest.approx(0.625, rel=1e-3)
     assert lib[3].startswith("fails: ValueError: cannot reshape array of size 2 into shape (1,3)")
+
+
+@needs_extra
+def test_libmtl_representation_level_backpropagates_the_encoder_once_per_task():
+    """A finding: with a single-tensor encoder, LibMTL's HPS keeps one representation per task
+    (`self.rep` a dict), so `rep_grad=True` runs T weighted backward passes through the encoder,
+    where mtlcheck's feature level (and the -UB methods' point) is one."""
+    import torch
+
+    model, batch = peers.model_and_batch(SIZE, 2, 3, WIDTH)
+    first_conv = next(m for m in model.trunk.modules() if isinstance(m, torch.nn.Conv2d))
+    passes = []
+    first_conv.register_full_backward_pre_hook(lambda *args: passes.append(1))
+
+    def count(peer, method, level):
+        passes.clear()
+        model.zero_grad(set_to_none=True)
+        peers.make_step(model, peer, method, level)(batch)
+        return len(passes)
+
+    assert count("mtlcheck", "mgda", "feature") == 1
+    assert count("libmtl", "mgda", "feature") == 3
+    assert count("libmtl", "imtl", "feature") == 3
+    assert count("mtlcheck", "mgda", "parameter") == 3  # T vector-Jacobian products
