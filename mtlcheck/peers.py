@@ -410,7 +410,7 @@ def to_markdown(result: dict) -> str:
         "",
         "Each cell in its own process. × EW: the step time over mtlcheck's EW step in the same process, median "
         "(IQR) of the per-repeat ratios of interleaved repeats; memory: growth of the peak resident set (VmHWM) "
-        "over two steps, over EW's in a process of its own. cos / norm: the shared parameters' `.grad` against "
+        "over two steps, over EW's in a process of its own. 1 − cos / norm ratio: the shared parameters' `.grad` against "
         "mtlcheck's (same method and level, same weights and batch, fresh method state); 'expected' is the norm "
         "ratio the documented scale conventions predict. LibMTL's feature level is its `rep_grad=True` "
         "(compared with mtlcheck's feature_batch=\"sum\").",
@@ -421,7 +421,7 @@ def to_markdown(result: dict) -> str:
         lines += ["", f"**{trunk} ({s['shared_parameters']:,} shared parameters), T = {s['tasks']} light heads, "
                       f"batch {s['batch_size']}×3×{s['size']}²** ({s['repeats']} repeats; "
                       f"EW step {_fmt(ew.get('ew_ms'), '.0f')} ms, EW peak +{_fmt(ew.get('peak_mib'), '.0f')} MiB)", "",
-                  "| method | peer | level | × EW (IQR) | memory × EW | cos | norm ratio (expected) |",
+                  "| method | peer | level | × EW (IQR) | memory × EW | 1 − cos | norm ratio (expected) |",
                   "|---|---|---|---|---|---|---|"]
         for r in s["rows"]:
             head = f"| {r['method']} | {r['peer']} | {r['level']} |"
@@ -429,7 +429,7 @@ def to_markdown(result: dict) -> str:
                 lines.append(f"{head} fails: {r['error']} | | | |")
                 continue
             lines.append(f"{head} {_fmt(r['time_ratio'])} ({_fmt(r['time_ratio_iqr'])}) | {_fmt(r['memory_ratio'])} | "
-                         f"{_fmt(r['cosine'], '.6f')} | {_fmt(r['norm_ratio'], '.4f')} "
+                         f"{_fmt(1.0 - r['cosine'], '.1e')} | {_fmt(r['norm_ratio'], '.4f')} "
                          f"({_fmt(r['expected_norm_ratio'], '.4f')}) |")
     return "\n".join(lines)
 
