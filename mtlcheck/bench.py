@@ -18,6 +18,7 @@ import gc
 import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -255,7 +256,6 @@ def peak_memory(methods=None, levels=("parameter", "feature"), size: int = 128, 
     under the same allocator setting as this process."""
     import os
     import subprocess
-    import sys
 
     methods = list(methods or list_aggregators())
     cases = [("ew", "parameter")] + [(m, lv) for m in methods for lv in levels
@@ -428,8 +428,17 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--peers" in argv:  # the side-by-side bench against TorchJD and LibMTL has its own options
+        from mtlcheck import peers
+
+        argv.remove("--peers")
+        return peers.main(argv)
     parser = argparse.ArgumentParser(prog="mtlcheck bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", action="store_true",
+                        help="instead: the same model through the real TorchJD and LibMTL, side by side "
+                             "(needs pip install \"mtlcheck[peers]\"; options: mtlcheck bench --peers --help)")
     parser.add_argument("--methods", nargs="*", default=None, help="registry names (default: all)")
     parser.add_argument("--levels", nargs="*", default=["parameter", "feature"], choices=LEVEL_CHOICES,
                         help="engine: parameter (T VJPs), feature, parameter-batched (is_grads_batched), "
@@ -454,7 +463,7 @@ def main(argv=None) -> None:
     if args.peak_rss_case:  # the child process of peak_memory on the CPU
         print(json.dumps(_peak_rss_case(*args.peak_rss_case, args.size, args.batch_size, args.tasks, args.threads,
                                         precision)))
-        return
+        return 0
     if args.precision_effect and precision.exact:
         parser.error("--precision-effect compares --tf32/--autocast/--channels-last against float32: give one")
     result = run(args.methods, tuple(args.levels), args.size, args.batch_size, args.tasks, args.repeats,
@@ -470,10 +479,11 @@ def main(argv=None) -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
+    return 0
 
 
 if __name__ == "__main__":
     from mtlcheck.allocator import tune_malloc
 
     tune_malloc()
-    main()
+    sys.exit(main())

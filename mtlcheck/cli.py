@@ -8,6 +8,7 @@
     mtlcheck runs list --status failed            # stored runs; also: show, retry, export, compare
     mtlcheck check my_pkg.module:MyAggregator     # the conformance kit on any aggregator (--config KEY=VALUE)
     mtlcheck bench --size 128 --tasks 3           # step time per method as a ratio to EW
+    mtlcheck bench --peers                        # side by side with the real TorchJD and LibMTL
 
 Every command that reads or writes runs takes --store (the SQLite results store, default
 mtlcheck-results/runs.sqlite); reports go to --out (default mtlcheck-results/).
@@ -593,8 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         from mtlcheck import bench
 
         rest = argv[1:]
-        bench.main(rest[1:] if rest[:1] == ["--"] else rest)
-        return 0
+        return bench.main(rest[1:] if rest[:1] == ["--"] else rest)
     if argv[:1] == ["runs"] and (len(argv) == 1 or (argv[1].startswith("-") and argv[1] not in ("-h", "--help"))):
         argv.insert(1, "list")  # plain `mtlcheck runs [filters]` lists
     args = build_parser().parse_args(argv)
