@@ -84,10 +84,16 @@ def _accumulate(params, grads, buffers: tuple[torch.Tensor, ...] = ()) -> None:
 _JACOBIAN_BUFFERS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)  # torch's own count of a storage's users
+
+
 def _only_owner(block: torch.Tensor) -> bool:
-    """Whether `block` is the only tensor on its memory (no view of it, no other tensor holding it).
-    The count includes the storage object created to ask it."""
-    return torch._C._storage_Use_Count(block.untyped_storage()._cdata) == 2
+    """Whether `block` is the only tensor on its memory (no view of it, no other tensor holding it);
+    the count includes the storage object created to ask it. Where torch does not expose the
+    count, False: every step gets new blocks (slower, never wrong)."""
+    if _storage_use_count is None:
+        return False
+    return _storage_use_count(block.untyped_storage()._cdata) == 2
 
 
 def jacobian_buffers(model: torch.nn.Module, params, n_tasks: int) -> tuple[torch.Tensor, ...]:

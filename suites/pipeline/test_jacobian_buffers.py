@@ -133,3 +133,17 @@ def test_buffers_follow_the_number_of_tasks_and_dtype():
     model.double()
     assert all(b.dtype == torch.float64 for b in jacobian_buffers(model, params, 4))
 
+
+
+def test_without_torchs_use_count_every_step_gets_new_blocks(monkeypatch):
+    import mtlcheck.gradients as engine
+
+    monkeypatch.setattr(engine, "_storage_use_count", None)
+    model, batch = toy()
+    first = backward_step(model, batch, MGDA())
+    before = pointers(first)
+    del first  # reusable now, but the engine cannot tell: it must allocate
+    _, other = toy(seed=1)
+    second = backward_step(model, other, MGDA())
+    assert set(pointers(second)).isdisjoint(before)
+    assert torch.equal(second.jacobian.matrix(), autograd_rows(model, other))
