@@ -1,10 +1,12 @@
 """CPU allocator tuning for the gradient engine (glibc malloc).
 
-A parameter-level step allocates T fresh copies of the shared gradients (44 MB each for a
-ResNet18) and frees them again. With glibc's defaults, blocks that large are served by mmap and
-returned to the OS on free, so every step page-faults them in anew: on this project's 2-core CPU
+A parameter-level step used to allocate T fresh copies of the shared gradients (44 MB each for
+a ResNet18) and free them again. With glibc's defaults, blocks that large are served by mmap and
+returned to the OS on free, so every step page-faulted them in anew: on this project's 2-core CPU
 that made the T encoder VJPs ~25 % slower and the stacking of the Jacobian ~5× slower
-(`mtlcheck bench --malloc default` shows it; docs/bench/cpu_malloc_tuned_vs_default.md). Raising the mmap
+(docs/bench/cpu_malloc_tuned_vs_default.md). The engine now keeps its Jacobian blocks from one
+step to the next (`mtlcheck.gradients.jacobian_buffers`), so a library user gets that part
+without tuning; the gradients autograd allocates in each backward pass remain. Raising the mmap
 threshold to its maximum (32 MiB) and never trimming the heap keeps freed blocks for reuse —
 what PyTorch's caching allocator does on a GPU. Memory freed by one step stays in the process
 for the next (the resident size stays at its peak).

@@ -23,7 +23,7 @@ double backprop instead. Loss-only methods have no feature-level variant: asking
 from __future__ import annotations
 
 import contextlib
-
+import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -63,11 +63,50 @@ class StepResult:
     param_gram: torch.Tensor | None = None
 
 
-def _accumulate(params, grads) -> None:
+def _accumulate(params, grads, buffers: tuple[torch.Tensor, ...] = ()) -> None:
+    """p.grad = g, or p.grad + g where p already has one; a g that shares memory with the engine's
+    reusable Jacobian `buffers` (an aggregator may return a row as it is) is copied first, so that
+    no `.grad` is overwritten by the next step."""
+    reused = {b.untyped_storage().data_ptr() for b in buffers}
     for p, g in zip(params, grads):
         if g is None:
             continue
-        p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+        g = g.detach()
+        if reused and g.untyped_storage().data_ptr() in reused:
+            g = g.clone()
+        p.grad = g if p.grad is None else p.grad + g
+
+
+# Per model, the (T, n_k) blocks of its last parameter-level Jacobian, kept for the next step:
+# filled in place, they spare a step the allocation of T fresh copies of the shared gradients
+# (44 MB each for a ResNet18), which glibc's default malloc returns to the OS on free and
+# page-faults in anew on every step.
+_JACOBIAN_BUFFERS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)  # torch's own count of a storage's users
+
+
+def _only_owner(block: torch.Tensor) -> bool:
+    """Whether `block` is the only tensor on its memory (no view of it, no other tensor holding it);
+    the count includes the storage object created to ask it. Where torch does not expose the
+    count, False: every step gets new blocks (slower, never wrong)."""
+    if _storage_use_count is None:
+        return False
+    return _storage_use_count(block.untyped_storage()._cdata) == 2
+
+
+def jacobian_buffers(model: torch.nn.Module, params, n_tasks: int) -> tuple[torch.Tensor, ...]:
+    """(T, n_k) blocks to write the parameter-level Jacobian of `model` into: last step's blocks
+    when they fit (same T, sizes, dtypes, devices) and nothing else refers to them any more (a
+    `StepResult` still held, a view of a row), fresh ones otherwise (then kept for the next step).
+    So a Jacobian handed out is never overwritten while it can still be read."""
+    key = (n_tasks, tuple((p.numel(), p.dtype, p.device) for p in params))
+    kept = _JACOBIAN_BUFFERS.get(model)
+    if kept is None or kept[0] != key or not all(_only_owner(b) for b in kept[1]):
+        kept = (key, tuple(torch.empty(n_tasks, p.numel(), dtype=p.dtype, device=p.device) for p in params))
+        _JACOBIAN_BUFFERS[model] = kept
+    return tuple(b.view_as(b) for b in kept[1])  # views: while one lives, its block is not reused
 
 
 def stacked_task_losses(model: MultiTaskModel, z, batch) -> torch.Tensor:
@@ -96,9 +135,11 @@ def parameter_jacobian(
     *,
     batched: bool = False,
     retain_graph: bool = False,
+    buffers: tuple[torch.Tensor, ...] | None = None,
 ) -> Jacobian:
     """Rows g_i = (∂Z/∂θ)ᵀ ∇_Z L_i by T vector-Jacobian products through the encoder
-    (or one batched product with `batched=True`)."""
+    (or one batched product with `batched=True`), written into `buffers` ((T, n_k) blocks, e.g.
+    from `jacobian_buffers`) when given, into new blocks otherwise."""
     names = [n for n, _ in shared]
     params = [p for _, p in shared]
     n_tasks = len(feature_grads)
@@ -110,7 +151,10 @@ def parameter_jacobian(
         return Jacobian.from_task_grads(per_task, params, names, level="parameter")
     # each task's gradients go straight into their row, so only one task's set is alive at a
     # time (peak: J plus one gradient set, not J plus T sets)
-    blocks = [torch.empty(n_tasks, p.numel(), dtype=p.dtype, device=p.device) for p in params]
+    blocks = buffers or [torch.empty(n_tasks, p.numel(), dtype=p.dtype, device=p.device) for p in params]
+    if len(blocks) != len(params) or any(b.shape != (n_tasks, p.numel()) or b.dtype != p.dtype
+                                         for b, p in zip(blocks, params)):
+        raise ValueError("parameter_jacobian: buffers must be one (T, numel) block per parameter, in its dtype")
     for i in range(n_tasks):
         keep = retain_graph or i < n_tasks - 1
         grads = torch.autograd.grad(zs, params, feature_grads[i], retain_graph=keep, allow_unused=True)
@@ -168,6 +212,10 @@ def backward_step(
     batched: one batched vjp (is_grads_batched) instead of T vjps for the parameter Jacobian.
     feature_batch: at the feature level, "flatten" (default) or "sum" (`FEATURE_BATCH_RULES`);
     "sum" needs a weighting method (the weights are what carries over to the per-sample rows).
+    Memory: the parameter-level Jacobian is written into blocks the engine keeps per model and
+    refills at the next step once nothing refers to them (`jacobian_buffers`): drop the previous
+    `StepResult` (or its `jacobian`) before the next step to get that reuse; one still held is
+    left intact and the step allocates new blocks. `.grad` never shares memory with the blocks.
     precision: only its autocast applies here — the forward pass (encoder and heads) runs in
     it, the backward passes outside, as autocast requires. TF32 and channels-last are process
     and model settings: `train` applies them (`Precision.backends`, `prepare_model`).
@@ -198,6 +246,9 @@ def backward_step(
     inputs = list(detached) + heads
     K = len(detached)
 
+    def buffers():  # the batched product makes its own (T, *shape) gradients
+        return None if batched else jacobian_buffers(model, [p for _, p in shared], n_tasks)
+
     need_per_task = (not tags.loss_only) or feature_grads or param_gram
     per_task_z: list[list[torch.Tensor]] = []
     if need_per_task:
@@ -220,12 +271,14 @@ def backward_step(
         # every non-shared parameter is a head parameter (got a gradient above): an encoder
         # parameter left out of shared_parameters() is reached by the encoder backward alone.
         if param_gram and all(g is not None for g in grads[K:]):
-            J = parameter_jacobian(zs, per_task_z, shared, batched=batched)
+            J = parameter_jacobian(zs, per_task_z, shared, batched=batched, buffers=buffers())
             gram = J.gram()
-            _accumulate([p for _, p in shared], [b.reshape(s) for b, s in zip(J.combine(out.weights), J.shapes)])
+            _accumulate([p for _, p in shared], [b.reshape(s) for b, s in zip(J.combine(out.weights), J.shapes)],
+                        J.blocks)
         else:
             if param_gram:
-                gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True).gram()
+                gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True,
+                                         buffers=buffers()).gram()
             torch.autograd.backward(zs, _zeros_for_none(grads[:K], detached))
         return StepResult(L64, out.weights, None, fgrads, gram)
 
@@ -236,13 +289,14 @@ def backward_step(
         if seen is not J:  # the weights carry over to the per-sample rows
             out = type(out)(J.combine(out.weights), out.weights)
         if param_gram:
-            gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True).gram()
+            gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True,
+                                         buffers=buffers()).gram()
         torch.autograd.backward(zs, [b.reshape(s) for b, s in zip(out.blocks, J.shapes)])
         return StepResult(L64, out.weights, seen, fgrads, gram)
 
-    J = parameter_jacobian(zs, per_task_z, shared, batched=batched)
+    J = parameter_jacobian(zs, per_task_z, shared, batched=batched, buffers=buffers())
     out = aggregator(J, L64)
-    _accumulate([p for _, p in shared], [b.reshape(s) for b, s in zip(out.blocks, J.shapes)])
+    _accumulate([p for _, p in shared], [b.reshape(s) for b, s in zip(out.blocks, J.shapes)], J.blocks)
     return StepResult(L64, out.weights, J, fgrads, J.gram())
 
 

@@ -199,6 +199,7 @@ def train(
             group["lr"] = setup.lr_at(step)
         monitored = step % setup.monitor_every == 0
         optimizer.zero_grad(set_to_none=True)
+        result = None  # last step's Jacobian released: the engine refills its blocks instead of allocating
         try:
             with precision.backends():  # TF32 as asked for the step, restored after it
                 result = backward_step(model, batch, aggregator, level=level, feature_grads=monitored,
