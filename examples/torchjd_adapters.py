@@ -132,17 +132,25 @@ class NashMTL(WeightingAggregator):
         self._inner = None
 
     def tags(self):
-        return AggregatorTags(family="solver", nonneg_weights=True, stateful=True, reduction="other",
-                              homogeneity=None if self.max_norm > 0 else 1)
+        return AggregatorTags(
+            family="solver",
+            nonneg_weights=True,
+            stateful=True,
+            reduction="other",
+            homogeneity=None if self.max_norm > 0 else 1,
+        )
 
     def identical_rows_scale(self, n_tasks):
         return None
 
     def _weights(self, J, losses):
         if self._inner is None:
-            self._inner = tjd.NashMTL(n_tasks=J.n_tasks, max_norm=self.max_norm,
-                                      update_weights_every=self.update_weights_every,
-                                      optim_niter=self.optim_niter).weighting
+            self._inner = tjd.NashMTL(
+                n_tasks=J.n_tasks,
+                max_norm=self.max_norm,
+                update_weights_every=self.update_weights_every,
+                optim_niter=self.optim_niter,
+            ).weighting
         return self._inner(J.matrix().to(torch.float64)).to(torch.float64)
 
 

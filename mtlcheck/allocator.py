@@ -44,7 +44,10 @@ def tune_malloc() -> str:
         _applied = f"default (not glibc: {platform.system()} {libc_name or 'unknown libc'})"
         return _applied
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+    ok = (
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
+        and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
+    )
     if not ok:
         raise RuntimeError("mallopt refused the allocator tuning; set MTLCHECK_MALLOC=default to run without it")
     _applied = f"tuned glibc malloc (mmap threshold {_MMAP_THRESHOLD_MAX >> 20} MiB, no trim)"

@@ -29,10 +29,10 @@ from mtlcheck.aggregators import aggregator_class, list_aggregators
 from mtlcheck.allocator import malloc_setting
 from mtlcheck.gradients import backward_step
 from mtlcheck.measures import feature_disentanglement
-from mtlcheck.monitor import measure
-from mtlcheck.precision import Precision
 from mtlcheck.models._base import MultiTaskModel
 from mtlcheck.models.backbones import ResNetTrunk
+from mtlcheck.monitor import measure
+from mtlcheck.precision import Precision
 
 clock = time.perf_counter  # the timer of every measurement (a seam: tests replace it with a virtual clock)
 
@@ -46,7 +46,9 @@ class ResNetClassifiers(MultiTaskModel):
         self.trunk = ResNetTrunk(3, width)
         c5 = self.trunk.out_channels[-1]
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c5, 64, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n_classes))
+            nn.Sequential(
+                nn.Conv2d(c5, 64, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n_classes)
+            )
             for _ in range(n_tasks)
         )
 
@@ -54,8 +56,10 @@ class ResNetClassifiers(MultiTaskModel):
         return self.trunk(batch["image"])[-1]
 
     def task_losses(self, z, batch):
-        return {name: nn.functional.cross_entropy(head(z), batch["labels"][:, i])
-                for i, (name, head) in enumerate(zip(self.task_names, self.heads))}
+        return {
+            name: nn.functional.cross_entropy(head(z), batch["labels"][:, i])
+            for i, (name, head) in enumerate(zip(self.task_names, self.heads))
+        }
 
     def predict(self, batch):
         z = self.encode(batch)
@@ -80,11 +84,11 @@ def libmtl_style_step(model: MultiTaskModel, batch, aggregator, forward=None) ->
         loss.backward(retain_graph=i < len(losses) - 1)
         rows.append(torch.cat([p.grad.detach().reshape(-1).to("cpu", torch.float32) for p in shared]))
     G = torch.stack(rows)
-    direction = aggregator(G, torch.stack([l.detach() for l in losses]).double().cpu()).direction
+    direction = aggregator(G, torch.stack([loss.detach() for loss in losses]).double().cpu()).direction
     offset = 0
     for p in shared:
         n = p.numel()
-        p.grad = direction[offset:offset + n].view_as(p).to(p.device)
+        p.grad = direction[offset : offset + n].view_as(p).to(p.device)
         offset += n
 
 
@@ -101,12 +105,21 @@ def _model_and_batch(size, batch_size, n_tasks, device, seed, precision: Precisi
 
 
 def _random_batch(gen: torch.Generator, size: int, batch_size: int, n_tasks: int, device) -> dict:
-    return {"image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
-            "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device)}
+    return {
+        "image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
+        "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device),
+    }
 
 
-def precision_effect(precision: Precision, size: int = 128, batch_size: int = 2, n_tasks: int = 3,
-                     device: str = "cpu", batches: int = 8, seed: int = 0) -> dict:
+def precision_effect(
+    precision: Precision,
+    size: int = 128,
+    batch_size: int = 2,
+    n_tasks: int = 3,
+    device: str = "cpu",
+    batches: int = 8,
+    seed: int = 0,
+) -> dict:
     """How much `precision` moves what the paper measures and what MGDA decides: on `batches`
     random batches through the same model, GDS and GMS (parameter-level Gram) and MGDA's weights
     at both levels, compared with the exact float32 step. Returns max and mean |difference|."""
@@ -133,8 +146,11 @@ def precision_effect(precision: Precision, size: int = 128, batch_size: int = 2,
         diffs["gms"].append(abs(m1 - m0))
         diffs["mgda_weights_parameter"].append(float((wp1 - wp0).abs().max()))
         diffs["mgda_weights_feature"].append(float((wf1 - wf0).abs().max()))
-    return {"precision": precision.options(), "batches": batches,
-            **{k: {"max": max(v), "mean": statistics.fmean(v)} for k, v in diffs.items()}}
+    return {
+        "precision": precision.options(),
+        "batches": batches,
+        **{k: {"max": max(v), "mean": statistics.fmean(v)} for k, v in diffs.items()},
+    }
 
 
 def _applicable(method: str, level: str) -> bool:
@@ -147,14 +163,18 @@ def _applicable(method: str, level: str) -> bool:
 def _step(model, batch, aggregator, level: str, precision: Precision | None = None):
     """One training step's gradient work for a bench case (level may be a monitor pseudo-level)."""
     if level == "libmtl-loop":
-        libmtl_style_step(model, batch, aggregator, precision.forward_context(batch["image"].device) if precision else None)
+        libmtl_style_step(
+            model, batch, aggregator, precision.forward_context(batch["image"].device) if precision else None
+        )
     elif level in MONITOR_LEVELS:  # EW with the paper's monitoring, as training runs it
-        measure(backward_step(model, batch, aggregator, feature_grads=True, param_gram=level == "monitor-gds-gms",
-                              precision=precision))
+        measure(
+            backward_step(
+                model, batch, aggregator, feature_grads=True, param_gram=level == "monitor-gds-gms", precision=precision
+            )
+        )
     else:
         level_ = "parameter" if level == "parameter-batched" else level
-        backward_step(model, batch, aggregator, level=level_, batched=level == "parameter-batched",
-                      precision=precision)
+        backward_step(model, batch, aggregator, level=level_, batched=level == "parameter-batched", precision=precision)
 
 
 def _monitor_summary(model, batch, rows, device, precision: Precision, every: int = 10, calls: int = 20) -> dict:
@@ -164,7 +184,9 @@ def _monitor_summary(model, batch, rows, device, precision: Precision, every: in
     ratio = {r.level: r.ratio_to_ew for r in rows if r.method == "ew"}
     ew_ms = next(r.median_ms for r in rows if (r.method, r.level) == ("ew", "parameter"))
     model.zero_grad(set_to_none=True)
-    fgrads = backward_step(model, batch, aggregator_class("ew")(), feature_grads=True, precision=precision).feature_grads
+    fgrads = backward_step(
+        model, batch, aggregator_class("ew")(), feature_grads=True, precision=precision
+    ).feature_grads
     times = []
     for _ in range(calls + 2):
         if device.startswith("cuda"):
@@ -175,14 +197,19 @@ def _monitor_summary(model, batch, rows, device, precision: Precision, every: in
             torch.cuda.synchronize()
         times.append(clock() - t0)
     fd_ms = 1e3 * statistics.median(times[2:])
-    return {"every": every, "fd_ms": fd_ms, "fd_fraction_of_ew": fd_ms / ew_ms,
-            "fd_step_extra": ratio["monitor-fd"] - 1.0,
-            "gds_gms_step_extra": ratio["monitor-gds-gms"] - 1.0,
-            "gds_gms_amortised_extra": (ratio["monitor-gds-gms"] - 1.0) / every}
+    return {
+        "every": every,
+        "fd_ms": fd_ms,
+        "fd_fraction_of_ew": fd_ms / ew_ms,
+        "fd_step_extra": ratio["monitor-fd"] - 1.0,
+        "gds_gms_step_extra": ratio["monitor-gds-gms"] - 1.0,
+        "gds_gms_amortised_extra": (ratio["monitor-gds-gms"] - 1.0) / every,
+    }
 
 
-def solve_times(methods=None, tasks=(3, 7), dim: int = 4096, calls: int = 100, seed: int = 0,
-                progress: bool = True) -> list[dict]:
+def solve_times(
+    methods=None, tasks=(3, 7), dim: int = 4096, calls: int = 100, seed: int = 0, progress: bool = True
+) -> list[dict]:
     """Per-call time of each method given its inputs, on a T×dim Jacobian small enough that the
     Gram and the combination cost microseconds: what remains is the weight solve (MGDA's min-norm
     problem, CAGrad's dual, Nash-MTL's Newton iterations, ...). Second-order methods have no
@@ -204,15 +231,22 @@ def solve_times(methods=None, tasks=(3, 7), dim: int = 4096, calls: int = 100, s
         losses = torch.rand(n_tasks, generator=gen, dtype=torch.float64) + 0.5
         tags = agg.tags()
         times = []
-        for i in range(calls + 5):
+        for _ in range(calls + 5):
             t0 = clock()
             agg(None if tags.loss_only else Jacobian.from_matrix(G), losses)
             if tags.post_step_update:
                 agg.after_step(losses * 0.99)
             times.append(clock() - t0)
         times = sorted(times[5:])
-        out.append({"method": method, "tasks": n_tasks, "median_ms": 1e3 * statistics.median(times),
-                    "p95_ms": 1e3 * times[int(0.95 * (len(times) - 1))], "dim": dim})
+        out.append(
+            {
+                "method": method,
+                "tasks": n_tasks,
+                "median_ms": 1e3 * statistics.median(times),
+                "p95_ms": 1e3 * times[int(0.95 * (len(times) - 1))],
+                "dim": dim,
+            }
+        )
     return out
 
 
@@ -224,8 +258,15 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
-def _peak_rss_case(method: str, level: str, size: int, batch_size: int, n_tasks: int, threads: int | None,
-                   precision: Precision = Precision()) -> dict:
+def _peak_rss_case(
+    method: str,
+    level: str,
+    size: int,
+    batch_size: int,
+    n_tasks: int,
+    threads: int | None,
+    precision: Precision = Precision(),
+) -> dict:
     """In this process: the peak resident set (MiB) of two steps of one case over the loaded
     model and batch, read from Linux's VmHWM after resetting it (/proc/self/clear_refs), so
     that the memory of imports and model construction is not mistaken for the step's."""
@@ -246,9 +287,17 @@ def _peak_rss_case(method: str, level: str, size: int, batch_size: int, n_tasks:
     return {"method": method, "level": level, "peak_mib": (_proc_status_kib("VmHWM") - before) / 1024.0}
 
 
-def peak_memory(methods=None, levels=("parameter", "feature"), size: int = 128, batch_size: int = 2,
-                n_tasks: int = 3, threads: int | None = None, device: str = "cpu", progress: bool = True,
-                precision: Precision = Precision()) -> list[dict]:
+def peak_memory(
+    methods=None,
+    levels=("parameter", "feature"),
+    size: int = 128,
+    batch_size: int = 2,
+    n_tasks: int = 3,
+    threads: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    precision: Precision = Precision(),
+) -> list[dict]:
     """Peak memory of one step per case over the loaded model, and its ratio to EW's.
 
     CUDA: torch.cuda.max_memory_allocated in this process. CPU: the growth of the peak resident
@@ -258,8 +307,9 @@ def peak_memory(methods=None, levels=("parameter", "feature"), size: int = 128, 
     import subprocess
 
     methods = list(methods or list_aggregators())
-    cases = [("ew", "parameter")] + [(m, lv) for m in methods for lv in levels
-                                     if (m, lv) != ("ew", "parameter") and _applicable(m, lv)]
+    cases = [("ew", "parameter")] + [
+        (m, lv) for m in methods for lv in levels if (m, lv) != ("ew", "parameter") and _applicable(m, lv)
+    ]
     if progress:
         from tqdm import tqdm
 
@@ -277,13 +327,27 @@ def peak_memory(methods=None, levels=("parameter", "feature"), size: int = 128, 
             base = torch.cuda.memory_allocated()
             _step(model, batch, agg, level, precision)
             torch.cuda.synchronize()
-            rows.append({"method": method, "level": level,
-                         "peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20})
+            rows.append(
+                {"method": method, "level": level, "peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20}
+            )
     else:
         env = {**os.environ, "MTLCHECK_MALLOC": "tuned" if malloc_setting().startswith("tuned") else "default"}
         for method, level in cases:
-            cmd = [sys.executable, "-m", "mtlcheck.bench", "--peak-rss-case", method, level, "--size", str(size),
-                   "--batch-size", str(batch_size), "--tasks", str(n_tasks), *precision.flags()] + (["--threads", str(threads)] if threads else [])
+            cmd = [
+                sys.executable,
+                "-m",
+                "mtlcheck.bench",
+                "--peak-rss-case",
+                method,
+                level,
+                "--size",
+                str(size),
+                "--batch-size",
+                str(batch_size),
+                "--tasks",
+                str(n_tasks),
+                *precision.flags(),
+            ] + (["--threads", str(threads)] if threads else [])
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"peak-memory case {method}/{level} failed:\n{done.stderr[-2000:]}")
@@ -309,9 +373,21 @@ def _quartiles(xs):
     return q[0], q[1], q[2]
 
 
-def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_size: int = 2, n_tasks: int = 3,
-        repeats: int = 7, warmup: int = 2, threads: int | None = None, device: str = "cpu", seed: int = 0,
-        progress: bool = True, monitor: bool = False, precision: Precision = Precision()) -> dict:
+def run(
+    methods=None,
+    levels=("parameter", "feature"),
+    size: int = 128,
+    batch_size: int = 2,
+    n_tasks: int = 3,
+    repeats: int = 7,
+    warmup: int = 2,
+    threads: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    monitor: bool = False,
+    precision: Precision = Precision(),
+) -> dict:
     """Time one engine step per (method, level); returns {"rows": [...], "setup": {...}}.
 
     monitor: also time the EW step with the paper's monitoring (FD from the feature gradients
@@ -351,7 +427,7 @@ def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_si
 
             iterator = tqdm(iterator, desc="bench repeats", unit="repeat")
         for r in iterator:
-            order = cases[r % len(cases):] + cases[:r % len(cases)]
+            order = cases[r % len(cases) :] + cases[: r % len(cases)]
             for case in order:
                 times[case].append(step(case))
     finally:
@@ -374,11 +450,20 @@ def run(methods=None, levels=("parameter", "feature"), size: int = 128, batch_si
         result["vs_libmtl"] = speedups
     if monitor:
         result["monitor"] = _monitor_summary(model, batch, rows, device, precision)
-    setup = {"model": "ResNet18 trunk + light heads", "image_size": size, "batch_size": batch_size, "tasks": n_tasks,
-             "shared_parameters": sum(p.numel() for _, p in model.shared_parameters()), "repeats": repeats,
-             "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__,
-             "machine": platform.processor() or platform.machine(), "malloc": malloc_setting(),
-             "precision": precision.options() or "float32 (exact)"}
+    setup = {
+        "model": "ResNet18 trunk + light heads",
+        "image_size": size,
+        "batch_size": batch_size,
+        "tasks": n_tasks,
+        "shared_parameters": sum(p.numel() for _, p in model.shared_parameters()),
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "malloc": malloc_setting(),
+        "precision": precision.options() or "float32 (exact)",
+    }
     if device.startswith("cuda"):
         setup["gpu"] = torch.cuda.get_device_name()
     return {"setup": setup, **result}
@@ -397,34 +482,68 @@ def to_markdown(result: dict) -> str:
         "|---|---|---|---|",
     ]
     for r in result["rows"]:
-        lines.append(f"| {r['method']} | {r['level']} | {r['median_ms']:.1f} ({r['iqr_ms']:.1f}) | "
-                     f"{r['ratio_to_ew']:.2f} ({r['ratio_iqr']:.2f}) |")
+        lines.append(
+            f"| {r['method']} | {r['level']} | {r['median_ms']:.1f} ({r['iqr_ms']:.1f}) | "
+            f"{r['ratio_to_ew']:.2f} ({r['ratio_iqr']:.2f}) |"
+        )
     if result.get("vs_libmtl"):
-        lines += ["", "Speed-up of the parameter-level step over the LibMTL-style loop (same aggregator; median "
-                      "and IQR of the per-repeat time ratios):", "", "| method | × faster (IQR) |", "|---|---|"]
+        lines += [
+            "",
+            "Speed-up of the parameter-level step over the LibMTL-style loop (same aggregator; median "
+            "and IQR of the per-repeat time ratios):",
+            "",
+            "| method | × faster (IQR) |",
+            "|---|---|",
+        ]
         lines += [f"| {r['method']} | {r['speedup']:.2f} ({r['speedup_iqr']:.2f}) |" for r in result["vs_libmtl"]]
     if "monitor" in result:
         m = result["monitor"]
-        lines += ["", "Monitoring cost (fraction of the EW step):", "",
-                  f"- FD computed from the two-stage step's feature gradients: {m['fd_ms']:.2f} ms = "
-                  f"{100 * m['fd_fraction_of_ew']:.2f} % (whole monitored step: {100 * m['fd_step_extra']:+.1f} %)",
-                  f"- GDS/GMS (parameter-level Gram): {100 * m['gds_gms_step_extra']:+.0f} % on a monitored step, "
-                  f"{100 * m['gds_gms_amortised_extra']:+.1f} % per step when monitoring every {m['every']} steps"]
+        lines += [
+            "",
+            "Monitoring cost (fraction of the EW step):",
+            "",
+            f"- FD computed from the two-stage step's feature gradients: {m['fd_ms']:.2f} ms = "
+            f"{100 * m['fd_fraction_of_ew']:.2f} % (whole monitored step: {100 * m['fd_step_extra']:+.1f} %)",
+            f"- GDS/GMS (parameter-level Gram): {100 * m['gds_gms_step_extra']:+.0f} % on a monitored step, "
+            f"{100 * m['gds_gms_amortised_extra']:+.1f} % per step when monitoring every {m['every']} steps",
+        ]
     if result.get("solves"):
-        lines += ["", f"Per-call time given the inputs (T×{result['solves'][0]['dim']} float64 Jacobian; "
-                      "the weight solve dominates):", "", "| method | T | median ms | p95 ms |", "|---|---|---|---|"]
-        lines += [f"| {r['method']} | {r['tasks']} | {r['median_ms']:.3f} | {r['p95_ms']:.3f} |" for r in result["solves"]]
+        lines += [
+            "",
+            f"Per-call time given the inputs (T×{result['solves'][0]['dim']} float64 Jacobian; "
+            "the weight solve dominates):",
+            "",
+            "| method | T | median ms | p95 ms |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['method']} | {r['tasks']} | {r['median_ms']:.3f} | {r['p95_ms']:.3f} |" for r in result["solves"]
+        ]
     if result.get("precision_effect"):
         e = result["precision_effect"]
-        lines += ["", f"Effect of {e['precision']} against the exact float32 step ({e['batches']} batches, same model):", "",
-                  "| quantity | max abs. difference | mean |", "|---|---|---|"]
-        lines += [f"| {k} | {e[k]['max']:.2e} | {e[k]['mean']:.2e} |"
-                  for k in ("gds", "gms", "mgda_weights_parameter", "mgda_weights_feature")]
+        lines += [
+            "",
+            f"Effect of {e['precision']} against the exact float32 step ({e['batches']} batches, same model):",
+            "",
+            "| quantity | max abs. difference | mean |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {e[k]['max']:.2e} | {e[k]['mean']:.2e} |"
+            for k in ("gds", "gms", "mgda_weights_parameter", "mgda_weights_feature")
+        ]
     if result.get("memory"):
         where = "CUDA max_memory_allocated" if s["device"].startswith("cuda") else "peak-RSS growth of a fresh process"
-        lines += ["", f"Peak memory of a step over the loaded model ({where}):", "",
-                  "| method | level | MiB | × EW |", "|---|---|---|---|"]
-        lines += [f"| {r['method']} | {r['level']} | {r['peak_mib']:.0f} | {r['ratio_to_ew']:.2f} |" for r in result["memory"]]
+        lines += [
+            "",
+            f"Peak memory of a step over the loaded model ({where}):",
+            "",
+            "| method | level | MiB | × EW |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['method']} | {r['level']} | {r['peak_mib']:.0f} | {r['ratio_to_ew']:.2f} |" for r in result["memory"]
+        ]
     return "\n".join(lines)
 
 
@@ -436,13 +555,21 @@ def main(argv=None) -> int:
         argv.remove("--peers")
         return peers.main(argv)
     parser = argparse.ArgumentParser(prog="mtlcheck bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--peers", action="store_true",
-                        help="instead: the same model through the real TorchJD and LibMTL, side by side "
-                             "(needs pip install \"mtlcheck[peers]\"; options: mtlcheck bench --peers --help)")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="instead: the same model through the real TorchJD and LibMTL, side by side "
+        '(needs pip install "mtlcheck[peers]"; options: mtlcheck bench --peers --help)',
+    )
     parser.add_argument("--methods", nargs="*", default=None, help="registry names (default: all)")
-    parser.add_argument("--levels", nargs="*", default=["parameter", "feature"], choices=LEVEL_CHOICES,
-                        help="engine: parameter (T VJPs), feature, parameter-batched (is_grads_batched), "
-                             "libmtl-loop (the LibMTL-style baseline: T backward passes into a flat CPU vector)")
+    parser.add_argument(
+        "--levels",
+        nargs="*",
+        default=["parameter", "feature"],
+        choices=LEVEL_CHOICES,
+        help="engine: parameter (T VJPs), feature, parameter-batched (is_grads_batched), "
+        "libmtl-loop (the LibMTL-style baseline: T backward passes into a flat CPU vector)",
+    )
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=3)
@@ -451,30 +578,55 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--monitor", action="store_true", help="also time FD and GDS/GMS monitoring of the EW step")
     parser.add_argument("--solves", action="store_true", help="also time each method's call on its inputs at T=3 and 7")
-    parser.add_argument("--memory", action="store_true",
-                        help="also measure each case's peak memory (CPU: one fresh process per case)")
+    parser.add_argument(
+        "--memory", action="store_true", help="also measure each case's peak memory (CPU: one fresh process per case)"
+    )
     Precision.add_arguments(parser)
-    parser.add_argument("--precision-effect", action="store_true",
-                        help="also measure how --tf32/--autocast move GDS, GMS and MGDA's weights")
+    parser.add_argument(
+        "--precision-effect",
+        action="store_true",
+        help="also measure how --tf32/--autocast move GDS, GMS and MGDA's weights",
+    )
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     parser.add_argument("--peak-rss-case", nargs=2, metavar=("METHOD", "LEVEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     precision = Precision.from_args(args)
     if args.peak_rss_case:  # the child process of peak_memory on the CPU
-        print(json.dumps(_peak_rss_case(*args.peak_rss_case, args.size, args.batch_size, args.tasks, args.threads,
-                                        precision)))
+        print(
+            json.dumps(
+                _peak_rss_case(*args.peak_rss_case, args.size, args.batch_size, args.tasks, args.threads, precision)
+            )
+        )
         return 0
     if args.precision_effect and precision.exact:
         parser.error("--precision-effect compares --tf32/--autocast/--channels-last against float32: give one")
-    result = run(args.methods, tuple(args.levels), args.size, args.batch_size, args.tasks, args.repeats,
-                 threads=args.threads, device=args.device, monitor=args.monitor, precision=precision)
+    result = run(
+        args.methods,
+        tuple(args.levels),
+        args.size,
+        args.batch_size,
+        args.tasks,
+        args.repeats,
+        threads=args.threads,
+        device=args.device,
+        monitor=args.monitor,
+        precision=precision,
+    )
     if args.precision_effect:
         result["precision_effect"] = precision_effect(precision, args.size, args.batch_size, args.tasks, args.device)
     if args.solves:
         result["solves"] = solve_times(args.methods)
     if args.memory:
-        result["memory"] = peak_memory(args.methods, tuple(args.levels), args.size, args.batch_size, args.tasks,
-                                       args.threads, args.device, precision=precision)
+        result["memory"] = peak_memory(
+            args.methods,
+            tuple(args.levels),
+            args.size,
+            args.batch_size,
+            args.tasks,
+            args.threads,
+            args.device,
+            precision=precision,
+        )
     print(to_markdown(result))
     if args.json:
         with open(args.json, "w") as fh:

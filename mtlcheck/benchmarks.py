@@ -22,9 +22,10 @@ about 3k iterations (stated for MetaGraspNet; used for all three).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -88,7 +89,9 @@ def _batches(model, dataset, device, batch_size, collate):
         yield batch, model.predict(batch)
 
 
-def _evaluate_dense(tasks: dict[str, Any], num_classes: int, ignore_index: int, batch_size: int, collate=default_collate):
+def _evaluate_dense(
+    tasks: dict[str, Any], num_classes: int, ignore_index: int, batch_size: int, collate=default_collate
+):
     """Evaluation of a dense benchmark: dataset-level mIoU, depth L1/MSE, offsets L1, normals."""
     from mtlcheck.evaluation import DepthMetric, InstanceOffsetMetric, NormalMetric, SemanticSegmentationMetric
 
@@ -126,7 +129,9 @@ def _evaluate_coco(batch_size: int, collate, class_agnostic: bool):
         evaluator = AmodalCocoEvaluator(class_agnostic=class_agnostic)
         for batch, preds in _batches(model, dataset, device, batch_size, collate):
             preds = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in p.items()} for p in preds]
-            targets = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in batch["targets"]]
+            targets = [
+                {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in batch["targets"]
+            ]
             evaluator.update(preds, targets)
         return {k: float(v) for k, v in evaluator.compute().items()}
 
@@ -144,12 +149,15 @@ _DIGITS_DATA = {  # budget -> (train scenes, test scenes, image size)
 # Adam: the embedded budgets must learn in CPU minutes (SGD at lr 0.05 left the instance model at
 # 0 mAP after 200 steps; Adam 3e-3 reached BBox mAP 0.27 in 150). The paper's benchmarks use SGD.
 _DIGITS_SETUPS = {
-    "smoke": TrainSetup(steps=12, batch_size=8, lr=3e-3, warmup_steps=2, monitor_every=3, checkpoint_every=6,
-                        optimizer="adam"),
-    "small": TrainSetup(steps=150, batch_size=16, lr=3e-3, warmup_steps=15, monitor_every=10, checkpoint_every=50,
-                        optimizer="adam"),
-    "paper": TrainSetup(steps=3000, batch_size=32, lr=1e-3, warmup_steps=300, monitor_every=10, checkpoint_every=200,
-                        optimizer="adam"),
+    "smoke": TrainSetup(
+        steps=12, batch_size=8, lr=3e-3, warmup_steps=2, monitor_every=3, checkpoint_every=6, optimizer="adam"
+    ),
+    "small": TrainSetup(
+        steps=150, batch_size=16, lr=3e-3, warmup_steps=15, monitor_every=10, checkpoint_every=50, optimizer="adam"
+    ),
+    "paper": TrainSetup(
+        steps=3000, batch_size=32, lr=1e-3, warmup_steps=300, monitor_every=10, checkpoint_every=200, optimizer="adam"
+    ),
 }
 # The dense default study (small): 3 seeds x 27 runs on a 2-core CPU in minutes, with every task
 # clearly above its trivial predictor (`mtlcheck.evaluation.trivial`). Its semantic task is what
@@ -163,8 +171,9 @@ _DIGITS_SETUPS = {
 _DIGITS_DENSE_SCENES = {"small": {"size": 24, "digit_scale": 0.9, "min_digits": 1, "max_digits": 2}}
 _DIGITS_DENSE_SETUPS = {
     **_DIGITS_SETUPS,
-    "small": TrainSetup(steps=250, batch_size=16, lr=1e-2, warmup_steps=20, monitor_every=10, checkpoint_every=50,
-                        optimizer="adam"),
+    "small": TrainSetup(
+        steps=250, batch_size=16, lr=1e-2, warmup_steps=20, monitor_every=10, checkpoint_every=50, optimizer="adam"
+    ),
 }
 _DIGITS_DENSE_TRAIN_SCENES = {"small": 3200}  # 1.25 epochs of the small budget (250 x 16)
 
@@ -232,7 +241,8 @@ DENSE_METRICS = (
 )
 COCO_METRICS = tuple(
     Metric(f"{kind}_{stat}", True, f"{label} {stat}")
-    for kind, label in (("bbox", "BBox"), ("vmask", "VMask"), ("amask", "AMask")) for stat in ("mAP", "mAR")
+    for kind, label in (("bbox", "BBox"), ("vmask", "VMask"), ("amask", "AMask"))
+    for stat in ("mAP", "mAR")
 )
 
 DIGITS_DENSE = Benchmark(
@@ -267,8 +277,16 @@ def _real_setups(paper_batch: int) -> dict[str, TrainSetup]:
     return {
         "smoke": TrainSetup(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, monitor_every=2, checkpoint_every=2),
         "small": TrainSetup(steps=300, batch_size=8, lr=1e-3, warmup_steps=30, monitor_every=10),
-        "paper": TrainSetup(steps=3000, batch_size=paper_batch, lr=1e-4, momentum=0.9, warmup_steps=300,
-                            monitor_every=10, checkpoint_every=100, num_workers=4),
+        "paper": TrainSetup(
+            steps=3000,
+            batch_size=paper_batch,
+            lr=1e-4,
+            momentum=0.9,
+            warmup_steps=300,
+            monitor_every=10,
+            checkpoint_every=100,
+            num_workers=4,
+        ),
     }
 
 
@@ -287,11 +305,13 @@ def _nyu_data(split, budget, data_root):
     root = Path(data_root)
     layouts = [d for d in ("nyud_mt", "mtan") if (root / d).is_dir()]
     if layouts and not (root / "gt_sets").is_dir() and not (root / "train" / "image").is_dir():
-        raise FileNotFoundError(f"{root} holds the layout folder(s) {layouts}, not a dataset: pass "
-                                f"--data-root {root / layouts[0]}")
+        raise FileNotFoundError(
+            f"{root} holds the layout folder(s) {layouts}, not a dataset: pass --data-root {root / layouts[0]}"
+        )
     layout = "mtan" if (root / "train" / "image").is_dir() else "nyud_mt"
-    return NYUv2Dataset(data_root, "train" if split == "train" else "val", layout=layout, size=_REAL_SIZE[budget],
-                        num_classes=None)
+    return NYUv2Dataset(
+        data_root, "train" if split == "train" else "val", layout=layout, size=_REAL_SIZE[budget], num_classes=None
+    )
 
 
 def _metagraspnet_data(split, budget, data_root):
@@ -299,8 +319,10 @@ def _metagraspnet_data(split, budget, data_root):
 
     ann = Path(data_root) / f"{'train' if split == 'train' else 'test'}.json"
     if not ann.is_file():
-        raise FileNotFoundError(f"MetaGraspNet annotations not found: {ann} (expected train.json and test.json in the "
-                                "data root, e.g. written by mtlcheck.data.metagraspnet.convert_scenes)")
+        raise FileNotFoundError(
+            f"MetaGraspNet annotations not found: {ann} (expected train.json and test.json in the "
+            "data root, e.g. written by mtlcheck.data.metagraspnet.convert_scenes)"
+        )
     size = (64, 64) if budget == "smoke" else _REAL_SIZE[budget]
     return MetaGraspNetDataset(data_root, ann, size=size)
 
@@ -322,8 +344,11 @@ def _dense_model(class_name: str):
 def _metagraspnet_model(budget, weights=None):
     from mtlcheck.models import grasp
 
-    config = {"smoke": grasp.SMOKE_CONFIG, "small": {**grasp.PAPER_CONFIG, "image_size": 256},
-              "paper": grasp.PAPER_CONFIG}[budget]
+    config = {
+        "smoke": grasp.SMOKE_CONFIG,
+        "small": {**grasp.PAPER_CONFIG, "image_size": 256},
+        "paper": grasp.PAPER_CONFIG,
+    }[budget]
     return grasp.MetaGraspNetModel(**{**config, "weights": weights})
 
 

@@ -36,6 +36,7 @@ class UsageError(Exception):
 
 def _int_at_least(minimum: int, what: str):
     """An argparse type: an int >= `minimum`, else a message saying `what` was expected."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -109,8 +110,9 @@ def _check_executor(args) -> None:
     if args.ray_address is not None and args.executor != "ray":
         raise UsageError("--ray-address needs --executor ray")
     if args.jobs is not None and args.executor != "local":
-        raise UsageError("--jobs is for --executor local; with --executor ray each run is one Ray task "
-                         "(--threads CPUs each)")
+        raise UsageError(
+            "--jobs is for --executor local; with --executor ray each run is one Ray task (--threads CPUs each)"
+        )
     if args.executor == "ray":
         import importlib.util
 
@@ -147,8 +149,16 @@ def cmd_run(args) -> int:
     from mtlcheck.experiments.runner import make_spec, run_spec
     from mtlcheck.experiments.store import RunFailedError, SetupError, StoreError
 
-    spec = make_spec(args.benchmark, args.method, level=args.level, seed=args.seed, budget=args.budget,
-                     steps=args.steps, method_config=_parse_config(args.config), extra=_run_options(args))
+    spec = make_spec(
+        args.benchmark,
+        args.method,
+        level=args.level,
+        seed=args.seed,
+        budget=args.budget,
+        steps=args.steps,
+        method_config=_parse_config(args.config),
+        extra=_run_options(args),
+    )
     where = _where(args)
     where.check([spec.benchmark])
     store = _store(args)
@@ -161,15 +171,20 @@ def cmd_run(args) -> int:
     except Exception as exc:  # noqa: BLE001 - the computation failed: recorded in the store
         record = store.get(spec)
         tries = "" if record is None else f" (failure {record.failures}, attempt {record.attempts})"
-        print(f"{spec.label}: failed{tries}: {type(exc).__name__}: {exc}\n"
-              f"  the traceback is stored: mtlcheck runs show {spec.key} --store {args.store}", file=sys.stderr)
+        print(
+            f"{spec.label}: failed{tries}: {type(exc).__name__}: {exc}\n"
+            f"  the traceback is stored: mtlcheck runs show {spec.key} --store {args.store}",
+            file=sys.stderr,
+        )
         return 1
     print(f"{spec.label}: {record.status}" + (f" ({record.error})" if record.error else ""))
     for key, value in sorted((record.metrics or {}).items()):
         print(f"  {key:<22} {value:.4f}")
     if record.timings:
-        print(f"  train {record.timings.get('train_seconds', float('nan')):.1f}s, "
-              f"{record.timings.get('seconds_per_step', float('nan')) * 1e3:.1f} ms/step")
+        print(
+            f"  train {record.timings.get('train_seconds', float('nan')):.1f}s, "
+            f"{record.timings.get('seconds_per_step', float('nan')) * 1e3:.1f} ms/step"
+        )
     return 0 if record.status in ("done", "diverged") else 1
 
 
@@ -177,8 +192,15 @@ def _sweep(args):
     from mtlcheck.experiments.runner import run_sweep, sweep_specs
 
     _check_executor(args)
-    specs = sweep_specs(args.benchmark, args.methods, tuple(args.levels), tuple(args.seeds), args.budget, args.steps,
-                        extra=_run_options(args))
+    specs = sweep_specs(
+        args.benchmark,
+        args.methods,
+        tuple(args.levels),
+        tuple(args.seeds),
+        args.budget,
+        args.steps,
+        extra=_run_options(args),
+    )
     where = _where(args)
     where.check(s.benchmark for s in specs)  # device, weights, data root: usage errors before the store opens
     store = _store(args)
@@ -189,15 +211,20 @@ def _sweep(args):
     if args.executor == "ray":
         from mtlcheck.experiments.distributed import run_sweep_ray
 
-        records = run_sweep_ray(store.path, specs, where, num_cpus_per_run=args.threads or 1,
-                                num_gpus_per_run=1 if args.device.startswith("cuda") else 0,
-                                address=args.ray_address, progress=not args.quiet)
+        records = run_sweep_ray(
+            store.path,
+            specs,
+            where,
+            num_cpus_per_run=args.threads or 1,
+            num_gpus_per_run=1 if args.device.startswith("cuda") else 0,
+            address=args.ray_address,
+            progress=not args.quiet,
+        )
     elif jobs > 1:
         from mtlcheck.experiments.distributed import run_sweep_processes
 
         threads = args.threads or max(1, _cpu_count() // jobs)
-        records = run_sweep_processes(store.path, specs, where, jobs=jobs, threads=threads,
-                                      progress=not args.quiet)
+        records = run_sweep_processes(store.path, specs, where, jobs=jobs, threads=threads, progress=not args.quiet)
     else:
         records = run_sweep(store, specs, where, progress=not args.quiet)
     return store, records, time.perf_counter() - t0
@@ -221,35 +248,46 @@ def cmd_sweep(args) -> int:
         counts[r.status] = counts.get(r.status, 0) + 1
     print(f"{len(records)} runs in {seconds:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     if counts.get("failed"):
-        print(f"failed runs: `mtlcheck runs list --status failed --store {args.store}` shows their errors, "
-              f"`mtlcheck runs retry --failed --store {args.store}` computes them again", file=sys.stderr)
+        print(
+            f"failed runs: `mtlcheck runs list --status failed --store {args.store}` shows their errors, "
+            f"`mtlcheck runs retry --failed --store {args.store}` computes them again",
+            file=sys.stderr,
+        )
     return 0 if counts.get("failed", 0) == 0 else 1
 
 
 def _report(args, store) -> Path:
     from mtlcheck.benchmarks import get_benchmark
-    from mtlcheck.reports import write_report
-
     from mtlcheck.experiments.runner import run_options
+    from mtlcheck.reports import write_report
 
     precision = _precision(args)  # both feature-level batch rules are reported, as separate rows
     bench = get_benchmark(args.benchmark)
-    records = [r for r in store.runs(benchmark=args.benchmark)
-               if r.spec.budget == args.budget and run_options(r.spec.options)[0] == precision]
+    records = [
+        r
+        for r in store.runs(benchmark=args.benchmark)
+        if r.spec.budget == args.budget and run_options(r.spec.options)[0] == precision
+    ]
     if not records:
-        raise UsageError(f"no stored runs for {args.benchmark} at budget {args.budget} with {precision} "
-                         f"in {args.store}; run `mtlcheck sweep --benchmark {args.benchmark} --budget {args.budget}` "
-                         "with the same precision options first")
+        raise UsageError(
+            f"no stored runs for {args.benchmark} at budget {args.budget} with {precision} "
+            f"in {args.store}; run `mtlcheck sweep --benchmark {args.benchmark} --budget {args.budget}` "
+            "with the same precision options first"
+        )
     steps = {r.spec.steps for r in records}
     if args.steps is not None:
         wanted = None if args.steps == "default" else int(args.steps)
         records = [r for r in records if r.spec.steps == wanted]
         if not records:
-            raise UsageError(f"no stored runs for {args.benchmark} at budget {args.budget} with --steps {args.steps}; "
-                             f"stored: {_steps_choices(steps)}")
+            raise UsageError(
+                f"no stored runs for {args.benchmark} at budget {args.budget} with --steps {args.steps}; "
+                f"stored: {_steps_choices(steps)}"
+            )
     elif len(steps) > 1:
-        raise UsageError(f"the stored runs of {args.benchmark} at budget {args.budget} have several step counts "
-                         f"({_steps_choices(steps)}): choose one with --steps")
+        raise UsageError(
+            f"the stored runs of {args.benchmark} at budget {args.budget} have several step counts "
+            f"({_steps_choices(steps)}): choose one with --steps"
+        )
     suffix = "".join(f"-{k}" if v is True else f"-{v}" for k, v in precision.options().items())
     chosen = records[0].spec.steps
     suffix += "" if chosen is None else f"-{chosen}steps"
@@ -288,10 +326,12 @@ def cmd_reproduce(args) -> int:
 
 
 def _filtered_runs(args, store):
-    records = store.runs(status=args.status, benchmark=args.benchmark, method=args.method,
-                         all_epochs=args.all_epochs)
-    return [r for r in records if (args.level is None or r.spec.level == args.level)
-            and (args.budget is None or r.spec.budget == args.budget)]
+    records = store.runs(status=args.status, benchmark=args.benchmark, method=args.method, all_epochs=args.all_epochs)
+    return [
+        r
+        for r in records
+        if (args.level is None or r.spec.level == args.level) and (args.budget is None or r.spec.budget == args.budget)
+    ]
 
 
 def _fmt(value, spec: str = "") -> str:
@@ -309,8 +349,10 @@ def cmd_runs_list(args) -> int:
     for r in records:
         row = summary(r)
         config = f" {row['config']}" if row["config"] else ""
-        print(f"{r.key:<16}  {r.status:<8} {r.attempts:>5} {r.failures:>5} {_fmt(row['train_seconds'], '.1f'):>8} "
-              f"{_fmt(row['ms_per_step'], '.1f'):>8}  {r.spec.label}{config}")
+        print(
+            f"{r.key:<16}  {r.status:<8} {r.attempts:>5} {r.failures:>5} {_fmt(row['train_seconds'], '.1f'):>8} "
+            f"{_fmt(row['ms_per_step'], '.1f'):>8}  {r.spec.label}{config}"
+        )
         if row["last_error"] and r.status != "done":
             print(f"{'':<18}last error: {row['last_error']}")
     counts = {}
@@ -327,8 +369,9 @@ def _one_run(store, key: str):
     if record is None:
         matches = [r for r in store.runs(all_epochs=True) if r.key.startswith(key)]
         if len(matches) != 1:
-            raise UsageError(f"{'no' if not matches else len(matches)} stored run(s) with a key starting {key!r} "
-                             f"in {store.path}")
+            raise UsageError(
+                f"{'no' if not matches else len(matches)} stored run(s) with a key starting {key!r} in {store.path}"
+            )
         record = matches[0]
     return record
 
@@ -342,8 +385,11 @@ def cmd_runs_show(args) -> int:
     for when in ("created", "started", "finished"):
         if data[when] is not None:
             data[when] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data[when]))
-    print(json.dumps({k: v for k, v in data.items() if v is not None and k not in ("trajectory", "env")},
-                     indent=2, default=str))
+    print(
+        json.dumps(
+            {k: v for k, v in data.items() if v is not None and k not in ("trajectory", "env")}, indent=2, default=str
+        )
+    )
     if error:
         print(f"\nstored error:\n{error}")
     return 0
@@ -375,7 +421,9 @@ def cmd_runs_export(args) -> int:
     out = Path(args.out)
     fmt = args.format or out.suffix.lstrip(".").lower()
     if fmt not in ("json", "csv"):
-        raise UsageError(f"runs export: cannot tell the format of {args.out!r}: name it .json or .csv, or pass --format")
+        raise UsageError(
+            f"runs export: cannot tell the format of {args.out!r}: name it .json or .csv, or pass --format"
+        )
     if out.parent != Path("") and not out.parent.is_dir():
         raise UsageError(f"runs export: folder {out.parent} does not exist")
     try:
@@ -393,10 +441,13 @@ def cmd_runs_compare(args) -> int:
     a = _filtered_runs(args, _store(args, readonly=True))
     b = _filtered_runs(args, ResultStore(args.other, readonly=True))
     result = compare(a, b, tol=args.tol)
-    print(f"A = {args.store}, B = {args.other}: {len(result.same) + len(result.different)} runs in both "
-          f"(finished), {len(result.same)} identical" + (f" within {args.tol:g}" if args.tol else "")
-          + f", {len(result.different)} different, {len(result.unfinished)} unfinished in one, "
-          f"{len(result.only_a)} only in A, {len(result.only_b)} only in B")
+    print(
+        f"A = {args.store}, B = {args.other}: {len(result.same) + len(result.different)} runs in both "
+        f"(finished), {len(result.same)} identical"
+        + (f" within {args.tol:g}" if args.tol else "")
+        + f", {len(result.different)} different, {len(result.unfinished)} unfinished in one, "
+        f"{len(result.only_a)} only in A, {len(result.only_b)} only in B"
+    )
     for ra, _, diffs in result.different:
         print(f"  {ra.key}  {ra.spec.label}")
         for metric, (va, vb) in diffs.items():
@@ -466,9 +517,13 @@ def _precision(args):
 
 
 def _add_feature_batch(p):
-    p.add_argument("--feature-batch", default="flatten", choices=["flatten", "sum"],
-                   help="feature level: solve on the rows flattened over batch x features (Sener & Koltun, "
-                        "default) or summed over the batch (LibMTL's rep_grad)")
+    p.add_argument(
+        "--feature-batch",
+        default="flatten",
+        choices=["flatten", "sum"],
+        help="feature level: solve on the rows flattened over batch x features (Sener & Koltun, "
+        "default) or summed over the batch (LibMTL's rep_grad)",
+    )
 
 
 def _run_options(args) -> dict:
@@ -480,17 +535,24 @@ def _add_sweep(p):
     p.add_argument("--benchmark", default=None, help="benchmark name (default: the embedded digits-dense)")
     p.add_argument("--methods", nargs="+", default=None, help="registry names (default: the paper's methods)")
     p.add_argument("--levels", nargs="+", default=["parameter", "feature"], choices=["parameter", "feature"])
-    p.add_argument("--seeds", nargs="+", type=_non_negative_int, default=[0, 1, 2],
-                   help="default: the paper's 3 seeds")
+    p.add_argument("--seeds", nargs="+", type=_non_negative_int, default=[0, 1, 2], help="default: the paper's 3 seeds")
     p.add_argument("--budget", default="small", choices=BUDGET_CHOICES)
     p.add_argument("--steps", type=_positive_int, default=None, help="override the budget's number of steps")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="report directory (default %(default)s)")
-    p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="ray: one Ray task per run (pip install mtlcheck[ray]; the store must be on one node or a "
-                        "filesystem with working SQLite locking); --threads CPUs and, with --device cuda, one GPU per run")
-    p.add_argument("--jobs", type=_positive_int, default=None,
-                   help="local executor: runs at once, one worker process each, with --threads (default: cores / "
-                        "jobs) torch threads (default: one job per CPU core on the CPU, 1 with --device cuda)")
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "ray"],
+        help="ray: one Ray task per run (pip install mtlcheck[ray]; the store must be on one node or a "
+        "filesystem with working SQLite locking); --threads CPUs and, with --device cuda, one GPU per run",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="local executor: runs at once, one worker process each, with --threads (default: cores / "
+        "jobs) torch threads (default: one job per CPU core on the CPU, 1 with --device cuda)",
+    )
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     _add_feature_batch(p)
     _add_where(p)
@@ -499,8 +561,12 @@ def _add_sweep(p):
 def build_parser() -> argparse.ArgumentParser:
     from mtlcheck import __version__
 
-    parser = argparse.ArgumentParser(prog="mtlcheck", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mtlcheck",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument("--version", action="version", version=f"mtlcheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="methods and benchmarks")
@@ -509,8 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="one run (stored; never recomputed)")
     p.add_argument("--benchmark", required=True)
     p.add_argument("--method", required=True)
-    p.add_argument("--level", default=None, choices=["parameter", "feature"],
-                   help="gradient level (default: parameter; the -UB aliases are the feature level)")
+    p.add_argument(
+        "--level",
+        default=None,
+        choices=["parameter", "feature"],
+        help="gradient level (default: parameter; the -UB aliases are the feature level)",
+    )
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--budget", default="small", choices=BUDGET_CHOICES)
     p.add_argument("--steps", type=_positive_int, default=None)
@@ -524,21 +594,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables, figures and claim verdicts from stored runs (store opened read-only)")
     p.add_argument("--benchmark", default=None, help="benchmark name (default: the embedded digits-dense)")
     p.add_argument("--budget", default="small", choices=BUDGET_CHOICES)
-    p.add_argument("--steps", type=_steps_or_default, default=None,
-                   help="the runs with this step count ('default': the budget's own); needed when several are stored")
+    p.add_argument(
+        "--steps",
+        type=_steps_or_default,
+        default=None,
+        help="the runs with this step count ('default': the budget's own); needed when several are stored",
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="report directory (default %(default)s)")
     _add_store(p)
     _add_precision(p)
     p.set_defaults(fn=cmd_report)
-    p = sub.add_parser("reproduce", help="sweep + report + claim verdicts (default: the embedded default, small budget)")
+    p = sub.add_parser(
+        "reproduce", help="sweep + report + claim verdicts (default: the embedded default, small budget)"
+    )
     _add_sweep(p)
     p.set_defaults(fn=cmd_reproduce)
-    p = sub.add_parser("check", help="run the conformance kit on aggregators (registry names, aliases such as "
-                                     "mgda_ub, or pkg.module:Class importable from the working folder)")
+    p = sub.add_parser(
+        "check",
+        help="run the conformance kit on aggregators (registry names, aliases such as "
+        "mgda_ub, or pkg.module:Class importable from the working folder)",
+    )
     p.add_argument("aggregators", nargs="+")
-    p.add_argument("--config", nargs="*", default=None, metavar="KEY=VALUE",
-                   help="constructor arguments (values parsed as JSON when possible); without it, built-ins are "
-                        "checked at their default and their documented parameter variants")
+    p.add_argument(
+        "--config",
+        nargs="*",
+        default=None,
+        metavar="KEY=VALUE",
+        help="constructor arguments (values parsed as JSON when possible); without it, built-ins are "
+        "checked at their default and their documented parameter variants",
+    )
     p.set_defaults(fn=cmd_check)
     _add_runs(sub)
     sub.add_parser("bench", help="step time per method as a ratio to EW (options: `mtlcheck bench --help`)")
@@ -613,8 +697,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except SetupError as exc:
-        print(f"mtlcheck: error: {exc}\n(not counted as a failure of the run: fix the data or device and run the "
-              "same command again)", file=sys.stderr)
+        print(
+            f"mtlcheck: error: {exc}\n(not counted as a failure of the run: fix the data or device and run the "
+            "same command again)",
+            file=sys.stderr,
+        )
         return 2
     except (UsageError, ValueError, FileNotFoundError, StoreError, RunFailedError) as exc:
         print(f"mtlcheck: error: {exc}", file=sys.stderr)
@@ -634,13 +721,22 @@ def _where_it_stopped(args) -> str:
     except Exception as exc:  # noqa: BLE001 - the message must still come out
         return f"Could not read the store {args.store} ({exc}); run the same command again to resume."
     finished = sum(1 for r in records if r is not None and r.is_finished)
-    stopped = [r for r in records if r is not None and r.status == "pending" and r.history
-               and r.history[-1].get("event") == "released" and "interrupted in" in str(r.history[-1].get("reason"))]  # by this process or its workers
+    stopped = [
+        r
+        for r in records
+        if r is not None
+        and r.status == "pending"
+        and r.history
+        and r.history[-1].get("event") == "released"
+        and "interrupted in" in str(r.history[-1].get("reason"))
+    ]  # by this process or its workers
     parts = [f"{finished} of {len(specs)} run(s) finished and stored in {args.store}."]
     for r in stopped:
         ckpt = store.checkpoint_path(r.key).exists()
-        parts.append(f"Stopped in {r.spec.label} ({r.key}), released " +
-                     ("with its checkpoint: it resumes from there." if ckpt else "before its first checkpoint."))
+        parts.append(
+            f"Stopped in {r.spec.label} ({r.key}), released "
+            + ("with its checkpoint: it resumes from there." if ckpt else "before its first checkpoint.")
+        )
     parts.append("Run the same command again to resume.")
     return " ".join(parts)
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -81,7 +82,7 @@ def _accumulate(params, grads, buffers: tuple[torch.Tensor, ...] = ()) -> None:
 # filled in place, they spare a step the allocation of T fresh copies of the shared gradients
 # (44 MB each for a ResNet18), which glibc's default malloc returns to the OS on free and
 # page-faults in anew on every step.
-_JACOBIAN_BUFFERS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_JACOBIAN_BUFFERS: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", None)  # torch's own count of a storage's users
@@ -113,7 +114,9 @@ def stacked_task_losses(model: MultiTaskModel, z, batch) -> torch.Tensor:
     losses = model.task_losses(z, batch)
     names = tuple(losses)
     if names != tuple(model.task_names):
-        raise ValueError(f"{type(model).__name__}.task_losses returned tasks {names}, expected {tuple(model.task_names)}")
+        raise ValueError(
+            f"{type(model).__name__}.task_losses returned tasks {names}, expected {tuple(model.task_names)}"
+        )
     for name, value in losses.items():
         if not isinstance(value, torch.Tensor) or value.ndim != 0:
             raise ValueError(f"loss {name!r} must be a scalar tensor, got {getattr(value, 'shape', type(value))}")
@@ -145,15 +148,17 @@ def parameter_jacobian(
     n_tasks = len(feature_grads)
     if batched:
         outs = [torch.stack([feature_grads[i][k] for i in range(n_tasks)]) for k in range(len(zs))]
-        grads = torch.autograd.grad(zs, params, outs, retain_graph=retain_graph, allow_unused=True,
-                                    is_grads_batched=True)
+        grads = torch.autograd.grad(
+            zs, params, outs, retain_graph=retain_graph, allow_unused=True, is_grads_batched=True
+        )
         per_task = [[None if g is None else g[i] for g in grads] for i in range(n_tasks)]
         return Jacobian.from_task_grads(per_task, params, names, level="parameter")
     # each task's gradients go straight into their row, so only one task's set is alive at a
     # time (peak: J plus one gradient set, not J plus T sets)
     blocks = buffers or [torch.empty(n_tasks, p.numel(), dtype=p.dtype, device=p.device) for p in params]
-    if len(blocks) != len(params) or any(b.shape != (n_tasks, p.numel()) or b.dtype != p.dtype
-                                         for b, p in zip(blocks, params)):
+    if len(blocks) != len(params) or any(
+        b.shape != (n_tasks, p.numel()) or b.dtype != p.dtype for b, p in zip(blocks, params)
+    ):
         raise ValueError("parameter_jacobian: buffers must be one (T, numel) block per parameter, in its dtype")
     for i in range(n_tasks):
         keep = retain_graph or i < n_tasks - 1
@@ -180,15 +185,18 @@ def check_feature_batch(feature_batch: str, aggregator: Aggregator | None = None
     if aggregator is None:
         return
     if feature_batch == "sum" and not batch_sum_supported(aggregator.tags()):
-        raise ValueError(f"feature_batch='sum' solves on batch-summed feature gradients and applies the task "
-                         f"weights to the per-sample ones: it needs a gradient weighting method, and {aggregator!r} "
-                         "returns no such weights")
+        raise ValueError(
+            f"feature_batch='sum' solves on batch-summed feature gradients and applies the task "
+            f"weights to the per-sample ones: it needs a gradient weighting method, and {aggregator!r} "
+            "returns no such weights"
+        )
 
 
 def feature_jacobian(zs, feature_grads: list[list[torch.Tensor]]) -> Jacobian:
     """Rows ∇_Z L_i flattened over batch × features (Sener & Koltun's MGDA-UB convention)."""
-    return Jacobian.from_task_grads(feature_grads, zs, [f"z{k}" for k in range(len(zs))], level="feature",
-                                    activations=zs)
+    return Jacobian.from_task_grads(
+        feature_grads, zs, [f"z{k}" for k in range(len(zs))], level="feature", activations=zs
+    )
 
 
 def backward_step(
@@ -273,12 +281,14 @@ def backward_step(
         if param_gram and all(g is not None for g in grads[K:]):
             J = parameter_jacobian(zs, per_task_z, shared, batched=batched, buffers=buffers())
             gram = J.gram()
-            _accumulate([p for _, p in shared], [b.reshape(s) for b, s in zip(J.combine(out.weights), J.shapes)],
-                        J.blocks)
+            _accumulate(
+                [p for _, p in shared], [b.reshape(s) for b, s in zip(J.combine(out.weights), J.shapes)], J.blocks
+            )
         else:
             if param_gram:
-                gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True,
-                                         buffers=buffers()).gram()
+                gram = parameter_jacobian(
+                    zs, per_task_z, shared, batched=batched, retain_graph=True, buffers=buffers()
+                ).gram()
             torch.autograd.backward(zs, _zeros_for_none(grads[:K], detached))
         return StepResult(L64, out.weights, None, fgrads, gram)
 
@@ -289,8 +299,9 @@ def backward_step(
         if seen is not J:  # the weights carry over to the per-sample rows
             out = type(out)(J.combine(out.weights), out.weights)
         if param_gram:
-            gram = parameter_jacobian(zs, per_task_z, shared, batched=batched, retain_graph=True,
-                                         buffers=buffers()).gram()
+            gram = parameter_jacobian(
+                zs, per_task_z, shared, batched=batched, retain_graph=True, buffers=buffers()
+            ).gram()
         torch.autograd.backward(zs, [b.reshape(s) for b, s in zip(out.blocks, J.shapes)])
         return StepResult(L64, out.weights, seen, fgrads, gram)
 
@@ -306,8 +317,7 @@ def _forward_context(precision: Precision | None, shared):
     return precision.forward_context(shared[0][1].device if shared else "cpu")
 
 
-def _second_order_step(model, batch, aggregator, level, shared, heads, want_feature_grads, want_param_gram,
-                       forward):
+def _second_order_step(model, batch, aggregator, level, shared, heads, want_feature_grads, want_param_gram, forward):
     """Σ_i L_i + penalty(g_1..g_T), the g_i taken with create_graph=True (double backprop)."""
     with forward:
         z = model.encode(batch)
@@ -323,19 +333,30 @@ def _second_order_step(model, batch, aggregator, level, shared, heads, want_feat
     blocks = [torch.stack([rows[i][k].reshape(-1) for i in range(n_tasks)]) for k in range(len(wrt))]
     penalty = aggregator.penalty_term(blocks)
     names = [f"z{k}" for k in range(len(wrt))] if level == "feature" else [n for n, _ in shared]
-    J = Jacobian(tuple(b.detach() for b in blocks), tuple(t.shape for t in wrt), tuple(names), level,
-                 tuple(t.detach() for t in zs) if level == "feature" else None)
+    J = Jacobian(
+        tuple(b.detach() for b in blocks),
+        tuple(t.shape for t in wrt),
+        tuple(names),
+        level,
+        tuple(t.detach() for t in zs) if level == "feature" else None,
+    )
     fgrads = None
     if level == "feature":
         fgrads = tuple(b.detach().reshape(n_tasks, *t.shape) for b, t in zip(blocks, zs))
     elif want_feature_grads:
-        fz = [_zeros_for_none(torch.autograd.grad(L[i], list(zs), retain_graph=True, allow_unused=True), zs)
-              for i in range(n_tasks)]
+        fz = [
+            _zeros_for_none(torch.autograd.grad(L[i], list(zs), retain_graph=True, allow_unused=True), zs)
+            for i in range(n_tasks)
+        ]
         fgrads = tuple(torch.stack([fz[i][k] for i in range(n_tasks)]) for k in range(len(zs)))
     gram = J.gram() if level == "parameter" else None
     if want_param_gram and gram is None:
-        rows_p = [_zeros_for_none(torch.autograd.grad(L[i], shared_params, retain_graph=True, allow_unused=True),
-                                  shared_params) for i in range(n_tasks)]
+        rows_p = [
+            _zeros_for_none(
+                torch.autograd.grad(L[i], shared_params, retain_graph=True, allow_unused=True), shared_params
+            )
+            for i in range(n_tasks)
+        ]
         gram = Jacobian.from_task_grads(rows_p, shared_params, [n for n, _ in shared]).gram()
     params = shared_params + heads
     grads = torch.autograd.grad(L.sum() + penalty, params, allow_unused=True)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -93,7 +93,7 @@ class Jacobian:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_matrix(cls, matrix: torch.Tensor, *, name: str = "G") -> "Jacobian":
+    def from_matrix(cls, matrix: torch.Tensor, *, name: str = "G") -> Jacobian:
         """A one-block Jacobian from a (T, d) tensor."""
         if not isinstance(matrix, torch.Tensor):
             raise TypeError(f"G must be a torch.Tensor of shape (T, d), got {type(matrix).__name__}")
@@ -110,7 +110,7 @@ class Jacobian:
         *,
         level: str = "parameter",
         activations: Sequence[torch.Tensor] | None = None,
-    ) -> "Jacobian":
+    ) -> Jacobian:
         """Stack per-task gradient lists (T lists of K tensors; None = no gradient = zeros)."""
         blocks = []
         for k, ref in enumerate(like):
@@ -180,8 +180,10 @@ class Jacobian:
         if "gram" not in self._cache:
             g = times_pow2(self.scaled_gram(), 2 * self.gram_exponent)
             if not torch.isfinite(g).all():
-                raise NonFiniteGradientError(f"the Gram matrix of the task gradients overflows float64 "
-                                             f"(4^{self.gram_exponent} times {self.scaled_gram().tolist()})")
+                raise NonFiniteGradientError(
+                    f"the Gram matrix of the task gradients overflows float64 "
+                    f"(4^{self.gram_exponent} times {self.scaled_gram().tolist()})"
+                )
             self._cache["gram"] = g
         return self._cache["gram"]
 
@@ -241,8 +243,10 @@ class Jacobian:
     def combine_per_block(self, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-block weights (K, T): block k gets Σ_i w_ki g_i."""
         if tuple(weights.shape) != (len(self.blocks), self.n_tasks):
-            raise ValueError(f"combine_per_block: weights must have shape ({len(self.blocks)}, {self.n_tasks}), "
-                             f"got {tuple(weights.shape)}")
+            raise ValueError(
+                f"combine_per_block: weights must have shape ({len(self.blocks)}, {self.n_tasks}), "
+                f"got {tuple(weights.shape)}"
+            )
         return tuple(_weighted_row_sum(b, wk) for wk, b in zip(weights, self.blocks))
 
     def groups(self, kind: str) -> list[list[int]]:
@@ -259,7 +263,7 @@ class Jacobian:
             groups.setdefault(name.rpartition(".")[0], []).append(k)
         return list(groups.values())
 
-    def batch_summed(self) -> "Jacobian":
+    def batch_summed(self) -> Jacobian:
         """A feature-level Jacobian with each row summed over the batch (the first axis of every
         shape), kept as a batch of one: rows Σ_b ∇_{Z_b} L_i (LibMTL's rule for gradients with
         respect to the representation, `_get_grads` with `rep_grad=True`). No activations."""
@@ -269,7 +273,7 @@ class Jacobian:
         shapes = tuple(torch.Size([1, *s[1:]]) for s in self.shapes)
         return Jacobian(blocks, shapes, self.names, "feature")
 
-    def map_blocks(self, fn) -> "Jacobian":
+    def map_blocks(self, fn) -> Jacobian:
         """A Jacobian with fn applied to every block (same shapes and names)."""
         return Jacobian(tuple(fn(b) for b in self.blocks), self.shapes, self.names, self.level, self.activations)
 
@@ -295,7 +299,7 @@ def _block_gram(b: torch.Tensor, exponent: int = 0) -> torch.Tensor:
     t, n = b.shape
     acc = torch.zeros(t, t, dtype=torch.float64, device=b.device)
     for start in range(0, n, _GRAM_SPAN):
-        part = b[:, start:start + _GRAM_SPAN]
+        part = b[:, start : start + _GRAM_SPAN]
         if part.dtype in (torch.bfloat16, torch.float16):
             part = part.float()
         part = times_pow2(part, exponent)
@@ -304,7 +308,7 @@ def _block_gram(b: torch.Tensor, exponent: int = 0) -> torch.Tensor:
             chunks = part[:, : m * _GRAM_CHUNK].reshape(t, m, _GRAM_CHUNK).transpose(0, 1)
             acc += torch.bmm(chunks, chunks.transpose(1, 2)).to(torch.float64).sum(0)
         if part.shape[1] > m * _GRAM_CHUNK:
-            rest = part[:, m * _GRAM_CHUNK:]
+            rest = part[:, m * _GRAM_CHUNK :]
             acc += (rest @ rest.T).to(torch.float64)
     return acc
 

@@ -59,9 +59,14 @@ REQUIRED = {"torchjd": "0.18.0", "LibMTL": "1.1.5", "cvxpy": None}  # cvxpy: Tor
 METHODS = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl", "aligned_mtl", "gradvac")
 CAGRAD_C = 0.5  # mtlcheck's, LibMTL's (`calpha`) and the official default; TorchJD has none
 # LibMTL's weighting classes with the `weight_args` its config.py gives them by default
-LIBMTL = {"ew": ("EW", {}), "mgda": ("MGDA", {"mgda_gn": "none"}), "pcgrad": ("PCGrad", {}),
-          "cagrad": ("CAGrad", {"calpha": CAGRAD_C, "rescale": 1}), "imtl": ("IMTL", {}),
-          "gradvac": ("GradVac", {"beta": 0.5})}
+LIBMTL = {
+    "ew": ("EW", {}),
+    "mgda": ("MGDA", {"mgda_gn": "none"}),
+    "pcgrad": ("PCGrad", {}),
+    "cagrad": ("CAGrad", {"calpha": CAGRAD_C, "rescale": 1}),
+    "imtl": ("IMTL", {}),
+    "gradvac": ("GradVac", {"beta": 0.5}),
+}
 LIBMTL_REP_GRAD = ("mgda", "imtl")  # the others raise "No support ... rep_grad=True"
 PEERS = ("mtlcheck", "torchjd", "libmtl")
 
@@ -89,8 +94,9 @@ def missing_requirements() -> list[str]:
 def check_extra() -> None:
     missing = missing_requirements()
     if missing:
-        raise MissingExtraError(f"`mtlcheck bench --peers` needs the peers extra, missing: {', '.join(missing)}; "
-                                f"run: {PEERS_EXTRA}")
+        raise MissingExtraError(
+            f"`mtlcheck bench --peers` needs the peers extra, missing: {', '.join(missing)}; run: {PEERS_EXTRA}"
+        )
 
 
 def cells(n_tasks: int) -> list[tuple[str, str, str]]:
@@ -124,6 +130,7 @@ def expected_norm_ratio(peer: str, method: str, n_tasks: int) -> float:
 
 
 # ---------------------------------------------------------------- the peers' steps (in the child)
+
 
 def _import_libmtl():
     """LibMTL's `weighting` and `architecture` subpackages, imported under a bare `LibMTL`
@@ -160,9 +167,14 @@ def libmtl_step(model, method: str, rep_grad: bool):
 
     class MTLModel(architecture.HPS, getattr(weighting, cls_name)):
         def __init__(self):
-            super().__init__(list(model.task_names), lambda: _Trunk(model.trunk),
-                             torch.nn.ModuleDict(dict(zip(model.task_names, model.heads))),
-                             rep_grad, False, torch.device("cpu"))
+            super().__init__(
+                list(model.task_names),
+                lambda: _Trunk(model.trunk),
+                torch.nn.ModuleDict(dict(zip(model.task_names, model.heads))),
+                rep_grad,
+                False,
+                torch.device("cpu"),
+            )
             self.init_param()
 
         def zero_grad_share_params(self):  # in place: see the module docstring
@@ -183,9 +195,15 @@ def libmtl_step(model, method: str, rep_grad: bool):
 def torchjd_aggregator(method: str, n_tasks: int):
     from torchjd import aggregation as tjd
 
-    return {"mgda": lambda: tjd.MGDA(), "pcgrad": lambda: tjd.PCGrad(), "cagrad": lambda: tjd.CAGrad(c=CAGRAD_C),
-            "nash_mtl": lambda: tjd.NashMTL(n_tasks=n_tasks), "imtl": lambda: tjd.IMTLG(),
-            "aligned_mtl": lambda: tjd.AlignedMTL(), "gradvac": lambda: tjd.GradVac()}[method]()
+    return {
+        "mgda": lambda: tjd.MGDA(),
+        "pcgrad": lambda: tjd.PCGrad(),
+        "cagrad": lambda: tjd.CAGrad(c=CAGRAD_C),
+        "nash_mtl": lambda: tjd.NashMTL(n_tasks=n_tasks),
+        "imtl": lambda: tjd.IMTLG(),
+        "aligned_mtl": lambda: tjd.AlignedMTL(),
+        "gradvac": lambda: tjd.GradVac(),
+    }[method]()
 
 
 def torchjd_step(model, method: str):
@@ -232,8 +250,12 @@ def reference_step(model, peer: str, method: str, level: str):
 
 
 def _shared_grad(model) -> torch.Tensor:
-    return torch.cat([(torch.zeros(p.numel(), dtype=torch.float64) if p.grad is None
-                       else p.grad.detach().reshape(-1).double()) for _, p in model.shared_parameters()])
+    return torch.cat(
+        [
+            (torch.zeros(p.numel(), dtype=torch.float64) if p.grad is None else p.grad.detach().reshape(-1).double())
+            for _, p in model.shared_parameters()
+        ]
+    )
 
 
 def _seed_all(seed: int = 0) -> None:
@@ -253,7 +275,10 @@ def compare(model, batch, peer: str, method: str, level: str) -> dict:
     reference_step(model, peer, method, level)(batch)
     ours = _shared_grad(model)
     model.zero_grad(set_to_none=True)
-    return {"cosine": float(theirs @ ours / (theirs.norm() * ours.norm())), "norm_ratio": float(theirs.norm() / ours.norm())}
+    return {
+        "cosine": float(theirs @ ours / (theirs.norm() * ours.norm())),
+        "norm_ratio": float(theirs.norm() / ours.norm()),
+    }
 
 
 def model_and_batch(size: int, batch_size: int, n_tasks: int, width: int = 64, seed: int = 0):
@@ -266,15 +291,29 @@ def model_and_batch(size: int, batch_size: int, n_tasks: int, width: int = 64, s
     return model, _random_batch(torch.Generator().manual_seed(seed), size, batch_size, n_tasks, "cpu")
 
 
-def run_cell(peer: str, method: str, level: str, size: int, batch_size: int, n_tasks: int, repeats: int,
-             warmup: int = 1, width: int = 64) -> dict:
+def run_cell(
+    peer: str,
+    method: str,
+    level: str,
+    size: int,
+    batch_size: int,
+    n_tasks: int,
+    repeats: int,
+    warmup: int = 1,
+    width: int = 64,
+) -> dict:
     """In this process: peak memory of two steps, the interleaved time ratios to mtlcheck's EW
     step, and the cosine / norm ratio of the shared `.grad` against mtlcheck's from fresh state."""
     from mtlcheck.bench import _proc_status_kib, clock
 
     model, batch = model_and_batch(size, batch_size, n_tasks, width)
-    out = {"peer": peer, "method": method, "level": level, "threads": torch.get_num_threads(),
-           "shared_parameters": sum(p.numel() for _, p in model.shared_parameters())}
+    out = {
+        "peer": peer,
+        "method": method,
+        "level": level,
+        "threads": torch.get_num_threads(),
+        "shared_parameters": sum(p.numel() for _, p in model.shared_parameters()),
+    }
     try:
         _seed_all()
         step = make_step(model, peer, method, level)
@@ -322,6 +361,7 @@ def run_cell(peer: str, method: str, level: str, size: int, batch_size: int, n_t
 
 # ---------------------------------------------------------------- the parent: one process per cell
 
+
 def _quartiles(xs):
     if len(xs) < 2:
         return xs[0], xs[0], xs[0]
@@ -346,18 +386,38 @@ def machine(malloc: str) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = "absent"
     libc = " ".join(platform.libc_ver()).strip() or "unknown libc"
-    return {"cpu": model, "logical_cpus": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "python": platform.python_version(), **versions,
-            "allocator": (f"{libc} malloc, defaults (what a library user gets)" if malloc == "default" else
-                          f"{libc} malloc tuned by mtlcheck (what the `mtlcheck` command uses)")}
+    return {
+        "cpu": model,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        **versions,
+        "allocator": (
+            f"{libc} malloc, defaults (what a library user gets)"
+            if malloc == "default"
+            else f"{libc} malloc tuned by mtlcheck (what the `mtlcheck` command uses)"
+        ),
+    }
 
 
-def run_setting(size: int, batch_size: int, n_tasks: int, repeats: int, threads: int | None, malloc: str,
-                methods=None, peers=PEERS, progress: bool = True, width: int = 64) -> dict:
+def run_setting(
+    size: int,
+    batch_size: int,
+    n_tasks: int,
+    repeats: int,
+    threads: int | None,
+    malloc: str,
+    methods=None,
+    peers=PEERS,
+    progress: bool = True,
+    width: int = 64,
+) -> dict:
     """Every cell of one (T, B) setting, each in its own process."""
-    chosen = [c for c in cells(n_tasks)
-              if c == ("mtlcheck", "ew", "parameter") or (c[0] in peers and (methods is None or c[1] in methods))]
+    chosen = [
+        c
+        for c in cells(n_tasks)
+        if c == ("mtlcheck", "ew", "parameter") or (c[0] in peers and (methods is None or c[1] in methods))
+    ]
     env = {**os.environ, "MTLCHECK_MALLOC": malloc}
     iterator = chosen
     if progress:
@@ -366,9 +426,27 @@ def run_setting(size: int, batch_size: int, n_tasks: int, repeats: int, threads:
         iterator = tqdm(chosen, desc=f"peers T={n_tasks} B={batch_size}", unit="process")
     rows = []
     for peer, method, level in iterator:
-        cmd = [sys.executable, "-m", "mtlcheck.peers", "--cell", peer, method, level, "--size", str(size),
-               "--batch-size", str(batch_size), "--tasks", str(n_tasks), "--repeats", str(repeats),
-               "--malloc", malloc, "--width", str(width)] + (["--threads", str(threads)] if threads else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "mtlcheck.peers",
+            "--cell",
+            peer,
+            method,
+            level,
+            "--size",
+            str(size),
+            "--batch-size",
+            str(batch_size),
+            "--tasks",
+            str(n_tasks),
+            "--repeats",
+            str(repeats),
+            "--malloc",
+            malloc,
+            "--width",
+            str(width),
+        ] + (["--threads", str(threads)] if threads else [])
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"peers cell {peer}/{method}/{level} crashed:\n{done.stderr[-2000:]}")
@@ -383,16 +461,36 @@ def run_setting(size: int, batch_size: int, n_tasks: int, repeats: int, threads:
         r["time_ratio"], r["time_ratio_iqr"] = med, q3 - q1
         r["ew_ms"] = 1e3 * statistics.median(r["ew_s"])
         r["memory_ratio"] = r["peak_mib"] / ew_peak if ew_peak > 0 else float("nan")
-    return {"size": size, "batch_size": batch_size, "tasks": n_tasks, "repeats": repeats, "width": width,
-            "shared_parameters": rows[0].get("shared_parameters"),
-            "rows": rows}
+    return {
+        "size": size,
+        "batch_size": batch_size,
+        "tasks": n_tasks,
+        "repeats": repeats,
+        "width": width,
+        "shared_parameters": rows[0].get("shared_parameters"),
+        "rows": rows,
+    }
 
 
-def run(sizes=(128,), tasks=(3, 7), batch_sizes=(2, 8), repeats: int = 7, threads: int | None = None,
-        malloc: str = "default", methods=None, peers=PEERS, progress: bool = True, width: int = 64) -> dict:
+def run(
+    sizes=(128,),
+    tasks=(3, 7),
+    batch_sizes=(2, 8),
+    repeats: int = 7,
+    threads: int | None = None,
+    malloc: str = "default",
+    methods=None,
+    peers=PEERS,
+    progress: bool = True,
+    width: int = 64,
+) -> dict:
     check_extra()
-    settings = [run_setting(s, b, t, repeats, threads, malloc, methods, peers, progress, width)
-                for s in sizes for t in tasks for b in batch_sizes]
+    settings = [
+        run_setting(s, b, t, repeats, threads, malloc, methods, peers, progress, width)
+        for s in sizes
+        for t in tasks
+        for b in batch_sizes
+    ]
     threads_used = settings[0]["rows"][0].get("threads")
     return {"machine": {**machine(malloc), "torch_threads": threads_used}, "settings": settings}
 
@@ -410,27 +508,34 @@ def to_markdown(result: dict) -> str:
         "",
         "Each cell in its own process. × EW: the step time over mtlcheck's EW step in the same process, median "
         "(IQR) of the per-repeat ratios of interleaved repeats; memory: growth of the peak resident set (VmHWM) "
-        "over two steps, over EW's in a process of its own. 1 − cos / norm ratio: the shared parameters' `.grad` against "
+        "over two steps, over EW's in a process of its own. 1 − cos / norm ratio: the shared parameters' `.grad` "
+        "against "
         "mtlcheck's (same method and level, same weights and batch, fresh method state); 'expected' is the norm "
         "ratio the documented scale conventions predict. LibMTL's feature level is its `rep_grad=True` "
-        "(compared with mtlcheck's feature_batch=\"sum\").",
+        '(compared with mtlcheck\'s feature_batch="sum").',
     ]
     for s in result["settings"]:
         ew = next(r for r in s["rows"] if (r["peer"], r["method"]) == ("mtlcheck", "ew"))
         trunk = "ResNet18 trunk" if s["width"] == 64 else f"ResNet18 trunk of width {s['width']}"
-        lines += ["", f"**{trunk} ({s['shared_parameters']:,} shared parameters), T = {s['tasks']} light heads, "
-                      f"batch {s['batch_size']}×3×{s['size']}²** ({s['repeats']} repeats; "
-                      f"EW step {_fmt(ew.get('ew_ms'), '.0f')} ms, EW peak +{_fmt(ew.get('peak_mib'), '.0f')} MiB)", "",
-                  "| method | peer | level | × EW (IQR) | memory × EW | 1 − cos | norm ratio (expected) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**{trunk} ({s['shared_parameters']:,} shared parameters), T = {s['tasks']} light heads, "
+            f"batch {s['batch_size']}×3×{s['size']}²** ({s['repeats']} repeats; "
+            f"EW step {_fmt(ew.get('ew_ms'), '.0f')} ms, EW peak +{_fmt(ew.get('peak_mib'), '.0f')} MiB)",
+            "",
+            "| method | peer | level | × EW (IQR) | memory × EW | 1 − cos | norm ratio (expected) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in s["rows"]:
             head = f"| {r['method']} | {r['peer']} | {r['level']} |"
             if "error" in r:
                 lines.append(f"{head} fails: {r['error']} | | | |")
                 continue
-            lines.append(f"{head} {_fmt(r['time_ratio'])} ({_fmt(r['time_ratio_iqr'])}) | {_fmt(r['memory_ratio'])} | "
-                         f"{_fmt(1.0 - r['cosine'], '.1e')} | {_fmt(r['norm_ratio'], '.4f')} "
-                         f"({_fmt(r['expected_norm_ratio'], '.4f')}) |")
+            lines.append(
+                f"{head} {_fmt(r['time_ratio'])} ({_fmt(r['time_ratio_iqr'])}) | {_fmt(r['memory_ratio'])} | "
+                f"{_fmt(1.0 - r['cosine'], '.1e')} | {_fmt(r['norm_ratio'], '.4f')} "
+                f"({_fmt(r['expected_norm_ratio'], '.4f')}) |"
+            )
     return "\n".join(lines)
 
 
@@ -441,12 +546,23 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, nargs="+", default=[2, 8], help="batch sizes B (default 2 8)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each process (default: torch's)")
-    parser.add_argument("--malloc", choices=["default", "tuned"], default="default",
-                        help="glibc malloc as a library user gets it (default) or as the `mtlcheck` command tunes it")
+    parser.add_argument(
+        "--malloc",
+        choices=["default", "tuned"],
+        default="default",
+        help="glibc malloc as a library user gets it (default) or as the `mtlcheck` command tunes it",
+    )
     parser.add_argument("--methods", nargs="+", default=None, choices=METHODS + ("ew",))
-    parser.add_argument("--libraries", nargs="+", default=list(PEERS), choices=PEERS,
-                        help="which libraries (mtlcheck's EW always runs: it is the reference)")
-    parser.add_argument("--out", default="bench-peers.md", help="write the Markdown table here (default bench-peers.md)")
+    parser.add_argument(
+        "--libraries",
+        nargs="+",
+        default=list(PEERS),
+        choices=PEERS,
+        help="which libraries (mtlcheck's EW always runs: it is the reference)",
+    )
+    parser.add_argument(
+        "--out", default="bench-peers.md", help="write the Markdown table here (default bench-peers.md)"
+    )
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     parser.add_argument("--width", type=int, default=64, help=argparse.SUPPRESS)  # a narrower trunk, for tests
     parser.add_argument("--cell", nargs=3, metavar=("PEER", "METHOD", "LEVEL"), help=argparse.SUPPRESS)
@@ -466,11 +582,25 @@ def main(argv=None) -> int:
                 from mtlcheck.allocator import tune_malloc
 
                 tune_malloc()
-            print(json.dumps(run_cell(*args.cell, args.size[0], args.batch_size[0], args.tasks[0], args.repeats,
-                                      width=args.width)))
+            print(
+                json.dumps(
+                    run_cell(
+                        *args.cell, args.size[0], args.batch_size[0], args.tasks[0], args.repeats, width=args.width
+                    )
+                )
+            )
             return 0
-        result = run(tuple(args.size), tuple(args.tasks), tuple(args.batch_size), args.repeats, args.threads,
-                     args.malloc, args.methods, tuple(args.libraries), width=args.width)
+        result = run(
+            tuple(args.size),
+            tuple(args.tasks),
+            tuple(args.batch_size),
+            args.repeats,
+            args.threads,
+            args.malloc,
+            args.methods,
+            tuple(args.libraries),
+            width=args.width,
+        )
     except MissingExtraError as exc:
         print(f"mtlcheck: error: {exc}", file=sys.stderr)
         return 2

@@ -20,8 +20,9 @@ exact float32 step.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -39,14 +40,16 @@ class Precision:
 
     def __post_init__(self):
         if not isinstance(self.tf32, bool) or not isinstance(self.channels_last, bool):
-            raise ValueError(f"Precision: tf32 and channels_last must be booleans, got {self.tf32!r}, "
-                             f"{self.channels_last!r}")
+            raise ValueError(
+                f"Precision: tf32 and channels_last must be booleans, got {self.tf32!r}, {self.channels_last!r}"
+            )
         if self.autocast is not None and self.autocast not in AUTOCAST_NAMES:
-            raise ValueError(f"Precision: autocast must be None or one of {list(AUTOCAST_NAMES)}, "
-                             f"got {self.autocast!r}")
+            raise ValueError(
+                f"Precision: autocast must be None or one of {list(AUTOCAST_NAMES)}, got {self.autocast!r}"
+            )
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> "Precision":
+    def from_options(cls, options: Mapping[str, Any]) -> Precision:
         """The precision of a spec's `extra` options (the only options `extra` holds)."""
         unknown = sorted(set(options) - set(OPTION_KEYS))
         if unknown:
@@ -59,30 +62,35 @@ class Precision:
         return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
 
     @classmethod
-    def from_args(cls, args) -> "Precision":
+    def from_args(cls, args) -> Precision:
         """The precision named by the command-line flags of `add_arguments` (absent flags: defaults)."""
-        return cls(tf32=getattr(args, "tf32", False), autocast=getattr(args, "autocast", None),
-                   channels_last=getattr(args, "channels_last", False))
+        return cls(
+            tf32=getattr(args, "tf32", False),
+            autocast=getattr(args, "autocast", None),
+            channels_last=getattr(args, "channels_last", False),
+        )
 
     @staticmethod
     def add_arguments(parser) -> None:
         """--tf32, --autocast bf16 and --channels-last on an argparse parser."""
         parser.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (faster; default: exact float32)")
-        parser.add_argument("--autocast", default=None, choices=AUTOCAST_NAMES,
-                            help="forward pass under bf16 autocast")
+        parser.add_argument("--autocast", default=None, choices=AUTOCAST_NAMES, help="forward pass under bf16 autocast")
         parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and images")
 
     def flags(self) -> list[str]:
         """The command-line flags that give this precision (the inverse of `from_args`)."""
-        return ((["--tf32"] if self.tf32 else []) + (["--autocast", self.autocast] if self.autocast else [])
-                + (["--channels-last"] if self.channels_last else []))
+        return (
+            (["--tf32"] if self.tf32 else [])
+            + (["--autocast", self.autocast] if self.autocast else [])
+            + (["--channels-last"] if self.channels_last else [])
+        )
 
     @property
     def exact(self) -> bool:
         return self == Precision()
 
     @property
-    def autocast_dtype(self) -> "torch.dtype | None":
+    def autocast_dtype(self) -> torch.dtype | None:
         import torch
 
         return None if self.autocast is None else {"bf16": torch.bfloat16}[self.autocast]
@@ -127,5 +135,7 @@ class Precision:
 
         from mtlcheck.data.collate import map_tensors
 
-        return map_tensors(batch, lambda t: t.contiguous(memory_format=torch.channels_last)
-                           if t.ndim == 4 and t.is_floating_point() else t)
+        return map_tensors(
+            batch,
+            lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 and t.is_floating_point() else t,
+        )

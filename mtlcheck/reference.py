@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 __all__ = [
     "ADMISSIBLE_LEVELS",
@@ -71,6 +72,7 @@ _TOP_OPTIONAL = ("row_kind", "notes", "not_reported")
 _SOURCE_REQUIRED = ("paper", "version", "table", "section", "caption")
 _ROW_META = ("method", "level", "citation", "markers", "note")
 
+
 def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
@@ -111,8 +113,7 @@ class ResultTable:
     not_reported: tuple[Mapping[str, str], ...] = ()
     origin: str = "<memory>"
     _index: Mapping[RowKey, Row] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _rank_cache: dict[str, dict[RowKey, int]] = field(default_factory=dict, init=False, repr=False,
-                                                      compare=False)
+    _rank_cache: dict[str, dict[RowKey, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(self.columns))
@@ -204,8 +205,7 @@ class ResultTable:
         if not found:
             raise KeyError(f"{self.title}: no row {method!r}")
         if len(found) > 1:
-            raise KeyError(f"{self.title}: {method!r} has rows at levels "
-                           f"{[r.level for r in found]}; pass level=")
+            raise KeyError(f"{self.title}: {method!r} has rows at levels {[r.level for r in found]}; pass level=")
         return found[0]
 
     def value(self, method: str, column: str, level: str | None = None) -> float | None:
@@ -291,15 +291,29 @@ def table_from_dict(data: Any, origin: str, name: str | None = None) -> ResultTa
         markers = raw.get("markers", {})
         if not isinstance(markers, dict):
             raise fail(f"row {i} ({raw['method']!r}): markers must be an object")
-        rows.append(Row(method=raw["method"], level=raw["level"],
-                        values={c: raw[c] for c in columns if c in raw},
-                        markers=markers, note=raw.get("note"), citation=raw.get("citation")))
+        rows.append(
+            Row(
+                method=raw["method"],
+                level=raw["level"],
+                values={c: raw[c] for c in columns if c in raw},
+                markers=markers,
+                note=raw.get("note"),
+                citation=raw.get("citation"),
+            )
+        )
     table = ResultTable(
-        name=name or Path(origin).stem, columns=tuple(columns),
-        higher_is_better=data["higher_is_better"], rows=tuple(rows), units=data["units"],
-        printed_decimals=data["printed_decimals"], source=source,
-        row_kind=data.get("row_kind", "method"), notes=tuple(data.get("notes", ())),
-        not_reported=tuple(data.get("not_reported", ())), origin=origin)
+        name=name or Path(origin).stem,
+        columns=tuple(columns),
+        higher_is_better=data["higher_is_better"],
+        rows=tuple(rows),
+        units=data["units"],
+        printed_decimals=data["printed_decimals"],
+        source=source,
+        row_kind=data.get("row_kind", "method"),
+        notes=tuple(data.get("notes", ())),
+        not_reported=tuple(data.get("not_reported", ())),
+        origin=origin,
+    )
     # Transcribed values carry no more decimals than the paper prints.
     for row in table.rows:
         for c, v in row.values.items():
@@ -332,28 +346,38 @@ def load_paper_tables(directory: str | Path = PAPER_DIR) -> Mapping[str, ResultT
     return _load_dir(str(Path(directory).resolve()))
 
 
-def table_from_records(name: str, columns: Iterable[str], higher_is_better: Mapping[str, bool],
-                       records: Iterable[Mapping[str, Any]], **kwargs: Any) -> ResultTable:
+def table_from_records(
+    name: str,
+    columns: Iterable[str],
+    higher_is_better: Mapping[str, bool],
+    records: Iterable[Mapping[str, Any]],
+    **kwargs: Any,
+) -> ResultTable:
     """Build a table of our own results from dicts {'method', 'level', <column>: value, ...}."""
     columns = tuple(columns)
     rows = []
     for rec in records:
         unknown = sorted(set(rec) - set(_ROW_META) - set(columns))
         if unknown:
-            raise ValueError(f"{kwargs.get('origin', name)}: record {rec.get('method')!r}: "
-                             f"unknown column(s) {unknown}")
-        rows.append(Row(method=rec["method"], level=rec.get("level", "parameter"),
-                        values={c: rec[c] for c in columns if c in rec},
-                        markers=rec.get("markers", {}), note=rec.get("note"),
-                        citation=rec.get("citation")))
+            raise ValueError(f"{kwargs.get('origin', name)}: record {rec.get('method')!r}: unknown column(s) {unknown}")
+        rows.append(
+            Row(
+                method=rec["method"],
+                level=rec.get("level", "parameter"),
+                values={c: rec[c] for c in columns if c in rec},
+                markers=rec.get("markers", {}),
+                note=rec.get("note"),
+                citation=rec.get("citation"),
+            )
+        )
     kwargs.setdefault("origin", name)
-    return ResultTable(name=name, columns=columns, higher_is_better=higher_is_better,
-                       rows=tuple(rows), **kwargs)
+    return ResultTable(name=name, columns=columns, higher_is_better=higher_is_better, rows=tuple(rows), **kwargs)
 
 
 # -- ranking -----------------------------------------------------------------------------------
-def rank(table: ResultTable, column: str, *, exclude: Iterable[str] = (BASELINE,),
-         keys: Iterable[RowKey] | None = None) -> dict[RowKey, int]:
+def rank(
+    table: ResultTable, column: str, *, exclude: Iterable[str] = (BASELINE,), keys: Iterable[RowKey] | None = None
+) -> dict[RowKey, int]:
     """Competition rank per row in `column` (1 = best); rows with null are left out."""
     table._check_column(column)
     excluded = tuple(exclude)
@@ -361,9 +385,11 @@ def rank(table: ResultTable, column: str, *, exclude: Iterable[str] = (BASELINE,
     if default and column in table._rank_cache:
         return dict(table._rank_cache[column])
     wanted = None if keys is None else set(keys)
-    pool = [(r.key, r.values[column]) for r in table.rows
-            if r.method not in excluded and r.values[column] is not None
-            and (wanted is None or r.key in wanted)]
+    pool = [
+        (r.key, r.values[column])
+        for r in table.rows
+        if r.method not in excluded and r.values[column] is not None and (wanted is None or r.key in wanted)
+    ]
     ranks = {k: 1 + sum(table.is_better(w, v, column) for _, w in pool) for k, v in pool}
     if default:
         table._rank_cache[column] = dict(ranks)
@@ -375,8 +401,7 @@ def top_k(table: ResultTable, column: str, k: int = 3, **kwargs: Any) -> frozens
     return frozenset(key for key, r in rank(table, column, **kwargs).items() if r <= k)
 
 
-def mean_rank(table: ResultTable, columns: Iterable[str] | None = None,
-              **kwargs: Any) -> dict[RowKey, float]:
+def mean_rank(table: ResultTable, columns: Iterable[str] | None = None, **kwargs: Any) -> dict[RowKey, float]:
     """Mean competition rank over `columns` (default: all), for rows ranked in every column."""
     cols = tuple(columns or table.columns)
     ranks = [rank(table, c, **kwargs) for c in cols]
@@ -385,8 +410,7 @@ def mean_rank(table: ResultTable, columns: Iterable[str] | None = None,
 
 
 # -- baseline band (Table 1 caption) -----------------------------------------------------------
-def _diff_vs_baseline(table: ResultTable, method: str, column: str, level: str | None,
-                      baseline: str) -> Decimal:
+def _diff_vs_baseline(table: ResultTable, method: str, column: str, level: str | None, baseline: str) -> Decimal:
     value = table.value(method, column, level)
     base = table.value(baseline, column)
     if value is None or base is None:
@@ -395,8 +419,15 @@ def _diff_vs_baseline(table: ResultTable, method: str, column: str, level: str |
     return diff if table.higher_is_better[column] else -diff
 
 
-def baseline_mark(table: ResultTable, method: str, column: str, *, level: str | None = None,
-                  band: float = BAND, baseline: str = BASELINE) -> str:
+def baseline_mark(
+    table: ResultTable,
+    method: str,
+    column: str,
+    *,
+    level: str | None = None,
+    band: float = BAND,
+    baseline: str = BASELINE,
+) -> str:
     """'↑' better by more than `band`, '↓' worse by more than `band`, else '–' (Table 1 caption)."""
     diff = _diff_vs_baseline(table, method, column, level, baseline)
     limit = Decimal(repr(float(band)))
@@ -407,8 +438,15 @@ def baseline_mark(table: ResultTable, method: str, column: str, *, level: str | 
     return "–"
 
 
-def admissible_marks(table: ResultTable, method: str, column: str, *, level: str | None = None,
-                     band: float = BAND, baseline: str = BASELINE) -> frozenset[str]:
+def admissible_marks(
+    table: ResultTable,
+    method: str,
+    column: str,
+    *,
+    level: str | None = None,
+    band: float = BAND,
+    baseline: str = BASELINE,
+) -> frozenset[str]:
     """Marks consistent with the printed values: a printed difference of exactly `band` may hide a
     true difference on either side of it, so both '–' and the arrow are admissible there."""
     mark = baseline_mark(table, method, column, level=level, band=band, baseline=baseline)
@@ -419,8 +457,9 @@ def admissible_marks(table: ResultTable, method: str, column: str, *, level: str
 
 
 # -- feature vs parameter level (Table 4) ------------------------------------------------------
-def relative_change(table: ResultTable, method: str, column: str, *, level: str = "feature",
-                    base_level: str = "parameter") -> float:
+def relative_change(
+    table: ResultTable, method: str, column: str, *, level: str = "feature", base_level: str = "parameter"
+) -> float:
     """Percent change of `method` at `level` relative to the same method at `base_level` (Table 4)."""
     new = table.value(method, column, level)
     old = table.value(method, column, base_level)
@@ -429,8 +468,14 @@ def relative_change(table: ResultTable, method: str, column: str, *, level: str 
     return 100.0 * (new - old) / old
 
 
-def relative_change_table(table: ResultTable, *, name: str = "table4", level: str = "feature",
-                          base_level: str = "parameter", decimals: int | None = None) -> ResultTable:
+def relative_change_table(
+    table: ResultTable,
+    *,
+    name: str = "table4",
+    level: str = "feature",
+    base_level: str = "parameter",
+    decimals: int | None = None,
+) -> ResultTable:
     """A Table-4-shaped table from a table holding methods at both levels (our reproduced runs)."""
     rows = []
     for r in table.rows:
@@ -442,22 +487,28 @@ def relative_change_table(table: ResultTable, *, name: str = "table4", level: st
             values[c] = round(v, decimals) if decimals is not None else v
         rows.append(Row(method=r.method, level=level, values=values))
     return ResultTable(
-        name=name, columns=table.columns, higher_is_better=table.higher_is_better, rows=tuple(rows),
+        name=name,
+        columns=table.columns,
+        higher_is_better=table.higher_is_better,
+        rows=tuple(rows),
         units={c: f"percent relative change ({level} vs {base_level}) of {c}" for c in table.columns},
         printed_decimals={c: decimals for c in table.columns} if decimals is not None else {},
-        origin=f"relative_change_table({table.origin})")
+        origin=f"relative_change_table({table.origin})",
+    )
 
 
-def apply_relative_change(base: ResultTable, changes: ResultTable, *, base_level: str = "parameter",
-                          extra_decimals: int = 1) -> ResultTable:
+def apply_relative_change(
+    base: ResultTable, changes: ResultTable, *, base_level: str = "parameter", extra_decimals: int = 1
+) -> ResultTable:
     """`base` plus one derived row per row of `changes` (e.g. Table 1 + Table 4 → feature-level rows).
 
     Derived value = base value × (1 + change / 100), rounded to the base table's printed decimals
     plus `extra_decimals`. Rows already present in `base` are kept as they are (not derived).
     """
     if tuple(changes.columns) != tuple(base.columns):
-        raise ValueError(f"{changes.title} columns {list(changes.columns)} differ from "
-                         f"{base.title} columns {list(base.columns)}")
+        raise ValueError(
+            f"{changes.title} columns {list(changes.columns)} differ from {base.title} columns {list(base.columns)}"
+        )
     rows = list(base.rows)
     for ch in changes.rows:
         if base.has(ch.method, ch.level) or not base.has(ch.method, base_level):
@@ -472,8 +523,12 @@ def apply_relative_change(base: ResultTable, changes: ResultTable, *, base_level
             v = b * (1.0 + rel / 100.0)
             d = base.printed_decimals.get(c)
             values[c] = round(v, d + extra_decimals) if d is not None else v
-        note = (f"derived: {base.title} {ch.method} ({base_level}) × (1 + {changes.title} change / 100)")
+        note = f"derived: {base.title} {ch.method} ({base_level}) × (1 + {changes.title} change / 100)"
         rows.append(Row(method=ch.method, level=ch.level, values=values, note=note, citation=ch.citation))
-    return replace(base, rows=tuple(rows), name=f"{base.name}+{changes.name}",
-                   source={**base.source, "derived_from": [base.title, changes.title]},
-                   origin=f"apply_relative_change({base.origin}, {changes.origin})")
+    return replace(
+        base,
+        rows=tuple(rows),
+        name=f"{base.name}+{changes.name}",
+        source={**base.source, "derived_from": [base.title, changes.title]},
+        origin=f"apply_relative_change({base.origin}, {changes.origin})",
+    )

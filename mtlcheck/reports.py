@@ -44,9 +44,9 @@ import io
 import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -88,14 +88,42 @@ __all__ = [
 
 # registry name -> the paper's name (reference/paper/table*.json); others keep their own name
 PAPER_NAMES: Mapping[str, str] = {
-    "ew": BASELINE, "pcgrad": "PCGrad", "gradvac": "GradVac", "graddrop": "GradDrop", "rgw": "RGW",
-    "mgda": "MGDA", "cagrad": "CAGrad", "nash_mtl": "Nash-MTL", "aligned_mtl": "Aligned-MTL",
-    "uncertainty": "Uncertainty", "gradnorm": "GradNorm", "imtl": "IMTL", "famo": "FAMO", "rlw": "RLW",
-    "dwa": "DWA", "cosreg": "CosReg",
+    "ew": BASELINE,
+    "pcgrad": "PCGrad",
+    "gradvac": "GradVac",
+    "graddrop": "GradDrop",
+    "rgw": "RGW",
+    "mgda": "MGDA",
+    "cagrad": "CAGrad",
+    "nash_mtl": "Nash-MTL",
+    "aligned_mtl": "Aligned-MTL",
+    "uncertainty": "Uncertainty",
+    "gradnorm": "GradNorm",
+    "imtl": "IMTL",
+    "famo": "FAMO",
+    "rlw": "RLW",
+    "dwa": "DWA",
+    "cosreg": "CosReg",
 }
 # row order of Tables 2-3 (Table 1 is the same order without Nash-MTL and GradNorm)
-PAPER_ORDER = ("Baseline", "RGW", "PCGrad", "GradVac", "MGDA", "CAGrad", "GradDrop", "Nash-MTL",
-               "Aligned-MTL", "IMTL", "RLW", "DWA", "Uncertainty", "GradNorm", "FAMO", "CosReg")
+PAPER_ORDER = (
+    "Baseline",
+    "RGW",
+    "PCGrad",
+    "GradVac",
+    "MGDA",
+    "CAGrad",
+    "GradDrop",
+    "Nash-MTL",
+    "Aligned-MTL",
+    "IMTL",
+    "RLW",
+    "DWA",
+    "Uncertainty",
+    "GradNorm",
+    "FAMO",
+    "CosReg",
+)
 LEVELS = ("parameter", "feature")
 # trajectory key, the paper's row name, the gradient level the measure uses (Tables 5-7 rows)
 MEASURES = (("gds", "GDS", "parameter"), ("gms", "GMS", "parameter"), ("fd", "FD", "feature"))
@@ -107,11 +135,13 @@ MEASURE_DECIMALS = 4
 POSTERIOR_DRAWS = 400  # posterior draws behind a claim's support
 REGION_DRAWS = 400  # region draws searched for the range of a ranking similarity (Tables 5-7)
 _LEVEL_TEXT = f"{100 * LEVEL:g}%"
-_MODERATED_TEXT = ("empirical-Bayes moderated t, Smyth 2004: per-run variances s̃² = max((d0·s0² + d·s²)/(d0 + d), s²) "
-                   "on d0 + d df, d0 (capped at d) and s0² fitted by the method of moments on the log variances of "
-                   "the column's rows (seed effect: the median of the other rows); a paired difference uses "
-                   "s̃_row² + s̃_Baseline² on the smaller df; the plain t over seeds when fewer than 3 rows have a "
-                   "variance")
+_MODERATED_TEXT = (
+    "empirical-Bayes moderated t, Smyth 2004: per-run variances s̃² = max((d0·s0² + d·s²)/(d0 + d), s²) "
+    "on d0 + d df, d0 (capped at d) and s0² fitted by the method of moments on the log variances of "
+    "the column's rows (seed effect: the median of the other rows); a paired difference uses "
+    "s̃_row² + s̃_Baseline² on the smaller df; the plain t over seeds when fewer than 3 rows have a "
+    "variance"
+)
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -176,8 +206,10 @@ def _runs(records: Iterable[RunRecord], benchmark: Benchmark | str) -> _Runs:
     for field, what in (("budget", "budgets"), ("steps", "step counts")):
         seen = Counter(getattr(r.spec, field) for r in records)
         if len(seen) > 1:
-            raise ValueError(f"records mix {what} {dict(sorted(seen.items(), key=str))} (runs per value); "
-                             f"report one {field} at a time")
+            raise ValueError(
+                f"records mix {what} {dict(sorted(seen.items(), key=str))} (runs per value); "
+                f"report one {field} at a time"
+            )
     epochs = Counter(r.code_epoch for r in records)
     if len(epochs) > 1:
         raise ValueError(f"records mix code epochs {dict(epochs)}; report one epoch at a time")
@@ -188,10 +220,16 @@ def _runs(records: Iterable[RunRecord], benchmark: Benchmark | str) -> _Runs:
         seeds = Counter(r.spec.seed for r in rs)
         dup = sorted(s for s, n in seeds.items() if n > 1)
         if dup:
-            raise ValueError(f"{name} ({level}): several records for seed(s) {dup} "
-                             f"(keys {sorted(r.key for r in rs if r.spec.seed in dup)}); pass each run once")
-    return _Runs(bench, records[0].spec.budget, records[0].spec.steps,
-                 {k: tuple(sorted(v, key=lambda r: r.spec.seed)) for k, v in groups.items()})
+            raise ValueError(
+                f"{name} ({level}): several records for seed(s) {dup} "
+                f"(keys {sorted(r.key for r in rs if r.spec.seed in dup)}); pass each run once"
+            )
+    return _Runs(
+        bench,
+        records[0].spec.budget,
+        records[0].spec.steps,
+        {k: tuple(sorted(v, key=lambda r: r.spec.seed)) for k, v in groups.items()},
+    )
 
 
 def _seeds(rs: Sequence[RunRecord]) -> str:
@@ -205,18 +243,23 @@ def _status_note(rs: Sequence[RunRecord]) -> str:
     diverged = [r for r in rs if r.status == "diverged"]
     if diverged:
         steps = sorted({(r.timings or {}).get("diverged_step") for r in diverged}, key=str)
-        where = ("step " + ", ".join(str(s) for s in steps) if None not in steps
-                 else "an unrecorded step")
+        where = "step " + ", ".join(str(s) for s in steps) if None not in steps else "an unrecorded step"
         parts.append(f"diverged at {where} in {len(diverged)}/{n} seeds (seed {_seeds(diverged)})")
     failed = [r for r in rs if r.status == "failed"]
     if failed:
         last = [(r.error or "").strip().splitlines()[-1:] or ["no error text"] for r in failed]
-        parts.append(f"failed in {len(failed)}/{n} seeds (" + "; ".join(
-            f"seed {r.spec.seed}: {line[0]}" for r, line in zip(failed, last)) + ")")
+        parts.append(
+            f"failed in {len(failed)}/{n} seeds ("
+            + "; ".join(f"seed {r.spec.seed}: {line[0]}" for r, line in zip(failed, last))
+            + ")"
+        )
     unfinished = [r for r in rs if r.status in ("pending", "running")]
     if unfinished:
-        parts.append(f"not finished in {len(unfinished)}/{n} seeds (" + ", ".join(
-            f"seed {r.spec.seed}: {r.status}" for r in unfinished) + ")")
+        parts.append(
+            f"not finished in {len(unfinished)}/{n} seeds ("
+            + ", ".join(f"seed {r.spec.seed}: {r.status}" for r in unfinished)
+            + ")"
+        )
     done = n - len(diverged) - len(failed) - len(unfinished)
     if done:
         parts.append(f"no mean taken over the other {done} done seed(s)")
@@ -248,48 +291,71 @@ def _results(runs: _Runs, name: str) -> UncertainTable:
             for m in bench.metrics:
                 missing = [r.spec.label for r in rs if m.key not in (r.metrics or {})]
                 if missing:
-                    raise ValueError(f"done run(s) {missing} have no metric {m.key!r} "
-                                     f"(have {sorted(rs[0].metrics or {})})")
+                    raise ValueError(
+                        f"done run(s) {missing} have no metric {m.key!r} (have {sorted(rs[0].metrics or {})})"
+                    )
                 vals = [float(r.metrics[m.key]) for r in rs]
                 if all(math.isfinite(v) for v in vals):
                     values[m.label] = _mean(vals)
                     estimates.setdefault(key, {})[m.label] = estimate({r.spec.seed: v for r, v in zip(rs, vals)})
                 else:
                     values[m.label] = None
-                    bad.append(f"{m.label} non-finite in seed(s) "
-                               + ", ".join(str(r.spec.seed) for r, v in zip(rs, vals) if not math.isfinite(v)))
+                    bad.append(
+                        f"{m.label} non-finite in seed(s) "
+                        + ", ".join(str(r.spec.seed) for r, v in zip(rs, vals) if not math.isfinite(v))
+                    )
             note = "; ".join(bad) or None
         else:
             values = {c: None for c in columns}
             note = _status_note(rs)
         rows.append(Row(method=key[0], level=key[1], values=values, note=note))
     seed_sets = {k: tuple(r.spec.seed for r in rs) for k, rs in runs.groups.items()}
-    notes = [f"Mean over seeds of the done runs ({runs.label}) ± the half-width of its {_LEVEL_TEXT} Student-t "
-             "interval over seeds (n=1: one seed, no interval); a row whose runs are not all done has null values "
-             "and a note. Parameter-level rows first, then feature-level rows.",
-             "Columns: " + ", ".join(f"{m.label} = {m.key}" for m in bench.metrics)
-             + " in the units of mtlcheck's evaluation (fractions where the paper prints a percentage)."]
+    notes = [
+        f"Mean over seeds of the done runs ({runs.label}) ± the half-width of its {_LEVEL_TEXT} Student-t "
+        "interval over seeds (n=1: one seed, no interval); a row whose runs are not all done has null values "
+        "and a note. Parameter-level rows first, then feature-level rows.",
+        "Columns: "
+        + ", ".join(f"{m.label} = {m.key}" for m in bench.metrics)
+        + " in the units of mtlcheck's evaluation (fractions where the paper prints a percentage).",
+    ]
     if len(set(seed_sets.values())) > 1:
-        notes.append("Seed sets differ between rows: " + "; ".join(
-            f"{k[0]} ({k[1]}): {list(v)}" for k, v in sorted(seed_sets.items(), key=lambda kv: runs.keys.index(kv[0]))))
+        notes.append(
+            "Seed sets differ between rows: "
+            + "; ".join(
+                f"{k[0]} ({k[1]}): {list(v)}"
+                for k, v in sorted(seed_sets.items(), key=lambda kv: runs.keys.index(kv[0]))
+            )
+        )
     else:
         notes.append(f"Seeds: {list(next(iter(seed_sets.values())))}.")
     return UncertainTable(
-        name=name, columns=columns, higher_is_better={m.label: m.higher_is_better for m in bench.metrics},
-        rows=tuple(rows), units={m.label: f"{m.key} (mtlcheck evaluation of {bench.name})" for m in bench.metrics},
-        printed_decimals={c: METRIC_DECIMALS for c in columns}, notes=tuple(notes), origin=name,
-        estimates=estimates, paired=_paired_to_baseline(rows, estimates))
+        name=name,
+        columns=columns,
+        higher_is_better={m.label: m.higher_is_better for m in bench.metrics},
+        rows=tuple(rows),
+        units={m.label: f"{m.key} (mtlcheck evaluation of {bench.name})" for m in bench.metrics},
+        printed_decimals={c: METRIC_DECIMALS for c in columns},
+        notes=tuple(notes),
+        origin=name,
+        estimates=estimates,
+        paired=_paired_to_baseline(rows, estimates),
+    )
 
 
-def _paired_to_baseline(rows: Sequence[Row], estimates: Mapping[RowKey, Mapping[str, Estimate]]
-                        ) -> dict[RowKey, dict[str, Estimate]]:
+def _paired_to_baseline(
+    rows: Sequence[Row], estimates: Mapping[RowKey, Mapping[str, Estimate]]
+) -> dict[RowKey, dict[str, Estimate]]:
     """Per row and column: row − Baseline (parameter level) over the seeds both have, the variances
     moderated per column across the rows (`statistics.moderated_pairs`)."""
     base_key = (BASELINE, "parameter")
     out: dict[RowKey, dict[str, Estimate]] = {}
     for c in {c for v in estimates.values() for c in v}:
-        values = {r.key: dict(zip(e.seeds, e.values)) for r in rows for e in [estimates.get(r.key, {}).get(c)]
-                  if e is not None}
+        values = {
+            r.key: dict(zip(e.seeds, e.values))
+            for r in rows
+            for e in [estimates.get(r.key, {}).get(c)]
+            if e is not None
+        }
         for k, p in moderated_pairs(values, base_key).items():
             out.setdefault(k, {})[c] = p
     return {r.key: out[r.key] for r in rows if r.key in out}
@@ -335,21 +401,29 @@ def _relative_change(results: ResultTable, name: str) -> ResultTable:
                     per_seed = {s: 100.0 * (fs[s] - ps[s]) / ps[s] for s in fs.keys() & ps.keys() if ps[s] != 0}
                     if per_seed:
                         estimates.setdefault(r.key, {})[c] = estimate(per_seed)
-        notes = [n for n in (f"feature: {r.note}" if r.note else None,
-                             f"parameter: {base.note}" if base.note else None) if n]
-        rows.append(Row(method=r.method, level="feature", values=values,
-                        note="; ".join(why + notes) if why else None))
+        notes = [
+            n for n in (f"feature: {r.note}" if r.note else None, f"parameter: {base.note}" if base.note else None) if n
+        ]
+        rows.append(Row(method=r.method, level="feature", values=values, note="; ".join(why + notes) if why else None))
     table = ResultTable(
-        name=name, columns=results.columns, higher_is_better=results.higher_is_better, rows=tuple(rows),
-        units={c: f"percent relative change of {c}: 100 × (feature − parameter) / parameter, same method"
-               for c in results.columns},
+        name=name,
+        columns=results.columns,
+        higher_is_better=results.higher_is_better,
+        rows=tuple(rows),
+        units={
+            c: f"percent relative change of {c}: 100 × (feature − parameter) / parameter, same method"
+            for c in results.columns
+        },
         printed_decimals={c: PERCENT_DECIMALS for c in results.columns},
-        notes=("Methods run at both gradient levels (loss-only methods have no feature level). A positive "
-               "change in a lower-is-better column is a degradation.",
-               f"± : half-width of the {_LEVEL_TEXT} Student-t interval of the per-seed change 100 × (f_s − p_s) / "
-               "p_s (feature and parameter run of the same seed), its variance moderated across the column's "
-               f"methods ({_MODERATED_TEXT}); the cell itself is the change of the means."),
-        origin=name)
+        notes=(
+            "Methods run at both gradient levels (loss-only methods have no feature level). A positive "
+            "change in a lower-is-better column is a degradation.",
+            f"± : half-width of the {_LEVEL_TEXT} Student-t interval of the per-seed change 100 × (f_s − p_s) / "
+            "p_s (feature and parameter run of the same seed), its variance moderated across the column's "
+            f"methods ({_MODERATED_TEXT}); the cell itself is the change of the means.",
+        ),
+        origin=name,
+    )
     if estimates:
         return UncertainTable(**_fields(table), estimates=_moderated(estimates))
     return table
@@ -400,8 +474,10 @@ def _ends(runs: _Runs) -> _Ends:
 def _points_text(ends: _Ends) -> str:
     if not ends.lengths:
         return f"mean of the last min({RS_LAST_POINTS}, length) recorded points (no trajectory had a value)"
-    return (f"mean of the last min({RS_LAST_POINTS}, length) recorded points: trajectories of "
-            f"{'/'.join(map(str, ends.lengths))} points here, so {'/'.join(map(str, ends.used))} points averaged")
+    return (
+        f"mean of the last min({RS_LAST_POINTS}, length) recorded points: trajectories of "
+        f"{'/'.join(map(str, ends.lengths))} points here, so {'/'.join(map(str, ends.used))} points averaged"
+    )
 
 
 def _final_measures(runs: _Runs, ends: _Ends, name: str) -> UncertainTable:
@@ -419,33 +495,44 @@ def _final_measures(runs: _Runs, ends: _Ends, name: str) -> UncertainTable:
         why = sorted({ends.left_out[key][method] for key, _, _ in MEASURES if method in ends.left_out[key]})
         rows.append(Row(method=method, level=level, values=vals, note="; ".join(why) or None))
     return UncertainTable(
-        name=name, columns=columns, higher_is_better={"GDS": True, "GMS": True, "FD": False}, rows=tuple(rows),
+        name=name,
+        columns=columns,
+        higher_is_better={"GDS": True, "GMS": True, "FD": False},
+        rows=tuple(rows),
         units={label: f"{label} at the end of training: {_points_text(ends)}, mean over seeds" for label in columns},
         printed_decimals={c: MEASURE_DECIMALS for c in columns},
-        notes=(f"Parameter-level runs; {_points_text(ends)} (§5.5), then the mean over seeds ± the half-width of "
-               f"its {_LEVEL_TEXT} Student-t interval over seeds. Lower GDS/GMS: more conflict/dominance (§5.1); "
-               "lower FD: more disentangled features (§5.2).",),
-        origin=name, estimates=estimates, paired=_paired_to_baseline(rows, estimates))
+        notes=(
+            f"Parameter-level runs; {_points_text(ends)} (§5.5), then the mean over seeds ± the half-width of "
+            f"its {_LEVEL_TEXT} Student-t interval over seeds. Lower GDS/GMS: more conflict/dominance (§5.1); "
+            "lower FD: more disentangled features (§5.2).",
+        ),
+        origin=name,
+        estimates=estimates,
+        paired=_paired_to_baseline(rows, estimates),
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _measure_order(paper_name: str | None) -> tuple[str, ...]:
     """Row order of a ranking-similarity table: the paper's, else GDS, GMS, FD."""
     paper = load_paper_tables()
-    return tuple([r.method for r in paper[paper_name].rows] if paper_name in paper
-                 else [label for _, label, _ in MEASURES])
+    return tuple(
+        [r.method for r in paper[paper_name].rows] if paper_name in paper else [label for _, label, _ in MEASURES]
+    )
 
 
-def _ranking_similarity(results: ResultTable, final: ResultTable, ends: _Ends, paper_name: str | None,
-                        name: str) -> ResultTable:
+def _ranking_similarity(
+    results: ResultTable, final: ResultTable, ends: _Ends, paper_name: str | None, name: str
+) -> ResultTable:
     """Tables 5-7: 100 × (0.5 + |S − 0.5|), S of Eq. 9 between the methods ordered by a measure's end
     value and ordered by a test metric (better first), over the parameter-level runs of all methods.
     A metric (or measure) with one value for every ranked method orders nothing: its RS would be
     50 % from ties alone, so the cell is null with that reason, never a number a claim could use."""
     order = _measure_order(paper_name)
     by_label = {label: (key, level) for key, label, level in MEASURES}
-    ends_of = {label: {r.method: r.values[label] for r in final.rows if r.values[label] is not None}
-               for label in by_label}
+    ends_of = {
+        label: {r.method: r.values[label] for r in final.rows if r.values[label] is not None} for label in by_label
+    }
     rows = []
     ranked_sets = set()
     for label in order:
@@ -469,38 +556,66 @@ def _ranking_similarity(results: ResultTable, final: ResultTable, ends: _Ends, p
             if len(items) < 2:
                 why.append(f"{c}: {len(items)} method(s) with both values; Eq. 9 needs 2")
             elif len({p for _, _, p in items}) == 1:
-                why.append(f"{c}: the same value for all {len(items)} ranked methods, so it ranks nothing "
-                           "(RS would be 50% from ties alone)")
+                why.append(
+                    f"{c}: the same value for all {len(items)} ranked methods, so it ranks nothing "
+                    "(RS would be 50% from ties alone)"
+                )
             elif len({e for _, e, _ in items}) == 1:
-                why.append(f"{c}: {label} has the same end value for all {len(items)} ranked methods, so it ranks "
-                           "nothing (RS would be 50% from ties alone)")
+                why.append(
+                    f"{c}: {label} has the same end value for all {len(items)} ranked methods, so it ranks "
+                    "nothing (RS would be 50% from ties alone)"
+                )
             else:
-                values[c] = 100.0 * symmetric_ranking_similarity([e for _, e, _ in items],
-                                                                 [p for _, _, p in items])
-        rows.append(Row(method=label, level=level, values=values,
-                        note=("left out: " + "; ".join(dict.fromkeys(why))) if why else None))
+                values[c] = 100.0 * symmetric_ranking_similarity([e for _, e, _ in items], [p for _, _, p in items])
+        rows.append(
+            Row(
+                method=label,
+                level=level,
+                values=values,
+                note=("left out: " + "; ".join(dict.fromkeys(why))) if why else None,
+            )
+        )
     ranked = " | ".join(", ".join(s) for s in sorted(ranked_sets)) or "none"
     return ResultTable(
-        name=name, columns=results.columns, higher_is_better={c: True for c in results.columns}, rows=tuple(rows),
-        units={c: f"percent: symmetric ranking similarity (Eq. 9) between the measure's ranking of the "
-                  f"parameter-level runs and their ranking on {c}" for c in results.columns},
-        printed_decimals={c: PERCENT_DECIMALS for c in results.columns}, row_kind="measure",
-        notes=(f"Ranked: the parameter-level runs of the methods {ranked} (Baseline included). Measure value "
-               f"per method: {_points_text(ends)} (§5.5), mean over seeds; metric value: the results table's "
-               "mean over seeds, oriented so that better is larger. Value = 100 × (0.5 + |S − 0.5|) (§5.3); "
-               f"in brackets its range over the simultaneous {_LEVEL_TEXT} region of the seed means it is computed "
-               "from (each measure's and metric's Baseline mean and paired differences inside their intervals, "
-               f"Bonferroni over those cells; {REGION_DRAWS} points searched, ends first): a confidence interval "
-               "that holds the value itself.",),
-        origin=name)
+        name=name,
+        columns=results.columns,
+        higher_is_better={c: True for c in results.columns},
+        rows=tuple(rows),
+        units={
+            c: f"percent: symmetric ranking similarity (Eq. 9) between the measure's ranking of the "
+            f"parameter-level runs and their ranking on {c}"
+            for c in results.columns
+        },
+        printed_decimals={c: PERCENT_DECIMALS for c in results.columns},
+        row_kind="measure",
+        notes=(
+            f"Ranked: the parameter-level runs of the methods {ranked} (Baseline included). Measure value "
+            f"per method: {_points_text(ends)} (§5.5), mean over seeds; metric value: the results table's "
+            "mean over seeds, oriented so that better is larger. Value = 100 × (0.5 + |S − 0.5|) (§5.3); "
+            f"in brackets its range over the simultaneous {_LEVEL_TEXT} region of the seed means it is computed "
+            "from (each measure's and metric's Baseline mean and paired differences inside their intervals, "
+            f"Bonferroni over those cells; {REGION_DRAWS} points searched, ends first): a confidence interval "
+            "that holds the value itself.",
+        ),
+        origin=name,
+    )
 
 
 def _figure5(final: ResultTable, label: str) -> ResultTable:
-    fd_rows = tuple(Row(r.method, r.level, {"FD": r.values["FD"]}, note=r.note if r.values["FD"] is None else None)
-                    for r in final.rows)
-    return ResultTable(name=f"Figure 5 final FD (ours: {label})", columns=("FD",),
-                       higher_is_better={"FD": False}, rows=fd_rows, units={"FD": final.units["FD"]},
-                       printed_decimals={"FD": MEASURE_DECIMALS}, notes=final.notes, origin="figure5")
+    fd_rows = tuple(
+        Row(r.method, r.level, {"FD": r.values["FD"]}, note=r.note if r.values["FD"] is None else None)
+        for r in final.rows
+    )
+    return ResultTable(
+        name=f"Figure 5 final FD (ours: {label})",
+        columns=("FD",),
+        higher_is_better={"FD": False},
+        rows=fd_rows,
+        units={"FD": final.units["FD"]},
+        printed_decimals={"FD": MEASURE_DECIMALS},
+        notes=final.notes,
+        origin="figure5",
+    )
 
 
 def _derive(runs: _Runs, ends: _Ends, base: Mapping[str, ResultTable]) -> dict[str, ResultTable]:
@@ -512,8 +627,9 @@ def _derive(runs: _Runs, ends: _Ends, base: Mapping[str, ResultTable]) -> dict[s
     if rel_name:
         tables[rel_name] = rel
     tables["relative_change"] = rel
-    tables[rs_name] = _ranking_similarity(results, final, ends, rs_name,
-                                          _table_name(rs_name, "Ranking similarity", runs))
+    tables[rs_name] = _ranking_similarity(
+        results, final, ends, rs_name, _table_name(rs_name, "Ranking similarity", runs)
+    )
     tables["final_measures"] = final
     tables["figure5"] = _figure5(final, runs.label)
     return tables
@@ -522,8 +638,10 @@ def _derive(runs: _Runs, ends: _Ends, base: Mapping[str, ResultTable]) -> dict[s
 def _study(runs: _Runs) -> Study:
     res_name, rel_name, rs_name = runs.bench.paper_tables
     ends = _ends(runs)
-    base = {"results": _results(runs, _table_name(res_name, "Results", runs)),
-            "final_measures": _final_measures(runs, ends, f"Final measures (ours: {runs.label})")}
+    base = {
+        "results": _results(runs, _table_name(res_name, "Results", runs)),
+        "final_measures": _final_measures(runs, ends, f"Final measures (ours: {runs.label})"),
+    }
     r, f = frozenset({"results"}), frozenset({"final_measures"})
     depends = {res_name: r, "relative_change": r, rs_name: r | f, "final_measures": f, "figure5": f}
     if rel_name:
@@ -545,8 +663,9 @@ def _region_ranges(study: Study, name: str, draws: int = REGION_DRAWS) -> dict[R
     return out
 
 
-def result_tables(records: Iterable[RunRecord], benchmark: Benchmark | str, *,
-                  derived_intervals: bool = True) -> dict[str, ResultTable]:
+def result_tables(
+    records: Iterable[RunRecord], benchmark: Benchmark | str, *, derived_intervals: bool = True
+) -> dict[str, ResultTable]:
     """Our tables from stored runs, keyed like the paper's: the benchmark's `paper_tables`
     (results, relative change when the paper has one, ranking similarity) plus 'relative_change'
     (always; the same table as the paper-named one when there is one), 'final_measures' (GDS, GMS,
@@ -569,9 +688,12 @@ def result_tables(records: Iterable[RunRecord], benchmark: Benchmark | str, *,
             out[name] = dataclasses.replace(t, study=study)
         elif name == "figure5":
             final = point["final_measures"]
-            out[name] = UncertainTable(**_fields(t), study=study,
-                                       estimates={k: {"FD": v["FD"]} for k, v in final.estimates.items() if "FD" in v},
-                                       paired={k: {"FD": v["FD"]} for k, v in final.paired.items() if "FD" in v})
+            out[name] = UncertainTable(
+                **_fields(t),
+                study=study,
+                estimates={k: {"FD": v["FD"]} for k, v in final.estimates.items() if "FD" in v},
+                paired={k: {"FD": v["FD"]} for k, v in final.paired.items() if "FD" in v},
+            )
         else:
             ranges = _region_ranges(study, name) if intervals else {}
             out[name] = UncertainTable(**_fields(t), study=study, ranges=ranges)
@@ -588,8 +710,9 @@ def _esc(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _cell_text(table: ResultTable, value: float | None, column: str, key: RowKey | None = None,
-               marked: bool = False) -> str:
+def _cell_text(
+    table: ResultTable, value: float | None, column: str, key: RowKey | None = None, marked: bool = False
+) -> str:
     """The printed value, its uncertainty on our tables (`UncertainTable.spread_text`; a '(n=1)' is
     left to the mark of a `marked` cell) and '%' for percent units."""
     if value is None:
@@ -651,13 +774,16 @@ def to_markdown(table: ResultTable, *, marks: bool = True) -> str:
         head.append(c if measure else f"{c} ({'↑' if table.higher_is_better[c] else '↓'})")
         if base is not None and seeded:
             head.append(f"{c} band")
-    lines = ["| " + " | ".join(_esc(h) for h in head) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(_esc(h) for h in head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
     for r in table.rows:
         cells = [_esc(table.label(r))]
         for c in table.columns:
-            comparable = (base is not None and r.key != base.key and r.values[c] is not None
-                          and base.values[c] is not None)
+            comparable = (
+                base is not None and r.key != base.key and r.values[c] is not None and base.values[c] is not None
+            )
             text = _cell_text(table, r.values[c], c, r.key, marked=comparable and seeded)
             band = baseline_mark(table, r.method, c, level=r.level) if comparable else ""
             if comparable:
@@ -675,17 +801,23 @@ def to_markdown(table: ResultTable, *, marks: bool = True) -> str:
             caption.append("No Baseline row: no ↑/↓/– marks.")
         else:
             if seeded:
-                caption.append(f"Marks in brackets against {BASELINE} ({base.level}), from the paired per-seed "
-                               f"differences (same seed = same initialisation and data order): ↑ / ↓ when the "
-                               f"{_LEVEL_TEXT} interval of the mean difference ({_MODERATED_TEXT}) lies wholly on "
-                               "the better / worse side of 0 in the column's direction (↑ higher is better, ↓ lower "
-                               "is better in the header), – when it contains 0, n=1 when one seed gives no interval.")
-                caption.append(f"'band' columns: the paper's mark (Table 1 caption), ↑ / ↓ better / worse by more "
-                               f"than {BAND} on the means, – within {BAND}; it ignores the seed-to-seed spread.")
+                caption.append(
+                    f"Marks in brackets against {BASELINE} ({base.level}), from the paired per-seed "
+                    f"differences (same seed = same initialisation and data order): ↑ / ↓ when the "
+                    f"{_LEVEL_TEXT} interval of the mean difference ({_MODERATED_TEXT}) lies wholly on "
+                    "the better / worse side of 0 in the column's direction (↑ higher is better, ↓ lower "
+                    "is better in the header), – when it contains 0, n=1 when one seed gives no interval."
+                )
+                caption.append(
+                    f"'band' columns: the paper's mark (Table 1 caption), ↑ / ↓ better / worse by more "
+                    f"than {BAND} on the means, – within {BAND}; it ignores the seed-to-seed spread."
+                )
             else:
-                caption.append(f"Marks against {BASELINE} ({base.level}): ↑ / ↓ better / worse by more than {BAND} "
-                               "in the column's direction (↑ higher is better, ↓ lower is better in the header), "
-                               f"– within {BAND} (Table 1 caption).")
+                caption.append(
+                    f"Marks against {BASELINE} ({base.level}): ↑ / ↓ better / worse by more than {BAND} "
+                    "in the column's direction (↑ higher is better, ↓ lower is better in the header), "
+                    f"– within {BAND} (Table 1 caption)."
+                )
             nulls = [c for c in table.columns if base.values[c] is None]
             if nulls:
                 caption.append(f"No marks in {nulls}: the Baseline has no value there.")
@@ -704,9 +836,15 @@ def _cell_record(table: ResultTable, r: Row, c: str) -> dict:
         return rec
     e = table.estimate(r.key, c)
     if e is not None:
-        rec.update(n=e.n, seeds=dict(zip(e.seeds, e.values)), sd=e.sd, half_width=e.half_width,
-                   lo=None if e.interval is None else e.interval[0], hi=None if e.interval is None else e.interval[1],
-                   interval=f"Student-t {_LEVEL_TEXT} over seeds" if e.n > 1 else "none (one seed)")
+        rec.update(
+            n=e.n,
+            seeds=dict(zip(e.seeds, e.values)),
+            sd=e.sd,
+            half_width=e.half_width,
+            lo=None if e.interval is None else e.interval[0],
+            hi=None if e.interval is None else e.interval[1],
+            interval=f"Student-t {_LEVEL_TEXT} over seeds" if e.n > 1 else "none (one seed)",
+        )
     rng = table.range(r.key, c)
     if rng is not None:
         rec.update(lo=rng[0], hi=rng[1], interval=f"range over the simultaneous {_LEVEL_TEXT} region of the seed means")
@@ -714,11 +852,17 @@ def _cell_record(table: ResultTable, r: Row, c: str) -> dict:
     if e is not None and e.prior is not None:
         rec.update(df=e.df, scale=e.scale, interval=f"{_LEVEL_TEXT} {e.model}")
     if p is not None:
-        rec["vs_baseline"] = {"mean": p.mean, "n": p.n, "half_width": p.half_width, "df": p.df, "scale": p.scale,
-                              "interval": p.model,
-                              "lo": None if p.interval is None else p.interval[0],
-                              "hi": None if p.interval is None else p.interval[1],
-                              "mark": paired_mark(table, r.key, c)}
+        rec["vs_baseline"] = {
+            "mean": p.mean,
+            "n": p.n,
+            "half_width": p.half_width,
+            "df": p.df,
+            "scale": p.scale,
+            "interval": p.model,
+            "lo": None if p.interval is None else p.interval[0],
+            "hi": None if p.interval is None else p.interval[1],
+            "mark": paired_mark(table, r.key, c),
+        }
     return rec
 
 
@@ -730,8 +874,15 @@ def to_csv(table: ResultTable) -> str:
     extra = ("n", "lo", "hi", "seeds", "diff", "diff lo", "diff hi", "mark", "band mark")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "level", *table.columns, "note", *([f"{c} {x}" for c in table.columns for x in extra]
-                                                           if seeded else [])])
+    w.writerow(
+        [
+            "method",
+            "level",
+            *table.columns,
+            "note",
+            *([f"{c} {x}" for c in table.columns for x in extra] if seeded else []),
+        ]
+    )
     base = _baseline_for_marks(table) if table.row_kind == "method" else None
 
     def num(x):
@@ -743,24 +894,51 @@ def to_csv(table: ResultTable) -> str:
             for c in table.columns:
                 rec = _cell_record(table, r, c)
                 d = rec.get("vs_baseline", {})
-                band = (baseline_mark(table, r.method, c, level=r.level)
-                        if base is not None and r.key != base.key and r.values[c] is not None
-                        and base.values[c] is not None else "")
-                row += [rec.get("n", ""), num(rec.get("lo")), num(rec.get("hi")),
-                        ";".join(f"{s}:{v!r}" for s, v in rec.get("seeds", {}).items()),
-                        num(d.get("mean")), num(d.get("lo")), num(d.get("hi")), d.get("mark", ""), band]
+                band = (
+                    baseline_mark(table, r.method, c, level=r.level)
+                    if base is not None and r.key != base.key and r.values[c] is not None and base.values[c] is not None
+                    else ""
+                )
+                row += [
+                    rec.get("n", ""),
+                    num(rec.get("lo")),
+                    num(rec.get("hi")),
+                    ";".join(f"{s}:{v!r}" for s, v in rec.get("seeds", {}).items()),
+                    num(d.get("mean")),
+                    num(d.get("lo")),
+                    num(d.get("hi")),
+                    d.get("mark", ""),
+                    band,
+                ]
         w.writerow(row)
     return buf.getvalue()
 
 
 def to_json(table: ResultTable) -> str:
     """The table as JSON: title, columns, directions, notes and per row and column `_cell_record`."""
-    return json.dumps({
-        "title": table.title, "columns": list(table.columns), "higher_is_better": dict(table.higher_is_better),
-        "units": dict(table.units), "notes": list(table.notes),
-        "rows": [{"method": r.method, "level": r.level, "note": r.note,
-                  "cells": {c: _cell_record(table, r, c) for c in table.columns}} for r in table.rows]},
-        indent=1, ensure_ascii=False) + "\n"
+    return (
+        json.dumps(
+            {
+                "title": table.title,
+                "columns": list(table.columns),
+                "higher_is_better": dict(table.higher_is_better),
+                "units": dict(table.units),
+                "notes": list(table.notes),
+                "rows": [
+                    {
+                        "method": r.method,
+                        "level": r.level,
+                        "note": r.note,
+                        "cells": {c: _cell_record(table, r, c) for c in table.columns},
+                    }
+                    for r in table.rows
+                ],
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -794,13 +972,16 @@ def _curves(runs: _Runs, key: str) -> tuple[list[_Curve], list[str]]:
     for name, level in runs.keys:
         if level != "parameter" or name == BASELINE:
             continue
-        pairs = [(r, base[r.spec.seed]) for r in runs.groups[(name, level)]
-                 if r.status == "done" and r.spec.seed in base]
+        pairs = [
+            (r, base[r.spec.seed]) for r in runs.groups[(name, level)] if r.status == "done" and r.spec.seed in base
+        ]
         skipped = [r for r in runs.groups[(name, level)] if r.status != "done" or r.spec.seed not in base]
         if skipped:
-            notes.append(f"{name}: seed(s) {_seeds(skipped)} left out ("
-                         + ", ".join(r.status if r.status != "done" else "no done Baseline run of that seed"
-                                     for r in skipped) + ")")
+            notes.append(
+                f"{name}: seed(s) {_seeds(skipped)} left out ("
+                + ", ".join(r.status if r.status != "done" else "no done Baseline run of that seed" for r in skipped)
+                + ")"
+            )
         per_seed = []
         for r, b in pairs:
             mine = dict(zip((r.trajectory or {}).get("step", []), (r.trajectory or {}).get(key, [])))
@@ -816,8 +997,17 @@ def _curves(runs: _Runs, key: str) -> tuple[list[_Curve], list[str]]:
         half = None
         if len(per_seed) > 1:  # Student-t interval over seeds at every step (smoothing is linear)
             half = t_quantile(LEVEL, len(per_seed) - 1) * smoothed.std(axis=0, ddof=1) / math.sqrt(len(per_seed))
-        curves.append(_Curve(name, np.array(common[window - 1:]), smoothed.mean(axis=0),
-                             tuple(r.spec.seed for r, _ in pairs), window, len(common), half))
+        curves.append(
+            _Curve(
+                name,
+                np.array(common[window - 1 :]),
+                smoothed.mean(axis=0),
+                tuple(r.spec.seed for r, _ in pairs),
+                window,
+                len(common),
+                half,
+            )
+        )
     return curves, notes
 
 
@@ -837,8 +1027,10 @@ def trajectory_figures(records: Iterable[RunRecord], benchmark: Benchmark | str,
 
     runs = _runs(records, benchmark)
     if not any(r.status == "done" for r in runs.groups.get((BASELINE, "parameter"), ())):
-        raise ValueError(f"{runs.label}: no done parameter-level {BASELINE} (ew) run; Figures 3-5 plot the "
-                         "trajectories relative to it")
+        raise ValueError(
+            f"{runs.label}: no done parameter-level {BASELINE} (ew) run; Figures 3-5 plot the "
+            "trajectories relative to it"
+        )
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     names = [n for n, lv in runs.keys if lv == "parameter" and n != BASELINE]
@@ -851,7 +1043,7 @@ def trajectory_figures(records: Iterable[RunRecord], benchmark: Benchmark | str,
         fig = Figure(figsize=(3.2 * ncols + 0.6, 2.3 * nrows + 1.1))
         FigureCanvasAgg(fig)
         axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
-        for ax in axes[len(curves):]:
+        for ax in axes[len(curves) :]:
             ax.set_visible(False)
         if not curves:
             axes[0].set_visible(True)
@@ -861,22 +1053,26 @@ def trajectory_figures(records: Iterable[RunRecord], benchmark: Benchmark | str,
             color = cmap(2 * i if i < 10 else 2 * (i - 10) + 1)
             ax.axhline(0.0, color="black", lw=0.8, ls="--")
             if c.half_width is not None:
-                ax.fill_between(c.steps, c.values - c.half_width, c.values + c.half_width, color=color, alpha=0.25,
-                                lw=0)
+                ax.fill_between(
+                    c.steps, c.values - c.half_width, c.values + c.half_width, color=color, alpha=0.25, lw=0
+                )
             ax.plot(c.steps, c.values, color=color, lw=1.6, marker="." if len(c.steps) < 30 else None)
             n = len(c.seeds)
             ax.set_title(f"{c.method} (n={n}{', no band' if n < 2 else ''})", fontsize=9)
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
-        for ax in axes[(nrows - 1) * ncols:]:
+        for ax in axes[(nrows - 1) * ncols :]:
             ax.set_xlabel("training step", fontsize=8)
         for ax in axes[::ncols]:
             ax.set_ylabel(f"Δ{label} vs {BASELINE}", fontsize=8)
         windows = sorted({(c.window, c.length) for c in curves})
         smooth = ", ".join(f"window {w} of {n} points" for w, n in windows) or "no curves"
-        fig.suptitle(f"Figure {FIGURES[key]}: {label} − {BASELINE} {label} (same seed), {runs.bench.name}, budget "
-                     f"{runs.budget}; parameter-level runs, moving average ({smooth});\nline: mean over seeds, band: "
-                     f"{_LEVEL_TEXT} Student-t interval over seeds, dashed: the {BASELINE}", fontsize=9)
+        fig.suptitle(
+            f"Figure {FIGURES[key]}: {label} − {BASELINE} {label} (same seed), {runs.bench.name}, budget "
+            f"{runs.budget}; parameter-level runs, moving average ({smooth});\nline: mean over seeds, band: "
+            f"{_LEVEL_TEXT} Student-t interval over seeds, dashed: the {BASELINE}",
+            fontsize=9,
+        )
         fig.tight_layout()
         path = _figure_path(outdir, key)
         fig.savefig(path, dpi=100, metadata={"Software": None})
@@ -902,16 +1098,22 @@ def verdict_markdown(verdicts: Sequence[Mapping]) -> str:
     """A markdown table of claim verdicts, with a count per verdict first."""
     counts = Counter(v["verdict"] for v in verdicts)
     head = ", ".join(f"{k}: {counts.get(k, 0)}" for k in VERDICTS if counts.get(k, 0) or k != "error")
-    lines = [f"{len(verdicts)} claims — {head}.", "",
-             "| Claim | Section | Statement | Verdict | Support | Seeds to decide | Evidence |",
-             "|---|---|---|---|---:|---:|---|"]
+    lines = [
+        f"{len(verdicts)} claims — {head}.",
+        "",
+        "| Claim | Section | Statement | Verdict | Support | Seeds to decide | Evidence |",
+        "|---|---|---|---|---:|---:|---|",
+    ]
     for v in verdicts:
         support = "" if v.get("support") is None else f"{v['support']:.0%}"
         seeds = "" if v.get("seeds") is None else str(v["seeds"])
         if v["verdict"] == "inconclusive" and "not decided even with" in v["evidence"]:
             seeds = f"> {MAX_SEEDS}"
-        lines.append("| " + " | ".join(_esc(v[k]) for k in ("id", "section", "statement")) +
-                     f" | **{v['verdict']}** | {support} | {seeds} | {_esc(v['evidence'])} |")
+        lines.append(
+            "| "
+            + " | ".join(_esc(v[k]) for k in ("id", "section", "statement"))
+            + f" | **{v['verdict']}** | {support} | {seeds} | {_esc(v['evidence'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -921,9 +1123,11 @@ def _fmt_s(values: list[float]) -> str:
 
 
 def _runs_section(runs: _Runs) -> str:
-    lines = ["| Method | Level | Seeds | done | diverged | failed | unfinished | train s (mean) | eval s (mean) "
-             "| wall s (sum) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| Method | Level | Seeds | done | diverged | failed | unfinished | train s (mean) | eval s (mean) "
+        "| wall s (sum) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     total = Counter()
     wall_total = 0.0
     for key in runs.keys:
@@ -935,13 +1139,17 @@ def _runs_section(runs: _Runs) -> str:
         ev = [float(t["eval_seconds"]) for t in tm if "eval_seconds" in t]
         wall = [float(t["attempt_wall_s"]) for t in tm if "attempt_wall_s" in t]
         wall_total += math.fsum(wall)
-        lines.append(f"| {_esc(key[0])} | {key[1]} | {_seeds(rs)} | {st['done']} | {st['diverged']} | {st['failed']} | "
-                     f"{st['pending'] + st['running']} | {_fmt_s(train)} | {_fmt_s(ev)} | "
-                     f"{f'{math.fsum(wall):.2f}' if wall else 'n/a'} |")
+        lines.append(
+            f"| {_esc(key[0])} | {key[1]} | {_seeds(rs)} | {st['done']} | {st['diverged']} | {st['failed']} | "
+            f"{st['pending'] + st['running']} | {_fmt_s(train)} | {_fmt_s(ev)} | "
+            f"{f'{math.fsum(wall):.2f}' if wall else 'n/a'} |"
+        )
     n = sum(total.values())
-    summary = (f"{n} runs: {total['done']} done, {total['diverged']} diverged, {total['failed']} failed, "
-               f"{total['pending'] + total['running']} unfinished; total wall time {wall_total:.2f} s "
-               "(sum of the stored `attempt_wall_s`; train/eval seconds from the stored timings).")
+    summary = (
+        f"{n} runs: {total['done']} done, {total['diverged']} diverged, {total['failed']} failed, "
+        f"{total['pending'] + total['running']} unfinished; total wall time {wall_total:.2f} s "
+        "(sum of the stored `attempt_wall_s`; train/eval seconds from the stored timings)."
+    )
     return summary + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -957,32 +1165,54 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
     tables = result_tables(records, bench)
     res_name, rel_name, rs_name = bench.paper_tables
     setup = bench.setup(runs.budget, runs.steps)
-    parts = [f"# mtlcheck report: {bench.name}, budget {runs.budget}", "",
-             f"{bench.description}. {setup.steps} training steps, measures (GDS, GMS, FD) recorded every "
-             f"{setup.monitor_every} steps. Tables keyed as the paper's: results = {res_name}, relative change = "
-             f"{rel_name or 'relative_change (the paper has no such table for this benchmark)'}, ranking similarity = "
-             f"{rs_name}. Values are means over seeds ± the half-width of their {_LEVEL_TEXT} Student-t interval over "
-             "seeds (the store keeps one number per run and metric, so the test samples cannot be resampled); derived "
-             f"paired differences to the Baseline and Table 4's per-seed changes use variances moderated across the "
-             f"column's rows ({_MODERATED_TEXT}); a ranking similarity carries in brackets its range over the "
-             f"simultaneous {_LEVEL_TEXT} region of the seed means it is computed from. The paper's own numbers are "
-             "not in this report.", "",
-             "## Runs", "", _runs_section(runs)]
-    sections = [(res_name, "Results per method and gradient level (Tables 1-3 layout)."),
-                ("relative_change", "Feature-level vs parameter-level runs of the same method, "
-                                    "100 × (feature − parameter) / parameter (Table 4 layout)."),
-                (rs_name, "Ranking similarity of each measure against each test metric (Tables 5-7 layout)."),
-                ("final_measures", "The measures' end-of-training values that the ranking similarity ranks.")]
+    parts = [
+        f"# mtlcheck report: {bench.name}, budget {runs.budget}",
+        "",
+        f"{bench.description}. {setup.steps} training steps, measures (GDS, GMS, FD) recorded every "
+        f"{setup.monitor_every} steps. Tables keyed as the paper's: results = {res_name}, relative change = "
+        f"{rel_name or 'relative_change (the paper has no such table for this benchmark)'}, ranking similarity = "
+        f"{rs_name}. Values are means over seeds ± the half-width of their {_LEVEL_TEXT} Student-t interval over "
+        "seeds (the store keeps one number per run and metric, so the test samples cannot be resampled); derived "
+        f"paired differences to the Baseline and Table 4's per-seed changes use variances moderated across the "
+        f"column's rows ({_MODERATED_TEXT}); a ranking similarity carries in brackets its range over the "
+        f"simultaneous {_LEVEL_TEXT} region of the seed means it is computed from. The paper's own numbers are "
+        "not in this report.",
+        "",
+        "## Runs",
+        "",
+        _runs_section(runs),
+    ]
+    sections = [
+        (res_name, "Results per method and gradient level (Tables 1-3 layout)."),
+        (
+            "relative_change",
+            "Feature-level vs parameter-level runs of the same method, "
+            "100 × (feature − parameter) / parameter (Table 4 layout).",
+        ),
+        (rs_name, "Ranking similarity of each measure against each test metric (Tables 5-7 layout)."),
+        ("final_measures", "The measures' end-of-training values that the ranking similarity ranks."),
+    ]
     for key, what in sections:
         t = tables[key]
         fname = f"{key}.csv"
         jname = f"{key}.json"
         (outdir / fname).write_text(to_csv(t), encoding="utf-8")
         (outdir / jname).write_text(to_json(t), encoding="utf-8")
-        parts += [f"## {t.title}", "", what, "", to_markdown(t, marks=key == res_name),
-                  f"CSV: [{fname}]({fname}), JSON: [{jname}]({jname}) (per-seed values, mean, interval, n)", ""]
-    parts += ["The `figure5` table given to the claims is the FD column of the final measures.", "",
-              "## Figures 3-5: trajectories relative to the Baseline", ""]
+        parts += [
+            f"## {t.title}",
+            "",
+            what,
+            "",
+            to_markdown(t, marks=key == res_name),
+            f"CSV: [{fname}]({fname}), JSON: [{jname}]({jname}) (per-seed values, mean, interval, n)",
+            "",
+        ]
+    parts += [
+        "The `figure5` table given to the claims is the FD column of the final measures.",
+        "",
+        "## Figures 3-5: trajectories relative to the Baseline",
+        "",
+    ]
     try:
         paths = trajectory_figures(records, bench, outdir)
     except ValueError as exc:
@@ -994,16 +1224,20 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
             _, notes = _curves(runs, key)
             parts += [f"![Figure {FIGURES[key]}: {label}]({path.name})", ""]
             parts += [f"- {_esc(n)}" for n in notes] + ([""] if notes else [])
-    parts += ["## Claims on these runs", "",
-              "Every claim of `mtlcheck.claims` applied to the tables above (rows with null values removed). "
-              "A verdict is decided (holds / contradicted) only when the claim's predicate gives that answer "
-              f"everywhere in a simultaneous {_LEVEL_TEXT} region of the seed means it depends on (Student-t "
-              "intervals over seeds of the Baseline and of each row's paired difference to it, the latter with "
-              f"variances moderated per column ({_MODERATED_TEXT}), Bonferroni over those cells); otherwise it "
-              "is inconclusive, with the number of seeds that would decide it at the "
-              "observed means and spreads. Support: the fraction of posterior draws of the means on which the "
-              "claim holds (a summary, not the decision rule: see `mtlcheck.verdicts`).", "",
-              verdict_markdown(claim_verdicts(tables))]
+    parts += [
+        "## Claims on these runs",
+        "",
+        "Every claim of `mtlcheck.claims` applied to the tables above (rows with null values removed). "
+        "A verdict is decided (holds / contradicted) only when the claim's predicate gives that answer "
+        f"everywhere in a simultaneous {_LEVEL_TEXT} region of the seed means it depends on (Student-t "
+        "intervals over seeds of the Baseline and of each row's paired difference to it, the latter with "
+        f"variances moderated per column ({_MODERATED_TEXT}), Bonferroni over those cells); otherwise it "
+        "is inconclusive, with the number of seeds that would decide it at the "
+        "observed means and spreads. Support: the fraction of posterior draws of the means on which the "
+        "claim holds (a summary, not the decision rule: see `mtlcheck.verdicts`).",
+        "",
+        verdict_markdown(claim_verdicts(tables)),
+    ]
     path = outdir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

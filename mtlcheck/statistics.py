@@ -54,14 +54,28 @@ n).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from scipy import optimize, special, stats
 
-__all__ = ["LEVEL", "MIN_VARIANCES", "Estimate", "Prior", "Variance", "bonferroni_level", "estimate", "fit_prior",
-           "moderate", "moderated_pairs", "paired", "seeds_to_decide", "t_quantile"]
+__all__ = [
+    "LEVEL",
+    "MIN_VARIANCES",
+    "Estimate",
+    "Prior",
+    "Variance",
+    "bonferroni_level",
+    "estimate",
+    "fit_prior",
+    "moderate",
+    "moderated_pairs",
+    "paired",
+    "seeds_to_decide",
+    "t_quantile",
+]
 
 LEVEL = 0.95  # two-sided coverage of every interval reported
 MIN_VARIANCES = 3  # positive variances needed to fit the prior of the moderated variances
@@ -108,8 +122,10 @@ def fit_prior(variances: Iterable[tuple[float, int]]) -> Prior | None:
         return None
     e = [math.log(v) - float(special.digamma(d / 2.0)) + math.log(d / 2.0) for v, d in pairs]
     mean_e = math.fsum(e) / g
-    excess = (math.fsum((x - mean_e) ** 2 for x in e) / (g - 1)
-              - math.fsum(float(special.polygamma(1, d / 2.0)) for _, d in pairs) / g)
+    excess = (
+        math.fsum((x - mean_e) ** 2 for x in e) / (g - 1)
+        - math.fsum(float(special.polygamma(1, d / 2.0)) for _, d in pairs) / g
+    )
     if excess <= 1e-12:
         return Prior(math.inf, math.exp(mean_e), g)
     d0 = 2.0 * _trigamma_inverse(excess)
@@ -239,8 +255,9 @@ def paired(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL)
     return estimate({s: float(a[s]) - float(b[s]) for s in common}, level)
 
 
-def _moderated_variances(variances: Mapping[Any, tuple[float, int]]
-                         ) -> tuple[dict[Any, tuple[float, float]], Prior] | None:
+def _moderated_variances(
+    variances: Mapping[Any, tuple[float, int]],
+) -> tuple[dict[Any, tuple[float, float]], Prior] | None:
     """Per key (s̃², d0 used) with d0 used = min(d0, d) and s̃² = max(moderated, s²) (module doc)."""
     prior = fit_prior(variances.values())
     if prior is None:
@@ -257,7 +274,7 @@ def moderate(estimates: Mapping[Any, Estimate]) -> dict[Any, Estimate]:
     measured the same way and independent of each other, e.g. one column's per-seed relative
     changes); unchanged (plain per-cell t) when fewer than `MIN_VARIANCES` positive variances can
     fit the prior."""
-    fitted = _moderated_variances({k: (e.sd ** 2, e.n - 1) for k, e in estimates.items() if e.n >= 2})
+    fitted = _moderated_variances({k: (e.sd**2, e.n - 1) for k, e in estimates.items() if e.n >= 2})
     if fitted is None:
         return dict(estimates)
     var, prior = fitted
@@ -266,19 +283,24 @@ def moderate(estimates: Mapping[Any, Estimate]) -> dict[Any, Estimate]:
 
 def moderated_pairs(rows: Mapping[Any, Mapping[int, float]], anchor: Any) -> dict[Any, Estimate]:
     """Paired differences row − anchor over their shared seeds (`paired`), each with the moderated
-    variance of a difference of two runs: s̃_row² + s̃_anchor² on the smaller of their df.
+        variance of a difference of two runs: s̃_row² + s̃_anchor² on the smaller of their df.
 
-    Per-run variances in the two-way model y_gs = μ_g + β_s + ε_gs, ε_gs ~ N(0, σ_g²) (one column,
-    rows g, seeds s): the seed effect β_s is estimated by the median over rows of seed s (robust to
-    one very noisy row) from the *other* rows, so that it is independent of row g's noise and s_g², the
-sample variance over seeds of y_gs − median_{h≠g} y_hs (n_g − 1 df), errs on the safe side (by the
-variance of that median, ≈ 1.6 σ²/(G − 1) at equal noise),
-    and the s_g² are moderated together (`fit_prior`). The differences of different rows share the
-    anchor's run noise, so their own sample variances are not independent draws and are not what is
-    moderated. Fewer than `MIN_VARIANCES` positive variances (or fewer than 3 rows): the plain paired
-    t of each row."""
-    plain = {k: p for k, v in rows.items() if k != anchor and anchor in rows
-             for p in [paired(v, rows[anchor])] if p is not None}
+        Per-run variances in the two-way model y_gs = μ_g + β_s + ε_gs, ε_gs ~ N(0, σ_g²) (one column,
+        rows g, seeds s): the seed effect β_s is estimated by the median over rows of seed s (robust to
+        one very noisy row) from the *other* rows, so that it is independent of row g's noise and s_g², the
+    sample variance over seeds of y_gs − median_{h≠g} y_hs (n_g − 1 df), errs on the safe side (by the
+    variance of that median, ≈ 1.6 σ²/(G − 1) at equal noise),
+        and the s_g² are moderated together (`fit_prior`). The differences of different rows share the
+        anchor's run noise, so their own sample variances are not independent draws and are not what is
+        moderated. Fewer than `MIN_VARIANCES` positive variances (or fewer than 3 rows): the plain paired
+        t of each row."""
+    plain = {
+        k: p
+        for k, v in rows.items()
+        if k != anchor and anchor in rows
+        for p in [paired(v, rows[anchor])]
+        if p is not None
+    }
     if anchor not in rows or len(rows) < 3:
         return plain
     variances = {}
@@ -294,15 +316,19 @@ variance of that median, ≈ 1.6 σ²/(G − 1) at equal noise),
     if fitted is None or anchor not in fitted[0]:
         return plain
     var, prior = fitted
-    return {k: (replace(p, variance=Variance((var[k], var[anchor]), prior))
-                if p.n >= 2 and k in var else p) for k, p in plain.items()}
+    return {
+        k: (replace(p, variance=Variance((var[k], var[anchor]), prior)) if p.n >= 2 and k in var else p)
+        for k, p in plain.items()
+    }
 
 
-def seeds_to_decide(mean: float, sd: float, level: float = LEVEL, max_n: int = 1000,
-                    prior_df: float = 0.0) -> int | None:
+def seeds_to_decide(
+    mean: float, sd: float, level: float = LEVEL, max_n: int = 1000, prior_df: float = 0.0
+) -> int | None:
     """Smallest n ≥ 2 with t_{prior_df + n − 1,(1+level)/2} · sd / √n < |mean| (mean and sd held as
     observed; `sd` the moderated scale and `prior_df` its d0 for a moderated estimate); None when
     even `max_n` would not do (e.g. mean 0)."""
+
     def hw(n: int) -> float:
         return t_quantile(level, prior_df + n - 1) * sd / math.sqrt(n)
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -101,8 +102,10 @@ def with_values(table: ResultTable, values: Mapping[RowKey, Mapping[str, float |
 
     Draws build thousands of these; `table` was validated when it was made and only finite floats
     replace its values, so the copy skips the validation and rebuilds the row index itself."""
-    rows = tuple(Row(r.method, r.level, {c: values.get(r.key, {}).get(c, r.values[c]) for c in table.columns},
-                     note=r.note) for r in table.rows)
+    rows = tuple(
+        Row(r.method, r.level, {c: values.get(r.key, {}).get(c, r.values[c]) for c in table.columns}, note=r.note)
+        for r in table.rows
+    )
     out = object.__new__(ResultTable)
     for f in dataclasses.fields(ResultTable):
         object.__setattr__(out, f.name, getattr(table, f.name))
@@ -150,9 +153,15 @@ class Study:
     shows unchanged (its box is then exact; other tables get the range of their cells over region
     draws of the base cells)."""
 
-    def __init__(self, base: Mapping[str, UncertainTable], derive: Callable[[Mapping[str, ResultTable]],
-                 dict[str, ResultTable]], depends: Mapping[str, frozenset[str]],
-                 views: Mapping[str, str] | None = None, label: str = "", level: float = LEVEL):
+    def __init__(
+        self,
+        base: Mapping[str, UncertainTable],
+        derive: Callable[[Mapping[str, ResultTable]], dict[str, ResultTable]],
+        depends: Mapping[str, frozenset[str]],
+        views: Mapping[str, str] | None = None,
+        label: str = "",
+        level: float = LEVEL,
+    ):
         self.base = dict(base)
         self.derive = derive
         self.depends = dict(depends)
@@ -184,8 +193,9 @@ class Study:
     def cells(self, bases: frozenset[str] | None = None, rows: Callable[[RowKey], bool] | None = None) -> int:
         """Number of drawn coordinates (cells with a value) in the given base tables (default: all),
         of the rows `rows` accepts (default: all)."""
-        return sum(1 for k, v in self._coords.items() if bases is None or k in bases
-                   for c in v if rows is None or rows(c.key))
+        return sum(
+            1 for k, v in self._coords.items() if bases is None or k in bases for c in v if rows is None or rows(c.key)
+        )
 
     def estimates(self, bases: frozenset[str] | None = None) -> list[Estimate]:
         """The drawn coordinates' estimates in the given base tables (default: all)."""
@@ -206,9 +216,10 @@ class Study:
     def _build(self, drawn: dict[str, dict[RowKey, dict[str, np.ndarray]]], n: int) -> list[dict[str, ResultTable]]:
         out = []
         for i in range(n):
-            base = {name: with_values(t, {k: {c: float(v[i]) for c, v in cols.items()}
-                                          for k, cols in drawn[name].items()})
-                    for name, t in self.base.items()}
+            base = {
+                name: with_values(t, {k: {c: float(v[i]) for c, v in cols.items()} for k, cols in drawn[name].items()})
+                for name, t in self.base.items()
+            }
             out.append(self.derive(base))
         return out
 
@@ -225,8 +236,9 @@ class Study:
                     e = k.estimate
                     x = np.full(n, e.mean)
                     if e.n >= 2:
-                        x = x + e.scale / math.sqrt(e.n) * (rng.standard_normal(size=n) if math.isinf(e.df)
-                                                            else rng.standard_t(e.df, size=n))
+                        x = x + e.scale / math.sqrt(e.n) * (
+                            rng.standard_normal(size=n) if math.isinf(e.df) else rng.standard_t(e.df, size=n)
+                        )
                     if k.anchor is not None:
                         x = x + cols[k.anchor][k.column]
                     cols.setdefault(k.key, {})[k.column] = x
@@ -242,8 +254,9 @@ class Study:
         h = e.half_width_at(level, seeds) or 0.0
         return max(h, TIE_WIDTH * (1.0 + abs(e.mean)))
 
-    def region(self, level: float, n: int = 300, seed: int = 1, seeds: int | None = None
-               ) -> list[dict[str, ResultTable]]:
+    def region(
+        self, level: float, n: int = 300, seed: int = 1, seeds: int | None = None
+    ) -> list[dict[str, ResultTable]]:
         """`n` draws of every table with each base coordinate inside its `level` t interval: 70 % of
         the draws put each row at its better or worse end (one coin per row and table), the rest
         uniformly inside. `seeds` replaces every n by that many seeds at the observed spread."""
@@ -292,8 +305,12 @@ class Study:
             for k in self._coords[self.views[name]]:
                 if k.key in point.keys() and k.column in point.columns:
                     h = self.half_width(k, level, seeds)
-                    out[(k.key, k.column)] = CellBox(k.estimate.mean, k.estimate.mean - h, k.estimate.mean + h,
-                                                     k.anchor if k.anchor in point.keys() else None)
+                    out[(k.key, k.column)] = CellBox(
+                        k.estimate.mean,
+                        k.estimate.mean - h,
+                        k.estimate.mean + h,
+                        k.anchor if k.anchor in point.keys() else None,
+                    )
         else:
             region = self.region(level, draws, seeds=seeds)
             for r in point.rows:

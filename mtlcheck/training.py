@@ -1,10 +1,11 @@
 """The step loop for one run: model, data, method, gradient level, seed, budget.
 
 Optimiser as the paper's Appendix 7: SGD (lr, momentum 0.9) with a linear warm-up of the
-learning rate over the first `warmup_steps` (Adam is available for the embedded CPU budgets). Every `monitor_every` steps the engine also returns
-the parameter-level Gram and the feature gradients, and GDS, GMS and FD are recorded with the
-task losses and the method's weights (`mtlcheck.monitor`). A NaN/inf loss ends the run with
-status "diverged" and the step it happened at. Batches are drawn by `StepSampler` from a
+learning rate over the first `warmup_steps` (Adam is available for the embedded CPU budgets).
+Every `monitor_every` steps the engine also returns the parameter-level Gram and the feature
+gradients, and GDS, GMS and FD are recorded with the task losses and the method's weights
+(`mtlcheck.monitor`). A NaN/inf loss ends the run with status "diverged" and the step it
+happened at. Batches are drawn by `StepSampler` from a
 per-epoch permutation seeded by (seed, epoch), and the global RNG is re-seeded from (seed, step)
 at every step (`step_seed`): runs that share a seed share their initial model (built under
 `torch.manual_seed(seed)`), their batches and their in-step randomness whatever the method, so
@@ -15,8 +16,9 @@ checkpoint (model, optimiser, method state, RNG states and the trajectory so far
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +26,9 @@ from torch.utils.data import DataLoader, Sampler
 
 from mtlcheck.aggregators import Aggregator
 from mtlcheck.data.collate import map_tensors
-from mtlcheck.gradients import NonFiniteLossError, stacked_task_losses, backward_step
-from mtlcheck.precision import Precision
+from mtlcheck.gradients import NonFiniteLossError, backward_step, stacked_task_losses
 from mtlcheck.monitor import measure
+from mtlcheck.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class StepSampler(Sampler):
         epoch, k = divmod(step, self.per_epoch)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         perm = torch.randperm(self.n, generator=gen)
-        return perm[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+        return perm[k * self.batch_size : (k + 1) * self.batch_size].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.stop):
@@ -167,8 +169,9 @@ def train(
     if setup.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=setup.lr, weight_decay=setup.weight_decay, foreach=True)
     else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=setup.lr, momentum=setup.momentum,
-                                    weight_decay=setup.weight_decay, foreach=True)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=setup.lr, momentum=setup.momentum, weight_decay=setup.weight_decay, foreach=True
+        )
     state = _State()
     if checkpointer is not None and (saved := checkpointer.load()) is not None:
         model.load_state_dict(saved["model"])
@@ -182,14 +185,24 @@ def train(
     sampler = StepSampler(len(dataset), setup.batch_size, seed, state.step, setup.steps)
     # the loader gets its own generator: creating its iterator must not draw from the global RNG,
     # or a resumed run would be shifted by one draw against the straight run
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=setup.num_workers,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=setup.num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=setup.steps, initial=state.step, desc=progress if isinstance(progress, str) else "train",
-                   unit="step", leave=False)
+        bar = tqdm(
+            total=setup.steps,
+            initial=state.step,
+            desc=progress if isinstance(progress, str) else "train",
+            unit="step",
+            leave=False,
+        )
     post_step = aggregator.tags().post_step_update
     t_start = time.perf_counter()
     for step, batch in zip(range(state.step, setup.steps), loader):
@@ -202,12 +215,19 @@ def train(
         result = None  # last step's Jacobian released: the engine refills its blocks instead of allocating
         try:
             with precision.backends():  # TF32 as asked for the step, restored after it
-                result = backward_step(model, batch, aggregator, level=level, feature_grads=monitored,
-                                       param_gram=monitored, precision=precision, feature_batch=feature_batch)
+                result = backward_step(
+                    model,
+                    batch,
+                    aggregator,
+                    level=level,
+                    feature_grads=monitored,
+                    param_gram=monitored,
+                    precision=precision,
+                    feature_batch=feature_batch,
+                )
                 grads = [p.grad for p in model.parameters() if p.grad is not None]
                 if not bool(torch.stack([g.isfinite().all() for g in grads]).all()):  # one host sync
-                    bad = [n for n, p in model.named_parameters()
-                           if p.grad is not None and not p.grad.isfinite().all()]
+                    bad = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
                     raise NonFiniteLossError(f"non-finite gradient in {bad[:3]}")
                 optimizer.step()
                 if post_step:
@@ -218,8 +238,14 @@ def train(
             state.train_seconds += time.perf_counter() - t_start
             if bar is not None:
                 bar.close()
-            return RunOutcome("diverged", {}, state.trajectory, {"train_seconds": state.train_seconds},
-                              error=str(exc), diverged_step=step)
+            return RunOutcome(
+                "diverged",
+                {},
+                state.trajectory,
+                {"train_seconds": state.train_seconds},
+                error=str(exc),
+                diverged_step=step,
+            )
         if monitored:
             row = {"step": step, **measure(result)}
             row.update({f"loss/{n}": float(v) for n, v in zip(names, result.losses)})
@@ -230,13 +256,18 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{float(result.losses.sum()):.4g}")
         if checkpointer is not None and (step + 1) % setup.checkpoint_every == 0 and step + 1 < setup.steps:
-            checkpointer.save({
-                "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "aggregator": aggregator.state_dict(), "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                "trajectory": state.trajectory,
-                "train_seconds": state.train_seconds + time.perf_counter() - t_start,
-            })
+            checkpointer.save(
+                {
+                    "step": step + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "aggregator": aggregator.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "trajectory": state.trajectory,
+                    "train_seconds": state.train_seconds + time.perf_counter() - t_start,
+                }
+            )
     if bar is not None:
         bar.close()
     state.train_seconds += time.perf_counter() - t_start
@@ -247,6 +278,10 @@ def train(
         with torch.no_grad(), Precision().backends():
             metrics = evaluate(model)
         model.train()
-    timings = {"train_seconds": state.train_seconds, "eval_seconds": time.perf_counter() - t_eval,
-               "steps": setup.steps, "seconds_per_step": state.train_seconds / max(setup.steps, 1)}
+    timings = {
+        "train_seconds": state.train_seconds,
+        "eval_seconds": time.perf_counter() - t_eval,
+        "steps": setup.steps,
+        "seconds_per_step": state.train_seconds / max(setup.steps, 1),
+    }
     return RunOutcome("done", {k: float(v) for k, v in metrics.items()}, state.trajectory, timings)

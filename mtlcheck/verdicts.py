@@ -46,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -168,8 +168,14 @@ def _table_at(point: ResultTable, box: Box, u_of: Callable[[RowKey, str], float]
     return with_values(point, values)
 
 
-def _search(claim: Claim, tables: Tables, boxes: Mapping[str, Box], seed: int = 0,
-            uniform: int = UNIFORM_DRAWS, corners: int | None = None) -> tuple[int, int]:
+def _search(
+    claim: Claim,
+    tables: Tables,
+    boxes: Mapping[str, Box],
+    seed: int = 0,
+    uniform: int = UNIFORM_DRAWS,
+    corners: int | None = None,
+) -> tuple[int, int]:
     """(points where the claim holds, points where it fails) in the boxes: the corner patterns (the
     first `corners` of them, all by default), then `uniform` points with every cell uniform in its
     box; stops as soon as both answers were seen."""
@@ -223,19 +229,30 @@ def _decision(n_true: int, n_false: int) -> str:
     return "inconclusive"
 
 
-def judge(claim: Claim, tables: Tables, removed: Mapping[str, list[str]] | None = None, *,
-          support_draws: int = SUPPORT_DRAWS, plan_seeds: bool = True) -> dict:
+def judge(
+    claim: Claim,
+    tables: Tables,
+    removed: Mapping[str, list[str]] | None = None,
+    *,
+    support_draws: int = SUPPORT_DRAWS,
+    plan_seeds: bool = True,
+) -> dict:
     """The verdict of one claim on `tables` (null rows already removed; `removed` names them):
     {"id", "section", "statement", "verdict", "evidence", "support", "seeds"}. `support_draws=0`
     skips the support, `plan_seeds=False` the seeds-to-decide search (both only describe)."""
-    out = {"id": claim.id, "section": claim.section, "statement": claim.statement, "support": None,
-           "seeds": None}
+    out = {"id": claim.id, "section": claim.section, "statement": claim.statement, "support": None, "seeds": None}
     point, evidence = _point(claim, tables)
     gone = [g for t in claim.source_tables for g in (removed or {}).get(t, ())]
     if gone:
-        evidence += ("; rows left out for lack of values: " if point in ("not evaluable", "error")
-                     else " (rows left out for lack of values: ") + "; ".join(gone) + ("" if point in (
-                         "not evaluable", "error") else ")")
+        evidence += (
+            (
+                "; rows left out for lack of values: "
+                if point in ("not evaluable", "error")
+                else " (rows left out for lack of values: "
+            )
+            + "; ".join(gone)
+            + ("" if point in ("not evaluable", "error") else ")")
+        )
     studies = _studies(claim, tables)
     if point in ("not evaluable", "error") or not studies:
         return {**out, "verdict": point, "evidence": evidence}  # the paper's own numbers: two-valued
@@ -243,9 +260,12 @@ def judge(claim: Claim, tables: Tables, removed: Mapping[str, list[str]] | None 
     bases = {sid: s.bases_of(names) for sid, (s, names) in studies.items()}
     n_min = min(s.min_seeds(bases[sid]) for sid, (s, _) in studies.items())
     if n_min < 2:
-        return {**out, "verdict": "inconclusive",
-                "evidence": f"one seed: no interval, so nothing is decided (on the point values the claim {said}) "
-                            f"| {evidence}"}
+        return {
+            **out,
+            "verdict": "inconclusive",
+            "evidence": f"one seed: no interval, so nothing is decided (on the point values the claim {said}) "
+            f"| {evidence}",
+        }
     methods = {n if isinstance(n, str) else n[0] for n in claim.named} | {BASELINE}
     rows = (lambda key: key[0] in methods) if claim.only_named else None
     k = sum(s.cells(bases[sid], rows) for sid, (s, _) in studies.items())
@@ -261,23 +281,35 @@ def judge(claim: Claim, tables: Tables, removed: Mapping[str, list[str]] | None 
     evaluated = [r for r in posterior if r is not None]
     support = sum(evaluated) / len(evaluated) if evaluated else None
     searched = n_true + n_false
-    summary = (f"{verdict}: " + {
-        "holds": f"holds at all {searched} points tried",
-        "contradicted": f"fails at all {searched} points tried",
-        "inconclusive": "holds at some points and fails at others"}[verdict]
+    summary = (
+        f"{verdict}: "
+        + {
+            "holds": f"holds at all {searched} points tried",
+            "contradicted": f"fails at all {searched} points tried",
+            "inconclusive": "holds at some points and fails at others",
+        }[verdict]
         + f" of the simultaneous {100 * LEVEL:g}% region (Student-t over {n_min}+ seeds, paired with the Baseline, "
         f"{_variance_text(studies, bases)}, "
         f"Bonferroni over {k} cells{' of the named rows and the Baseline' if claim.only_named else ''})"
-        + (f"; support {support:.0%} of {len(evaluated)} posterior draws" if support is not None else ""))
+        + (f"; support {support:.0%} of {len(evaluated)} posterior draws" if support is not None else "")
+    )
     seeds = None
     if verdict == "inconclusive" and plan_seeds:
         seeds, would = _seeds_to_decide(claim, tables, boxes, point, n_min)
-        summary += (f"; about {seeds} seeds would decide it ({would}) if the means and spreads stayed as observed"
-                    if seeds else f"; not decided even with {MAX_SEEDS} seeds at the observed means and spreads "
-                                  "(a tie, or differences far inside the noise)")
-    return {**out, "verdict": verdict, "evidence": f"{summary} | point values (mean ± 95% t half-width over seeds; "
-                                                  f"Δ: paired difference to the Baseline): {evidence}",
-            "support": support, "seeds": seeds}
+        summary += (
+            f"; about {seeds} seeds would decide it ({would}) if the means and spreads stayed as observed"
+            if seeds
+            else f"; not decided even with {MAX_SEEDS} seeds at the observed means and spreads "
+            "(a tie, or differences far inside the noise)"
+        )
+    return {
+        **out,
+        "verdict": verdict,
+        "evidence": f"{summary} | point values (mean ± 95% t half-width over seeds; "
+        f"Δ: paired difference to the Baseline): {evidence}",
+        "support": support,
+        "seeds": seeds,
+    }
 
 
 def _variance_text(studies, bases) -> str:

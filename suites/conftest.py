@@ -97,8 +97,10 @@ def pytest_xdist_auto_num_workers(config):
 def pytest_report_header(config):
     import torch
 
-    return [f"mtlcheck suites: torch {torch.__version__}, GPUs visible: {len(visible_gpus())}, "
-            f"budget={config.getoption('budget')}"]
+    return [
+        f"mtlcheck suites: torch {torch.__version__}, GPUs visible: {len(visible_gpus())}, "
+        f"budget={config.getoption('budget')}"
+    ]
 
 
 def _gpu_available() -> bool:
@@ -118,7 +120,9 @@ def pytest_collection_modifyitems(config, items):
             if has_gpu is None:
                 has_gpu = _gpu_available()
             if not has_gpu and not require_gpu:
-                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none visible); --require-gpu makes this fail"))
+                item.add_marker(
+                    pytest.mark.skip(reason="needs a CUDA GPU (none visible); --require-gpu makes this fail")
+                )
 
 
 def pytest_runtest_setup(item):

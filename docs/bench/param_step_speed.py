@@ -30,8 +30,9 @@ from mtlcheck.monitor import measure
 
 
 def load_engine(rev: str):
-    source = subprocess.run(["git", "show", f"{rev}:mtlcheck/gradients.py"], capture_output=True, text=True,
-                            check=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{rev}:mtlcheck/gradients.py"], capture_output=True, text=True, check=True
+    ).stdout
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
         fh.write(source)
     spec = importlib.util.spec_from_file_location("gradients_before", fh.name)
@@ -59,8 +60,9 @@ def cases_for(n_tasks: int, before, method: str):
     }
     if before is not None:
         cases[f"{method} before"] = lambda: before.backward_step(model, batch, agg)
-        cases["monitor before"] = lambda: measure(before.backward_step(model, batch, ew, feature_grads=True,
-                                                                       param_gram=True))
+        cases["monitor before"] = lambda: measure(
+            before.backward_step(model, batch, ew, feature_grads=True, param_gram=True)
+        )
     return model, cases
 
 
@@ -79,7 +81,7 @@ def time_cases(model, cases, repeats: int, warmup: int = 2):
     gc.disable()
     try:
         for r in range(repeats):
-            for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
                 w, c = step(cases[k])
                 wall[k].append(w)
                 cpu[k].append(c)
@@ -109,8 +111,10 @@ def main():
         tune_malloc()
     torch.set_num_threads(args.threads)
     before = load_engine(args.before_rev) if args.before_rev else None
-    print(f"ResNet18 trunk, 128², batch 2, float32, {args.threads} threads, malloc: {malloc_setting()}, "
-          f"torch {torch.__version__}, {args.repeats} interleaved repeats; ratio to EW: median [IQR]")
+    print(
+        f"ResNet18 trunk, 128², batch 2, float32, {args.threads} threads, malloc: {malloc_setting()}, "
+        f"torch {torch.__version__}, {args.repeats} interleaved repeats; ratio to EW: median [IQR]"
+    )
     print("| T | case | wall × EW | CPU-time × EW | EW wall ms |")
     print("|---|---|---|---|---|")
     for n_tasks in args.tasks:
@@ -118,8 +122,11 @@ def main():
         wall, cpu = time_cases(model, cases, args.repeats)
         for key in cases:
             w, c = summary(wall, key), summary(cpu, key)
-            print(f"| {n_tasks} | {key} | {w[0]:.2f} [{w[1]:.2f}, {w[2]:.2f}] | {c[0]:.2f} [{c[1]:.2f}, {c[2]:.2f}] | "
-                  f"{1e3 * statistics.median(wall['ew']):.0f} |", flush=True)
+            print(
+                f"| {n_tasks} | {key} | {w[0]:.2f} [{w[1]:.2f}, {w[2]:.2f}] | {c[0]:.2f} [{c[1]:.2f}, {c[2]:.2f}] | "
+                f"{1e3 * statistics.median(wall['ew']):.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
 """Every MTL method of the paper as an aggregator, plus the registry.
 
-    >>> from mtlcheck.aggregators import get_aggregator
-    >>> agg = get_aggregator("mgda")
-    >>> out = agg(G)               # G: (T, d) task gradients (or a Jacobian)
-    >>> out.direction, out.weights
+>>> from mtlcheck.aggregators import get_aggregator
+>>> agg = get_aggregator("mgda")
+>>> out = agg(G)               # G: (T, d) task gradients (or a Jacobian)
+>>> out.direction, out.weights
 """
 
 from mtlcheck.aggregators._base import (
+    IDENTITIES,
     Aggregation,
     Aggregator,
     AggregatorTags,
-    IDENTITIES,
     ProjectionMethod,
     SecondOrderMethod,
     SolverError,
@@ -37,14 +37,50 @@ from mtlcheck.aggregators.imtl import IMTL
 from mtlcheck.aggregators.mgda import MGDA
 from mtlcheck.aggregators.nash_mtl import NashMTL
 from mtlcheck.aggregators.pcgrad import PCGrad
-from mtlcheck.aggregators.published import CosRegPublished, EWMean, GradNormPublished, GradVacPublished, NashMTLPublished
+from mtlcheck.aggregators.published import (
+    CosRegPublished,
+    EWMean,
+    GradNormPublished,
+    GradVacPublished,
+    NashMTLPublished,
+)
 from mtlcheck.aggregators.random_weighting import RGW, RLW
 from mtlcheck.aggregators.uncertainty import Uncertainty
 
 __all__ = [
-    "Aggregation", "Aggregator", "AggregatorTags", "IDENTITIES", "ProjectionMethod", "SecondOrderMethod", "SolverError", "SolverFallbackWarning", "WeightingAggregator",
-    "ENTRY_POINT_GROUP", "aggregator_class", "get_aggregator", "list_aggregators", "register_aggregator",
-    "AlignedMTL", "CAGrad", "CosReg", "DWA", "EW", "FAMO", "GradDrop", "GradNorm", "GradVac", "IMTL", "MGDA",
-    "NashMTL", "PCGrad", "RGW", "RLW", "Uncertainty",
-    "CosRegPublished", "EWMean", "GradNormPublished", "GradVacPublished", "NashMTLPublished",
+    "Aggregation",
+    "Aggregator",
+    "AggregatorTags",
+    "IDENTITIES",
+    "ProjectionMethod",
+    "SecondOrderMethod",
+    "SolverError",
+    "SolverFallbackWarning",
+    "WeightingAggregator",
+    "ENTRY_POINT_GROUP",
+    "aggregator_class",
+    "get_aggregator",
+    "list_aggregators",
+    "register_aggregator",
+    "AlignedMTL",
+    "CAGrad",
+    "CosReg",
+    "DWA",
+    "EW",
+    "FAMO",
+    "GradDrop",
+    "GradNorm",
+    "GradVac",
+    "IMTL",
+    "MGDA",
+    "NashMTL",
+    "PCGrad",
+    "RGW",
+    "RLW",
+    "Uncertainty",
+    "CosRegPublished",
+    "EWMean",
+    "GradNormPublished",
+    "GradVacPublished",
+    "NashMTLPublished",
 ]

@@ -87,7 +87,7 @@ class AggregatorTags:
     def loss_only(self) -> bool:
         return "grads" not in self.inputs
 
-    def replace(self, **changes) -> "AggregatorTags":
+    def replace(self, **changes) -> AggregatorTags:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return AggregatorTags(**values)
@@ -227,7 +227,7 @@ class Aggregator:
         return {p.name: copy.deepcopy(getattr(self, p.name)) for p in self._init_parameters()}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Aggregator":
+    def from_config(cls, config: dict[str, Any]) -> Aggregator:
         return cls(**config)
 
     def __repr__(self) -> str:

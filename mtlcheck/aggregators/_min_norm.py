@@ -14,14 +14,14 @@ the optimum is the feasible (w ≥ 0) candidate of least wᵀMw, certified by th
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
 ENUMERATION_MAX_TASKS = 10
 
 
-@lru_cache(maxsize=None)
+@cache
 def face_masks(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every non-empty support S ⊆ {0..n-1} as a (2^n − 1, n) boolean mask, its (., n, n) pair
     mask, and the identity on the complement (pads M_SS into an n×n matrix with w_i = 0 off S)."""

@@ -39,6 +39,8 @@ def check_nonnegative_losses(owner, losses: torch.Tensor, objective: str, runawa
     """Raise ValueError naming `losses` if any is negative: the method's objective in its learnable
     scale is then unbounded below (the scale runs away and the weight becomes inf/NaN)."""
     if bool((losses < 0).any()):
-        raise ValueError(f"{owner!r}: losses must be >= 0, got {losses.tolist()}; for a negative loss L the "
-                         f"objective {objective} is unbounded below ({runaway}) and the task weight becomes "
-                         f"inf/NaN. Shift the loss by a constant lower bound.")
+        raise ValueError(
+            f"{owner!r}: losses must be >= 0, got {losses.tolist()}; for a negative loss L the "
+            f"objective {objective} is unbounded below ({runaway}) and the task weight becomes "
+            f"inf/NaN. Shift the loss by a constant lower bound."
+        )

@@ -35,7 +35,10 @@ def _add(name: str, cls: Any) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
         raise TypeError(f"{name!r}: only Aggregator subclasses can be registered, got {cls!r}")
     if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"an aggregator named {name!r} is already registered ({_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})")
+        raise ValueError(
+            f"an aggregator named {name!r} is already registered "
+            f"({_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})"
+        )
     cls.name = name
     _REGISTRY[name] = cls
 

@@ -27,7 +27,11 @@ from scipy.optimize import minimize
 
 from mtlcheck.aggregators._base import AggregatorTags, SolverError, WeightingAggregator
 from mtlcheck.aggregators._min_norm import (
-    ENUMERATION_MAX_TASKS, MinNormError, batched_solve, face_masks, min_norm_weights,
+    ENUMERATION_MAX_TASKS,
+    MinNormError,
+    batched_solve,
+    face_masks,
+    min_norm_weights,
 )
 from mtlcheck.aggregators._registry import register_aggregator
 
@@ -100,7 +104,11 @@ def solve_dual_slsqp(A: np.ndarray, c: float) -> np.ndarray:
         return b + c * (A @ w) / math.sqrt(max(w @ A @ w, 0.0) + smooth)
 
     res = minimize(
-        f, np.full(n, 1.0 / n), jac=grad, method="SLSQP", bounds=[(0.0, 1.0)] * n,
+        f,
+        np.full(n, 1.0 / n),
+        jac=grad,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * n,
         constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)},),
         options={"ftol": 1e-13, "maxiter": 500},
     )

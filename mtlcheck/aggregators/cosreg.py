@@ -5,7 +5,8 @@ parameters, or Z at the feature level). The penalty depends on the gradients, so
 needs second derivatives: the engine takes g_i with create_graph=True and differentiates
 `penalty(J)` (double backprop). Given only a fixed G, the first-order part is Σ_i g_i, which is
 what `__call__` returns. (The authors' code computes the penalty from detached gradients, so it
-trains the plain summed loss: danielmao2019/Pylon @ ebe46305 `optimizers/multi_task_optimizers` takes g_i without create_graph=True.)
+trains the plain summed loss: danielmao2019/Pylon @ ebe46305 `optimizers/multi_task_optimizers` takes g_i without
+create_graph=True.)
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def mean_squared_cosine(blocks) -> torch.Tensor:
     norms2 = gram.diagonal()
     denom = torch.outer(norms2, norms2)
     positive = denom > 0
-    cos2 = torch.where(positive, gram**2 / torch.where(positive, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    cos2 = torch.where(
+        positive, gram**2 / torch.where(positive, denom, torch.ones_like(denom)), torch.zeros_like(denom)
+    )
     off = ~torch.eye(n, dtype=torch.bool, device=gram.device)
     return cos2[off].mean()
 

@@ -16,7 +16,7 @@ from mtlcheck.aggregators._registry import register_aggregator
 
 @register_aggregator("dwa")
 class DWA(WeightingAggregator):
-    _state_attrs = ('_history',)
+    _state_attrs = ("_history",)
 
     def __init__(self, *, temperature: float = 2.0, window: int = 25, seed: int = 0):
         super().__init__(seed=seed)
@@ -34,12 +34,12 @@ class DWA(WeightingAggregator):
         n = losses.shape[0]
         self._history = self._history or []
         if len(self._history) >= 2 * self.window:
-            recent = torch.stack(self._history[-self.window:]).mean(0)
-            before = torch.stack(self._history[-2 * self.window:-self.window]).mean(0)
+            recent = torch.stack(self._history[-self.window :]).mean(0)
+            before = torch.stack(self._history[-2 * self.window : -self.window]).mean(0)
             if bool((before <= 0).any()):
                 raise ValueError(f"{self!r}: loss ratios need positive losses, got window means {before.tolist()}")
             w = n * softmax64((recent / before) / self.temperature)
         else:
             w = torch.ones(n, dtype=torch.float64)
-        self._history = (self._history + [losses.clone()])[-2 * self.window:]
+        self._history = (self._history + [losses.clone()])[-2 * self.window :]
         return w

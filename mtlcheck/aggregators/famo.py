@@ -20,10 +20,11 @@ from mtlcheck.aggregators._registry import register_aggregator
 
 @register_aggregator("famo")
 class FAMO(WeightingAggregator):
-    _state_attrs = ('_logits', '_adam', '_prev')
+    _state_attrs = ("_logits", "_adam", "_prev")
 
-    def __init__(self, *, w_lr: float = 0.025, gamma: float = 1e-3, min_loss: float = 0.0, eps: float = 1e-8,
-                 seed: int = 0):
+    def __init__(
+        self, *, w_lr: float = 0.025, gamma: float = 1e-3, min_loss: float = 0.0, eps: float = 1e-8, seed: int = 0
+    ):
         super().__init__(seed=seed)
         check_lr("FAMO", w_lr)
         if not gamma >= 0:
@@ -34,8 +35,9 @@ class FAMO(WeightingAggregator):
         self._reset_state()
 
     def tags(self) -> AggregatorTags:
-        return AggregatorTags(inputs=frozenset({"losses"}), nonneg_weights=True, stateful=True, reduction="mean",
-                              post_step_update=True)
+        return AggregatorTags(
+            inputs=frozenset({"losses"}), nonneg_weights=True, stateful=True, reduction="mean", post_step_update=True
+        )
 
     def _shifted(self, losses: torch.Tensor, what: str) -> torch.Tensor:
         shifted = losses - self.min_loss + self.eps

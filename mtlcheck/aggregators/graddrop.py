@@ -3,8 +3,8 @@
 At each coordinate, with S_i the task gradients (at the feature level multiplied by sign(Z) of
 the input activation and summed over the batch), the sign purity is
     P = ½ (1 + Σ_i S_i / Σ_i |S_i|)      (P = ½ where Σ_i |S_i| = 0),
-U ~ Uniform(0, 1) per coordinate (float32, from the method's own CPU generator), and the mask keeps the positive part where P > U and the
-negative part where P < U:  M_i = [P > U][S_i > 0] + [P < U][S_i < 0].
+U ~ Uniform(0, 1) per coordinate (float32, from the method's own CPU generator), and the mask keeps the positive part
+where P > U and the negative part where P < U:  M_i = [P > U][S_i > 0] + [P < U][S_i < 0].
 direction = Σ_i g_i ⊙ (ℓ + (1 − ℓ) M_i), with leak ℓ ∈ [0, 1]; the mask is broadcast over the
 batch at the feature level. At the parameter level S_i = g_i (no activation sign, no batch).
 Activations Z with NaN or inf raise NonFiniteInputError (a ValueError) naming the block: sign(NaN)
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator
+from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.jacobian import NonFiniteInputError
 
@@ -50,7 +50,9 @@ class GradDrop(Aggregator):
         total = pos - neg  # Σ_i |S_i|
         P = torch.where(total > 0, 0.5 * (1 + (pos + neg) / torch.where(total > 0, total, 1)), 0.5)
         U = torch.rand(P.shape, generator=self.generator, dtype=torch.float32).to(P.device)
-        kept = torch.where(P > U, kept_up, torch.where(P < U, kept_down, torch.zeros((), dtype=g.dtype, device=g.device)))
+        kept = torch.where(
+            P > U, kept_up, torch.where(P < U, kept_down, torch.zeros((), dtype=g.dtype, device=g.device))
+        )
         if self.leak:
             kept = self.leak * g.sum(0) + (1 - self.leak) * kept
         return kept.reshape(-1)
@@ -60,7 +62,8 @@ class GradDrop(Aggregator):
         acts = J.activations if J.activations is not None else (None,) * len(J.blocks)
         for name, a in zip(J.names, acts):
             if a is not None and not bool(torch.isfinite(a).all()):
-                raise NonFiniteInputError(f"{self!r}: the activations Z of block {name!r} (J.activations) "
-                                          "contain NaN or inf")
+                raise NonFiniteInputError(
+                    f"{self!r}: the activations Z of block {name!r} (J.activations) contain NaN or inf"
+                )
         blocks = tuple(self._drop(b, s, a, feature) for b, s, a in zip(J.blocks, J.shapes, acts))
         return Aggregation(blocks, None)

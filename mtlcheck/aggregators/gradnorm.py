@@ -22,10 +22,11 @@ from mtlcheck.jacobian import times_pow2
 
 @register_aggregator("gradnorm")
 class GradNorm(WeightingAggregator):
-    _state_attrs = ('_w', '_velocity', '_initial_losses')
+    _state_attrs = ("_w", "_velocity", "_initial_losses")
 
-    def __init__(self, *, alpha: float = 1.5, lr: float = 1e-4, momentum: float = 0.9, norm_blocks: str = "all",
-                 seed: int = 0):
+    def __init__(
+        self, *, alpha: float = 1.5, lr: float = 1e-4, momentum: float = 0.9, norm_blocks: str = "all", seed: int = 0
+    ):
         super().__init__(seed=seed)
         check_lr("GradNorm", lr, momentum)
         if not alpha >= 0:
@@ -49,7 +50,9 @@ class GradNorm(WeightingAggregator):
         n = J.n_tasks
         if self._w is None:
             if bool((losses <= 0).any()):
-                raise ValueError(f"{self!r}: initial losses must be positive to form loss ratios, got {losses.tolist()}")
+                raise ValueError(
+                    f"{self!r}: initial losses must be positive to form loss ratios, got {losses.tolist()}"
+                )
             self._w = torch.ones(n, dtype=torch.float64)
             self._velocity = torch.zeros(n, dtype=torch.float64)
             self._initial_losses = losses.clone()

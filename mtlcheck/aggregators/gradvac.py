@@ -5,8 +5,8 @@ in a random order, each j ≠ i: with ρ = cos(g_i', g_j), if ρ < φ̂_ij then
     g_i' ← g_i' + ‖g_i'‖ (φ̂_ij √(1−ρ²) − ρ √(1−φ̂_ij²)) / (‖g_j‖ √(1−φ̂_ij²)) · g_j,
 which makes cos(g_i', g_j) exactly φ̂_ij (ε = `eps` is added to √(1−φ̂²), not to the whole
 denominator as in LibMTL, so the method stays exactly scale-equivariant); then always φ̂_ij ← (1−β) φ̂_ij + β ρ.
-direction = Σ_i g_i' (LibMTL and TorchJD; Pylon averages, ÷T). Groups (`group_type`): "whole" model (one group), "module" (blocks that
-share a module path), "parameter" (each block). All of it runs on Gram matrices.
+direction = Σ_i g_i' (LibMTL and TorchJD; Pylon averages, ÷T). Groups (`group_type`): "whole" model (one group),
+"module" (blocks that share a module path), "parameter" (each block). All of it runs on Gram matrices.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator, ProjectionMethod
+from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, ProjectionMethod
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators.pcgrad import random_order
 
@@ -25,7 +25,7 @@ GROUP_TYPES = ("whole", "module", "parameter")
 @register_aggregator("gradvac")
 class GradVac(ProjectionMethod, Aggregator):
     implements = "gradvac"
-    _state_attrs = ('_targets',)
+    _state_attrs = ("_targets",)
 
     def __init__(self, *, beta: float = 0.5, group_type: str = "whole", eps: float = 1e-8, seed: int = 0):
         super().__init__(seed=seed)
@@ -53,7 +53,9 @@ class GradVac(ProjectionMethod, Aggregator):
         block_grams = J.scaled_block_grams()  # cosines and norm ratios only
         grams = torch.stack([block_grams[g].sum(0) for g in groups])
         if self._targets is not None and self._targets.shape[0] != len(groups):
-            raise ValueError(f"{self!r}: state has {self._targets.shape[0]} groups but G has {len(groups)}; call reset()")
+            raise ValueError(
+                f"{self!r}: state has {self._targets.shape[0]} groups but G has {len(groups)}; call reset()"
+            )
         return groups, grams
 
     def _correction(self, norm_i: float, norm_j: float, rho: float, target: float) -> float:

@@ -39,7 +39,7 @@ def equal_projection_weights(gram: torch.Tensor) -> torch.Tensor:
 
 @register_aggregator("imtl")
 class IMTL(WeightingAggregator):
-    _state_attrs = ('_s', '_velocity')
+    _state_attrs = ("_s", "_velocity")
 
     def __init__(self, *, loss_balance: bool = True, lr: float = 1e-4, momentum: float = 0.9, seed: int = 0):
         super().__init__(seed=seed)

@@ -19,8 +19,8 @@ a backtracking search tries longer damped steps first. It stops when max_i |r_i|
 where rounding makes that unreachable (nearly opposite gradients: β is large and Cβ a
 cancellation), when full Newton steps stop halving r while |r_i| ≤ 2T·u·β_i(|C| β)_i
 (u = 2⁻⁵³): α then solves the equation exactly for a matrix that differs from G Gᵀ by at most
-2T·u relative, entry by entry (a componentwise backward error). Start: the last α (warm start) or 1/‖g_i‖, scaled by the optimal
-factor √(T / βᵀCβ).
+2T·u relative, entry by entry (a componentwise backward error). Start: the last α (warm start) or 1/‖g_i‖, scaled by
+the optimal factor √(T / βᵀCβ).
 
 No solution exists exactly when a non-negative, non-zero combination of the gradients vanishes
 (e.g. g and −g; f is then unbounded below). When Newton does not converge, the minimum-norm
@@ -39,7 +39,7 @@ import math
 import numpy as np
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator, SolverError
+from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, SolverError
 from mtlcheck.aggregators._min_norm import MinNormError, min_norm_weights
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.jacobian import times_pow2
@@ -73,7 +73,7 @@ def nash_newton(M: np.ndarray, alpha0: np.ndarray, *, tol: float = 1e-10, max_it
         if err <= tol:
             return alpha
         if last_full is not None and err > 0.5 * last_full[1]:  # a full step no longer halved r:
-            before, _, r_before, bound = last_full           # rounding, if r was at its level
+            before, _, r_before, bound = last_full  # rounding, if r was at its level
             if np.all(np.abs(r_before) <= bound):
                 return before
         H = alpha[:, None] * M * alpha[None, :]
@@ -118,10 +118,18 @@ def no_solution_certificate(M: np.ndarray) -> tuple[np.ndarray, float, float] | 
 @register_aggregator("nash_mtl")
 class NashMTL(Aggregator):
     implements = "nash_mtl"
-    _state_attrs = ('_alpha', '_step')
+    _state_attrs = ("_alpha", "_step")
 
-    def __init__(self, *, max_norm: float | None = 1.0, update_weights_every: int = 1, warm_start: bool = True,
-                 tol: float = 1e-10, max_iter: int = 100, seed: int = 0):
+    def __init__(
+        self,
+        *,
+        max_norm: float | None = 1.0,
+        update_weights_every: int = 1,
+        warm_start: bool = True,
+        tol: float = 1e-10,
+        max_iter: int = 100,
+        seed: int = 0,
+    ):
         super().__init__(seed=seed)
         if max_norm is not None and not max_norm > 0:
             raise ValueError(f"NashMTL: max_norm must be > 0 or None, got {max_norm!r}")
@@ -157,9 +165,12 @@ class NashMTL(Aggregator):
                     f"{self!r}: no bargaining solution: α_i (G Gᵀ α)_i = 1 has no positive solution (none that "
                     f"float64 resolves) because a non-negative combination of the task gradients vanishes up to "
                     f"rounding — w = {np.round(w, 6).tolist()} (on the simplex) gives ‖Σ w_i g_i/‖g_i‖‖² = "
-                    f"{value:.3g} ≤ {level:.3g}, the rounding level (e.g. two exactly opposite gradients)") from None
-            raise SolverError(f"{self!r}: Newton failed although a bargaining solution exists ({exc}); "
-                              f"cosine matrix of the gradients = {M.tolist()}") from None
+                    f"{value:.3g} ≤ {level:.3g}, the rounding level (e.g. two exactly opposite gradients)"
+                ) from None
+            raise SolverError(
+                f"{self!r}: Newton failed although a bargaining solution exists ({exc}); "
+                f"cosine matrix of the gradients = {M.tolist()}"
+            ) from None
 
     def solve_weights(self, gram: torch.Tensor) -> torch.Tensor:
         """α with α_i (gram α)_i = 1 for every task with a non-zero gradient (α_i = 0 for the others)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, AggregatorTags, Aggregator, ProjectionMethod
+from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, ProjectionMethod
 from mtlcheck.aggregators._registry import register_aggregator
 
 

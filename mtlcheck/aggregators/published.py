@@ -27,8 +27,7 @@ from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators.cosreg import CosReg
 from mtlcheck.aggregators.gradvac import GradVac
 
-PUBLISHED_VARIANTS = ("ew-mean", "cosreg-published", "nash_mtl-published", "gradnorm-published",
-                      "gradvac-published")
+PUBLISHED_VARIANTS = ("ew-mean", "cosreg-published", "nash_mtl-published", "gradnorm-published", "gradvac-published")
 
 
 @register_aggregator("ew-mean")

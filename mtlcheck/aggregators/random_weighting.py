@@ -22,8 +22,9 @@ class _RandomWeights(WeightingAggregator):
 
     def tags(self) -> AggregatorTags:
         # weights are drawn per task index: equivariant in distribution only, not draw by draw
-        return AggregatorTags(inputs=self._inputs, nonneg_weights=True, stochastic=True, reduction="mean",
-                              task_symmetric=False)
+        return AggregatorTags(
+            inputs=self._inputs, nonneg_weights=True, stochastic=True, reduction="mean", task_symmetric=False
+        )
 
     def _weights(self, J, losses):
         n = J.n_tasks if J is not None else losses.shape[0]

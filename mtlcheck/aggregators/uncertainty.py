@@ -23,7 +23,7 @@ from mtlcheck.aggregators._registry import register_aggregator
 
 @register_aggregator("uncertainty")
 class Uncertainty(WeightingAggregator):
-    _state_attrs = ('_s', '_velocity')
+    _state_attrs = ("_s", "_velocity")
 
     def __init__(self, *, init: float = 0.0, lr: float = 1e-4, momentum: float = 0.9, seed: int = 0):
         super().__init__(seed=seed)

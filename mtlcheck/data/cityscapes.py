@@ -37,15 +37,16 @@ itself following SamsungLabs/MTL `code/data/datasets/cityscapes.py`):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from mtlcheck.data import _io
-from mtlcheck.data.paper import PAPER_BATCH_SIZE as _BATCH, PAPER_IMAGE_SIZE
+from mtlcheck.data.paper import PAPER_BATCH_SIZE as _BATCH
+from mtlcheck.data.paper import PAPER_IMAGE_SIZE
 from mtlcheck.data.transforms import check_normalize, check_size, image_tensor, resize_nearest
 
 NUM_CLASSES = 19
@@ -61,13 +62,25 @@ VALID_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 3
 NO_INSTANCE_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23)  # stuff: never an instance
 # Pylon HEAD coarse map: flat, construction, nature, vehicle, sky, object, human.
 COARSE_MAP = {
-    7: 0, 8: 0,
-    11: 1, 12: 1, 13: 1,
-    21: 2, 22: 2,
-    26: 3, 27: 3, 28: 3, 31: 3, 32: 3, 33: 3,
+    7: 0,
+    8: 0,
+    11: 1,
+    12: 1,
+    13: 1,
+    21: 2,
+    22: 2,
+    26: 3,
+    27: 3,
+    28: 3,
+    31: 3,
+    32: 3,
+    33: 3,
     23: 4,
-    17: 5, 19: 5, 20: 5,
-    24: 6, 25: 6,
+    17: 5,
+    19: 5,
+    20: 5,
+    24: 6,
+    25: 6,
 }
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -90,16 +103,18 @@ def label_lookup(num_classes: int = NUM_CLASSES) -> np.ndarray:
     return lut
 
 
-def semantic_from_label_ids(label_ids: np.ndarray, num_classes: int = NUM_CLASSES,
-                            source: str | Path = "<array>") -> np.ndarray:
+def semantic_from_label_ids(
+    label_ids: np.ndarray, num_classes: int = NUM_CLASSES, source: str | Path = "<array>"
+) -> np.ndarray:
     """Map a labelIds array to train ids (int64), IGNORE_INDEX for void ids.
 
     Raises ValueError naming `source` for ids outside 0..33.
     """
     ids = np.asarray(label_ids)
     if ids.size and (ids.min() < 0 or ids.max() > MAX_LABEL_ID):
-        raise ValueError(f"label ids in {source} must lie in 0..{MAX_LABEL_ID}; "
-                         f"found range {int(ids.min())}..{int(ids.max())}")
+        raise ValueError(
+            f"label ids in {source} must lie in 0..{MAX_LABEL_ID}; found range {int(ids.min())}..{int(ids.max())}"
+        )
     return label_lookup(num_classes)[ids.astype(np.int64)]
 
 
@@ -133,9 +148,13 @@ def instance_offsets(instance_ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def build_targets(label_ids: np.ndarray, instance_ids: np.ndarray, disparity: np.ndarray,
-                  size: tuple[int, int] | None = None,
-                  num_classes: int = NUM_CLASSES) -> dict[str, np.ndarray]:
+def build_targets(
+    label_ids: np.ndarray,
+    instance_ids: np.ndarray,
+    disparity: np.ndarray,
+    size: tuple[int, int] | None = None,
+    num_classes: int = NUM_CLASSES,
+) -> dict[str, np.ndarray]:
     """semantic (H,W) int64, instance (2,H,W) float32, depth (1,H,W) float32 from the raw maps.
 
     The three maps are nearest-resized to `size` first (so offsets come from the resized id map).
@@ -168,10 +187,16 @@ class CityscapesDataset(Dataset):
             (and checked against the current file list and size) when present.
     """
 
-    def __init__(self, root: str | Path, split: str = "train",
-                 size: Sequence[int] | None = PAPER_IMAGE_SIZE, num_classes: int = NUM_CLASSES,
-                 normalize: str = "imagenet", filter_invalid: bool = True,
-                 filter_cache: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        size: Sequence[int] | None = PAPER_IMAGE_SIZE,
+        num_classes: int = NUM_CLASSES,
+        normalize: str = "imagenet",
+        filter_invalid: bool = True,
+        filter_cache: str | Path | None = None,
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         label_lookup(num_classes)  # validates num_classes
@@ -234,15 +259,23 @@ class CityscapesDataset(Dataset):
         size = list(self.size) if self.size is not None else None
         if cache is not None and Path(cache).exists():
             data = _io.read_json(cache)
-            if not isinstance(data, dict) or data.get("names") != names or data.get("size") != size \
-                    or data.get("split") != self.split or not isinstance(data.get("dropped"), list):
-                raise ValueError(f"filter cache {cache} does not match split {self.split!r}, size {size} "
-                                 f"and the current file list; delete it to recompute")
+            if (
+                not isinstance(data, dict)
+                or data.get("names") != names
+                or data.get("size") != size
+                or data.get("split") != self.split
+                or not isinstance(data.get("dropped"), list)
+            ):
+                raise ValueError(
+                    f"filter cache {cache} does not match split {self.split!r}, size {size} "
+                    f"and the current file list; delete it to recompute"
+                )
             return list(data["dropped"])
         dropped = [f["name"] for f in self.files if not self._is_valid(f)]
         if cache is not None:
-            Path(cache).write_text(json.dumps({"split": self.split, "size": size, "names": names,
-                                               "dropped": dropped}, indent=1))
+            Path(cache).write_text(
+                json.dumps({"split": self.split, "size": size, "names": names, "dropped": dropped}, indent=1)
+            )
         return dropped
 
     def __len__(self) -> int:

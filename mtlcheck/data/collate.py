@@ -8,7 +8,8 @@ lists. Both raise ValueError when tensors under one key differ in shape.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -131,14 +131,14 @@ def render_glyph(glyph: np.ndarray, size: int) -> np.ndarray:
 class DigitScene:
     """One generated scene; per-digit arrays are ordered near to far (index 0 is the nearest)."""
 
-    image: np.ndarray          # (3,H,W) float32
-    depth: np.ndarray          # (H,W) float32, 0 = invalid
-    digits: np.ndarray         # (n,) int64 digit values 0..9
-    digit_depths: np.ndarray   # (n,) float64
-    sources: np.ndarray        # (n,) int64 indices into load_digits()
-    amodal: np.ndarray         # (n,H,W) bool
-    owner: np.ndarray          # (H,W) int64: index of the visible digit, -1 = background
-    soft: np.ndarray           # (H,W) bool: ambiguous anti-aliased pixels
+    image: np.ndarray  # (3,H,W) float32
+    depth: np.ndarray  # (H,W) float32, 0 = invalid
+    digits: np.ndarray  # (n,) int64 digit values 0..9
+    digit_depths: np.ndarray  # (n,) float64
+    sources: np.ndarray  # (n,) int64 indices into load_digits()
+    amodal: np.ndarray  # (n,H,W) bool
+    owner: np.ndarray  # (H,W) int64: index of the visible digit, -1 = background
+    soft: np.ndarray  # (H,W) bool: ambiguous anti-aliased pixels
 
     @property
     def visible(self) -> np.ndarray:
@@ -180,7 +180,7 @@ def generate_scene(
     for i in range(n):
         top, left = corners[i]
         s = sides[i]
-        alphas[i, top:top + s, left:left + s] = render_glyph(images[sources[i]], s)
+        alphas[i, top : top + s, left : left + s] = render_glyph(images[sources[i]], s)
     amodal = alphas >= MASK_THRESHOLD
 
     owner = np.full((h, w), -1, dtype=np.int64)
@@ -199,7 +199,7 @@ def generate_scene(
         ww = int(rng.integers(max(1, size // 8), max(2, size // 3) + 1))
         top = int(rng.integers(0, h - hh + 1))
         left = int(rng.integers(0, w - ww + 1))
-        depth[top:top + hh, left:left + ww] = 0.0
+        depth[top : top + hh, left : left + ww] = 0.0
     if noise_std > 0:
         image = image + rng.normal(0.0, noise_std, size=image.shape)
 

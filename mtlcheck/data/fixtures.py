@@ -1,7 +1,8 @@
 """Tiny synthetic samples in the real on-disk formats of CityScapes, NYU-v2 (NYUD_MT and mtan)
 and MetaGraspNet (raw scenes plus the converted UOAIS-style COCO JSON).
 
-Deterministic from `seed` (numpy `default_rng`); layouts are those documented in `cityscapes.py`, `nyuv2.py` and `metagraspnet.py`.
+Deterministic from `seed` (numpy `default_rng`); layouts are those documented in `cityscapes.py`, `nyuv2.py` and
+`metagraspnet.py`.
 Regenerate the committed copies with::
 
     python -m mtlcheck.data.fixtures fixtures/          # [--seed 0]
@@ -18,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -30,8 +31,11 @@ MTAN_SIZE = (16, 24)
 MGN_SIZE = (64, 64)
 
 CITYSCAPES_FRAMES = {
-    "train": [("aachen", "aachen_000000_000019", False), ("aachen", "aachen_000001_000019", False),
-              ("aachen", "aachen_000002_000019", True)],  # True: all-zero disparity (filtered out)
+    "train": [
+        ("aachen", "aachen_000000_000019", False),
+        ("aachen", "aachen_000001_000019", False),
+        ("aachen", "aachen_000002_000019", True),
+    ],  # True: all-zero disparity (filtered out)
     "val": [("frankfurt", "frankfurt_000000_000294", False), ("frankfurt", "frankfurt_000000_000576", False)],
 }
 NYUD_MT_SPLITS = {"train": ["img_5001", "img_5002"], "val": ["img_5003", "img_5004"]}
@@ -50,8 +54,9 @@ def _texture(rng: np.random.Generator, label: np.ndarray, noise: int = 12) -> np
 
 
 # ----------------------------------------------------------------------------- CityScapes
-def cityscapes_frame(rng: np.random.Generator, h: int = 32, w: int = 64, invalid_depth: bool = False
-                     ) -> dict[str, np.ndarray]:
+def cityscapes_frame(
+    rng: np.random.Generator, h: int = 32, w: int = 64, invalid_depth: bool = False
+) -> dict[str, np.ndarray]:
     """One synthetic frame: rgb (H,W,3) uint8, label_ids uint8, instance_ids uint16, disparity uint16.
 
     Sky 23 on top, building 11, road 7 on the bottom half with sidewalk 8 and a pole 17; cars
@@ -59,33 +64,40 @@ def cityscapes_frame(rng: np.random.Generator, h: int = 32, w: int = 64, invalid
     void block 0. Needs w >= 64 for the objects to fit side by side.
     """
     lab = np.full((h, w), 23, np.int64)
-    lab[int(0.3 * h):int(0.5 * h)] = 11
-    lab[h // 2:] = 7
-    lab[h // 2:int(0.6 * h), : w // 4] = 8
+    lab[int(0.3 * h) : int(0.5 * h)] = 11
+    lab[h // 2 :] = 7
+    lab[h // 2 : int(0.6 * h), : w // 4] = 8
     pole = int(rng.integers(w // 2 - 4, w // 2))
-    lab[int(0.3 * h):h // 2 + 2, pole] = 17
+    lab[int(0.3 * h) : h // 2 + 2, pole] = 17
     inst = lab.copy()
     vy, vx = int(rng.integers(int(0.3 * h), int(0.5 * h) - 3)), int(rng.integers(w // 2 + 2, w - 8))
-    lab[vy:vy + 3, vx:vx + 6] = 0
-    inst[vy:vy + 3, vx:vx + 6] = 0
+    lab[vy : vy + 3, vx : vx + 6] = 0
+    inst[vy : vy + 3, vx : vx + 6] = 0
     top = h // 2 + 2
     objects = [  # (label id, instance id, x range start, width, height)
-        (26, 26000, 2, 10, 6), (26, 26001, 16, 9, 5), (24, 24000, 35, 3, 9), (26, 26, 44, 5, 4),
+        (26, 26000, 2, 10, 6),
+        (26, 26001, 16, 9, 5),
+        (24, 24000, 35, 3, 9),
+        (26, 26, 44, 5, 4),
         (30, 30000, 54, 6, 5),
     ]
     for label_id, inst_id, x0, ow, oh in objects:
         x = x0 + int(rng.integers(0, 3))
         y = top + int(rng.integers(0, h - top - oh + 1))
-        lab[y:y + oh, x:x + ow] = label_id
-        inst[y:y + oh, x:x + ow] = inst_id
+        lab[y : y + oh, x : x + ow] = label_id
+        inst[y : y + oh, x : x + ow] = inst_id
     rows = np.linspace(3000.0, 20000.0, h)[:, None]
     disp = rows + rng.integers(0, 500, size=(h, w))
     zy, zx = int(rng.integers(0, h - 4)), int(rng.integers(0, w - 8))
-    disp[zy:zy + 4, zx:zx + 8] = 0
+    disp[zy : zy + 4, zx : zx + 8] = 0
     if invalid_depth:
         disp[:] = 0
-    return {"rgb": _texture(rng, lab), "label_ids": lab.astype(np.uint8),
-            "instance_ids": inst.astype(np.uint16), "disparity": disp.astype(np.uint16)}
+    return {
+        "rgb": _texture(rng, lab),
+        "label_ids": lab.astype(np.uint8),
+        "instance_ids": inst.astype(np.uint16),
+        "disparity": disp.astype(np.uint16),
+    }
 
 
 def write_cityscapes_frame(root: str | Path, split: str, city: str, stem: str, frame: dict) -> None:
@@ -117,11 +129,11 @@ def _smooth_normals(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _nyu_segmentation(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     seg = np.full((h, w), 1, np.int64)  # wall
-    seg[int(0.6 * h):] = 2  # floor
+    seg[int(0.6 * h) :] = 2  # floor
     y, x = int(rng.integers(h // 3, h // 2)), int(rng.integers(0, w // 2))
-    seg[y:y + h // 4, x:x + w // 3] = 4  # chair
-    seg[: h // 6, int(rng.integers(0, w - 8)):][:, :8] = int(rng.integers(5, 41))
-    seg[-h // 8:, : w // 5] = 0  # unlabelled
+    seg[y : y + h // 4, x : x + w // 3] = 4  # chair
+    seg[: h // 6, int(rng.integers(0, w - 8)) :][:, :8] = int(rng.integers(5, 41))
+    seg[-h // 8 :, : w // 5] = 0  # unlabelled
     return seg
 
 
@@ -141,10 +153,11 @@ def write_nyud_mt(root: str | Path, seed: int = 0) -> Path:
             Image.fromarray(_texture(rng, seg)).save(root / "images" / f"{i}.jpg", quality=95)
             depth = np.linspace(1.0, 4.0, h, dtype=np.float32)[:, None] + rng.uniform(0, 0.2, (h, w)).astype(np.float32)
             zy, zx = int(rng.integers(0, h - 5)), int(rng.integers(0, w - 6))
-            depth[zy:zy + 5, zx:zx + 6] = 0.0
+            depth[zy : zy + 5, zx : zx + 6] = 0.0
             scipy.io.savemat(root / "depth" / f"{i}.mat", {"depth": depth}, do_compression=True)
-            scipy.io.savemat(root / "segmentation" / f"{i}.mat", {"segmentation": seg.astype(np.uint8)},
-                             do_compression=True)
+            scipy.io.savemat(
+                root / "segmentation" / f"{i}.mat", {"segmentation": seg.astype(np.uint8)}, do_compression=True
+            )
             p = np.round((_smooth_normals(rng, h, w) + 1.0) / 2.0 * 255.0).astype(np.uint8)
             Image.fromarray(p).save(root / "normals" / f"{i}.jpg", quality=95, subsampling=0)
             _save_png(root / "edge" / f"{i}.png", np.zeros((h, w), np.uint8))
@@ -164,8 +177,12 @@ def write_nyuv2_mtan(root: str | Path, seed: int = 0) -> Path:
             depth[-3:, -4:] = 0.0
             normal = _smooth_normals(rng, h, w).astype(np.float32)
             normal[-3:, -4:] = 0.0
-            arrays = {"image": rng.uniform(0, 1, size=(h, w, 3)).astype(np.float32), "label": label,
-                      "depth": depth, "normal": normal}
+            arrays = {
+                "image": rng.uniform(0, 1, size=(h, w, 3)).astype(np.float32),
+                "label": label,
+                "depth": depth,
+                "normal": normal,
+            }
             for key, arr in arrays.items():
                 (root / split / key).mkdir(parents=True, exist_ok=True)
                 np.save(root / split / key / f"{i}.npy", arr)
@@ -178,7 +195,7 @@ def _shape_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     y0, x0 = int(rng.integers(0, h - sh)), int(rng.integers(0, w - sw))
     m = np.zeros((h, w), bool)
     if rng.random() < 0.5:
-        m[y0:y0 + sh, x0:x0 + sw] = True
+        m[y0 : y0 + sh, x0 : x0 + sw] = True
     else:
         yy, xx = np.mgrid[0:h, 0:w]
         m = ((yy - (y0 + sh / 2)) / (sh / 2)) ** 2 + ((xx - (x0 + sw / 2)) / (sw / 2)) ** 2 <= 1.0
@@ -196,8 +213,14 @@ def layered_visibility(amodal_by_layer: Sequence[np.ndarray]) -> list[np.ndarray
     return visible
 
 
-def write_mgn_view(scene_dir: str | Path, view: int, amodal: np.ndarray, layers: Sequence[int],
-                   categories: Sequence[int], rng: np.random.Generator) -> None:
+def write_mgn_view(
+    scene_dir: str | Path,
+    view: int,
+    amodal: np.ndarray,
+    layers: Sequence[int],
+    categories: Sequence[int],
+    rng: np.random.Generator,
+) -> None:
     """Write `<V>_rgb.png`, `<V>.npz` and `<V>_order.json` for objects k = 1..N.
 
     `amodal` (N,H,W) bool holds object k at index k-1; `layers[k-1]` is its stacking rank
@@ -237,8 +260,14 @@ def write_mgn_view(scene_dir: str | Path, view: int, amodal: np.ndarray, layers:
         }
     label = np.where(inst > 0, 1 + inst % 7, 0)
     _save_png(scene_dir / f"{view}_rgb.png", _texture(rng, label))
-    np.savez_compressed(scene_dir / f"{view}.npz", depth=depth.astype(np.float32), instances_objects=inst,
-                        instances_semantic=sem, seg_masks_single=amodal, occlusion=np.zeros((h, w), np.uint8))
+    np.savez_compressed(
+        scene_dir / f"{view}.npz",
+        depth=depth.astype(np.float32),
+        instances_objects=inst,
+        instances_semantic=sem,
+        seg_masks_single=amodal,
+        occlusion=np.zeros((h, w), np.uint8),
+    )
     (scene_dir / f"{view}_order.json").write_text(json.dumps(order, indent=1))
 
 

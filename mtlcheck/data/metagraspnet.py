@@ -2,7 +2,8 @@
 from raw MetaGraspNet scenes to that JSON.
 
 No loader or model of the paper's authors is public for MetaGraspNet; the format follows UOAIS
-(gist-ailab/uoais ``adet/data/uoais.py``), which the paper builds on. Raw scene layout read by `convert_scenes` (maximiliangilles/MetaGraspNet)::
+(gist-ailab/uoais ``adet/data/uoais.py``), which the paper builds on. Raw scene layout read by `convert_scenes`
+(maximiliangilles/MetaGraspNet)::
 
     <root>/<scene>/<V>_rgb.png      RGB uint8
     <root>/<scene>/<V>.npz          'depth' (H,W) float cm, NaN = invalid;
@@ -43,8 +44,8 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -52,7 +53,8 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from mtlcheck.data import _io
-from mtlcheck.data.paper import PAPER_BATCH_SIZE as _BATCH, PAPER_IMAGE_SIZE
+from mtlcheck.data.paper import PAPER_BATCH_SIZE as _BATCH
+from mtlcheck.data.paper import PAPER_IMAGE_SIZE
 from mtlcheck.data.transforms import check_normalize, check_size, image_tensor, resize_nearest
 
 NUM_CLASSES = 2  # background + one class-agnostic "object" class (label 1), as UOAIS
@@ -135,8 +137,9 @@ def _scene_sort_key(p: Path) -> tuple:
     return (int(digits[-1]) if digits else -1, p.name)
 
 
-def convert_view(rgb_path: Path, npz_path: Path, order_path: Path, tolerance: float = 0.05
-                 ) -> tuple[tuple[int, int], list[dict], list[str]]:
+def convert_view(
+    rgb_path: Path, npz_path: Path, order_path: Path, tolerance: float = 0.05
+) -> tuple[tuple[int, int], list[dict], list[str]]:
     """One raw view -> ((H, W), annotation dicts without ids, warning messages)."""
     rgb = _io.read_image(rgb_path, _io.RGB_MODES)
     h, w = rgb.shape[:2]
@@ -157,8 +160,12 @@ def convert_view(rgb_path: Path, npz_path: Path, order_path: Path, tolerance: fl
         raise ValueError(f"{order_path} must hold a JSON object keyed by object id")
     objects: dict[int, float] = {}
     for key, entry in order.items():
-        if not (isinstance(entry, dict) and str(key).isdigit() and entry.get("id", int(key)) == int(key)
-                and isinstance(entry.get("occlusion"), (int, float))):
+        if not (
+            isinstance(entry, dict)
+            and str(key).isdigit()
+            and entry.get("id", int(key)) == int(key)
+            and isinstance(entry.get("occlusion"), (int, float))
+        ):
             raise ValueError(f"{order_path}: entry {key!r} must be {{'id': {key}, 'occlusion': float, ...}}")
         objects[int(key)] = float(entry["occlusion"])
     present = set(np.unique(inst).tolist()) - {0}
@@ -172,33 +179,48 @@ def convert_view(rgb_path: Path, npz_path: Path, order_path: Path, tolerance: fl
         if n_vis == 0:
             continue
         if not 1 <= k <= amodal_all.shape[0]:
-            raise ValueError(f"{npz_path}: object {k} has no mask {amodal_key}[{k - 1}] "
-                             f"(only {amodal_all.shape[0]} masks)")
+            raise ValueError(
+                f"{npz_path}: object {k} has no mask {amodal_key}[{k - 1}] (only {amodal_all.shape[0]} masks)"
+            )
         seg = amodal_all[k - 1] != 0
         outside = int((vis & ~seg).sum())
         if outside > tolerance * n_vis:
-            notes.append(f"{npz_path}: object {k}: {outside}/{n_vis} visible pixels lie outside "
-                         f"{amodal_key}[{k - 1}]; amodal mask taken as their union")
+            notes.append(
+                f"{npz_path}: object {k}: {outside}/{n_vis} visible pixels lie outside "
+                f"{amodal_key}[{k - 1}]; amodal mask taken as their union"
+            )
         amodal = seg | vis
         rate = 1.0 - n_vis / float(amodal.sum())
         if abs(rate - objects[k]) > tolerance:
-            notes.append(f"{order_path}: object {k}: occlusion {objects[k]:.4f} differs from "
-                         f"1 - |visible|/|amodal| = {rate:.4f}")
+            notes.append(
+                f"{order_path}: object {k}: occlusion {objects[k]:.4f} differs from 1 - |visible|/|amodal| = {rate:.4f}"
+            )
         cats, counts = np.unique(sem[vis], return_counts=True)
-        anns.append({
-            "category_id": OBJECT_CATEGORY_ID, "iscrowd": 0,
-            "bbox": mask_bbox_xywh(amodal), "visible_bbox": mask_bbox_xywh(vis),
-            "segmentation": encode_mask(amodal), "visible_mask": encode_mask(vis),
-            "occluded_mask": encode_mask(amodal & ~vis),
-            "occluded_rate": rate, "area": float(amodal.sum()),
-            "mgn_object_id": k, "mgn_category": int(cats[np.argmax(counts)]),
-            "mgn_occlusion": objects[k],
-        })
+        anns.append(
+            {
+                "category_id": OBJECT_CATEGORY_ID,
+                "iscrowd": 0,
+                "bbox": mask_bbox_xywh(amodal),
+                "visible_bbox": mask_bbox_xywh(vis),
+                "segmentation": encode_mask(amodal),
+                "visible_mask": encode_mask(vis),
+                "occluded_mask": encode_mask(amodal & ~vis),
+                "occluded_rate": rate,
+                "area": float(amodal.sum()),
+                "mgn_object_id": k,
+                "mgn_category": int(cats[np.argmax(counts)]),
+                "mgn_occlusion": objects[k],
+            }
+        )
     return (h, w), anns, notes
 
 
-def convert_scenes(root: str | Path, scenes: Iterable[str | Path] | None = None,
-                   out_json: str | Path | None = None, tolerance: float = 0.05) -> dict:
+def convert_scenes(
+    root: str | Path,
+    scenes: Iterable[str | Path] | None = None,
+    out_json: str | Path | None = None,
+    tolerance: float = 0.05,
+) -> dict:
     """Raw MetaGraspNet scenes under `root` -> UOAIS-style COCO dict (written to `out_json` if given).
 
     `scenes`: scene directories (relative to `root` or absolute); default: every `root/scene*`
@@ -225,18 +247,28 @@ def convert_scenes(root: str | Path, scenes: Iterable[str | Path] | None = None,
             npz_path = scene_dir / f"{v}.npz"
             (h, w), anns, view_notes = convert_view(rgb_path, npz_path, scene_dir / f"{v}_order.json", tolerance)
             image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": rgb_path.relative_to(root).as_posix(),
-                           "depth_file_name": npz_path.relative_to(root).as_posix(),
-                           "height": h, "width": w, "scene": scene_dir.name, "view": v})
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": rgb_path.relative_to(root).as_posix(),
+                    "depth_file_name": npz_path.relative_to(root).as_posix(),
+                    "height": h,
+                    "width": w,
+                    "scene": scene_dir.name,
+                    "view": v,
+                }
+            )
             for ann in anns:
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
             notes.extend(view_notes)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    data = {"info": {"description": "MetaGraspNet in UOAIS-style COCO format (mtlcheck converter)",
-                     "warnings": notes},
-            "images": images, "annotations": annotations,
-            "categories": [{"id": OBJECT_CATEGORY_ID, "name": "object"}]}
+    data = {
+        "info": {"description": "MetaGraspNet in UOAIS-style COCO format (mtlcheck converter)", "warnings": notes},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": OBJECT_CATEGORY_ID, "name": "object"}],
+    }
     if out_json is not None:
         Path(out_json).write_text(json.dumps(data))
     return data
@@ -265,9 +297,15 @@ class MetaGraspNetDataset(Dataset):
             `mgn_category`, which must be an int >= 1.
     """
 
-    def __init__(self, root: str | Path, ann_file: str | Path,
-                 size: Sequence[int] | None = PAPER_IMAGE_SIZE, depth_norm: str = "min_max_flip",
-                 normalize: str = "imagenet", class_agnostic: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        ann_file: str | Path,
+        size: Sequence[int] | None = PAPER_IMAGE_SIZE,
+        depth_norm: str = "min_max_flip",
+        normalize: str = "imagenet",
+        class_agnostic: bool = True,
+    ) -> None:
         if depth_norm not in DEPTH_NORMALIZATIONS:
             raise ValueError(f"unknown depth normalisation {depth_norm!r}; expected one of {DEPTH_NORMALIZATIONS}")
         self.root = Path(root)
@@ -290,15 +328,19 @@ class MetaGraspNetDataset(Dataset):
         self.anns: dict[int, list[dict]] = {i: [] for i in ids}
         for ann in data["annotations"]:
             if not isinstance(ann, dict) or any(k not in ann for k in _ANN_FIELDS):
-                raise ValueError(f"{self.ann_file}: annotation {ann.get('id') if isinstance(ann, dict) else ann!r} "
-                                 f"lacks one of {_ANN_FIELDS}")
+                raise ValueError(
+                    f"{self.ann_file}: annotation {ann.get('id') if isinstance(ann, dict) else ann!r} "
+                    f"lacks one of {_ANN_FIELDS}"
+                )
             if ann["image_id"] not in self.anns:
                 raise ValueError(f"{self.ann_file}: annotation {ann['id']} refers to unknown image {ann['image_id']}")
             if len(ann["bbox"]) != 4:
                 raise ValueError(f"{self.ann_file}: annotation {ann['id']} bbox must have 4 numbers")
             if not class_agnostic and not (isinstance(ann.get("mgn_category"), int) and ann["mgn_category"] >= 1):
-                raise ValueError(f"{self.ann_file}: annotation {ann['id']} needs an integer mgn_category >= 1 "
-                                 f"when class_agnostic=False")
+                raise ValueError(
+                    f"{self.ann_file}: annotation {ann['id']} needs an integer mgn_category >= 1 "
+                    f"when class_agnostic=False"
+                )
             self.anns[ann["image_id"]].append(ann)
 
     def __len__(self) -> int:

@@ -37,17 +37,17 @@ convention). Image: `normalize="imagenet"` by default; the paper code uses "unit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from mtlcheck.data import _io
-from mtlcheck.data.paper import PAPER_BATCH_SIZE as _BATCH, PAPER_IMAGE_SIZE
-from mtlcheck.data.transforms import (check_normalize, check_size, image_tensor, resize_bilinear,
-                                      resize_nearest)
+from mtlcheck.data.paper import PAPER_BATCH_SIZE as _BATCH
+from mtlcheck.data.paper import PAPER_IMAGE_SIZE
+from mtlcheck.data.transforms import check_normalize, check_size, image_tensor, resize_bilinear, resize_nearest
 
 IGNORE_INDEX = 250
 NUM_CLASSES = 41  # nyud_mt default (paper code)
@@ -57,12 +57,52 @@ PAPER_BATCH_SIZE = _BATCH["nyuv2"]
 LAYOUTS = ("nyud_mt", "mtan")
 SPLITS = ("train", "val")
 # NYU 40-class id (index 0..40; 0 = unlabelled) -> 13-class coarse id + unlabelled 0.
-COARSE_MAP_40_TO_13 = (0, 12, 5, 6, 1, 4, 9, 10, 12, 13, 6, 8, 6, 13, 10, 6, 13, 6, 7, 7, 5, 7, 3,
-                       2, 6, 11, 7, 7, 7, 7, 7, 7, 6, 7, 7, 7, 7, 7, 7, 6, 7)
+COARSE_MAP_40_TO_13 = (
+    0,
+    12,
+    5,
+    6,
+    1,
+    4,
+    9,
+    10,
+    12,
+    13,
+    6,
+    8,
+    6,
+    13,
+    10,
+    6,
+    13,
+    6,
+    7,
+    7,
+    5,
+    7,
+    3,
+    2,
+    6,
+    11,
+    7,
+    7,
+    7,
+    7,
+    7,
+    7,
+    6,
+    7,
+    7,
+    7,
+    7,
+    7,
+    7,
+    6,
+    7,
+)
 
 
-def semantic_from_nyud(seg: np.ndarray, num_classes: int = NUM_CLASSES,
-                       source: str | Path = "<array>") -> np.ndarray:
+def semantic_from_nyud(seg: np.ndarray, num_classes: int = NUM_CLASSES, source: str | Path = "<array>") -> np.ndarray:
     """NYUD_MT segmentation values 0..40 -> int64 classes for `num_classes` in (41, 40, 14)."""
     seg = np.asarray(seg)
     if seg.size and (seg.min() < 0 or seg.max() > 40 or not np.all(seg == np.round(seg))):
@@ -121,9 +161,15 @@ class NYUv2Dataset(Dataset):
         normalize: image normalisation, see `mtlcheck.data.transforms`.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", layout: str = "nyud_mt",
-                 size: Sequence[int] | None = PAPER_IMAGE_SIZE, num_classes: int | None = None,
-                 normalize: str = "imagenet") -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        layout: str = "nyud_mt",
+        size: Sequence[int] | None = PAPER_IMAGE_SIZE,
+        num_classes: int | None = None,
+        normalize: str = "imagenet",
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if layout not in LAYOUTS:
@@ -131,8 +177,9 @@ class NYUv2Dataset(Dataset):
         if num_classes is None:
             num_classes = NUM_CLASSES if layout == "nyud_mt" else NUM_CLASSES_MTAN
         if num_classes not in NUM_CLASSES_OPTIONS[layout]:
-            raise ValueError(f"num_classes for layout {layout!r} must be one of "
-                             f"{NUM_CLASSES_OPTIONS[layout]}, got {num_classes}")
+            raise ValueError(
+                f"num_classes for layout {layout!r} must be one of {NUM_CLASSES_OPTIONS[layout]}, got {num_classes}"
+            )
         self.root = Path(root)
         self.split = split
         self.layout = layout

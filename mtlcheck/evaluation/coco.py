@@ -147,9 +147,7 @@ def _vector(x: Any, n: int, name: str, *, integer: bool) -> np.ndarray:
     return v
 
 
-def _binary_masks(
-    x: Any, n: int, hw: tuple[int, int] | None, name: str, threshold: float | None
-) -> np.ndarray:
+def _binary_masks(x: Any, n: int, hw: tuple[int, int] | None, name: str, threshold: float | None) -> np.ndarray:
     """Return uint8 (N, H, W) masks in {0, 1}.
 
     ``threshold=None`` (ground truth): bool or integer 0/1 only. Otherwise float masks must lie in
@@ -172,9 +170,7 @@ def _binary_masks(
     if threshold is None:
         raise ValueError(f"{name}: ground-truth masks must be bool or integer 0/1, got {m.dtype}")
     if m.size and not (np.isfinite(m).all() and m.min() >= 0.0 and m.max() <= 1.0):
-        raise ValueError(
-            f"{name}: float masks must be probabilities in [0, 1] (apply sigmoid to logits first)"
-        )
+        raise ValueError(f"{name}: float masks must be probabilities in [0, 1] (apply sigmoid to logits first)")
     return (m >= threshold).astype(np.uint8)
 
 
@@ -228,9 +224,7 @@ class AmodalCocoEvaluator:
         evaluations = tuple(evaluations)
         unknown = [e for e in evaluations if e not in EVALUATIONS]
         if unknown or not evaluations or len(set(evaluations)) != len(evaluations):
-            raise ValueError(
-                f"evaluations must be distinct names from {sorted(EVALUATIONS)}, got {evaluations}"
-            )
+            raise ValueError(f"evaluations must be distinct names from {sorted(EVALUATIONS)}, got {evaluations}")
         if not (0.0 < float(mask_threshold) <= 1.0):
             raise ValueError(f"mask_threshold must be in (0, 1], got {mask_threshold}")
         self.evaluations = evaluations
@@ -256,9 +250,7 @@ class AmodalCocoEvaluator:
         if isinstance(predictions, Mapping) or isinstance(targets, Mapping):
             raise ValueError("predictions and targets must be sequences of per-image dicts")
         if len(predictions) != len(targets):
-            raise ValueError(
-                f"predictions has {len(predictions)} images but targets has {len(targets)}"
-            )
+            raise ValueError(f"predictions has {len(predictions)} images but targets has {len(targets)}")
         # validate the whole batch before storing anything
         images, gts, dts, ids = [], [], [], set()
         for i, (pred, tgt) in enumerate(zip(predictions, targets)):
@@ -282,9 +274,7 @@ class AmodalCocoEvaluator:
         n = labels.shape[0]
         labels = _vector(labels, n, f"{name}['labels']", integer=True)
         boxes = _boxes(_get(tgt, "boxes", name), n, f"{name}['boxes']")
-        vis = _binary_masks(
-            _get(tgt, "visible_masks", name), n, None, f"{name}['visible_masks']", None
-        )
+        vis = _binary_masks(_get(tgt, "visible_masks", name), n, None, f"{name}['visible_masks']", None)
         hw = (int(vis.shape[1]), int(vis.shape[2]))
         amo = _binary_masks(_get(tgt, "amodal_masks", name), n, hw, f"{name}['amodal_masks']", None)
         occluded = None
@@ -316,9 +306,7 @@ class AmodalCocoEvaluator:
         if "image_id" in pred:
             pid = _image_id(pred["image_id"], f"{name}['image_id']")
             if pid != image["id"]:
-                raise ValueError(
-                    f"{name}['image_id'] = {pid} does not match the target's image_id {image['id']}"
-                )
+                raise ValueError(f"{name}['image_id'] = {pid} does not match the target's image_id {image['id']}")
         scores = _to_numpy(_get(pred, "scores", name), f"{name}['scores']")
         if scores.ndim != 1:
             raise ValueError(f"{name}['scores'] must have shape (M,), got {tuple(scores.shape)}")
@@ -334,9 +322,7 @@ class AmodalCocoEvaluator:
             fields["bbox"] = [_xywh(b) for b in boxes]
         for e, field in (("vmask", "visible_masks"), ("amask", "amodal_masks")):
             if e in self.evaluations:
-                masks = _binary_masks(
-                    _get(pred, field, name), m, hw, f"{name}['{field}']", self.mask_threshold
-                )
+                masks = _binary_masks(_get(pred, field, name), m, hw, f"{name}['{field}']", self.mask_threshold)
                 fields[e] = _encode(masks)
         return [
             {
@@ -398,10 +384,7 @@ class AmodalCocoEvaluator:
         if not self._images:
             raise ValueError("no images were added; call update() before compute()")
         if not self._gt:
-            raise ValueError(
-                "the ground truth has no objects: COCO AP/AR are undefined "
-                "(pycocotools would report -1)"
-            )
+            raise ValueError("the ground truth has no objects: COCO AP/AR are undefined (pycocotools would report -1)")
         gts = {}
         results: dict[str, float] = {}
         sink = io.StringIO()
@@ -454,8 +437,6 @@ def evaluate_amodal_coco(
     mask_threshold: float = 0.5,
 ) -> dict[str, float]:
     """One-shot :class:`AmodalCocoEvaluator`: ``update(predictions, targets)``, ``compute()``."""
-    ev = AmodalCocoEvaluator(
-        evaluations, class_agnostic=class_agnostic, mask_threshold=mask_threshold
-    )
+    ev = AmodalCocoEvaluator(evaluations, class_agnostic=class_agnostic, mask_threshold=mask_threshold)
     ev.update(predictions, targets)
     return ev.compute()

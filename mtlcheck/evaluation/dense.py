@@ -134,9 +134,7 @@ class SemanticSegmentationMetric(DenseMetric):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
-            raise ValueError(
-                f"ignore_index must be an int outside 0..{num_classes - 1}, got {ignore_index!r}"
-            )
+            raise ValueError(f"ignore_index must be an int outside 0..{num_classes - 1}, got {ignore_index!r}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.per_image = bool(per_image)
@@ -157,14 +155,17 @@ class SemanticSegmentationMetric(DenseMetric):
         c = self.num_classes
         if pred.ndim == 4:
             _check_pair(
-                pred, target, f"pred (B, {c}, H, W) logits and target (B, H, W)",
+                pred,
+                target,
+                f"pred (B, {c}, H, W) logits and target (B, H, W)",
                 pred.shape[1] == c and pred.shape[:1] + pred.shape[2:] == target.shape,
             )
             if not _is_float(pred):
                 raise ValueError(f"4-D pred must be float logits, got {pred.dtype}")
             return pred.argmax(dim=1)
-        _check_pair(pred, target, "pred (B, H, W) labels or (B, C, H, W) logits, target (B, H, W)",
-                    pred.shape == target.shape)
+        _check_pair(
+            pred, target, "pred (B, H, W) labels or (B, C, H, W) logits, target (B, H, W)", pred.shape == target.shape
+        )
         if not _is_int(pred):
             raise ValueError(f"3-D pred must be integer labels, got {pred.dtype}")
         return pred
@@ -256,9 +257,12 @@ class DepthMetric(DenseMetric):
     def update(self, pred: Any, target: Any, valid_mask: Any = None) -> None:
         pred, target = _tensor(pred, "pred"), _tensor(target, "target")
         _same_device(pred, target)
-        _check_pair(pred, target, "equal shapes (B, 1, H, W) or (B, H, W)",
-                    pred.shape == target.shape
-                    and (target.ndim == 3 or (target.ndim == 4 and target.shape[1] == 1)))
+        _check_pair(
+            pred,
+            target,
+            "equal shapes (B, 1, H, W) or (B, H, W)",
+            pred.shape == target.shape and (target.ndim == 3 or (target.ndim == 4 and target.shape[1] == 1)),
+        )
         if not (_is_float(pred) and _is_float(target)):
             raise ValueError(f"pred and target must be float, got {pred.dtype} and {target.dtype}")
         valid = target > 0
@@ -336,8 +340,12 @@ class NormalMetric(DenseMetric):
     def update(self, pred: Any, target: Any, valid_mask: Any = None) -> None:
         pred, target = _tensor(pred, "pred"), _tensor(target, "target")
         _same_device(pred, target)
-        _check_pair(pred, target, "equal shapes (B, 3, H, W)",
-                    pred.shape == target.shape and target.ndim == 4 and target.shape[1] == 3)
+        _check_pair(
+            pred,
+            target,
+            "equal shapes (B, 3, H, W)",
+            pred.shape == target.shape and target.ndim == 4 and target.shape[1] == 3,
+        )
         if not (_is_float(pred) and _is_float(target)):
             raise ValueError(f"pred and target must be float, got {pred.dtype} and {target.dtype}")
         valid = (target != 0).any(1) & torch.isfinite(target).all(1)
@@ -400,8 +408,12 @@ class InstanceOffsetMetric(DenseMetric):
     def update(self, pred: Any, target: Any) -> None:
         pred, target = _tensor(pred, "pred"), _tensor(target, "target")
         _same_device(pred, target)
-        _check_pair(pred, target, "equal shapes (B, 2, H, W)",
-                    pred.shape == target.shape and target.ndim == 4 and target.shape[1] == 2)
+        _check_pair(
+            pred,
+            target,
+            "equal shapes (B, 2, H, W)",
+            pred.shape == target.shape and target.ndim == 4 and target.shape[1] == 2,
+        )
         if not (_is_float(pred) and _is_float(target)):
             raise ValueError(f"pred and target must be float, got {pred.dtype} and {target.dtype}")
         valid = target != self.ignore_value

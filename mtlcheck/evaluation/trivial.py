@@ -18,8 +18,9 @@ scores 0 on every COCO mAP and mAR.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -37,7 +38,7 @@ class ConstantDensePredictor:
         self.semantic: int | None = None
         self.normal: torch.Tensor | None = None
 
-    def fit(self, batches: Iterable[Mapping[str, Any]]) -> "ConstantDensePredictor":
+    def fit(self, batches: Iterable[Mapping[str, Any]]) -> ConstantDensePredictor:
         depths, counts, normal_sum = [], torch.zeros(self.num_classes, dtype=torch.int64), None
         for batch in batches:
             if "depth" in batch:
@@ -73,16 +74,19 @@ class ConstantDensePredictor:
         return out
 
 
-def trivial_metrics(benchmark: str, budget: str = "small", data_root: str | Path | None = None,
-                    num_classes: int | None = None) -> dict[str, float]:
+def trivial_metrics(
+    benchmark: str, budget: str = "small", data_root: str | Path | None = None, num_classes: int | None = None
+) -> dict[str, float]:
     """The test metrics of `ConstantDensePredictor` fit on the training split of a dense
     benchmark, computed by the benchmark's own `evaluate`."""
     from mtlcheck.benchmarks import get_benchmark
 
     bench = get_benchmark(benchmark)
     if not {"depth/l1", "semantic/miou"} & set(bench.higher_is_better):
-        raise ValueError(f"benchmark {benchmark!r} is not dense (its metrics are {sorted(bench.higher_is_better)}); "
-                         "a predictor with no detection scores 0 on every COCO metric")
+        raise ValueError(
+            f"benchmark {benchmark!r} is not dense (its metrics are {sorted(bench.higher_is_better)}); "
+            "a predictor with no detection scores 0 on every COCO metric"
+        )
     root = bench.check_data_root(data_root)
     train = bench.make_data("train", budget, root)
     test = bench.make_data("test", budget, root)
@@ -94,4 +98,4 @@ def trivial_metrics(benchmark: str, budget: str = "small", data_root: str | Path
 
 def _num_classes(bench) -> int:
     model = bench.make_model("smoke", None)
-    return int(getattr(model, "num_classes"))
+    return int(model.num_classes)

@@ -63,4 +63,3 @@ def decode_json(text: str | None) -> Any:
     if text is None:
         return None
     return json.loads(text, object_hook=_revive)
-

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mtlcheck.benchmarks import get_benchmark
 from mtlcheck.experiments.runner import Where, run_spec
@@ -40,8 +41,10 @@ def _import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise ImportError(f"run_sweep_ray needs Ray, an optional dependency of mtlcheck: {RAY_EXTRA} "
-                          f"(or pip install 'ray>=2.9'); importing it failed: {exc}") from exc
+        raise ImportError(
+            f"run_sweep_ray needs Ray, an optional dependency of mtlcheck: {RAY_EXTRA} "
+            f"(or pip install 'ray>=2.9'); importing it failed: {exc}"
+        ) from exc
     return ray
 
 
@@ -86,8 +89,15 @@ def _heaviest_first(specs: list[RunSpec]) -> list[RunSpec]:
     return sorted(specs, key=rank, reverse=True)  # stable: ties keep the sweep's order
 
 
-def run_sweep_processes(store_path: str | Path, specs: Iterable[RunSpec], where: Where = Where(), *, jobs: int = 2,
-                        threads: int = 1, progress: bool = True) -> list[RunRecord]:
+def run_sweep_processes(
+    store_path: str | Path,
+    specs: Iterable[RunSpec],
+    where: Where = Where(),
+    *,
+    jobs: int = 2,
+    threads: int = 1,
+    progress: bool = True,
+) -> list[RunRecord]:
     """Compute every spec once on `jobs` local worker processes with `threads` torch threads each.
 
     On a CPU this is the fast way to run a sweep of small models: one run per core with one
@@ -116,10 +126,13 @@ def run_sweep_processes(store_path: str | Path, specs: Iterable[RunSpec], where:
     worker_where = replace(where, progress=False)
     try:
         if todo:
-            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
-                                     mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(_run_one, str(store.path), s.to_json(), worker_where, threads): s
-                           for s in _heaviest_first(todo)}
+            with ProcessPoolExecutor(
+                max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")
+            ) as pool:
+                futures = {
+                    pool.submit(_run_one, str(store.path), s.to_json(), worker_where, threads): s
+                    for s in _heaviest_first(todo)
+                }
                 for future in as_completed(futures):
                     spec = futures[future]
                     try:
@@ -166,9 +179,10 @@ def _stored_records(store: ResultStore, specs: list[RunSpec], who: str) -> list[
             records.append(record)
     store.close()
     if problems:
-        raise StoreError(f"{who}: {len(problems)} run(s) neither finished nor failed in {store.path} "
-                           "(see the errors printed above; run the sweep again to retry them):\n  "
-                           + "\n  ".join(problems))
+        raise StoreError(
+            f"{who}: {len(problems)} run(s) neither finished nor failed in {store.path} "
+            "(see the errors printed above; run the sweep again to retry them):\n  " + "\n  ".join(problems)
+        )
     return records
 
 
@@ -176,16 +190,26 @@ def _check_device(where: Where, num_gpus_per_run: float) -> None:
     device = where.device
     if device.startswith("cuda"):
         if not num_gpus_per_run > 0:
-            raise ValueError(f"run_sweep_ray: device {device!r} needs num_gpus_per_run > 0 so that Ray assigns "
-                             "each run a GPU")
+            raise ValueError(
+                f"run_sweep_ray: device {device!r} needs num_gpus_per_run > 0 so that Ray assigns each run a GPU"
+            )
         if device not in ("cuda", "cuda:0"):
-            raise ValueError(f"run_sweep_ray: device {device!r}: Ray pins each run's GPU through "
-                             "CUDA_VISIBLE_DEVICES, so use device 'cuda'")
+            raise ValueError(
+                f"run_sweep_ray: device {device!r}: Ray pins each run's GPU through "
+                "CUDA_VISIBLE_DEVICES, so use device 'cuda'"
+            )
 
 
-def run_sweep_ray(store_path: str | Path, specs: Iterable[RunSpec], where: Where = Where(), *,
-                  num_gpus_per_run: float = 0, num_cpus_per_run: float = 1, address: str | None = None,
-                  progress: bool = True) -> list[RunRecord]:
+def run_sweep_ray(
+    store_path: str | Path,
+    specs: Iterable[RunSpec],
+    where: Where = Where(),
+    *,
+    num_gpus_per_run: float = 0,
+    num_cpus_per_run: float = 1,
+    address: str | None = None,
+    progress: bool = True,
+) -> list[RunRecord]:
     """Compute every spec once, one Ray task per run not yet finished in `store_path`.
 
     Uses the Ray connection of this process if `ray.init` was already called (then `address`
@@ -215,8 +239,10 @@ def run_sweep_ray(store_path: str | Path, specs: Iterable[RunSpec], where: Where
     started = False
     if ray.is_initialized():
         if address is not None:
-            raise ValueError(f"run_sweep_ray: Ray is already initialised in this process; cannot connect to "
-                             f"address={address!r} (pass address=None to use the existing connection)")
+            raise ValueError(
+                f"run_sweep_ray: Ray is already initialised in this process; cannot connect to "
+                f"address={address!r} (pass address=None to use the existing connection)"
+            )
     elif todo:
         ray.init(address=address)
         started = True
@@ -225,13 +251,11 @@ def run_sweep_ray(store_path: str | Path, specs: Iterable[RunSpec], where: Where
         from tqdm import tqdm
 
         bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="runs (ray)", unit="run")
-    problems: list[str] = []
     try:
         task = ray.remote(num_cpus=num_cpus_per_run, num_gpus=num_gpus_per_run)(_run_one)
         threads = max(1, int(num_cpus_per_run))
         worker_where = replace(where, progress=False)
-        refs: dict[Any, RunSpec] = {task.remote(str(store.path), s.to_json(), worker_where, threads): s
-                                    for s in todo}
+        refs: dict[Any, RunSpec] = {task.remote(str(store.path), s.to_json(), worker_where, threads): s for s in todo}
         pending = list(refs)
         try:
             while pending:

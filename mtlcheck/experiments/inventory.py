@@ -13,9 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from mtlcheck.experiments.codec import encode_json
 from mtlcheck.experiments.store import RunRecord
@@ -35,24 +36,45 @@ def summary(record: RunRecord) -> dict[str, Any]:
     spec, timings = record.spec, record.timings or {}
     per_step = timings.get("seconds_per_step")
     return {
-        "key": record.key, "benchmark": spec.benchmark, "method": spec.method, "level": spec.level,
-        "seed": spec.seed, "budget": spec.budget, "steps": spec.steps,
+        "key": record.key,
+        "benchmark": spec.benchmark,
+        "method": spec.method,
+        "level": spec.level,
+        "seed": spec.seed,
+        "budget": spec.budget,
+        "steps": spec.steps,
         "config": json.dumps(spec.config, sort_keys=True) if spec.config else "",
         "options": json.dumps(spec.options, sort_keys=True) if spec.options else "",
-        "status": record.status, "attempts": record.attempts, "failures": record.failures,
+        "status": record.status,
+        "attempts": record.attempts,
+        "failures": record.failures,
         "train_seconds": timings.get("train_seconds"),
         "ms_per_step": None if per_step is None else per_step * 1e3,
-        "finished": record.finished, "last_error": last_error(record),
+        "finished": record.finished,
+        "last_error": last_error(record),
     }
 
 
 def full(record: RunRecord) -> dict[str, Any]:
     """Everything stored about a run, as JSON data."""
-    return {"key": record.key, "label": record.spec.label, "spec": record.spec.to_dict(),
-            "code_epoch": record.code_epoch, "status": record.status, "attempts": record.attempts,
-            "failures": record.failures, "created": record.created, "started": record.started,
-            "finished": record.finished, "metrics": record.metrics, "trajectory": record.trajectory,
-            "timings": record.timings, "env": record.env, "error": record.error, "history": record.history}
+    return {
+        "key": record.key,
+        "label": record.spec.label,
+        "spec": record.spec.to_dict(),
+        "code_epoch": record.code_epoch,
+        "status": record.status,
+        "attempts": record.attempts,
+        "failures": record.failures,
+        "created": record.created,
+        "started": record.started,
+        "finished": record.finished,
+        "metrics": record.metrics,
+        "trajectory": record.trajectory,
+        "timings": record.timings,
+        "env": record.env,
+        "error": record.error,
+        "history": record.history,
+    }
 
 
 def export_json(records: Iterable[RunRecord], path: str | Path) -> Path:
@@ -77,8 +99,10 @@ def export_csv(records: Iterable[RunRecord], path: str | Path) -> tuple[Path, Pa
         writer.writerow([*SPEC_COLUMNS, *RUN_COLUMNS, *metrics])
         for r in records:
             row = summary(r)
-            writer.writerow([_cell(row[c]) for c in (*SPEC_COLUMNS, *RUN_COLUMNS)]
-                            + [_cell((r.metrics or {}).get(m)) for m in metrics])
+            writer.writerow(
+                [_cell(row[c]) for c in (*SPEC_COLUMNS, *RUN_COLUMNS)]
+                + [_cell((r.metrics or {}).get(m)) for m in metrics]
+            )
     traj_path = path.with_name(f"{path.stem}-trajectories.csv")
     with traj_path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -125,8 +149,7 @@ def compare(records_a: Iterable[RunRecord], records_b: Iterable[RunRecord], tol:
             result.unfinished.append((ra, rb))
             continue
         ma, mb = ra.metrics or {}, rb.metrics or {}
-        diffs = {m: (ma.get(m), mb.get(m)) for m in sorted(set(ma) | set(mb))
-                 if _differs(ma.get(m), mb.get(m), tol)}
+        diffs = {m: (ma.get(m), mb.get(m)) for m in sorted(set(ma) | set(mb)) if _differs(ma.get(m), mb.get(m), tol)}
         if ra.status != rb.status:
             diffs["status"] = (ra.status, rb.status)
         (result.different.append((ra, rb, diffs)) if diffs else result.same.append((ra, rb)))

@@ -37,8 +37,16 @@ class LeaseLost(RuntimeError):
 class Lease:
     """This process's ownership of one running run. Obtain from `ResultStore.lease`."""
 
-    def __init__(self, store: "ResultStore", spec: RunSpec, key: str, owner: str, attempt: int,
-                 took_over_from: str | None, takeover_reason: str | None):
+    def __init__(
+        self,
+        store: ResultStore,
+        spec: RunSpec,
+        key: str,
+        owner: str,
+        attempt: int,
+        took_over_from: str | None,
+        takeover_reason: str | None,
+    ):
         self.store = store
         self.spec = spec
         self.key = key
@@ -108,8 +116,14 @@ class Lease:
         return torch.load(path, map_location=map_location, weights_only=False)
 
     # -- endings --------------------------------------------------------------------------------
-    def finish(self, metrics: Mapping[str, Any], trajectory: Mapping[str, Any] | None = None,
-               timings: Mapping[str, Any] | None = None, status: str = "done", error: str | None = None) -> None:
+    def finish(
+        self,
+        metrics: Mapping[str, Any],
+        trajectory: Mapping[str, Any] | None = None,
+        timings: Mapping[str, Any] | None = None,
+        status: str = "done",
+        error: str | None = None,
+    ) -> None:
         """Store the result (status 'done' or 'diverged') and delete the checkpoint. Raises
         `LeaseLost` (storing nothing) if another process took the run over meanwhile."""
         self._check_open("finish")
@@ -128,7 +142,8 @@ class Lease:
         timings_json = encode_json(timings if timings is not None else {}, "timings")
         env_json = encode_json(environment(), "environment")
         self._end(
-            "status=?, finished=?, heartbeat=NULL, metrics_json=?, trajectory_json=?, env_json=?, timings_json=?, error=?",
+            "status=?, finished=?, heartbeat=NULL, metrics_json=?, trajectory_json=?, env_json=?, timings_json=?, "
+            "error=?",
             (status, self.store.clock.time(), metrics_json, trajectory_json, env_json, timings_json, error),
             self._event(status),
         )
@@ -161,25 +176,34 @@ class Lease:
         if error is None:
             self._end("status='pending', owner=NULL, heartbeat=NULL", (), self._event("released", reason=reason))
         else:
-            self._end("status='pending', owner=NULL, heartbeat=NULL, error=?", (error,),
-                      self._event("released", reason=reason))
+            self._end(
+                "status='pending', owner=NULL, heartbeat=NULL, error=?",
+                (error,),
+                self._event("released", reason=reason),
+            )
 
     def _event(self, kind: str, **detail: Any) -> dict[str, Any]:
         return history_event(kind, self.owner, self.store.clock.time(), **detail)
 
     def _end(self, assignments: str, params: tuple, event: dict) -> None:
         with self.store._write() as conn:
-            row = conn.execute("SELECT history_json FROM runs WHERE key=? AND owner=? AND status='running'",
-                               (self.key, self.owner)).fetchone()
+            row = conn.execute(
+                "SELECT history_json FROM runs WHERE key=? AND owner=? AND status='running'", (self.key, self.owner)
+            ).fetchone()
             if row is None:
                 raise self._lose(conn)
             history = decode_json(row[0]) + [event]
-            conn.execute(f"UPDATE runs SET {assignments}, history_json=? WHERE key=? AND owner=?",
-                         (*params, encode_json(history, "history"), self.key, self.owner))
+            conn.execute(
+                f"UPDATE runs SET {assignments}, history_json=? WHERE key=? AND owner=?",
+                (*params, encode_json(history, "history"), self.key, self.owner),
+            )
         self._close()
 
     def _lose(self, conn: sqlite3.Connection) -> LeaseLost:
-        self._lost = f"run {self.key} ({self.spec.label}) is no longer owned by {self.owner}: {self.store._describe(conn, self.key)}"
+        self._lost = (
+            f"run {self.key} ({self.spec.label}) is no longer owned by {self.owner}: "
+            f"{self.store._describe(conn, self.key)}"
+        )
         self._close()
         return LeaseLost(self._lost)
 

@@ -71,4 +71,3 @@ def environment(repo: str | os.PathLike | None = None, *, refresh: bool = False)
     if repo is None:
         _ENV_CACHE[os.getpid()] = dict(env)
     return {**env, "torch_threads": torch.get_num_threads()}
-

@@ -37,7 +37,7 @@ class SetupError(RuntimeError):
 class RunFailedError(RuntimeError):
     """A stored run failed and is not retried; `record.error` holds the traceback text."""
 
-    def __init__(self, record: "RunRecord"):
+    def __init__(self, record: RunRecord):
         self.record = record
         last = (record.error or "").strip().splitlines()
         super().__init__(

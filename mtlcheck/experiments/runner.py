@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -30,8 +31,24 @@ from mtlcheck.training import Checkpointer, RunOutcome, train
 # the paper's "-UB" names: a method at the feature level
 ALIASES = {"mgda_ub": ("mgda", "feature"), "aligned_mtl_ub": ("aligned_mtl", "feature")}
 # what a sweep runs by default: the paper's 15 methods and its equal-weighting baseline
-PAPER_METHODS = ("ew", "pcgrad", "gradvac", "graddrop", "rgw", "mgda", "cagrad", "nash_mtl", "aligned_mtl",
-                 "uncertainty", "gradnorm", "imtl", "famo", "rlw", "dwa", "cosreg")
+PAPER_METHODS = (
+    "ew",
+    "pcgrad",
+    "gradvac",
+    "graddrop",
+    "rgw",
+    "mgda",
+    "cagrad",
+    "nash_mtl",
+    "aligned_mtl",
+    "uncertainty",
+    "gradnorm",
+    "imtl",
+    "famo",
+    "rlw",
+    "dwa",
+    "cosreg",
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,7 @@ class Where:
         for name in set(benchmarks):
             get_benchmark(name).check_data_root(self.data_root)
 
+
 def run_options(options: Mapping[str, Any]) -> tuple[Precision, str]:
     """A spec's `extra` options as (precision, feature-level batch rule): the rule is stored as
     `feature_batch` only when it is not the default "flatten" (gradients.FEATURE_BATCH_RULES), so
@@ -60,7 +78,6 @@ def run_options(options: Mapping[str, Any]) -> tuple[Precision, str]:
     feature_batch = options.pop("feature_batch", "flatten")
     check_feature_batch(feature_batch)
     return Precision.from_options(options), feature_batch
-
 
 
 def check_device(device: str) -> None:
@@ -76,8 +93,17 @@ def check_device(device: str) -> None:
             raise ValueError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
-def make_spec(benchmark: str, method: str, *, level: str | None = None, seed: int = 0, budget: str = "small",
-              steps: int | None = None, method_config: dict | None = None, extra: dict | None = None) -> RunSpec:
+def make_spec(
+    benchmark: str,
+    method: str,
+    *,
+    level: str | None = None,
+    seed: int = 0,
+    budget: str = "small",
+    steps: int | None = None,
+    method_config: dict | None = None,
+    extra: dict | None = None,
+) -> RunSpec:
     """A RunSpec with the method resolved (aliases like 'mgda_ub' fix the level; asking for
     another level is an error), the level defaulting to 'parameter', and the config checked
     against the constructor's signature and types and reduced to its non-default arguments.
@@ -85,16 +111,20 @@ def make_spec(benchmark: str, method: str, *, level: str | None = None, seed: in
     if method in ALIASES:
         name, alias_level = ALIASES[method]
         if level not in (None, alias_level):
-            raise ValueError(f"{method!r} is {name!r} at the {alias_level} level; it has no {level} level "
-                             f"(for {name} at the {level} level, ask for {name!r})")
+            raise ValueError(
+                f"{method!r} is {name!r} at the {alias_level} level; it has no {level} level "
+                f"(for {name} at the {level} level, ask for {name!r})"
+            )
         method, level = name, alias_level
     level = "parameter" if level is None else level
     get_benchmark(benchmark)
     cls = aggregator_class(method)
     config = dict(method_config or {})
     if "seed" in config:
-        raise ValueError(f"seed={config['seed']!r} in the method config: the aggregator's seed is the run's seed "
-                         "(--seed on the command line)")
+        raise ValueError(
+            f"seed={config['seed']!r} in the method config: the aggregator's seed is the run's seed "
+            "(--seed on the command line)"
+        )
     config = cls.check_config(config)
     defaults = {p.name: p.default for p in cls._init_parameters()}
     config = {k: v for k, v in config.items() if v != defaults[k]}
@@ -108,13 +138,27 @@ def make_spec(benchmark: str, method: str, *, level: str | None = None, seed: in
     if level == "feature" and feature_batch != "flatten":
         check_feature_batch(feature_batch, cls(**config))
         options["feature_batch"] = feature_batch
-    return RunSpec(benchmark=benchmark, method=method, method_config=config, level=level, seed=seed,
-                   budget=budget, steps=steps, extra=options)
+    return RunSpec(
+        benchmark=benchmark,
+        method=method,
+        method_config=config,
+        level=level,
+        seed=seed,
+        budget=budget,
+        steps=steps,
+        extra=options,
+    )
 
 
-def sweep_specs(benchmark: str, methods: Sequence[str] | None = None, levels: Sequence[str] = ("parameter", "feature"),
-                seeds: Sequence[int] = (0,), budget: str = "small", steps: int | None = None,
-                extra: dict | None = None) -> list[RunSpec]:
+def sweep_specs(
+    benchmark: str,
+    methods: Sequence[str] | None = None,
+    levels: Sequence[str] = ("parameter", "feature"),
+    seeds: Sequence[int] = (0,),
+    budget: str = "small",
+    steps: int | None = None,
+    extra: dict | None = None,
+) -> list[RunSpec]:
     """Every method × level × seed (loss-only methods at the parameter level only; an alias such
     as 'mgda_ub' at its own level, which must be among `levels`); by default the paper's methods
     (other registered methods run when named); with the feature-level batch rule "sum", only
@@ -127,8 +171,10 @@ def sweep_specs(benchmark: str, methods: Sequence[str] | None = None, levels: Se
     summed = run_options(extra or {})[1] == "sum"
     for method in methods:
         if method in ALIASES and ALIASES[method][1] not in levels:
-            raise ValueError(f"{method!r} is {ALIASES[method][0]!r} at the {ALIASES[method][1]} level, "
-                             f"which is not among the levels {list(levels)}")
+            raise ValueError(
+                f"{method!r} is {ALIASES[method][0]!r} at the {ALIASES[method][1]} level, "
+                f"which is not among the levels {list(levels)}"
+            )
         for level in levels:
             name, lv = ALIASES.get(method, (method, level))
             tags = aggregator_class(name)().tags()
@@ -139,8 +185,10 @@ def sweep_specs(benchmark: str, methods: Sequence[str] | None = None, levels: Se
                 if spec not in specs:
                     specs.append(spec)
     if not specs:
-        raise ValueError(f"no runs: {', '.join(methods)} weight(s) the losses only and have no level among "
-                         f"{list(levels)} (loss-only methods run at the parameter level)")
+        raise ValueError(
+            f"no runs: {', '.join(methods)} weight(s) the losses only and have no level among "
+            f"{list(levels)} (loss-only methods run at the parameter level)"
+        )
     return specs
 
 
@@ -187,10 +235,21 @@ def execute(spec: RunSpec, where: Where = Where(), checkpointer: Checkpointer | 
     if root is not None:
         train_data, test_data = _GuardedData(train_data, root), _GuardedData(test_data, root)
     try:
-        return train(model, train_data, bench.collate, aggregator, setup, level=spec.level, seed=spec.seed,
-                     device=where.device, checkpointer=checkpointer, precision=precision, feature_batch=feature_batch,
-                     evaluate=lambda m: bench.evaluate(m, test_data, where.device),
-                     progress=spec.label if where.progress else False)
+        return train(
+            model,
+            train_data,
+            bench.collate,
+            aggregator,
+            setup,
+            level=spec.level,
+            seed=spec.seed,
+            device=where.device,
+            checkpointer=checkpointer,
+            precision=precision,
+            feature_batch=feature_batch,
+            evaluate=lambda m: bench.evaluate(m, test_data, where.device),
+            progress=spec.label if where.progress else False,
+        )
     except torch.cuda.OutOfMemoryError as exc:
         raise SetupError(f"{spec.label} ran out of GPU memory on {where.device}: {exc}") from exc
 
@@ -210,8 +269,11 @@ def _run_fn(spec: RunSpec, where: Where):
 def _say_waiting(spec: RunSpec):
     def on_wait(record: RunRecord | None) -> None:
         owner = f" by {record.owner}" if record is not None and record.owner else ""
-        print(f"mtlcheck: waiting for run {spec.label} ({spec.key}): another process is computing it{owner}",
-              file=sys.stderr, flush=True)
+        print(
+            f"mtlcheck: waiting for run {spec.label} ({spec.key}): another process is computing it{owner}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     return on_wait
 
@@ -223,8 +285,14 @@ def run_spec(store: ResultStore, spec: RunSpec, where: Where = Where(), *, wait:
     return store.get_or_run(spec, _run_fn(spec, where), wait=wait, on_wait=_say_waiting(spec))
 
 
-def run_sweep(store: ResultStore, specs: Iterable[RunSpec], where: Where = Where(), *, progress: bool = True,
-              keep_going: bool = True) -> list[RunRecord]:
+def run_sweep(
+    store: ResultStore,
+    specs: Iterable[RunSpec],
+    where: Where = Where(),
+    *,
+    progress: bool = True,
+    keep_going: bool = True,
+) -> list[RunRecord]:
     """Compute every spec once (sharing the work with any other process on the same store).
     A run that fails is recorded as failed (with its traceback) and the sweep goes on."""
     specs = list(specs)

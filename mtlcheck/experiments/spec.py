@@ -70,7 +70,9 @@ def _freeze_value(value: Any, where: str) -> Any:
         return tuple(_freeze_value(v, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(value, Mapping):
         raise TypeError(f"{where}: nested mappings are not supported in a RunSpec; flatten the option")
-    raise TypeError(f"{where}: {type(value).__name__} {value!r} is not a JSON value (None, bool, int, float, str or a list of them)")
+    raise TypeError(
+        f"{where}: {type(value).__name__} {value!r} is not a JSON value (None, bool, int, float, str or a list of them)"
+    )
 
 
 def _thaw_value(value: Any) -> Any:
@@ -82,7 +84,9 @@ def _freeze_pairs(value: Any, field: str) -> tuple[tuple[str, Any], ...]:
     if isinstance(value, Mapping):
         items = list(value.items())
     elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError(f"RunSpec.{field}: expected a mapping or (key, value) pairs, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"RunSpec.{field}: expected a mapping or (key, value) pairs, got {type(value).__name__} {value!r}"
+        )
     else:
         items = []
         for item in value:
@@ -136,7 +140,9 @@ class RunSpec:
             raise ValueError(f"RunSpec.seed: expected a non-negative int, got {self.seed!r}")
         if self.budget not in BUDGETS:
             raise ValueError(f"RunSpec.budget: expected one of {BUDGETS}, got {self.budget!r}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps <= 0):
+        if self.steps is not None and (
+            isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps <= 0
+        ):
             raise ValueError(f"RunSpec.steps: expected None or a positive int, got {self.steps!r}")
 
     # -- views ----------------------------------------------------------------------------------
@@ -179,7 +185,7 @@ class RunSpec:
         return canonical_json(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
         """Strict inverse of `to_dict`: unknown or missing required fields raise, naming them."""
         if not isinstance(data, Mapping):
             raise TypeError(f"RunSpec.from_dict: expected a mapping, got {type(data).__name__}")
@@ -192,7 +198,7 @@ class RunSpec:
         return cls(**dict(data))
 
     @classmethod
-    def from_json(cls, text: str) -> "RunSpec":
+    def from_json(cls, text: str) -> RunSpec:
         return cls.from_dict(json.loads(text))
 
 

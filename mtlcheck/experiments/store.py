@@ -118,13 +118,43 @@ _COLUMNS = (
 
 
 def _record(row: tuple) -> RunRecord:
-    (key, spec_json, epoch, status, owner, hb, attempts, failures, created, started, finished,
-     metrics, trajectory, env, timings, error, history) = row
+    (
+        key,
+        spec_json,
+        epoch,
+        status,
+        owner,
+        hb,
+        attempts,
+        failures,
+        created,
+        started,
+        finished,
+        metrics,
+        trajectory,
+        env,
+        timings,
+        error,
+        history,
+    ) = row
     return RunRecord(
-        key=key, spec=RunSpec.from_json(spec_json), code_epoch=epoch, status=status, owner=owner,
-        heartbeat=hb, attempts=attempts, failures=failures, created=created, started=started,
-        finished=finished, metrics=decode_json(metrics), trajectory=decode_json(trajectory),
-        env=decode_json(env), timings=decode_json(timings), error=error, history=decode_json(history),
+        key=key,
+        spec=RunSpec.from_json(spec_json),
+        code_epoch=epoch,
+        status=status,
+        owner=owner,
+        heartbeat=hb,
+        attempts=attempts,
+        failures=failures,
+        created=created,
+        started=started,
+        finished=finished,
+        metrics=decode_json(metrics),
+        trajectory=decode_json(trajectory),
+        env=decode_json(env),
+        timings=decode_json(timings),
+        error=error,
+        history=decode_json(history),
     )
 
 
@@ -136,8 +166,15 @@ class ResultStore:
     SQLite, not writable) raises `StoreError` naming it. `clock` (default the system's) supplies
     every time the store records, every heartbeat age it judges and every wait (see `Clock`)."""
 
-    def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 60.0, readonly: bool = False,
-                 create: bool = True, clock: Clock | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        busy_timeout: float = 60.0,
+        readonly: bool = False,
+        create: bool = True,
+        clock: Clock | None = None,
+    ):
         if str(path) in ("", ":memory:"):
             raise ValueError(f"ResultStore: path must be a file (processes share it), got {str(path)!r}")
         if not busy_timeout > 0:
@@ -150,16 +187,18 @@ class ResultStore:
         self._local = threading.local()
         self._immutable = False
         if self.path.is_dir():
-            raise StoreError(f"results store {self.path} is a folder; pass the SQLite file "
-                             f"(e.g. {self.path / 'runs.sqlite'})")
+            raise StoreError(
+                f"results store {self.path} is a folder; pass the SQLite file (e.g. {self.path / 'runs.sqlite'})"
+            )
         if not self.path.exists() and (readonly or not create):
             raise StoreError(f"no results store at {self.path}")
         if not readonly:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreError(f"cannot create the folder of results store {self.path}: "
-                                 f"{exc.strerror or exc}") from exc
+                raise StoreError(
+                    f"cannot create the folder of results store {self.path}: {exc.strerror or exc}"
+                ) from exc
         self._init_schema()
 
     def __repr__(self) -> str:
@@ -261,8 +300,10 @@ class ResultStore:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version != SCHEMA_VERSION:
                 tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
-                raise StoreError(f"{self.path}: schema version {version} (tables {[t[0] for t in tables]}), "
-                                 f"this mtlcheck expects {SCHEMA_VERSION}")
+                raise StoreError(
+                    f"{self.path}: schema version {version} (tables {[t[0] for t in tables]}), "
+                    f"this mtlcheck expects {SCHEMA_VERSION}"
+                )
             return
         with self._write() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -272,8 +313,10 @@ class ResultStore:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: schema version {version} (tables {[t[0] for t in tables]}), "
-                                 f"this mtlcheck expects {SCHEMA_VERSION}")
+                raise StoreError(
+                    f"{self.path}: schema version {version} (tables {[t[0] for t in tables]}), "
+                    f"this mtlcheck expects {SCHEMA_VERSION}"
+                )
 
     def _describe(self, conn: sqlite3.Connection, key: str) -> str:
         row = conn.execute("SELECT status, owner, heartbeat FROM runs WHERE key=?", (key,)).fetchone()
@@ -284,8 +327,9 @@ class ResultStore:
         return f"status {status}, owner {owner}{age}"
 
     # -- leasing --------------------------------------------------------------------------------
-    def lease(self, spec: RunSpec, *, stale_after: float = DEFAULT_STALE_AFTER,
-              max_failures: int = DEFAULT_MAX_FAILURES) -> Lease | None:
+    def lease(
+        self, spec: RunSpec, *, stale_after: float = DEFAULT_STALE_AFTER, max_failures: int = DEFAULT_MAX_FAILURES
+    ) -> Lease | None:
         """Atomically make this process the owner of `spec`'s run, or return None.
 
         Leases a run that is absent, pending, failed fewer than `max_failures` times, or running
@@ -309,19 +353,32 @@ class ResultStore:
             owners.retire(owner)
         return lease
 
-    def _lease_row(self, spec: RunSpec, key: str, spec_json: str, owner: str, stale_after: float,
-                   max_failures: int) -> Lease | None:
+    def _lease_row(
+        self, spec: RunSpec, key: str, spec_json: str, owner: str, stale_after: float, max_failures: int
+    ) -> Lease | None:
         with self._write() as conn:
             now = self.clock.time()
             row = conn.execute(
                 "SELECT spec_json, status, owner, heartbeat, attempts, failures, history_json FROM runs WHERE key=?",
-                (key,)).fetchone()
+                (key,),
+            ).fetchone()
             if row is None:
                 conn.execute(
                     "INSERT INTO runs (key, spec_json, code_epoch, benchmark, method, status, owner, heartbeat, "
                     "attempts, created, started, history_json) VALUES (?,?,?,?,?,'running',?,?,1,?,?,?)",
-                    (key, spec_json, _spec.CODE_EPOCH, spec.benchmark, spec.method, owner, now, now, now,
-                     encode_json([history_event("claimed", owner, now, attempt=1)])))
+                    (
+                        key,
+                        spec_json,
+                        _spec.CODE_EPOCH,
+                        spec.benchmark,
+                        spec.method,
+                        owner,
+                        now,
+                        now,
+                        now,
+                        encode_json([history_event("claimed", owner, now, attempt=1)]),
+                    ),
+                )
                 return Lease(self, spec, key, owner, 1, None, None)
             stored_spec, status, old_owner, hb, attempts, failures, history = row
             if stored_spec != spec_json:
@@ -343,7 +400,8 @@ class ResultStore:
             conn.execute(
                 "UPDATE runs SET status='running', owner=?, heartbeat=?, attempts=?, started=?, finished=NULL, "
                 "history_json=? WHERE key=?",
-                (owner, now, attempt, now, encode_json(history), key))
+                (owner, now, attempt, now, encode_json(history), key),
+            )
             return Lease(self, spec, key, owner, attempt, previous, reason)
 
     def add(self, specs: RunSpec | list[RunSpec]) -> int:
@@ -359,8 +417,16 @@ class ResultStore:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO runs (key, spec_json, code_epoch, benchmark, method, status, created, "
                     "history_json) VALUES (?,?,?,?,?,'pending',?,?)",
-                    (s.key, s.to_json(), _spec.CODE_EPOCH, s.benchmark, s.method, now,
-                     encode_json([history_event("added", None, now)])))
+                    (
+                        s.key,
+                        s.to_json(),
+                        _spec.CODE_EPOCH,
+                        s.benchmark,
+                        s.method,
+                        now,
+                        encode_json([history_event("added", None, now)]),
+                    ),
+                )
                 added += cur.rowcount
         return added
 
@@ -390,8 +456,11 @@ class ResultStore:
     def _key(spec_or_key: RunSpec | str) -> str:
         if isinstance(spec_or_key, RunSpec):
             return spec_or_key.key
-        if isinstance(spec_or_key, str) and len(spec_or_key) == _spec.KEY_LENGTH and all(
-                c in "0123456789abcdef" for c in spec_or_key):
+        if (
+            isinstance(spec_or_key, str)
+            and len(spec_or_key) == _spec.KEY_LENGTH
+            and all(c in "0123456789abcdef" for c in spec_or_key)
+        ):
             return spec_or_key
         raise ValueError(f"expected a RunSpec or a {_spec.KEY_LENGTH}-hex-digit key, got {spec_or_key!r}")
 
@@ -400,8 +469,14 @@ class ResultStore:
         row = self._conn().execute(f"SELECT {_COLUMNS} FROM runs WHERE key=?", (self._key(spec_or_key),)).fetchone()
         return None if row is None else _record(row)
 
-    def runs(self, status: str | None = None, benchmark: str | None = None, method: str | None = None,
-             *, all_epochs: bool = False) -> list[RunRecord]:
+    def runs(
+        self,
+        status: str | None = None,
+        benchmark: str | None = None,
+        method: str | None = None,
+        *,
+        all_epochs: bool = False,
+    ) -> list[RunRecord]:
         """Records in creation order, filtered; only the current `CODE_EPOCH` unless `all_epochs`."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"ResultStore.runs: status must be one of {STATUSES}, got {status!r}")
@@ -413,13 +488,20 @@ class ResultStore:
         if not all_epochs:
             where.append("code_epoch=?")
             params.append(_spec.CODE_EPOCH)
-        sql = f"SELECT {_COLUMNS} FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY created, key"
+        sql = (
+            f"SELECT {_COLUMNS} FROM runs"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY created, key"
+        )
         return [_record(r) for r in self._conn().execute(sql, params).fetchall()]
 
     def counts(self) -> dict[str, int]:
         """Number of runs per status (current `CODE_EPOCH`)."""
-        rows = self._conn().execute("SELECT status, COUNT(*) FROM runs WHERE code_epoch=? GROUP BY status",
-                                    (_spec.CODE_EPOCH,)).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT status, COUNT(*) FROM runs WHERE code_epoch=? GROUP BY status", (_spec.CODE_EPOCH,))
+            .fetchall()
+        )
         return {s: 0 for s in STATUSES} | dict(rows)
 
     def wait_for(self, spec: RunSpec | str, timeout: float | None = None, poll: float = 0.5) -> RunRecord:
@@ -443,10 +525,19 @@ class ResultStore:
             self.clock.sleep(poll)
 
     # -- computing ------------------------------------------------------------------------------
-    def get_or_run(self, spec: RunSpec, fn: Callable[[Lease], Any], *, wait: bool = True,
-                   timeout: float | None = None, poll: float = 0.5, stale_after: float = DEFAULT_STALE_AFTER,
-                   max_failures: int = DEFAULT_MAX_FAILURES, heartbeat_every: float | None = None,
-                   on_wait: Callable[[RunRecord | None], Any] | None = None) -> RunRecord | None:
+    def get_or_run(
+        self,
+        spec: RunSpec,
+        fn: Callable[[Lease], Any],
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        max_failures: int = DEFAULT_MAX_FAILURES,
+        heartbeat_every: float | None = None,
+        on_wait: Callable[[RunRecord | None], Any] | None = None,
+    ) -> RunRecord | None:
         """The stored result of `spec`, computing it with ``fn(lease)`` if nobody has.
 
         `fn` returns a `RunResult` (or a tuple metrics, trajectory, timings[, status]); a
@@ -482,21 +573,30 @@ class ResultStore:
             if record is not None and record.status == "failed" and record.failures >= max_failures:
                 raise RunFailedError(record)
             if record is not None and record.status == "running" and owners.owned_by_this_thread(record.owner):
-                raise RuntimeError(f"get_or_run: run {spec.key} ({spec.label}) is being computed by this very "
-                                   "thread (a run function asked for its own result); waiting would never end")
+                raise RuntimeError(
+                    f"get_or_run: run {spec.key} ({spec.label}) is being computed by this very "
+                    "thread (a run function asked for its own result); waiting would never end"
+                )
             if not wait:
                 return None
             if deadline is not None and self.clock.monotonic() >= deadline:
-                raise TimeoutError(f"run {spec.key} ({spec.label}) not finished after {timeout}s: "
-                                   f"{'absent' if record is None else self._describe(self._conn(), spec.key)}")
+                raise TimeoutError(
+                    f"run {spec.key} ({spec.label}) not finished after {timeout}s: "
+                    f"{'absent' if record is None else self._describe(self._conn(), spec.key)}"
+                )
             if on_wait is not None and not told:
                 told = True
                 on_wait(record)
             self.clock.sleep(poll)
             record = self.get(spec)
-            try_lease = (record is None or record.status in ("pending", "failed")
-                         or (record.status == "running"
-                             and owners.dead_reason(record.owner, record.heartbeat, self.clock.time(), stale_after) is not None))
+            try_lease = (
+                record is None
+                or record.status in ("pending", "failed")
+                or (
+                    record.status == "running"
+                    and owners.dead_reason(record.owner, record.heartbeat, self.clock.time(), stale_after) is not None
+                )
+            )
 
     def _execute(self, lease: Lease, fn: Callable[[Lease], Any], interval: float) -> RunRecord:
         stop = threading.Event()

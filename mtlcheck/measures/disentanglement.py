@@ -195,14 +195,10 @@ def feature_disentanglement(feature_grads, eps: float = 0.0) -> float:
     total = 0.0
     count = 0
     for k, z in enumerate(levels):
-        for chunk_total, n_live, _, _ in _level_entropies(
-            z, eps, _where(feature_grads, k), per_position=False
-        ):
+        for chunk_total, n_live, _, _ in _level_entropies(z, eps, _where(feature_grads, k), per_position=False):
             total += chunk_total
             count += n_live
     if count == 0:
-        raise ValueError(
-            "feature_grads is zero at every position: no task saliency, FD (Eq. 8) is undefined"
-        )
+        raise ValueError("feature_grads is zero at every position: no task saliency, FD (Eq. 8) is undefined")
     fd = total / count
     return min(max(fd, 0.0), math.log(T))

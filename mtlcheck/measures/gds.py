@@ -53,9 +53,7 @@ def _validate_gram(gram, *, name: str = "gram", min_tasks: int = 1) -> torch.Ten
         scale = float(diag.max())
         asym = float((gram - gram.T).abs().max())
         if asym > _SYMMETRY_RTOL * scale:
-            raise ValueError(
-                f"{name} is not symmetric (max |G - G^T| = {asym:.3g}, max diagonal = {scale:.3g})"
-            )
+            raise ValueError(f"{name} is not symmetric (max |G - G^T| = {asym:.3g}, max diagonal = {scale:.3g})")
         gram = (gram + gram.T) / 2
     return gram
 

@@ -34,8 +34,6 @@ this implies:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 

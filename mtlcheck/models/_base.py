@@ -16,7 +16,8 @@ detached copy of Z so that feature-level gradients dL_i/dZ are cheap), and must 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,12 +57,21 @@ def named_shared_parameters(model: MultiTaskModel) -> list[tuple[str, nn.Paramet
     unpacked along its first dimension)."""
     items = list(model.shared_parameters())
     for i, item in enumerate(items):
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                and isinstance(item[1], torch.Tensor)):
-            what = f"a bare {type(item).__name__} of shape {tuple(item.shape)}" if isinstance(item, torch.Tensor) \
+        if not (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], torch.Tensor)
+        ):
+            what = (
+                f"a bare {type(item).__name__} of shape {tuple(item.shape)}"
+                if isinstance(item, torch.Tensor)
                 else f"{type(item).__name__} {item!r:.80}"
-            raise TypeError(f"{type(model).__name__}.shared_parameters() must yield (name, parameter) pairs like "
-                            f"named_parameters(); item {i} is {what}")
+            )
+            raise TypeError(
+                f"{type(model).__name__}.shared_parameters() must yield (name, parameter) pairs like "
+                f"named_parameters(); item {i} is {what}"
+            )
     return items
 
 

@@ -30,7 +30,7 @@ Samplers (RPN anchors, RoIs) draw from the global torch RNG, as in torchvision: 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

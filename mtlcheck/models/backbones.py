@@ -42,9 +42,7 @@ class ResNetTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"ResNetTrunk expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"ResNetTrunk expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         c2 = self.layer1(self.stem(x))
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
@@ -78,7 +76,7 @@ def load_pretrained(trunk: ResNetTrunk, path: str | os.PathLike) -> ResNetTrunk:
             continue
         for old, new in _TORCHVISION_TO_TRUNK.items():
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
         mapped[key] = value
     stem_key = "stem.0.weight"
     if stem_key in mapped and mapped[stem_key].shape[1] != trunk.in_channels:

@@ -36,7 +36,8 @@ Nothing downloads: `weights=PATH` loads a torchvision ResNet18 state dict from a
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,7 @@ def upsample_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------- losses
 
+
 def _nonempty(mask: torch.Tensor, task: str, what: str) -> None:
     if not bool(mask.any()):
         raise ValueError(f"task {task!r}: the batch has no valid {what}; the mean loss is undefined")
@@ -148,6 +150,7 @@ def normal_cosine_loss(pred: torch.Tensor, target: torch.Tensor, task: str = "no
 
 # ------------------------------------------------------------------------------- batch checking
 
+
 def check_tensor(
     batch: Mapping[str, Any],
     key: str,
@@ -184,6 +187,7 @@ def check_batch_size(model: nn.Module, z: torch.Tensor, batch: Mapping[str, Any]
 
 
 # ------------------------------------------------------------------------------------- models
+
 
 class DenseMultiTaskModel(MultiTaskModel):
     """ResNet18 trunk -> Z = C5 -> one `DenseHead` per task, outputs upsampled to the target size.

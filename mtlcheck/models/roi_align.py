@@ -24,8 +24,9 @@ class _RoIAlign(torch.autograd.Function):
     def forward(ctx, features, rois, output_size, spatial_scale, sampling_ratio, aligned):
         ctx.save_for_backward(rois)
         ctx.config = (tuple(features.shape), output_size, spatial_scale, sampling_ratio, aligned)
-        return torch.ops.torchvision.roi_align(features, rois, spatial_scale, output_size[0], output_size[1],
-                                               sampling_ratio, aligned)
+        return torch.ops.torchvision.roi_align(
+            features, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned
+        )
 
     @staticmethod
     def backward(ctx, grad_pooled):
@@ -42,8 +43,18 @@ class _RoIAlignAdjoint(torch.autograd.Function):
         ctx.config = (output_size, spatial_scale, sampling_ratio, aligned)
         batch, channels, height, width = feature_shape
         return torch.ops.torchvision._roi_align_backward(
-            grad_pooled.contiguous(), rois, spatial_scale, output_size[0], output_size[1], batch, channels, height,
-            width, sampling_ratio, aligned)
+            grad_pooled.contiguous(),
+            rois,
+            spatial_scale,
+            output_size[0],
+            output_size[1],
+            batch,
+            channels,
+            height,
+            width,
+            sampling_ratio,
+            aligned,
+        )
 
     @staticmethod
     def backward(ctx, grad_grad_x):
@@ -51,11 +62,18 @@ class _RoIAlignAdjoint(torch.autograd.Function):
         return _RoIAlign.apply(grad_grad_x, rois, *ctx.config), None, None, None, None, None, None
 
 
-def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
-              sampling_ratio: int, aligned: bool = False) -> Tensor:
+def roi_align(
+    features: Tensor,
+    rois: Tensor,
+    output_size: tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool = False,
+) -> Tensor:
     """torchvision's `roi_align` (rois as (K, 5) [batch index, x1, y1, x2, y2]), twice differentiable."""
-    return _RoIAlign.apply(features, rois.to(features.dtype), tuple(output_size), float(spatial_scale),
-                           int(sampling_ratio), bool(aligned))
+    return _RoIAlign.apply(
+        features, rois.to(features.dtype), tuple(output_size), float(spatial_scale), int(sampling_ratio), bool(aligned)
+    )
 
 
 class TwiceDifferentiableMultiScaleRoIAlign(MultiScaleRoIAlign):
@@ -65,8 +83,9 @@ class TwiceDifferentiableMultiScaleRoIAlign(MultiScaleRoIAlign):
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         features = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
-                                                         self.canonical_level)
+            self.scales, self.map_levels = _setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
         rois = _convert_to_roi_format(boxes)
         if len(features) == 1:
             return roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
@@ -75,5 +94,6 @@ class TwiceDifferentiableMultiScaleRoIAlign(MultiScaleRoIAlign):
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             index = torch.where(levels == level)[0]
             pooled = pooled.index_put(
-                (index,), roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio).to(pooled.dtype))
+                (index,), roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio).to(pooled.dtype)
+            )
         return pooled

@@ -49,7 +49,8 @@ at the peak.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -181,15 +182,17 @@ class SmallDenseModel(_SmallBase):
 
 # ----------------------------------------------------------------------------- instance model
 
-def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, num_instances: int,
-                       alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+
+def focal_heatmap_loss(
+    logits: torch.Tensor, target: torch.Tensor, num_instances: int, alpha: float = 2.0, beta: float = 4.0
+) -> torch.Tensor:
     """CornerNet/CenterNet penalty-reduced focal loss on sigmoid(logits) vs Gaussian target in [0, 1]."""
     pos = target >= 1.0
     log_p = F.logsigmoid(logits)
     log_1mp = F.logsigmoid(-logits)
     p = torch.sigmoid(logits)
     pos_term = ((1 - p) ** alpha * log_p)[pos].sum()
-    neg_term = ((1 - target) ** beta * p ** alpha * log_1mp)[~pos].sum()
+    neg_term = ((1 - target) ** beta * p**alpha * log_1mp)[~pos].sum()
     return -(pos_term + neg_term) / max(1, num_instances)
 
 
@@ -229,12 +232,14 @@ class SmallInstanceModel(_SmallBase):
         self.heads = nn.ModuleDict({t: DenseHead(c, head_width, outs[t], stages=head_stages) for t in self.task_names})
         nn.init.constant_(self.heads["cls"].predictor.bias, -math.log((1 - 0.1) / 0.1))  # prior 0.1 (CenterNet)
         # per-instance mask predictors: cat(mask features, 2 centre-relative coordinates) -> 1 logit map
-        self.mask_predictors = nn.ModuleDict({
-            t: nn.Sequential(
-                nn.Conv2d(mask_dim + 2, mask_dim, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(mask_dim, 1, 1)
-            )
-            for t in ("vsb", "amd")
-        })
+        self.mask_predictors = nn.ModuleDict(
+            {
+                t: nn.Sequential(
+                    nn.Conv2d(mask_dim + 2, mask_dim, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(mask_dim, 1, 1)
+                )
+                for t in ("vsb", "amd")
+            }
+        )
 
     def _input(self, batch: Mapping[str, Any]) -> torch.Tensor:
         owner = type(self).__name__
@@ -326,7 +331,9 @@ class SmallInstanceModel(_SmallBase):
             "heat": heat,
             "vsb": torch.stack(vsb).to(device=device, dtype=torch.float32),
             "amd": torch.stack(amd).to(device=device, dtype=torch.float32),
-            "img": as_long(img_idx), "cy": as_long(cy_idx), "cx": as_long(cx_idx),
+            "img": as_long(img_idx),
+            "cy": as_long(cy_idx),
+            "cx": as_long(cx_idx),
             "ltrb": torch.tensor(ltrb, dtype=torch.float32, device=device),
             "occ": torch.tensor(occ, dtype=torch.float32, device=device),
         }
@@ -392,21 +399,25 @@ class SmallInstanceModel(_SmallBase):
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
             inside = (
-                (xs[None] >= boxes[:, 0, None, None].floor()) & (xs[None] < boxes[:, 2, None, None].ceil())
-                & (ys[None] >= boxes[:, 1, None, None].floor()) & (ys[None] < boxes[:, 3, None, None].ceil())
+                (xs[None] >= boxes[:, 0, None, None].floor())
+                & (xs[None] < boxes[:, 2, None, None].ceil())
+                & (ys[None] >= boxes[:, 1, None, None].floor())
+                & (ys[None] < boxes[:, 3, None, None].ceil())
             )
             img = torch.full_like(cy, i)
             masks = {t: self.instance_mask_logits(t, out[t], img, cy, cx) > 0 for t in ("vsb", "amd")}
             occ_scores = occ[i, cy, cx]
-            results.append({
-                "boxes": boxes,
-                "labels": cls + 1,
-                "scores": scores,
-                "visible_masks": (masks["vsb"] & inside).to(torch.uint8),
-                "amodal_masks": (masks["amd"] & inside).to(torch.uint8),
-                "occluded": (occ_scores > 0.5).long(),
-                "occluded_scores": occ_scores,
-            })
+            results.append(
+                {
+                    "boxes": boxes,
+                    "labels": cls + 1,
+                    "scores": scores,
+                    "visible_masks": (masks["vsb"] & inside).to(torch.uint8),
+                    "amodal_masks": (masks["amd"] & inside).to(torch.uint8),
+                    "occluded": (occ_scores > 0.5).long(),
+                    "occluded_scores": occ_scores,
+                }
+            )
         return results
 
 

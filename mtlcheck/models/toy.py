@@ -29,8 +29,10 @@ class ToyRegression(MultiTaskModel):
 
     def task_losses(self, z, batch):
         y = batch["y"]
-        return {name: ((head(z).squeeze(-1) - y[:, i]) ** 2).mean()
-                for i, (name, head) in enumerate(zip(self.task_names, self.heads))}
+        return {
+            name: ((head(z).squeeze(-1) - y[:, i]) ** 2).mean()
+            for i, (name, head) in enumerate(zip(self.task_names, self.heads))
+        }
 
     def predict(self, batch):
         z = self.encode(batch)
@@ -42,8 +44,10 @@ class ToyRegression(MultiTaskModel):
     @staticmethod
     def make_batch(n_tasks: int = 3, batch_size: int = 5, in_features: int = 6, seed: int = 1, dtype=torch.float32):
         gen = torch.Generator().manual_seed(seed)
-        return {"x": torch.randn(batch_size, in_features, generator=gen, dtype=dtype),
-                "y": torch.randn(batch_size, n_tasks, generator=gen, dtype=dtype)}
+        return {
+            "x": torch.randn(batch_size, in_features, generator=gen, dtype=dtype),
+            "y": torch.randn(batch_size, n_tasks, generator=gen, dtype=dtype),
+        }
 
 
 class IdentityEncoder(MultiTaskModel):
@@ -61,8 +65,10 @@ class IdentityEncoder(MultiTaskModel):
         return self.theta * 1.0
 
     def task_losses(self, z, batch):
-        return {name: self.scales[i] * ((z[0] - self.targets[i]) ** 2).sum() + torch.sin(z[0]).sum() * 0.1
-                for i, name in enumerate(self.task_names)}
+        return {
+            name: self.scales[i] * ((z[0] - self.targets[i]) ** 2).sum() + torch.sin(z[0]).sum() * 0.1
+            for i, name in enumerate(self.task_names)
+        }
 
     def predict(self, batch):
         return {"z": self.encode(batch)}

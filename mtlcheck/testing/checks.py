@@ -20,7 +20,7 @@ import pickle
 import random
 import unittest
 import warnings
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -103,8 +103,9 @@ def check_registry_and_config(make: Factory) -> None:
         again = cls.from_config(config)
         config_again = again.get_config()
     except Exception as exc:  # noqa: BLE001 - a failed round trip is a failed check
-        raise AssertionError(f"{agg!r}: the config round trip from_config(get_config()) failed: "
-                             f"{type(exc).__name__}: {exc}") from exc
+        raise AssertionError(
+            f"{agg!r}: the config round trip from_config(get_config()) failed: {type(exc).__name__}: {exc}"
+        ) from exc
     assert config_again == config, f"{agg!r}: from_config(get_config()) changed the config"
     assert repr(again) == repr(agg), f"repr differs after a config round trip: {again!r} vs {agg!r}"
     defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values()}
@@ -314,7 +315,9 @@ def check_permutation_equivariance(make: Factory) -> None:
     for shift in range(1, n):
         perm = torch.roll(torch.arange(n), shift)
         out = _call(make(), G[perm], losses[perm])
-        assert _close(out.direction, base.direction, float(G.norm())), f"{agg!r}: direction changes when tasks are permuted"
+        assert _close(out.direction, base.direction, float(G.norm())), (
+            f"{agg!r}: direction changes when tasks are permuted"
+        )
         if base.weights is not None:
             assert _close(out.weights, base.weights[perm], float(base.weights.abs().max())), (
                 f"{agg!r}: weights are not permuted with the tasks"
@@ -383,8 +386,10 @@ def check_conflict_reduction(make: Factory) -> None:
     agg = make()
     surgery = _hook(agg, "surgery", ProjectionMethod)
     if surgery is None:
-        raise CheckSkipped(f"{type(agg).__name__} has no surgery(J) (mtlcheck.aggregators.ProjectionMethod): "
-                           "the per-pair targets cannot be checked (check_method_identity checks the output)")
+        raise CheckSkipped(
+            f"{type(agg).__name__} has no surgery(J) (mtlcheck.aggregators.ProjectionMethod): "
+            "the per-pair targets cannot be checked (check_method_identity checks the output)"
+        )
     for step in range(4):
         G = samplers.conflicting(2, DIM, _gen(10 + step))
         J = Jacobian.from_matrix(G)
@@ -407,7 +412,9 @@ def check_conflict_reduction(make: Factory) -> None:
 def _same(a, b) -> bool:
     if a is None or b is None:
         return a is b
-    return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=1e-9, atol=1e-12 * float(b.abs().max())))
+    return a.shape == b.shape and bool(
+        torch.allclose(a.double(), b.double(), rtol=1e-9, atol=1e-12 * float(b.abs().max()))
+    )
 
 
 def check_no_silent_fallback(make: Factory) -> None:
@@ -449,13 +456,18 @@ def _judge_backends(make: Factory, G: torch.Tensor, losses, name: str) -> set[st
         if calls.count == 0:
             continue
         reached.add(backend)
-        warned = [w for w in caught if issubclass(w.category, UserWarning) and (w.category, str(w.message)) not in usual]
+        warned = [
+            w for w in caught if issubclass(w.category, UserWarning) and (w.category, str(w.message)) not in usual
+        ]
         if warned or (_same(out.direction, baseline.direction) and _same(out.weights, baseline.weights)):
             continue
-        change = float((out.direction.double() - baseline.direction.double()).norm() / baseline.direction.double().norm())
+        change = float(
+            (out.direction.double() - baseline.direction.double()).norm() / baseline.direction.double().norm()
+        )
         raise AssertionError(
             f"{make()!r}: {backend} failed ({calls.count} call(s) got the planted failure) on the {name} input and the "
-            f"method returned a different result (relative change {change:.3g}) without raising or warning: a silent fallback"
+            f"method returned a different result (relative change {change:.3g}) without raising or warning: a silent "
+            "fallback"
         )
     return reached
 
@@ -481,8 +493,10 @@ def check_second_order(make: Factory) -> None:
     agg = make()
     penalty_term = _hook(agg, "penalty_term", SecondOrderMethod)
     if penalty_term is None:
-        raise CheckSkipped(f"{type(agg).__name__} is tagged second_order but has no penalty_term(blocks) "
-                           "(mtlcheck.aggregators.SecondOrderMethod)")
+        raise CheckSkipped(
+            f"{type(agg).__name__} is tagged second_order but has no penalty_term(blocks) "
+            "(mtlcheck.aggregators.SecondOrderMethod)"
+        )
     model = ToyRegression(n_tasks=3, in_features=4, hidden=5).double()
     batch = ToyRegression.make_batch(3, 6, 4, dtype=torch.float64)
     shared = [p for _, p in model.shared_parameters()]
@@ -490,8 +504,10 @@ def check_second_order(make: Factory) -> None:
     def penalty_value() -> torch.Tensor:
         z = model.encode(batch)
         L = torch.stack(list(model.task_losses(z, batch).values()))
-        rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(L[i], shared, retain_graph=True)])
-                for i in range(len(L))]
+        rows = [
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(L[i], shared, retain_graph=True)])
+            for i in range(len(L))
+        ]
         with torch.no_grad():
             return penalty_term([torch.stack(rows)])
 
@@ -510,7 +526,7 @@ def check_second_order(make: Factory) -> None:
         with torch.no_grad():
             offset = 0
             for p in shared:
-                p.copy_(v[offset:offset + p.numel()].reshape(p.shape))
+                p.copy_(v[offset : offset + p.numel()].reshape(p.shape))
                 offset += p.numel()
 
     gen = _gen(5)
@@ -617,7 +633,9 @@ def check_engine_levels(make: Factory) -> None:
     got = torch.cat([p.grad.reshape(-1) for p in shared])
     _, J, losses = _per_task_rows(model, batch, wrt_features=False)
     expected = make()(J, losses.double()).direction
-    assert _close(got, expected, float(J.gram().trace()) ** 0.5, rtol=1e-9), f"{agg!r}: parameter-level engine step != A(G)"
+    assert _close(got, expected, float(J.gram().trace()) ** 0.5, rtol=1e-9), (
+        f"{agg!r}: parameter-level engine step != A(G)"
+    )
     heads = [p for _, p in model.head_parameters()]
     z = model.encode(batch)
     L = torch.stack(list(model.task_losses(z, batch).values()))
@@ -637,7 +655,9 @@ def check_engine_levels(make: Factory) -> None:
     direction = make()(J, losses.double()).direction.reshape(z.shape)
     expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(z, shared, direction)])
     got = torch.cat([p.grad.reshape(-1) for p in shared])
-    assert _close(got, expected, float(expected.norm()) + 1e-12, rtol=1e-9), f"{agg!r}: feature-level engine step != A(∇_Z L)"
+    assert _close(got, expected, float(expected.norm()) + 1e-12, rtol=1e-9), (
+        f"{agg!r}: feature-level engine step != A(∇_Z L)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

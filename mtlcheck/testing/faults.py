@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 BACKENDS = ("scipy.optimize", "cvxpy", "numpy.linalg", "scipy.linalg", "torch.linalg")
 _LINALG = ("solve", "lstsq", "inv", "pinv", "eig", "eigh", "eigvalsh", "svd", "cholesky", "qr")
@@ -125,8 +125,7 @@ def failing_backend(backend: str, refs: dict | None = None) -> Iterator[Calls]:
         return
     refs = (refs or references([backend]))[backend]
     names = {id(f): name for name, f in _targets(backend).items()}
-    replacements = {id(original): _failing(backend, names.get(id(original), key), calls)
-                    for _, key, original in refs}
+    replacements = {id(original): _failing(backend, names.get(id(original), key), calls) for _, key, original in refs}
     for namespace, key, original in refs:
         namespace[key] = replacements[id(original)]
     try:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -38,8 +38,15 @@ from mtlcheck.testing import samplers
 
 DIM = 12
 TASK_COUNTS = (2, 3, 5, 7)
-TOL = {"mgda": 1e-6, "cagrad": 1e-6, "nash_mtl": 1e-6, "imtl_g": 1e-6, "aligned_mtl": 1e-6, "pcgrad": 1e-6,
-       "gradvac": 1e-6}
+TOL = {
+    "mgda": 1e-6,
+    "cagrad": 1e-6,
+    "nash_mtl": 1e-6,
+    "imtl_g": 1e-6,
+    "aligned_mtl": 1e-6,
+    "pcgrad": 1e-6,
+    "gradvac": 1e-6,
+}
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -55,7 +62,7 @@ def hard_cases(n: int) -> dict[str, torch.Tensor]:
     return {label: G.clone() for label, G in _hard_cases(n).items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hard_cases(n: int) -> dict[str, torch.Tensor]:
     """Full-rank (T, 12) float64 matrices that are hard for solvers.
 
@@ -101,8 +108,10 @@ def mgda(G, d, w, agg) -> Violations:
     r = float((w_star @ G).norm())
     dn = float(d.norm())
     kkt = float(((dn**2 - G @ d) / (G.norm(dim=1) * max(dn, 1e-300))).max())
-    out = [("KKT ⟨g_i, d⟩ ≥ ‖d‖² for every task (cosine units)", max(kkt, 0.0), tol),
-           ("minimum norm ‖d‖ = min_{w∈Δ}‖Σw_i g_i‖ (relative)", abs(dn - r) / r, tol)]
+    out = [
+        ("KKT ⟨g_i, d⟩ ≥ ‖d‖² for every task (cosine units)", max(kkt, 0.0), tol),
+        ("minimum norm ‖d‖ = min_{w∈Δ}‖Σw_i g_i‖ (relative)", abs(dn - r) / r, tol),
+    ]
     if w is not None:
         out.append(("weights on the simplex (w ≥ 0, Σw = 1)", max(float(-w.min()), abs(float(w.sum()) - 1), 0.0), tol))
     return out
@@ -114,9 +123,9 @@ def cagrad(G, d, w, agg) -> Violations:
     tol = TOL["cagrad"]
     c = getattr(agg, "c", None)
     if not isinstance(c, (int, float)) or c < 0:
-        return [(f"implements='cagrad' needs a numeric attribute c >= 0 (the ball radius factor), got {c!r}",
-                 math.inf, tol)]
-    n = G.shape[0]
+        return [
+            (f"implements='cagrad' needs a numeric attribute c >= 0 (the ball radius factor), got {c!r}", math.inf, tol)
+        ]
     g0 = G.mean(0)
     r0 = float(g0.norm())
     if c == 0:
@@ -138,8 +147,9 @@ def cagrad(G, d, w, agg) -> Violations:
     if not roots:
         return [("d meets the ball ‖d − g0‖ ≤ c‖g0‖ on its positive ray", math.inf, tol)]
     best = max(float((G @ (x * d)).min()) for x in roots)
-    return [("dual optimality min_i⟨g_i, d̂⟩ = min_w F(w) (relative to ‖g0‖·max‖g_i‖)", max(F_star - best, 0.0) / scale,
-             tol)]
+    return [
+        ("dual optimality min_i⟨g_i, d̂⟩ = min_w F(w) (relative to ‖g0‖·max‖g_i‖)", max(F_star - best, 0.0) / scale, tol)
+    ]
 
 
 def nash_mtl(G, d, w, agg) -> Violations:
@@ -161,8 +171,10 @@ def imtl_g(G, d, w, agg) -> Violations:
     if float(d.norm()) == 0:
         return [("d ≠ 0", math.inf, 0.0)]
     proj = _unit_rows(G) @ d
-    return [("equal projections u_iᵀd (relative spread)", _spread(proj), tol),
-            ("d in span{g_i} (relative residual)", _span_residual(G, d), tol)]
+    return [
+        ("equal projections u_iᵀd (relative spread)", _spread(proj), tol),
+        ("d in span{g_i} (relative residual)", _span_residual(G, d), tol),
+    ]
 
 
 def aligned_mtl(G, d, w, agg) -> Violations:
@@ -170,9 +182,14 @@ def aligned_mtl(G, d, w, agg) -> Violations:
     if float(d.norm()) == 0:
         return [("d ≠ 0", math.inf, 0.0)]
     P, _, Qt = torch.linalg.svd(G, full_matrices=False)
-    return [("equal singular values: rows of P Qᵀ have equal projections on d (relative spread)",
-             _spread(P @ (Qt @ d)), tol),
-            ("d in span{g_i} (relative residual)", _span_residual(G, d), tol)]
+    return [
+        (
+            "equal singular values: rows of P Qᵀ have equal projections on d (relative spread)",
+            _spread(P @ (Qt @ d)),
+            tol,
+        ),
+        ("d in span{g_i} (relative residual)", _span_residual(G, d), tol),
+    ]
 
 
 def _scaled_match(d: torch.Tensor, expected: torch.Tensor, agg, what: str, tol: float) -> Violations:
@@ -181,8 +198,13 @@ def _scaled_match(d: torch.Tensor, expected: torch.Tensor, agg, what: str, tol: 
         cos = float(d @ expected / (d.norm() * expected.norm()))
         return [(f"{what}, up to a positive scale (1 − cos)", 1 - cos, tol)]
     s = declared / 2
-    return [(f"{what} with the declared scale s = {s:g} (relative error)",
-             float((d - s * expected).norm() / (s * expected).norm()), tol)]
+    return [
+        (
+            f"{what} with the declared scale s = {s:g} (relative error)",
+            float((d - s * expected).norm() / (s * expected).norm()),
+            tol,
+        )
+    ]
 
 
 def _pcgrad_pair(G: torch.Tensor) -> torch.Tensor:
@@ -211,7 +233,11 @@ def gradvac_expected(G: torch.Tensor, target: float) -> tuple[torch.Tensor, floa
 
 
 IDENTITY_CHECKS: dict[str, Callable] = {
-    "mgda": mgda, "cagrad": cagrad, "nash_mtl": nash_mtl, "imtl_g": imtl_g, "aligned_mtl": aligned_mtl,
+    "mgda": mgda,
+    "cagrad": cagrad,
+    "nash_mtl": nash_mtl,
+    "imtl_g": imtl_g,
+    "aligned_mtl": aligned_mtl,
     "pcgrad": pcgrad,
 }
 PAIR_ONLY = ("pcgrad", "gradvac")
@@ -232,11 +258,15 @@ def violations(name: str, make, losses_for) -> list[str]:
             if agg.tags().post_step_update:
                 agg.after_step(losses_for(2))
             expected, rho = gradvac_expected(G, target)
-            for cond, amount, tol in _scaled_match(d, expected, agg, "d = s(g_1' + g_2') (GradVac Eq. 4, T = 2)",
-                                                   TOL["gradvac"]):
+            for cond, amount, tol in _scaled_match(
+                d, expected, agg, "d = s(g_1' + g_2') (GradVac Eq. 4, T = 2)", TOL["gradvac"]
+            ):
                 if not amount <= tol:
-                    found.append(_message(cond, amount, tol, f"'{label}' at step {step} (target φ̂ = {target:.4g}, "
-                                                             f"ρ = {rho:.4g})"))
+                    found.append(
+                        _message(
+                            cond, amount, tol, f"'{label}' at step {step} (target φ̂ = {target:.4g}, ρ = {rho:.4g})"
+                        )
+                    )
             if isinstance(beta, (int, float)):
                 target = (1 - beta) * target + beta * rho
         return found

@@ -20,10 +20,22 @@ from __future__ import annotations
 import copy
 import traceback
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from mtlcheck.aggregators import (
-    CAGrad, DWA, GradDrop, GradNorm, GradVac, GradVacPublished, IMTL, MGDA, Aggregator, AlignedMTL, NashMTL, Uncertainty,
+    DWA,
+    IMTL,
+    MGDA,
+    Aggregator,
+    AlignedMTL,
+    CAGrad,
+    GradDrop,
+    GradNorm,
+    GradVac,
+    GradVacPublished,
+    NashMTL,
+    Uncertainty,
 )
 from mtlcheck.testing.checks import CheckSkipped, aggregator_checks
 
@@ -34,7 +46,8 @@ EXPECTED_FAILURES: dict[type, dict[str, str]] = {
         "check_finite_on_hard_inputs": (
             "No Nash bargaining solution exists when a non-negative combination of the gradients vanishes "
             "(opposite rows g, -g): α_i (G Gᵀ α)_i = 1 has no positive solution, so NashMTL raises SolverError "
-            "with that combination as the certificate instead of returning a silent fallback (Navon et al. 2022, Eq. 3 assumes linearly independent gradients)."
+            "with that combination as the certificate instead of returning a silent fallback (Navon et al. 2022, Eq. "
+            "3 assumes linearly independent gradients)."
         ),
     },
     GradVacPublished: {
@@ -101,6 +114,7 @@ def as_factory(obj: Any) -> Factory:
             def factory():
                 return copy.deepcopy(template)
         else:
+
             def factory():
                 return cls.from_config(config)
     elif callable(obj):
@@ -144,8 +158,9 @@ def parametrize_with_checks(aggregators: Iterable[Any], *, expected_failed_check
     return pytest.mark.parametrize("aggregator, check", params)
 
 
-def check_aggregator(aggregator: Any, *, on_fail: str | None = "raise", expected_failed_checks=None,
-                     checks: Iterable[str] | None = None) -> list[dict[str, Any]]:
+def check_aggregator(
+    aggregator: Any, *, on_fail: str | None = "raise", expected_failed_checks=None, checks: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
     """Run every applicable check without pytest; returns one record per check:
     {"check", "status": passed|failed|xfail|xpass|skipped, "reason", "exception"} (for skipped,
     "reason" says why the check does not apply).
@@ -164,16 +179,28 @@ def check_aggregator(aggregator: Any, *, on_fail: str | None = "raise", expected
             continue
         except Exception as exc:  # noqa: BLE001 - recorded
             status = "xfail" if reason else "failed"
-            records.append({"check": check.__name__, "status": status, "reason": reason,
-                            "exception": "".join(traceback.format_exception_only(type(exc), exc)).strip()})
+            records.append(
+                {
+                    "check": check.__name__,
+                    "status": status,
+                    "reason": reason,
+                    "exception": "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+                }
+            )
             if status == "failed":
                 if on_fail == "raise":
                     raise
                 if on_fail == "warn":
                     warnings.warn(f"{make.__mtlcheck_repr__} failed {check.__name__}: {exc}", stacklevel=2)
         else:
-            records.append({"check": check.__name__, "status": "xpass" if reason else "passed", "reason": reason,
-                            "exception": None})
+            records.append(
+                {
+                    "check": check.__name__,
+                    "status": "xpass" if reason else "passed",
+                    "reason": reason,
+                    "exception": None,
+                }
+            )
     if wanted is not None:
         missing = wanted - {r["check"] for r in records}
         if missing:

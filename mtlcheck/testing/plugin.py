@@ -24,9 +24,15 @@ OPTION = "--mtlcheck-aggregator"
 
 def pytest_addoption(parser):
     group = parser.getgroup("mtlcheck", "mtlcheck conformance kit")
-    group.addoption(OPTION, action="append", default=[], dest="mtlcheck_aggregator", metavar="NAME",
-                    help="aggregator for the `aggregator_check` fixture: a registered name, an alias (mgda_ub) or "
-                         "pkg.module:Class (repeatable; env MTLCHECK_AGGREGATOR)")
+    group.addoption(
+        OPTION,
+        action="append",
+        default=[],
+        dest="mtlcheck_aggregator",
+        metavar="NAME",
+        help="aggregator for the `aggregator_check` fixture: a registered name, an alias (mgda_ub) or "
+        "pkg.module:Class (repeatable; env MTLCHECK_AGGREGATOR)",
+    )
 
 
 def pytest_configure(config):

@@ -7,7 +7,20 @@ import pytest
 import torch
 
 from mtlcheck.aggregators import (
-    CAGrad, DWA, FAMO, GradDrop, GradNorm, GradVac, IMTL, MGDA, NashMTL, PCGrad, RGW, RLW, AlignedMTL, CosReg,
+    DWA,
+    FAMO,
+    IMTL,
+    MGDA,
+    RGW,
+    RLW,
+    AlignedMTL,
+    CAGrad,
+    CosReg,
+    GradDrop,
+    GradNorm,
+    GradVac,
+    NashMTL,
+    PCGrad,
     Uncertainty,
 )
 from mtlcheck.aggregators._min_norm import kkt_violation

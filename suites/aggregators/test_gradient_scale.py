@@ -14,9 +14,11 @@ from mtlcheck.testing import samplers
 # (dtype, exponent m of c = 2^m): float32 at 8e-25 and 1e18 (products overflow float32), float64
 # at 8e-171 and 4e168 (the Gram overflows float64)
 SCALES = [(torch.float32, -80), (torch.float32, 60), (torch.float64, -565), (torch.float64, 560)]
-GRADIENT_METHODS = [n for n in list_aggregators()
-                    if not (t := aggregator_class(n)().tags()).loss_only and not t.second_order
-                    and t.homogeneity is not None]
+GRADIENT_METHODS = [
+    n
+    for n in list_aggregators()
+    if not (t := aggregator_class(n)().tags()).loss_only and not t.second_order and t.homogeneity is not None
+]
 
 
 def test_the_methods_of_the_issue_are_covered():
@@ -37,7 +39,8 @@ def test_direction_at_extreme_scales(name, dtype, m):
     tol = 1e-6 if dtype == torch.float32 else 1e-12
     assert float(back.norm()) > 0
     assert float((back - base).norm()) <= tol * float(base.norm()), (
-        f"{name}: A(2^{m} G) != 2^{m * k} A(G) (cos {float(back @ base / (back.norm() * base.norm())):.6f})")
+        f"{name}: A(2^{m} G) != 2^{m * k} A(G) (cos {float(back @ base / (back.norm() * base.norm())):.6f})"
+    )
 
 
 @pytest.mark.parametrize("dtype, m", SCALES, ids=[f"{str(d)[6:]}-2^{m}" for d, m in SCALES])

@@ -8,8 +8,18 @@ import pytest
 import torch
 
 from mtlcheck.aggregators import (
-    EW, CosReg, CosRegPublished, EWMean, GradNorm, GradNormPublished, GradVac, GradVacPublished, NashMTL,
-    NashMTLPublished, aggregator_class, list_aggregators,
+    EW,
+    CosReg,
+    CosRegPublished,
+    EWMean,
+    GradNorm,
+    GradNormPublished,
+    GradVac,
+    GradVacPublished,
+    NashMTL,
+    NashMTLPublished,
+    aggregator_class,
+    list_aggregators,
 )
 from mtlcheck.aggregators.published import PUBLISHED_VARIANTS
 from mtlcheck.gradients import backward_step
@@ -17,8 +27,13 @@ from mtlcheck.jacobian import Jacobian
 from mtlcheck.models.toy import ToyRegression
 from mtlcheck.testing import check_aggregator, samplers
 
-CLASSES = {"ew-mean": EWMean, "cosreg-published": CosRegPublished, "nash_mtl-published": NashMTLPublished,
-           "gradnorm-published": GradNormPublished, "gradvac-published": GradVacPublished}
+CLASSES = {
+    "ew-mean": EWMean,
+    "cosreg-published": CosRegPublished,
+    "nash_mtl-published": NashMTLPublished,
+    "gradnorm-published": GradNormPublished,
+    "gradvac-published": GradVacPublished,
+}
 
 G3 = torch.tensor([[1.0, 2.0, -1.0, 0.5], [-2.0, 0.5, 1.0, 0.0], [0.3, -1.0, 2.0, 1.0]], dtype=torch.float64)
 LOSSES = torch.tensor([0.7, 1.3, 0.9], dtype=torch.float64)
@@ -84,8 +99,9 @@ def test_published_nash_and_gradnorm_differ_from_the_methods():
     assert _cos(nash, mean) < 0.99
     gn = GradNorm(lr=0.1, momentum=0.0)
     gn(G, LOSSES)
-    assert not torch.allclose(gn(G, LOSSES * torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)).weights,
-                              torch.ones(3, dtype=torch.float64))  # the real weights move; published stay 1/T
+    assert not torch.allclose(
+        gn(G, LOSSES * torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)).weights, torch.ones(3, dtype=torch.float64)
+    )  # the real weights move; published stay 1/T
 
 
 def test_ew_mean_engine_step_is_ew_over_t():

@@ -10,7 +10,7 @@ at that value, so its last-points mean is exactly it.
 from __future__ import annotations
 
 import functools
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -24,8 +24,22 @@ METRICS = tuple(m.key for m in get_benchmark(BENCH).metrics)
 LABELS = {m.key: m.label for m in get_benchmark(BENCH).metrics}
 MEASURE_KEYS = ("gds", "gms", "fd")
 # Methods of the simulated studies: enough for every claim on Tables 1, 4, 5 and Figure 5's FD.
-PARAMETER = ("ew", "pcgrad", "gradvac", "graddrop", "rgw", "mgda", "cagrad", "aligned_mtl", "uncertainty",
-             "imtl", "famo", "rlw", "dwa", "cosreg")
+PARAMETER = (
+    "ew",
+    "pcgrad",
+    "gradvac",
+    "graddrop",
+    "rgw",
+    "mgda",
+    "cagrad",
+    "aligned_mtl",
+    "uncertainty",
+    "imtl",
+    "famo",
+    "rlw",
+    "dwa",
+    "cosreg",
+)
 FEATURE = ("pcgrad", "gradvac", "graddrop", "rgw", "mgda", "cagrad", "aligned_mtl", "imtl", "cosreg")
 ROWS = tuple((m, "parameter") for m in PARAMETER) + tuple((m, "feature") for m in FEATURE)
 
@@ -35,7 +49,7 @@ BASE_METRIC = 0.5
 BASE_MEASURES = {"gds": 0.1, "gms": 0.8, "fd": 0.5}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _spec(method: str, level: str, seed: int, bench: str = BENCH):
     return make_spec(bench, method, level=level, seed=seed, budget="smoke")
 
@@ -43,9 +57,25 @@ def _spec(method: str, level: str, seed: int, bench: str = BENCH):
 def record(method: str, level: str, seed: int, metrics: dict, trajectory: dict, bench: str = BENCH) -> RunRecord:
     """A done run record in memory (what the store would return)."""
     spec = _spec(method, level, seed, bench)
-    return RunRecord(key=f"{bench}-{method}-{level}-{seed}", spec=spec, code_epoch=CODE_EPOCH, status="done",
-                     owner=None, heartbeat=None, attempts=1, failures=0, created=0.0, started=0.0, finished=0.0,
-                     metrics=metrics, trajectory=trajectory, env=None, timings={}, error=None, history=[])
+    return RunRecord(
+        key=f"{bench}-{method}-{level}-{seed}",
+        spec=spec,
+        code_epoch=CODE_EPOCH,
+        status="done",
+        owner=None,
+        heartbeat=None,
+        attempts=1,
+        failures=0,
+        created=0.0,
+        started=0.0,
+        finished=0.0,
+        metrics=metrics,
+        trajectory=trajectory,
+        env=None,
+        timings={},
+        error=None,
+        history=[],
+    )
 
 
 def _record(method: str, level: str, seed: int, metrics: dict, measures: dict) -> RunRecord:
@@ -53,9 +83,14 @@ def _record(method: str, level: str, seed: int, metrics: dict, measures: dict) -
     return record(method, level, seed, metrics, traj)
 
 
-def simulate(rng: np.random.Generator, n_seeds: int, effects: Mapping[tuple[str, str], float] | None = None,
-             rows=ROWS, noise_sd: float | Mapping[tuple[str, str], float] = NOISE_SD,
-             measure_effects: Mapping[tuple[str, str], float] | None = None) -> list[RunRecord]:
+def simulate(
+    rng: np.random.Generator,
+    n_seeds: int,
+    effects: Mapping[tuple[str, str], float] | None = None,
+    rows=ROWS,
+    noise_sd: float | Mapping[tuple[str, str], float] = NOISE_SD,
+    measure_effects: Mapping[tuple[str, str], float] | None = None,
+) -> list[RunRecord]:
     """One simulated study: `effects[(method, level)]` is added to the true mean of every metric of
     that row (0 for rows not named: equal to the baseline up to noise); `noise_sd` is the run noise
     of every row, or per row ({(method, level): sd}); `measure_effects[(method, level)]` is added to
@@ -69,9 +104,13 @@ def simulate(rng: np.random.Generator, n_seeds: int, effects: Mapping[tuple[str,
         sd = noise_sd[(method, level)] if isinstance(noise_sd, Mapping) else noise_sd
         for s in range(n_seeds):
             m = BASE_METRIC + shift + seed_metric[s] + rng.normal(0.0, sd, size=len(METRICS))
-            g = np.array([BASE_MEASURES[k] for k in MEASURE_KEYS]) + (measure_effects or {}).get(
-                (method, level), 0.0) + seed_measure[s] + rng.normal(
-                0.0, sd, size=len(MEASURE_KEYS))
-            records.append(_record(method, level, s, dict(zip(METRICS, map(float, m))),
-                                   dict(zip(MEASURE_KEYS, map(float, g)))))
+            g = (
+                np.array([BASE_MEASURES[k] for k in MEASURE_KEYS])
+                + (measure_effects or {}).get((method, level), 0.0)
+                + seed_measure[s]
+                + rng.normal(0.0, sd, size=len(MEASURE_KEYS))
+            )
+            records.append(
+                _record(method, level, s, dict(zip(METRICS, map(float, m))), dict(zip(MEASURE_KEYS, map(float, g))))
+            )
     return records

@@ -11,6 +11,7 @@ from mtlcheck.experiments.runner import Where, run_sweep, sweep_specs
 from mtlcheck.experiments.store import ResultStore
 from mtlcheck.reports import result_tables
 
+
 @dataclass(frozen=True)
 class Reproduced:
     budget: str

@@ -9,7 +9,8 @@ two rows then has sd σ√2 =: s_d.
   by noise: at most 5 % of the studies may decide any one claim (3 seeds, the paper's protocol).
 - The same null with unequal run noise per row (log-normal, one row 10x noisier): at most 5 %.
 - Large effect (5 seeds, and 3 seeds for the Figure 3 claim): named rows differ from the Baseline
-  by 10 s_d on every metric, in the direction that makes the claims below true ("holds" world) or false ("contradicted" world);
+  by 10 s_d on every metric, in the direction that makes the claims below true ("holds" world) or false
+  ("contradicted" world);
   the right verdict must be reached in at least 80 % of the studies.
 
 Everything is seeded: the rates are deterministic. The measured rates are printed (-s).
@@ -38,19 +39,32 @@ NOISE_SD, simulate = _simulate.NOISE_SD, _simulate.simulate
 
 P, F = "parameter", "feature"
 S_D = NOISE_SD * np.sqrt(2.0)  # sd of a paired difference
-FAST_CLAIMS = ("fig3-uncertainty-poor-gradvac-strong", "fig4-famo-beats-mgda", "fig3-pcgrad-alignedmtl-undecided",
-               "fig5-fd-below-baseline-except-four", "fig5-exceptions-complement-of-table1-gainers")
+FAST_CLAIMS = (
+    "fig3-uncertainty-poor-gradvac-strong",
+    "fig4-famo-beats-mgda",
+    "fig3-pcgrad-alignedmtl-undecided",
+    "fig5-fd-below-baseline-except-four",
+    "fig5-exceptions-complement-of-table1-gainers",
+)
 # Rows moved by the effect worlds; +1: better than the Baseline on every metric in the "holds" world.
-EFFECT = {("gradvac", P): 1.0, ("uncertainty", P): -1.0, ("famo", P): 1.0,
-          ("gradvac", F): -1.0, ("rgw", F): -1.0, ("imtl", F): -1.0}
+EFFECT = {
+    ("gradvac", P): 1.0,
+    ("uncertainty", P): -1.0,
+    ("famo", P): 1.0,
+    ("gradvac", F): -1.0,
+    ("rgw", F): -1.0,
+    ("imtl", F): -1.0,
+}
 # Claims the "holds" world makes true and the "contradicted" world (every effect negated) false.
 EFFECT_CLAIMS = ("fig3-uncertainty-poor-gradvac-strong", "fig4-famo-beats-mgda")
 EFFECT_CLAIMS_SLOW = EFFECT_CLAIMS + ("surrogate-degrades-gradvac-rgw-imtl",)
 
 
 # The fast tests' studies: the parameter-level rows their claims read (Table 1, Figure 5's FD).
-FAST_ROWS = tuple((m, P) for m in ("ew", "pcgrad", "gradvac", "graddrop", "rgw", "mgda", "cagrad", "aligned_mtl",
-                                   "uncertainty", "famo"))
+FAST_ROWS = tuple(
+    (m, P)
+    for m in ("ew", "pcgrad", "gradvac", "graddrop", "rgw", "mgda", "cagrad", "aligned_mtl", "uncertainty", "famo")
+)
 
 
 def unequal_noise(rng: np.random.Generator, rows) -> dict:
@@ -61,8 +75,9 @@ def unequal_noise(rng: np.random.Generator, rows) -> dict:
     return dict(zip(rows, map(float, sd)))
 
 
-def verdicts(n_studies: int, n_seeds: int, claims, effect: float = 0.0, seed: int = 0,
-             rows=FAST_ROWS, unequal: bool = False) -> dict[str, Counter]:
+def verdicts(
+    n_studies: int, n_seeds: int, claims, effect: float = 0.0, seed: int = 0, rows=FAST_ROWS, unequal: bool = False
+) -> dict[str, Counter]:
     """Per claim: how many of `n_studies` simulated studies gave each verdict (`unequal`: run noise
     per row from `unequal_noise`, drawn anew per study)."""
     rng = np.random.default_rng(seed)
@@ -84,8 +99,10 @@ def _decided_rate(c: Counter, n: int) -> float:
 def _check_null(n_studies: int, claims, rows=FAST_ROWS, unequal: bool = False) -> None:
     counts = verdicts(n_studies, 3, claims, seed=10, rows=rows, unequal=unequal)
     rates = {c: _decided_rate(k, n_studies) for c, k in counts.items()}
-    print(f"\nnull{' (unequal noise)' if unequal else ''}, 3 seeds, {n_studies} studies: decided-rate per claim "
-          f"{rates}; verdicts {dict(counts)}")
+    print(
+        f"\nnull{' (unequal noise)' if unequal else ''}, 3 seeds, {n_studies} studies: decided-rate per claim "
+        f"{rates}; verdicts {dict(counts)}"
+    )
     assert all(k["error"] == 0 and k["not evaluable"] == 0 for k in counts.values()), counts
     assert max(rates.values()) <= 0.05, rates
 
@@ -94,8 +111,9 @@ def _check_power(n_studies: int, claims, sign: float, right: str, rows=FAST_ROWS
     counts = verdicts(n_studies, seeds, claims, effect=sign * 10 * S_D, seed=20 if sign > 0 else 30, rows=rows)
     power = {c: k[right] / n_studies for c, k in counts.items()}
     wrong = {c: k["contradicted" if right == "holds" else "holds"] for c, k in counts.items()}
-    print(f"\neffect 10 s_d toward '{right}', {seeds} seeds, {n_studies} studies: power {power}; "
-          f"verdicts {dict(counts)}")
+    print(
+        f"\neffect 10 s_d toward '{right}', {seeds} seeds, {n_studies} studies: power {power}; verdicts {dict(counts)}"
+    )
     assert not any(wrong.values()), f"wrong decisions: {wrong}"
     assert min(power.values()) >= 0.8, power
 
@@ -124,10 +142,17 @@ def test_a_large_effect_is_decided_right_at_three_seeds(sign, right):
 
 @pytest.mark.slow
 def test_null_decides_at_most_five_percent_for_every_claim_on_the_instance_tables():
-    evaluable = ("mgn-consistent-gains", "mgn-top3-majority", "surrogate-gains-only-mgda-alignedmtl",
-                 "surrogate-degrades-gradvac-rgw-imtl", "rs-metagraspnet-fd-box-vs-mask",
-                 "conclusion-v1-mgda-ub-best", "conclusion-v1-surrogate-not-general",
-                 "conclusion-v1-fd-better-indicator", *FAST_CLAIMS)
+    evaluable = (
+        "mgn-consistent-gains",
+        "mgn-top3-majority",
+        "surrogate-gains-only-mgda-alignedmtl",
+        "surrogate-degrades-gradvac-rgw-imtl",
+        "rs-metagraspnet-fd-box-vs-mask",
+        "conclusion-v1-mgda-ub-best",
+        "conclusion-v1-surrogate-not-general",
+        "conclusion-v1-fd-better-indicator",
+        *FAST_CLAIMS,
+    )
     _check_null(100, evaluable, rows=_simulate.ROWS)
 
 

@@ -22,8 +22,9 @@ from mtlcheck.reference import (
 PAPER = load_paper_tables()
 
 
-def _set(table: ResultTable, method: str, column: str, value: float, level: str | None = None,
-         marker: str | None = None) -> ResultTable:
+def _set(
+    table: ResultTable, method: str, column: str, value: float, level: str | None = None, marker: str | None = None
+) -> ResultTable:
     key = table.row(method, level).key
     rows = []
     for r in table.rows:
@@ -48,8 +49,9 @@ def _holds(claim_id: str, tables) -> bool:
 def test_cityscapes_tie_broken_in_fd_favour():
     assert not _holds("rs-cityscapes-fd-beats-gds-gms", PAPER)
     assert _holds("rs-cityscapes-fd-beats-gds-gms", _with(table6=_set(PAPER["table6"], "FD", "IS", 61.4)))
-    assert not _holds("conclusion-fd-faithful-masks-and-cityscapes-seg",
-                      _with(table6=_set(PAPER["table6"], "FD", "IS", 61.2)))
+    assert not _holds(
+        "conclusion-fd-faithful-masks-and-cityscapes-seg", _with(table6=_set(PAPER["table6"], "FD", "IS", 61.2))
+    )
 
 
 def test_cagrad_gain_makes_the_figure5_complement_hold():
@@ -107,14 +109,28 @@ def test_markers_claim_needs_printed_markers():
         claim_by_id("table1-markers-follow-caption-band").evaluate(_with(table1=bare))
 
 
-FIG5 = {"Baseline": 1.00, "RGW": 1.10, "PCGrad": 1.05, "MGDA": 1.20, "Aligned-MTL": 1.01, "GradVac": 0.90,
-        "CAGrad": 0.95, "GradDrop": 0.80, "IMTL": 0.90, "RLW": 0.97, "DWA": 0.90, "Uncertainty": 0.99,
-        "FAMO": 0.90, "CosReg": 0.90}
+FIG5 = {
+    "Baseline": 1.00,
+    "RGW": 1.10,
+    "PCGrad": 1.05,
+    "MGDA": 1.20,
+    "Aligned-MTL": 1.01,
+    "GradVac": 0.90,
+    "CAGrad": 0.95,
+    "GradDrop": 0.80,
+    "IMTL": 0.90,
+    "RLW": 0.97,
+    "DWA": 0.90,
+    "Uncertainty": 0.99,
+    "FAMO": 0.90,
+    "CosReg": 0.90,
+}
 
 
 def _figure5(values: dict[str, float]):
-    return table_from_records("figure5", ["FD"], {"FD": False},
-                              [{"method": m, "level": "parameter", "FD": v} for m, v in values.items()])
+    return table_from_records(
+        "figure5", ["FD"], {"FD": False}, [{"method": m, "level": "parameter", "FD": v} for m, v in values.items()]
+    )
 
 
 def test_figure5_claim_on_reproduced_final_fd():
@@ -138,16 +154,20 @@ ROUNDING_SENSITIVE = {
 def _jitter(table: ResultTable, rng: random.Random) -> ResultTable:
     rows = []
     for r in table.rows:
-        values = {c: v + rng.uniform(-0.499, 0.499) * 10.0 ** -table.printed_decimals[c]
-                  for c, v in r.values.items()}
+        values = {c: v + rng.uniform(-0.499, 0.499) * 10.0 ** -table.printed_decimals[c] for c, v in r.values.items()}
         rows.append(dataclasses.replace(r, values=values, markers={}))
     return dataclasses.replace(table, rows=tuple(rows))
 
 
 def test_other_verdicts_survive_rounding_jitter():
     rng = random.Random(20240605)
-    stable = [c for c in CLAIMS if c.id not in ROUNDING_SENSITIVE and "figure5" not in c.source_tables
-              and c.id != "table1-markers-follow-caption-band"]
+    stable = [
+        c
+        for c in CLAIMS
+        if c.id not in ROUNDING_SENSITIVE
+        and "figure5" not in c.source_tables
+        and c.id != "table1-markers-follow-caption-band"
+    ]
     expected = {c.id: c.evaluate(PAPER).holds for c in stable}
     for _ in range(30):
         jittered = {k: _jitter(t, rng) for k, t in PAPER.items()}

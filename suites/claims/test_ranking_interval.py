@@ -25,8 +25,10 @@ _simulate = sys.modules.setdefault("_simulate", importlib.util.module_from_spec(
 _spec.loader.exec_module(_simulate)
 
 P = "parameter"
-ROWS = tuple((m, P) for m in ("ew", "pcgrad", "gradvac", "graddrop", "rgw", "mgda", "cagrad", "aligned_mtl",
-                              "uncertainty", "famo"))
+ROWS = tuple(
+    (m, P)
+    for m in ("ew", "pcgrad", "gradvac", "graddrop", "rgw", "mgda", "cagrad", "aligned_mtl", "uncertainty", "famo")
+)
 S_D = _simulate.NOISE_SD * np.sqrt(2.0)
 # True metric means 0, 2, 4, ... s_d above the Baseline; true measures in nearly the same order (two
 # neighbours swapped), so the true RS is high (not at its floor of 50 %, which any interval covers).
@@ -40,15 +42,21 @@ def _rs(tables):
 
 
 def test_interval_holds_the_value_and_covers_the_truth():
-    truth = _rs(result_tables(_simulate.simulate(np.random.default_rng(1), 2, METRIC, rows=ROWS, noise_sd=0.0,
-                                                 measure_effects=MEASURE), "digits-instance", derived_intervals=False))
+    truth = _rs(
+        result_tables(
+            _simulate.simulate(np.random.default_rng(1), 2, METRIC, rows=ROWS, noise_sd=0.0, measure_effects=MEASURE),
+            "digits-instance",
+            derived_intervals=False,
+        )
+    )
     true_values = {(r.key, c): v for r in truth.rows for c, v in r.values.items()}
     assert all(80.0 < v < 100.0 for v in true_values.values()), true_values
     rng = np.random.default_rng(7)
     n_studies, covered, cells = 20, 0, 0
     for _ in range(n_studies):
-        t = _rs(result_tables(_simulate.simulate(rng, 3, METRIC, rows=ROWS, measure_effects=MEASURE),
-                              "digits-instance"))
+        t = _rs(
+            result_tables(_simulate.simulate(rng, 3, METRIC, rows=ROWS, measure_effects=MEASURE), "digits-instance")
+        )
         for r in t.rows:
             for c, v in r.values.items():
                 lo, hi = t.range(r.key, c)

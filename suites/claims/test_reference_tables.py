@@ -62,7 +62,7 @@ def _table_lines() -> dict[int, list[str]]:
     if path is None:
         return {n: lines for n, (_, lines) in blocks.items()}
     paper = path.read_text(encoding="utf-8").splitlines()
-    return {n: paper[start - 1:start - 1 + len(lines)] for n, (start, lines) in blocks.items()}
+    return {n: paper[start - 1 : start - 1 + len(lines)] for n, (start, lines) in blocks.items()}
 
 
 BLOCKS = _table_lines()
@@ -95,7 +95,7 @@ def test_excerpt_is_verbatim_paper_text():
     assert hashlib.sha256(data).hexdigest() == PAPER_SHA256, f"{path} is not the transcribed version"
     paper = data.decode("utf-8").splitlines()
     for n, (start, lines) in _excerpt_blocks().items():
-        assert paper[start - 1:start - 1 + len(lines)] == lines, f"table {n} excerpt differs from {path}"
+        assert paper[start - 1 : start - 1 + len(lines)] == lines, f"table {n} excerpt differs from {path}"
 
 
 # -- schema ----------------------------------------------------------------------------------
@@ -126,8 +126,7 @@ def test_schema(path: Path):
 def test_header_matches_paper(n: int):
     table = TABLES[f"table{n}"]
     printed_arrows = "\\uparrow" in BLOCKS[n][0] or "\\downarrow" in BLOCKS[n][0]
-    expected = " ".join(c + (" " + ARROW[table.higher_is_better[c]] if printed_arrows else "")
-                        for c in table.columns)
+    expected = " ".join(c + (" " + ARROW[table.higher_is_better[c]] if printed_arrows else "") for c in table.columns)
     assert BLOCKS[n][0] == expected
 
 
@@ -141,7 +140,10 @@ def test_method_sets_are_consistent():
     assert all(r.level == "feature" for r in t4.rows)
     for n in (5, 6, 7):
         assert {r.method: r.level for r in TABLES[f"table{n}"].rows} == {
-            "GDS": "parameter", "GMS": "parameter", "FD": "feature"}
+            "GDS": "parameter",
+            "GMS": "parameter",
+            "FD": "feature",
+        }
 
 
 # -- transcription against the paper text ------------------------------------------------------
@@ -169,11 +171,12 @@ SPOT_CHECKS = [  # (table, method, level, column, column index in the printed ro
 ]
 
 
-@pytest.mark.parametrize("n,method,level,column,index", SPOT_CHECKS,
-                         ids=[f"t{s[0]}-{s[1]}-{s[3]}" for s in SPOT_CHECKS])
+@pytest.mark.parametrize(
+    "n,method,level,column,index", SPOT_CHECKS, ids=[f"t{s[0]}-{s[1]}-{s[3]}" for s in SPOT_CHECKS]
+)
 def test_spot_check_cell(n, method, level, column, index):
     """Grep the method's line in the paper's table block and read the cell at its position."""
-    lines = [l for l in BLOCKS[n][1:-1] if re.match(rf"{re.escape(method)}( \[\d+\])? ", l)]
+    lines = [line for line in BLOCKS[n][1:-1] if re.match(rf"{re.escape(method)}( \[\d+\])? ", line)]
     assert len(lines) == 1, f"{method!r} not found once in table {n}"
     cells = re.findall(r"-?\d+\.\d+%?", lines[0])
     table = TABLES[f"table{n}"]
@@ -188,8 +191,10 @@ def _minimal() -> dict:
         "units": {"A": "fraction", "B": "percent"},
         "higher_is_better": {"A": True, "B": False},
         "printed_decimals": {"A": 3, "B": 1},
-        "rows": [{"method": "Baseline", "level": "parameter", "A": 0.5, "B": 10.0},
-                 {"method": "X", "level": "parameter", "A": 0.52, "B": 9.0}],
+        "rows": [
+            {"method": "Baseline", "level": "parameter", "A": 0.5, "B": 10.0},
+            {"method": "X", "level": "parameter", "A": 0.52, "B": 9.0},
+        ],
     }
 
 
@@ -231,9 +236,19 @@ def _mutate(kind: str) -> dict | str:
     return d
 
 
-ERROR_CASES = ["unknown column in a row", "unknown column in higher_is_better", "missing higher_is_better",
-               "duplicate row", "null without a note", "bad marker", "too many decimals",
-               "missing source key", "unknown level", "non-boolean direction", "not json"]
+ERROR_CASES = [
+    "unknown column in a row",
+    "unknown column in higher_is_better",
+    "missing higher_is_better",
+    "duplicate row",
+    "null without a note",
+    "bad marker",
+    "too many decimals",
+    "missing source key",
+    "unknown level",
+    "non-boolean direction",
+    "not json",
+]
 
 
 @pytest.mark.parametrize("kind", ERROR_CASES)
@@ -265,14 +280,14 @@ def test_rank_is_direction_aware_with_ties():
 
 def test_baseline_band():
     t1 = TABLES["table1"]
-    assert baseline_mark(t1, "FAMO", "BBox mAP") == "↑"          # +0.048
-    assert baseline_mark(t1, "CAGrad", "AMask mAR") == "↓"       # −0.013
-    assert baseline_mark(t1, "CosReg", "AMask mAP") == "–"       # −0.002
-    assert baseline_mark(t1, "GradVac", "BBox mAP") == "–"       # exactly +0.010: not "more than"
+    assert baseline_mark(t1, "FAMO", "BBox mAP") == "↑"  # +0.048
+    assert baseline_mark(t1, "CAGrad", "AMask mAR") == "↓"  # −0.013
+    assert baseline_mark(t1, "CosReg", "AMask mAP") == "–"  # −0.002
+    assert baseline_mark(t1, "GradVac", "BBox mAP") == "–"  # exactly +0.010: not "more than"
     assert admissible_marks(t1, "GradVac", "BBox mAP") == {"↑", "–"}
-    assert admissible_marks(t1, "DWA", "BBox mAP") == {"–"}      # +0.007, printed ↑ (see claims)
+    assert admissible_marks(t1, "DWA", "BBox mAP") == {"–"}  # +0.007, printed ↑ (see claims)
     t2 = TABLES["table2"]
-    assert baseline_mark(t2, "CosReg", "IS") == "↑"              # lower is better: 0.081 vs 0.131
+    assert baseline_mark(t2, "CosReg", "IS") == "↑"  # lower is better: 0.081 vs 0.131
 
 
 def test_relative_change_round_trip():

@@ -24,8 +24,12 @@ pytestmark = [pytest.mark.claim]
 
 
 def as_dict(table):
-    return {f"{row.method}/{row.level}": {c: (None if row.values.get(c) is None else float(row.values[c]))
-                                          for c in table.columns} for row in table.rows}
+    return {
+        f"{row.method}/{row.level}": {
+            c: (None if row.values.get(c) is None else float(row.values[c])) for c in table.columns
+        }
+        for row in table.rows
+    }
 
 
 @pytest.mark.parametrize("name", ["table2", "final_measures"])

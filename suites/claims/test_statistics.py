@@ -54,8 +54,7 @@ def test_paired_uses_the_shared_seeds_only():
 def test_t_interval_covers_at_its_level():
     """Seeded simulation: the 95% interval of 3 normal draws covers the mean in 95% ± 1.5%."""
     rng = np.random.default_rng(0)
-    hits = sum(estimate(dict(enumerate(rng.normal(1.0, 2.0, size=3)))).excludes(1.0) is False
-               for _ in range(4000))
+    hits = sum(estimate(dict(enumerate(rng.normal(1.0, 2.0, size=3)))).excludes(1.0) is False for _ in range(4000))
     assert 0.935 <= hits / 4000 <= 0.965
 
 
@@ -149,8 +148,11 @@ def _log_normal_with_one_10x(rng, rows):
     return sd
 
 
-@pytest.mark.parametrize("noise", [lambda rng, g: np.ones(g), lambda rng, g: np.exp(rng.normal(0.0, 0.6, size=g)),
-                                   _log_normal_with_one_10x], ids=["equal", "log-normal", "log-normal-one-10x"])
+@pytest.mark.parametrize(
+    "noise",
+    [lambda rng, g: np.ones(g), lambda rng, g: np.exp(rng.normal(0.0, 0.6, size=g)), _log_normal_with_one_10x],
+    ids=["equal", "log-normal", "log-normal-one-10x"],
+)
 def test_moderated_paired_intervals_keep_their_level(noise):
     """Seeded, 1000 studies x 9 paired cells: the moderated intervals miss 0 at most at their
     nominal rate (plus 0.5 % simulation slack at 95 %; at 99.7 %, the Bonferroni tail the verdicts

@@ -45,9 +45,18 @@ def _verdict(tables, claim_id):
 
 
 def test_ss_equal_in_every_row_leaves_the_ss_ranking_similarity_out():
-    recs = [record(m, "parameter", s, _dense(1.3 + 0.01 * i + 0.3 * s, 0.0777, 0.08 + 0.002 * i + 0.01 * s),
-                   _traj(0.1 + 0.01 * i, 0.8 - 0.02 * i, 0.5 + 0.03 * i + 0.001 * s), bench=DENSE)
-            for i, m in enumerate(METHODS) for s in range(3)]
+    recs = [
+        record(
+            m,
+            "parameter",
+            s,
+            _dense(1.3 + 0.01 * i + 0.3 * s, 0.0777, 0.08 + 0.002 * i + 0.01 * s),
+            _traj(0.1 + 0.01 * i, 0.8 - 0.02 * i, 0.5 + 0.03 * i + 0.001 * s),
+            bench=DENSE,
+        )
+        for i, m in enumerate(METHODS)
+        for s in range(3)
+    ]
     tables = result_tables(recs, DENSE, derived_intervals=False)
     rs = tables["table6"]
     assert all(rs.value(m, "SS") is None for m in ("FD", "GDS", "GMS"))  # not 50 %
@@ -61,9 +70,18 @@ def test_ss_equal_in_every_row_leaves_the_ss_ranking_similarity_out():
 
 
 def test_measures_at_step_zero_only_are_equal_for_every_method_and_rank_nothing():
-    recs = [record(m, "parameter", s, _dense(1.3 + 0.01 * i + 0.3 * s, 0.08 + 0.003 * i, 0.08 + 0.002 * i),
-                   _traj(0.12, 0.85, 0.55, steps=(0,)), bench=DENSE)
-            for i, m in enumerate(METHODS) for s in range(3)]
+    recs = [
+        record(
+            m,
+            "parameter",
+            s,
+            _dense(1.3 + 0.01 * i + 0.3 * s, 0.08 + 0.003 * i, 0.08 + 0.002 * i),
+            _traj(0.12, 0.85, 0.55, steps=(0,)),
+            bench=DENSE,
+        )
+        for i, m in enumerate(METHODS)
+        for s in range(3)
+    ]
     tables = result_tables(recs, DENSE, derived_intervals=False)
     rs = tables["table6"]
     assert all(v is None for r in rs.rows for v in r.values.values())
@@ -76,9 +94,17 @@ def test_fd_equal_for_every_method_does_not_decide_the_figure5_claim():
     """Figure 5's claim compares each method's final FD with the Baseline's: all equal is a tie
     everywhere, which no number of seeds can turn into 'not below'."""
     methods = ("ew", "rgw", "pcgrad", "mgda", "aligned_mtl", "gradvac", "cagrad", "imtl", "graddrop", "dwa", "rlw")
-    recs = [record(m, "parameter", s, {k: 0.3 + 0.01 * i + 0.05 * s for k in _simulate.METRICS},
-                   _traj(0.1, 0.8, 0.5, steps=(0,)))
-            for i, m in enumerate(methods) for s in range(3)]
+    recs = [
+        record(
+            m,
+            "parameter",
+            s,
+            {k: 0.3 + 0.01 * i + 0.05 * s for k in _simulate.METRICS},
+            _traj(0.1, 0.8, 0.5, steps=(0,)),
+        )
+        for i, m in enumerate(methods)
+        for s in range(3)
+    ]
     tables = result_tables(recs, "digits-instance", derived_intervals=False)
     (v,) = judge_all(tables, [claim_by_id("fig5-fd-below-baseline-except-four")], support_draws=50)
     assert v["verdict"] == "inconclusive", v
@@ -89,10 +115,10 @@ def test_fd_equal_for_every_method_does_not_decide_the_figure5_claim():
 def test_mgda_ub_best_from_two_rows_is_not_evaluable(seeds):
     m = {k: 0.3 for k in _simulate.METRICS}
     recs = [record("ew", "parameter", s, dict(m), _traj(0.1, 0.8, 0.5)) for s in range(seeds)]
-    recs += [record("mgda", "parameter", s, {k: 0.31 + 0.001 * s for k in m}, _traj(0.1, 0.8, 0.5))
-             for s in range(seeds)]
-    recs += [record("mgda", "feature", s, {k: 0.35 + 0.002 * s for k in m}, _traj(0.1, 0.8, 0.5))
-             for s in range(seeds)]
+    recs += [
+        record("mgda", "parameter", s, {k: 0.31 + 0.001 * s for k in m}, _traj(0.1, 0.8, 0.5)) for s in range(seeds)
+    ]
+    recs += [record("mgda", "feature", s, {k: 0.35 + 0.002 * s for k in m}, _traj(0.1, 0.8, 0.5)) for s in range(seeds)]
     tables = result_tables(recs, "digits-instance", derived_intervals=False)
     v = _verdict(tables, "conclusion-v1-mgda-ub-best")
     assert v["verdict"] == "not evaluable", v
@@ -101,9 +127,11 @@ def test_mgda_ub_best_from_two_rows_is_not_evaluable(seeds):
 
 def test_one_seed_decides_nothing_even_when_the_point_values_are_clear():
     m = {k: 0.3 for k in _simulate.METRICS}
-    recs = [record("ew", "parameter", 0, dict(m), _traj(0.1, 0.8, 0.5)),
-            record("famo", "parameter", 0, {k: 0.5 for k in m}, _traj(0.1, 0.8, 0.5)),
-            record("mgda", "parameter", 0, {k: 0.1 for k in m}, _traj(0.1, 0.8, 0.5))]
+    recs = [
+        record("ew", "parameter", 0, dict(m), _traj(0.1, 0.8, 0.5)),
+        record("famo", "parameter", 0, {k: 0.5 for k in m}, _traj(0.1, 0.8, 0.5)),
+        record("mgda", "parameter", 0, {k: 0.1 for k in m}, _traj(0.1, 0.8, 0.5)),
+    ]
     tables = result_tables(recs, "digits-instance")
     v = _verdict(tables, "fig4-famo-beats-mgda")
     assert v["verdict"] == "inconclusive"
@@ -112,7 +140,10 @@ def test_one_seed_decides_nothing_even_when_the_point_values_are_clear():
 
 def test_figure5_claim_needs_enough_methods_for_most_with_four_exceptions():
     methods = ("ew", "rgw", "pcgrad", "mgda", "aligned_mtl", "gradvac", "cagrad", "imtl")
-    recs = [record(m, "parameter", s, {k: 0.3 for k in _simulate.METRICS}, _traj(0.1, 0.8, 0.5 + 0.01 * i + 0.001 * s))
-            for i, m in enumerate(methods) for s in range(3)]
+    recs = [
+        record(m, "parameter", s, {k: 0.3 for k in _simulate.METRICS}, _traj(0.1, 0.8, 0.5 + 0.01 * i + 0.001 * s))
+        for i, m in enumerate(methods)
+        for s in range(3)
+    ]
     v = _verdict(result_tables(recs, "digits-instance", derived_intervals=False), "fig5-fd-below-baseline-except-four")
     assert v["verdict"] == "not evaluable" and "needs at least 9" in v["evidence"]

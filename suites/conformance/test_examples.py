@@ -40,12 +40,16 @@ OUTCOME = {
     # Task orders from the global torch RNG (documented by TorchJD): not reproducible from a seed; the
     # order differs between the calls of the homogeneity check, hence that failure too. T = 2 (no
     # order) matches PCGrad's formula exactly.
-    "PCGrad": (set(RNG) | {"check_stateless_idempotent", "check_homogeneity"},
-               {"check_conflict_reduction", "check_no_silent_fallback"}),
+    "PCGrad": (
+        set(RNG) | {"check_stateless_idempotent", "check_homogeneity"},
+        {"check_conflict_reduction", "check_no_silent_fallback"},
+    ),
     # Same global RNG: the state (φ̂) round trip and reset cannot reproduce the next steps either.
     # Its T = 2 output follows Eq. 4 and the EMA exactly (identity passes).
-    "GradVac": (set(RNG) | {"check_reset", "check_state_roundtrip", "check_homogeneity"},
-                {"check_conflict_reduction", "check_no_silent_fallback"}),
+    "GradVac": (
+        set(RNG) | {"check_reset", "check_state_roundtrip", "check_homogeneity"},
+        {"check_conflict_reduction", "check_no_silent_fallback"},
+    ),
 }
 
 
@@ -78,12 +82,17 @@ def test_torchjd_nash_mtl_falls_back_silently_and_is_not_the_bargaining_solution
     the previous α — initially all ones, equal weighting — is returned without a word. The 20
     sequential convex steps also stop far from α_i(GGᵀα)_i = const when task norms differ 100x
     (spread ~1 on 'conflicting'), and G = 0 or T = 1 raise cvxpy's ValueError."""
-    records = check_aggregator(adapters.NashMTL, on_fail=None,
-                               checks=["check_no_silent_fallback", "check_method_identity", "check_zero_input",
-                                       "check_single_task"])
+    records = check_aggregator(
+        adapters.NashMTL,
+        on_fail=None,
+        checks=["check_no_silent_fallback", "check_method_identity", "check_zero_input", "check_single_task"],
+    )
     status = {r["check"]: (r["status"], r["exception"] or "") for r in records}
     assert status["check_no_silent_fallback"][0] == "failed"
-    assert "cvxpy failed" in status["check_no_silent_fallback"][1] and "silent fallback" in status["check_no_silent_fallback"][1]
+    assert (
+        "cvxpy failed" in status["check_no_silent_fallback"][1]
+        and "silent fallback" in status["check_no_silent_fallback"][1]
+    )
     assert status["check_method_identity"][0] == "failed"
     assert "bargaining α_i (GGᵀα)_i equal for every task" in status["check_method_identity"][1]
     assert status["check_zero_input"] == ("failed", "ValueError: Parameter value must be real.")
@@ -94,8 +103,10 @@ def test_torchjd_nash_mtl_falls_back_silently_and_is_not_the_bargaining_solution
 def test_torchjd_nash_mtl_full_kit():
     torch.manual_seed(0)
     records = check_aggregator(adapters.NashMTL, on_fail=None)
-    assert _outcome(records) == ({"check_zero_input", "check_single_task", "check_method_identity",
-                                  "check_no_silent_fallback"}, set())
+    assert _outcome(records) == (
+        {"check_zero_input", "check_single_task", "check_method_identity", "check_no_silent_fallback"},
+        set(),
+    )
 
 
 def test_the_readme_adapter_runs_as_written():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-CONFTEST = '''
+CONFTEST = """
 import pytest
 
 def pytest_addoption(parser):
@@ -24,9 +24,9 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "slow" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason="need --runslow option to run"))
-'''
+"""
 
-TESTS = '''
+TESTS = """
 import sys
 import pytest
 
@@ -38,21 +38,27 @@ def test_plugin_loaded_without_torch(request):
 @pytest.mark.slow
 def test_slow():
     pass
-'''
+"""
 
-KIT_TESTS = '''
+KIT_TESTS = """
 def test_conformance(aggregator_check):
     make, check = aggregator_check
     check(make)
-'''
+"""
 
 
 def _run(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), MTLCHECK_AGGREGATOR="")
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", *args],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_a_project_defining_runslow_runs_with_mtlcheck_installed(tmp_path):
@@ -62,8 +68,17 @@ def test_a_project_defining_runslow_runs_with_mtlcheck_installed(tmp_path):
     run = _run(tmp_path, "-q", "-rs", "--mtlcheck-aggregator", "mgda_ub", "test_mine.py")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed, 1 skipped" in run.stdout and "need --runslow option to run" in run.stdout
-    run = _run(tmp_path, "-v", "--runslow", "--mtlcheck-aggregator", "mgda_ub", "-k",
-               "slow or check_zero_input or check_method_identity")
+    run = _run(
+        tmp_path,
+        "-v",
+        "--runslow",
+        "--mtlcheck-aggregator",
+        "mgda_ub",
+        "-k",
+        "slow or check_zero_input or check_method_identity",
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "test_mine.py::test_slow PASSED" in run.stdout  # --runslow is the project's own option
-    assert "test_kit.py::test_conformance[MGDA()-check_method_identity] PASSED" in run.stdout, run.stdout  # mgda_ub → MGDA
+    assert "test_kit.py::test_conformance[MGDA()-check_method_identity] PASSED" in run.stdout, (
+        run.stdout
+    )  # mgda_ub → MGDA

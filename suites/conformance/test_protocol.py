@@ -3,14 +3,18 @@
 method), skipped checks with reasons, expectations keyed by class identity, and the fixes for
 false alarms and crashes."""
 
-
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import nnls
 
 from mtlcheck.aggregators import (
-    Aggregation, Aggregator, AggregatorTags, GradVac, SecondOrderMethod, WeightingAggregator,
+    Aggregation,
+    Aggregator,
+    AggregatorTags,
+    GradVac,
+    SecondOrderMethod,
+    WeightingAggregator,
 )
 from mtlcheck.testing import CheckSkipped, check_aggregator, faults, parametrize_with_checks
 from mtlcheck.testing.kit import builtin_variants
@@ -180,7 +184,9 @@ class MyGradVac(GradVac):
 
 def test_expectations_and_variants_are_keyed_by_class_identity():
     records = check_aggregator(NashMTL, on_fail=None)
-    assert {r["status"] for r in records} <= {"passed", "skipped"}, [r for r in records if r["status"] not in ("passed", "skipped")]
+    assert {r["status"] for r in records} <= {"passed", "skipped"}, [
+        r for r in records if r["status"] not in ("passed", "skipped")
+    ]
     assert all(r["reason"] is None for r in records if r["status"] == "passed")  # no inherited xfail reason
     assert len(builtin_variants(NashMTL)) == 1
     assert len(builtin_variants(MyGradVac)) == 1 and len(builtin_variants(GradVac)) == 3
@@ -239,7 +245,7 @@ def test_identity_message_names_the_condition_and_the_amount():
     assert "tolerance 1e-06" in record["exception"] and "dominant task" in record["exception"]
 
 
-ADAPTER_MODULE = '''
+ADAPTER_MODULE = """
 import torch
 from mtlcheck.aggregators import AggregatorTags, WeightingAggregator
 
@@ -256,7 +262,7 @@ class Scaled(WeightingAggregator):
 
     def _weights(self, J, losses):
         return torch.full((J.n_tasks,), self.scale, dtype=torch.float64)
-'''
+"""
 
 
 def test_cli_check_imports_from_the_working_folder_and_takes_config(tmp_path, monkeypatch, capsys):

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtlcheck.aggregators import EW, aggregator_class, get_aggregator, list_aggregators, register_aggregator
-from mtlcheck.aggregators import _registry
+from mtlcheck.aggregators import EW, _registry, aggregator_class, get_aggregator, list_aggregators, register_aggregator
 from mtlcheck.testing import check_aggregator
 
 
@@ -33,8 +32,9 @@ class ThirdPartyMean(EW):
 
 
 def test_entry_point_methods_are_found_and_checked(monkeypatch):
-    ep = metadata.EntryPoint(name="third_party_mean", value=f"{__name__}:ThirdPartyMean",
-                             group=_registry.ENTRY_POINT_GROUP)
+    ep = metadata.EntryPoint(
+        name="third_party_mean", value=f"{__name__}:ThirdPartyMean", group=_registry.ENTRY_POINT_GROUP
+    )
     monkeypatch.setattr(_registry.metadata, "entry_points", lambda group: [ep] if group == ep.group else [])
     monkeypatch.setattr(_registry, "_entry_points_loaded", False)
     monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))

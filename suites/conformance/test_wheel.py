@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("mtlcheck", "reference", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
 
-KIT_TEST = '''
+KIT_TEST = """
 import mtlcheck
 from mtlcheck.testing import parametrize_with_checks
 from mtlcheck.aggregators import MGDA
@@ -35,7 +35,7 @@ def test_kit(aggregator, check):
 def test_plugin_fixture(aggregator_check):
     make, check = aggregator_check
     check(make)
-'''
+"""
 
 
 def _run(cmd, cwd, env, timeout=900):
@@ -56,22 +56,32 @@ def test_the_wheel_installs_and_works_outside_the_repository(tmp_path):
             shutil.copy2(path, src / name)
     dist = tmp_path / "dist"
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS", "MTLCHECK_AGGREGATOR")}
-    _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_wheel({str(dist)!r})"], src, clean)
+    _run(
+        [sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_wheel({str(dist)!r})"], src, clean
+    )
     (wheel,) = dist.glob("mtlcheck-*.whl")
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, clean)
     python = venv / "bin" / "python"
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path,
-                     clean).strip())
+    site = Path(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, clean).strip()
+    )
     (site / "outer_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)], tmp_path, clean)
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        tmp_path,
+        clean,
+    )
 
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = dict(clean, PATH=f"{venv / 'bin'}{os.pathsep}{clean.get('PATH', '')}", MPLBACKEND="Agg")
-    where = _run([str(python), "-c", "import mtlcheck.reference as r; print(r.PAPER_DIR); "
-                  "print(len(r.load_paper_tables()))"], work, env)
+    where = _run(
+        [str(python), "-c", "import mtlcheck.reference as r; print(r.PAPER_DIR); print(len(r.load_paper_tables()))"],
+        work,
+        env,
+    )
     assert str(site) in where and "_reference" in where, where  # the packaged tables, not the repository's
     assert str(REPO) not in where
 
@@ -79,15 +89,60 @@ def test_the_wheel_installs_and_works_outside_the_repository(tmp_path):
     assert "PCGrad(): " in out and "FAILED" not in out, out
 
     store = work / "runs.sqlite"
-    _run([str(venv / "bin" / "mtlcheck"), "run", "--benchmark", "digits-dense", "--method", "ew", "--budget", "smoke",
-          "--steps", "2", "--store", str(store), "--quiet"], work, env)
-    report = _run([str(venv / "bin" / "mtlcheck"), "report", "--benchmark", "digits-dense", "--budget", "smoke",
-                   "--store", str(store), "--out", str(work / "report")], work, env)
+    _run(
+        [
+            str(venv / "bin" / "mtlcheck"),
+            "run",
+            "--benchmark",
+            "digits-dense",
+            "--method",
+            "ew",
+            "--budget",
+            "smoke",
+            "--steps",
+            "2",
+            "--store",
+            str(store),
+            "--quiet",
+        ],
+        work,
+        env,
+    )
+    report = _run(
+        [
+            str(venv / "bin" / "mtlcheck"),
+            "report",
+            "--benchmark",
+            "digits-dense",
+            "--budget",
+            "smoke",
+            "--store",
+            str(store),
+            "--out",
+            str(work / "report"),
+        ],
+        work,
+        env,
+    )
     assert "report written to" in report
 
     project = work / "their_project"
     project.mkdir()
     (project / "test_their_method.py").write_text(KIT_TEST)
-    out = _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--mtlcheck-aggregator", "pcgrad",
-                "-k", "installed or check_zero_input or check_method_identity"], project, env)
+    out = _run(
+        [
+            str(python),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--mtlcheck-aggregator",
+            "pcgrad",
+            "-k",
+            "installed or check_zero_input or check_method_identity",
+        ],
+        project,
+        env,
+    )
     assert "5 passed" in out, out  # installed + two checks of MGDA (decorator) and of PCGrad (plugin fixture)

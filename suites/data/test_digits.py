@@ -43,6 +43,7 @@ def _equal_items(a, b) -> bool:
 
 # ------------------------------------------------------------------------------ determinism
 
+
 @pytest.mark.parametrize("cls", [DigitsDense, DigitsInstances])
 def test_same_seed_gives_identical_items(cls):
     a = cls("train", length=5, seed=11, size=SIZE)
@@ -95,6 +96,7 @@ def test_dense_and_instance_variants_share_scenes():
 
 
 # -------------------------------------------------------------------------- dense targets
+
 
 def test_dense_shapes_dtypes_and_values(dense_items):
     for item in dense_items:
@@ -157,6 +159,7 @@ def test_default_collate_gives_the_cityscapes_batch_contract():
 
 # ----------------------------------------------------------------------- instance targets
 
+
 def test_instance_target_format(instance_items):
     for idx, item in enumerate(instance_items):
         assert set(item) == {"image", "depth", "target"}
@@ -218,6 +221,7 @@ def test_class_agnostic_labels_and_collate():
 
 # ------------------------------------------------------------------------------------ splits
 
+
 def test_train_and_test_source_digits_are_disjoint():
     train, test = source_indices("train"), source_indices("test")
     assert len(np.intersect1d(train, test)) == 0
@@ -235,6 +239,7 @@ def test_train_and_test_source_digits_are_disjoint():
 
 
 # ------------------------------------------------------------------------------------ errors
+
 
 @pytest.mark.parametrize(
     "kwargs, match",

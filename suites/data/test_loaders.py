@@ -77,10 +77,12 @@ def test_cityscapes_fixture_samples():
 
 
 def _raw_frame(split: str, city: str, stem: str):
-    base = {"label": CS_ROOT / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
-            "instance": CS_ROOT / "gtFine" / split / city / f"{stem}_gtFine_instanceIds.png",
-            "disparity": CS_ROOT / "disparity" / split / city / f"{stem}_disparity.png",
-            "image": CS_ROOT / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"}
+    base = {
+        "label": CS_ROOT / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+        "instance": CS_ROOT / "gtFine" / split / city / f"{stem}_gtFine_instanceIds.png",
+        "disparity": CS_ROOT / "disparity" / split / city / f"{stem}_disparity.png",
+        "image": CS_ROOT / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+    }
     return {k: np.array(Image.open(p)) for k, p in base.items()}
 
 
@@ -119,8 +121,10 @@ def test_cityscapes_semantic_mapping_hand_built():
     expect = np.full(34, 250)
     expect[list(cs.VALID_IDS)] = np.arange(19)
     assert fine.dtype == np.int64 and np.array_equal(fine, expect)
-    assert np.array_equal(cs.semantic_from_label_ids(np.array([7, 8, 11, 26, 33, 23, 17, 24, 25, 0, 29])),
-                          [0, 1, 2, 13, 18, 10, 5, 11, 12, 250, 250])
+    assert np.array_equal(
+        cs.semantic_from_label_ids(np.array([7, 8, 11, 26, 33, 23, 17, 24, 25, 0, 29])),
+        [0, 1, 2, 13, 18, 10, 5, 11, 12, 250, 250],
+    )
     coarse = cs.semantic_from_label_ids(np.array([7, 8, 12, 22, 27, 31, 23, 20, 25, 0, 30]), 7)
     assert np.array_equal(coarse, [0, 0, 1, 2, 3, 3, 4, 5, 6, 250, 250])
     with pytest.raises(ValueError, match="0..33"):
@@ -134,8 +138,8 @@ def test_cityscapes_offsets_hand_built():
     inst = np.array([[26000, 26000, 7, 24000, 24000], [26000, 26000, 7, 24000, 0], [29000, 29000, 7, 26, 26]])
     t = cs.build_targets(lab, inst, np.ones_like(lab))
     I = 250.0  # noqa: E741
-    oy = np.array([[-.25, -.25, I, -1 / 6, -1 / 6], [.25, .25, I, 1 / 3, I], [I, I, I, 0, 0]])
-    ox = np.array([[-.125, .125, I, -1 / 12, 1 / 6], [-.125, .125, I, -1 / 12, I], [I, I, I, -.125, .125]])
+    oy = np.array([[-0.25, -0.25, I, -1 / 6, -1 / 6], [0.25, 0.25, I, 1 / 3, I], [I, I, I, 0, 0]])
+    ox = np.array([[-0.125, 0.125, I, -1 / 12, 1 / 6], [-0.125, 0.125, I, -1 / 12, I], [I, I, I, -0.125, 0.125]])
     assert t["instance"].dtype == np.float32 and t["instance"].shape == (2, 3, 5)
     np.testing.assert_allclose(t["instance"][0], oy, atol=1e-6)
     np.testing.assert_allclose(t["instance"][1], ox, atol=1e-6)
@@ -156,8 +160,9 @@ def test_cityscapes_resize_nearest_consistency():
     expect = cs.instance_offsets(inst_r, cs.instance_valid_mask(inst_r, lab_r))
     assert np.array_equal(s["instance"].numpy(), expect)
     assert set(np.unique(s["instance"].numpy())) >= {250.0}
-    np.testing.assert_array_equal(s["depth"][0].numpy(),
-                                  (resize_nearest(raw["disparity"], size) / 2729.0680031169923).astype(np.float32))
+    np.testing.assert_array_equal(
+        s["depth"][0].numpy(), (resize_nearest(raw["disparity"], size) / 2729.0680031169923).astype(np.float32)
+    )
     # nearest resize keeps the exact id values and the half-pixel rule
     assert np.array_equal(resize_nearest(np.arange(4)[None].repeat(2, 0), (2, 2)), [[1, 3], [1, 3]])
 
@@ -350,18 +355,27 @@ def test_metagraspnet_converter_round_trip(tmp_path):
     rng = np.random.default_rng(7)
     h, w = 20, 24
     amodal = np.zeros((4, h, w), bool)
-    amodal[0, 2:12, 2:14] = True    # bottom, partly covered by object 2
-    amodal[1, 6:16, 8:20] = True    # top
-    amodal[2, 14:19, 0:6] = True    # alone, not occluded
-    amodal[3, 8:12, 10:14] = True   # under object 2 entirely -> dropped
+    amodal[0, 2:12, 2:14] = True  # bottom, partly covered by object 2
+    amodal[1, 6:16, 8:20] = True  # top
+    amodal[2, 14:19, 0:6] = True  # alone, not occluded
+    amodal[3, 8:12, 10:14] = True  # under object 2 entirely -> dropped
     layers = [0, 3, 1, 2]
     fx.write_mgn_view(tmp_path / "scene5", 3, amodal, layers, [11, 12, 13, 14], rng)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         data = mgn.convert_scenes(tmp_path, out_json=tmp_path / "coco.json")
     assert data == json.loads((tmp_path / "coco.json").read_text())
-    assert data["images"] == [{"id": 1, "file_name": "scene5/3_rgb.png", "depth_file_name": "scene5/3.npz",
-                               "height": h, "width": w, "scene": "scene5", "view": 3}]
+    assert data["images"] == [
+        {
+            "id": 1,
+            "file_name": "scene5/3_rgb.png",
+            "depth_file_name": "scene5/3.npz",
+            "height": h,
+            "width": w,
+            "scene": "scene5",
+            "view": 3,
+        }
+    ]
     anns = data["annotations"]
     assert [a["mgn_object_id"] for a in anns] == [1, 2, 3] and [a["id"] for a in anns] == [1, 2, 3]
     visible = {1: amodal[0] & ~amodal[1], 2: amodal[1], 3: amodal[2]}

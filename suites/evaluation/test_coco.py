@@ -68,7 +68,12 @@ def _perfect(targets: list[dict]) -> list[dict]:
 def test_keys_match_paper_table_1_headers():
     assert METRIC_KEYS == tuple(PAPER_COLUMNS)
     assert list(PAPER_COLUMNS.values()) == [
-        "BBox mAP", "BBox mAR", "VMask mAP", "VMask mAR", "AMask mAP", "AMask mAR",
+        "BBox mAP",
+        "BBox mAR",
+        "VMask mAP",
+        "VMask mAR",
+        "AMask mAP",
+        "AMask mAR",
     ]
     ev = AmodalCocoEvaluator()
     assert ev.keys == METRIC_KEYS
@@ -158,12 +163,21 @@ def test_batched_updates_equal_one_shot():
 def _single(masks_gt: np.ndarray, masks_pred: np.ndarray) -> tuple[dict, dict]:
     n = masks_gt.shape[0]
     box = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * n)
-    t = {"boxes": box, "labels": torch.ones(n, dtype=torch.int64),
-         "visible_masks": masks_gt, "amodal_masks": masks_gt, "image_id": 7}
+    t = {
+        "boxes": box,
+        "labels": torch.ones(n, dtype=torch.int64),
+        "visible_masks": masks_gt,
+        "amodal_masks": masks_gt,
+        "image_id": 7,
+    }
     m = masks_pred.shape[0]
-    p = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]] * m), "scores": torch.ones(m),
-         "labels": torch.ones(m, dtype=torch.int64),
-         "visible_masks": masks_pred, "amodal_masks": masks_pred}
+    p = {
+        "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]] * m),
+        "scores": torch.ones(m),
+        "labels": torch.ones(m, dtype=torch.int64),
+        "visible_masks": masks_pred,
+        "amodal_masks": masks_pred,
+    }
     return p, t
 
 
@@ -202,11 +216,21 @@ def test_false_positive_on_image_without_gt_hand_computed():
     p1, t1 = _single(gt, gt)
     p1["scores"] = torch.tensor([0.8])
     empty = np.zeros((0, H, W), np.uint8)
-    t2 = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-          "visible_masks": empty, "amodal_masks": empty, "image_id": 8}
+    t2 = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "visible_masks": empty,
+        "amodal_masks": empty,
+        "image_id": 8,
+    }
     fp = _rect(30, 30, 40, 40)[None]
-    p2 = {"boxes": torch.tensor([[30.0, 30.0, 40.0, 40.0]]), "scores": torch.tensor([0.9]),
-          "labels": torch.ones(1, dtype=torch.int64), "visible_masks": fp, "amodal_masks": fp}
+    p2 = {
+        "boxes": torch.tensor([[30.0, 30.0, 40.0, 40.0]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.ones(1, dtype=torch.int64),
+        "visible_masks": fp,
+        "amodal_masks": fp,
+    }
     out = evaluate_amodal_coco([p1, p2], [t1, t2])
     # ranked: FP (0.9), TP (0.8) -> precision 0.5 at recall 1; interpolated precision 0.5 throughout
     for e in ("bbox", "vmask", "amask"):
@@ -231,9 +255,16 @@ def test_wrong_labels_and_class_agnostic():
 
 def _no_detections(n_images: int) -> list[dict]:
     e = torch.zeros(0, H, W)
-    return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-             "labels": torch.zeros(0, dtype=torch.int64), "visible_masks": e, "amodal_masks": e}
-            for _ in range(n_images)]
+    return [
+        {
+            "boxes": torch.zeros(0, 4),
+            "scores": torch.zeros(0),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "visible_masks": e,
+            "amodal_masks": e,
+        }
+        for _ in range(n_images)
+    ]
 
 
 def test_no_detections_anywhere_gives_zero():
@@ -254,8 +285,13 @@ def test_image_without_detections_counts_as_misses():
 
 def test_no_ground_truth_at_all_raises():
     empty = np.zeros((0, H, W), np.uint8)
-    t = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-         "visible_masks": empty, "amodal_masks": empty, "image_id": 1}
+    t = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "visible_masks": empty,
+        "amodal_masks": empty,
+        "image_id": 1,
+    }
     with pytest.raises(ValueError, match="no objects"):
         evaluate_amodal_coco(_no_detections(1), [t])
     with pytest.raises(ValueError, match="no images"):
@@ -273,15 +309,12 @@ def test_no_ground_truth_at_all_raises():
         ("pred", "amodal_masks", torch.zeros(2, H, W), r"predictions\[0\]\['amodal_masks'\]"),
         ("pred", "amodal_masks", torch.full((3, H, W), 2.0), r"amodal_masks'\].*\[0, 1\]"),
         ("pred", "boxes", torch.zeros(3, 3), r"predictions\[0\]\['boxes'\]"),
-        ("pred", "boxes", torch.tensor([[5.0, 0, 1, 1]] * 3),
-         r"predictions\[0\]\['boxes'\].*x2 >= x1"),
+        ("pred", "boxes", torch.tensor([[5.0, 0, 1, 1]] * 3), r"predictions\[0\]\['boxes'\].*x2 >= x1"),
         ("pred", "scores", torch.zeros(4), r"predictions\[0\]\['labels'\]"),
         ("pred", "labels", torch.ones(3), r"predictions\[0\]\['labels'\].*integer"),
         ("pred", "image_id", 99, r"predictions\[0\]\['image_id'\]"),
-        ("target", "amodal_masks", torch.zeros(3, H - 1, W, dtype=torch.uint8),
-         r"targets\[0\]\['amodal_masks'\]"),
-        ("target", "visible_masks", torch.zeros(3, H, W),
-         r"targets\[0\]\['visible_masks'\].*ground-truth"),
+        ("target", "amodal_masks", torch.zeros(3, H - 1, W, dtype=torch.uint8), r"targets\[0\]\['amodal_masks'\]"),
+        ("target", "visible_masks", torch.zeros(3, H, W), r"targets\[0\]\['visible_masks'\].*ground-truth"),
         ("target", "boxes", torch.zeros(2, 4), r"targets\[0\]\['boxes'\]"),
         ("target", "occluded", torch.zeros(5, dtype=torch.int64), r"targets\[0\]\['occluded'\]"),
         ("target", "image_id", 1.5, r"targets\[0\]\['image_id'\]"),

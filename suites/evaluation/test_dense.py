@@ -250,8 +250,8 @@ def test_normal_thresholds_are_strict_and_median_matches_numpy():
 
 def test_normal_valid_pixels():
     # ground truth (1,-1,0)/sqrt(2) sums to zero but is valid (mtan's sum test would drop it)
-    gt = torch.tensor([[[[0.0, 2 ** -0.5, 1.0]], [[0.0, -(2 ** -0.5), 0.0]], [[0.0, 0.0, 0.0]]]])
-    pred = torch.tensor([[[[5.0, 2 ** -0.5, 0.0]], [[5.0, -(2 ** -0.5), 1.0]], [[5.0, 0.0, 0.0]]]])
+    gt = torch.tensor([[[[0.0, 2**-0.5, 1.0]], [[0.0, -(2**-0.5), 0.0]], [[0.0, 0.0, 0.0]]]])
+    pred = torch.tensor([[[[5.0, 2**-0.5, 0.0]], [[5.0, -(2**-0.5), 1.0]], [[5.0, 0.0, 0.0]]]])
     m = NormalMetric()
     m.update(pred, gt)  # pixel 0 invalid (zero gt); pixel 1 at 0 deg; pixel 2 at 90 deg
     out = m.compute()

@@ -21,7 +21,7 @@ def test_constants_are_the_median_depth_the_majority_class_and_the_mean_normal()
     normal[:, 0, 0, 0] = 1.0
     p = ConstantDensePredictor(3).fit([{"depth": depth, "semantic": semantic, "normal": normal}])
     assert p.depth == 2.0 and p.semantic == 1
-    assert torch.allclose(p.normal, torch.tensor([1.0, 0.0, 4.0]) / 17 ** 0.5)
+    assert torch.allclose(p.normal, torch.tensor([1.0, 0.0, 4.0]) / 17**0.5)
     out = p.predict({"image": torch.zeros(2, 3, 4, 5)})
     assert out["depth"].shape == (2, 1, 4, 5) and bool((out["depth"] == 2.0).all())
     assert bool((out["semantic"].argmax(1) == 1).all()) and bool((out["instance"] == 0).all())

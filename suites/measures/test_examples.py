@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from mtlcheck.measures import disentanglement as fd_module
 from mtlcheck.measures import (
     feature_disentanglement,
     gds_from_gradients,
@@ -21,7 +22,6 @@ from mtlcheck.measures import (
     ranking_similarity,
     symmetric_ranking_similarity,
 )
-from mtlcheck.measures import disentanglement as fd_module
 
 SQRT2 = math.sqrt(2.0)
 
@@ -240,9 +240,7 @@ def test_fd_spans_several_chunks_and_matches_oracle(monkeypatch):
     assert feature_disentanglement(x) == pytest.approx(oracle, abs=1e-14)
     assert full == pytest.approx(oracle, abs=1e-14)
     assert feature_disentanglement(x, eps=0.1) == pytest.approx(
-        (lambda q: float((-torch.special.xlogy(q, q).sum(0)).mean()))(
-            (a[:, s > 0] + 0.1) / (s[s > 0] + 4 * 0.1)
-        ),
+        (lambda q: float((-torch.special.xlogy(q, q).sum(0)).mean()))((a[:, s > 0] + 0.1) / (s[s > 0] + 4 * 0.1)),
         abs=1e-14,
     )
     assert position_entropies(x).shape == (1000,)

@@ -93,9 +93,7 @@ def _direct_gds(G: torch.Tensor) -> float:
     """Independent oracle: pairwise F.cosine_similarity in float64 (zero vector -> 0)."""
     G = G.to(torch.float64)
     T = G.shape[0]
-    vals = [
-        float(F.cosine_similarity(G[i], G[j], dim=0)) for i in range(T) for j in range(T) if i != j
-    ]
+    vals = [float(F.cosine_similarity(G[i], G[j], dim=0)) for i in range(T) for j in range(T) if i != j]
     return sum(vals) / len(vals)
 
 
@@ -281,9 +279,7 @@ def test_fd_ignores_dead_positions(x, n_dead):
     T = x.shape[0]
     padded = torch.cat([x.reshape(T, -1), torch.zeros(T, n_dead, dtype=x.dtype)], dim=1)
     assert feature_disentanglement(padded) == pytest.approx(feature_disentanglement(x), abs=1e-12)
-    assert feature_disentanglement(padded, eps=0.5) == pytest.approx(
-        feature_disentanglement(x, eps=0.5), abs=1e-12
-    )
+    assert feature_disentanglement(padded, eps=0.5) == pytest.approx(feature_disentanglement(x, eps=0.5), abs=1e-12)
 
 
 @FAST

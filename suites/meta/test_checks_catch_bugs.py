@@ -12,7 +12,17 @@ import torch
 from scipy.optimize import minimize
 
 from mtlcheck.aggregators import (
-    Aggregation, Aggregator, AggregatorTags, CAGrad, CosReg, EW, GradVac, MGDA, NashMTL, PCGrad, WeightingAggregator,
+    EW,
+    MGDA,
+    Aggregation,
+    Aggregator,
+    AggregatorTags,
+    CAGrad,
+    CosReg,
+    GradVac,
+    NashMTL,
+    PCGrad,
+    WeightingAggregator,
 )
 from mtlcheck.testing import check_aggregator
 
@@ -145,9 +155,14 @@ class SlsqpCAGrad(WeightingAggregator):
         n = A.shape[0]
         cc = self.c * math.sqrt(A.mean())
         x0 = np.full(n, 1.0 / n)
-        res = minimize(lambda w: float(w @ A.mean(1) + cc * math.sqrt(max(w @ A @ w, 0.0) + 1e-16)), x0,
-                       method="SLSQP", bounds=[(0, 1)] * n, constraints=({"type": "eq", "fun": lambda w: w.sum() - 1},),
-                       options={"ftol": 1e-14, "maxiter": self.maxiter})
+        res = minimize(
+            lambda w: float(w @ A.mean(1) + cc * math.sqrt(max(w @ A @ w, 0.0) + 1e-16)),
+            x0,
+            method="SLSQP",
+            bounds=[(0, 1)] * n,
+            constraints=({"type": "eq", "fun": lambda w: w.sum() - 1},),
+            options={"ftol": 1e-14, "maxiter": self.maxiter},
+        )
         if not res.success and self.strict:
             raise RuntimeError(f"SLSQP failed: {res.message}")
         w = res.x if res.success else x0
@@ -184,8 +199,14 @@ class _NashBase(WeightingAggregator):
 class ScipyNash(_NashBase):
     def _solve_alpha(self, M):
         n = M.shape[0]
-        res = minimize(lambda a: 0.5 * a @ M @ a - np.log(a).sum(), np.ones(n), jac=lambda a: M @ a - 1 / a,
-                       method="L-BFGS-B", bounds=[(1e-9, None)] * n, options={"gtol": 1e-12, "ftol": 1e-15})
+        res = minimize(
+            lambda a: 0.5 * a @ M @ a - np.log(a).sum(),
+            np.ones(n),
+            jac=lambda a: M @ a - 1 / a,
+            method="L-BFGS-B",
+            bounds=[(1e-9, None)] * n,
+            options={"gtol": 1e-12, "ftol": 1e-15},
+        )
         if not res.success:
             raise RuntimeError(f"L-BFGS-B failed: {res.message}")
         return res.x
@@ -244,16 +265,30 @@ PLANTED_PUBLIC = [
     (lambda: SlsqpCAGrad(maxiter=1), CAGrad, "check_method_identity"),  # SLSQP left at its start
     (SlsqpCAGrad, lambda: SlsqpCAGrad(strict=True), "check_no_silent_fallback"),
     (ScipyNash, lambda: ScipyNash(fallback=False), "check_no_silent_fallback"),
-    pytest.param(CvxpyNash, lambda: CvxpyNash(fallback=False), "check_no_silent_fallback",
-                 marks=pytest.mark.skipif(not _has_cvxpy, reason="cvxpy is not installed (pip install cvxpy)")),
+    pytest.param(
+        CvxpyNash,
+        lambda: CvxpyNash(fallback=False),
+        "check_no_silent_fallback",
+        marks=pytest.mark.skipif(not _has_cvxpy, reason="cvxpy is not installed (pip install cvxpy)"),
+    ),
     (lambda: ThirdPartyGradVac(sign=-1), ThirdPartyGradVac, "check_method_identity"),
     (lambda: ThirdPartyGradVac(sign=-1), GradVac, "check_method_identity"),
 ]
 
 
-@pytest.mark.parametrize("buggy, correct, check", PLANTED_PUBLIC,
-                         ids=["early-stopping-mgda", "cagrad-at-start", "cagrad-silent-start", "nash-scipy-ew",
-                              "nash-cvxpy-ew", "gradvac-flipped-sign", "gradvac-flipped-vs-builtin"])
+@pytest.mark.parametrize(
+    "buggy, correct, check",
+    PLANTED_PUBLIC,
+    ids=[
+        "early-stopping-mgda",
+        "cagrad-at-start",
+        "cagrad-silent-start",
+        "nash-scipy-ew",
+        "nash-cvxpy-ew",
+        "gradvac-flipped-sign",
+        "gradvac-flipped-vs-builtin",
+    ],
+)
 def test_planted_bug_is_caught_through_the_public_protocol(buggy, correct, check):
     record = _status(buggy, check)
     assert record["status"] == "failed", f"{check} did not catch the planted bug: {record}"
@@ -269,7 +304,9 @@ def _status(aggregator, check):
     return record
 
 
-@pytest.mark.parametrize("buggy, correct, check", PLANTED, ids=[p[2] + "-" + getattr(p[0], "__name__", "factory") for p in PLANTED])
+@pytest.mark.parametrize(
+    "buggy, correct, check", PLANTED, ids=[p[2] + "-" + getattr(p[0], "__name__", "factory") for p in PLANTED]
+)
 def test_planted_bug_is_caught(buggy, correct, check):
     record = _status(buggy, check)
     assert record["status"] == "failed", f"{check} did not catch the planted bug: {record}"

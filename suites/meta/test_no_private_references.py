@@ -9,14 +9,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PRIVATE = re.compile("|".join([r"(?<![A-Za-z])research/[A-Za-z_]+\.md", r"(?<![A-Za-z])research/[a-z_]+ §",
-                                "DESIGN" + r"\.md", "shared" + "/paper"]))  # in pieces: this line must not match
+PRIVATE = re.compile(
+    "|".join(
+        [
+            r"(?<![A-Za-z])research/[A-Za-z_]+\.md",
+            r"(?<![A-Za-z])research/[a-z_]+ §",
+            "DESIGN" + r"\.md",
+            "shared" + "/paper",
+        ]
+    )
+)  # in pieces: this line must not match
 
 
 def test_no_file_cites_notes_outside_the_repository():
     try:
-        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=60, check=True).stdout.split("\n")
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     hits = []
@@ -28,6 +42,7 @@ def test_no_file_cites_notes_outside_the_repository():
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        hits += [f"{name}:{i}: {line.strip()[:120]}" for i, line in enumerate(text.splitlines(), 1)
-                 if PRIVATE.search(line)]
+        hits += [
+            f"{name}:{i}: {line.strip()[:120]}" for i, line in enumerate(text.splitlines(), 1) if PRIVATE.search(line)
+        ]
     assert not hits, "references to files that are not in the repository:\n" + "\n".join(hits)

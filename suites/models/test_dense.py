@@ -32,7 +32,7 @@ def cityscapes_batch(h=H, w=W, b=B, seed=0):
     depth = torch.rand(b, 1, h, w, generator=g) + 0.1
     depth[:, :, :, :5] = 0.0
     instance = torch.rand(b, 2, h, w, generator=g) - 0.5
-    instance[:, :, h // 2:] = 250.0
+    instance[:, :, h // 2 :] = 250.0
     return {"image": torch.randn(b, 3, h, w, generator=g), "semantic": semantic, "depth": depth, "instance": instance}
 
 
@@ -142,6 +142,7 @@ def test_task_losses_do_not_touch_running_statistics():
 
 # --------------------------------------------------------------------------------- predict
 
+
 def test_dense_predict_outputs_at_image_size():
     h, w = 50, 70  # not a multiple of 32
     cs = CityScapesModel(**SMOKE).eval()
@@ -177,6 +178,7 @@ def test_small_model_predictions():
 
 
 # ---------------------------------------------------------------------------------- losses
+
 
 def test_losses_use_only_valid_pixels():
     pred = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
@@ -228,6 +230,7 @@ def test_focal_loss_is_small_for_a_confident_correct_heatmap():
 
 
 # ------------------------------------------------------------------------ errors and weights
+
 
 def test_missing_batch_key_is_named():
     model = CityScapesModel(**SMOKE)
@@ -291,7 +294,9 @@ def test_shared_parameters_must_be_name_parameter_pairs():
             return list(self.encoder.parameters())  # the mistake: no names
 
     model = Bare()
-    message = r"Bare.shared_parameters\(\) must yield \(name, parameter\) pairs.*item 0 is a bare Parameter of shape \(2, 3\)"
+    message = (
+        r"Bare.shared_parameters\(\) must yield \(name, parameter\) pairs.*item 0 is a bare Parameter of shape \(2, 3\)"
+    )
     with pytest.raises(TypeError, match=message):
         model.head_parameters()
     with pytest.raises(TypeError, match=message):

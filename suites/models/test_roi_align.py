@@ -28,10 +28,14 @@ def test_values_gradients_and_second_derivatives():
 
 
 def test_multi_scale_pooling_equals_torchvisions_on_every_level():
-    feats = {k: torch.randn(2, 4, s, s, dtype=torch.float64, generator=gen(i), requires_grad=True)
-             for i, (k, s) in enumerate([("0", 32), ("1", 16), ("2", 8), ("3", 4)])}
-    boxes = [torch.tensor([[1.0, 1.0, 9.0, 9.0], [5.0, 5.0, 120.0, 110.0]], dtype=torch.float64),
-             torch.tensor([[0.0, 0.0, 127.0, 127.0], [10.0, 20.0, 40.0, 60.0]], dtype=torch.float64)]
+    feats = {
+        k: torch.randn(2, 4, s, s, dtype=torch.float64, generator=gen(i), requires_grad=True)
+        for i, (k, s) in enumerate([("0", 32), ("1", 16), ("2", 8), ("3", 4)])
+    }
+    boxes = [
+        torch.tensor([[1.0, 1.0, 9.0, 9.0], [5.0, 5.0, 120.0, 110.0]], dtype=torch.float64),
+        torch.tensor([[0.0, 0.0, 127.0, 127.0], [10.0, 20.0, 40.0, 60.0]], dtype=torch.float64),
+    ]
     shapes = [(128, 128), (128, 128)]
     ours = TwiceDifferentiableMultiScaleRoIAlign(list(feats), 5, 2)
     theirs = MultiScaleRoIAlign(list(feats), 5, 2)

@@ -32,7 +32,9 @@ SHARED_SPEC = RunSpec("race", "ew", seed=0, budget="smoke")
 
 
 def sweep_specs(n: int) -> list[RunSpec]:
-    return [RunSpec("toy-sweep", "ew", {"seed": 0}, seed=i, budget="smoke", extra={"epochs_test": True}) for i in range(n)]
+    return [
+        RunSpec("toy-sweep", "ew", {"seed": 0}, seed=i, budget="smoke", extra={"epochs_test": True}) for i in range(n)
+    ]
 
 
 def epoch_value(seed: int, epoch: int) -> float:
@@ -94,7 +96,9 @@ def run_sweep(args: argparse.Namespace) -> None:
                     log_event(args.log, event="hanging", key=spec.key, index=index, epoch=epoch)
                     time.sleep(600)
             log_event(args.log, event="end", key=spec.key, index=index)
-            return RunResult({"acc": acc, "start_epoch": float(start)}, {"acc": curve}, {"epochs_run": args.epochs - start})
+            return RunResult(
+                {"acc": acc, "start_epoch": float(start)}, {"acc": curve}, {"epochs_run": args.epochs - start}
+            )
 
         return fn
 

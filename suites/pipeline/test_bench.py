@@ -81,10 +81,24 @@ def test_peak_memory_sees_the_parameter_level_jacobian():
     # T = 3 copies of the 11.2M shared gradients (134 MB in float32) exist only at the parameter level
     assert peak[("mgda", "parameter")]["peak_mib"] - peak[("mgda", "feature")]["peak_mib"] > 64
     assert all(math.isfinite(r["ratio_to_ew"]) for r in rows)
-    assert "Peak memory" in bench.to_markdown({"setup": {"model": "m", "tasks": 3, "batch_size": 2, "image_size": 32,
-                                                         "shared_parameters": 1, "device": "cpu", "machine": "x",
-                                                         "threads": 1, "torch": "t", "repeats": 1},
-                                               "rows": [], "memory": rows})
+    assert "Peak memory" in bench.to_markdown(
+        {
+            "setup": {
+                "model": "m",
+                "tasks": 3,
+                "batch_size": 2,
+                "image_size": 32,
+                "shared_parameters": 1,
+                "device": "cpu",
+                "machine": "x",
+                "threads": 1,
+                "torch": "t",
+                "repeats": 1,
+            },
+            "rows": [],
+            "memory": rows,
+        }
+    )
 
 
 @pytest.mark.parametrize("setting", ["tuned", "default"])
@@ -93,10 +107,17 @@ def test_allocator_tuning_is_reported_and_can_be_turned_off(setting):
     import subprocess
     import sys
 
-    code = ("from mtlcheck.allocator import tune_malloc, malloc_setting; "
-            "print(malloc_setting()); print(tune_malloc()); print(tune_malloc() == malloc_setting())")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MTLCHECK_MALLOC": setting},
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    code = (
+        "from mtlcheck.allocator import tune_malloc, malloc_setting; "
+        "print(malloc_setting()); print(tune_malloc()); print(tune_malloc() == malloc_setting())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "MTLCHECK_MALLOC": setting},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert out[0] == "default" and out[2] == "True"  # nothing happens on import
     if setting == "default":
         assert out[1].startswith("default (MTLCHECK_MALLOC=default)")

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from mtlcheck.claims import CLAIMS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,9 +25,25 @@ def test_claim_suites_run_the_papers_benchmarks_from_a_data_root(tmp_path):
         shutil.copy(data / "metagraspnet" / "annotations.json", data / "metagraspnet" / f"{split}.json")
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(REPO / "suites" / "claims"), "-q", "-p", "no:cacheprovider",
-         "--budget", "smoke", "--data-root", str(data), "--store", str(results / "runs.sqlite")],
-        cwd=REPO, capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(REPO / "suites" / "claims"),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--budget",
+            "smoke",
+            "--data-root",
+            str(data),
+            "--store",
+            str(results / "runs.sqlite"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     verdicts = (results / "verdicts-smoke.md").read_text()

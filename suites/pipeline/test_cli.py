@@ -7,8 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from mtlcheck.cli import main
 
 SMOKE = ["--budget", "smoke", "--quiet", "--threads", "1"]
@@ -27,8 +25,22 @@ def test_unknown_method_and_missing_data_root_are_clear_errors(tmp_path, capsys)
     assert "unknown aggregator 'nope'" in capsys.readouterr().err
     assert main(["run", "--benchmark", "cityscapes", "--method", "ew", "--store", store]) == 2
     assert "--data-root" in capsys.readouterr().err
-    assert main(["run", "--benchmark", "cityscapes", "--method", "ew", "--store", store,
-                 "--data-root", str(tmp_path / "missing")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--benchmark",
+                "cityscapes",
+                "--method",
+                "ew",
+                "--store",
+                store,
+                "--data-root",
+                str(tmp_path / "missing"),
+            ]
+        )
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
     assert not os.path.exists(store)  # usage errors are found before the store is even opened
 
@@ -62,8 +74,25 @@ def _finished(store):
 def test_killed_sweep_resumes_and_finishes_only_the_missing_runs(tmp_path):
     store = str(tmp_path / "runs.sqlite")
     methods = ["ew", "mgda", "pcgrad", "imtl", "famo", "rlw"]
-    cmd = [sys.executable, "-m", "mtlcheck.cli", "sweep", "--benchmark", "digits-dense", "--methods", *methods,
-           "--levels", "parameter", "--seeds", "0", "--jobs", "1", "--store", store, *SMOKE]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mtlcheck.cli",
+        "sweep",
+        "--benchmark",
+        "digits-dense",
+        "--methods",
+        *methods,
+        "--levels",
+        "parameter",
+        "--seeds",
+        "0",
+        "--jobs",
+        "1",
+        "--store",
+        store,
+        *SMOKE,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -89,12 +118,36 @@ def test_killed_sweep_resumes_and_finishes_only_the_missing_runs(tmp_path):
 
 def test_bench_takes_its_own_options(capsys, tmp_path):
     out_json = tmp_path / "bench.json"
-    assert main(["bench", "--methods", "ew", "mgda", "--levels", "parameter", "feature", "--size", "32",
-                 "--repeats", "1", "--threads", "1", "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--methods",
+                "ew",
+                "mgda",
+                "--levels",
+                "parameter",
+                "feature",
+                "--size",
+                "32",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "| mgda | feature |" in table and "| ew | parameter |" in table
     import json
 
     rows = json.loads(out_json.read_text())["rows"]
-    assert {(r["method"], r["level"]) for r in rows} == {("ew", "parameter"), ("mgda", "parameter"), ("mgda", "feature")}
+    assert {(r["method"], r["level"]) for r in rows} == {
+        ("ew", "parameter"),
+        ("mgda", "parameter"),
+        ("mgda", "feature"),
+    }
     assert next(r for r in rows if r["method"] == "ew")["ratio_to_ew"] == 1.0

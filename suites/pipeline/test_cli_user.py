@@ -27,15 +27,26 @@ from mtlcheck.experiments.store import DEFAULT_MAX_FAILURES, ResultStore, StoreE
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
-       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MPLBACKEND": "Agg",
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+}
 SMOKE = ["--budget", "smoke", "--quiet", "--threads", "1"]
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _mtlcheck(*args, timeout=300, **kw):
-    return subprocess.run([sys.executable, "-m", "mtlcheck", *map(str, args)], env=ENV, capture_output=True,
-                          text=True, timeout=timeout, cwd=kw.pop("cwd", None), **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mtlcheck", *map(str, args)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=kw.pop("cwd", None),
+        **kw,
+    )
 
 
 _PROBE = textwrap.dedent("""
@@ -58,8 +69,9 @@ _PROBE = textwrap.dedent("""
 
 def _probe(argvs: list[list[str]], cwd=None) -> tuple[list[tuple[object, str]], bool]:
     """Each argv through `main` in one fresh process: [(exit code, stderr)], and whether torch got imported."""
-    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(argvs)], env=ENV, capture_output=True, text=True,
-                         timeout=600, cwd=cwd)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(argvs)], env=ENV, capture_output=True, text=True, timeout=600, cwd=cwd
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return [tuple(r) for r in data["results"]], data["torch"]
@@ -76,9 +88,17 @@ def _one_clear_line(rc, err: str, *needles: str) -> None:
 
 # -- 5. start-up ------------------------------------------------------------------------------------
 def test_help_version_and_usage_errors_do_not_import_torch():
-    results, torch_imported = _probe([["--help"], ["--version"], ["run", "--bogus"], ["sweep", "--help"],
-                                      ["run", "--benchmark", "x", "--method", "ew", "--threads", "-2"],
-                                      ["sweep", "--seeds"], ["runs", "--help"]])
+    results, torch_imported = _probe(
+        [
+            ["--help"],
+            ["--version"],
+            ["run", "--bogus"],
+            ["sweep", "--help"],
+            ["run", "--benchmark", "x", "--method", "ew", "--threads", "-2"],
+            ["sweep", "--seeds"],
+            ["runs", "--help"],
+        ]
+    )
     assert [rc for rc, _ in results] == [0, 0, 2, 0, 2, 2, 0]
     assert "--threads: expected a positive integer, got '-2'" in results[4][1]
     assert "--seeds: expected at least one argument" in results[5][1]
@@ -107,31 +127,59 @@ def test_ordinary_mistakes_are_one_line_naming_the_input(tmp_path):
         "unknown key": (run + ["--method", "gradvac", "--config", "bta=0.1"], ["no parameter(s) ['bta']"]),
         "alias level": (run + ["--method", "mgda_ub", "--level", "parameter"], ["'mgda_ub' is 'mgda' at the feature"]),
         "device": (run + ["--method", "ew", "--device", "gpu"], ["unknown device 'gpu'"]),
-        "folder store": (["run", "--benchmark", "digits-dense", "--method", "ew", "--store", str(tmp_path), *SMOKE],
-                         [f"{tmp_path.resolve()} is a folder"]),
-        "not sqlite": (["run", "--benchmark", "digits-dense", "--method", "ew", "--store", str(not_sqlite), *SMOKE],
-                       [str(not_sqlite.resolve()), "not an SQLite results store"]),
+        "folder store": (
+            ["run", "--benchmark", "digits-dense", "--method", "ew", "--store", str(tmp_path), *SMOKE],
+            [f"{tmp_path.resolve()} is a folder"],
+        ),
+        "not sqlite": (
+            ["run", "--benchmark", "digits-dense", "--method", "ew", "--store", str(not_sqlite), *SMOKE],
+            [str(not_sqlite.resolve()), "not an SQLite results store"],
+        ),
         "truncated": (["report", "--store", str(truncated)], [str(truncated.resolve())]),
-        "out under a file": (["reproduce", "--out", str(a_file / "x"), "--store", store, *SMOKE],
-                             [f"--out {a_file / 'x'}"]),
-        "empty sweep": (["sweep", "--methods", "ew", "--levels", "feature", "--store", store, *SMOKE],
-                        ["no runs: ew weight(s) the losses only"]),
-        "alias outside levels": (["sweep", "--methods", "mgda_ub", "--levels", "parameter", "--store", store, *SMOKE],
-                                 ["'mgda_ub' is 'mgda' at the feature level"]),
+        "out under a file": (
+            ["reproduce", "--out", str(a_file / "x"), "--store", store, *SMOKE],
+            [f"--out {a_file / 'x'}"],
+        ),
+        "empty sweep": (
+            ["sweep", "--methods", "ew", "--levels", "feature", "--store", store, *SMOKE],
+            ["no runs: ew weight(s) the losses only"],
+        ),
+        "alias outside levels": (
+            ["sweep", "--methods", "mgda_ub", "--levels", "parameter", "--store", store, *SMOKE],
+            ["'mgda_ub' is 'mgda' at the feature level"],
+        ),
         "mistyped report store": (["report", "--store", str(tmp_path / "typo.sqlite")], ["no results store at"]),
         "ray": (["sweep", "--executor", "ray", "--store", store, *SMOKE], ["--executor ray needs Ray"]),
-        "weights, worker processes": (["sweep", "--methods", "ew", "--levels", "parameter", "--seeds", "0", "--jobs",
-                                       "2", "--weights", str(tmp_path / "typo.pt"), "--store", store, *SMOKE],
-                                      ["--weights file not found", "typo.pt"]),
-        "jobs with ray": (["sweep", "--executor", "ray", "--jobs", "2", "--store", store, *SMOKE],
-                          ["--jobs is for --executor local"]),
+        "weights, worker processes": (
+            [
+                "sweep",
+                "--methods",
+                "ew",
+                "--levels",
+                "parameter",
+                "--seeds",
+                "0",
+                "--jobs",
+                "2",
+                "--weights",
+                str(tmp_path / "typo.pt"),
+                "--store",
+                store,
+                *SMOKE,
+            ],
+            ["--weights file not found", "typo.pt"],
+        ),
+        "jobs with ray": (
+            ["sweep", "--executor", "ray", "--jobs", "2", "--store", store, *SMOKE],
+            ["--jobs is for --executor local"],
+        ),
     }
     import importlib.util
 
     if importlib.util.find_spec("ray") is not None:
         del probes["ray"]
     results, _ = _probe([argv for argv, _ in probes.values()])
-    for (name, (_, needles)), (rc, err) in zip(probes.items(), results):
+    for (_, needles), (rc, err) in zip(probes.values(), results):
         _one_clear_line(rc, err, *needles)
     assert not (tmp_path / "typo.sqlite").exists()  # a report never creates a store
     assert not Path(store).exists()  # every mistake was found before the store was opened
@@ -149,11 +197,22 @@ def test_read_only_places(tmp_path):
     os.chmod(archive / "runs.sqlite", 0o444)
     os.chmod(archive, 0o555)
     try:
-        results, _ = _probe([
-            ["run", "--benchmark", "digits-dense", "--method", "ew", "--store", str(archive / "runs.sqlite"), *SMOKE],
-            ["runs", "list", "--store", str(archive / "runs.sqlite")],
-            ["reproduce", "--out", str(archive / "out"), "--store", str(tmp_path / "s.sqlite"), *SMOKE],
-        ])
+        results, _ = _probe(
+            [
+                [
+                    "run",
+                    "--benchmark",
+                    "digits-dense",
+                    "--method",
+                    "ew",
+                    "--store",
+                    str(archive / "runs.sqlite"),
+                    *SMOKE,
+                ],
+                ["runs", "list", "--store", str(archive / "runs.sqlite")],
+                ["reproduce", "--out", str(archive / "out"), "--store", str(tmp_path / "s.sqlite"), *SMOKE],
+            ]
+        )
     finally:
         os.chmod(archive, 0o755)
     _one_clear_line(*results[0], str((archive / "runs.sqlite").resolve()))
@@ -186,8 +245,11 @@ def test_three_wrong_data_roots_then_the_right_one_completes_the_run(tmp_path):
     (tmp_path / "empty").mkdir()
     store = tmp_path / "runs.sqlite"
     run = ["run", "--benchmark", "cityscapes", "--method", "ew", "--steps", "2", "--store", str(store), *SMOKE]
-    wrong = ((tmp_path / "empty", "missing directory"), (FIXTURES / "nyuv2", "missing directory"),
-             (corrupt, "cannot decode image"))
+    wrong = (
+        (tmp_path / "empty", "missing directory"),
+        (FIXTURES / "nyuv2", "missing directory"),
+        (corrupt, "cannot decode image"),
+    )
     results, _ = _probe([run + ["--data-root", str(root)] for root, _ in wrong])  # three commands, one process
     for (rc, err), (_, needle) in zip(results, wrong):
         _one_clear_line(rc, err, needle, "not counted as a failure")
@@ -209,8 +271,27 @@ def test_bad_data_found_in_a_worker_process_is_one_line_and_not_counted(tmp_path
     for png in (corrupt / "leftImg8bit").rglob("*.png"):
         png.write_bytes(png.read_bytes()[:100])
     store = tmp_path / "runs.sqlite"
-    result = _mtlcheck("sweep", "--benchmark", "cityscapes", "--methods", "ew", "rlw", "--levels", "parameter",
-                       "--seeds", "0", "--steps", "2", "--jobs", "2", "--data-root", corrupt, "--store", store, *SMOKE)
+    result = _mtlcheck(
+        "sweep",
+        "--benchmark",
+        "cityscapes",
+        "--methods",
+        "ew",
+        "rlw",
+        "--levels",
+        "parameter",
+        "--seeds",
+        "0",
+        "--steps",
+        "2",
+        "--jobs",
+        "2",
+        "--data-root",
+        corrupt,
+        "--store",
+        store,
+        *SMOKE,
+    )
     _one_clear_line(result.returncode, result.stderr, "cannot decode image")
     with sqlite3.connect(store) as db:
         rows = db.execute("select status, failures from runs").fetchall()
@@ -244,8 +325,23 @@ def test_a_failed_run_is_retried_on_request(tmp_path, capsys):
 # -- 2. Ctrl-C and 3. waiting ----------------------------------------------------------------------
 def test_ctrl_c_says_where_the_run_stopped_and_that_it_resumes(tmp_path):
     store = tmp_path / "runs.sqlite"
-    cmd = [sys.executable, "-m", "mtlcheck", "run", "--benchmark", "digits-dense", "--method", "ew",
-           "--budget", "small", "--quiet", "--threads", "1", "--store", str(store)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mtlcheck",
+        "run",
+        "--benchmark",
+        "digits-dense",
+        "--method",
+        "ew",
+        "--budget",
+        "small",
+        "--quiet",
+        "--threads",
+        "1",
+        "--store",
+        str(store),
+    ]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -281,8 +377,12 @@ def test_a_run_waiting_for_another_process_says_so(tmp_path, capsys):
     thread = threading.Thread(target=other_owner)
     thread.start()
     leased.wait(10)
-    assert main(["run", "--benchmark", "digits-dense", "--method", "ew", "--steps", "1",
-                 "--store", str(store.path), *SMOKE]) == 0
+    assert (
+        main(
+            ["run", "--benchmark", "digits-dense", "--method", "ew", "--steps", "1", "--store", str(store.path), *SMOKE]
+        )
+        == 0
+    )
     thread.join()
     captured = capsys.readouterr()
     assert f"waiting for run {spec.label} ({spec.key}): another process is computing it" in captured.err
@@ -318,7 +418,10 @@ def test_runs_export_json_and_csv(tmp_path, capsys):
     assert main(["runs", "export", str(tmp_path / "all.json"), "--store", str(store.path)]) == 0
     runs = json.loads((tmp_path / "all.json").read_text())["runs"]
     assert [(r["spec"]["method"], r["spec"]["seed"], r["status"]) for r in runs] == [
-        ("ew", 0, "done"), ("ew", 1, "done"), ("pcgrad", 0, "failed")]
+        ("ew", 0, "done"),
+        ("ew", 1, "done"),
+        ("pcgrad", 0, "failed"),
+    ]
     assert runs[1]["metrics"]["depth/l1"] == 2.0 and runs[1]["trajectory"]["gds"] == [0.1, 0.2]
     assert main(["runs", "export", str(tmp_path / "ew.csv"), "--method", "ew", "--store", str(store.path)]) == 0
     with open(tmp_path / "ew.csv", newline="") as f:
@@ -327,7 +430,11 @@ def test_runs_export_json_and_csv(tmp_path, capsys):
     with open(tmp_path / "ew-trajectories.csv", newline="") as f:
         traj = list(csv.DictReader(f))
     assert [(t["seed"], t["series"], t["index"], t["value"]) for t in traj if t["series"] == "gds"] == [
-        ("0", "gds", "0", "0.1"), ("0", "gds", "1", "0.2"), ("1", "gds", "0", "0.1"), ("1", "gds", "1", "0.2")]
+        ("0", "gds", "0", "0.1"),
+        ("0", "gds", "1", "0.2"),
+        ("1", "gds", "0", "0.1"),
+        ("1", "gds", "1", "0.2"),
+    ]
     assert main(["runs", "export", str(tmp_path / "x.txt"), "--store", str(store.path)]) == 2
     assert "name it .json or .csv" in capsys.readouterr().err
 
@@ -352,14 +459,24 @@ def _dense(de, ss, is_):
 def _put(store, method, *, seed=0, steps=None, metrics=None, traj=None):
     spec = make_spec("digits-dense", method, seed=seed, budget="smoke", steps=steps)
     lease = store.lease(spec)
-    lease.finish(metrics or _dense(1.0, 0.5, 0.2), traj or {"step": [0, 3, 6], "gds": [0.1] * 3, "gms": [0.8] * 3,
-                                                           "fd": [0.5] * 3}, {"train_seconds": 1.0})
+    lease.finish(
+        metrics or _dense(1.0, 0.5, 0.2),
+        traj or {"step": [0, 3, 6], "gds": [0.1] * 3, "gms": [0.8] * 3, "fd": [0.5] * 3},
+        {"train_seconds": 1.0},
+    )
     return store.get(spec)
 
 
 # -- 7. the committed fixtures are data roots -------------------------------------------------------
-@pytest.mark.parametrize("benchmark, root", [("metagraspnet", "metagraspnet"), ("nyuv2", "nyuv2/nyud_mt"),
-                                             ("nyuv2", "nyuv2/mtan"), ("cityscapes", "cityscapes")])
+@pytest.mark.parametrize(
+    "benchmark, root",
+    [
+        ("metagraspnet", "metagraspnet"),
+        ("nyuv2", "nyuv2/nyud_mt"),
+        ("nyuv2", "nyuv2/mtan"),
+        ("cityscapes", "cityscapes"),
+    ],
+)
 def test_committed_fixtures_are_data_roots(benchmark, root, tmp_path, capsys):
     store = str(tmp_path / "runs.sqlite")
     argv = ["run", "--benchmark", benchmark, "--method", "ew", "--steps", "1", "--store", store, *SMOKE]
@@ -368,8 +485,20 @@ def test_committed_fixtures_are_data_roots(benchmark, root, tmp_path, capsys):
 
 
 def test_the_nyuv2_fixture_folder_names_the_layout_to_pass(tmp_path, capsys):
-    argv = ["run", "--benchmark", "nyuv2", "--method", "ew", "--steps", "1", "--store", str(tmp_path / "r.sqlite"),
-            "--data-root", str(FIXTURES / "nyuv2"), *SMOKE]
+    argv = [
+        "run",
+        "--benchmark",
+        "nyuv2",
+        "--method",
+        "ew",
+        "--steps",
+        "1",
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--data-root",
+        str(FIXTURES / "nyuv2"),
+        *SMOKE,
+    ]
     assert main(argv) == 2
     assert f"pass --data-root {FIXTURES / 'nyuv2' / 'nyud_mt'}" in capsys.readouterr().err
 
@@ -380,9 +509,11 @@ def test_method_config_is_checked_against_the_constructor():
     assert make_spec("digits-dense", "cagrad", method_config={"c": 1}).config == {"c": 1.0}  # one key for 1 and 1.0
     assert make_spec("digits-dense", "nash_mtl", method_config={"max_norm": None}).config == {"max_norm": None}
     assert make_spec("digits-dense", "cagrad", method_config={"c": 0.5}).config == {}  # the default
-    for cls, config, message in (("cagrad", {"rescale": 1.5}, "rescale must be an integer"),
-                                 ("imtl", {"loss_balance": 1}, "loss_balance must be true or false"),
-                                 ("nash_mtl", {"max_norm": "x"}, "max_norm must be a finite number or null"),
-                                 ("mgda", {"normalization": 3}, "normalization must be a string")):
+    for cls, config, message in (
+        ("cagrad", {"rescale": 1.5}, "rescale must be an integer"),
+        ("imtl", {"loss_balance": 1}, "loss_balance must be true or false"),
+        ("nash_mtl", {"max_norm": "x"}, "max_norm must be a finite number or null"),
+        ("mgda", {"normalization": 3}, "normalization must be a string"),
+    ):
         with pytest.raises(ValueError, match=message):
             aggregator_class(cls).check_config(config)

@@ -36,8 +36,25 @@ def test_without_ray_the_error_names_the_extra(monkeypatch, tmp_path):
 
 
 def test_ray_address_without_ray_executor_is_a_usage_error(tmp_path, capsys):
-    assert main(["sweep", "--methods", "ew", "--levels", "parameter", "--budget", "smoke", "--quiet",
-                 "--store", str(tmp_path / "r.sqlite"), "--ray-address", "auto"]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                "--methods",
+                "ew",
+                "--levels",
+                "parameter",
+                "--budget",
+                "smoke",
+                "--quiet",
+                "--store",
+                str(tmp_path / "r.sqlite"),
+                "--ray-address",
+                "auto",
+            ]
+        )
+        == 2
+    )
     assert "--ray-address needs --executor ray" in capsys.readouterr().err
 
 
@@ -59,7 +76,9 @@ def test_ray_sweep_computes_each_run_once_and_matches_a_local_sweep(ray, tmp_pat
     path = tmp_path / "ray.sqlite"
     records = run_sweep_ray(path, specs, progress=False)
     assert [r.spec for r in records] == specs
-    assert all(r.status == "done" and r.attempts == 1 for r in records), [(r.spec.label, r.status, r.error) for r in records]
+    assert all(r.status == "done" and r.attempts == 1 for r in records), [
+        (r.spec.label, r.status, r.error) for r in records
+    ]
     owners = {r.history[0]["owner"].split(":")[1] for r in records}
     assert str(os.getpid()) not in owners  # computed in Ray workers, not here
 
@@ -91,8 +110,24 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(ray, tmp_path):
 @pytest.mark.slow
 def test_cli_sweep_with_the_ray_executor(ray, tmp_path, capsys):
     store = str(tmp_path / "runs.sqlite")
-    args = ["sweep", "--executor", "ray", "--methods", "ew", "--levels", "parameter", "--seeds", "0", "--budget", "smoke",
-            "--quiet", "--threads", "1", "--store", store]
+    args = [
+        "sweep",
+        "--executor",
+        "ray",
+        "--methods",
+        "ew",
+        "--levels",
+        "parameter",
+        "--seeds",
+        "0",
+        "--budget",
+        "smoke",
+        "--quiet",
+        "--threads",
+        "1",
+        "--store",
+        store,
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "1 runs in" in out and "1 done" in out

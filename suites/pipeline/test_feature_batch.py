@@ -5,7 +5,7 @@ the CLI and reports."""
 import pytest
 import torch
 
-from mtlcheck.aggregators import MGDA, AlignedMTL, GradDrop, IMTL
+from mtlcheck.aggregators import IMTL, MGDA, AlignedMTL, GradDrop
 from mtlcheck.cli import build_parser
 from mtlcheck.experiments.runner import make_spec, sweep_specs
 from mtlcheck.gradients import backward_step
@@ -24,7 +24,9 @@ def shared_grads(model):
     return torch.cat([p.grad.reshape(-1) for _, p in model.shared_parameters()])
 
 
-@pytest.mark.parametrize("make", [MGDA, AlignedMTL, lambda: IMTL(loss_balance=False)], ids=["mgda", "aligned_mtl", "imtl_g"])
+@pytest.mark.parametrize(
+    "make", [MGDA, AlignedMTL, lambda: IMTL(loss_balance=False)], ids=["mgda", "aligned_mtl", "imtl_g"]
+)
 def test_batch_sum_reproduces_the_batch_summed_definition(make):
     """w = A(Σ_b ∇_{Z_b} L_i) from the batch-summed rows; the encoder gets the vector-Jacobian
     product of Z with Σ_i w_i ∇_Z L_i (the per-sample rows), as LibMTL's rep.backward."""
@@ -88,8 +90,11 @@ def test_run_keys_keep_the_rules_apart_and_the_default_key_unchanged():
         make_spec("digits-dense", "graddrop", level="feature", extra={"feature_batch": "sum"})
     specs = sweep_specs("digits-dense", ["mgda", "graddrop", "ew"], extra={"feature_batch": "sum"})
     assert {(s.method, s.level, s.options.get("feature_batch")) for s in specs} == {
-        ("mgda", "parameter", None), ("mgda", "feature", "sum"), ("graddrop", "parameter", None),
-        ("ew", "parameter", None)}
+        ("mgda", "parameter", None),
+        ("mgda", "feature", "sum"),
+        ("graddrop", "parameter", None),
+        ("ew", "parameter", None),
+    }
 
 
 @pytest.mark.parametrize("command", ["run", "sweep", "reproduce"])

@@ -25,8 +25,10 @@ def test_parameter_jacobian_is_bitwise_equal_to_per_task_autograd():
     result = backward_step(model, batch, MGDA())
     z = model.encode(batch)
     params = [p for _, p in model.shared_parameters()]
-    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, params, retain_graph=True)])
-            for L in model.task_losses(z, batch).values()]
+    rows = [
+        torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, params, retain_graph=True)])
+        for L in model.task_losses(z, batch).values()
+    ]
     assert torch.equal(result.jacobian.matrix(), torch.stack(rows))
 
 
@@ -69,7 +71,9 @@ def test_monitoring_outputs_match_definitions():
     gz = torch.stack([torch.autograd.grad(L, z, retain_graph=True)[0] for L in losses])
     assert torch.allclose(result.feature_grads[0], gz)
     params = [p for _, p in model.shared_parameters()]
-    G = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, params, retain_graph=True)]) for L in losses])
+    G = torch.stack(
+        [torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, params, retain_graph=True)]) for L in losses]
+    )
     assert torch.allclose(result.param_gram, G @ G.T, rtol=1e-10)
 
 

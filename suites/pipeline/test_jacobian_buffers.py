@@ -18,8 +18,12 @@ def toy(seed=0, n_tasks=3, hidden=8):
 def autograd_rows(model, batch):
     z = model.encode(batch)
     params = [p for _, p in model.shared_parameters()]
-    return torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, params, retain_graph=True)])
-                        for L in model.task_losses(z, batch).values()])
+    return torch.stack(
+        [
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(L, params, retain_graph=True)])
+            for L in model.task_losses(z, batch).values()
+        ]
+    )
 
 
 def pointers(result):
@@ -65,8 +69,9 @@ def test_grad_never_aliases_the_blocks_even_when_the_method_returns_a_row():
     model, batch = toy()
     _, other = toy(seed=1)
     first_row = MGDA()
-    first_row._aggregate = lambda J, losses: Aggregation(tuple(b[0] for b in J.blocks),
-                                                         torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    first_row._aggregate = lambda J, losses: Aggregation(
+        tuple(b[0] for b in J.blocks), torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    )
     result = backward_step(model, batch, first_row)
     rows = autograd_rows(model, batch)
     grads = [p.grad for _, p in model.shared_parameters()]
@@ -132,7 +137,6 @@ def test_buffers_follow_the_number_of_tasks_and_dtype():
     assert all(b.shape[0] == 4 for b in jacobian_buffers(model, params, 4))
     model.double()
     assert all(b.dtype == torch.float64 for b in jacobian_buffers(model, params, 4))
-
 
 
 def test_without_torchs_use_count_every_step_gets_new_blocks(monkeypatch):

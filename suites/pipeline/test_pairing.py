@@ -77,14 +77,18 @@ def test_runs_with_one_seed_share_init_batches_and_randomness(monkeypatch, data_
     for key, run in others:
         assert run["init"].keys() == ref["init"].keys()
         for name, value in ref["init"].items():
-            assert torch.equal(run["init"][name], value), f"{benchmark}: {key} and {ref_key} start from different {name}"
+            assert torch.equal(run["init"][name], value), (
+                f"{benchmark}: {key} and {ref_key} start from different {name}"
+            )
         for k in range(STEPS + 1):
             assert _equal(run["batches"][k], ref["batches"][k]), f"{benchmark}: {key} and {ref_key} differ in batch {k}"
-            assert torch.equal(run["rng"][k], ref["rng"][k]), \
+            assert torch.equal(run["rng"][k], ref["rng"][k]), (
                 f"{benchmark}: {key} and {ref_key} draw different randomness at step {k}"
+            )
     other_seed = _first_steps(monkeypatch, benchmark, "ew", "parameter", 1, where)
-    assert any(not torch.equal(other_seed["init"][n], v) for n, v in ref["init"].items() if v.is_floating_point()), \
+    assert any(not torch.equal(other_seed["init"][n], v) for n, v in ref["init"].items() if v.is_floating_point()), (
         f"{benchmark}: seeds 0 and 1 start from the same model"
+    )
     assert not all(torch.equal(a, b) for a, b in zip(other_seed["rng"], ref["rng"]))
     if benchmark.startswith("digits"):  # 64 training scenes: two seeds' first batches differ
         assert not _equal(other_seed["batches"][0], ref["batches"][0])

@@ -16,8 +16,9 @@ from mtlcheck.cli import main
 # MGDA fails (its pair search starts from an absolute dmin = 1e8 on squared norms)
 SIZE, WIDTH = 64, 8
 
-needs_extra = pytest.mark.skipif(bool(peers.missing_requirements()),
-                                 reason=f"the peers extra is not installed: {peers.PEERS_EXTRA}")
+needs_extra = pytest.mark.skipif(
+    bool(peers.missing_requirements()), reason=f"the peers extra is not installed: {peers.PEERS_EXTRA}"
+)
 
 
 @pytest.mark.parametrize("found", [None, "0.19.0"])
@@ -37,7 +38,9 @@ def test_missing_extra_is_one_line_and_exit_2(monkeypatch, capsys, found):
     assert out == ""
     assert len(err.strip().splitlines()) == 1, err
     assert 'pip install "mtlcheck[peers]"' in err
-    assert ("torchjd (not installed)" if found is None else "torchjd 0.19.0 (the bench is written against 0.18.0)") in err
+    assert (
+        "torchjd (not installed)" if found is None else "torchjd 0.19.0 (the bench is written against 0.18.0)"
+    ) in err
 
 
 @pytest.fixture(scope="module")
@@ -46,23 +49,27 @@ def model_and_batch():
 
 
 @needs_extra
-@pytest.mark.parametrize("peer, method, level", [
-    ("mtlcheck", "imtl", "parameter"),  # ours against ours: deterministic
-    ("libmtl", "ew", "parameter"),
-    ("torchjd", "imtl", "parameter"),  # closed form: the same update up to TorchJD's float32 Gram
-    ("libmtl", "imtl", "parameter"),
-    ("libmtl", "mgda", "parameter"),
-    ("libmtl", "mgda", "feature"),  # rep_grad=True: mtlcheck's feature_batch="sum"
-    ("torchjd", "aligned_mtl", "parameter"),  # the mean preference: ÷T
-    ("libmtl", "cagrad", "parameter"),  # no ×T
-])
+@pytest.mark.parametrize(
+    "peer, method, level",
+    [
+        ("mtlcheck", "imtl", "parameter"),  # ours against ours: deterministic
+        ("libmtl", "ew", "parameter"),
+        ("torchjd", "imtl", "parameter"),  # closed form: the same update up to TorchJD's float32 Gram
+        ("libmtl", "imtl", "parameter"),
+        ("libmtl", "mgda", "parameter"),
+        ("libmtl", "mgda", "feature"),  # rep_grad=True: mtlcheck's feature_batch="sum"
+        ("torchjd", "aligned_mtl", "parameter"),  # the mean preference: ÷T
+        ("libmtl", "cagrad", "parameter"),  # no ×T
+    ],
+)
 def test_a_peer_running_the_same_method_writes_our_update(model_and_batch, peer, method, level):
     model, batch = model_and_batch
     got = peers.compare(model, batch, peer, method, level)
     # the peers' Gram, solve and combination run in float32 (ours: float64 accumulation)
     assert got["cosine"] == pytest.approx(1.0, abs=1e-9 if peer == "mtlcheck" else 1e-5)
-    assert got["norm_ratio"] == pytest.approx(peers.expected_norm_ratio(peer, method, 3),
-                                              rel=1e-9 if peer == "mtlcheck" else 1e-4)
+    assert got["norm_ratio"] == pytest.approx(
+        peers.expected_norm_ratio(peer, method, 3), rel=1e-9 if peer == "mtlcheck" else 1e-4
+    )
 
 
 @needs_extra
@@ -78,16 +85,46 @@ def test_table_from_one_process_per_cell(tmp_path):
     """Three processes: EW (the reference), TorchJD's CAGrad (plain scale: (1 + c²)/T of ours) and
     LibMTL's CAGrad, which fails at T = 2 and is reported as a failed cell."""
     out = tmp_path / "peers.md"
-    assert main(["bench", "--peers", "--size", str(SIZE), "--tasks", "2", "--batch-size", "2", "--repeats", "2",
-                 "--threads", "1", "--width", str(WIDTH), "--methods", "cagrad", "--libraries", "torchjd", "libmtl",
-                 "--out", str(out), "--json", str(tmp_path / "peers.json")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--peers",
+                "--size",
+                str(SIZE),
+                "--tasks",
+                "2",
+                "--batch-size",
+                "2",
+                "--repeats",
+                "2",
+                "--threads",
+                "1",
+                "--width",
+                str(WIDTH),
+                "--methods",
+                "cagrad",
+                "--libraries",
+                "torchjd",
+                "libmtl",
+                "--out",
+                str(out),
+                "--json",
+                str(tmp_path / "peers.json"),
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert text.startswith("Machine: ") and "torch threads" in text and "allocator: " in text
     assert "ResNet18 trunk of width 8" in text and "T = 2 light heads, batch 2×3×64²" in text
     table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     cells = [tuple(c.strip() for c in line.strip("|").split("|")) for line in table]
-    assert [c[:3] for c in cells] == [("ew", "mtlcheck", "parameter"), ("cagrad", "torchjd", "parameter"),
-                                      ("cagrad", "libmtl", "parameter")]
+    assert [c[:3] for c in cells] == [
+        ("ew", "mtlcheck", "parameter"),
+        ("cagrad", "torchjd", "parameter"),
+        ("cagrad", "libmtl", "parameter"),
+    ]
     assert all(len(c) == 7 for c in cells)
     ew, tjd, lib = cells
     assert float(ew[4]) == 1.0 and abs(float(ew[5])) <= 1e-9  # EW's memory over itself; cosine 1

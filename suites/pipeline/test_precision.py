@@ -30,8 +30,10 @@ def test_settings_are_validated_and_round_trip_through_spec_options():
     with pytest.raises(ValueError, match=r"unknown run option\(s\) \['channelslast'\]"):
         make_spec("digits-dense", "mgda", budget="smoke", extra={"channelslast": True})
     # an explicit default is the default run, not a second one
-    assert make_spec("digits-dense", "mgda", budget="smoke", extra={"tf32": False}).key == \
-        make_spec("digits-dense", "mgda", budget="smoke").key
+    assert (
+        make_spec("digits-dense", "mgda", budget="smoke", extra={"tf32": False}).key
+        == make_spec("digits-dense", "mgda", budget="smoke").key
+    )
 
 
 def test_gram_stays_exact_inside_autocast():
@@ -134,16 +136,52 @@ def test_run_with_bf16_autocast_is_stored_apart_and_reported_apart(tmp_path, cap
         assert db.execute("select count(*) from runs where status = 'done'").fetchone()[0] == 2
     capsys.readouterr()
     out = str(tmp_path / "reports")
-    assert main(["report", "--benchmark", "digits-dense", "--budget", "smoke", "--store", store, "--out", out,
-                 "--autocast", "bf16", "--tf32"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--benchmark",
+                "digits-dense",
+                "--budget",
+                "smoke",
+                "--store",
+                store,
+                "--out",
+                out,
+                "--autocast",
+                "bf16",
+                "--tf32",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "reports" / "digits-dense-smoke-tf32-bf16").is_dir()
     capsys.readouterr()
-    assert main(["report", "--benchmark", "digits-dense", "--budget", "smoke", "--store", store, "--out", out,
-                 "--channels-last"]) == 2
-    assert re.search("no stored runs for digits-dense at budget smoke with .*channels_last=True", capsys.readouterr().err)
+    assert (
+        main(
+            [
+                "report",
+                "--benchmark",
+                "digits-dense",
+                "--budget",
+                "smoke",
+                "--store",
+                store,
+                "--out",
+                out,
+                "--channels-last",
+            ]
+        )
+        == 2
+    )
+    assert re.search(
+        "no stored runs for digits-dense at budget smoke with .*channels_last=True", capsys.readouterr().err
+    )
 
 
-@pytest.mark.parametrize("precision", [Precision(), Precision(tf32=True), Precision(autocast="bf16", channels_last=True)])
+@pytest.mark.parametrize(
+    "precision", [Precision(), Precision(tf32=True), Precision(autocast="bf16", channels_last=True)]
+)
 def test_command_line_flags_round_trip(precision):
     """One declaration of the flags serves the CLI and the bench (whose memory cases re-launch
     themselves with `flags()`)."""

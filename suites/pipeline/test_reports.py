@@ -36,8 +36,21 @@ def _traj(gds=0.1, gms=0.8, fd=0.5, n=4, every=3):
     return {"step": [every * i for i in range(n)], "gds": series(gds), "gms": series(gms), "fd": series(fd)}
 
 
-def _put(store, method, *, level="parameter", seed=0, metrics=None, traj=None, status="done", budget="smoke",
-         benchmark=DENSE, timings=None, error="ValueError: boom", config=None):
+def _put(
+    store,
+    method,
+    *,
+    level="parameter",
+    seed=0,
+    metrics=None,
+    traj=None,
+    status="done",
+    budget="smoke",
+    benchmark=DENSE,
+    timings=None,
+    error="ValueError: boom",
+    config=None,
+):
     """Write one run into the store through a lease, as the runner does; returns its record."""
     if ":" in method:  # a third-party method: no registry lookup
         spec = RunSpec(benchmark, method, level=level, seed=seed, budget=budget)
@@ -76,8 +89,11 @@ def seeded(store):
     recs = []
     for (method, level), per_seed in SEEDED.items():
         for seed, (de, ss, is_) in enumerate(per_seed):
-            recs.append(_put(store, method, level=level, seed=seed, metrics=_dense(de, ss, is_),
-                             traj=_traj(fd=0.5 + 0.01 * seed)))
+            recs.append(
+                _put(
+                    store, method, level=level, seed=seed, metrics=_dense(de, ss, is_), traj=_traj(fd=0.5 + 0.01 * seed)
+                )
+            )
     return recs
 
 
@@ -100,7 +116,9 @@ def test_third_party_and_configured_methods_keep_their_own_names(store):
     cagrad = _put(store, "cagrad", metrics=_dense(1, 0.5, 0.2), config={"c": 0.2})
     assert reports.display_name(cagrad) == "CAGrad[c=0.2]"
     assert reports.result_tables([rec, cagrad], DENSE)["table2"].keys() == (
-        ("CAGrad[c=0.2]", "parameter"), ("my_pkg.mod:MyAggregator", "parameter"))
+        ("CAGrad[c=0.2]", "parameter"),
+        ("my_pkg.mod:MyAggregator", "parameter"),
+    )
 
 
 # -- Tables 1-3 ------------------------------------------------------------------------------------
@@ -109,8 +127,13 @@ def test_results_table_means_over_seeds(seeded):
     t = tables["table2"]
     assert set(tables) == {"table2", "relative_change", "table6", "final_measures", "figure5"}
     assert t.columns == ("DE", "SS", "IS")
-    assert t.keys() == (("Baseline", "parameter"), ("PCGrad", "parameter"), ("MGDA", "parameter"),
-                        ("FAMO", "parameter"), ("PCGrad", "feature"))
+    assert t.keys() == (
+        ("Baseline", "parameter"),
+        ("PCGrad", "parameter"),
+        ("MGDA", "parameter"),
+        ("FAMO", "parameter"),
+        ("PCGrad", "feature"),
+    )
     assert t.value(BASELINE, "DE") == pytest.approx(1.1)
     assert t.value("PCGrad", "DE", "parameter") == pytest.approx((1.0 + 1.19) / 2)
     assert t.value("MGDA", "IS") == 0.2101
@@ -125,13 +148,11 @@ def test_marks_follow_the_paired_interval_and_the_band_is_its_own_column(seeded)
     assert "| Baseline | 1.1000 ± 1.2706 |  | 0.5000 ± 0.0000 |  | 0.2000 ± 0.0000 |  |" in md
     # paired per seed: DE −0.0, −0.01 (interval contains 0: –); SS +0.01 and IS −0.01 on both seeds
     # (interval [0.01, 0.01] excludes 0: ↑ in both, since IS is lower-is-better); the band says – for all
-    assert ("| PCGrad (parameter) | 1.0950 ± 1.2071 (–) | – | 0.5100 ± 0.0000 (↑) | – | 0.1900 ± 0.0000 (↑) | – |"
-            in md)
+    assert "| PCGrad (parameter) | 1.0950 ± 1.2071 (–) | – | 0.5100 ± 0.0000 (↑) | – | 0.1900 ± 0.0000 (↑) | – |" in md
     # DE +0.3 / +0.1: 0.2 ± 1.27 contains 0 (–) although the band, on the means alone, says ↓
     assert "| MGDA | 1.3000 ± 0.0000 (–) | ↓ | 0.5101 ± 0.0000 (↑) | ↑ | 0.2101 ± 0.0000 (↓) | ↓ |" in md
     assert "| FAMO | 0.8000 ± 0.0000 (–) | ↑ | 0.4900 ± 0.0000 (↓) | – | 0.1950 ± 0.0000 (↑) | – |" in md
-    assert ("| PCGrad (feature) | 1.1000 ± 0.0000 (–) | – | 0.4899 ± 0.0000 (↓) | ↓ | 0.1000 ± 0.0000 (↑) | ↑ |"
-            in md)
+    assert "| PCGrad (feature) | 1.1000 ± 0.0000 (–) | – | 0.4899 ± 0.0000 (↓) | ↓ | 0.1000 ± 0.0000 (↑) | ↑ |" in md
     assert "paired per-seed differences" in md and "more than 0.01" in md
     unmarked = reports.to_markdown(t, marks=False)
     assert "(↑)" not in unmarked.split("\n", 2)[2]
@@ -191,7 +212,7 @@ def test_json_keeps_the_per_seed_values_the_interval_and_n(seeded):
     cell = next(r for r in data["rows"] if r["method"] == "PCGrad" and r["level"] == "parameter")["cells"]["DE"]
     assert cell["seeds"] == {"0": 1.0, "1": 1.19} and cell["n"] == 2
     assert cell["mean"] == pytest.approx(1.095) and cell["lo"] < 1.095 < cell["hi"]
-    assert cell["half_width"] == pytest.approx(12.7062 * math.sqrt(0.19 ** 2 / 2) / math.sqrt(2), rel=1e-4)
+    assert cell["half_width"] == pytest.approx(12.7062 * math.sqrt(0.19**2 / 2) / math.sqrt(2), rel=1e-4)
     assert cell["vs_baseline"]["mark"] == "–" and cell["vs_baseline"]["mean"] == pytest.approx(-0.005)
     assert "Student-t" in cell["interval"]
 
@@ -258,9 +279,11 @@ def test_relative_change_by_hand(seeded):
 
 def test_instance_benchmark_names_the_relative_change_table4(store):
     m = {f"{k}_{s}": 0.3 for k in ("bbox", "vmask", "amask") for s in ("mAP", "mAR")}
-    recs = [_put(store, "ew", metrics=m, benchmark="digits-instance"),
-            _put(store, "mgda", metrics=m, benchmark="digits-instance"),
-            _put(store, "mgda", level="feature", metrics={k: 0.33 for k in m}, benchmark="digits-instance")]
+    recs = [
+        _put(store, "ew", metrics=m, benchmark="digits-instance"),
+        _put(store, "mgda", metrics=m, benchmark="digits-instance"),
+        _put(store, "mgda", level="feature", metrics={k: 0.33 for k in m}, benchmark="digits-instance"),
+    ]
     tables = reports.result_tables(recs, "digits-instance")
     assert tables["table4"] is tables["relative_change"]
     assert tables["table4"].value("MGDA", "BBox mAP") == pytest.approx(10.0)
@@ -315,9 +338,11 @@ def test_short_trajectories_use_every_point_and_say_so(seeded):
 
 
 def test_undefined_measures_are_left_out_by_name(store):
-    recs = [_put(store, "ew", metrics=_dense(1, 0.5, 0.2), traj=_traj(fd=0.5)),
-            _put(store, "pcgrad", metrics=_dense(0.9, 0.6, 0.1), traj=_traj(fd=[0.4, 0.4, math.nan, 0.4])),
-            _put(store, "mgda", metrics=_dense(1.2, 0.4, 0.3), traj=_traj(fd=0.6))]
+    recs = [
+        _put(store, "ew", metrics=_dense(1, 0.5, 0.2), traj=_traj(fd=0.5)),
+        _put(store, "pcgrad", metrics=_dense(0.9, 0.6, 0.1), traj=_traj(fd=[0.4, 0.4, math.nan, 0.4])),
+        _put(store, "mgda", metrics=_dense(1.2, 0.4, 0.3), traj=_traj(fd=0.6)),
+    ]
     tables = reports.result_tables(recs, DENSE)
     fd = tables["table6"].row("FD")
     assert "PCGrad: fd non-finite in the last 4 points of seed 0" in fd.note
@@ -382,16 +407,20 @@ def test_every_claim_gets_a_verdict_and_missing_inputs_are_named(seeded):
 
 
 def _instance(values):
-    return {f"{k}_{s}": values[i] for i, (k, s) in enumerate(
-        (k, s) for k in ("bbox", "vmask", "amask") for s in ("mAP", "mAR"))}
+    return {
+        f"{k}_{s}": values[i]
+        for i, (k, s) in enumerate((k, s) for k in ("bbox", "vmask", "amask") for s in ("mAP", "mAR"))
+    }
 
 
 def test_claims_judge_our_instance_tables(store):
     bench = "digits-instance"
-    recs = [_put(store, "ew", metrics=_instance([0.3] * 6), benchmark=bench),
-            _put(store, "famo", metrics=_instance([0.35] * 6), benchmark=bench),
-            _put(store, "mgda", metrics=_instance([0.31, 0.31, 0.31, 0.31, 0.31, 0.36]), benchmark=bench),
-            _put(store, "mgda", level="feature", metrics=_instance([0.4] * 6), benchmark=bench)]
+    recs = [
+        _put(store, "ew", metrics=_instance([0.3] * 6), benchmark=bench),
+        _put(store, "famo", metrics=_instance([0.35] * 6), benchmark=bench),
+        _put(store, "mgda", metrics=_instance([0.31, 0.31, 0.31, 0.31, 0.31, 0.36]), benchmark=bench),
+        _put(store, "mgda", level="feature", metrics=_instance([0.4] * 6), benchmark=bench),
+    ]
     by_id = {v["id"]: v for v in reports.claim_verdicts(reports.result_tables(recs, bench))}
     fig4 = by_id["fig4-famo-beats-mgda"]
     # one seed: no interval, nothing decided, although the point values contradict the claim
@@ -410,11 +439,17 @@ def test_three_seeds_decide_a_clear_paired_difference(store):
     bench = "digits-instance"
     recs = []
     for seed, shift in enumerate((0.0, 0.05, -0.04)):  # a seed effect shared by every method
-        recs += [_put(store, "ew", seed=seed, metrics=_instance([0.3 + shift] * 6), benchmark=bench),
-                 _put(store, "famo", seed=seed, benchmark=bench,
-                      metrics=_instance([0.35 + shift + 0.0002 * seed] * 6)),
-                 _put(store, "mgda", seed=seed, benchmark=bench,
-                      metrics=_instance([0.31 + shift - 0.0002 * seed] * 5 + [0.36 + shift + 0.0001 * seed]))]
+        recs += [
+            _put(store, "ew", seed=seed, metrics=_instance([0.3 + shift] * 6), benchmark=bench),
+            _put(store, "famo", seed=seed, benchmark=bench, metrics=_instance([0.35 + shift + 0.0002 * seed] * 6)),
+            _put(
+                store,
+                "mgda",
+                seed=seed,
+                benchmark=bench,
+                metrics=_instance([0.31 + shift - 0.0002 * seed] * 5 + [0.36 + shift + 0.0001 * seed]),
+            ),
+        ]
     by_id = {v["id"]: v for v in reports.claim_verdicts(reports.result_tables(recs, bench))}
     fig4 = by_id["fig4-famo-beats-mgda"]
     # FAMO − Baseline ≈ +0.05 and MGDA − Baseline ≈ +0.06 on AMask mAR on every seed: MGDA is
@@ -429,9 +464,11 @@ def test_three_seeds_decide_a_clear_paired_difference(store):
 
 def test_rows_without_values_make_claims_not_evaluable_and_are_named(store):
     bench = "digits-instance"
-    recs = [_put(store, "ew", metrics=_instance([0.3] * 6), benchmark=bench),
-            _put(store, "famo", metrics=_instance([0.35] * 6), benchmark=bench),
-            _put(store, "mgda", status="diverged", timings={"diverged_step": 3}, benchmark=bench)]
+    recs = [
+        _put(store, "ew", metrics=_instance([0.3] * 6), benchmark=bench),
+        _put(store, "famo", metrics=_instance([0.35] * 6), benchmark=bench),
+        _put(store, "mgda", status="diverged", timings={"diverged_step": 3}, benchmark=bench),
+    ]
     v = {v["id"]: v for v in reports.claim_verdicts(reports.result_tables(recs, bench))}["fig4-famo-beats-mgda"]
     assert v["verdict"] == "not evaluable"
     assert "('MGDA', 'parameter')" in v["evidence"]
@@ -477,8 +514,12 @@ def test_smoke_sweep_to_report(tmp_path):
     path = reports.write_report(store.runs(benchmark=DENSE), DENSE, tmp_path / "report")
     text = path.read_text(encoding="utf-8")
     assert "# mtlcheck report: digits-dense, budget smoke" in text
-    for title in ("## Table 2 (ours: digits-dense, smoke)", "## Relative change (ours: digits-dense, smoke)",
-                  "## Table 6 (ours: digits-dense, smoke)", "## Final measures (ours: digits-dense, smoke)"):
+    for title in (
+        "## Table 2 (ours: digits-dense, smoke)",
+        "## Relative change (ours: digits-dense, smoke)",
+        "## Table 6 (ours: digits-dense, smoke)",
+        "## Final measures (ours: digits-dense, smoke)",
+    ):
         assert title in text
     assert len(list(path.parent.glob("figure*.png"))) == 3
     assert "| MGDA (feature) |" in text and "6 runs: 6 done" in text

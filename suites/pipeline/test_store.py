@@ -22,8 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from mtlcheck.experiments import codec, owners
-from mtlcheck.experiments import spec as spec_module
 from mtlcheck.experiments import (
     LeaseLost,
     ResultStore,
@@ -31,9 +29,12 @@ from mtlcheck.experiments import (
     RunResult,
     RunSpec,
     StoreError,
+    codec,
     environment,
+    owners,
     spec_key,
 )
+from mtlcheck.experiments import spec as spec_module
 from mtlcheck.experiments.store import DEFAULT_STALE_AFTER
 
 HERE = Path(__file__).resolve().parent
@@ -128,8 +129,16 @@ def test_code_epoch_changes_the_key(monkeypatch):
 
 
 def test_round_trip_and_views():
-    spec = RunSpec("nyuv2", "aligned_mtl", {"scales": [1.0, 2.0], "mode": "sum"}, level="feature", seed=3,
-                   budget="paper", steps=40000, extra={"warmup": 500})
+    spec = RunSpec(
+        "nyuv2",
+        "aligned_mtl",
+        {"scales": [1.0, 2.0], "mode": "sum"},
+        level="feature",
+        seed=3,
+        budget="paper",
+        steps=40000,
+        extra={"warmup": 500},
+    )
     assert RunSpec.from_dict(spec.to_dict()) == spec
     assert RunSpec.from_json(spec.to_json()) == spec
     assert RunSpec.from_json(json.dumps(spec.to_dict())).key == spec.key
@@ -241,7 +250,9 @@ def test_tuple_results_and_diverged_runs(store):
     record = store.get_or_run(BASE, lambda c: ({"loss": math.nan}, {"loss": [1.0, math.nan]}, {}, "diverged"))
     assert record.status == "diverged" and math.isnan(record.metrics["loss"])
     diverged = dataclasses.replace(BASE, seed=1)
-    record = store.get_or_run(diverged, lambda c: RunResult({"loss": math.inf}, status="diverged", error="NaN loss at step 3"))
+    record = store.get_or_run(
+        diverged, lambda c: RunResult({"loss": math.inf}, status="diverged", error="NaN loss at step 3")
+    )
     assert record.error == "NaN loss at step 3"
     assert store.lease(diverged) is None
     assert store.get_or_run(diverged, lambda c: pytest.fail("a diverged run must not be recomputed")) == record
@@ -250,7 +261,9 @@ def test_tuple_results_and_diverged_runs(store):
 def test_nan_and_inf_round_trip_as_strict_json(store):
     metrics = {"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "x": 0.1, "n": 3, "nested": {"v": [math.nan, 1.0]}}
     record = store.get_or_run(BASE, lambda c: RunResult(metrics, {"gds": [math.nan, -math.inf, 0.5]}))
-    assert math.isnan(record.metrics["nan"]) and record.metrics["inf"] == math.inf and record.metrics["ninf"] == -math.inf
+    assert (
+        math.isnan(record.metrics["nan"]) and record.metrics["inf"] == math.inf and record.metrics["ninf"] == -math.inf
+    )
     assert record.metrics["x"] == 0.1 and record.metrics["n"] == 3 and math.isnan(record.metrics["nested"]["v"][0])
     assert math.isnan(record.trajectory["gds"][0]) and record.trajectory["gds"][1:] == [-math.inf, 0.5]
 
@@ -490,7 +503,9 @@ def test_dead_owner_is_taken_over_live_owner_is_not(tmp_path, clock):
         f"s = RunSpec.from_json({other.to_json()!r}); "
         "c = ResultStore(sys.argv[1]).lease(s); assert c is not None; print(c.owner)"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, check=True
+    )
     dead_owner = out.stdout.strip()
     assert store.get(other).status == "running" and store.get(other).owner == dead_owner
     clock.now = store.get(other).heartbeat  # a fresh heartbeat: only the dead pid gives it away
@@ -602,10 +617,19 @@ def test_sigkill_half_way_then_restart_finishes_only_the_missing_runs(tmp_path, 
     store = ResultStore(path)
     specs = worker.sweep_specs(N_RUNS)
     sweep = ["sweep", str(path), str(log), "--n", str(N_RUNS), "--epochs", str(EPOCHS), "--sleep", "0.02"]
-    first = zygote.spawn([*sweep, "--hang-at", "2:1"], tmp_path / "first.out")  # run 2 hangs after its epoch-1 checkpoint
+    first = zygote.spawn(
+        [*sweep, "--hang-at", "2:1"], tmp_path / "first.out"
+    )  # run 2 hangs after its epoch-1 checkpoint
     try:
         wait_until(lambda: any(e["event"] == "hanging" for e in read_log(log)), 120, "run 2 to reach epoch 1", first)
-        assert [store.get(s).status if store.get(s) else None for s in specs] == ["done", "done", "running", None, None, None]
+        assert [store.get(s).status if store.get(s) else None for s in specs] == [
+            "done",
+            "done",
+            "running",
+            None,
+            None,
+            None,
+        ]
         assert store.checkpoint_path(specs[2]).exists()
     finally:
         os.kill(first, signal.SIGKILL)
@@ -641,8 +665,21 @@ def test_sigkill_half_way_then_restart_finishes_only_the_missing_runs(tmp_path, 
 def test_two_processes_share_a_sweep_without_duplicates(tmp_path, zygote):
     path, log, barrier = tmp_path / "sweep.sqlite", tmp_path / "events.jsonl", tmp_path / "barrier"
     store = ResultStore(path)
-    sweep = ["sweep", str(path), str(log), "--n", str(N_RUNS), "--epochs", str(EPOCHS), "--sleep", "0.05",
-             "--barrier", str(barrier), "--parties", "2"]
+    sweep = [
+        "sweep",
+        str(path),
+        str(log),
+        "--n",
+        str(N_RUNS),
+        "--epochs",
+        str(EPOCHS),
+        "--sleep",
+        "0.05",
+        "--barrier",
+        str(barrier),
+        "--parties",
+        "2",
+    ]
     pids = [zygote.spawn(sweep, tmp_path / f"w{i}.out") for i in range(2)]
     assert [zygote.wait(pid) for pid in pids] == [0, 0]
     outputs = [json.loads((tmp_path / f"w{i}.out").read_text().splitlines()[-1]) for i in range(2)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from mtlcheck.aggregators import FAMO, EW, MGDA, get_aggregator
+from mtlcheck.aggregators import MGDA, get_aggregator
 from mtlcheck.models.toy import ToyRegression
 from mtlcheck.training import Checkpointer, StepSampler, TrainSetup, train
 
@@ -35,8 +35,17 @@ SETUP = TrainSetup(steps=20, batch_size=8, lr=0.05, warmup_steps=5, monitor_ever
 
 def run(method="mgda", level="parameter", seed=0, checkpointer=None, steps=20):
     setup = TrainSetup(**{**SETUP.__dict__, "steps": steps})
-    return train(ToyRegression(seed=seed), ToyData(), default_collate, get_aggregator(method), setup,
-                 level=level, seed=seed, checkpointer=checkpointer, evaluate=evaluate)
+    return train(
+        ToyRegression(seed=seed),
+        ToyData(),
+        default_collate,
+        get_aggregator(method),
+        setup,
+        level=level,
+        seed=seed,
+        checkpointer=checkpointer,
+        evaluate=evaluate,
+    )
 
 
 def test_same_seed_same_metrics_and_trajectory():
@@ -80,8 +89,14 @@ def test_resume_from_checkpoint_is_exact():
 
 @pytest.mark.parametrize("level", ["parameter", "feature"])
 def test_divergence_is_reported_with_its_step(level):
-    out = train(ToyRegression(), ToyData(), default_collate, MGDA(),
-                TrainSetup(steps=30, batch_size=8, lr=1e6, monitor_every=1), level=level)
+    out = train(
+        ToyRegression(),
+        ToyData(),
+        default_collate,
+        MGDA(),
+        TrainSetup(steps=30, batch_size=8, lr=1e6, monitor_every=1),
+        level=level,
+    )
     assert out.status == "diverged" and out.diverged_step is not None and out.diverged_step < 30
     assert "non-finite" in out.error
 
@@ -120,8 +135,16 @@ def test_resume_is_exact_when_the_model_draws_random_numbers():
             raise Killed
 
     def run_dropout(checkpointer=None):
-        return train(DropoutToy(), ToyData(), default_collate, get_aggregator("mgda"), SETUP, seed=2,
-                     checkpointer=checkpointer, evaluate=evaluate)
+        return train(
+            DropoutToy(),
+            ToyData(),
+            default_collate,
+            get_aggregator("mgda"),
+            SETUP,
+            seed=2,
+            checkpointer=checkpointer,
+            evaluate=evaluate,
+        )
 
     with pytest.raises(Killed):
         run_dropout(Checkpointer(save, lambda: None))
@@ -151,8 +174,9 @@ def test_multi_tensor_optimiser_steps_equal_the_per_tensor_loop(optimizer, monke
     setup = TrainSetup(**{**SETUP.__dict__, "optimizer": optimizer})
 
     def go():
-        return train(ToyRegression(seed=1), ToyData(), default_collate, get_aggregator("mgda"), setup, seed=1,
-                     evaluate=evaluate)
+        return train(
+            ToyRegression(seed=1), ToyData(), default_collate, get_aggregator("mgda"), setup, seed=1, evaluate=evaluate
+        )
 
     fast = go()
     cls = getattr(torch.optim, {"sgd": "SGD", "adam": "Adam"}[optimizer])
