@@ -258,6 +258,22 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
+def step_peak_mib(step) -> float:
+    """In this process: the growth of the peak resident set (MiB) over two calls of `step()`, read
+    from Linux's VmHWM after resetting it (/proc/self/clear_refs), so that the memory of imports
+    and model construction is not mistaken for the step's."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset the peak resident set size to the current one
+    except OSError as exc:
+        raise RuntimeError(f"peak memory needs Linux's /proc/self/clear_refs ({exc})") from None
+    before = _proc_status_kib("VmRSS")
+    for _ in range(2):
+        step()
+    return (_proc_status_kib("VmHWM") - before) / 1024.0
+
+
 def _peak_rss_case(
     method: str,
     level: str,
@@ -274,17 +290,12 @@ def _peak_rss_case(
         torch.set_num_threads(threads)
     model, batch = _model_and_batch(size, batch_size, n_tasks, "cpu", 0, precision)
     agg = aggregator_class(method)()
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # reset the peak resident set size to the current one
-    except OSError as exc:
-        raise RuntimeError(f"CPU peak memory needs Linux's /proc/self/clear_refs ({exc})") from None
-    before = _proc_status_kib("VmRSS")
-    for _ in range(2):
+
+    def step():
         model.zero_grad(set_to_none=True)
         _step(model, batch, agg, level, precision)
-    return {"method": method, "level": level, "peak_mib": (_proc_status_kib("VmHWM") - before) / 1024.0}
+
+    return {"method": method, "level": level, "peak_mib": step_peak_mib(step)}
 
 
 def peak_memory(

@@ -304,7 +304,7 @@ def run_cell(
 ) -> dict:
     """In this process: peak memory of two steps, the interleaved time ratios to mtlcheck's EW
     step, and the cosine / norm ratio of the shared `.grad` against mtlcheck's from fresh state."""
-    from mtlcheck.bench import _proc_status_kib, clock
+    from mtlcheck.bench import clock, step_peak_mib
 
     model, batch = model_and_batch(size, batch_size, n_tasks, width)
     out = {
@@ -318,17 +318,12 @@ def run_cell(
         _seed_all()
         step = make_step(model, peer, method, level)
         ew = mtlcheck_step(model, "ew", "parameter")
-        gc.collect()
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")  # reset the peak resident set size to the current one
-        except OSError as exc:
-            raise RuntimeError(f"peak memory needs Linux's /proc/self/clear_refs ({exc})") from None
-        before = _proc_status_kib("VmRSS")
-        for _ in range(2):
+
+        def one_step():
             model.zero_grad(set_to_none=True)
             step(batch)
-        out["peak_mib"] = (_proc_status_kib("VmHWM") - before) / 1024.0
+
+        out["peak_mib"] = step_peak_mib(one_step)
 
         def timed(fn):
             model.zero_grad(set_to_none=True)
