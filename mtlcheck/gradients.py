@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
+from mtlcheck import LEVELS
 from mtlcheck.aggregators import Aggregator
 from mtlcheck.jacobian import Jacobian
 from mtlcheck.models._base import MultiTaskModel, as_tuple, named_shared_parameters
 from mtlcheck.precision import Precision
 
-LEVELS = ("parameter", "feature")
 # How the feature level treats the batch axis of Z: "flatten" solves on the rows ∇_Z L_i over
 # the flattened batch × features (Sener & Koltun's MGDA-UB; nash-mtl, Aligned-MTL's code, TorchJD);
 # "sum" solves on the batch-summed rows Σ_b ∇_{Z_b} L_i and applies the weights to the per-sample

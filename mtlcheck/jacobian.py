@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mtlcheck import LEVELS
+
 _GRAM_CHUNK = 1 << 13  # columns per float32 product in the Gram (relative error ~1e-8; batched, so
 #                       small chunks cost no more than large ones: 15 ms for 3×11.2M on 2 CPU cores)
 _GRAM_SPAN = 1 << 22  # columns per batched product (bounds the float32 copy of a bf16/fp16 block to 4M columns)
@@ -74,7 +76,7 @@ class Jacobian:
             raise ValueError("Jacobian needs at least one block")
         if len(self.shapes) != len(self.blocks) or len(self.names) != len(self.blocks):
             raise ValueError("Jacobian: blocks, shapes and names must have the same length")
-        if self.level not in ("parameter", "feature"):
+        if self.level not in LEVELS:
             raise ValueError(f"Jacobian level must be 'parameter' or 'feature', got {self.level!r}")
         t = self.blocks[0].shape[0] if self.blocks[0].ndim == 2 else None
         for name, block, shape in zip(self.names, self.blocks, self.shapes):

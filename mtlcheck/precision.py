@@ -133,7 +133,7 @@ class Precision:
             return batch
         import torch
 
-        from mtlcheck.data.collate import map_tensors
+        from mtlcheck.models import map_tensors
 
         return map_tensors(
             batch,

@@ -2,7 +2,7 @@
 
     python docs/bench/cli_startup.py [--repeats 7] [--baseline DIR]
 
-Each case runs as a fresh `python -m mtlcheck` process (the console script's work), repeats
+Each case runs as a fresh `python -m mtlcheck.study` process (the console script's work), repeats
 interleaved across cases and checkouts so that a busy machine slows all alike; prints the median
 and the range per case. `--baseline DIR` times another checkout (a folder holding its `mtlcheck`
 package, e.g. from `git archive <rev> mtlcheck | tar -x -C DIR`) side by side.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 CASES = {"--help": ["--help"], "--version": ["--version"], "usage error": ["run", "--bogus"]}
 ROOT = Path(__file__).resolve().parents[2]
-_MAIN = "import sys; from mtlcheck.cli import console_main; sys.argv[0] = 'mtlcheck'; sys.exit(console_main())"
+_MAIN = "import sys; from mtlcheck.study.cli import console_main; sys.argv[0] = 'mtlcheck'; sys.exit(console_main())"
 
 
 def _time(checkout: Path, argv: list[str]) -> float:

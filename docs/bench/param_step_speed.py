@@ -24,9 +24,9 @@ import torch
 
 from mtlcheck.aggregators import aggregator_class
 from mtlcheck.allocator import malloc_setting
-from mtlcheck.bench import _model_and_batch
 from mtlcheck.gradients import backward_step
 from mtlcheck.monitor import measure
+from mtlcheck.study.perf.bench import _model_and_batch
 
 
 def load_engine(rev: str):

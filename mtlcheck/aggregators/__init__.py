@@ -21,7 +21,9 @@ from mtlcheck.aggregators._registry import (
     ENTRY_POINT_GROUP,
     aggregator_class,
     get_aggregator,
+    level_aliases,
     list_aggregators,
+    paper_name,
     register_aggregator,
 )
 from mtlcheck.aggregators.aligned_mtl import AlignedMTL
@@ -60,7 +62,9 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "aggregator_class",
     "get_aggregator",
+    "level_aliases",
     "list_aggregators",
+    "paper_name",
     "register_aggregator",
     "AlignedMTL",
     "CAGrad",

@@ -16,17 +16,40 @@ from mtlcheck.aggregators._base import Aggregator
 
 ENTRY_POINT_GROUP = "mtlcheck.aggregators"
 _REGISTRY: dict[str, type[Aggregator]] = {}
+_PAPER_NAMES: dict[str, str] = {}
+_FEATURE_ALIASES: dict[str, str] = {}
 _entry_points_loaded = False
 
 
-def register_aggregator(name: str):
-    """Class decorator: register an Aggregator subclass under `name` (duplicates raise)."""
+def register_aggregator(name: str, *, paper_name: str | None = None, feature_alias: str | None = None):
+    """Class decorator: register an Aggregator subclass under `name` (duplicates raise).
+
+    `paper_name` is the method's name in the papers' tables (e.g. "Nash-MTL"); `feature_alias` a
+    name for the method at the feature level (the "-UB" variants of MGDA and Aligned-MTL, whose
+    gradients are taken with respect to the shared representation, an upper bound of the
+    parameter-level objective: Sener & Koltun 2018, §3.3)."""
 
     def decorate(cls: type[Aggregator]) -> type[Aggregator]:
         _add(name, cls)
+        if paper_name is not None:
+            _PAPER_NAMES[name] = paper_name
+        if feature_alias is not None:
+            if feature_alias in _REGISTRY or feature_alias in _FEATURE_ALIASES:
+                raise ValueError(f"{name!r}: the alias {feature_alias!r} is already a registered name or alias")
+            _FEATURE_ALIASES[feature_alias] = name
         return cls
 
     return decorate
+
+
+def paper_name(name: str) -> str:
+    """The method's name in the papers' tables, or `name` itself when none was registered."""
+    return _PAPER_NAMES.get(name, name)
+
+
+def level_aliases() -> dict[str, tuple[str, str]]:
+    """alias -> (registered name, gradient level), e.g. "mgda_ub" -> ("mgda", "feature")."""
+    return {alias: (name, "feature") for alias, name in _FEATURE_ALIASES.items()}
 
 
 def _add(name: str, cls: Any) -> None:

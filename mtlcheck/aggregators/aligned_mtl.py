@@ -21,7 +21,7 @@ from mtlcheck.aggregators._registry import register_aggregator
 SCALE_MODES = ("min", "median", "rmse")
 
 
-@register_aggregator("aligned_mtl")
+@register_aggregator("aligned_mtl", paper_name="Aligned-MTL", feature_alias="aligned_mtl_ub")
 class AlignedMTL(WeightingAggregator):
     implements = "aligned_mtl"
 

@@ -118,7 +118,7 @@ def solve_dual_slsqp(A: np.ndarray, c: float) -> np.ndarray:
     return w / w.sum()
 
 
-@register_aggregator("cagrad")
+@register_aggregator("cagrad", paper_name="CAGrad")
 class CAGrad(WeightingAggregator):
     implements = "cagrad"
 

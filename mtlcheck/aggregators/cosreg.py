@@ -34,7 +34,7 @@ def mean_squared_cosine(blocks) -> torch.Tensor:
     return cos2[off].mean()
 
 
-@register_aggregator("cosreg")
+@register_aggregator("cosreg", paper_name="CosReg")
 class CosReg(SecondOrderMethod, WeightingAggregator):
     def __init__(self, *, penalty: float = 10.0, seed: int = 0):
         super().__init__(seed=seed)

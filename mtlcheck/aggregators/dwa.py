@@ -14,7 +14,7 @@ from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator, soft
 from mtlcheck.aggregators._registry import register_aggregator
 
 
-@register_aggregator("dwa")
+@register_aggregator("dwa", paper_name="DWA")
 class DWA(WeightingAggregator):
     _state_attrs = ("_history",)
 

@@ -14,7 +14,7 @@ from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
 from mtlcheck.aggregators._registry import register_aggregator
 
 
-@register_aggregator("ew")
+@register_aggregator("ew", paper_name="Baseline")
 class EW(WeightingAggregator):
     """w = 1 for every task."""
 

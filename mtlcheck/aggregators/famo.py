@@ -18,7 +18,7 @@ from mtlcheck.aggregators._optim import adam, check_lr
 from mtlcheck.aggregators._registry import register_aggregator
 
 
-@register_aggregator("famo")
+@register_aggregator("famo", paper_name="FAMO")
 class FAMO(WeightingAggregator):
     _state_attrs = ("_logits", "_adam", "_prev")
 

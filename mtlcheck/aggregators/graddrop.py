@@ -20,7 +20,7 @@ from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.jacobian import NonFiniteInputError
 
 
-@register_aggregator("graddrop")
+@register_aggregator("graddrop", paper_name="GradDrop")
 class GradDrop(Aggregator):
     def __init__(self, *, leak: float = 0.0, seed: int = 0):
         super().__init__(seed=seed)

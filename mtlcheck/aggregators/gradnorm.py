@@ -20,7 +20,7 @@ from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.jacobian import times_pow2
 
 
-@register_aggregator("gradnorm")
+@register_aggregator("gradnorm", paper_name="GradNorm")
 class GradNorm(WeightingAggregator):
     _state_attrs = ("_w", "_velocity", "_initial_losses")
 

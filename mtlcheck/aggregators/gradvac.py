@@ -22,7 +22,7 @@ from mtlcheck.aggregators.pcgrad import random_order
 GROUP_TYPES = ("whole", "module", "parameter")
 
 
-@register_aggregator("gradvac")
+@register_aggregator("gradvac", paper_name="GradVac")
 class GradVac(ProjectionMethod, Aggregator):
     implements = "gradvac"
     _state_attrs = ("_targets",)

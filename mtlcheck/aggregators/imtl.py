@@ -37,7 +37,7 @@ def equal_projection_weights(gram: torch.Tensor) -> torch.Tensor:
     return sol[:n]
 
 
-@register_aggregator("imtl")
+@register_aggregator("imtl", paper_name="IMTL")
 class IMTL(WeightingAggregator):
     _state_attrs = ("_s", "_velocity")
 

@@ -29,7 +29,7 @@ from mtlcheck.jacobian import times_pow2
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
-@register_aggregator("mgda")
+@register_aggregator("mgda", paper_name="MGDA", feature_alias="mgda_ub")
 class MGDA(WeightingAggregator):
     def __init__(self, *, normalization: str = "none", seed: int = 0):
         super().__init__(seed=seed)

@@ -115,7 +115,7 @@ def no_solution_certificate(M: np.ndarray) -> tuple[np.ndarray, float, float] | 
     return (w, value, level) if value <= level else None
 
 
-@register_aggregator("nash_mtl")
+@register_aggregator("nash_mtl", paper_name="Nash-MTL")
 class NashMTL(Aggregator):
     implements = "nash_mtl"
     _state_attrs = ("_alpha", "_step")

@@ -30,7 +30,7 @@ def random_order(n: int, i: int, generator: torch.Generator) -> list[int]:
     return [others[k] for k in torch.randperm(len(others), generator=generator).tolist()]
 
 
-@register_aggregator("pcgrad")
+@register_aggregator("pcgrad", paper_name="PCGrad")
 class PCGrad(ProjectionMethod, Aggregator):
     implements = "pcgrad"
 

@@ -31,14 +31,14 @@ class _RandomWeights(WeightingAggregator):
         return softmax64(torch.randn(n, generator=self.generator, dtype=torch.float64))
 
 
-@register_aggregator("rlw")
+@register_aggregator("rlw", paper_name="RLW")
 class RLW(_RandomWeights):
     """Random loss weighting: loss-only."""
 
     _inputs = frozenset({"losses"})
 
 
-@register_aggregator("rgw")
+@register_aggregator("rgw", paper_name="RGW")
 class RGW(_RandomWeights):
     """Random gradient weighting: the weights act on the per-task gradients."""
 

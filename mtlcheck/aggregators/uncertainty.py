@@ -21,7 +21,7 @@ from mtlcheck.aggregators._optim import check_lr, check_nonnegative_losses, sgd_
 from mtlcheck.aggregators._registry import register_aggregator
 
 
-@register_aggregator("uncertainty")
+@register_aggregator("uncertainty", paper_name="Uncertainty")
 class Uncertainty(WeightingAggregator):
     _state_attrs = ("_s", "_velocity")
 

@@ -1,5 +1,7 @@
-"""Multi-task models: the paper's three benchmark models and small models for CPU runs."""
+"""Multi-task models: the protocol the gradient engine drives (`MultiTaskModel`) and toy models for the kit.
 
-from mtlcheck.models._base import MultiTaskModel, Representation, as_tuple, named_shared_parameters
+The paper's benchmark models are part of the study: `mtlcheck.study.models`."""
 
-__all__ = ["MultiTaskModel", "Representation", "as_tuple", "named_shared_parameters"]
+from mtlcheck.models._base import MultiTaskModel, Representation, as_tuple, map_tensors, named_shared_parameters
+
+__all__ = ["MultiTaskModel", "Representation", "as_tuple", "map_tensors", "named_shared_parameters"]

@@ -82,3 +82,14 @@ def as_tuple(z: Representation) -> tuple[torch.Tensor, ...]:
     if isinstance(z, Sequence) and all(isinstance(t, torch.Tensor) for t in z):
         return tuple(z)
     raise TypeError(f"encode() must return a Tensor or a tuple of Tensors, got {type(z).__name__}")
+
+
+def map_tensors(batch: Any, fn) -> Any:
+    """`fn` applied to every tensor of a (nested dict / list / tuple) batch; other values kept."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(map_tensors(v, fn) for v in batch)
+    return batch

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from mtlcheck import LEVELS
 from mtlcheck.aggregators import IDENTITIES, Aggregator, AggregatorTags, ProjectionMethod, SecondOrderMethod
 from mtlcheck.aggregators._registry import aggregator_class
 from mtlcheck.jacobian import Jacobian
@@ -584,7 +585,7 @@ def check_feature_level_equivalence(make: Factory) -> None:
 
     agg, n = _subject(make)
     grads = {}
-    for level in ("parameter", "feature"):
+    for level in LEVELS:
         model = IdentityEncoder(n_tasks=n, dim=DIM)
         with torch.no_grad():
             model.theta.abs_()

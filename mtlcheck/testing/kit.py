@@ -91,10 +91,10 @@ def builtin_variants(cls: type[Aggregator], config: dict[str, Any] | None = None
 def resolve_aggregator(name: str) -> type[Aggregator]:
     """The class behind a registry name, a `run` alias (mgda_ub, aligned_mtl_ub: the same
     method, whose level only the engine sets) or pkg.module:Class."""
-    from mtlcheck.aggregators import aggregator_class
-    from mtlcheck.experiments.runner import ALIASES
+    from mtlcheck.aggregators import aggregator_class, level_aliases
 
-    return aggregator_class(ALIASES[name][0] if name in ALIASES else name)
+    aliases = level_aliases()
+    return aggregator_class(aliases[name][0] if name in aliases else name)
 
 
 def as_factory(obj: Any) -> Factory:

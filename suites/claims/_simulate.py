@@ -14,10 +14,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mtlcheck.benchmarks import get_benchmark
-from mtlcheck.experiments.runner import make_spec
-from mtlcheck.experiments.spec import CODE_EPOCH
-from mtlcheck.experiments.store import RunRecord
+from mtlcheck.study.benchmarks import get_benchmark
+from mtlcheck.study.experiments.runner import make_spec
+from mtlcheck.study.experiments.spec import CODE_EPOCH
+from mtlcheck.study.experiments.store import RunRecord
 
 BENCH = "digits-instance"
 METRICS = tuple(m.key for m in get_benchmark(BENCH).metrics)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtlcheck.experiments.runner import Where, run_sweep, sweep_specs
-from mtlcheck.experiments.store import ResultStore
-from mtlcheck.reports import result_tables
+from mtlcheck.study.experiments.runner import Where, run_sweep, sweep_specs
+from mtlcheck.study.experiments.store import ResultStore
+from mtlcheck.study.paper.reports import result_tables
 
 
 @dataclass(frozen=True)

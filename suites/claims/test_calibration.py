@@ -1,4 +1,4 @@
-"""Calibration of the three-valued verdicts (mtlcheck.verdicts) on simulated studies.
+"""Calibration of the three-valued verdicts (mtlcheck.study.paper.verdicts) on simulated studies.
 
 Simulated digits-instance studies (suites/claims/_simulate.py): every run's metric = the true mean
 of its row + a seed effect shared by all runs of that seed (25× the run noise, so that only a
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtlcheck.claims import claim_by_id
-from mtlcheck.reports import result_tables
-from mtlcheck.verdicts import judge_all
+from mtlcheck.study.paper.claims import claim_by_id
+from mtlcheck.study.paper.reports import result_tables
+from mtlcheck.study.paper.verdicts import judge_all
 
 pytestmark = [pytest.mark.claim]
 

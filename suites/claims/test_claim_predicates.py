@@ -1,7 +1,7 @@
 """The claim predicates are live functions of the tables, not recorded verdicts: changing the
 cells a verdict rests on changes the verdict, the same claims run on tables shaped like our own
 runs (both gradient levels in one table, Figure 5's final FD), and we record which verdicts
-hinge on the paper's rounding. Sources as in mtlcheck.claims."""
+hinge on the paper's rounding. Sources as in mtlcheck.study.paper.claims."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from mtlcheck.claims import CLAIMS, ClaimNotEvaluable, claim_by_id
-from mtlcheck.reference import (
+from mtlcheck.study.paper.claims import CLAIMS, ClaimNotEvaluable, claim_by_id
+from mtlcheck.study.paper.tables import (
     ResultTable,
     apply_relative_change,
     load_paper_tables,

@@ -1,4 +1,4 @@
-"""Each claim of the paper (mtlcheck.claims.CLAIMS) evaluated on the paper's own tables.
+"""Each claim of the paper (mtlcheck.study.paper.claims.CLAIMS) evaluated on the paper's own tables.
 
 A claim its own tables contradict is a strict xfail whose reason names the table and cells; the
 list below is data, the assertion is the same for every claim. Sources: §3.1, §3.2, §4, §5.4,
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from mtlcheck.claims import CLAIMS, ClaimNotEvaluable
-from mtlcheck.reference import load_paper_tables
+from mtlcheck.study.paper.claims import CLAIMS, ClaimNotEvaluable
+from mtlcheck.study.paper.tables import load_paper_tables
 
 TABLES = load_paper_tables()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtlcheck.reports import result_tables
+from mtlcheck.study.paper.reports import result_tables
 
 pytestmark = [pytest.mark.claim]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mtlcheck.reference import (
+from mtlcheck.study.paper.tables import (
     PAPER_DIR,
     ResultTable,
     admissible_marks,

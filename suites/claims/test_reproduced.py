@@ -13,8 +13,8 @@ produce a verdict.
 
 import pytest
 
-from mtlcheck.claims import CLAIMS
-from mtlcheck.reports import claim_verdicts, verdict_markdown
+from mtlcheck.study.paper.claims import CLAIMS
+from mtlcheck.study.paper.reports import claim_verdicts, verdict_markdown
 
 pytestmark = [pytest.mark.claim, pytest.mark.experiment]
 

@@ -1,4 +1,4 @@
-"""mtlcheck.statistics: Student-t intervals over seeds, paired differences, Bonferroni, planning."""
+"""mtlcheck.study.statistics: Student-t intervals over seeds, paired differences, Bonferroni, planning."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mtlcheck.statistics import Estimate, bonferroni_level, estimate, paired, seeds_to_decide, t_quantile
+from mtlcheck.study.statistics import Estimate, bonferroni_level, estimate, paired, seeds_to_decide, t_quantile
 
 
 def test_t_quantiles_are_the_textbook_values():
@@ -81,7 +81,7 @@ def test_estimate_is_a_value():
 # -- moderated variances (Smyth 2004) -------------------------------------------------------------
 def test_fit_prior_recovers_a_scaled_inverse_chi2_prior():
     """Variances drawn from the prior the method assumes (d0 = 6, s0² = 4), each seen on 2 df."""
-    from mtlcheck.statistics import fit_prior
+    from mtlcheck.study.statistics import fit_prior
 
     rng = np.random.default_rng(3)
     sigma2 = 4.0 * 6.0 / rng.chisquare(6.0, size=20000)
@@ -93,7 +93,7 @@ def test_fit_prior_recovers_a_scaled_inverse_chi2_prior():
 
 
 def test_too_few_variances_keep_the_plain_t():
-    from mtlcheck.statistics import fit_prior, moderate, moderated_pairs
+    from mtlcheck.study.statistics import fit_prior, moderate, moderated_pairs
 
     assert fit_prior([(1.0, 2), (2.0, 2), (0.0, 2)]) is None  # two positive variances
     es = {k: estimate({0: v, 1: v + 1.0 + k, 2: v - 0.5}) for k, v in enumerate((1.0, 2.0))}
@@ -105,7 +105,7 @@ def test_too_few_variances_keep_the_plain_t():
 
 def test_moderated_interval_by_hand():
     """s̃² = max((d0 s0² + d s²)/(d0 + d), s²) with d0 capped at d, on d0 + d df; planning keeps it."""
-    from mtlcheck.statistics import Prior, Variance
+    from mtlcheck.study.statistics import Prior, Variance
 
     e = estimate({0: 1.0, 1: 2.0, 2: 3.0})  # mean 2, s² = 1 on 2 df
     prior = Prior(df=10.0, scale=4.0, count=12)
@@ -127,7 +127,7 @@ def dataclasses_replace(obj, **kw):
 def _paired_miss_rate(level: float, noise, reps: int, rows: int = 10, seed: int = 0) -> float:
     """Fraction of paired intervals (row − row 0, 3 seeds, a seed effect 25x the noise) that miss
     the true difference 0 at `level`, per-row noise sd from `noise(rng, rows)`."""
-    from mtlcheck.statistics import moderated_pairs
+    from mtlcheck.study.statistics import moderated_pairs
 
     rng = np.random.default_rng(seed)
     miss = total = 0

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mtlcheck.claims import claim_by_id
-from mtlcheck.reports import result_tables
-from mtlcheck.verdicts import judge_all
+from mtlcheck.study.paper.claims import claim_by_id
+from mtlcheck.study.paper.reports import result_tables
+from mtlcheck.study.paper.verdicts import judge_all
 
 pytestmark = [pytest.mark.claim]
 

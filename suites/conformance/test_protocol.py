@@ -268,7 +268,7 @@ class Scaled(WeightingAggregator):
 def test_cli_check_imports_from_the_working_folder_and_takes_config(tmp_path, monkeypatch, capsys):
     import sys
 
-    from mtlcheck.cli import main
+    from mtlcheck.study.cli import main
 
     (tmp_path / "kit_adapter_mod.py").write_text(ADAPTER_MODULE)
     monkeypatch.chdir(tmp_path)

@@ -78,7 +78,11 @@ def test_the_wheel_installs_and_works_outside_the_repository(tmp_path):
     work.mkdir()
     env = dict(clean, PATH=f"{venv / 'bin'}{os.pathsep}{clean.get('PATH', '')}", MPLBACKEND="Agg")
     where = _run(
-        [str(python), "-c", "import mtlcheck.reference as r; print(r.PAPER_DIR); print(len(r.load_paper_tables()))"],
+        [
+            str(python),
+            "-c",
+            "import mtlcheck.study.paper.tables as r; print(r.PAPER_DIR); print(len(r.load_paper_tables()))",
+        ],
         work,
         env,
     )

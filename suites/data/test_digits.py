@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mtlcheck.data import digits as D
-from mtlcheck.data.digits import (
+from mtlcheck.study.data import digits as D
+from mtlcheck.study.data.digits import (
     BACKGROUND_CLASS,
     IGNORE_INDEX,
     DigitsDense,

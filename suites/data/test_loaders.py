@@ -1,7 +1,8 @@
-"""Dataset loaders on tiny fixtures in the real on-disk formats (mtlcheck.data)."""
+"""Dataset loaders on tiny fixtures in the real on-disk formats (mtlcheck.study.data)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import warnings
@@ -13,15 +14,18 @@ import scipy.io
 import torch
 from PIL import Image
 
-from mtlcheck.data import cityscapes as cs
-from mtlcheck.data import fixtures as fx
-from mtlcheck.data import metagraspnet as mgn
-from mtlcheck.data import nyuv2 as nyu
-from mtlcheck.data.collate import collate_dense, collate_detection
-from mtlcheck.data.paper import PAPER_BATCH_SIZE, PAPER_IMAGE_SIZE
-from mtlcheck.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_nearest
+from mtlcheck.study.data import cityscapes as cs
+from mtlcheck.study.data import metagraspnet as mgn
+from mtlcheck.study.data import nyuv2 as nyu
+from mtlcheck.study.data.collate import collate_dense, collate_detection
+from mtlcheck.study.data.paper import PAPER_BATCH_SIZE, PAPER_IMAGE_SIZE
+from mtlcheck.study.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_nearest
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+# the writer of the committed fixtures lives beside them (a script, not part of the installed package)
+_spec = importlib.util.spec_from_file_location("fixtures_generate", FIXTURES / "generate.py")
+fx = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fx)
 CS_ROOT = FIXTURES / "cityscapes"
 NYUD_ROOT = FIXTURES / "nyuv2" / "nyud_mt"
 MTAN_ROOT = FIXTURES / "nyuv2" / "mtan"

@@ -1,4 +1,4 @@
-"""Tests for mtlcheck.evaluation.coco (pycocotools amodal / visible evaluation)."""
+"""Tests for mtlcheck.study.evaluation.coco (pycocotools amodal / visible evaluation)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtlcheck.evaluation import (
+from mtlcheck.study.evaluation import (
     METRIC_KEYS,
     PAPER_COLUMNS,
     AmodalCocoEvaluator,

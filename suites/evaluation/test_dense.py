@@ -1,4 +1,4 @@
-"""Tests for mtlcheck.evaluation.dense (mIoU, depth, normals, instance offsets)."""
+"""Tests for mtlcheck.study.evaluation.dense (mIoU, depth, normals, instance offsets)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtlcheck.evaluation import (
+from mtlcheck.study.evaluation import (
     DepthMetric,
     InstanceOffsetMetric,
     NormalMetric,

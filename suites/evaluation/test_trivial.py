@@ -1,12 +1,12 @@
-"""The trivial predictors (`mtlcheck.evaluation.trivial`) against their definitions, computed here
+"""The trivial predictors (`mtlcheck.study.evaluation.trivial`) against their definitions, computed here
 by hand from the targets; and (slow) the default study's models beating them."""
 
 import pytest
 import torch
 from torch.utils.data import default_collate
 
-from mtlcheck.benchmarks import get_benchmark
-from mtlcheck.evaluation.trivial import ConstantDensePredictor, trivial_metrics
+from mtlcheck.study.benchmarks import get_benchmark
+from mtlcheck.study.evaluation.trivial import ConstantDensePredictor, trivial_metrics
 
 
 def _all(dataset):
@@ -62,7 +62,7 @@ def test_the_default_study_beats_every_trivial_predictor(tmp_path):
     0.0447 vs 0.128 (at 400 steps of batch 8: 0.1225, 0.407, 0.041). The 1.5 bar for SS was set
     after a first draft asked for 2x and seed 0 gave 1.6x. Before the small budget was retuned, SS
     was 0.089 against 0.078."""
-    from mtlcheck.experiments.runner import execute, make_spec
+    from mtlcheck.study.experiments.runner import execute, make_spec
 
     metrics = execute(make_spec("digits-dense", "ew", budget="small")).metrics
     trivial = trivial_metrics("digits-dense", "small")

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from mtlcheck.data.digits import DigitsDense, DigitsInstances, collate_instances
 from mtlcheck.models import MultiTaskModel
-from mtlcheck.models.dense import (
+from mtlcheck.study.data.digits import DigitsDense, DigitsInstances, collate_instances
+from mtlcheck.study.models.dense import (
     CityScapesModel,
     NYUv2Model,
     depth_l1_loss,
@@ -19,7 +19,7 @@ from mtlcheck.models.dense import (
     offset_l1_loss,
     semantic_ce_loss,
 )
-from mtlcheck.models.small import SmallDenseModel, SmallInstanceModel, focal_heatmap_loss
+from mtlcheck.study.models.small import SmallDenseModel, SmallInstanceModel, focal_heatmap_loss
 
 H, W, B = 64, 64, 2
 SMOKE = dict(width=8, decoder_width=8, decoder_stages=1)

@@ -1,4 +1,4 @@
-"""The MetaGraspNet model (mtlcheck.models.grasp) at smoke size on CPU."""
+"""The MetaGraspNet model (mtlcheck.study.models.grasp) at smoke size on CPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtlcheck.models import MultiTaskModel
-from mtlcheck.models.grasp import SMOKE_CONFIG, MetaGraspNetModel, make_synthetic_batch
+from mtlcheck.study.models.grasp import SMOKE_CONFIG, MetaGraspNetModel, make_synthetic_batch
 
 TASKS = ("rcls", "rdet", "cls", "det", "vsb", "amd", "occ")
 RPN_TASKS = ("rcls", "rdet")

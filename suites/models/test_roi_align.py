@@ -6,7 +6,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
 
-from mtlcheck.models.roi_align import TwiceDifferentiableMultiScaleRoIAlign, roi_align
+from mtlcheck.study.models.roi_align import TwiceDifferentiableMultiScaleRoIAlign, roi_align
 
 
 def gen(seed=0):

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from mtlcheck.experiments import LeaseLost, ResultStore, RunResult, RunSpec
+from mtlcheck.study.experiments import LeaseLost, ResultStore, RunResult, RunSpec
 
 SHARED_SPEC = RunSpec("race", "ew", seed=0, budget="smoke")
 
@@ -72,7 +72,7 @@ def wait_barrier(directory: str, name: str, parties: int, timeout: float = 120.0
 def run_sweep(args: argparse.Namespace) -> None:
     import torch  # noqa: F401 - imported before the barrier so both workers start computing together
 
-    from mtlcheck.experiments import environment
+    from mtlcheck.study.experiments import environment
 
     environment()
     store = ResultStore(args.store)

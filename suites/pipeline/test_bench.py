@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from mtlcheck import bench
 from mtlcheck.aggregators import MGDA, PCGrad
 from mtlcheck.gradients import backward_step
+from mtlcheck.study.perf import bench
 
 
 def _grads(model):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtlcheck.benchmarks import BENCHMARKS, get_benchmark
-from mtlcheck.experiments.runner import Where, execute, make_spec
+from mtlcheck.study.benchmarks import BENCHMARKS, get_benchmark
+from mtlcheck.study.experiments.runner import Where, execute, make_spec
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 

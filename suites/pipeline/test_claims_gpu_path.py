@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mtlcheck.claims import CLAIMS
+from mtlcheck.study.paper.claims import CLAIMS
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures"

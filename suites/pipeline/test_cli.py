@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from mtlcheck.cli import main
+from mtlcheck.study.cli import main
 
 SMOKE = ["--budget", "smoke", "--quiet", "--threads", "1"]
 
@@ -77,7 +77,7 @@ def test_killed_sweep_resumes_and_finishes_only_the_missing_runs(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "mtlcheck.cli",
+        "mtlcheck.study.cli",
         "sweep",
         "--benchmark",
         "digits-dense",

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from mtlcheck.cli import main
-from mtlcheck.experiments.runner import make_spec
-from mtlcheck.experiments.store import DEFAULT_MAX_FAILURES, ResultStore, StoreError
+from mtlcheck.study.cli import main
+from mtlcheck.study.experiments.runner import make_spec
+from mtlcheck.study.experiments.store import DEFAULT_MAX_FAILURES, ResultStore, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
@@ -39,7 +39,7 @@ ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 
 def _mtlcheck(*args, timeout=300, **kw):
     return subprocess.run(
-        [sys.executable, "-m", "mtlcheck", *map(str, args)],
+        [sys.executable, "-m", "mtlcheck.study", *map(str, args)],
         env=ENV,
         capture_output=True,
         text=True,
@@ -51,7 +51,7 @@ def _mtlcheck(*args, timeout=300, **kw):
 
 _PROBE = textwrap.dedent("""
     import contextlib, io, json, sys, traceback
-    from mtlcheck.cli import main
+    from mtlcheck.study.cli import main
     results = []
     for argv in json.loads(sys.argv[1]):
         err = io.StringIO()
@@ -103,7 +103,7 @@ def test_help_version_and_usage_errors_do_not_import_torch():
     assert "--threads: expected a positive integer, got '-2'" in results[4][1]
     assert "--seeds: expected at least one argument" in results[5][1]
     assert not torch_imported
-    version = _mtlcheck("--version")  # `python -m mtlcheck` is the command
+    version = _mtlcheck("--version")  # `python -m mtlcheck.study` is the command
     assert version.returncode == 0 and version.stdout.strip().startswith("mtlcheck 0.")
 
 

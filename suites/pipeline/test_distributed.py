@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from mtlcheck.cli import main
-from mtlcheck.experiments.runner import Where, run_sweep, sweep_specs
-from mtlcheck.experiments.spec import RunSpec
-from mtlcheck.experiments.store import ResultStore
+from mtlcheck.study.cli import main
+from mtlcheck.study.experiments.runner import Where, run_sweep, sweep_specs
+from mtlcheck.study.experiments.spec import RunSpec
+from mtlcheck.study.experiments.store import ResultStore
 
 METHODS = ["ew", "mgda", "pcgrad", "famo"]
 
@@ -28,7 +28,7 @@ def _specs():
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch, tmp_path):
-    from mtlcheck.experiments.distributed import run_sweep_ray
+    from mtlcheck.study.experiments.distributed import run_sweep_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(ImportError, match=r"pip install mtlcheck\[ray\]"):
@@ -60,7 +60,7 @@ def test_ray_address_without_ray_executor_is_a_usage_error(tmp_path, capsys):
 
 def test_cuda_device_needs_a_gpu_per_run(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (optional extra: pip install mtlcheck[ray])")
-    from mtlcheck.experiments.distributed import run_sweep_ray
+    from mtlcheck.study.experiments.distributed import run_sweep_ray
 
     with pytest.raises(ValueError, match="num_gpus_per_run > 0"):
         run_sweep_ray(tmp_path / "r.sqlite", _specs(), Where(device="cuda"), progress=False)
@@ -70,7 +70,7 @@ def test_cuda_device_needs_a_gpu_per_run(tmp_path):
 
 @pytest.mark.slow
 def test_ray_sweep_computes_each_run_once_and_matches_a_local_sweep(ray, tmp_path):
-    from mtlcheck.experiments.distributed import run_sweep_ray
+    from mtlcheck.study.experiments.distributed import run_sweep_ray
 
     specs = _specs()
     path = tmp_path / "ray.sqlite"
@@ -96,7 +96,7 @@ def test_ray_sweep_computes_each_run_once_and_matches_a_local_sweep(ray, tmp_pat
 
 @pytest.mark.slow
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(ray, tmp_path):
-    from mtlcheck.experiments.distributed import run_sweep_ray
+    from mtlcheck.study.experiments.distributed import run_sweep_ray
 
     bad = RunSpec(benchmark="digits-dense", method="ew", method_config={"no_such_option": 1}, budget="smoke")
     good = _specs()[1]  # mgda
@@ -139,7 +139,7 @@ def test_local_worker_processes_compute_each_run_once_as_an_in_process_sweep_doe
     """`run_sweep_processes` (the CPU default of `mtlcheck sweep`/`reproduce`: one worker process
     per core): every run computed once, in the workers, with the results of an in-process sweep
     at the same thread count; a failing run is recorded and the others go on."""
-    from mtlcheck.experiments.distributed import run_sweep_processes
+    from mtlcheck.study.experiments.distributed import run_sweep_processes
 
     bad = RunSpec(benchmark="digits-dense", method="ew", method_config={"no_such_option": 1}, budget="smoke")
     specs = sweep_specs("digits-dense", ["ew"], levels=("parameter",), seeds=(0, 1), budget="smoke")

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from mtlcheck.aggregators import IMTL, MGDA, AlignedMTL, GradDrop
-from mtlcheck.cli import build_parser
-from mtlcheck.experiments.runner import make_spec, sweep_specs
 from mtlcheck.gradients import backward_step
 from mtlcheck.jacobian import Jacobian
 from mtlcheck.models.toy import ToyRegression
-from mtlcheck.reports import display_name
+from mtlcheck.study.cli import build_parser
+from mtlcheck.study.experiments.runner import make_spec, sweep_specs
+from mtlcheck.study.paper.reports import display_name
 
 
 def model_and_batch(batch_size):
@@ -80,7 +80,7 @@ def test_run_keys_keep_the_rules_apart_and_the_default_key_unchanged():
     assert default.extra == ()  # no new field: the default run's key is what it was
     assert make_spec("digits-dense", "mgda_ub", extra={"feature_batch": "flatten"}) == default
     summed = make_spec("digits-dense", "mgda_ub", extra={"feature_batch": "sum"})
-    from mtlcheck.experiments.runner import run_options
+    from mtlcheck.study.experiments.runner import run_options
 
     assert summed.options == {"feature_batch": "sum"} and summed.key != default.key
     # the parameter level has no batch axis: the option is dropped, the run shared
@@ -99,7 +99,7 @@ def test_run_keys_keep_the_rules_apart_and_the_default_key_unchanged():
 
 @pytest.mark.parametrize("command", ["run", "sweep", "reproduce"])
 def test_cli_option(command):
-    from mtlcheck.cli import _run_options
+    from mtlcheck.study.cli import _run_options
 
     extra = ["--method", "mgda"] if command == "run" else []
     args = build_parser().parse_args([command, "--benchmark", "digits-dense", *extra, "--feature-batch", "sum"])

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import mtlcheck.training as training
-from mtlcheck.data.collate import map_tensors
-from mtlcheck.experiments.runner import Where, execute, make_spec
+import mtlcheck.study.training as training
+from mtlcheck.models import map_tensors
+from mtlcheck.study.experiments.runner import Where, execute, make_spec
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 ENGINE_STEP = training.backward_step

@@ -8,8 +8,8 @@ from importlib import metadata
 
 import pytest
 
-from mtlcheck import peers
-from mtlcheck.cli import main
+from mtlcheck.study.cli import main
+from mtlcheck.study.perf import peers
 
 # a ResNet18 trunk of width 8 (176k shared parameters) on 64² images keeps the steps cheap; at 16²
 # and 32² the 1×1 C5 map makes batch norm's gradients huge (~1e4-1e6 at width 64), where LibMTL's

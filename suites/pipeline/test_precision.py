@@ -7,12 +7,12 @@ import sqlite3
 import pytest
 import torch
 
-from mtlcheck import bench
 from mtlcheck.aggregators import get_aggregator
-from mtlcheck.cli import main
-from mtlcheck.experiments.runner import make_spec
 from mtlcheck.gradients import backward_step
 from mtlcheck.precision import Precision
+from mtlcheck.study.cli import main
+from mtlcheck.study.experiments.runner import make_spec
+from mtlcheck.study.perf import bench
 
 
 def test_settings_are_validated_and_round_trip_through_spec_options():

@@ -1,4 +1,4 @@
-"""mtlcheck.reports: the paper's tables, figures and claim verdicts rebuilt from stored runs.
+"""mtlcheck.study.paper.reports: the paper's tables, figures and claim verdicts rebuilt from stored runs.
 
 Fabricated records (written through the store, so they are real RunRecords) with numbers chosen
 so that every expected value is checkable by hand: means over seeds, the 0.01 band of Table 1's
@@ -13,12 +13,12 @@ import math
 import pytest
 import torch
 
-from mtlcheck import reports
-from mtlcheck.claims import CLAIMS
-from mtlcheck.experiments.runner import make_spec, run_sweep, sweep_specs
-from mtlcheck.experiments.spec import RunSpec
-from mtlcheck.experiments.store import ResultStore
-from mtlcheck.reference import BASELINE, load_paper_tables
+from mtlcheck.study.experiments.runner import make_spec, run_sweep, sweep_specs
+from mtlcheck.study.experiments.spec import RunSpec
+from mtlcheck.study.experiments.store import ResultStore
+from mtlcheck.study.paper import reports
+from mtlcheck.study.paper.claims import CLAIMS
+from mtlcheck.study.paper.tables import BASELINE, load_paper_tables
 
 DENSE = "digits-dense"
 TIMINGS = {"train_seconds": 1.25, "eval_seconds": 0.5, "attempt_wall_s": 2.0, "steps": 12}
@@ -104,7 +104,7 @@ def test_paper_names_are_the_names_of_the_reference_tables():
     assert set(reports.PAPER_NAMES.values()) == set(reports.PAPER_ORDER)
     from mtlcheck.aggregators import list_aggregators
     from mtlcheck.aggregators.published import PUBLISHED_VARIANTS
-    from mtlcheck.experiments.runner import PAPER_METHODS
+    from mtlcheck.study.experiments.runner import PAPER_METHODS
 
     # the as-published variants keep their registry names, so they never collide with the paper's rows
     assert set(reports.PAPER_NAMES) == set(list_aggregators()) - set(PUBLISHED_VARIANTS) == set(PAPER_METHODS)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mtlcheck.experiments import (
+from mtlcheck.study.experiments import (
     LeaseLost,
     ResultStore,
     RunFailedError,
@@ -34,8 +34,8 @@ from mtlcheck.experiments import (
     owners,
     spec_key,
 )
-from mtlcheck.experiments import spec as spec_module
-from mtlcheck.experiments.store import DEFAULT_STALE_AFTER
+from mtlcheck.study.experiments import spec as spec_module
+from mtlcheck.study.experiments.store import DEFAULT_STALE_AFTER
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_store_worker.py"
@@ -499,7 +499,7 @@ def test_dead_owner_is_taken_over_live_owner_is_not(tmp_path, clock):
     # an owner that leases and dies is taken over at once, with the attempt counted
     other = dataclasses.replace(worker.SHARED_SPEC, seed=1)
     code = (
-        "import sys; from mtlcheck.experiments import ResultStore, RunSpec; "
+        "import sys; from mtlcheck.study.experiments import ResultStore, RunSpec; "
         f"s = RunSpec.from_json({other.to_json()!r}); "
         "c = ResultStore(sys.argv[1]).lease(s); assert c is not None; print(c.owner)"
     )

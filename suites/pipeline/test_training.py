@@ -8,7 +8,7 @@ from torch.utils.data import Dataset, default_collate
 
 from mtlcheck.aggregators import MGDA, get_aggregator
 from mtlcheck.models.toy import ToyRegression
-from mtlcheck.training import Checkpointer, StepSampler, TrainSetup, train
+from mtlcheck.study.training import Checkpointer, StepSampler, TrainSetup, train
 
 
 class ToyData(Dataset):
@@ -186,7 +186,7 @@ def test_multi_tensor_optimiser_steps_equal_the_per_tensor_loop(optimizer, monke
 
 
 def test_reseed_draws_what_manual_seed_draws():
-    from mtlcheck.training import reseed
+    from mtlcheck.study.training import reseed
 
     torch.manual_seed(123)
     expected = torch.rand(5), torch.randn(3)

@@ -1,0 +1,5 @@
+"""The paper study, built on the library (`mtlcheck`): the benchmarks with their data, models and
+evaluation, training, the results store and sweeps, the paper's tables, claims and reports, the
+performance benches and the `mtlcheck` command. Its dependencies come with the `study` extra
+(`pip install "mtlcheck[study]"`); nothing in the library imports from here.
+"""

@@ -1,0 +1,534 @@
+"""Result tables: the paper's Tables 1-7 as validated, typed data, plus the helpers the claims use.
+
+Source: the paper's Tables 1-3 (§3.1, §3.2: benchmarks), Table 4 (§4: feature- vs parameter-level
+gradients) and Tables 5-7 (§5.5: ranking similarity). The JSON files live in `reference/paper/`;
+`reference/paper/source_text.txt` holds the paper's text lines they were transcribed from.
+
+The same `ResultTable` type carries our own reproduced results (`table_from_records`), so every
+claim in `mtlcheck.study.paper.claims` evaluates on the paper's numbers and on ours alike. The paper's
+numbers are read-only: nothing here writes a reference file.
+
+Conventions (all from the paper):
+- `higher_is_better` is per column; "better" below is always direction-aware and strict.
+- The baseline band is Table 1's caption: a change of more than 0.01 is marked ↑ / ↓, anything
+  within 0.01 is "–" (`baseline_mark`). Values printed to 3 decimals cannot decide a difference
+  of exactly 0.010, so `admissible_marks` accepts both readings there.
+- Ranks are competition ranks (1 + the number of strictly better rows; ties share a rank); the
+  baseline is not ranked unless asked for.
+- Table 4 holds relative changes, 100 × (feature − parameter) / parameter, of the same method
+  (`relative_change`, `relative_change_table`); `apply_relative_change` derives absolute
+  feature-level rows from Table 1 × (1 + change / 100).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "ADMISSIBLE_LEVELS",
+    "BAND",
+    "BASELINE",
+    "MARKS",
+    "PAPER_DIR",
+    "ResultTable",
+    "Row",
+    "RowKey",
+    "admissible_marks",
+    "apply_relative_change",
+    "baseline_mark",
+    "load_paper_tables",
+    "load_table",
+    "mean_rank",
+    "rank",
+    "relative_change",
+    "relative_change_table",
+    "table_from_dict",
+    "table_from_records",
+    "top_k",
+]
+
+# a wheel ships the tables as package data (mtlcheck/study/paper/_reference, copied at build time by setup.py);
+# a source checkout or an editable install reads the top-level reference/, their source of truth
+_PACKAGED = Path(__file__).resolve().parent / "_reference" / "paper"
+PAPER_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[3] / "reference" / "paper"
+BASELINE = "Baseline"
+BAND = 0.01  # Table 1 caption: "more than 0.01" is ↑/↓, "within 0.01" is "–"
+MARKS = ("↑", "↓", "–")
+ADMISSIBLE_LEVELS = ("parameter", "feature", "n/a")
+ROW_KINDS = ("method", "measure")
+
+RowKey = tuple[str, str]  # (method, level)
+
+_TOP_REQUIRED = ("source", "columns", "units", "higher_is_better", "printed_decimals", "rows")
+_TOP_OPTIONAL = ("row_kind", "notes", "not_reported")
+_SOURCE_REQUIRED = ("paper", "version", "table", "section", "caption")
+_ROW_META = ("method", "level", "citation", "markers", "note")
+
+
+def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One printed row: a method (or, in Tables 5-7, a measure) at one gradient level."""
+
+    method: str
+    level: str
+    values: Mapping[str, float | None]
+    markers: Mapping[str, str] = field(default_factory=dict)
+    note: str | None = None
+    citation: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", _freeze(self.values))
+        object.__setattr__(self, "markers", _freeze(self.markers))
+
+    @property
+    def key(self) -> RowKey:
+        return (self.method, self.level)
+
+
+@dataclass(frozen=True)
+class ResultTable:
+    """Rows × columns with a direction per column; validated on construction (ValueError names `origin`)."""
+
+    name: str
+    columns: tuple[str, ...]
+    higher_is_better: Mapping[str, bool]
+    rows: tuple[Row, ...]
+    units: Mapping[str, str] = field(default_factory=dict)
+    printed_decimals: Mapping[str, int] = field(default_factory=dict)
+    source: Mapping[str, Any] = field(default_factory=dict)
+    row_kind: str = "method"
+    notes: tuple[str, ...] = ()
+    not_reported: tuple[Mapping[str, str], ...] = ()
+    origin: str = "<memory>"
+    _index: Mapping[RowKey, Row] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _rank_cache: dict[str, dict[RowKey, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", tuple(self.columns))
+        object.__setattr__(self, "rows", tuple(self.rows))
+        object.__setattr__(self, "notes", tuple(self.notes))
+        for name in ("higher_is_better", "units", "printed_decimals", "source"):
+            object.__setattr__(self, name, _freeze(getattr(self, name)))
+        object.__setattr__(self, "not_reported", tuple(_freeze(m) for m in self.not_reported))
+        self._validate()
+        object.__setattr__(self, "_index", MappingProxyType({r.key: r for r in self.rows}))
+
+    # -- validation --------------------------------------------------------------------------
+    def _fail(self, message: str) -> None:
+        raise ValueError(f"{self.origin}: {message}")
+
+    def _validate(self) -> None:
+        cols = self.columns
+        if not cols or not all(isinstance(c, str) and c for c in cols):
+            self._fail("columns must be a non-empty list of non-empty strings")
+        if len(set(cols)) != len(cols):
+            self._fail(f"duplicate columns in {list(cols)}")
+        for mapping_name in ("higher_is_better", "units", "printed_decimals"):
+            unknown = sorted(set(getattr(self, mapping_name)) - set(cols))
+            if unknown:
+                self._fail(f"unknown column(s) {unknown} in {mapping_name}")
+        missing = [c for c in cols if c not in self.higher_is_better]
+        if missing:
+            self._fail(f"missing higher_is_better for column(s) {missing}")
+        for c, v in self.higher_is_better.items():
+            if not isinstance(v, bool):
+                self._fail(f"higher_is_better[{c!r}] must be true or false, got {v!r}")
+        for c, d in self.printed_decimals.items():
+            if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+                self._fail(f"printed_decimals[{c!r}] must be a non-negative integer, got {d!r}")
+        if self.row_kind not in ROW_KINDS:
+            self._fail(f"row_kind must be one of {ROW_KINDS}, got {self.row_kind!r}")
+        seen: set[RowKey] = set()
+        for i, row in enumerate(self.rows):
+            where = f"row {i} ({row.method!r}, {row.level!r})"
+            if not isinstance(row.method, str) or not row.method:
+                self._fail(f"row {i}: method must be a non-empty string")
+            if row.level not in ADMISSIBLE_LEVELS:
+                self._fail(f"{where}: level must be one of {ADMISSIBLE_LEVELS}")
+            if row.key in seen:
+                self._fail(f"duplicate row {row.key}")
+            seen.add(row.key)
+            unknown = sorted(set(row.values) - set(cols))
+            if unknown:
+                self._fail(f"{where}: unknown column(s) {unknown}")
+            absent = [c for c in cols if c not in row.values]
+            if absent:
+                self._fail(f"{where}: no value for column(s) {absent} (use null plus a note)")
+            for c, v in row.values.items():
+                if v is None:
+                    if not row.note:
+                        self._fail(f"{where}: null in {c!r} needs a note saying why")
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    self._fail(f"{where}: {c!r} must be a finite number or null, got {v!r}")
+            unknown = sorted(set(row.markers) - set(cols))
+            if unknown:
+                self._fail(f"{where}: markers for unknown column(s) {unknown}")
+            bad = {c: m for c, m in row.markers.items() if m not in MARKS}
+            if bad:
+                self._fail(f"{where}: markers must be one of {MARKS}, got {bad}")
+
+    # -- access ------------------------------------------------------------------------------
+    @property
+    def title(self) -> str:
+        """'Table N' for a paper table ('Table 1 + Table 4' when derived), else the table's name."""
+        if "derived_from" in self.source:
+            return " + ".join(self.source["derived_from"])
+        n = self.source.get("table")
+        return f"Table {n}" if n is not None else self.name
+
+    def keys(self) -> tuple[RowKey, ...]:
+        return tuple(r.key for r in self.rows)
+
+    def has(self, method: str, level: str | None = None) -> bool:
+        return any(r.method == method and (level is None or r.level == level) for r in self.rows)
+
+    def row(self, method: str, level: str | None = None) -> Row:
+        if level is not None:
+            try:
+                return self._index[(method, level)]
+            except KeyError:
+                raise KeyError(f"{self.title}: no row ({method!r}, {level!r})") from None
+        found = [r for r in self.rows if r.method == method]
+        if not found:
+            raise KeyError(f"{self.title}: no row {method!r}")
+        if len(found) > 1:
+            raise KeyError(f"{self.title}: {method!r} has rows at levels {[r.level for r in found]}; pass level=")
+        return found[0]
+
+    def value(self, method: str, column: str, level: str | None = None) -> float | None:
+        self._check_column(column)
+        return self.row(method, level).values[column]
+
+    def _check_column(self, column: str) -> None:
+        if column not in self.columns:
+            raise KeyError(f"{self.title}: unknown column {column!r} (columns: {list(self.columns)})")
+
+    def is_better(self, a: float, b: float, column: str) -> bool:
+        """Strictly better in `column`'s direction."""
+        return a > b if self.higher_is_better[column] else a < b
+
+    def label(self, key: RowKey | Row) -> str:
+        """The row's method, with its level when the table holds that method at several levels."""
+        method, level = key.key if isinstance(key, Row) else key
+        if sum(r.method == method for r in self.rows) > 1:
+            return f"{method} ({level})"
+        return method
+
+    def fmt(self, method: str, column: str, level: str | None = None) -> str:
+        """A cell as the paper prints it, e.g. '61.3%' or '0.488'."""
+        row = self.row(method, level)
+        return _fmt_value(row.values[column], self.printed_decimals.get(column), self._is_percent(column))
+
+    def cell(self, key: RowKey, column: str) -> str:
+        """Evidence text naming one cell: 'CosReg AMask mAP 0.488'."""
+        return f"{self.label(key)} {column} {self.fmt(key[0], column, key[1])}"
+
+    def _is_percent(self, column: str) -> bool:
+        return self.units.get(column, "").startswith("percent")
+
+
+def _fmt_value(v: float | None, decimals: int | None, percent: bool) -> str:
+    if v is None:
+        return "null"
+    if decimals is None:
+        text = f"{v:.6g}"
+    elif round(v, decimals) == v:
+        text = f"{v:.{decimals}f}"
+    else:  # a derived value carries one more decimal than the printed ones
+        text = f"{v:.{decimals + 1}f}"
+    return text + ("%" if percent else "")
+
+
+# -- loading -----------------------------------------------------------------------------------
+def table_from_dict(data: Any, origin: str, name: str | None = None) -> ResultTable:
+    """Validate the JSON schema of `reference/paper/tableN.json` and build the table."""
+
+    def fail(message: str) -> ValueError:
+        return ValueError(f"{origin}: {message}")
+
+    if not isinstance(data, dict):
+        raise fail("top level must be an object")
+    missing = [k for k in _TOP_REQUIRED if k not in data]
+    if missing:
+        raise fail(f"missing key(s) {missing}")
+    unknown = sorted(set(data) - set(_TOP_REQUIRED) - set(_TOP_OPTIONAL))
+    if unknown:
+        raise fail(f"unknown key(s) {unknown}")
+    source = data["source"]
+    if not isinstance(source, dict) or any(k not in source for k in _SOURCE_REQUIRED):
+        raise fail(f"source must be an object with {list(_SOURCE_REQUIRED)}")
+    columns = data["columns"]
+    if not isinstance(columns, list):
+        raise fail("columns must be a list")
+    for key in ("units", "higher_is_better", "printed_decimals"):
+        if not isinstance(data[key], dict):
+            raise fail(f"{key} must be an object")
+    missing = [c for c in columns if c not in data["units"] or c not in data["printed_decimals"]]
+    if missing:
+        raise fail(f"missing units or printed_decimals for column(s) {missing}")
+    if not isinstance(data["rows"], list) or not data["rows"]:
+        raise fail("rows must be a non-empty list")
+    rows = []
+    for i, raw in enumerate(data["rows"]):
+        if not isinstance(raw, dict) or "method" not in raw or "level" not in raw:
+            raise fail(f"row {i} must be an object with 'method' and 'level'")
+        unknown = sorted(set(raw) - set(_ROW_META) - set(columns))
+        if unknown:
+            raise fail(f"row {i} ({raw['method']!r}): unknown column(s) {unknown}")
+        markers = raw.get("markers", {})
+        if not isinstance(markers, dict):
+            raise fail(f"row {i} ({raw['method']!r}): markers must be an object")
+        rows.append(
+            Row(
+                method=raw["method"],
+                level=raw["level"],
+                values={c: raw[c] for c in columns if c in raw},
+                markers=markers,
+                note=raw.get("note"),
+                citation=raw.get("citation"),
+            )
+        )
+    table = ResultTable(
+        name=name or Path(origin).stem,
+        columns=tuple(columns),
+        higher_is_better=data["higher_is_better"],
+        rows=tuple(rows),
+        units=data["units"],
+        printed_decimals=data["printed_decimals"],
+        source=source,
+        row_kind=data.get("row_kind", "method"),
+        notes=tuple(data.get("notes", ())),
+        not_reported=tuple(data.get("not_reported", ())),
+        origin=origin,
+    )
+    # Transcribed values carry no more decimals than the paper prints.
+    for row in table.rows:
+        for c, v in row.values.items():
+            d = table.printed_decimals[c]
+            if v is not None and round(v, d) != v:
+                raise fail(f"({row.method!r}, {row.level!r}) {c!r} = {v!r} has more than {d} decimals")
+    return table
+
+
+def load_table(path: str | Path) -> ResultTable:
+    """Load and validate one table file; every error is a ValueError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read table: {exc}") from exc
+    return table_from_dict(data, origin=str(path))
+
+
+@lru_cache(maxsize=8)
+def _load_dir(directory: str) -> Mapping[str, ResultTable]:
+    files = sorted(Path(directory).glob("table*.json"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no table*.json files")
+    return MappingProxyType({f.stem: load_table(f) for f in files})
+
+
+def load_paper_tables(directory: str | Path = PAPER_DIR) -> Mapping[str, ResultTable]:
+    """The paper's tables keyed 'table1' ... 'table7' (read-only, cached)."""
+    return _load_dir(str(Path(directory).resolve()))
+
+
+def table_from_records(
+    name: str,
+    columns: Iterable[str],
+    higher_is_better: Mapping[str, bool],
+    records: Iterable[Mapping[str, Any]],
+    **kwargs: Any,
+) -> ResultTable:
+    """Build a table of our own results from dicts {'method', 'level', <column>: value, ...}."""
+    columns = tuple(columns)
+    rows = []
+    for rec in records:
+        unknown = sorted(set(rec) - set(_ROW_META) - set(columns))
+        if unknown:
+            raise ValueError(f"{kwargs.get('origin', name)}: record {rec.get('method')!r}: unknown column(s) {unknown}")
+        rows.append(
+            Row(
+                method=rec["method"],
+                level=rec.get("level", "parameter"),
+                values={c: rec[c] for c in columns if c in rec},
+                markers=rec.get("markers", {}),
+                note=rec.get("note"),
+                citation=rec.get("citation"),
+            )
+        )
+    kwargs.setdefault("origin", name)
+    return ResultTable(name=name, columns=columns, higher_is_better=higher_is_better, rows=tuple(rows), **kwargs)
+
+
+# -- ranking -----------------------------------------------------------------------------------
+def rank(
+    table: ResultTable, column: str, *, exclude: Iterable[str] = (BASELINE,), keys: Iterable[RowKey] | None = None
+) -> dict[RowKey, int]:
+    """Competition rank per row in `column` (1 = best); rows with null are left out."""
+    table._check_column(column)
+    excluded = tuple(exclude)
+    default = excluded == (BASELINE,) and keys is None
+    if default and column in table._rank_cache:
+        return dict(table._rank_cache[column])
+    wanted = None if keys is None else set(keys)
+    pool = [
+        (r.key, r.values[column])
+        for r in table.rows
+        if r.method not in excluded and r.values[column] is not None and (wanted is None or r.key in wanted)
+    ]
+    ranks = {k: 1 + sum(table.is_better(w, v, column) for _, w in pool) for k, v in pool}
+    if default:
+        table._rank_cache[column] = dict(ranks)
+    return ranks
+
+
+def top_k(table: ResultTable, column: str, k: int = 3, **kwargs: Any) -> frozenset[RowKey]:
+    """Rows ranked k or better in `column` (ties at rank k are all in)."""
+    return frozenset(key for key, r in rank(table, column, **kwargs).items() if r <= k)
+
+
+def mean_rank(table: ResultTable, columns: Iterable[str] | None = None, **kwargs: Any) -> dict[RowKey, float]:
+    """Mean competition rank over `columns` (default: all), for rows ranked in every column."""
+    cols = tuple(columns or table.columns)
+    ranks = [rank(table, c, **kwargs) for c in cols]
+    common = set(ranks[0]).intersection(*ranks[1:])
+    return {k: sum(r[k] for r in ranks) / len(cols) for k in common}
+
+
+# -- baseline band (Table 1 caption) -----------------------------------------------------------
+def _diff_vs_baseline(table: ResultTable, method: str, column: str, level: str | None, baseline: str) -> Decimal:
+    value = table.value(method, column, level)
+    base = table.value(baseline, column)
+    if value is None or base is None:
+        raise ValueError(f"{table.title}: no value to compare for {method!r} / {baseline!r} in {column!r}")
+    diff = Decimal(repr(float(value))) - Decimal(repr(float(base)))
+    return diff if table.higher_is_better[column] else -diff
+
+
+def baseline_mark(
+    table: ResultTable,
+    method: str,
+    column: str,
+    *,
+    level: str | None = None,
+    band: float = BAND,
+    baseline: str = BASELINE,
+) -> str:
+    """'↑' better by more than `band`, '↓' worse by more than `band`, else '–' (Table 1 caption)."""
+    diff = _diff_vs_baseline(table, method, column, level, baseline)
+    limit = Decimal(repr(float(band)))
+    if diff > limit:
+        return "↑"
+    if diff < -limit:
+        return "↓"
+    return "–"
+
+
+def admissible_marks(
+    table: ResultTable,
+    method: str,
+    column: str,
+    *,
+    level: str | None = None,
+    band: float = BAND,
+    baseline: str = BASELINE,
+) -> frozenset[str]:
+    """Marks consistent with the printed values: a printed difference of exactly `band` may hide a
+    true difference on either side of it, so both '–' and the arrow are admissible there."""
+    mark = baseline_mark(table, method, column, level=level, band=band, baseline=baseline)
+    diff = _diff_vs_baseline(table, method, column, level, baseline)
+    if abs(diff) == Decimal(repr(float(band))):
+        return frozenset({"–", "↑" if diff > 0 else "↓"})
+    return frozenset({mark})
+
+
+# -- feature vs parameter level (Table 4) ------------------------------------------------------
+def relative_change(
+    table: ResultTable, method: str, column: str, *, level: str = "feature", base_level: str = "parameter"
+) -> float:
+    """Percent change of `method` at `level` relative to the same method at `base_level` (Table 4)."""
+    new = table.value(method, column, level)
+    old = table.value(method, column, base_level)
+    if new is None or old is None or old == 0:
+        raise ValueError(f"{table.title}: cannot take a relative change of {method!r} in {column!r}")
+    return 100.0 * (new - old) / old
+
+
+def relative_change_table(
+    table: ResultTable,
+    *,
+    name: str = "table4",
+    level: str = "feature",
+    base_level: str = "parameter",
+    decimals: int | None = None,
+) -> ResultTable:
+    """A Table-4-shaped table from a table holding methods at both levels (our reproduced runs)."""
+    rows = []
+    for r in table.rows:
+        if r.level != level or not table.has(r.method, base_level):
+            continue
+        values = {}
+        for c in table.columns:
+            v = relative_change(table, r.method, c, level=level, base_level=base_level)
+            values[c] = round(v, decimals) if decimals is not None else v
+        rows.append(Row(method=r.method, level=level, values=values))
+    return ResultTable(
+        name=name,
+        columns=table.columns,
+        higher_is_better=table.higher_is_better,
+        rows=tuple(rows),
+        units={c: f"percent relative change ({level} vs {base_level}) of {c}" for c in table.columns},
+        printed_decimals={c: decimals for c in table.columns} if decimals is not None else {},
+        origin=f"relative_change_table({table.origin})",
+    )
+
+
+def apply_relative_change(
+    base: ResultTable, changes: ResultTable, *, base_level: str = "parameter", extra_decimals: int = 1
+) -> ResultTable:
+    """`base` plus one derived row per row of `changes` (e.g. Table 1 + Table 4 → feature-level rows).
+
+    Derived value = base value × (1 + change / 100), rounded to the base table's printed decimals
+    plus `extra_decimals`. Rows already present in `base` are kept as they are (not derived).
+    """
+    if tuple(changes.columns) != tuple(base.columns):
+        raise ValueError(
+            f"{changes.title} columns {list(changes.columns)} differ from {base.title} columns {list(base.columns)}"
+        )
+    rows = list(base.rows)
+    for ch in changes.rows:
+        if base.has(ch.method, ch.level) or not base.has(ch.method, base_level):
+            continue
+        src = base.row(ch.method, base_level)
+        values: dict[str, float | None] = {}
+        for c in base.columns:
+            b, rel = src.values[c], ch.values[c]
+            if b is None or rel is None:
+                values[c] = None
+                continue
+            v = b * (1.0 + rel / 100.0)
+            d = base.printed_decimals.get(c)
+            values[c] = round(v, d + extra_decimals) if d is not None else v
+        note = f"derived: {base.title} {ch.method} ({base_level}) × (1 + {changes.title} change / 100)"
+        rows.append(Row(method=ch.method, level=ch.level, values=values, note=note, citation=ch.citation))
+    return replace(
+        base,
+        rows=tuple(rows),
+        name=f"{base.name}+{changes.name}",
+        source={**base.source, "derived_from": [base.title, changes.title]},
+        origin=f"apply_relative_change({base.origin}, {changes.origin})",
+    )

@@ -1,0 +1,358 @@
+"""Verdicts of the paper's claims: three-valued on our runs, two-valued on the paper's own numbers.
+
+On the paper's numbers (no seeds) a claim holds or is contradicted, as its predicate says. On our
+runs a cell is a mean over seeds known up to an interval, and a verdict is one of
+
+- holds / contradicted: the predicate gives that answer everywhere in a simultaneous 95 %
+  confidence region of the cells the claim depends on;
+- inconclusive: it holds somewhere in the region and fails elsewhere (or one seed gives no region);
+- not evaluable: the tables lack a row, column or value the claim needs (the evidence says which);
+- error: the predicate raised anything else (a bug, shown rather than hidden).
+
+The region is a box per source table (`Study.box`). For the results and final-measure tables (and
+Figure 5's FD, their column): the Student-t interval over seeds (`mtlcheck.study.statistics`) of each
+row's paired difference to the Baseline and of the Baseline's own mean, each at level 1 − 0.05/K
+(the paired differences, and Table 4's per-seed changes, with their variances moderated across the
+column's rows: Smyth's 2004 empirical-Bayes moderated t, `statistics.moderate`, which keeps its
+level when the noise differs between methods and gains power at 3 seeds by borrowing d0 df)
+for the K cells the claim depends on (Bonferroni; a claim marked `only_named` depends on its named
+rows and the Baseline only). For derived tables (relative change, ranking similarity): each cell's
+range over draws of the seed means inside their boxes at that same level. If
+the boxes cover the true values (probability ≥ 95 %), a decided verdict is the verdict at the
+truth: a wrong decision has probability ≤ 5 % whatever the truth. At a tie (a method equal to the
+baseline, two measures with equal RS) every neighbourhood of the truth holds both answers, so ties
+decide nothing; a zero-width interval is widened to ±1e-9 relative for the same reason.
+
+The box is searched, not covered: its corners first — every combination of ends for the claim's
+named rows (`Claim.named`) with the other rows all at their better end, all at their worse end or
+each at a random end, whole rows moving together (and, for ranking-similarity tables, every sign
+pattern over the columns) — then points drawn uniformly inside it; the search stops as soon as
+both answers were seen. A missed corner could decide wrongly, so the guarantee is measured, not
+assumed: suites/claims/test_calibration.py checks the false-decision rate and the power on
+simulated studies.
+
+Why not decide on the *support* (the fraction of posterior draws on which the predicate holds) at
+95 % / 5 %: a claim joining many comparisons ("above the baseline on all six metrics") has a
+support near 0.5^k when every method equals the baseline, and would be "contradicted" by noise.
+The support is still reported with each verdict, as a summary of the evidence.
+
+For an inconclusive verdict, `seeds` is about the smallest number of seeds at which the same region
+would decide, holding the observed means and spreads (a planning figure: both move with more seeds;
+found by doubling then bisecting to within an eighth, with a search capped at 300 corners per try).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from mtlcheck.study.paper.claims import CLAIMS, Claim, ClaimNotEvaluable
+from mtlcheck.study.paper.reproduced import Box, Study, UncertainTable, with_values
+from mtlcheck.study.paper.tables import BASELINE, ResultTable, RowKey
+from mtlcheck.study.statistics import LEVEL, bonferroni_level
+
+__all__ = ["MAX_SEEDS", "SUPPORT_DRAWS", "UNIFORM_DRAWS", "VERDICTS", "judge", "judge_all", "without_null_rows"]
+
+VERDICTS = ("holds", "contradicted", "inconclusive", "not evaluable", "error")
+UNIFORM_DRAWS = 50  # points drawn uniformly in the region after the corner patterns
+SEARCH_UNIFORM = 30  # the same, per tried seed count when estimating the seeds that would decide
+SEARCH_CORNERS = 300  # corner patterns per tried seed count (a planning figure, not a verdict)
+SUPPORT_DRAWS = 400  # the draws behind the derived cells' intervals in `reports` (shared, cached)
+MAX_SEEDS = 256
+
+Tables = Mapping[str, ResultTable]
+
+
+def without_null_rows(tables: Tables) -> tuple[dict[str, ResultTable], dict[str, list[str]]]:
+    """Tables without rows that have a null value (the claims compare numbers); what was removed."""
+    out, removed = {}, {}
+    for name, t in tables.items():
+        keep = tuple(r for r in t.rows if all(v is not None for v in r.values.values()))
+        gone = [f"{t.label(r)} ({r.note})" for r in t.rows if r not in keep]
+        out[name] = t if not gone else dataclasses.replace(t, rows=keep)
+        if gone:
+            removed[name] = gone
+    return out, removed
+
+
+def _point(claim: Claim, tables: Tables) -> tuple[str, str]:
+    """(holds | contradicted | not evaluable | error, evidence) of the predicate on `tables`."""
+    try:
+        v = claim.evaluate(tables)
+    except ClaimNotEvaluable as exc:
+        return "not evaluable", str(exc)
+    except KeyError as exc:  # ResultTable.row / column lookups: the row or column is missing
+        return "not evaluable", f"missing: {exc.args[0] if exc.args else exc}"
+    except Exception as exc:  # noqa: BLE001 - reported in the verdict table, not hidden
+        return "error", f"{type(exc).__name__}: {exc}"
+    return ("holds" if v.holds else "contradicted"), v.evidence
+
+
+def _studies(claim: Claim, tables: Tables) -> dict[int, tuple[Study, tuple[str, ...]]]:
+    """The studies the claim's source tables come from, with the tables each provides."""
+    out: dict[int, tuple[Study, tuple[str, ...]]] = {}
+    for name in claim.source_tables:
+        t = tables.get(name)
+        study = t.study if isinstance(t, UncertainTable) else None
+        if study is not None:
+            s, names = out.get(id(study), (study, ()))
+            out[id(study)] = (s, names + (name,))
+    return out
+
+
+def _holds_on(claim: Claim, base: Tables, draws: Sequence[Mapping[str, Tables]]) -> list[bool | None]:
+    """Predicate per posterior draw; None where it could not be evaluated on that draw."""
+    out = []
+    for parts in draws:
+        tables = dict(base)
+        for drawn in parts.values():
+            tables.update(without_null_rows(drawn)[0])
+        try:
+            out.append(claim.predicate(tables).holds)
+        except (ClaimNotEvaluable, KeyError):
+            out.append(None)
+    return out
+
+
+def _posterior(studies: Mapping[int, tuple[Study, tuple[str, ...]]], n: int) -> list[dict]:
+    """Per draw index: {study id: {table name: drawn table}} for the claim's tables."""
+    per = {sid: s.posterior(n) for sid, (s, _) in studies.items()}
+    return [{sid: {name: per[sid][i][name] for name in studies[sid][1]} for sid in studies} for i in range(n)]
+
+
+def _is_named(claim: Claim, key: RowKey) -> bool:
+    return key[0] in claim.named or key in claim.named
+
+
+def _corner_patterns(claim: Claim, tables: Tables, names: Sequence[str], rng: np.random.Generator):
+    """Row-and-column sign patterns, most telling first: every combination of ends for the named
+    rows (sampled beyond 2^8), the other rows all at their better end, all at their worse end or
+    each at a random end; per table, column signs (all better; for measure tables every sign
+    vector of up to 6 columns, since a ranking-similarity claim may want a measure high on some
+    columns and low on others). Yields (rho: {row: ±1}, others: mode, sigma: {table: {column: ±1}})."""
+    named = sorted({r.key for n in names for r in tables[n].rows if _is_named(claim, r.key)})
+    if len(named) <= 8:
+        rhos = [dict(zip(named, signs)) for signs in itertools.product((1.0, -1.0), repeat=len(named))]
+    else:
+        rhos = [dict.fromkeys(named, 1.0), dict.fromkeys(named, -1.0)]
+        rhos += [{k: (-1.0 if k == f else 1.0) * s for k in named} for s in (1.0, -1.0) for f in named]
+        rhos += [dict(zip(named, rng.choice((1.0, -1.0), size=len(named)))) for _ in range(200)]
+    ones = {n: dict.fromkeys(tables[n].columns, 1.0) for n in names}
+    sigmas = [ones]
+    for n in names:
+        cols = tables[n].columns
+        if tables[n].row_kind == "measure" and len(cols) <= 6:
+            extra = [dict(zip(cols, signs)) for signs in itertools.product((1.0, -1.0), repeat=len(cols))][1:]
+        else:
+            extra = [dict(zip(cols, rng.choice((1.0, -1.0), size=len(cols)))) for _ in range(2)]
+        sigmas += [{**ones, n: sig} for sig in extra]
+    for sigma in sigmas:
+        for others in ("worse", "better", "random"):
+            for rho in rhos:
+                yield rho, others, sigma
+
+
+def _table_at(point: ResultTable, box: Box, u_of: Callable[[RowKey, str], float]) -> ResultTable:
+    """`point` with every boxed cell moved to u ∈ [−1, 1] of its box (anchors first)."""
+    own = {kc: b.at(u_of(*kc)) for kc, b in box.items()}
+    values: dict[RowKey, dict[str, float]] = {}
+    for (key, c), b in box.items():
+        v = own[(key, c)]
+        if b.anchor is not None:
+            v += own.get((b.anchor, c), 0.0)
+        values.setdefault(key, {})[c] = v
+    return with_values(point, values)
+
+
+def _search(
+    claim: Claim,
+    tables: Tables,
+    boxes: Mapping[str, Box],
+    seed: int = 0,
+    uniform: int = UNIFORM_DRAWS,
+    corners: int | None = None,
+) -> tuple[int, int]:
+    """(points where the claim holds, points where it fails) in the boxes: the corner patterns (the
+    first `corners` of them, all by default), then `uniform` points with every cell uniform in its
+    box; stops as soon as both answers were seen."""
+    rng = np.random.default_rng(seed)
+    names = sorted(boxes)
+    n_true = n_false = 0
+
+    def run(u_of_table) -> bool:
+        nonlocal n_true, n_false
+        drawn = dict(tables)
+        for n in names:
+            drawn[n] = _table_at(tables[n], boxes[n], u_of_table(n))
+        try:
+            ok = claim.predicate(drawn).holds
+        except (ClaimNotEvaluable, KeyError):
+            return False
+        n_true += ok
+        n_false += not ok
+        return n_true > 0 and n_false > 0
+
+    for rho, others, sigma in itertools.islice(_corner_patterns(claim, tables, names, rng), corners):
+        coin = {}
+
+        def row_sign(key, rho=rho, others=others, coin=coin):
+            if key in rho:
+                return rho[key]
+            if others == "random":
+                if key not in coin:
+                    coin[key] = float(rng.choice((-1.0, 1.0)))
+                return coin[key]
+            return 1.0 if others == "better" else -1.0
+
+        def u_of_table(n, sigma=sigma, row_sign=row_sign):
+            t = tables[n]
+            return lambda key, c: row_sign(key) * sigma[n][c] * (1.0 if t.higher_is_better[c] else -1.0)
+
+        if run(u_of_table):
+            return n_true, n_false
+    for _ in range(uniform):
+        us = {n: {kc: float(rng.uniform(-1.0, 1.0)) for kc in boxes[n]} for n in names}
+        if run(lambda n, us=us: lambda key, c: us[n][(key, c)]):
+            break
+    return n_true, n_false
+
+
+def _decision(n_true: int, n_false: int) -> str:
+    if n_true and not n_false:
+        return "holds"
+    if n_false and not n_true:
+        return "contradicted"
+    return "inconclusive"
+
+
+def judge(
+    claim: Claim,
+    tables: Tables,
+    removed: Mapping[str, list[str]] | None = None,
+    *,
+    support_draws: int = SUPPORT_DRAWS,
+    plan_seeds: bool = True,
+) -> dict:
+    """The verdict of one claim on `tables` (null rows already removed; `removed` names them):
+    {"id", "section", "statement", "verdict", "evidence", "support", "seeds"}. `support_draws=0`
+    skips the support, `plan_seeds=False` the seeds-to-decide search (both only describe)."""
+    out = {"id": claim.id, "section": claim.section, "statement": claim.statement, "support": None, "seeds": None}
+    point, evidence = _point(claim, tables)
+    gone = [g for t in claim.source_tables for g in (removed or {}).get(t, ())]
+    if gone:
+        evidence += (
+            (
+                "; rows left out for lack of values: "
+                if point in ("not evaluable", "error")
+                else " (rows left out for lack of values: "
+            )
+            + "; ".join(gone)
+            + ("" if point in ("not evaluable", "error") else ")")
+        )
+    studies = _studies(claim, tables)
+    if point in ("not evaluable", "error") or not studies:
+        return {**out, "verdict": point, "evidence": evidence}  # the paper's own numbers: two-valued
+    said = "holds" if point == "holds" else "fails"
+    bases = {sid: s.bases_of(names) for sid, (s, names) in studies.items()}
+    n_min = min(s.min_seeds(bases[sid]) for sid, (s, _) in studies.items())
+    if n_min < 2:
+        return {
+            **out,
+            "verdict": "inconclusive",
+            "evidence": f"one seed: no interval, so nothing is decided (on the point values the claim {said}) "
+            f"| {evidence}",
+        }
+    methods = {n if isinstance(n, str) else n[0] for n in claim.named} | {BASELINE}
+    rows = (lambda key: key[0] in methods) if claim.only_named else None
+    k = sum(s.cells(bases[sid], rows) for sid, (s, _) in studies.items())
+    level = bonferroni_level(LEVEL, k)
+
+    def boxes(seeds: int | None = None) -> dict[str, Box]:
+        return {name: s.box(name, level, seeds) for s, names in studies.values() for name in names}
+
+    n_true, n_false = _search(claim, tables, boxes())
+    n_true, n_false = n_true + (point == "holds"), n_false + (point != "holds")
+    verdict = _decision(n_true, n_false)
+    posterior = _holds_on(claim, tables, _posterior(studies, support_draws)) if support_draws else []
+    evaluated = [r for r in posterior if r is not None]
+    support = sum(evaluated) / len(evaluated) if evaluated else None
+    searched = n_true + n_false
+    summary = (
+        f"{verdict}: "
+        + {
+            "holds": f"holds at all {searched} points tried",
+            "contradicted": f"fails at all {searched} points tried",
+            "inconclusive": "holds at some points and fails at others",
+        }[verdict]
+        + f" of the simultaneous {100 * LEVEL:g}% region (Student-t over {n_min}+ seeds, paired with the Baseline, "
+        f"{_variance_text(studies, bases)}, "
+        f"Bonferroni over {k} cells{' of the named rows and the Baseline' if claim.only_named else ''})"
+        + (f"; support {support:.0%} of {len(evaluated)} posterior draws" if support is not None else "")
+    )
+    seeds = None
+    if verdict == "inconclusive" and plan_seeds:
+        seeds, would = _seeds_to_decide(claim, tables, boxes, point, n_min)
+        summary += (
+            f"; about {seeds} seeds would decide it ({would}) if the means and spreads stayed as observed"
+            if seeds
+            else f"; not decided even with {MAX_SEEDS} seeds at the observed means and spreads "
+            "(a tie, or differences far inside the noise)"
+        )
+    return {
+        **out,
+        "verdict": verdict,
+        "evidence": f"{summary} | point values (mean ± 95% t half-width over seeds; "
+        f"Δ: paired difference to the Baseline): {evidence}",
+        "support": support,
+        "seeds": seeds,
+    }
+
+
+def _variance_text(studies, bases) -> str:
+    """How the paired cells' variances were modelled: moderated per column (with the smallest and
+    largest prior df d0) or the plain per-cell t."""
+    priors = [e.prior for sid, (s, _) in studies.items() for e in s.estimates(bases[sid]) if e.prior is not None]
+    if not priors:
+        return "plain per-cell t (too few cells to moderate the variances)"
+    d0 = sorted(p.df for p in priors)
+    span = "∞" if math.isinf(d0[0]) else f"{d0[0]:.1f}"
+    if d0[-1] != d0[0]:
+        span += "–" + ("∞" if math.isinf(d0[-1]) else f"{d0[-1]:.1f}")
+    return f"variances moderated per column, Smyth 2004, prior df d0 = {span}"
+
+
+def _seeds_to_decide(claim: Claim, tables: Tables, boxes, point: str, n: int) -> tuple[int | None, str]:
+    def decided(m: int) -> str | None:
+        t, f = _search(claim, tables, boxes(m), uniform=SEARCH_UNIFORM, corners=SEARCH_CORNERS)
+        d = _decision(t + (point == "holds"), f + (point != "holds"))
+        return None if d == "inconclusive" else d
+
+    lo, hi, found = n, None, None
+    m = max(n + 1, 2 * n)
+    while m <= MAX_SEEDS:
+        found = decided(m)
+        if found:
+            hi = m
+            break
+        lo, m = m, 2 * m
+    if hi is None:
+        return None, ""
+    while hi - lo > max(1, hi // 8):  # smallest decided count in (lo, hi], to within an eighth
+        mid = (lo + hi) // 2
+        d = decided(mid)
+        if d:
+            hi, found = mid, d
+        else:
+            lo = mid
+    return hi, found
+
+
+def judge_all(tables: Tables, claims: Sequence[Claim] = CLAIMS, **options) -> list[dict]:
+    """`judge` (with `options`) for every claim, rows with a null value removed first (named in the
+    evidence)."""
+    usable, removed = without_null_rows(tables)
+    return [judge(c, usable, removed, **options) for c in claims]

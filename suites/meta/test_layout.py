@@ -1,0 +1,160 @@
+"""The two floors: the library (`mtlcheck/` without `study/`) never imports the study
+(`mtlcheck/study/`), installs with torch, numpy and scipy alone, and works without the study's
+extra; the README's layout section names what is in the tree."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "mtlcheck"
+STUDY = PACKAGE / "study"
+# distribution name in the `study` extra -> the module it installs
+IMPORT_NAMES = {"scikit-learn": "sklearn", "pillow": "PIL"}
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _study_modules() -> list[str]:
+    extra = _pyproject()["project"]["optional-dependencies"]["study"]
+    return sorted(IMPORT_NAMES.get(n, n) for n in map(_requirement_name, extra))
+
+
+def _imported_modules(path: Path):
+    """Every module an `import` or `from ... import` in the file names, at any depth (lazy imports included)."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+            for alias in node.names:  # `from mtlcheck import study`
+                yield node.lineno, f"{node.module}.{alias.name}"
+
+
+def test_the_library_never_imports_the_study():
+    library = [p for p in PACKAGE.rglob("*.py") if STUDY not in p.parents]
+    assert len(library) > 20, library  # the walk found the library
+    offences = [
+        f"{p.relative_to(ROOT)}:{line}: imports {name}"
+        for p in library
+        for line, name in _imported_modules(p)
+        if name == "mtlcheck.study" or name.startswith("mtlcheck.study.")
+    ]
+    assert not offences, "the library must not depend on the study:\n" + "\n".join(offences)
+
+
+def test_the_import_walk_sees_lazy_imports(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f():\n    from mtlcheck.study.cli import main\n    from mtlcheck import study\n")
+    names = [name for _, name in _imported_modules(planted)]
+    assert "mtlcheck.study.cli" in names and "mtlcheck.study" in names
+
+
+def test_the_library_installs_light():
+    base = {_requirement_name(r) for r in _pyproject()["project"]["dependencies"]}
+    assert base == {"torch", "numpy", "scipy"}, base
+    assert {"torchvision", "pycocotools", "sklearn", "matplotlib", "tqdm", "PIL"} <= set(_study_modules())
+
+
+def test_the_commands_missing_module_message_knows_the_study_extra():
+    from mtlcheck.study.cli import STUDY_EXTRA_MODULES
+
+    assert sorted(STUDY_EXTRA_MODULES) == _study_modules()
+
+
+# Runs in a fresh interpreter where every module of the study extra is missing.
+WITHOUT_STUDY_EXTRA = """
+import importlib.abc, io, sys, contextlib
+BLOCKED = set(sys.argv[1].split(","))
+
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Missing())
+
+import torch
+from mtlcheck.aggregators import get_aggregator, list_aggregators
+from mtlcheck.gradients import backward_step
+from mtlcheck.measures import gradient_direction_similarity  # noqa: F401 - importable without the extra
+from mtlcheck.models.toy import ToyRegression
+from mtlcheck.monitor import measure  # noqa: F401
+from mtlcheck.testing import check_aggregator
+from mtlcheck.testing.kit import resolve_aggregator
+
+torch.manual_seed(0)
+model = ToyRegression()
+batch = ToyRegression.make_batch()
+backward_step(model, batch, get_aggregator("mgda"), level="parameter")
+assert all(p.grad is not None for _, p in model.shared_parameters())
+assert resolve_aggregator("mgda_ub").name == "mgda"
+check_aggregator(resolve_aggregator("pcgrad"))
+
+from mtlcheck.study.cli import main
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    listed = main(["list"])
+print("LIST", listed, err.getvalue().strip())
+print("LOADED", sorted(m for m in BLOCKED if m in sys.modules))
+"""
+
+
+def test_the_library_works_without_the_study_extra():
+    blocked = _study_modules()
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_STUDY_EXTRA, ",".join(blocked)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("LIST", "LOADED")))
+    code, _, message = lines["LIST"].partition(" ")
+    assert code == "2", lines["LIST"]  # a study command without the study extra: one line, exit 2
+    assert 'pip install "mtlcheck[study]"' in message and "Traceback" not in message, message
+    assert lines["LOADED"] == "[]"
+
+
+def _layout_block() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1]
+    block = section.split("```\n", 2)[1]
+    return [line.split()[0] for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_layout_matches_the_tree():
+    listed = _layout_block()
+    missing = [p for p in listed if not (ROOT / p).exists()]
+    assert not missing, f"README §Layout names paths that do not exist: {missing}"
+    unnamed = []
+    for folder in (PACKAGE, STUDY):
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith(("_", ".")) or entry.name == "study" and folder == PACKAGE:
+                continue
+            if entry.is_dir() and not (entry / "__init__.py").exists():
+                continue  # not a package (e.g. a build artefact)
+            rel = entry.relative_to(ROOT).as_posix() + ("/" if entry.is_dir() else "")
+            if entry.suffix == ".py" or entry.is_dir():
+                if rel not in listed:
+                    unnamed.append(rel)
+    assert not unnamed, f"README §Layout does not name: {unnamed}"
