@@ -328,7 +328,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_that_it_resumes(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "mtlcheck",
+        "mtlcheck.study",
         "run",
         "--benchmark",
         "digits-dense",

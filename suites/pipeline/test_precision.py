@@ -135,45 +135,12 @@ def test_run_with_bf16_autocast_is_stored_apart_and_reported_apart(tmp_path, cap
     with sqlite3.connect(store) as db:
         assert db.execute("select count(*) from runs where status = 'done'").fetchone()[0] == 2
     capsys.readouterr()
-    out = str(tmp_path / "reports")
-    assert (
-        main(
-            [
-                "report",
-                "--benchmark",
-                "digits-dense",
-                "--budget",
-                "smoke",
-                "--store",
-                store,
-                "--out",
-                out,
-                "--autocast",
-                "bf16",
-                "--tf32",
-            ]
-        )
-        == 0
-    )
+    report = ["report", "--benchmark", "digits-dense", "--budget", "smoke", "--store", store]
+    report += ["--out", str(tmp_path / "reports")]
+    assert main([*report, "--autocast", "bf16", "--tf32"]) == 0
     assert (tmp_path / "reports" / "digits-dense-smoke-tf32-bf16").is_dir()
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "report",
-                "--benchmark",
-                "digits-dense",
-                "--budget",
-                "smoke",
-                "--store",
-                store,
-                "--out",
-                out,
-                "--channels-last",
-            ]
-        )
-        == 2
-    )
+    assert main([*report, "--channels-last"]) == 2
     assert re.search(
         "no stored runs for digits-dense at budget smoke with .*channels_last=True", capsys.readouterr().err
     )

@@ -57,6 +57,21 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor, expected: str, ok: boo
         )
 
 
+def _float_maps(pred: Any, target: Any, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """pred and target as float tensors of one shape (B, channels, H, W) on one device, or ValueError."""
+    pred, target = _tensor(pred, "pred"), _tensor(target, "target")
+    _same_device(pred, target)
+    _check_pair(
+        pred,
+        target,
+        f"equal shapes (B, {channels}, H, W)",
+        pred.shape == target.shape and target.ndim == 4 and target.shape[1] == channels,
+    )
+    if not (_is_float(pred) and _is_float(target)):
+        raise ValueError(f"pred and target must be float, got {pred.dtype} and {target.dtype}")
+    return pred, target
+
+
 def _valid_mask(mask: Any, shape: torch.Size, device: torch.device) -> torch.Tensor | None:
     if mask is None:
         return None
@@ -338,16 +353,7 @@ class NormalMetric(DenseMetric):
         return torch.where(p.norm(dim=1) > 0, e, torch.full_like(e, 90.0))
 
     def update(self, pred: Any, target: Any, valid_mask: Any = None) -> None:
-        pred, target = _tensor(pred, "pred"), _tensor(target, "target")
-        _same_device(pred, target)
-        _check_pair(
-            pred,
-            target,
-            "equal shapes (B, 3, H, W)",
-            pred.shape == target.shape and target.ndim == 4 and target.shape[1] == 3,
-        )
-        if not (_is_float(pred) and _is_float(target)):
-            raise ValueError(f"pred and target must be float, got {pred.dtype} and {target.dtype}")
+        pred, target = _float_maps(pred, target, 3)
         valid = (target != 0).any(1) & torch.isfinite(target).all(1)
         m = _valid_mask(valid_mask, valid.shape, target.device)
         if m is not None:
@@ -406,16 +412,7 @@ class InstanceOffsetMetric(DenseMetric):
         self._sums: dict[str, torch.Tensor] = {}
 
     def update(self, pred: Any, target: Any) -> None:
-        pred, target = _tensor(pred, "pred"), _tensor(target, "target")
-        _same_device(pred, target)
-        _check_pair(
-            pred,
-            target,
-            "equal shapes (B, 2, H, W)",
-            pred.shape == target.shape and target.ndim == 4 and target.shape[1] == 2,
-        )
-        if not (_is_float(pred) and _is_float(target)):
-            raise ValueError(f"pred and target must be float, got {pred.dtype} and {target.dtype}")
+        pred, target = _float_maps(pred, target, 2)
         valid = target != self.ignore_value
         p, g = pred[valid].double(), target[valid].double()
         if not bool(torch.isfinite(p).all()):

@@ -213,6 +213,24 @@ class Study:
         return self.derive(self.base)
 
     # -- draws -----------------------------------------------------------------------------------
+    def _draws(
+        self, key: tuple, n: int, offset: Callable[[str, _Coordinate], np.ndarray]
+    ) -> list[dict[str, ResultTable]]:
+        """`n` draws of every table, cached under `key`: each base coordinate at `offset(table, k)`
+        (its own mean plus its deviation), plus its anchor's draw for a paired difference."""
+        if key not in self._cache:
+            drawn: dict[str, dict[RowKey, dict[str, np.ndarray]]] = {}
+            for name, coords in self._coords.items():
+                cols: dict[RowKey, dict[str, np.ndarray]] = {}
+                for k in coords:
+                    x = offset(name, k)
+                    if k.anchor is not None:
+                        x = x + cols[k.anchor][k.column]
+                    cols.setdefault(k.key, {})[k.column] = x
+                drawn[name] = cols
+            self._cache[key] = self._build(drawn, n)
+        return self._cache[key]
+
     def _build(self, drawn: dict[str, dict[RowKey, dict[str, np.ndarray]]], n: int) -> list[dict[str, ResultTable]]:
         out = []
         for i in range(n):
@@ -226,25 +244,18 @@ class Study:
     def posterior(self, n: int = 400, seed: int = 0) -> list[dict[str, ResultTable]]:
         """`n` draws of every table from the cells' t-posteriors (cells with one seed stay at their
         value: callers must check `min_seeds`)."""
-        key = ("posterior", n, seed)
-        if key not in self._cache:
-            rng = np.random.default_rng(seed)
-            drawn: dict[str, dict[RowKey, dict[str, np.ndarray]]] = {}
-            for name, coords in self._coords.items():
-                cols: dict[RowKey, dict[str, np.ndarray]] = {}
-                for k in coords:
-                    e = k.estimate
-                    x = np.full(n, e.mean)
-                    if e.n >= 2:
-                        x = x + e.scale / math.sqrt(e.n) * (
-                            rng.standard_normal(size=n) if math.isinf(e.df) else rng.standard_t(e.df, size=n)
-                        )
-                    if k.anchor is not None:
-                        x = x + cols[k.anchor][k.column]
-                    cols.setdefault(k.key, {})[k.column] = x
-                drawn[name] = cols
-            self._cache[key] = self._build(drawn, n)
-        return self._cache[key]
+        rng = np.random.default_rng(seed)
+
+        def offset(_name: str, k: _Coordinate) -> np.ndarray:
+            e = k.estimate
+            x = np.full(n, e.mean)
+            if e.n >= 2:
+                x = x + e.scale / math.sqrt(e.n) * (
+                    rng.standard_normal(size=n) if math.isinf(e.df) else rng.standard_t(e.df, size=n)
+                )
+            return x
+
+        return self._draws(("posterior", n, seed), n, offset)
 
     def half_width(self, k: _Coordinate | Estimate, level: float, seeds: int | None = None) -> float:
         """`Estimate.half_width_at`: t_{d0+m−1, (1+level)/2} · s̃ / √m with m = `seeds` or the cell's n
@@ -260,25 +271,18 @@ class Study:
         """`n` draws of every table with each base coordinate inside its `level` t interval: 70 % of
         the draws put each row at its better or worse end (one coin per row and table), the rest
         uniformly inside. `seeds` replaces every n by that many seeds at the observed spread."""
-        key = ("region", level, n, seed, seeds)
-        if key not in self._cache:
-            rng = np.random.default_rng(seed)
-            drawn = {}
-            corner = rng.random(n) < 0.7
-            for name, coords in self._coords.items():
-                rows = sorted({k.key for k in coords})
-                ends = {r: rng.choice((-1.0, 1.0), size=n) for r in rows}
-                cols: dict[RowKey, dict[str, np.ndarray]] = {}
-                for k in coords:
-                    h = self.half_width(k, level, seeds)
-                    u = np.where(corner, ends[k.key] * k.sign, rng.uniform(-1.0, 1.0, size=n))
-                    x = k.estimate.mean + h * u
-                    if k.anchor is not None:
-                        x = x + cols[k.anchor][k.column]
-                    cols.setdefault(k.key, {})[k.column] = x
-                drawn[name] = cols
-            self._cache[key] = self._build(drawn, n)
-        return self._cache[key]
+        rng = np.random.default_rng(seed)
+        corner = rng.random(n) < 0.7
+        ends: dict[str, dict[RowKey, np.ndarray]] = {}
+
+        def offset(name: str, k: _Coordinate) -> np.ndarray:
+            if name not in ends:  # a table's coins before its first coordinate's draw
+                ends[name] = {r: rng.choice((-1.0, 1.0), size=n) for r in sorted({c.key for c in self._coords[name]})}
+            h = self.half_width(k, level, seeds)
+            u = np.where(corner, ends[name][k.key] * k.sign, rng.uniform(-1.0, 1.0, size=n))
+            return k.estimate.mean + h * u
+
+        return self._draws(("region", level, n, seed, seeds), n, offset)
 
     def box(self, name: str, level: float, seeds: int | None = None, draws: int = 120) -> Box:
         """Where each cell of table `name` may lie at per-coordinate `level`: exact t intervals for a

@@ -18,6 +18,7 @@ import gc
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -315,7 +316,6 @@ def peak_memory(
     set of a fresh process per case (so one case's freed memory cannot hide another's peak),
     under the same allocator setting as this process."""
     import os
-    import subprocess
 
     methods = list(methods or list_aggregators())
     cases = [("ew", "parameter")] + [
@@ -344,29 +344,31 @@ def peak_memory(
     else:
         env = {**os.environ, "MTLCHECK_MALLOC": "tuned" if malloc_setting().startswith("tuned") else "default"}
         for method, level in cases:
-            cmd = [
-                sys.executable,
-                "-m",
-                "mtlcheck.study.perf.bench",
-                "--peak-rss-case",
-                method,
-                level,
-                "--size",
-                str(size),
-                "--batch-size",
-                str(batch_size),
-                "--tasks",
-                str(n_tasks),
-                *precision.flags(),
-            ] + (["--threads", str(threads)] if threads else [])
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"peak-memory case {method}/{level} failed:\n{done.stderr[-2000:]}")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            args = ["--peak-rss-case", method, level, *model_options(size, batch_size, n_tasks, threads)]
+            rows.append(
+                run_in_process(
+                    "mtlcheck.study.perf.bench", args + precision.flags(), env, f"peak-memory case {method}/{level}"
+                )
+            )
     ew = rows[0]["peak_mib"]
     for r in rows:
         r["ratio_to_ew"] = r["peak_mib"] / ew if ew > 0 else float("nan")
     return rows
+
+
+def model_options(size: int, batch_size: int, n_tasks: int, threads: int | None) -> list[str]:
+    """The command-line options that set up the bench's model and batch in a child process."""
+    options = ["--size", str(size), "--batch-size", str(batch_size), "--tasks", str(n_tasks)]
+    return options + (["--threads", str(threads)] if threads else [])
+
+
+def run_in_process(module: str, args: list[str], env: dict, what: str) -> dict:
+    """`python -m module *args` in a fresh process (its own peak memory, no state shared with this
+    one); its last line of output is its result, as JSON."""
+    done = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @dataclass

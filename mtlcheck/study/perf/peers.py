@@ -48,7 +48,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import types
 
@@ -419,33 +418,13 @@ def run_setting(
         from tqdm import tqdm
 
         iterator = tqdm(chosen, desc=f"peers T={n_tasks} B={batch_size}", unit="process")
+    from mtlcheck.study.perf.bench import model_options, run_in_process
+
     rows = []
     for peer, method, level in iterator:
-        cmd = [
-            sys.executable,
-            "-m",
-            "mtlcheck.study.perf.peers",
-            "--cell",
-            peer,
-            method,
-            level,
-            "--size",
-            str(size),
-            "--batch-size",
-            str(batch_size),
-            "--tasks",
-            str(n_tasks),
-            "--repeats",
-            str(repeats),
-            "--malloc",
-            malloc,
-            "--width",
-            str(width),
-        ] + (["--threads", str(threads)] if threads else [])
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"peers cell {peer}/{method}/{level} crashed:\n{done.stderr[-2000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        args = ["--cell", peer, method, level, *model_options(size, batch_size, n_tasks, threads)]
+        args += ["--repeats", str(repeats), "--malloc", malloc, "--width", str(width)]
+        rows.append(run_in_process("mtlcheck.study.perf.peers", args, env, f"peers cell {peer}/{method}/{level}"))
     ew_peak = rows[0].get("peak_mib", float("nan"))
     for r in rows:
         r["expected_norm_ratio"] = expected_norm_ratio(r["peer"], r["method"], n_tasks)
