@@ -410,50 +410,33 @@ def mean_rank(table: ResultTable, columns: Iterable[str] | None = None, **kwargs
 
 
 # -- baseline band (Table 1 caption) -----------------------------------------------------------
-def _diff_vs_baseline(table: ResultTable, method: str, column: str, level: str | None, baseline: str) -> Decimal:
+_BAND = Decimal(repr(BAND))  # compared on the printed decimals, exactly
+
+
+def _diff_vs_baseline(table: ResultTable, method: str, column: str, level: str | None) -> Decimal:
+    """`method` − the Baseline in `column` on the exact decimals of the two values, positive when better."""
     value = table.value(method, column, level)
-    base = table.value(baseline, column)
+    base = table.value(BASELINE, column)
     if value is None or base is None:
-        raise ValueError(f"{table.title}: no value to compare for {method!r} / {baseline!r} in {column!r}")
+        raise ValueError(f"{table.title}: no value to compare for {method!r} / {BASELINE!r} in {column!r}")
     diff = Decimal(repr(float(value))) - Decimal(repr(float(base)))
     return diff if table.higher_is_better[column] else -diff
 
 
-def baseline_mark(
-    table: ResultTable,
-    method: str,
-    column: str,
-    *,
-    level: str | None = None,
-    band: float = BAND,
-    baseline: str = BASELINE,
-) -> str:
-    """'↑' better by more than `band`, '↓' worse by more than `band`, else '–' (Table 1 caption)."""
-    diff = _diff_vs_baseline(table, method, column, level, baseline)
-    limit = Decimal(repr(float(band)))
-    if diff > limit:
-        return "↑"
-    if diff < -limit:
-        return "↓"
-    return "–"
+def baseline_mark(table: ResultTable, method: str, column: str, *, level: str | None = None) -> str:
+    """'↑' better than the Baseline by more than `BAND`, '↓' worse by more than `BAND`, else '–'
+    (Table 1 caption)."""
+    diff = _diff_vs_baseline(table, method, column, level)
+    return "↑" if diff > _BAND else "↓" if diff < -_BAND else "–"
 
 
-def admissible_marks(
-    table: ResultTable,
-    method: str,
-    column: str,
-    *,
-    level: str | None = None,
-    band: float = BAND,
-    baseline: str = BASELINE,
-) -> frozenset[str]:
-    """Marks consistent with the printed values: a printed difference of exactly `band` may hide a
+def admissible_marks(table: ResultTable, method: str, column: str, *, level: str | None = None) -> frozenset[str]:
+    """Marks consistent with the printed values: a printed difference of exactly `BAND` may hide a
     true difference on either side of it, so both '–' and the arrow are admissible there."""
-    mark = baseline_mark(table, method, column, level=level, band=band, baseline=baseline)
-    diff = _diff_vs_baseline(table, method, column, level, baseline)
-    if abs(diff) == Decimal(repr(float(band))):
+    diff = _diff_vs_baseline(table, method, column, level)
+    if abs(diff) == _BAND:
         return frozenset({"–", "↑" if diff > 0 else "↓"})
-    return frozenset({mark})
+    return frozenset({baseline_mark(table, method, column, level=level)})
 
 
 # -- feature vs parameter level (Table 4) ------------------------------------------------------
