@@ -457,26 +457,44 @@ def relative_change_table(
     name: str = "table4",
     level: str = "feature",
     base_level: str = "parameter",
-    decimals: int | None = None,
+    printed_decimals: int | None = None,
+    notes: Iterable[str] = (),
 ) -> ResultTable:
-    """A Table-4-shaped table from a table holding methods at both levels (our reproduced runs)."""
+    """Table 4 from a table holding methods at both levels (our runs, or Table 1 + Table 4): one row
+    per method at `level` that also has a `base_level` row, 100 × (level − base_level) / base_level
+    per column (`relative_change`). A cell is null when either value is null or the base value is 0,
+    and its row's note says why, followed by the notes of the two rows it comes from."""
     rows = []
     for r in table.rows:
         if r.level != level or not table.has(r.method, base_level):
             continue
-        values = {}
+        base = table.row(r.method, base_level)
+        values: dict[str, float | None] = {}
+        why = []
         for c in table.columns:
-            v = relative_change(table, r.method, c, level=level, base_level=base_level)
-            values[c] = round(v, decimals) if decimals is not None else v
-        rows.append(Row(method=r.method, level=level, values=values))
+            new, old = r.values[c], base.values[c]
+            if new is None or old is None:
+                values[c] = None
+                why.append(f"{c}: {level if new is None else base_level}-level value is null")
+            elif old == 0:
+                values[c] = None
+                why.append(f"{c}: {base_level}-level value is 0")
+            else:
+                values[c] = relative_change(table, r.method, c, level=level, base_level=base_level)
+        sources = [f"{row.level}: {row.note}" for row in (r, base) if row.note]
+        rows.append(Row(method=r.method, level=level, values=values, note="; ".join(why + sources) if why else None))
     return ResultTable(
         name=name,
         columns=table.columns,
         higher_is_better=table.higher_is_better,
         rows=tuple(rows),
-        units={c: f"percent relative change ({level} vs {base_level}) of {c}" for c in table.columns},
-        printed_decimals={c: decimals for c in table.columns} if decimals is not None else {},
-        origin=f"relative_change_table({table.origin})",
+        units={
+            c: f"percent relative change of {c}: 100 × ({level} − {base_level}) / {base_level}, same method"
+            for c in table.columns
+        },
+        printed_decimals={} if printed_decimals is None else {c: printed_decimals for c in table.columns},
+        notes=tuple(notes),
+        origin=name,
     )
 
 
