@@ -402,11 +402,11 @@ def top_k(table: ResultTable, column: str, k: int = 3, **kwargs: Any) -> frozens
 
 
 def mean_rank(table: ResultTable, columns: Iterable[str] | None = None, **kwargs: Any) -> dict[RowKey, float]:
-    """Mean competition rank over `columns` (default: all), for rows ranked in every column."""
+    """Mean competition rank over `columns` (default: all), for rows ranked in every column, in the
+    table's row order (so tied rows keep that order when sorted by rank)."""
     cols = tuple(columns or table.columns)
     ranks = [rank(table, c, **kwargs) for c in cols]
-    common = set(ranks[0]).intersection(*ranks[1:])
-    return {k: sum(r[k] for r in ranks) / len(cols) for k in common}
+    return {k: sum(r[k] for r in ranks) / len(cols) for k in table.keys() if all(k in r for r in ranks)}
 
 
 # -- baseline band (Table 1 caption) -----------------------------------------------------------
