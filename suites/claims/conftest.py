@@ -9,7 +9,7 @@ import torch
 
 from mtlcheck.study.experiments.runner import Where, run_sweep, sweep_specs
 from mtlcheck.study.experiments.store import ResultStore
-from mtlcheck.study.paper.reports import result_tables
+from mtlcheck.study.paper.results import result_tables
 
 
 @dataclass(frozen=True)

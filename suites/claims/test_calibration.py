@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from mtlcheck.study.paper.claims import claim_by_id
-from mtlcheck.study.paper.reports import result_tables
+from mtlcheck.study.paper.results import result_tables
 from mtlcheck.study.paper.verdicts import judge_all
 
 pytestmark = [pytest.mark.claim]

@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from mtlcheck.study.paper import claims
 from mtlcheck.study.paper.claims import CLAIMS, ClaimNotEvaluable, claim_by_id
 from mtlcheck.study.paper.tables import (
     ResultTable,
@@ -46,6 +47,16 @@ def _holds(claim_id: str, tables) -> bool:
 
 
 # -- flipping the cells a verdict rests on flips the verdict -----------------------------------
+def test_claims_are_registered_once_each_and_only_in_the_claims_module():
+    assert len({c.id for c in CLAIMS}) == len(CLAIMS)
+    assert all(claim_by_id(c.id) is c for c in CLAIMS)
+    late = claims.claim(id="late-claim", section="§0", statement="registered after CLAIMS", source_tables=("table1",))
+    with pytest.raises(RuntimeError, match="late-claim.*before CLAIMS is built"):
+        late(lambda tables: None)
+    with pytest.raises(KeyError):
+        claim_by_id("late-claim")
+
+
 def test_cityscapes_tie_broken_in_fd_favour():
     assert not _holds("rs-cityscapes-fd-beats-gds-gms", PAPER)
     assert _holds("rs-cityscapes-fd-beats-gds-gms", _with(table6=_set(PAPER["table6"], "FD", "IS", 61.4)))

@@ -2,7 +2,7 @@
 and it covers the value at the true means at least at 90 % (nominal 95 %).
 
 The interval is the range of the RS over the simultaneous 95 % region of the seed means it is
-computed from (`reports._region_ranges`). The percentile interval over posterior draws used
+computed from (`results._region_ranges`). The percentile interval over posterior draws used
 before redrew the seed noise around the already noisy means, scrambling the rankings toward 50 %:
 on the digits-dense study it printed GMS on IS as 81.67 % [50.00, 75.02] %.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtlcheck.study.paper.reports import result_tables
+from mtlcheck.study.paper.results import result_tables
 
 pytestmark = [pytest.mark.claim]
 

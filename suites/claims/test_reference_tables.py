@@ -19,6 +19,7 @@ from mtlcheck.study.paper.tables import (
     baseline_mark,
     load_paper_tables,
     load_table,
+    mean_rank,
     rank,
     relative_change,
     relative_change_table,
@@ -301,6 +302,17 @@ def test_relative_change_round_trip():
     for r in t4.rows:
         for c in t4.columns:
             assert relative_change(both, r.method, c) == pytest.approx(r.values[c], abs=0.05)
+
+
+def test_mean_rank_keeps_the_row_order_of_ties():
+    """Rows tied in mean rank stay in the table's order: a set's order changes with the process's
+    hash seed, and the evidence of conclusion-v1-mgda-ub-best (top five by mean rank) changed with it."""
+    both = apply_relative_change(TABLES["table1"], TABLES["table4"])
+    mr = mean_rank(both)
+    assert list(mr) == [k for k in both.keys() if k in mr] and len(mr) == 21
+    by_rank = sorted(mr, key=mr.get)
+    gradvac, cagrad = ("GradVac", "parameter"), ("CAGrad", "feature")
+    assert mr[gradvac] == mr[cagrad] == 5.5 and by_rank.index(gradvac) < by_rank.index(cagrad)
 
 
 def test_ambiguous_row_needs_level():

@@ -14,14 +14,15 @@ produce a verdict.
 import pytest
 
 from mtlcheck.study.paper.claims import CLAIMS
-from mtlcheck.study.paper.reports import claim_verdicts, verdict_markdown
+from mtlcheck.study.paper.render import verdict_markdown
+from mtlcheck.study.paper.verdicts import judge_all
 
 pytestmark = [pytest.mark.claim, pytest.mark.experiment]
 
 
 @pytest.fixture(scope="module")
 def verdicts(reproduced):
-    return claim_verdicts(reproduced.tables)  # once: each verdict searches its region of the seed means
+    return judge_all(reproduced.tables)  # once: each verdict searches its region of the seed means
 
 
 def test_every_claim_gets_a_verdict(reproduced, verdicts):

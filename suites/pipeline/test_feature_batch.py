@@ -11,7 +11,7 @@ from mtlcheck.jacobian import Jacobian
 from mtlcheck.models.toy import ToyRegression
 from mtlcheck.study.cli import build_parser
 from mtlcheck.study.experiments.runner import make_spec, sweep_specs
-from mtlcheck.study.paper.reports import display_name
+from mtlcheck.study.paper.runs import display_name
 
 
 def model_and_batch(batch_size):

@@ -1,4 +1,5 @@
-"""mtlcheck.study.paper.reports: the paper's tables, figures and claim verdicts rebuilt from stored runs.
+"""mtlcheck.study.paper (runs, results, marks, render, figures, reports): the paper's tables, figures and
+claim verdicts rebuilt from stored runs.
 
 Fabricated records (written through the store, so they are real RunRecords) with numbers chosen
 so that every expected value is checkable by hand: means over seeds, the 0.01 band of Table 1's
@@ -16,9 +17,10 @@ import torch
 from mtlcheck.study.experiments.runner import make_spec, run_sweep, sweep_specs
 from mtlcheck.study.experiments.spec import RunSpec
 from mtlcheck.study.experiments.store import ResultStore
-from mtlcheck.study.paper import reports
+from mtlcheck.study.paper import figures, marks, render, reports, results, runs
 from mtlcheck.study.paper.claims import CLAIMS
 from mtlcheck.study.paper.tables import BASELINE, load_paper_tables
+from mtlcheck.study.paper.verdicts import judge_all
 
 DENSE = "digits-dense"
 TIMINGS = {"train_seconds": 1.25, "eval_seconds": 0.5, "attempt_wall_s": 2.0, "steps": 12}
@@ -100,22 +102,22 @@ def seeded(store):
 # -- names -----------------------------------------------------------------------------------------
 def test_paper_names_are_the_names_of_the_reference_tables():
     paper_methods = {r.method for t in load_paper_tables().values() if t.row_kind == "method" for r in t.rows}
-    assert paper_methods == set(reports.PAPER_NAMES.values())
-    assert set(reports.PAPER_NAMES.values()) == set(reports.PAPER_ORDER)
+    assert paper_methods == set(runs.PAPER_NAMES.values())
+    assert set(runs.PAPER_NAMES.values()) == set(runs.PAPER_ORDER)
     from mtlcheck.aggregators import list_aggregators
     from mtlcheck.aggregators.published import PUBLISHED_VARIANTS
     from mtlcheck.study.experiments.runner import PAPER_METHODS
 
     # the as-published variants keep their registry names, so they never collide with the paper's rows
-    assert set(reports.PAPER_NAMES) == set(list_aggregators()) - set(PUBLISHED_VARIANTS) == set(PAPER_METHODS)
+    assert set(runs.PAPER_NAMES) == set(list_aggregators()) - set(PUBLISHED_VARIANTS) == set(PAPER_METHODS)
 
 
 def test_third_party_and_configured_methods_keep_their_own_names(store):
     rec = _put(store, "my_pkg.mod:MyAggregator", metrics=_dense(1, 0.5, 0.2))
-    assert reports.display_name(rec) == "my_pkg.mod:MyAggregator"
+    assert runs.display_name(rec) == "my_pkg.mod:MyAggregator"
     cagrad = _put(store, "cagrad", metrics=_dense(1, 0.5, 0.2), config={"c": 0.2})
-    assert reports.display_name(cagrad) == "CAGrad[c=0.2]"
-    assert reports.result_tables([rec, cagrad], DENSE)["table2"].keys() == (
+    assert runs.display_name(cagrad) == "CAGrad[c=0.2]"
+    assert results.result_tables([rec, cagrad], DENSE)["table2"].keys() == (
         ("CAGrad[c=0.2]", "parameter"),
         ("my_pkg.mod:MyAggregator", "parameter"),
     )
@@ -123,7 +125,7 @@ def test_third_party_and_configured_methods_keep_their_own_names(store):
 
 # -- Tables 1-3 ------------------------------------------------------------------------------------
 def test_results_table_means_over_seeds(seeded):
-    tables = reports.result_tables(seeded, DENSE)
+    tables = results.result_tables(seeded, DENSE)
     t = tables["table2"]
     assert set(tables) == {"table2", "relative_change", "table6", "final_measures", "figure5"}
     assert t.columns == ("DE", "SS", "IS")
@@ -141,8 +143,8 @@ def test_results_table_means_over_seeds(seeded):
 
 
 def test_marks_follow_the_paired_interval_and_the_band_is_its_own_column(seeded):
-    t = reports.result_tables(seeded, DENSE)["table2"]
-    md = reports.to_markdown(t)
+    t = results.result_tables(seeded, DENSE)["table2"]
+    md = render.to_markdown(t)
     assert "| Method | DE (↓) | DE band | SS (↑) | SS band | IS (↓) | IS band |" in md
     # mean ± t_{1, 0.975} · sd / √2 over the two seeds: DE 1.0, 1.2 → 12.706 · 0.1414 / 1.414 = 1.2706
     assert "| Baseline | 1.1000 ± 1.2706 |  | 0.5000 ± 0.0000 |  | 0.2000 ± 0.0000 |  |" in md
@@ -154,18 +156,18 @@ def test_marks_follow_the_paired_interval_and_the_band_is_its_own_column(seeded)
     assert "| FAMO | 0.8000 ± 0.0000 (–) | ↑ | 0.4900 ± 0.0000 (↓) | – | 0.1950 ± 0.0000 (↑) | – |" in md
     assert "| PCGrad (feature) | 1.1000 ± 0.0000 (–) | – | 0.4899 ± 0.0000 (↓) | ↓ | 0.1000 ± 0.0000 (↑) | ↑ |" in md
     assert "paired per-seed differences" in md and "more than 0.01" in md
-    unmarked = reports.to_markdown(t, marks=False)
+    unmarked = render.to_markdown(t, marks=False)
     assert "(↑)" not in unmarked.split("\n", 2)[2]
     assert "| MGDA | 1.3000 ± 0.0000 | 0.5101 ± 0.0000 | 0.2101 ± 0.0000 |" in unmarked
 
 
 def test_one_seed_gives_no_interval_and_no_paired_mark(store):
     recs = [_put(store, "ew", metrics=_dense(1.0, 0.5, 0.2)), _put(store, "mgda", metrics=_dense(1.3, 0.6, 0.1))]
-    t = reports.result_tables(recs, DENSE)["table2"]
-    md = reports.to_markdown(t)
+    t = results.result_tables(recs, DENSE)["table2"]
+    md = render.to_markdown(t)
     assert "| Baseline | 1.0000 (n=1) |  | 0.5000 (n=1) |  | 0.2000 (n=1) |  |" in md
     assert "| MGDA | 1.3000 (n=1) | ↓ | 0.6000 (n=1) | ↑ | 0.1000 (n=1) | ↑ |" in md
-    assert reports.paired_mark(t, ("MGDA", "parameter"), "SS") == "n=1"
+    assert marks.paired_mark(t, ("MGDA", "parameter"), "SS") == "n=1"
 
 
 def test_paired_differences_see_what_the_seed_spread_hides(store):
@@ -175,28 +177,28 @@ def test_paired_differences_see_what_the_seed_spread_hides(store):
     for seed, (ew, mgda) in enumerate([(1.757, 1.774), (2.737, 2.752), (2.100, 2.118)]):
         recs.append(_put(store, "ew", seed=seed, metrics=_dense(ew, 0.5, 0.2)))
         recs.append(_put(store, "mgda", seed=seed, metrics=_dense(mgda, 0.5, 0.2)))
-    t = reports.result_tables(recs, DENSE)["table2"]
+    t = results.result_tables(recs, DENSE)["table2"]
     own = t.estimate(("MGDA", "parameter"), "DE")
     diff = t.paired_estimate(("MGDA", "parameter"), "DE")
     assert own.interval[0] < t.value(BASELINE, "DE") < own.interval[1]  # unpaired: indistinguishable
     assert diff.mean == pytest.approx(0.0167, abs=1e-4) and diff.interval[0] > 0  # paired: worse, decided
-    assert reports.paired_mark(t, ("MGDA", "parameter"), "DE") == "↓"
-    row = next(line for line in reports.to_markdown(t).splitlines() if line.startswith("| MGDA |"))
+    assert marks.paired_mark(t, ("MGDA", "parameter"), "DE") == "↓"
+    row = next(line for line in render.to_markdown(t).splitlines() if line.startswith("| MGDA |"))
     assert row.split(" | ")[1].endswith("(↓)") and row.count("(↓)") == 1
 
 
 def test_paper_table_renders_with_its_printed_values():
-    md = reports.to_markdown(load_paper_tables()["table1"])
+    md = render.to_markdown(load_paper_tables()["table1"])
     # marks are recomputed by the caption's rule: BBox mAP 0.393 − 0.383 = 0.010 is not "more than
     # 0.01", so '–' where the paper prints ↑ (reference.admissible_marks accepts both readings)
     assert "| GradVac | 0.393 (–) | 0.560 (↑) | 0.521 (–) | 0.680 (↑) | 0.495 (–) | 0.654 (↑) |" in md
-    assert "| GDS | 64.3% |" in reports.to_markdown(load_paper_tables()["table5"])
+    assert "| GDS | 64.3% |" in render.to_markdown(load_paper_tables()["table5"])
 
 
 def test_csv_has_full_precision_and_empty_nulls(seeded, store):
     recs = seeded + [_put(store, "mgda", level="feature", status="diverged", timings={"diverged_step": 7})]
-    t = reports.result_tables(recs, DENSE)["table2"]
-    lines = reports.to_csv(t).splitlines()
+    t = results.result_tables(recs, DENSE)["table2"]
+    lines = render.to_csv(t).splitlines()
     per = ("n", "lo", "hi", "seeds", "diff", "diff lo", "diff hi", "mark", "band mark")
     assert lines[0] == "method,level,DE,SS,IS,note," + ",".join(f"{c} {x}" for c in ("DE", "SS", "IS") for x in per)
     assert lines[3].startswith("MGDA,parameter,1.3,0.5101,0.2101,,2,1.3,1.3,0:1.3;1:1.3,0.20000000000000007,")
@@ -207,8 +209,8 @@ def test_csv_has_full_precision_and_empty_nulls(seeded, store):
 def test_json_keeps_the_per_seed_values_the_interval_and_n(seeded):
     import json
 
-    t = reports.result_tables(seeded, DENSE)["table2"]
-    data = json.loads(reports.to_json(t))
+    t = results.result_tables(seeded, DENSE)["table2"]
+    data = json.loads(render.to_json(t))
     cell = next(r for r in data["rows"] if r["method"] == "PCGrad" and r["level"] == "parameter")["cells"]["DE"]
     assert cell["seeds"] == {"0": 1.0, "1": 1.19} and cell["n"] == 2
     assert cell["mean"] == pytest.approx(1.095) and cell["lo"] < 1.095 < cell["hi"]
@@ -225,14 +227,14 @@ def test_diverged_failed_and_unfinished_rows_are_null_with_a_note(seeded, store)
         _put(store, "gradvac", seed=0, status="failed", error="Traceback ...\nValueError: solver failed"),
         _put(store, "imtl", seed=0, status="running"),
     ]
-    tables = reports.result_tables(recs, DENSE)
+    tables = results.result_tables(recs, DENSE)
     t = tables["table2"]
     mgda_f = t.row("MGDA", "feature")
     assert all(v is None for v in mgda_f.values.values())
     assert mgda_f.note == ("diverged at step 7 in 1/2 seeds (seed 0); no mean taken over the other 1 done seed(s)")
     assert t.row("GradVac").note == "failed in 1/1 seeds (seed 0: ValueError: solver failed)"
     assert t.row("IMTL").note == "not finished in 1/1 seeds (seed 0: running)"
-    md = reports.to_markdown(t)
+    md = render.to_markdown(t)
     assert "| MGDA (feature) | null |  | null |  | null |  |" in md
     assert "- MGDA (feature): diverged at step 7 in 1/2 seeds (seed 0)" in md
     assert "Seed sets differ between rows" in " ".join(t.notes)
@@ -248,28 +250,28 @@ def test_records_must_share_budget_benchmark_and_steps(store):
     a = _put(store, "ew", metrics=_dense(1, 0.5, 0.2))
     b = _put(store, "pcgrad", metrics=_dense(1, 0.5, 0.2), budget="small")
     with pytest.raises(ValueError, match="mix budgets"):
-        reports.result_tables([a, b], DENSE)
+        results.result_tables([a, b], DENSE)
     c = _put(store, "ew", metrics={"bbox_mAP": 0.1}, benchmark="digits-instance")
     with pytest.raises(ValueError, match="another benchmark"):
-        reports.result_tables([a, c], DENSE)
+        results.result_tables([a, c], DENSE)
     with pytest.raises(ValueError, match="several records for seed"):
-        reports.result_tables([a, a], DENSE)
+        results.result_tables([a, a], DENSE)
     with pytest.raises(ValueError, match="no run records"):
-        reports.result_tables([], DENSE)
+        results.result_tables([], DENSE)
     with pytest.raises(ValueError, match="no metric 'instance/l1'"):
-        reports.result_tables([_put(store, "mgda", metrics={"depth/l1": 1.0, "semantic/miou": 0.5})], DENSE)
+        results.result_tables([_put(store, "mgda", metrics={"depth/l1": 1.0, "semantic/miou": 0.5})], DENSE)
 
 
 # -- Table 4 ---------------------------------------------------------------------------------------
 def test_relative_change_by_hand(seeded):
-    rel = reports.result_tables(seeded, DENSE)["relative_change"]
+    rel = results.result_tables(seeded, DENSE)["relative_change"]
     assert rel.keys() == (("PCGrad", "feature"),)
     row = rel.row("PCGrad")
     # 100 × (feature − parameter) / parameter
     assert row.values["DE"] == pytest.approx(100 * (1.1 - 1.095) / 1.095)  # +0.4566 %
     assert row.values["SS"] == pytest.approx(-3.9411764706)  # (0.4899 − 0.51) / 0.51
     assert row.values["IS"] == pytest.approx(-47.3684210526)  # (0.1 − 0.19) / 0.19
-    md = reports.to_markdown(rel, marks=False)
+    md = render.to_markdown(rel, marks=False)
     # ±: the 95% t interval of the per-seed change (same seed): DE 100 × (1.1 − 1.0) / 1.0 = 10 % and
     # 100 × (1.1 − 1.19) / 1.19 = −7.56 %: sd 12.42, 12.706 · 12.42 / √2 = 111.58; SS and IS equal per seed
     assert "| PCGrad | 0.46 ± 111.58% | -3.94 ± 0.00% | -47.37 ± 0.00% |" in md
@@ -284,7 +286,7 @@ def test_instance_benchmark_names_the_relative_change_table4(store):
         _put(store, "mgda", metrics=m, benchmark="digits-instance"),
         _put(store, "mgda", level="feature", metrics={k: 0.33 for k in m}, benchmark="digits-instance"),
     ]
-    tables = reports.result_tables(recs, "digits-instance")
+    tables = results.result_tables(recs, "digits-instance")
     assert tables["table4"] is tables["relative_change"]
     assert tables["table4"].value("MGDA", "BBox mAP") == pytest.approx(10.0)
     assert tables["table1"].columns == ("BBox mAP", "BBox mAR", "VMask mAP", "VMask mAR", "AMask mAP", "AMask mAR")
@@ -308,9 +310,9 @@ def four(store):
 
 
 def test_ranking_similarity_by_hand_on_four_methods(four):
-    tables = reports.result_tables(four, DENSE)
+    tables = results.result_tables(four, DENSE)
     fin = tables["final_measures"]
-    assert [fin.value(reports.PAPER_NAMES[m], "FD") for m in ENDS] == [0.5, 0.4, 0.6, 0.3]  # last 50 only
+    assert [fin.value(runs.PAPER_NAMES[m], "FD") for m in ENDS] == [0.5, 0.4, 0.6, 0.3]  # last 50 only
     rs = tables["table6"]
     assert rs.keys() == (("GMS", "parameter"), ("GDS", "parameter"), ("FD", "feature"))  # Table 6's order
     # FD ascending: FAMO .3 < PCGrad .4 < Baseline .5 < MGDA .6. Oriented metrics (better = larger):
@@ -329,11 +331,11 @@ def test_ranking_similarity_by_hand_on_four_methods(four):
     notes = " ".join(rs.notes)
     assert "Baseline, PCGrad, MGDA, FAMO" in notes
     assert "min(50, length)" in notes and "60 points here, so 50 points averaged" in notes
-    assert "| FD | 100.00% | 83.33% | 50.00% |" in reports.to_markdown(rs)
+    assert "| FD | 100.00% | 83.33% | 50.00% |" in render.to_markdown(rs)
 
 
 def test_short_trajectories_use_every_point_and_say_so(seeded):
-    rs = reports.result_tables(seeded, DENSE)["table6"]
+    rs = results.result_tables(seeded, DENSE)["table6"]
     assert "4 points here, so 4 points averaged" in " ".join(rs.notes)
 
 
@@ -343,7 +345,7 @@ def test_undefined_measures_are_left_out_by_name(store):
         _put(store, "pcgrad", metrics=_dense(0.9, 0.6, 0.1), traj=_traj(fd=[0.4, 0.4, math.nan, 0.4])),
         _put(store, "mgda", metrics=_dense(1.2, 0.4, 0.3), traj=_traj(fd=0.6)),
     ]
-    tables = reports.result_tables(recs, DENSE)
+    tables = results.result_tables(recs, DENSE)
     fd = tables["table6"].row("FD")
     assert "PCGrad: fd non-finite in the last 4 points of seed 0" in fd.note
     assert fd.values["DE"] == pytest.approx(100.0)  # ranked on Baseline and MGDA only
@@ -353,16 +355,16 @@ def test_undefined_measures_are_left_out_by_name(store):
 
 # -- Figures 3-5 -----------------------------------------------------------------------------------
 def test_moving_average():
-    assert reports.moving_average([1, 2, 3, 4, 5, 6], 3).tolist() == pytest.approx([2, 3, 4, 5])
-    assert reports.moving_average([1.0, 2.0], 1).tolist() == [1.0, 2.0]
+    assert figures.moving_average([1, 2, 3, 4, 5, 6], 3).tolist() == pytest.approx([2, 3, 4, 5])
+    assert figures.moving_average([1.0, 2.0], 1).tolist() == [1.0, 2.0]
     with pytest.raises(ValueError, match="window"):
-        reports.moving_average([1.0], 0)
+        figures.moving_average([1.0], 0)
     with pytest.raises(ValueError, match="at least 3"):
-        reports.moving_average([1.0, 2.0], 3)
+        figures.moving_average([1.0, 2.0], 3)
 
 
 def test_curves_are_differences_to_the_same_seed_baseline_smoothed_over_a_tenth(four):
-    curves, notes = reports._curves(reports._runs(four, DENSE), "fd")
+    curves, notes = figures.relative_curves(runs.group_runs(four, DENSE), "fd")
     assert [c.method for c in curves] == ["PCGrad", "MGDA", "FAMO"] and notes == []
     mgda = curves[1]
     assert (mgda.window, mgda.length) == (6, 60)  # 1/10 of 60 recorded points
@@ -373,7 +375,7 @@ def test_curves_are_differences_to_the_same_seed_baseline_smoothed_over_a_tenth(
 
 
 def test_figures_are_written(four, tmp_path):
-    paths = reports.trajectory_figures(four, DENSE, tmp_path / "figs")
+    paths = figures.trajectory_figures(four, DENSE, tmp_path / "figs")
     assert [p.name for p in paths] == ["figure3_gds.png", "figure4_gms.png", "figure5_fd.png"]
     for p in paths:
         data = p.read_bytes()
@@ -383,12 +385,12 @@ def test_figures_are_written(four, tmp_path):
 def test_figures_need_a_baseline(store, tmp_path):
     recs = [_put(store, "pcgrad", metrics=_dense(1, 0.5, 0.2))]
     with pytest.raises(ValueError, match="no done parameter-level Baseline"):
-        reports.trajectory_figures(recs, DENSE, tmp_path)
+        figures.trajectory_figures(recs, DENSE, tmp_path)
 
 
 # -- claims ----------------------------------------------------------------------------------------
 def test_every_claim_gets_a_verdict_and_missing_inputs_are_named(seeded):
-    verdicts = reports.claim_verdicts(reports.result_tables(seeded, DENSE))
+    verdicts = judge_all(results.result_tables(seeded, DENSE))
     assert [v["id"] for v in verdicts] == [c.id for c in CLAIMS]
     assert {v["verdict"] for v in verdicts} <= {"holds", "contradicted", "inconclusive", "not evaluable"}
     by_id = {v["id"]: v for v in verdicts}
@@ -401,7 +403,7 @@ def test_every_claim_gets_a_verdict_and_missing_inputs_are_named(seeded):
     assert fig5["verdict"] == "not evaluable" and "('RGW', 'parameter')" in fig5["evidence"]
     for v in verdicts:
         assert v["evidence"] and v["statement"] and v["section"]
-    md = reports.verdict_markdown(verdicts)
+    md = render.verdict_markdown(verdicts)
     assert md.startswith(f"{len(CLAIMS)} claims — ")
     assert md.count("\n| ") == len(CLAIMS) + 1
 
@@ -421,7 +423,7 @@ def test_claims_judge_our_instance_tables(store):
         _put(store, "mgda", metrics=_instance([0.31, 0.31, 0.31, 0.31, 0.31, 0.36]), benchmark=bench),
         _put(store, "mgda", level="feature", metrics=_instance([0.4] * 6), benchmark=bench),
     ]
-    by_id = {v["id"]: v for v in reports.claim_verdicts(reports.result_tables(recs, bench))}
+    by_id = {v["id"]: v for v in judge_all(results.result_tables(recs, bench))}
     fig4 = by_id["fig4-famo-beats-mgda"]
     # one seed: no interval, nothing decided, although the point values contradict the claim
     assert fig4["verdict"] == "inconclusive" and "one seed" in fig4["evidence"]
@@ -450,7 +452,7 @@ def test_three_seeds_decide_a_clear_paired_difference(store):
                 metrics=_instance([0.31 + shift - 0.0002 * seed] * 5 + [0.36 + shift + 0.0001 * seed]),
             ),
         ]
-    by_id = {v["id"]: v for v in reports.claim_verdicts(reports.result_tables(recs, bench))}
+    by_id = {v["id"]: v for v in judge_all(results.result_tables(recs, bench))}
     fig4 = by_id["fig4-famo-beats-mgda"]
     # FAMO − Baseline ≈ +0.05 and MGDA − Baseline ≈ +0.06 on AMask mAR on every seed: MGDA is
     # better there whatever the seed, so 'FAMO better on every metric' is contradicted
@@ -469,7 +471,7 @@ def test_rows_without_values_make_claims_not_evaluable_and_are_named(store):
         _put(store, "famo", metrics=_instance([0.35] * 6), benchmark=bench),
         _put(store, "mgda", status="diverged", timings={"diverged_step": 3}, benchmark=bench),
     ]
-    v = {v["id"]: v for v in reports.claim_verdicts(reports.result_tables(recs, bench))}["fig4-famo-beats-mgda"]
+    v = {v["id"]: v for v in judge_all(results.result_tables(recs, bench))}["fig4-famo-beats-mgda"]
     assert v["verdict"] == "not evaluable"
     assert "('MGDA', 'parameter')" in v["evidence"]
     assert "rows left out for lack of values: MGDA (diverged at step 3 in 1/1 seeds (seed 0))" in v["evidence"]
@@ -523,7 +525,7 @@ def test_smoke_sweep_to_report(tmp_path):
         assert title in text
     assert len(list(path.parent.glob("figure*.png"))) == 3
     assert "| MGDA (feature) |" in text and "6 runs: 6 done" in text
-    tables = reports.result_tables(records, DENSE)
+    tables = results.result_tables(records, DENSE)
     # one seed of 12 steps: a metric equal for every method ranks nothing, and its RS cells say so
     for r in tables["table6"].rows:
         for c, v in r.values.items():

@@ -8,6 +8,11 @@ numbers (`mtlcheck.study.paper.tables.load_paper_tables()`), where their verdict
 reproduced tables, where `mtlcheck.study.paper.verdicts` runs them over a region of the seed means and decides
 only when they agree everywhere in it (holds / contradicted / inconclusive).
 
+Each claim is registered next to its predicate, `@claim(id=..., section=..., statement=...,
+source_tables=..., notes=..., named=...)` over the `def`; `CLAIMS` lists them in the order
+registered, which is the paper's order (§3.1 to §6, then the earlier version's conclusions and the
+as-published readings).
+
 Readings fixed once, from the paper's own wording:
 - "gain over the baseline" on a metric: strictly better than the Baseline row. The 0.01 band of
   Table 1's caption cannot be what §3.1 means: §3.1 lists GradVac although two of its cells are
@@ -34,7 +39,7 @@ from mtlcheck.study.paper.tables import (
     rank,
 )
 
-__all__ = ["CLAIMS", "Claim", "ClaimNotEvaluable", "Verdict", "claim_by_id"]
+__all__ = ["CLAIMS", "Claim", "ClaimNotEvaluable", "Verdict", "claim", "claim_by_id"]
 
 Tables = Mapping[str, ResultTable]
 
@@ -43,6 +48,9 @@ P, F = "parameter", "feature"
 GRADIENT_MANIPULATION = frozenset({"PCGrad", "GradVac", "GradDrop", "RGW", "MGDA", "CAGrad", "Nash-MTL", "Aligned-MTL"})
 MEASURE_ROWS = ("FD", "GDS", "GMS")  # rows of Tables 5-7
 FIGURE5_COLUMN = "FD"  # final FD per parameter-level run: mean of the last 50 points (§5.5)
+# the two versions of the paper whose conclusions are claims (sections of §6 and of the earlier summary)
+V2 = "later version"
+V1 = "earlier version (000 summary)"
 
 
 class ClaimNotEvaluable(LookupError):
@@ -82,6 +90,35 @@ class Claim:
         if missing:
             raise ClaimNotEvaluable(f"{self.id}: needs table(s) {missing}")
         return self.predicate(tables)
+
+
+_REGISTRY: list[Claim] = []
+
+
+def claim(
+    *,
+    id: str,
+    section: str,
+    statement: str,
+    source_tables: tuple[str, ...],
+    notes: str = "",
+    named: tuple[str | RowKey, ...] = (),
+    only_named: bool = False,
+) -> Callable[[Callable[[Tables], Verdict]], Callable[[Tables], Verdict]]:
+    """Register the decorated predicate as the `Claim` with these fields, after the claims
+    registered before it (`CLAIMS` keeps this order); the predicate is returned unchanged, so one
+    predicate may back several claims. ValueError when `id` is taken; RuntimeError once `CLAIMS`
+    is built at the end of this module (a later claim would be in no verdict table)."""
+
+    def register(predicate: Callable[[Tables], Verdict]) -> Callable[[Tables], Verdict]:
+        if "CLAIMS" in globals():
+            raise RuntimeError(f"claim {id!r}: claims are registered in {__name__} only, before CLAIMS is built")
+        if any(c.id == id for c in _REGISTRY):
+            raise ValueError(f"claim {id!r} is registered twice")
+        _REGISTRY.append(Claim(id, section, statement, source_tables, predicate, notes, named, only_named))
+        return predicate
+
+    return register
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -171,6 +208,11 @@ def _measure_cmp(table: ResultTable, column: str, a: str, b: str) -> float:
     return table.value(a, column) - table.value(b, column)
 
 
+def _pair_text(table: ResultTable, a: RowKey, b: RowKey) -> str:
+    """'BBox mAP 0.393 vs 0.371; ...': rows `a` and `b` side by side in every column."""
+    return "; ".join(f"{c} {table.fmt(a[0], c, a[1])} vs {table.fmt(b[0], c, b[1])}" for c in table.columns)
+
+
 # -- §3.1 MetaGraspNet -------------------------------------------------------------------------
 CONSISTENT_GAINERS = (
     ("GradVac", P),
@@ -183,6 +225,21 @@ CONSISTENT_GAINERS = (
 )
 
 
+@claim(
+    id="mgn-consistent-gains",
+    section="§3.1",
+    statement=(
+        "GradVac, GradDrop, IMTL, DWA, MGDA-UB, (rep) CAGrad, and (rep) CosReg achieved consistent "
+        "performance gain compared to the baseline on all 6 evaluation metrics."
+    ),
+    source_tables=("table1", "table4"),
+    notes=(
+        "Feature-level rows are derived from Table 1 × Table 4; a gain is a value strictly above "
+        "the baseline (the 0.01 band would drop GradVac, which the paper lists)."
+    ),
+    only_named=True,
+    named=CONSISTENT_GAINERS,
+)
 def _consistent_gains(tables: Tables) -> Verdict:
     t = _mgn(tables)
     _require(t, CONSISTENT_GAINERS)
@@ -208,6 +265,17 @@ def _consistent_gains(tables: Tables) -> Verdict:
 TOP3_NAMED = (("GradVac", P), ("IMTL", P), ("MGDA", F))
 
 
+@claim(
+    id="mgn-top3-majority",
+    section="§3.1",
+    statement="GradVac, IMTL, and (rep) MGDA achieved top-three performance under a majority (≥3) of the metrics.",
+    source_tables=("table1", "table4"),
+    notes=(
+        "Ranked among all MetaGraspNet rows of both levels. With Table 1 rows plus MGDA-UB only, "
+        "FAMO would also be top-3 on 3 metrics."
+    ),
+    named=TOP3_NAMED,
+)
 def _top3_majority(tables: Tables) -> Verdict:
     t = _mgn(tables)
     _require(t, TOP3_NAMED)
@@ -224,6 +292,16 @@ def _top3_majority(tables: Tables) -> Verdict:
     return Verdict(holds, f"{t.title}, ranks among {len(t.rows) - 1} rows (baseline excluded): " + " | ".join(parts))
 
 
+@claim(
+    id="table1-markers-follow-caption-band",
+    section="§3.1, Table 1 caption",
+    statement=(
+        "Performance increase (↑) or decrease (↓) that's more than 0.01 are shown in brackets after each "
+        "table entry; scores within 0.01 of the baseline are labeled '–'."
+    ),
+    source_tables=("table1",),
+    notes="Printed differences of exactly 0.010 accept either mark (printed precision cannot decide).",
+)
 def _markers_follow_band(tables: Tables) -> Verdict:
     t = tables["table1"]
     marked = [(r, c) for r in t.rows for c in r.markers]
@@ -269,10 +347,48 @@ def _top3_everywhere(tables: Tables, method: str, except_: frozenset[tuple[str, 
     return Verdict(holds, f"{method} ranks (baseline excluded): " + "; ".join(parts))
 
 
+@claim(
+    id="cosreg-top3-cityscapes-nyuv2",
+    section="§3.2",
+    statement="CosReg consistently reaches top 3 on both datasets (CityScapes, NYU-v2) and all evaluation metrics.",
+    source_tables=("table2", "table3"),
+    notes=(
+        "In the authors' probable code base (danielmao2019/Pylon) CosReg's penalty has no gradient, so "
+        "it trains the plain summed loss (the mean-loss baseline with a T-times larger step)."
+    ),
+    named=("CosReg",),
+)
+def _cosreg_top3(tables: Tables) -> Verdict:
+    return _top3_everywhere(tables, "CosReg")
+
+
+@claim(
+    id="graddrop-top3-except-nyuv2-ne",
+    section="§3.2",
+    statement=(
+        "GradDrop also achieved top 3 scores except normal estimation (NE) on NYU-v2, but still improved the baseline."
+    ),
+    source_tables=("table2", "table3"),
+    named=("GradDrop",),
+)
+def _graddrop_top3(tables: Tables) -> Verdict:
+    return _top3_everywhere(tables, "GradDrop", frozenset({("table3", "NE")}))
+
+
 # -- §4 feature-level gradients ----------------------------------------------------------------
 SURROGATE_HELPS = frozenset({("MGDA", F), ("Aligned-MTL", F)})
 
 
+@claim(
+    id="surrogate-gains-only-mgda-alignedmtl",
+    section="§4",
+    statement=(
+        "Only MGDA and Aligned-MTL achieved consistent performance gain under all evaluation metrics "
+        "when feature-level gradients replace parameter-level gradients."
+    ),
+    source_tables=("table4",),
+    named=tuple(sorted(SURROGATE_HELPS)),
+)
 def _surrogate_only_mgda_aligned(tables: Tables) -> Verdict:
     t = tables["table4"]
     _require(t, sorted(SURROGATE_HELPS))  # "only X and Y" needs X and Y in the table (partial sweeps)
@@ -294,6 +410,15 @@ def _surrogate_only_mgda_aligned(tables: Tables) -> Verdict:
 SURROGATE_HURTS = (("GradVac", F), ("RGW", F), ("IMTL", F))
 
 
+@claim(
+    id="surrogate-degrades-gradvac-rgw-imtl",
+    section="§4",
+    statement="GradVac, RGW, and IMTL got significant performance degradation with feature-level gradients.",
+    source_tables=("table4",),
+    notes="'Significant' is not defined; checked as a negative change on every metric.",
+    only_named=True,
+    named=SURROGATE_HURTS,
+)
 def _surrogate_degrades(tables: Tables) -> Verdict:
     t = tables["table4"]
     _require(t, SURROGATE_HURTS)
@@ -305,25 +430,22 @@ def _surrogate_degrades(tables: Tables) -> Verdict:
     return Verdict(all(k in losses for k in SURROGATE_HURTS), f"{t.title}: " + "; ".join(parts))
 
 
-def _surrogate_not_general(tables: Tables) -> Verdict:
-    t = tables["table4"]
-    if not t.rows:
-        raise ClaimNotEvaluable(f"{t.title} has no rows (no method ran at both gradient levels)")
-    gains, losses = _gain_keys(t), _loss_keys(t)
-    holds = len(gains) < len(t.rows) and bool(losses)
-    return Verdict(
-        holds,
-        f"{t.title}: {len(gains)}/{len(t.rows)} methods gain on every metric "
-        f"({[t.label(k) for k in gains]}); degraded on every metric: "
-        f"{[t.label(k) for k in losses]}",
-    )
-
-
 # -- §5.5 ranking similarity -------------------------------------------------------------------
 def _rs_text(t: ResultTable, c: str, measures: Iterable[str]) -> str:
     return f"{c}: " + ", ".join(f"{m} {t.fmt(m, c)}" for m in measures)
 
 
+@claim(
+    id="rs-metagraspnet-fd-box-vs-mask",
+    section="§5.5",
+    statement=(
+        "On MetaGraspNet, FD has lower ranking similarities for bounding box predictions compared to GDS or "
+        "GMS, but consistently out-performs traditional GDS and GMS for visible and amodal mask predictions."
+    ),
+    source_tables=("table5",),
+    notes="'Lower compared to GDS or GMS' is checked as lower than each.",
+    named=MEASURE_ROWS,
+)
 def _rs_mgn(tables: Tables) -> Verdict:
     t = tables["table5"]
     box = [c for c in t.columns if c.startswith("BBox")]
@@ -339,6 +461,16 @@ def _rs_mgn(tables: Tables) -> Verdict:
     return Verdict(all(ok_box.values()) and all(ok_mask.values()), text)
 
 
+@claim(
+    id="rs-cityscapes-fd-beats-gds-gms",
+    section="§5.5",
+    statement=(
+        "On CityScapes, FD out-performed GMS and GDS on semantic segmentation and instance segmentation, "
+        "and out-performed GMS on depth estimation."
+    ),
+    source_tables=("table6",),
+    named=MEASURE_ROWS,
+)
 def _rs_cityscapes(tables: Tables) -> Verdict:
     t = tables["table6"]
     wanted = {"SS": ("GMS", "GDS"), "IS": ("GMS", "GDS"), "DE": ("GMS",)}
@@ -352,6 +484,13 @@ def _rs_cityscapes(tables: Tables) -> Verdict:
     return Verdict(not failed, text)
 
 
+@claim(
+    id="rs-nyuv2-fd-beats-gms",
+    section="§5.5",
+    statement="On NYU-v2, FD still out-performed GMS on depth estimation and normal estimation.",
+    source_tables=("table7",),
+    named=("FD", "GMS"),
+)
 def _rs_nyuv2(tables: Tables) -> Verdict:
     t = tables["table7"]
     checks = {f"FD>GMS on {c}": _measure_cmp(t, c, "FD", "GMS") > 0 for c in ("DE", "NE")}
@@ -368,6 +507,21 @@ def _rs_nyuv2(tables: Tables) -> Verdict:
 FIG5_EXCEPTIONS = frozenset({"RGW", "PCGrad", "MGDA", "Aligned-MTL"})
 
 
+@claim(
+    id="fig5-fd-below-baseline-except-four",
+    section="§5.4, Figure 5",
+    statement=(
+        "Most methods applied parameter-level gradients achieved feature entangled-ness lower than baseline "
+        "close to the end of training, with the exception for RGW, PCGrad, MGDA, and Aligned-MTL."
+    ),
+    source_tables=("figure5",),
+    notes=(
+        "Figure 5 prints no numbers: on the paper this claim is a statement only. On our runs, "
+        "'figure5' is a table with column 'FD' (mean of the last 50 recorded values, §5.5) per "
+        "parameter-level run, Baseline included. The 'clear decrease trends' part needs trajectories."
+    ),
+    named=tuple(sorted(FIG5_EXCEPTIONS)),
+)
 def _fig5_fd_below_baseline(tables: Tables) -> Verdict:
     t = tables["figure5"]
     if FIGURE5_COLUMN not in t.columns:
@@ -395,6 +549,21 @@ def _fig5_fd_below_baseline(tables: Tables) -> Verdict:
 TABLE1_GRADIENT_MANIPULATION = GRADIENT_MANIPULATION - {"Nash-MTL"}
 
 
+@claim(
+    id="fig5-exceptions-complement-of-table1-gainers",
+    section="§5.4 (Table 1 part)",
+    statement=(
+        "These four methods (RGW, PCGrad, MGDA, Aligned-MTL) form exactly the complement of the three methods "
+        "that achieved performance gain among the gradient manipulation methods, as reported in Table 1."
+    ),
+    source_tables=("table1",),
+    notes=(
+        "'Performance gain' read as in §3.1 (above the baseline on all six). A looser reading, above "
+        "the baseline on a majority (≥4/6), would make the statement hold (CAGrad is above on 4/6)."
+    ),
+    only_named=True,
+    named=tuple((m, P) for m in sorted(TABLE1_GRADIENT_MANIPULATION)),
+)
 def _fig5_complement(tables: Tables) -> Verdict:
     t = tables["table1"]
     _require(t, [(BASELINE, P), *((m, P) for m in sorted(TABLE1_GRADIENT_MANIPULATION))])  # a complement needs them all
@@ -418,6 +587,17 @@ def _fig5_complement(tables: Tables) -> Verdict:
     )
 
 
+@claim(
+    id="fig3-uncertainty-poor-gradvac-strong",
+    section="§5.4 (Table 1 part)",
+    statement=(
+        "Uncertainty Weighting had poor performance on the test set (Table 1), and GradVac had stronger performance."
+    ),
+    source_tables=("table1",),
+    notes="Read against the baseline: Uncertainty below it on every metric, GradVac above it on every metric.",
+    only_named=True,
+    named=(("Uncertainty", P), ("GradVac", P)),
+)
 def _fig3_uncertainty_gradvac(tables: Tables) -> Verdict:
     t = tables["table1"]
     _require(t, [("Uncertainty", P), ("GradVac", P)])
@@ -431,6 +611,15 @@ def _fig3_uncertainty_gradvac(tables: Tables) -> Verdict:
     )
 
 
+@claim(
+    id="fig3-pcgrad-alignedmtl-undecided",
+    section="§5.4 (Table 1 part)",
+    statement="PCGrad and Aligned-MTL are hard to conclude one is superior to the other on the test set.",
+    source_tables=("table1",),
+    notes="Checked as: neither is better than the other on more than half of the metrics.",
+    only_named=True,
+    named=(("PCGrad", P), ("Aligned-MTL", P)),
+)
 def _fig3_pcgrad_aligned(tables: Tables) -> Verdict:
     t = tables["table1"]
     a, b = ("PCGrad", P), ("Aligned-MTL", P)
@@ -440,11 +629,22 @@ def _fig3_pcgrad_aligned(tables: Tables) -> Verdict:
     half = len(t.columns) / 2
     return Verdict(
         len(a_wins) <= half and len(b_wins) <= half,
-        f"{t.title}: PCGrad better on {a_wins}, Aligned-MTL better on {b_wins} | "
-        + "; ".join(f"{c} {t.fmt(a[0], c, a[1])} vs {t.fmt(b[0], c, b[1])}" for c in t.columns),
+        f"{t.title}: PCGrad better on {a_wins}, Aligned-MTL better on {b_wins} | " + _pair_text(t, a, b),
     )
 
 
+@claim(
+    id="fig4-famo-beats-mgda",
+    section="§5.4 (Table 1 part)",
+    statement="FAMO achieved significantly better performance results than MGDA.",
+    source_tables=("table1",),
+    notes=(
+        "Checked as better on every metric. The sentence cites Figure 4 (GMS) for 'almost the same GDS "
+        "curves'; the curves themselves are not checkable."
+    ),
+    only_named=True,
+    named=(("FAMO", P), ("MGDA", P)),
+)
 def _fig4_famo_mgda(tables: Tables) -> Verdict:
     t = tables["table1"]
     a, b = ("FAMO", P), ("MGDA", P)
@@ -452,12 +652,23 @@ def _fig4_famo_mgda(tables: Tables) -> Verdict:
     wins = [c for c in t.columns if _signed(t, a, c, b) > 0]
     return Verdict(
         len(wins) == len(t.columns),
-        f"{t.title}: FAMO better than MGDA on {len(wins)}/{len(t.columns)} | "
-        + "; ".join(f"{c} {t.fmt(a[0], c, a[1])} vs {t.fmt(b[0], c, b[1])}" for c in t.columns),
+        f"{t.title}: FAMO better than MGDA on {len(wins)}/{len(t.columns)} | " + _pair_text(t, a, b),
     )
 
 
 # -- §6 conclusions (this version) -------------------------------------------------------------
+@claim(
+    id="conclusion-graddrop-cosreg-best",
+    section=f"§6 ({V2})",
+    statement="GradDrop and CosReg were the best-performing methods on all three datasets.",
+    source_tables=("table1", "table2", "table3", "table4"),
+    notes=(
+        "'Best-performing' read with the paper's own §3.1 yardstick: top-3 on a majority of the metrics "
+        "of each dataset, at either gradient level. With Table 1's parameter-level rows only, GradDrop "
+        "would pass on MetaGraspNet (3/6) but CosReg would still fail (1/6)."
+    ),
+    named=("GradDrop", "CosReg"),
+)
 def _graddrop_cosreg_best(tables: Tables) -> Verdict:
     datasets = {"MetaGraspNet": _mgn(tables), "CityScapes": tables["table2"], "NYU-v2": tables["table3"]}
     parts, holds = [], True
@@ -479,6 +690,36 @@ def _graddrop_cosreg_best(tables: Tables) -> Verdict:
     return Verdict(holds, " | ".join(parts))
 
 
+claim(
+    id="conclusion-surrogate-only-mgda-alignedmtl",
+    section=f"§6 ({V2})",
+    statement=(
+        "Only MGDA and Aligned-MTL, which have theoretical guarantees, achieved a performance gain with "
+        "feature-level gradients, while others were either similar or had significant performance degrade."
+    ),
+    source_tables=("table4",),
+    notes=(
+        "Only the 'only MGDA and Aligned-MTL gain' part is checked; 'similar' is not defined (the "
+        "evidence gives each other method's mean change)."
+    ),
+    named=tuple(sorted(SURROGATE_HELPS)),
+)(_surrogate_only_mgda_aligned)  # the §4 predicate, registered again for the conclusion
+
+
+@claim(
+    id="conclusion-fd-faithful-masks-and-cityscapes-seg",
+    section=f"§6 ({V2})",
+    statement=(
+        "FD showed its faithfulness for visible and amodal mask predictions on MetaGraspNet and for semantic "
+        "and instance segmentation on CityScapes."
+    ),
+    source_tables=("table5", "table6"),
+    notes=(
+        "Checked as: FD's ranking similarity is not below GDS's or GMS's on those columns (§5.5's "
+        "stricter 'out-performed' is claim rs-cityscapes-fd-beats-gds-gms)."
+    ),
+    named=MEASURE_ROWS,
+)
 def _fd_faithful(tables: Tables) -> Verdict:
     wanted = {
         "table5": [c for c in tables["table5"].columns if c.startswith(("VMask", "AMask"))],
@@ -495,6 +736,20 @@ def _fd_faithful(tables: Tables) -> Verdict:
 
 
 # -- conclusions of the earlier version (000 summary) ------------------------------------------
+@claim(
+    id="conclusion-v1-mgda-ub-best",
+    section=f"Key conclusions ({V1})",
+    statement=(
+        "MGDA-UB (feature-level gradients) performs the best; it is the most suitable for complex vision MTL "
+        "(MetaGraspNet)."
+    ),
+    source_tables=("table1", "table4"),
+    notes=(
+        "Evaluated on the later version's numbers (the earlier tables are not available): lowest mean "
+        "rank over the six MetaGraspNet metrics among all rows of both levels."
+    ),
+    named=(("MGDA", F),),
+)
 def _mgda_ub_best(tables: Tables) -> Verdict:
     t = _mgn(tables)
     key = ("MGDA", F)
@@ -513,6 +768,43 @@ def _mgda_ub_best(tables: Tables) -> Verdict:
     )
 
 
+@claim(
+    id="conclusion-v1-surrogate-not-general",
+    section=f"Key conclusions ({V1})",
+    statement=(
+        "Feature gradients do not generalize as substitutes for parameter gradients (only MGDA and "
+        "Aligned-MTL consistently improve with them)."
+    ),
+    source_tables=("table4",),
+)
+def _surrogate_not_general(tables: Tables) -> Verdict:
+    t = tables["table4"]
+    if not t.rows:
+        raise ClaimNotEvaluable(f"{t.title} has no rows (no method ran at both gradient levels)")
+    gains, losses = _gain_keys(t), _loss_keys(t)
+    holds = len(gains) < len(t.rows) and bool(losses)
+    return Verdict(
+        holds,
+        f"{t.title}: {len(gains)}/{len(t.rows)} methods gain on every metric "
+        f"({[t.label(k) for k in gains]}); degraded on every metric: "
+        f"{[t.label(k) for k in losses]}",
+    )
+
+
+@claim(
+    id="conclusion-v1-fd-better-indicator",
+    section=f"Key conclusions ({V1})",
+    statement=(
+        "Feature disentanglement is a better indicator of task interference than gradient similarities: "
+        "rankings by FD better matched final performance (MetaGraspNet)."
+    ),
+    source_tables=("table5",),
+    notes=(
+        "Checked as: FD has the highest ranking similarity on a majority of Table 5's columns. The "
+        "earlier version covered MetaGraspNet only."
+    ),
+    named=MEASURE_ROWS,
+)
 def _fd_better_indicator_v1(tables: Tables) -> Verdict:
     t = tables["table5"]
     best = [c for c in t.columns if all(_measure_cmp(t, c, "FD", m) > 0 for m in ("GDS", "GMS"))]
@@ -522,233 +814,6 @@ def _fd_better_indicator_v1(tables: Tables) -> Verdict:
         f"{t.title}: FD highest on {len(best)}/{len(t.columns)} columns "
         f"{best} | " + "; ".join(_rs_text(t, c, ("FD", "GDS", "GMS")) for c in t.columns),
     )
-
-
-V2 = "later version"
-V1 = "earlier version (000 summary)"
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim(
-        "mgn-consistent-gains",
-        "§3.1",
-        "GradVac, GradDrop, IMTL, DWA, MGDA-UB, (rep) CAGrad, and (rep) CosReg achieved consistent "
-        "performance gain compared to the baseline on all 6 evaluation metrics.",
-        ("table1", "table4"),
-        _consistent_gains,
-        notes="Feature-level rows are derived from Table 1 × Table 4; a gain is a value strictly above "
-        "the baseline (the 0.01 band would drop GradVac, which the paper lists).",
-        only_named=True,
-        named=CONSISTENT_GAINERS,
-    ),
-    Claim(
-        "mgn-top3-majority",
-        "§3.1",
-        "GradVac, IMTL, and (rep) MGDA achieved top-three performance under a majority (≥3) of the metrics.",
-        ("table1", "table4"),
-        _top3_majority,
-        notes="Ranked among all MetaGraspNet rows of both levels. With Table 1 rows plus MGDA-UB only, "
-        "FAMO would also be top-3 on 3 metrics.",
-        named=TOP3_NAMED,
-    ),
-    Claim(
-        "table1-markers-follow-caption-band",
-        "§3.1, Table 1 caption",
-        "Performance increase (↑) or decrease (↓) that's more than 0.01 are shown in brackets after each "
-        "table entry; scores within 0.01 of the baseline are labeled '–'.",
-        ("table1",),
-        _markers_follow_band,
-        notes="Printed differences of exactly 0.010 accept either mark (printed precision cannot decide).",
-    ),
-    Claim(
-        "cosreg-top3-cityscapes-nyuv2",
-        "§3.2",
-        "CosReg consistently reaches top 3 on both datasets (CityScapes, NYU-v2) and all evaluation metrics.",
-        ("table2", "table3"),
-        lambda ts: _top3_everywhere(ts, "CosReg"),
-        notes="In the authors' probable code base (danielmao2019/Pylon) CosReg's penalty has no gradient, so "
-        "it trains the plain summed loss (the mean-loss baseline with a T-times larger step).",
-        named=("CosReg",),
-    ),
-    Claim(
-        "graddrop-top3-except-nyuv2-ne",
-        "§3.2",
-        "GradDrop also achieved top 3 scores except normal estimation (NE) on NYU-v2, but still improved the baseline.",
-        ("table2", "table3"),
-        lambda ts: _top3_everywhere(ts, "GradDrop", frozenset({("table3", "NE")})),
-        named=("GradDrop",),
-    ),
-    Claim(
-        "surrogate-gains-only-mgda-alignedmtl",
-        "§4",
-        "Only MGDA and Aligned-MTL achieved consistent performance gain under all evaluation metrics "
-        "when feature-level gradients replace parameter-level gradients.",
-        ("table4",),
-        _surrogate_only_mgda_aligned,
-        named=tuple(sorted(SURROGATE_HELPS)),
-    ),
-    Claim(
-        "surrogate-degrades-gradvac-rgw-imtl",
-        "§4",
-        "GradVac, RGW, and IMTL got significant performance degradation with feature-level gradients.",
-        ("table4",),
-        _surrogate_degrades,
-        notes="'Significant' is not defined; checked as a negative change on every metric.",
-        only_named=True,
-        named=SURROGATE_HURTS,
-    ),
-    Claim(
-        "rs-metagraspnet-fd-box-vs-mask",
-        "§5.5",
-        "On MetaGraspNet, FD has lower ranking similarities for bounding box predictions compared to GDS or "
-        "GMS, but consistently out-performs traditional GDS and GMS for visible and amodal mask predictions.",
-        ("table5",),
-        _rs_mgn,
-        notes="'Lower compared to GDS or GMS' is checked as lower than each.",
-        named=MEASURE_ROWS,
-    ),
-    Claim(
-        "rs-cityscapes-fd-beats-gds-gms",
-        "§5.5",
-        "On CityScapes, FD out-performed GMS and GDS on semantic segmentation and instance segmentation, "
-        "and out-performed GMS on depth estimation.",
-        ("table6",),
-        _rs_cityscapes,
-        named=MEASURE_ROWS,
-    ),
-    Claim(
-        "rs-nyuv2-fd-beats-gms",
-        "§5.5",
-        "On NYU-v2, FD still out-performed GMS on depth estimation and normal estimation.",
-        ("table7",),
-        _rs_nyuv2,
-        named=("FD", "GMS"),
-    ),
-    Claim(
-        "fig5-fd-below-baseline-except-four",
-        "§5.4, Figure 5",
-        "Most methods applied parameter-level gradients achieved feature entangled-ness lower than baseline "
-        "close to the end of training, with the exception for RGW, PCGrad, MGDA, and Aligned-MTL.",
-        ("figure5",),
-        _fig5_fd_below_baseline,
-        notes="Figure 5 prints no numbers: on the paper this claim is a statement only. On our runs, "
-        "'figure5' is a table with column 'FD' (mean of the last 50 recorded values, §5.5) per "
-        "parameter-level run, Baseline included. The 'clear decrease trends' part needs trajectories.",
-        named=tuple(sorted(FIG5_EXCEPTIONS)),
-    ),
-    Claim(
-        "fig5-exceptions-complement-of-table1-gainers",
-        "§5.4 (Table 1 part)",
-        "These four methods (RGW, PCGrad, MGDA, Aligned-MTL) form exactly the complement of the three methods "
-        "that achieved performance gain among the gradient manipulation methods, as reported in Table 1.",
-        ("table1",),
-        _fig5_complement,
-        notes="'Performance gain' read as in §3.1 (above the baseline on all six). A looser reading, above "
-        "the baseline on a majority (≥4/6), would make the statement hold (CAGrad is above on 4/6).",
-        only_named=True,
-        named=tuple((m, P) for m in sorted(TABLE1_GRADIENT_MANIPULATION)),
-    ),
-    Claim(
-        "fig3-uncertainty-poor-gradvac-strong",
-        "§5.4 (Table 1 part)",
-        "Uncertainty Weighting had poor performance on the test set (Table 1), and GradVac had stronger performance.",
-        ("table1",),
-        _fig3_uncertainty_gradvac,
-        notes="Read against the baseline: Uncertainty below it on every metric, GradVac above it on every metric.",
-        only_named=True,
-        named=(("Uncertainty", P), ("GradVac", P)),
-    ),
-    Claim(
-        "fig3-pcgrad-alignedmtl-undecided",
-        "§5.4 (Table 1 part)",
-        "PCGrad and Aligned-MTL are hard to conclude one is superior to the other on the test set.",
-        ("table1",),
-        _fig3_pcgrad_aligned,
-        notes="Checked as: neither is better than the other on more than half of the metrics.",
-        only_named=True,
-        named=(("PCGrad", P), ("Aligned-MTL", P)),
-    ),
-    Claim(
-        "fig4-famo-beats-mgda",
-        "§5.4 (Table 1 part)",
-        "FAMO achieved significantly better performance results than MGDA.",
-        ("table1",),
-        _fig4_famo_mgda,
-        notes="Checked as better on every metric. The sentence cites Figure 4 (GMS) for 'almost the same GDS "
-        "curves'; the curves themselves are not checkable.",
-        only_named=True,
-        named=(("FAMO", P), ("MGDA", P)),
-    ),
-    Claim(
-        "conclusion-graddrop-cosreg-best",
-        f"§6 ({V2})",
-        "GradDrop and CosReg were the best-performing methods on all three datasets.",
-        ("table1", "table2", "table3", "table4"),
-        _graddrop_cosreg_best,
-        notes="'Best-performing' read with the paper's own §3.1 yardstick: top-3 on a majority of the metrics "
-        "of each dataset, at either gradient level. With Table 1's parameter-level rows only, GradDrop "
-        "would pass on MetaGraspNet (3/6) but CosReg would still fail (1/6).",
-        named=("GradDrop", "CosReg"),
-    ),
-    Claim(
-        "conclusion-surrogate-only-mgda-alignedmtl",
-        f"§6 ({V2})",
-        "Only MGDA and Aligned-MTL, which have theoretical guarantees, achieved a performance gain with "
-        "feature-level gradients, while others were either similar or had significant performance degrade.",
-        ("table4",),
-        _surrogate_only_mgda_aligned,
-        notes="Only the 'only MGDA and Aligned-MTL gain' part is checked; 'similar' is not defined (the "
-        "evidence gives each other method's mean change).",
-        named=tuple(sorted(SURROGATE_HELPS)),
-    ),
-    Claim(
-        "conclusion-fd-faithful-masks-and-cityscapes-seg",
-        f"§6 ({V2})",
-        "FD showed its faithfulness for visible and amodal mask predictions on MetaGraspNet and for semantic "
-        "and instance segmentation on CityScapes.",
-        ("table5", "table6"),
-        _fd_faithful,
-        notes="Checked as: FD's ranking similarity is not below GDS's or GMS's on those columns (§5.5's "
-        "stricter 'out-performed' is claim rs-cityscapes-fd-beats-gds-gms).",
-        named=MEASURE_ROWS,
-    ),
-    Claim(
-        "conclusion-v1-mgda-ub-best",
-        f"Key conclusions ({V1})",
-        "MGDA-UB (feature-level gradients) performs the best; it is the most suitable for complex vision MTL "
-        "(MetaGraspNet).",
-        ("table1", "table4"),
-        _mgda_ub_best,
-        notes="Evaluated on the later version's numbers (the earlier tables are not available): lowest mean "
-        "rank over the six MetaGraspNet metrics among all rows of both levels.",
-        named=(("MGDA", F),),
-    ),
-    Claim(
-        "conclusion-v1-surrogate-not-general",
-        f"Key conclusions ({V1})",
-        "Feature gradients do not generalize as substitutes for parameter gradients (only MGDA and "
-        "Aligned-MTL consistently improve with them).",
-        ("table4",),
-        _surrogate_not_general,
-    ),
-    Claim(
-        "conclusion-v1-fd-better-indicator",
-        f"Key conclusions ({V1})",
-        "Feature disentanglement is a better indicator of task interference than gradient similarities: "
-        "rankings by FD better matched final performance (MetaGraspNet).",
-        ("table5",),
-        _fd_better_indicator_v1,
-        notes="Checked as: FD has the highest ranking similarity on a majority of Table 5's columns. The "
-        "earlier version covered MetaGraspNet only.",
-        named=MEASURE_ROWS,
-    ),
-)
-
-
-def claim_by_id(claim_id: str) -> Claim:
-    for c in CLAIMS:
-        if c.id == claim_id:
-            return c
-    raise KeyError(claim_id)
 
 
 # -- as published: the authors' probable code base (danielmao2019/Pylon) ----------------------
@@ -811,6 +876,24 @@ def _ew_like_rows(t: ResultTable) -> str:
     return str(out or "none")
 
 
+@claim(
+    id="published-nash-gradnorm-equal-baseline",
+    section="§3.2, Tables 2-3 (as published: danielmao2019/Pylon)",
+    statement=(
+        "In the authors' probable code base Nash-MTL (solver NameError swallowed, α = 1/T) and GradNorm (stale "
+        "weights, softmax keeps 1/T) train the baseline's mean loss; if so, their Table 2 and Table 3 rows are "
+        "re-runs of the Baseline and lie within the spread expected of equal weighting on every column."
+    ),
+    source_tables=("table2", "table3"),
+    notes=(
+        "Rule (fixed before looking at which cells pass): a row is within the EW spread in a column when "
+        "|row − Baseline| ≤ the 25th percentile of |row − Baseline| over the other method rows (Nash-MTL, "
+        "GradNorm, CosReg left out) plus one unit of the last printed digit. The paper averages 3 runs "
+        "(§3 'General Setup') and reports no spread, so the closest quarter of genuinely different methods "
+        "stands in for run-to-run noise; it can fail (a row farther than most methods)."
+    ),
+    named=(("Nash-MTL", P), ("GradNorm", P)),
+)
 def _published_equal_baseline(tables: Tables) -> Verdict:
     methods = ("Nash-MTL", "GradNorm")
     parts, holds = [], True
@@ -838,6 +921,24 @@ def _published_equal_baseline(tables: Tables) -> Verdict:
     )
 
 
+@claim(
+    id="published-cosreg-is-summed-ew",
+    section="§3.2, Tables 2-3 (as published: danielmao2019/Pylon)",
+    statement=(
+        "In the authors' probable code base CosReg's penalty has no gradient, so it trains Σ L_i = T × the "
+        "baseline's mean loss: the baseline with a T-times larger step, not a re-run of it; so its Table 2 and "
+        "Table 3 rows must NOT coincide with the Baseline row (outside the EW spread on a majority of columns)."
+    ),
+    source_tables=("table2", "table3"),
+    notes=(
+        "A necessary condition only: a correct CosReg would pass it as well. Whether a T-times step alone "
+        "explains the CosReg row needs a Baseline run at that step, which the paper does not report; the "
+        "small SGD step (lr 1e-4, appendix 7) and the low mIoU (2.7% NYU-v2) make a larger step plausibly "
+        "better on every metric, but the tables cannot decide it. Same EW-spread rule as "
+        "published-nash-gradnorm-equal-baseline."
+    ),
+    named=(("CosReg", P),),
+)
 def _published_cosreg_not_baseline(tables: Tables) -> Verdict:
     parts, holds = [], True
     for name in ("table2", "table3"):
@@ -858,35 +959,11 @@ def _published_cosreg_not_baseline(tables: Tables) -> Verdict:
     )
 
 
-CLAIMS = CLAIMS + (
-    Claim(
-        "published-nash-gradnorm-equal-baseline",
-        "§3.2, Tables 2-3 (as published: danielmao2019/Pylon)",
-        "In the authors' probable code base Nash-MTL (solver NameError swallowed, α = 1/T) and GradNorm (stale "
-        "weights, softmax keeps 1/T) train the baseline's mean loss; if so, their Table 2 and Table 3 rows are "
-        "re-runs of the Baseline and lie within the spread expected of equal weighting on every column.",
-        ("table2", "table3"),
-        _published_equal_baseline,
-        notes="Rule (fixed before looking at which cells pass): a row is within the EW spread in a column when "
-        "|row − Baseline| ≤ the 25th percentile of |row − Baseline| over the other method rows (Nash-MTL, "
-        "GradNorm, CosReg left out) plus one unit of the last printed digit. The paper averages 3 runs "
-        "(§3 'General Setup') and reports no spread, so the closest quarter of genuinely different methods "
-        "stands in for run-to-run noise; it can fail (a row farther than most methods).",
-        named=(("Nash-MTL", P), ("GradNorm", P)),
-    ),
-    Claim(
-        "published-cosreg-is-summed-ew",
-        "§3.2, Tables 2-3 (as published: danielmao2019/Pylon)",
-        "In the authors' probable code base CosReg's penalty has no gradient, so it trains Σ L_i = T × the "
-        "baseline's mean loss: the baseline with a T-times larger step, not a re-run of it; so its Table 2 and "
-        "Table 3 rows must NOT coincide with the Baseline row (outside the EW spread on a majority of columns).",
-        ("table2", "table3"),
-        _published_cosreg_not_baseline,
-        notes="A necessary condition only: a correct CosReg would pass it as well. Whether a T-times step alone "
-        "explains the CosReg row needs a Baseline run at that step, which the paper does not report; the "
-        "small SGD step (lr 1e-4, appendix 7) and the low mIoU (2.7% NYU-v2) make a larger step plausibly "
-        "better on every metric, but the tables cannot decide it. Same EW-spread rule as "
-        "published-nash-gradnorm-equal-baseline.",
-        named=(("CosReg", P),),
-    ),
-)
+CLAIMS: tuple[Claim, ...] = tuple(_REGISTRY)  # every claim, in the order registered above
+
+
+def claim_by_id(claim_id: str) -> Claim:
+    for c in CLAIMS:
+        if c.id == claim_id:
+            return c
+    raise KeyError(claim_id)

@@ -402,58 +402,41 @@ def top_k(table: ResultTable, column: str, k: int = 3, **kwargs: Any) -> frozens
 
 
 def mean_rank(table: ResultTable, columns: Iterable[str] | None = None, **kwargs: Any) -> dict[RowKey, float]:
-    """Mean competition rank over `columns` (default: all), for rows ranked in every column."""
+    """Mean competition rank over `columns` (default: all), for rows ranked in every column, in the
+    table's row order (so tied rows keep that order when sorted by rank)."""
     cols = tuple(columns or table.columns)
     ranks = [rank(table, c, **kwargs) for c in cols]
-    common = set(ranks[0]).intersection(*ranks[1:])
-    return {k: sum(r[k] for r in ranks) / len(cols) for k in common}
+    return {k: sum(r[k] for r in ranks) / len(cols) for k in table.keys() if all(k in r for r in ranks)}
 
 
 # -- baseline band (Table 1 caption) -----------------------------------------------------------
-def _diff_vs_baseline(table: ResultTable, method: str, column: str, level: str | None, baseline: str) -> Decimal:
+_BAND = Decimal(repr(BAND))  # compared on the printed decimals, exactly
+
+
+def _diff_vs_baseline(table: ResultTable, method: str, column: str, level: str | None) -> Decimal:
+    """`method` − the Baseline in `column` on the exact decimals of the two values, positive when better."""
     value = table.value(method, column, level)
-    base = table.value(baseline, column)
+    base = table.value(BASELINE, column)
     if value is None or base is None:
-        raise ValueError(f"{table.title}: no value to compare for {method!r} / {baseline!r} in {column!r}")
+        raise ValueError(f"{table.title}: no value to compare for {method!r} / {BASELINE!r} in {column!r}")
     diff = Decimal(repr(float(value))) - Decimal(repr(float(base)))
     return diff if table.higher_is_better[column] else -diff
 
 
-def baseline_mark(
-    table: ResultTable,
-    method: str,
-    column: str,
-    *,
-    level: str | None = None,
-    band: float = BAND,
-    baseline: str = BASELINE,
-) -> str:
-    """'↑' better by more than `band`, '↓' worse by more than `band`, else '–' (Table 1 caption)."""
-    diff = _diff_vs_baseline(table, method, column, level, baseline)
-    limit = Decimal(repr(float(band)))
-    if diff > limit:
-        return "↑"
-    if diff < -limit:
-        return "↓"
-    return "–"
+def baseline_mark(table: ResultTable, method: str, column: str, *, level: str | None = None) -> str:
+    """'↑' better than the Baseline by more than `BAND`, '↓' worse by more than `BAND`, else '–'
+    (Table 1 caption)."""
+    diff = _diff_vs_baseline(table, method, column, level)
+    return "↑" if diff > _BAND else "↓" if diff < -_BAND else "–"
 
 
-def admissible_marks(
-    table: ResultTable,
-    method: str,
-    column: str,
-    *,
-    level: str | None = None,
-    band: float = BAND,
-    baseline: str = BASELINE,
-) -> frozenset[str]:
-    """Marks consistent with the printed values: a printed difference of exactly `band` may hide a
+def admissible_marks(table: ResultTable, method: str, column: str, *, level: str | None = None) -> frozenset[str]:
+    """Marks consistent with the printed values: a printed difference of exactly `BAND` may hide a
     true difference on either side of it, so both '–' and the arrow are admissible there."""
-    mark = baseline_mark(table, method, column, level=level, band=band, baseline=baseline)
-    diff = _diff_vs_baseline(table, method, column, level, baseline)
-    if abs(diff) == Decimal(repr(float(band))):
+    diff = _diff_vs_baseline(table, method, column, level)
+    if abs(diff) == _BAND:
         return frozenset({"–", "↑" if diff > 0 else "↓"})
-    return frozenset({mark})
+    return frozenset({baseline_mark(table, method, column, level=level)})
 
 
 # -- feature vs parameter level (Table 4) ------------------------------------------------------
@@ -474,26 +457,44 @@ def relative_change_table(
     name: str = "table4",
     level: str = "feature",
     base_level: str = "parameter",
-    decimals: int | None = None,
+    printed_decimals: int | None = None,
+    notes: Iterable[str] = (),
 ) -> ResultTable:
-    """A Table-4-shaped table from a table holding methods at both levels (our reproduced runs)."""
+    """Table 4 from a table holding methods at both levels (our runs, or Table 1 + Table 4): one row
+    per method at `level` that also has a `base_level` row, 100 × (level − base_level) / base_level
+    per column (`relative_change`). A cell is null when either value is null or the base value is 0,
+    and its row's note says why, followed by the notes of the two rows it comes from."""
     rows = []
     for r in table.rows:
         if r.level != level or not table.has(r.method, base_level):
             continue
-        values = {}
+        base = table.row(r.method, base_level)
+        values: dict[str, float | None] = {}
+        why = []
         for c in table.columns:
-            v = relative_change(table, r.method, c, level=level, base_level=base_level)
-            values[c] = round(v, decimals) if decimals is not None else v
-        rows.append(Row(method=r.method, level=level, values=values))
+            new, old = r.values[c], base.values[c]
+            if new is None or old is None:
+                values[c] = None
+                why.append(f"{c}: {level if new is None else base_level}-level value is null")
+            elif old == 0:
+                values[c] = None
+                why.append(f"{c}: {base_level}-level value is 0")
+            else:
+                values[c] = relative_change(table, r.method, c, level=level, base_level=base_level)
+        sources = [f"{row.level}: {row.note}" for row in (r, base) if row.note]
+        rows.append(Row(method=r.method, level=level, values=values, note="; ".join(why + sources) if why else None))
     return ResultTable(
         name=name,
         columns=table.columns,
         higher_is_better=table.higher_is_better,
         rows=tuple(rows),
-        units={c: f"percent relative change ({level} vs {base_level}) of {c}" for c in table.columns},
-        printed_decimals={c: decimals for c in table.columns} if decimals is not None else {},
-        origin=f"relative_change_table({table.origin})",
+        units={
+            c: f"percent relative change of {c}: 100 × ({level} − {base_level}) / {base_level}, same method"
+            for c in table.columns
+        },
+        printed_decimals={} if printed_decimals is None else {c: printed_decimals for c in table.columns},
+        notes=tuple(notes),
+        origin=name,
     )
 
 

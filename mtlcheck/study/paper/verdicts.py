@@ -61,7 +61,7 @@ VERDICTS = ("holds", "contradicted", "inconclusive", "not evaluable", "error")
 UNIFORM_DRAWS = 50  # points drawn uniformly in the region after the corner patterns
 SEARCH_UNIFORM = 30  # the same, per tried seed count when estimating the seeds that would decide
 SEARCH_CORNERS = 300  # corner patterns per tried seed count (a planning figure, not a verdict)
-SUPPORT_DRAWS = 400  # the draws behind the derived cells' intervals in `reports` (shared, cached)
+SUPPORT_DRAWS = 400  # posterior draws of the seed means behind a claim's support (shared, cached)
 MAX_SEEDS = 256
 
 Tables = Mapping[str, ResultTable]
@@ -352,7 +352,13 @@ def _seeds_to_decide(claim: Claim, tables: Tables, boxes, point: str, n: int) ->
 
 
 def judge_all(tables: Tables, claims: Sequence[Claim] = CLAIMS, **options) -> list[dict]:
-    """`judge` (with `options`) for every claim, rows with a null value removed first (named in the
-    evidence)."""
+    """`judge` (with `options`) for every claim, rows with a null value (diverged, failed, undefined)
+    removed first and named in the evidence: one dict per claim, {"id", "section", "statement",
+    "verdict", "evidence", "support", "seeds"}, in the order of `claims`.
+
+    On our tables (`results.result_tables`) the verdict is holds / contradicted / inconclusive; on
+    tables without seeds (the paper's) holds / contradicted as the predicate says. "not evaluable":
+    the tables lack a table, row, column or value the claim needs (the evidence names it); "error":
+    the predicate raised anything else (a bug, shown rather than hidden)."""
     usable, removed = without_null_rows(tables)
     return [judge(c, usable, removed, **options) for c in claims]
