@@ -12,7 +12,7 @@ Every step is a two-stage step:
    * gradient methods at the parameter level: T vector-Jacobian products give the rows g_i
      (kept as per-parameter blocks), then the aggregated direction is written per parameter.
    The two-stage parameter-level Jacobian is bitwise equal to T separate autograd.grad(L_i)
-   calls (perf.md §2).
+   calls (suites/pipeline/test_gradients.py).
 
 Head parameters: under gradient methods each head gets the unweighted gradient of the losses
 that reach it (its own loss, paper §2); under loss-only methods every parameter gets the

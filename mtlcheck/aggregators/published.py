@@ -32,7 +32,7 @@ PUBLISHED_VARIANTS = ("ew-mean", "cosreg-published", "nash_mtl-published", "grad
 
 @register_aggregator("ew-mean")
 class EWMean(WeightingAggregator):
-    """Equal weighting as the MEAN of the losses, w_i = 1/T (peers.md §4 EW: Pylon's
+    """Equal weighting as the MEAN of the losses, w_i = 1/T (danielmao2019/Pylon's
     `MTLOptimizer.backward` averages the losses; also torchjd `Mean`). Same direction as `ew`,
     a T-times smaller step. Loss-only: the engine back-propagates Σ_i L_i / T once, so the heads
     get the mean-loss gradient, as in that trainer."""
@@ -52,7 +52,7 @@ class EWMean(WeightingAggregator):
 class NashMTLPublished(EWMean):
     """Nash-MTL as published: w_i = 1/T, i.e. the mean-loss baseline.
 
-    Why (peers.md §4 Nash-MTL): at Pylon HEAD, cvxpy is imported only inside the problem set-up,
+    Why (danielmao2019/Pylon's Nash-MTL): at Pylon HEAD, cvxpy is imported only inside the problem set-up,
     so the solver call raises NameError; a bare `except` swallows it, α keeps its initial value
     1 and is normalised to sum 1, so every step uses α = 1/T (no warning, no clipping). The
     per-task gradients it computes are never used, so this class reads only the task count
@@ -63,7 +63,7 @@ class NashMTLPublished(EWMean):
 class GradNormPublished(EWMean):
     """GradNorm as published: w_i = 1/T, i.e. the mean-loss baseline.
 
-    Why (peers.md §4 GradNorm): Pylon's GradNorm renormalises its weights with
+    Why: danielmao2019/Pylon's GradNorm renormalises its weights with
     `softmax` under no_grad by rebinding the attribute, so its own optimiser keeps updating a stale
     tensor; the weights used are softmax re-applied to (near-)equal values, 1/T ± 1e-5 in a
     side-by-side run. Here exactly 1/T and stateless; the GradNorm loss, which never reaches the
@@ -74,7 +74,7 @@ class GradNormPublished(EWMean):
 class CosRegPublished(CosReg):
     """CosReg as published: direction Σ_i g_i, first order only.
 
-    Why (peers.md §4 CosReg): Pylon takes the task gradients without `create_graph=True`, so the
+    Why: danielmao2019/Pylon takes the task gradients without `create_graph=True`, so the
     penalty λ·mean cos²(g_i, g_j) is a constant and its gradient is zero; training follows the
     plain summed loss Σ_i L_i = T × its mean-loss baseline (a T-times larger step). `penalty` is
     kept (its value is still computed, `penalty_term`), but the engine never differentiates it."""
@@ -87,7 +87,7 @@ class CosRegPublished(CosReg):
 class GradVacPublished(GradVac):
     """GradVac as published: sign-flipped correction, mean reduction, β = 0.01.
 
-    peers.md §4 GradVac / §5: Pylon's correction coefficient has `+ ρ√(1−φ̂²)` where Wang et al.
+    danielmao2019/Pylon's correction coefficient has `+ ρ√(1−φ̂²)` where Wang et al.
     (Eq. 4) have `− ρ√(1−φ̂²)`: at φ̂ = 0 a conflicting g_i (ρ < 0) gets ρ·‖g_i‖/‖g_j‖ · g_j added,
     which pushes it further from g_j instead of lifting cos to φ̂ (fails check_conflict_reduction
     by design). The corrected gradients are averaged (Σ_i g_i' / T) and its config sets β = 0.01."""

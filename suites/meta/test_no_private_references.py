@@ -14,6 +14,7 @@ PRIVATE = re.compile(
         [
             r"(?<![A-Za-z])research/[A-Za-z_]+\.md",
             r"(?<![A-Za-z])research/[a-z_]+ §",
+            r"(?<![\w/])(?:peers|perf|style|models_data)" + r"\.md §",  # the notes' names, cited by section
             "DESIGN" + r"\.md",
             "shared" + "/paper",
         ]

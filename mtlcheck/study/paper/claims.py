@@ -912,7 +912,7 @@ def _published_equal_baseline(tables: Tables) -> Verdict:
             parts.append(
                 f"{tables['table1'].title} does not report them ({'; '.join(said)}): not explained by "
                 "the equal-weighting reading (it would train the baseline there too) unless those runs "
-                "used other code (the 2024 Nash-MTL solved, peers.md §4)"
+                "used other code (the 2024 Nash-MTL imported cvxpy at module level and solved: nash_mtl-published)"
             )
     return Verdict(
         holds,

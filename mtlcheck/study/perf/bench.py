@@ -39,7 +39,7 @@ clock = time.perf_counter  # the timer of every measurement (a seam: tests repla
 
 
 class ResNetClassifiers(MultiTaskModel):
-    """ResNet18 trunk + T light classification heads (perf.md Model A, light variant)."""
+    """ResNet18 trunk + T light classification heads (1×1 conv to 64 channels, ReLU, global pooling, linear)."""
 
     def __init__(self, n_tasks: int = 3, n_classes: int = 10, width: int = 64):
         super().__init__()
