@@ -7,6 +7,13 @@ cost of the T vector-Jacobian products alone). Wall time and process CPU time (a
 both reported: on a shared machine the CPU time is the steadier of the two.
 
     python docs/bench/param_step_speed.py --tasks 3 5 --repeats 15 --before-rev HEAD
+
+`--together` times every T in one interleaved loop against one reference, the EW step at the
+first T, and reports each extra task's cost paired per repeat: (step at T_b − step at T_a) /
+(T_b − T_a) over that repeat's reference EW step. (Ratios taken at each T against its own EW step
+cannot be subtracted: the EW steps of separately timed settings differ by more than a task.)
+
+    python docs/bench/param_step_speed.py --tasks 3 7 --repeats 15 --together
 """
 
 from __future__ import annotations
@@ -67,8 +74,15 @@ def cases_for(n_tasks: int, before, method: str):
 
 
 def time_cases(model, cases, repeats: int, warmup: int = 2):
+    """Interleaved repeats of every case; `model` is the model every case steps, or None when each
+    case is a (model, step) pair."""
+
     def step(f):
-        model.zero_grad(set_to_none=True)
+        if model is None:
+            (m, f) = f
+        else:
+            m = model
+        m.zero_grad(set_to_none=True)
         w0, c0 = time.perf_counter(), time.process_time()
         f()
         return time.perf_counter() - w0, time.process_time() - c0
@@ -96,6 +110,37 @@ def summary(times, key):
     return statistics.median(ratios), q[0], q[2]
 
 
+def together(tasks: list[int], before, method: str, repeats: int) -> None:
+    cases = {}
+    for n in tasks:
+        model, own = cases_for(n, before, method)
+        cases.update({f"{n}:{k}": (model, f) for k, f in own.items()})
+    wall, cpu = time_cases(None, cases, repeats)
+    ref = f"{tasks[0]}:ew"
+    print(f"reference: the EW step at T = {tasks[0]}, {1e3 * statistics.median(wall[ref]):.0f} ms (wall)")
+    print("| case | wall × reference EW | CPU-time × reference EW |")
+    print("|---|---|---|")
+
+    def row(label, w, c):
+        ws, cs = sorted(w), sorted(c)
+        qw, qc = statistics.quantiles(ws, n=4), statistics.quantiles(cs, n=4)
+        print(
+            f"| {label} | {statistics.median(ws):.2f} [{qw[0]:.2f}, {qw[2]:.2f}] | "
+            f"{statistics.median(cs):.2f} [{qc[0]:.2f}, {qc[2]:.2f}] |",
+            flush=True,
+        )
+
+    for key in cases:
+        row(f"T = {key.replace(':', ': ')}", *[[t / e for t, e in zip(x[key], x[ref])] for x in (wall, cpu)])
+    a, b = tasks[0], tasks[-1]
+    for case in ("ew", "floor", f"{method} after", "monitor after"):
+        per = [
+            [(tb - ta) / (b - a) / e for tb, ta, e in zip(x[f"{b}:{case}"], x[f"{a}:{case}"], x[ref])]
+            for x in (wall, cpu)
+        ]
+        row(f"each task beyond {a}: {case}", *per)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, nargs="*", default=[3, 5])
@@ -103,6 +148,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", default="mgda")
     parser.add_argument("--before-rev", default=None, help="git revision of the engine to compare with")
+    parser.add_argument("--together", action="store_true", help="every T in one loop, against one EW reference")
     parser.add_argument("--tuned-malloc", action="store_true", help="apply mtlcheck.allocator.tune_malloc first")
     args = parser.parse_args()
     if args.tuned_malloc:
@@ -115,6 +161,8 @@ def main():
         f"ResNet18 trunk, 128², batch 2, float32, {args.threads} threads, malloc: {malloc_setting()}, "
         f"torch {torch.__version__}, {args.repeats} interleaved repeats; ratio to EW: median [IQR]"
     )
+    if args.together:
+        return together(args.tasks, before, args.method, args.repeats)
     print("| T | case | wall × EW | CPU-time × EW | EW wall ms |")
     print("|---|---|---|---|---|")
     for n_tasks in args.tasks:
