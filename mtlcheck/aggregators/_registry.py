@@ -30,12 +30,14 @@ def register_aggregator(name: str, *, paper_name: str | None = None, feature_ali
     parameter-level objective: Sener & Koltun 2018, §3.3)."""
 
     def decorate(cls: type[Aggregator]) -> type[Aggregator]:
+        if feature_alias is not None and (
+            feature_alias in _REGISTRY or _FEATURE_ALIASES.get(feature_alias, name) != name or feature_alias == name
+        ):
+            raise ValueError(f"{name!r}: the alias {feature_alias!r} is already a registered name or alias")
         _add(name, cls)
         if paper_name is not None:
             _PAPER_NAMES[name] = paper_name
         if feature_alias is not None:
-            if feature_alias in _REGISTRY or feature_alias in _FEATURE_ALIASES:
-                raise ValueError(f"{name!r}: the alias {feature_alias!r} is already a registered name or alias")
             _FEATURE_ALIASES[feature_alias] = name
         return cls
 
@@ -44,11 +46,13 @@ def register_aggregator(name: str, *, paper_name: str | None = None, feature_ali
 
 def paper_name(name: str) -> str:
     """The method's name in the papers' tables, or `name` itself when none was registered."""
+    _load_entry_points()
     return _PAPER_NAMES.get(name, name)
 
 
 def level_aliases() -> dict[str, tuple[str, str]]:
     """alias -> (registered name, gradient level), e.g. "mgda_ub" -> ("mgda", "feature")."""
+    _load_entry_points()
     return {alias: (name, "feature") for alias, name in _FEATURE_ALIASES.items()}
 
 
@@ -57,6 +61,10 @@ def _add(name: str, cls: Any) -> None:
         raise ValueError(f"aggregator name must be a non-empty string, got {name!r}")
     if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
         raise TypeError(f"{name!r}: only Aggregator subclasses can be registered, got {cls!r}")
+    if name in _FEATURE_ALIASES:
+        raise ValueError(
+            f"{name!r} is the feature-level alias of {_FEATURE_ALIASES[name]!r}; register the method under another name"
+        )
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise ValueError(
             f"an aggregator named {name!r} is already registered "

@@ -2,7 +2,7 @@
 
 Pylon (danielmao2019/Pylon, `optimizers/multi_task_optimizers`, read at ebe46305) is likely the
 code base behind the paper's numbers: it has exactly the paper's list of methods, a `wrt_rep`
-switch for the feature level with `mgda_ub`/`alignedmtl_ub` configs, the paper's benchmarks and
+switch for the feature level with `mgda_ub`/`aligned_mtl_ub` configs, the paper's benchmarks and
 its SGD settings. Several of its methods differ from their papers, as listed below. Each class
 reproduces that behaviour from the math (not from their code), so runs and claims can ask
 whether the published rows are explained by it. None of them is a correct implementation of its method:

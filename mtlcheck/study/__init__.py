@@ -3,3 +3,6 @@ evaluation, training, the results store and sweeps, the paper's tables, claims a
 performance benches and the `mtlcheck` command. Its dependencies come with the `study` extra
 (`pip install "mtlcheck[study]"`); nothing in the library imports from here.
 """
+
+# the training budgets every benchmark defines (import-free here, so that the command starts at once)
+BUDGETS = ("smoke", "small", "paper")

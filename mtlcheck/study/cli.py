@@ -26,7 +26,7 @@ from pathlib import Path
 # Nothing here imports torch at module level: `mtlcheck --help`, `--version` and usage errors
 # answer at once; each command imports what it needs.
 from mtlcheck import LEVELS
-from mtlcheck.study.experiments.spec import BUDGETS as BUDGET_CHOICES
+from mtlcheck.study import BUDGETS as BUDGET_CHOICES
 
 DEFAULT_STORE = Path("mtlcheck-results") / "runs.sqlite"
 DEFAULT_OUT = Path("mtlcheck-results")
@@ -123,7 +123,7 @@ def _check_executor(args) -> None:
 
 
 def cmd_list(args) -> int:
-    from mtlcheck.aggregators import aggregator_class, list_aggregators
+    from mtlcheck.aggregators import aggregator_class, level_aliases, list_aggregators
     from mtlcheck.study.benchmarks import BENCHMARKS
 
     if args.what in ("methods", "all"):
@@ -137,7 +137,8 @@ def cmd_list(args) -> int:
                 traits.append(f"solver={t.requires_solver}")
             levels = "parameter" if t.loss_only else "parameter, feature"
             print(f"  {name:<13} {type(agg).__name__:<12} levels: {levels:<19} {', '.join(traits)}")
-        print("  aliases: mgda_ub = mgda at the feature level, aligned_mtl_ub = aligned_mtl at the feature level")
+        aliases = [f"{alias} = {name} at the {level} level" for alias, (name, level) in level_aliases().items()]
+        print(f"  aliases: {', '.join(aliases)}")
     if args.what in ("benchmarks", "all"):
         print("benchmarks")
         for b in BENCHMARKS.values():

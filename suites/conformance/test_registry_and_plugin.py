@@ -53,6 +53,25 @@ def test_import_path_and_errors():
         register_aggregator("ew")(ThirdPartyMean)
 
 
+def test_paper_names_and_feature_aliases_live_on_the_registry(monkeypatch):
+    from mtlcheck.aggregators import MGDA, level_aliases, paper_name
+
+    assert paper_name("nash_mtl") == "Nash-MTL" and paper_name("ew") == "Baseline"
+    assert paper_name("ew-mean") == "ew-mean"  # none registered: its own name
+    assert level_aliases() == {"mgda_ub": ("mgda", "feature"), "aligned_mtl_ub": ("aligned_mtl", "feature")}
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    monkeypatch.setattr(_registry, "_FEATURE_ALIASES", dict(_registry._FEATURE_ALIASES))
+    with pytest.raises(ValueError, match="'mgda_ub' is the feature-level alias of 'mgda'"):
+        register_aggregator("mgda_ub")(ThirdPartyMean)
+    with pytest.raises(ValueError, match="alias 'mgda_ub' is already"):
+        register_aggregator("my_mgda", feature_alias="mgda_ub")(ThirdPartyMean)
+    assert "my_mgda" not in _registry._REGISTRY  # refused before anything was registered
+    with pytest.raises(ValueError, match="alias 'pcgrad' is already"):
+        register_aggregator("my_mgda", feature_alias="pcgrad")(ThirdPartyMean)
+    register_aggregator("mgda", paper_name="MGDA", feature_alias="mgda_ub")(MGDA)  # the same again: a no-op
+    assert level_aliases()["mgda_ub"] == ("mgda", "feature")
+
+
 def test_xdist_workers_are_pinned_to_one_gpu_each(monkeypatch):
     class Config:
         def addinivalue_line(self, *args):

@@ -89,12 +89,22 @@ class Missing(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Missing())
 
+import importlib, pkgutil
+import mtlcheck
+# every module of the library (the kit's pytest plugin and snapshot extension need pytest and syrupy,
+# from the test extra, which the kit's users have)
+library = [
+    m.name for m in pkgutil.walk_packages(mtlcheck.__path__, "mtlcheck.")
+    if not m.name.startswith("mtlcheck.study")
+]
+assert len(library) > 30, library
+for name in library:
+    importlib.import_module(name)
+
 import torch
-from mtlcheck.aggregators import get_aggregator, list_aggregators
+from mtlcheck.aggregators import get_aggregator
 from mtlcheck.gradients import backward_step
-from mtlcheck.measures import gradient_direction_similarity  # noqa: F401 - importable without the extra
 from mtlcheck.models.toy import ToyRegression
-from mtlcheck.monitor import measure  # noqa: F401
 from mtlcheck.testing import check_aggregator
 from mtlcheck.testing.kit import resolve_aggregator
 
@@ -107,6 +117,10 @@ assert resolve_aggregator("mgda_ub").name == "mgda"
 check_aggregator(resolve_aggregator("pcgrad"))
 
 from mtlcheck.study.cli import main
+out, err = io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    checked = main(["check", "pcgrad"])
+print("CHECK", checked, "FAILED" in out.getvalue(), "PCGrad(): " in out.getvalue())
 err = io.StringIO()
 with contextlib.redirect_stderr(err):
     listed = main(["list"])
@@ -128,7 +142,10 @@ def test_the_library_works_without_the_study_extra():
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("LIST", "LOADED")))
+    lines = dict(
+        line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("CHECK", "LIST", "LOADED"))
+    )
+    assert lines["CHECK"] == "0 False True", lines["CHECK"]  # `mtlcheck check` runs the kit: exit 0, nothing failed
     code, _, message = lines["LIST"].partition(" ")
     assert code == "2", lines["LIST"]  # a study command without the study extra: one line, exit 2
     assert 'pip install "mtlcheck[study]"' in message and "Traceback" not in message, message

@@ -29,8 +29,6 @@ from mtlcheck.study.experiments.spec import RunSpec
 from mtlcheck.study.experiments.store import ResultStore, RunFailedError, RunRecord, RunResult, SetupError
 from mtlcheck.study.training import Checkpointer, RunOutcome, train
 
-# the paper's "-UB" names: a method at the feature level (registered with the method)
-ALIASES = level_aliases()
 # what a sweep runs by default: the paper's 15 methods and its equal-weighting baseline
 PAPER_METHODS = (
     "ew",
@@ -109,8 +107,9 @@ def make_spec(
     another level is an error), the level defaulting to 'parameter', and the config checked
     against the constructor's signature and types and reduced to its non-default arguments.
     The aggregator's seed is the run's seed, so `seed` is not a config key."""
-    if method in ALIASES:
-        name, alias_level = ALIASES[method]
+    aliases = level_aliases()  # the paper's "-UB" names: a method at the feature level
+    if method in aliases:
+        name, alias_level = aliases[method]
         if level not in (None, alias_level):
             raise ValueError(
                 f"{method!r} is {name!r} at the {alias_level} level; it has no {level} level "
@@ -170,14 +169,15 @@ def sweep_specs(
             raise ValueError(f"no runs: no {what} given")
     specs = []
     summed = run_options(extra or {})[1] == "sum"
+    aliases = level_aliases()
     for method in methods:
-        if method in ALIASES and ALIASES[method][1] not in levels:
+        if method in aliases and aliases[method][1] not in levels:
             raise ValueError(
-                f"{method!r} is {ALIASES[method][0]!r} at the {ALIASES[method][1]} level, "
+                f"{method!r} is {aliases[method][0]!r} at the {aliases[method][1]} level, "
                 f"which is not among the levels {list(levels)}"
             )
         for level in levels:
-            name, lv = ALIASES.get(method, (method, level))
+            name, lv = aliases.get(method, (method, level))
             tags = aggregator_class(name)().tags()
             if lv == "feature" and (tags.loss_only or (summed and not batch_sum_supported(tags))):
                 continue

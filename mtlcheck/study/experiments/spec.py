@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mtlcheck import LEVELS
+from mtlcheck.study import BUDGETS
 
 __all__ = ["BUDGETS", "CODE_EPOCH", "KEY_LENGTH", "RunSpec", "canonical_json", "spec_key"]
 
@@ -47,7 +48,6 @@ CODE_EPOCH = 7  # 2: CosReg without epsilon, GradNorm "last" layer, loader RNG i
 """Bump when training semantics change (loss, schedule, data order, metric definitions):
 every key changes, so old results are kept but never mistaken for current ones."""
 
-BUDGETS = ("smoke", "small", "paper")
 KEY_LENGTH = 16
 
 _FIELDS = ("benchmark", "method", "method_config", "level", "seed", "budget", "steps", "extra")

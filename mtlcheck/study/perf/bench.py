@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from mtlcheck import LEVELS
 from mtlcheck.aggregators import aggregator_class, list_aggregators
 from mtlcheck.allocator import malloc_setting
 from mtlcheck.gradients import backward_step
@@ -301,7 +302,7 @@ def _peak_rss_case(
 
 def peak_memory(
     methods=None,
-    levels=("parameter", "feature"),
+    levels=LEVELS,
     size: int = 128,
     batch_size: int = 2,
     n_tasks: int = 3,
@@ -388,7 +389,7 @@ def _quartiles(xs):
 
 def run(
     methods=None,
-    levels=("parameter", "feature"),
+    levels=LEVELS,
     size: int = 128,
     batch_size: int = 2,
     n_tasks: int = 3,
@@ -578,7 +579,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--levels",
         nargs="*",
-        default=["parameter", "feature"],
+        default=list(LEVELS),
         choices=LEVEL_CHOICES,
         help="engine: parameter (T VJPs), feature, parameter-batched (is_grads_batched), "
         "libmtl-loop (the LibMTL-style baseline: T backward passes into a flat CPU vector)",
