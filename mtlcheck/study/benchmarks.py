@@ -22,6 +22,7 @@ about 3k iterations (stated for MetaGraspNet; used for all three).
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,9 @@ class Benchmark:
     """One benchmark. `make_data(split, budget, data_root)` returns a Dataset,
     `make_model(budget, weights)` a MultiTaskModel, `evaluate(model, dataset, device)` metrics.
     `paper_tables` names the paper's tables this benchmark reproduces: (results, feature-vs-
-    parameter relative change or None, ranking similarity)."""
+    parameter relative change or None, ranking similarity). `code` names the modules its
+    factories import when first called (lazily, so that `mtlcheck list` starts at once);
+    `import_code` imports them before a run is leased (see there)."""
 
     name: str
     description: str
@@ -59,6 +62,15 @@ class Benchmark:
     paper_tables: tuple[str, str | None, str] = ("table2", None, "table6")
     collate: Callable = default_collate
     needs_data_root: bool = False
+    code: tuple[str, ...] = ()
+
+    def import_code(self) -> None:
+        """Import what the factories need, before a run is leased: torchvision's first import
+        takes seconds, and a Ctrl-C that lands inside it (inside a library's import code or a
+        dataclass built by `exec`) can be swallowed, or make `python -m` exit by SIGINT after the
+        interrupt was handled; from the training loop it is handled, and reported, as such."""
+        for module in self.code:
+            importlib.import_module(module)
 
     def setup(self, budget: str, steps: int | None = None) -> TrainSetup:
         if budget not in self.setups:
@@ -252,6 +264,7 @@ DIGITS_DENSE = Benchmark(
     setups=_DIGITS_DENSE_SETUPS,
     make_data=_digits_data("dense"),
     make_model=_digits_dense_model,
+    code=("mtlcheck.study.data.digits", "mtlcheck.study.models.small", "mtlcheck.study.evaluation"),
     evaluate=_evaluate_dense({"depth", "semantic", "instance"}, 11, 250, 64),
 )
 
@@ -264,6 +277,7 @@ DIGITS_INSTANCE = Benchmark(
     setups=_DIGITS_SETUPS,
     make_data=_digits_data("instance"),
     make_model=_digits_instance_model,
+    code=("mtlcheck.study.data.digits", "mtlcheck.study.models.small", "mtlcheck.study.evaluation"),
     evaluate=_evaluate_coco(64, _collate_instances, class_agnostic=False),
     collate=_collate_instances,
 )
@@ -369,6 +383,7 @@ CITYSCAPES = Benchmark(
     setups=_real_setups("cityscapes"),
     make_data=_cityscapes_data,
     make_model=_dense_model("CityScapesModel"),
+    code=("mtlcheck.study.data.cityscapes", "mtlcheck.study.models.dense", "mtlcheck.study.evaluation"),
     evaluate=_evaluate_dense({"depth", "semantic", "instance"}, 19, 250, 8),
     needs_data_root=True,
 )
@@ -382,6 +397,7 @@ NYUV2 = Benchmark(
     setups=_real_setups("nyuv2"),
     make_data=_nyu_data,
     make_model=_dense_model("NYUv2Model"),
+    code=("mtlcheck.study.data.nyuv2", "mtlcheck.study.models.dense", "mtlcheck.study.evaluation"),
     evaluate=_evaluate_dense({"depth", "normal", "semantic"}, 41, 250, 8),
     needs_data_root=True,
 )
@@ -395,6 +411,12 @@ METAGRASPNET = Benchmark(
     setups=_real_setups("metagraspnet"),
     make_data=_metagraspnet_data,
     make_model=_metagraspnet_model,
+    code=(
+        "mtlcheck.study.data.metagraspnet",
+        "mtlcheck.study.data.collate",
+        "mtlcheck.study.models.grasp",
+        "mtlcheck.study.evaluation",
+    ),
     evaluate=_evaluate_coco(4, _collate_detection, class_agnostic=True),
     collate=_collate_detection,
     needs_data_root=True,

@@ -2,6 +2,8 @@
 evaluation, for a gradient method at each level."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,22 @@ def test_benchmark_trains_and_evaluates_at_smoke_size(name, level, data_roots):
     for metric in bench.metrics:
         assert metric.key in outcome.metrics, f"{name}: metric {metric.key} missing from {sorted(outcome.metrics)}"
     assert outcome.trajectory["step"] == [0]
+
+
+_IMPORT_CHECK = """
+import sys
+from mtlcheck.study.benchmarks import get_benchmark
+bench = get_benchmark(sys.argv[1])
+bench.import_code()
+before = set(sys.modules)
+bench.make_model("smoke", None)
+print(sorted(m for m in set(sys.modules) - before if m.startswith(("mtlcheck", "torchvision"))))
+"""
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_import_code_imports_what_the_model_factory_needs(name):
+    # a fresh interpreter: in this one, other tests have imported everything already
+    done = subprocess.run([sys.executable, "-c", _IMPORT_CHECK, name], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", f"{name}: make_model imported {done.stdout.strip()} after import_code()"

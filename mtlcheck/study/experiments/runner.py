@@ -283,6 +283,7 @@ def run_spec(store: ResultStore, spec: RunSpec, where: Where = Where(), *, wait:
     """The stored result of `spec`, computing it here if nobody has (saying so on stderr when it
     waits for another process)."""
     where.check([spec.benchmark])  # usage errors, never a failed run
+    get_benchmark(spec.benchmark).import_code()  # before the lease: see Benchmark.import_code
     return store.get_or_run(spec, _run_fn(spec, where), wait=wait, on_wait=_say_waiting(spec))
 
 
