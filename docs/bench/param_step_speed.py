@@ -73,16 +73,12 @@ def cases_for(n_tasks: int, before, method: str):
     return model, cases
 
 
-def time_cases(model, cases, repeats: int, warmup: int = 2):
-    """Interleaved repeats of every case; `model` is the model every case steps, or None when each
-    case is a (model, step) pair."""
+def time_cases(cases, repeats: int, warmup: int = 2):
+    """Interleaved repeats of every case, a (model, step) pair: the model's gradients are cleared before each step."""
 
-    def step(f):
-        if model is None:
-            (m, f) = f
-        else:
-            m = model
-        m.zero_grad(set_to_none=True)
+    def step(case):
+        model, f = case
+        model.zero_grad(set_to_none=True)
         w0, c0 = time.perf_counter(), time.process_time()
         f()
         return time.perf_counter() - w0, time.process_time() - c0
@@ -115,7 +111,7 @@ def together(tasks: list[int], before, method: str, repeats: int) -> None:
     for n in tasks:
         model, own = cases_for(n, before, method)
         cases.update({f"{n}:{k}": (model, f) for k, f in own.items()})
-    wall, cpu = time_cases(None, cases, repeats)
+    wall, cpu = time_cases(cases, repeats)
     ref = f"{tasks[0]}:ew"
     print(f"reference: the EW step at T = {tasks[0]}, {1e3 * statistics.median(wall[ref]):.0f} ms (wall)")
     print("| case | wall × reference EW | CPU-time × reference EW |")
@@ -167,7 +163,7 @@ def main():
     print("|---|---|---|---|---|")
     for n_tasks in args.tasks:
         model, cases = cases_for(n_tasks, before, args.method)
-        wall, cpu = time_cases(model, cases, args.repeats)
+        wall, cpu = time_cases({k: (model, f) for k, f in cases.items()}, args.repeats)
         for key in cases:
             w, c = summary(wall, key), summary(cpu, key)
             print(

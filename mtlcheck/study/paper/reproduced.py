@@ -214,11 +214,17 @@ class Study:
 
     # -- draws -----------------------------------------------------------------------------------
     def _draws(
-        self, key: tuple, n: int, offset: Callable[[str, _Coordinate], np.ndarray]
+        self,
+        key: tuple,
+        n: int,
+        seed: int,
+        sampler: Callable[[np.random.Generator], Callable[[str, _Coordinate], np.ndarray]],
     ) -> list[dict[str, ResultTable]]:
-        """`n` draws of every table, cached under `key`: each base coordinate at `offset(table, k)`
-        (its own mean plus its deviation), plus its anchor's draw for a paired difference."""
+        """`n` draws of every table, cached under `key`. On a miss, `sampler(rng)` (rng seeded by
+        `seed`) gives `offset`; each base coordinate is drawn at `offset(table, k)` (its own mean
+        plus its deviation), plus its anchor's draw for a paired difference."""
         if key not in self._cache:
+            offset = sampler(np.random.default_rng(seed))
             drawn: dict[str, dict[RowKey, dict[str, np.ndarray]]] = {}
             for name, coords in self._coords.items():
                 cols: dict[RowKey, dict[str, np.ndarray]] = {}
@@ -244,18 +250,20 @@ class Study:
     def posterior(self, n: int = 400, seed: int = 0) -> list[dict[str, ResultTable]]:
         """`n` draws of every table from the cells' t-posteriors (cells with one seed stay at their
         value: callers must check `min_seeds`)."""
-        rng = np.random.default_rng(seed)
 
-        def offset(_name: str, k: _Coordinate) -> np.ndarray:
-            e = k.estimate
-            x = np.full(n, e.mean)
-            if e.n >= 2:
-                x = x + e.scale / math.sqrt(e.n) * (
-                    rng.standard_normal(size=n) if math.isinf(e.df) else rng.standard_t(e.df, size=n)
-                )
-            return x
+        def sampler(rng: np.random.Generator):
+            def offset(_name: str, k: _Coordinate) -> np.ndarray:
+                e = k.estimate
+                x = np.full(n, e.mean)
+                if e.n >= 2:
+                    x = x + e.scale / math.sqrt(e.n) * (
+                        rng.standard_normal(size=n) if math.isinf(e.df) else rng.standard_t(e.df, size=n)
+                    )
+                return x
 
-        return self._draws(("posterior", n, seed), n, offset)
+            return offset
+
+        return self._draws(("posterior", n, seed), n, seed, sampler)
 
     def half_width(self, k: _Coordinate | Estimate, level: float, seeds: int | None = None) -> float:
         """`Estimate.half_width_at`: t_{d0+m−1, (1+level)/2} · s̃ / √m with m = `seeds` or the cell's n
@@ -271,18 +279,22 @@ class Study:
         """`n` draws of every table with each base coordinate inside its `level` t interval: 70 % of
         the draws put each row at its better or worse end (one coin per row and table), the rest
         uniformly inside. `seeds` replaces every n by that many seeds at the observed spread."""
-        rng = np.random.default_rng(seed)
-        corner = rng.random(n) < 0.7
-        ends: dict[str, dict[RowKey, np.ndarray]] = {}
 
-        def offset(name: str, k: _Coordinate) -> np.ndarray:
-            if name not in ends:  # a table's coins before its first coordinate's draw
-                ends[name] = {r: rng.choice((-1.0, 1.0), size=n) for r in sorted({c.key for c in self._coords[name]})}
-            h = self.half_width(k, level, seeds)
-            u = np.where(corner, ends[name][k.key] * k.sign, rng.uniform(-1.0, 1.0, size=n))
-            return k.estimate.mean + h * u
+        def sampler(rng: np.random.Generator):
+            corner = rng.random(n) < 0.7
+            ends: dict[str, dict[RowKey, np.ndarray]] = {}
 
-        return self._draws(("region", level, n, seed, seeds), n, offset)
+            def offset(name: str, k: _Coordinate) -> np.ndarray:
+                if name not in ends:  # a table's coins before its first coordinate's draw
+                    rows = sorted({c.key for c in self._coords[name]})
+                    ends[name] = {r: rng.choice((-1.0, 1.0), size=n) for r in rows}
+                h = self.half_width(k, level, seeds)
+                u = np.where(corner, ends[name][k.key] * k.sign, rng.uniform(-1.0, 1.0, size=n))
+                return k.estimate.mean + h * u
+
+            return offset
+
+        return self._draws(("region", level, n, seed, seeds), n, seed, sampler)
 
     def box(self, name: str, level: float, seeds: int | None = None, draws: int = 120) -> Box:
         """Where each cell of table `name` may lie at per-coordinate `level`: exact t intervals for a
