@@ -14,71 +14,59 @@ distribution. One value (n = 1) gives no interval at all: nothing about its spre
 Simultaneous intervals (Bonferroni): K intervals, each at level 1 − α/K, all cover their true
 values at once with probability ≥ 1 − α, whatever their dependence.
 
-Moderated variances (empirical Bayes; Smyth 2004, "Linear models and empirical Bayes methods for
-assessing differential expression in microarray experiments", Stat. Appl. Genet. Mol. Biol. 3(1),
-the moderated t of limma): a family of G cells measured the same way (one column's paired
-differences to the Baseline over ~27 method-levels) borrows strength for its variances. Each
-sample variance s_g² on d_g = n_g − 1 df is taken as a draw of a scaled inverse-χ² prior with d0
-df and scale s0²; (d0, s0²) are fitted by the method of moments on e_g = log s_g² − ψ(d_g/2) +
-log(d_g/2) (ψ: digamma, ψ': trigamma):
+Why no moderated variances: an empirical-Bayes prior shared by a column's rows (Smyth 2004) assumes
+one additive seed effect common to every method. When methods respond to a seed with different
+strength (a per-method loading of the seed effect, as real training shows), the moderated paired
+intervals missed 7 % at 95 % in simulation, and the two-way model threw away the seed coupling of
+similar methods (PCGrad − Baseline on SS: ± 0.027 moderated against ± 0.0007 paired). The plain
+paired t over the seeds two rows share is valid whatever each method's seed response, and it is
+what every comparison here uses (suites/claims/test_calibration.py simulates those scenarios).
 
-    ψ'(d0/2) = mean_g (e_g − ē)² · G/(G − 1) − mean_g ψ'(d_g/2),   s0² = exp(ē + ψ(d0/2) − log(d0/2))
+One-sided paired tests (the comparisons a claim is made of, `mtlcheck.study.paper.comparisons`):
+for paired differences d_s with mean d̄, sd s on n seeds, t = d̄ / (s/√n) on n − 1 df;
+p₊ = P(T ≥ t) is the evidence that the true mean is > 0, p₋ = P(T ≤ t) that it is < 0. A
+difference established at level α on one side has its two-sided 1 − 2α interval on that side of 0.
 
-(d0 = ∞ when the right side is ≤ 0: the variances differ by no more than chance). Every cell then
-uses the posterior variance and a t on d0 + d_g df:
+Equivalence within a margin γ (two one-sided tests, Schuirmann 1987): |δ| < γ is established at
+level α when the 1 − 2α interval of d̄ lies inside (−γ, γ).
 
-    s̃_g² = (d0 s0² + d_g s_g²) / (d0 + d_g),   x̄_g ± t_{d0+d_g, 1−α/2} · s̃_g / √n_g
+Predictive probability of deciding (Spiegelhalter, Freedman & Blackburn 1986, "Monitoring clinical
+trials: conditional or predictive power?"): with the mean's posterior N(d̄, s²/n) and N − n seeds
+still to come, the mean at N seeds is N(d̄, s²(N − n)/(N n)); the test at N decides when
+|d̄_N| > t_{N−1, 1−α} · s/√N. A planning figure (s held as observed), used only to stop for futility
+and to choose which rows get more seeds; neither costs any error rate.
 
-The prior df d0 is small when the variances differ a lot between cells (then each cell mostly
-keeps its own, as the plain t), large when they agree (then all share s0², on many df). Fewer than
-`MIN_VARIANCES` positive variances cannot fit the prior: the cells keep the plain per-cell t.
+Probability of improvement (Agarwal et al. 2021, rliable; Bouthillier et al. 2021): the share of
+seeds on which a row beats another, P(d_s > 0), with the Wilson score interval; reported from 10
+shared seeds on (with 3 seeds it takes 4 values and says little).
 
-Two safeguards, because the prior is fitted from only ~10-27 variances on 2 df each and its shape
-(scaled inverse-χ²) is an assumption: the prior counts for at most as much as the cell's own data
-(d0 used = min(d0, d), so at most 2d df) and a cell's variance is never moderated below its own
-sample variance (s̃² := max(s̃², s²): borrowing may widen a quiet cell's interval, never narrow a
-noisy one's). Measured on seeded simulations of 10 rows, 3 seeds: without them the moderated t
-missed 0.97 % instead of 0.3 % at level 0.997 when the noise per row is log-normal (σ of log σ:
-0.6), with them 0.27 %; suites/claims/test_statistics.py checks the paired intervals' level.
-
-Paired differences to one anchor row (the Baseline) share the anchor's run noise, so their sample
-variances are not independent draws; `moderated_pairs` moderates the per-run variances σ_g² of a
-two-way model instead (seed effect = the median of the other rows' runs of that seed) and gives each
-difference s̃_g² + s̃_anchor² on the smaller of their df.
-
-Seeds to decide one comparison: the smallest n at which t_{d0+n−1, 1−α/2} · s̃ / √n < |x̄| if the
-mean and (moderated) spread stayed as observed (a planning estimate, not a promise: both move with
-n).
+Seeds to decide one comparison: the smallest n at which t_{n−1, 1−α/2} · s / √n < |x̄| if the
+mean and spread stayed as observed (a planning estimate, not a promise: both move with n).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
-import numpy as np
-from scipy import optimize, special, stats
+from scipy import stats
 
 __all__ = [
     "LEVEL",
-    "MIN_VARIANCES",
     "Estimate",
-    "Prior",
-    "Variance",
     "bonferroni_level",
+    "equivalent",
     "estimate",
-    "fit_prior",
-    "moderate",
-    "moderated_pairs",
+    "improvement",
+    "one_sided",
     "paired",
+    "predictive_decision",
     "seeds_to_decide",
     "t_quantile",
 ]
 
 LEVEL = 0.95  # two-sided coverage of every interval reported
-MIN_VARIANCES = 3  # positive variances needed to fit the prior of the moderated variances
 
 
 def t_quantile(level: float, df: float) -> float:
@@ -93,45 +81,6 @@ def t_quantile(level: float, df: float) -> float:
     return float(stats.t.ppf(0.5 + level / 2.0, df))
 
 
-@dataclass(frozen=True)
-class Prior:
-    """Scaled inverse-χ² prior of the variances of one family of cells (Smyth 2004): `df` = d0
-    (math.inf: one common variance), `scale` = s0², fitted from `count` sample variances."""
-
-    df: float
-    scale: float
-    count: int
-
-    def text(self) -> str:
-        d0 = "∞" if math.isinf(self.df) else f"{self.df:.1f}"
-        return f"moderated variance (prior d0={d0}, s0={math.sqrt(self.scale):.3g}, from {self.count} cells)"
-
-
-def _trigamma_inverse(y: float) -> float:
-    """x > 0 with ψ'(x) = y (ψ' decreases from ∞ to 0 on (0, ∞))."""
-    f = lambda logx: float(special.polygamma(1, math.exp(logx))) - y  # noqa: E731
-    return math.exp(optimize.brentq(f, -30.0, 30.0, xtol=1e-12))
-
-
-def fit_prior(variances: Iterable[tuple[float, int]]) -> Prior | None:
-    """(d0, s0²) from (s², d) pairs by Smyth's (2004) method of moments on log s² (module doc);
-    None when fewer than `MIN_VARIANCES` of them are positive (no prior: plain per-cell t)."""
-    pairs = [(float(v), int(d)) for v, d in variances if d >= 1 and v > 0.0 and math.isfinite(v)]
-    g = len(pairs)
-    if g < MIN_VARIANCES:
-        return None
-    e = [math.log(v) - float(special.digamma(d / 2.0)) + math.log(d / 2.0) for v, d in pairs]
-    mean_e = math.fsum(e) / g
-    excess = (
-        math.fsum((x - mean_e) ** 2 for x in e) / (g - 1)
-        - math.fsum(float(special.polygamma(1, d / 2.0)) for _, d in pairs) / g
-    )
-    if excess <= 1e-12:
-        return Prior(math.inf, math.exp(mean_e), g)
-    d0 = 2.0 * _trigamma_inverse(excess)
-    return Prior(d0, math.exp(mean_e + float(special.digamma(d0 / 2.0)) - math.log(d0 / 2.0)), g)
-
-
 def bonferroni_level(level: float, k: int) -> float:
     """Per-interval level so that k intervals cover simultaneously with probability ≥ `level`."""
     if k < 1:
@@ -140,32 +89,12 @@ def bonferroni_level(level: float, k: int) -> float:
 
 
 @dataclass(frozen=True)
-class Variance:
-    """The variance model of an estimate's per-seed values: a sum of independent moderated parts
-    (s̃², d0 used), one for a cell's own values, two for a paired difference (row and anchor); the
-    sum is taken on the smaller of the parts' df, min d0 + n − 1 (the conservative choice for a sum
-    of variances, rather than the Welch–Satterthwaite df, which missed too often in the tails)."""
-
-    parts: tuple[tuple[float, float], ...]
-    prior: Prior
-
-    @property
-    def scale(self) -> float:
-        return math.sqrt(math.fsum(v for v, _ in self.parts))
-
-    def df(self, n: int) -> float:
-        return min(d0 for _, d0 in self.parts) + n - 1
-
-
-@dataclass(frozen=True)
 class Estimate:
-    """Mean over seeds of one quantity, with its Student-t interval (none for a single seed); with a
-    `variance` model (`moderate`, `moderated_pairs`), the interval uses the moderated scale and df."""
+    """Mean over seeds of one quantity, with its Student-t interval (none for a single seed)."""
 
     seeds: tuple[int, ...]
     values: tuple[float, ...]
     level: float = LEVEL
-    variance: Variance | None = None
 
     @property
     def n(self) -> int:
@@ -184,41 +113,36 @@ class Estimate:
         return math.sqrt(math.fsum((v - m) ** 2 for v in self.values) / (self.n - 1))
 
     @property
-    def prior(self) -> Prior | None:
-        return None if self.variance is None else self.variance.prior
-
-    @property
-    def df(self) -> float | None:
-        """Degrees of freedom of the interval: n − 1, or the moderated model's; None for one value."""
-        if self.n < 2:
-            return None
-        return self.n - 1 if self.variance is None else self.variance.df(self.n)
+    def df(self) -> int | None:
+        """Degrees of freedom of the interval, n − 1; None for one value."""
+        return None if self.n < 2 else self.n - 1
 
     @property
     def scale(self) -> float | None:
-        """The standard deviation the interval uses: sd, or the moderated model's; None for one value."""
-        if self.n < 2:
-            return None
-        return self.sd if self.variance is None else self.variance.scale
+        """The standard deviation the interval uses (the sample sd); None for one value."""
+        return self.sd
+
+    @property
+    def se(self) -> float | None:
+        """Standard error of the mean, s/√n; None for one value."""
+        return None if self.n < 2 else self.sd / math.sqrt(self.n)
 
     @property
     def half_width(self) -> float | None:
-        """t_{df, (1+level)/2} · scale / √n (the plain t: df = n − 1, scale = sd); None for one value."""
+        """t_{n−1, (1+level)/2} · s / √n; None for one value."""
         return self.half_width_at(self.level)
 
     def half_width_at(self, level: float, n: int | None = None) -> float | None:
-        """The half-width at `level` with `n` seeds (default: the observed n) at the observed scale,
-        on the df the variance model has at n seeds; None for one observed value or n < 2."""
+        """The half-width at `level` with `n` seeds (default: the observed n) at the observed sd;
+        None for one observed value or n < 2."""
         m = self.n if n is None else n
         if self.n < 2 or m < 2:
             return None
-        df = m - 1 if self.variance is None else self.variance.df(m)
-        return t_quantile(level, df) * self.scale / math.sqrt(m)
+        return t_quantile(level, m - 1) * self.sd / math.sqrt(m)
 
     @property
     def model(self) -> str:
-        """Which interval: 'Student-t over seeds' or the moderated variance with its prior."""
-        return "Student-t over seeds" if self.variance is None else f"moderated t, {self.prior.text()}"
+        return "Student-t over seeds"
 
     @property
     def interval(self) -> tuple[float, float] | None:
@@ -229,6 +153,10 @@ class Estimate:
         """The interval lies strictly on one side of `value` (False without an interval)."""
         iv = self.interval
         return iv is not None and (iv[0] > value or iv[1] < value)
+
+    def first(self, n: int) -> Estimate:
+        """The estimate over the first `n` seeds (in seed order): what a look at n seeds saw."""
+        return self if n >= self.n else Estimate(self.seeds[:n], self.values[:n], self.level)
 
     def text(self, decimals: int = 4) -> str:
         h = self.half_width
@@ -255,82 +183,76 @@ def paired(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL)
     return estimate({s: float(a[s]) - float(b[s]) for s in common}, level)
 
 
-def _moderated_variances(
-    variances: Mapping[Any, tuple[float, int]],
-) -> tuple[dict[Any, tuple[float, float]], Prior] | None:
-    """Per key (s̃², d0 used) with d0 used = min(d0, d) and s̃² = max(moderated, s²) (module doc)."""
-    prior = fit_prior(variances.values())
-    if prior is None:
-        return None
-    out = {}
-    for k, (v, d) in variances.items():
-        d0 = min(prior.df, float(d))
-        out[k] = (max((d0 * prior.scale + d * v) / (d0 + d), v), d0)
-    return out, prior
+def one_sided(e: Estimate) -> tuple[float, float]:
+    """(p₊, p₋): one-sided p-values of the paired t test for a true mean > 0 and < 0 (module doc).
+    One value: (1, 1), nothing is known. Zero spread: the sign of a non-zero mean is taken as
+    known (every seed moved the same way by the same amount), a zero mean decides nothing."""
+    if e.n < 2:
+        return 1.0, 1.0
+    sd = e.sd
+    if sd == 0.0:
+        m = e.mean
+        return (0.0 if m > 0 else 1.0), (0.0 if m < 0 else 1.0)
+    t = e.mean / (sd / math.sqrt(e.n))
+    return float(stats.t.sf(t, e.n - 1)), float(stats.t.cdf(t, e.n - 1))
 
 
-def moderate(estimates: Mapping[Any, Estimate]) -> dict[Any, Estimate]:
-    """The same estimates with their variances moderated together (`fit_prior`; one family of cells
-    measured the same way and independent of each other, e.g. one column's per-seed relative
-    changes); unchanged (plain per-cell t) when fewer than `MIN_VARIANCES` positive variances can
-    fit the prior."""
-    fitted = _moderated_variances({k: (e.sd**2, e.n - 1) for k, e in estimates.items() if e.n >= 2})
-    if fitted is None:
-        return dict(estimates)
-    var, prior = fitted
-    return {k: (replace(e, variance=Variance((var[k],), prior)) if k in var else e) for k, e in estimates.items()}
+def equivalent(e: Estimate, margin: float, alpha: float) -> bool:
+    """|true mean| < `margin` established at one-sided level `alpha` by two one-sided tests: the
+    1 − 2·alpha interval of the mean lies inside (−margin, margin). Needs two seeds and some spread:
+    values identical on every seed (a measure that did not move) are no evidence of equality."""
+    if e.n < 2 or margin <= 0 or e.sd == 0.0:
+        return False
+    h = e.half_width_at(1.0 - 2.0 * alpha)
+    return -margin < e.mean - h and e.mean + h < margin
 
 
-def moderated_pairs(rows: Mapping[Any, Mapping[int, float]], anchor: Any) -> dict[Any, Estimate]:
-    """Paired differences row − anchor over their shared seeds (`paired`), each with the moderated
-        variance of a difference of two runs: s̃_row² + s̃_anchor² on the smaller of their df.
-
-        Per-run variances in the two-way model y_gs = μ_g + β_s + ε_gs, ε_gs ~ N(0, σ_g²) (one column,
-        rows g, seeds s): the seed effect β_s is estimated by the median over rows of seed s (robust to
-        one very noisy row) from the *other* rows, so that it is independent of row g's noise and s_g², the
-    sample variance over seeds of y_gs − median_{h≠g} y_hs (n_g − 1 df), errs on the safe side (by the
-    variance of that median, ≈ 1.6 σ²/(G − 1) at equal noise),
-        and the s_g² are moderated together (`fit_prior`). The differences of different rows share the
-        anchor's run noise, so their own sample variances are not independent draws and are not what is
-        moderated. Fewer than `MIN_VARIANCES` positive variances (or fewer than 3 rows): the plain paired
-        t of each row."""
-    plain = {
-        k: p
-        for k, v in rows.items()
-        if k != anchor and anchor in rows
-        for p in [paired(v, rows[anchor])]
-        if p is not None
-    }
-    if anchor not in rows or len(rows) < 3:
-        return plain
-    variances = {}
-    for k, v in rows.items():
-        if len(v) >= 2:
-            others = {s: [float(w[s]) for j, w in rows.items() if j != k and s in w] for s in v}
-            if not all(others.values()):
-                continue
-            r = [float(x) - float(np.median(others[s])) for s, x in v.items()]
-            m = math.fsum(r) / len(r)
-            variances[k] = (math.fsum((x - m) ** 2 for x in r) / (len(r) - 1), len(r) - 1)
-    fitted = _moderated_variances(variances)
-    if fitted is None or anchor not in fitted[0]:
-        return plain
-    var, prior = fitted
-    return {
-        k: (replace(p, variance=Variance((var[k], var[anchor]), prior)) if p.n >= 2 and k in var else p)
-        for k, p in plain.items()
-    }
+def predictive_decision(e: Estimate, n_final: int, alpha: float) -> float:
+    """Predictive probability that the one-sided test at `alpha`, on either side, decides at
+    `n_final` seeds (module doc; the sd held as observed). 1 or 0 when nothing can change."""
+    if e.n < 2 or n_final < 2:
+        return 0.0
+    p_pos, p_neg = one_sided(e)
+    if n_final <= e.n:
+        return float(min(p_pos, p_neg) <= alpha)
+    s = e.sd
+    if s == 0.0:
+        return float(e.mean != 0.0)
+    crit = float(stats.t.ppf(1.0 - alpha, n_final - 1)) * s / math.sqrt(n_final)
+    spread = s * math.sqrt((n_final - e.n) / (n_final * e.n))
+    return float(stats.norm.sf((crit - e.mean) / spread) + stats.norm.cdf((-crit - e.mean) / spread))
 
 
-def seeds_to_decide(
-    mean: float, sd: float, level: float = LEVEL, max_n: int = 1000, prior_df: float = 0.0
-) -> int | None:
-    """Smallest n ≥ 2 with t_{prior_df + n − 1,(1+level)/2} · sd / √n < |mean| (mean and sd held as
-    observed; `sd` the moderated scale and `prior_df` its d0 for a moderated estimate); None when
-    even `max_n` would not do (e.g. mean 0)."""
+@dataclass(frozen=True)
+class Improvement:
+    """P(d_s > 0): the share of `n` paired seeds on which a row beat the other, with its Wilson
+    score interval at `level` (ties count a half)."""
+
+    share: float
+    lo: float
+    hi: float
+    n: int
+
+    def text(self) -> str:
+        return f"P(better) {self.share:.0%} [{self.lo:.0%}, {self.hi:.0%}] over {self.n} seeds"
+
+
+def improvement(e: Estimate, level: float = LEVEL) -> Improvement:
+    """Probability of improvement of paired differences `e` (module doc; Wilson 1927)."""
+    n = e.n
+    share = (sum(v > 0 for v in e.values) + 0.5 * sum(v == 0 for v in e.values)) / n
+    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return Improvement(share, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def seeds_to_decide(mean: float, sd: float, level: float = LEVEL, max_n: int = 1000) -> int | None:
+    """Smallest n ≥ 2 with t_{n − 1,(1+level)/2} · sd / √n < |mean| (mean and sd held as observed);
+    None when even `max_n` would not do (e.g. mean 0)."""
 
     def hw(n: int) -> float:
-        return t_quantile(level, prior_df + n - 1) * sd / math.sqrt(n)
+        return t_quantile(level, n - 1) * sd / math.sqrt(n)
 
     if sd == 0.0:
         return 2 if mean != 0.0 else None

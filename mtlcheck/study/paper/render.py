@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from mtlcheck.study.paper.marks import band_mark, comparable, marked_baseline, paired_mark
 from mtlcheck.study.paper.reproduced import UncertainTable
-from mtlcheck.study.paper.results import LEVEL_TEXT, MODERATED_TEXT
+from mtlcheck.study.paper.results import LEVEL_TEXT, PAIRED_TEXT
 from mtlcheck.study.paper.tables import BAND, BASELINE, ResultTable, Row, RowKey
 from mtlcheck.study.paper.verdicts import MAX_SEEDS, VERDICTS
 
@@ -89,7 +89,7 @@ def to_markdown(table: ResultTable, *, marks: bool = True) -> str:
                 caption.append(
                     f"Marks in brackets against {BASELINE} ({base.level}), from the paired per-seed "
                     f"differences (same seed = same initialisation and data order): ↑ / ↓ when the "
-                    f"{LEVEL_TEXT} interval of the mean difference ({MODERATED_TEXT}) lies wholly on "
+                    f"{LEVEL_TEXT} interval of the mean difference ({PAIRED_TEXT}) lies wholly on "
                     "the better / worse side of 0 in the column's direction (↑ higher is better, ↓ lower "
                     "is better in the header), – when it contains 0, n=1 when one seed gives no interval."
                 )
@@ -134,8 +134,6 @@ def _cell_record(table: ResultTable, r: Row, c: str) -> dict:
     if rng is not None:
         rec.update(lo=rng[0], hi=rng[1], interval=f"range over the simultaneous {LEVEL_TEXT} region of the seed means")
     p = table.paired_estimate(r.key, c)
-    if e is not None and e.prior is not None:
-        rec.update(df=e.df, scale=e.scale, interval=f"{LEVEL_TEXT} {e.model}")
     if p is not None:
         rec["vs_baseline"] = {
             "mean": p.mean,
@@ -221,24 +219,31 @@ def to_json(table: ResultTable) -> str:
     )
 
 
+def _deciding(v: Mapping) -> str:
+    d = v.get("decision")
+    link = None if d is None else d.deciding
+    return "" if link is None else link.text()
+
+
 def verdict_markdown(verdicts: Sequence[Mapping]) -> str:
     """A markdown table of claim verdicts, with a count per verdict first."""
     counts = Counter(v["verdict"] for v in verdicts)
-    head = ", ".join(f"{k}: {counts.get(k, 0)}" for k in VERDICTS if counts.get(k, 0) or k != "error")
+    head = ", ".join(
+        f"{k}: {counts.get(k, 0)}" for k in VERDICTS if counts.get(k, 0) or k not in ("error", "equivalent")
+    )
     lines = [
         f"{len(verdicts)} claims — {head}.",
         "",
-        "| Claim | Section | Statement | Verdict | Support | Seeds to decide | Evidence |",
-        "|---|---|---|---|---:|---:|---|",
+        "| Claim | Section | Statement | Verdict | Deciding comparison | Seeds to decide | Evidence |",
+        "|---|---|---|---|---|---:|---|",
     ]
     for v in verdicts:
-        support = "" if v.get("support") is None else f"{v['support']:.0%}"
         seeds = "" if v.get("seeds") is None else str(v["seeds"])
         if v["verdict"] == "inconclusive" and "not decided even with" in v["evidence"]:
             seeds = f"> {MAX_SEEDS}"
         lines.append(
             "| "
             + " | ".join(escape(v[k]) for k in ("id", "section", "statement"))
-            + f" | **{v['verdict']}** | {support} | {seeds} | {escape(v['evidence'])} |"
+            + f" | **{v['verdict']}** | {escape(_deciding(v))} | {seeds} | {escape(v['evidence'])} |"
         )
     return "\n".join(lines) + "\n"

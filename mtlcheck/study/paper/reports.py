@@ -17,7 +17,7 @@ from mtlcheck.study.benchmarks import Benchmark
 from mtlcheck.study.experiments.store import RunRecord
 from mtlcheck.study.paper.figures import FIGURES, relative_curves, trajectory_figures
 from mtlcheck.study.paper.render import escape, to_csv, to_json, to_markdown, verdict_markdown
-from mtlcheck.study.paper.results import LEVEL_TEXT, MODERATED_TEXT, result_tables
+from mtlcheck.study.paper.results import LEVEL_TEXT, PAIRED_TEXT, result_tables
 from mtlcheck.study.paper.runs import MEASURES, Runs, group_runs, mean, seeds_text
 from mtlcheck.study.paper.tables import BASELINE
 from mtlcheck.study.paper.verdicts import judge_all
@@ -80,8 +80,8 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
         f"{rel_name or 'relative_change (the paper has no such table for this benchmark)'}, ranking similarity = "
         f"{rs_name}. Values are means over seeds ± the half-width of their {LEVEL_TEXT} Student-t interval over "
         "seeds (the store keeps one number per run and metric, so the test samples cannot be resampled); derived "
-        f"paired differences to the Baseline and Table 4's per-seed changes use variances moderated across the "
-        f"column's rows ({MODERATED_TEXT}); a ranking similarity carries in brackets its range over the "
+        "paired differences to the Baseline and Table 4's per-seed changes use "
+        f"{PAIRED_TEXT}; a ranking similarity carries in brackets its range over the "
         f"simultaneous {LEVEL_TEXT} region of the seed means it is computed from. The paper's own numbers are "
         "not in this report.",
         "",
@@ -135,13 +135,14 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
         "## Claims on these runs",
         "",
         "Every claim of `mtlcheck.study.paper.claims` applied to the tables above (rows with null values removed). "
-        "A verdict is decided (holds / contradicted) only when the claim's predicate gives that answer "
-        f"everywhere in a simultaneous {LEVEL_TEXT} region of the seed means it depends on (Student-t "
-        "intervals over seeds of the Baseline and of each row's paired difference to it, the latter with "
-        f"variances moderated per column ({MODERATED_TEXT}), Bonferroni over those cells); otherwise it "
-        "is inconclusive, with the number of seeds that would decide it at the "
-        "observed means and spreads. Support: the fraction of posterior draws of the means on which the "
-        "claim holds (a summary, not the decision rule: see `mtlcheck.study.paper.verdicts`).",
+        "Most claims are decided comparison by comparison: each signed paired difference between two rows "
+        "over the seeds they share (one-sided t, 2.5 % per direction), 'holds' by intersection-union, "
+        "'contradicted' by Bonferroni over the comparisons that can falsify the claim; the deciding "
+        "comparison is shown with its simultaneous interval in the column's units ('equivalent': every "
+        "comparison left open is equal within its margin). Claims on rankings of rankings are decided "
+        f"only where the predicate gives one answer in the whole simultaneous {LEVEL_TEXT} region of the "
+        "seed means they read (Student-t intervals over seeds, Bonferroni over those cells). A wrong "
+        "verdict has probability ≤ 2.5 % per claim either way; ties decide nothing.",
         "",
         verdict_markdown(judge_all(tables)),
     ]

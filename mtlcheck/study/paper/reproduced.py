@@ -12,10 +12,8 @@ data order); a row without a paired Baseline uses its own mean. Two kinds of dra
 
 - posterior: each coordinate = mean + s/√n · T with T ~ Student t(n − 1), independently (the
   t-posterior of a normal mean under the flat prior, e.g. Gelman et al., Bayesian Data Analysis,
-  §3.2; with a moderated variance, `statistics.moderate`, s̃ and its df instead); used for a
-  claim's *support*;
-- region: each coordinate inside its simultaneous interval mean ± t_{n−1, 1−α/(2K)} · s/√n (the
-  moderated s̃ on d0 + n − 1 df where the cell has a prior)
+  §3.2); used for the probability shown beside a verdict;
+- region: each coordinate inside its simultaneous interval mean ± t_{n−1, 1−α/(2K)} · s/√n
   (Bonferroni over the K coordinates a claim depends on): at the ends (a whole row at its better
   or worse end, the ends a "row is good / bad" claim turns on) or uniformly inside. A zero-width
   interval is widened to ±1e-9 × (1 + |value|) so that an exact tie is drawn both ways and never
@@ -266,9 +264,8 @@ class Study:
         return self._draws(("posterior", n, seed), n, seed, sampler)
 
     def half_width(self, k: _Coordinate | Estimate, level: float, seeds: int | None = None) -> float:
-        """`Estimate.half_width_at`: t_{d0+m−1, (1+level)/2} · s̃ / √m with m = `seeds` or the cell's n
-        (d0 = 0 and s̃ = s without a moderating prior), the same variance model as the cell's own
-        interval; at least the tie width."""
+        """`Estimate.half_width_at`: t_{m−1, (1+level)/2} · s / √m with m = `seeds` or the cell's n;
+        at least the tie width."""
         e = k.estimate if isinstance(k, _Coordinate) else k
         h = e.half_width_at(level, seeds) or 0.0
         return max(h, TIE_WIDTH * (1.0 + abs(e.mean)))

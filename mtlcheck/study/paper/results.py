@@ -37,11 +37,11 @@ from mtlcheck.study.experiments.store import RunRecord
 from mtlcheck.study.paper.reproduced import Study, UncertainTable
 from mtlcheck.study.paper.runs import MEASURES, Runs, group_runs, mean, status_note
 from mtlcheck.study.paper.tables import BASELINE, ResultTable, Row, RowKey, load_paper_tables, relative_change_table
-from mtlcheck.study.statistics import LEVEL, Estimate, bonferroni_level, estimate, moderate, moderated_pairs
+from mtlcheck.study.statistics import LEVEL, Estimate, bonferroni_level, estimate, paired
 
 __all__ = [
     "LEVEL_TEXT",
-    "MODERATED_TEXT",
+    "PAIRED_TEXT",
     "RS_LAST_POINTS",
     "result_tables",
 ]
@@ -52,12 +52,9 @@ PERCENT_DECIMALS = 2  # one more than Tables 4-7 print
 MEASURE_DECIMALS = 4
 REGION_DRAWS = 400  # region draws searched for the range of a ranking similarity (Tables 5-7)
 LEVEL_TEXT = f"{100 * LEVEL:g}%"  # the confidence level as the tables' notes print it
-MODERATED_TEXT = (  # how the tables' paired differences and Table 4's changes get their variances
-    "empirical-Bayes moderated t, Smyth 2004: per-run variances s̃² = max((d0·s0² + d·s²)/(d0 + d), s²) "
-    "on d0 + d df, d0 (capped at d) and s0² fitted by the method of moments on the log variances of "
-    "the column's rows (seed effect: the median of the other rows); a paired difference uses "
-    "s̃_row² + s̃_Baseline² on the smaller df; the plain t over seeds when fewer than 3 rows have a "
-    "variance"
+PAIRED_TEXT = (  # how the tables' paired differences and Table 4's changes get their intervals
+    "the plain paired Student-t over the seeds both rows share (same seed = same initialisation and data "
+    "order), on n − 1 df: valid whatever each method's response to a seed"
 )
 
 
@@ -135,29 +132,17 @@ def _results(runs: Runs, name: str) -> UncertainTable:
 def _paired_to_baseline(
     rows: Sequence[Row], estimates: Mapping[RowKey, Mapping[str, Estimate]]
 ) -> dict[RowKey, dict[str, Estimate]]:
-    """Per row and column: row − Baseline (parameter level) over the seeds both have, the variances
-    moderated per column across the rows (`statistics.moderated_pairs`)."""
-    base_key = (BASELINE, "parameter")
+    """Per row and column: row − Baseline (parameter level) over the seeds both have (`statistics.paired`)."""
+    base = estimates.get((BASELINE, "parameter"), {})
     out: dict[RowKey, dict[str, Estimate]] = {}
-    for c in {c for v in estimates.values() for c in v}:
-        values = {
-            r.key: dict(zip(e.seeds, e.values))
-            for r in rows
-            for e in [estimates.get(r.key, {}).get(c)]
-            if e is not None
-        }
-        for k, p in moderated_pairs(values, base_key).items():
-            out.setdefault(k, {})[c] = p
-    return {r.key: out[r.key] for r in rows if r.key in out}
-
-
-def _moderated(estimates: Mapping[RowKey, Mapping[str, Estimate]]) -> dict[RowKey, dict[str, Estimate]]:
-    """Each column's estimates with their variances moderated together (`statistics.moderate`: one
-    column of one table is one family of cells measured the same way)."""
-    out: dict[RowKey, dict[str, Estimate]] = {k: dict(v) for k, v in estimates.items()}
-    for c in {c for v in estimates.values() for c in v}:
-        for k, e in moderate({k: v[c] for k, v in estimates.items() if c in v}).items():
-            out[k][c] = e
+    for r in rows:
+        if r.key == (BASELINE, "parameter"):
+            continue
+        for c, e in estimates.get(r.key, {}).items():
+            if c in base:
+                p = paired(dict(zip(e.seeds, e.values)), dict(zip(base[c].seeds, base[c].values)))
+                if p is not None:
+                    out.setdefault(r.key, {})[c] = p
     return out
 
 
@@ -173,8 +158,7 @@ def _relative_change(results: ResultTable, name: str) -> ResultTable:
             "Methods run at both gradient levels (loss-only methods have no feature level). A positive "
             "change in a lower-is-better column is a degradation.",
             f"± : half-width of the {LEVEL_TEXT} Student-t interval of the per-seed change 100 × (f_s − p_s) / "
-            "p_s (feature and parameter run of the same seed), its variance moderated across the column's "
-            f"methods ({MODERATED_TEXT}); the cell itself is the change of the means.",
+            "p_s (feature and parameter run of the same seed); the cell itself is the change of the means.",
         ),
     )
     if not (isinstance(results, UncertainTable) and results.estimates):
@@ -190,7 +174,7 @@ def _relative_change(results: ResultTable, name: str) -> ResultTable:
             if per_seed:
                 estimates.setdefault(r.key, {})[c] = estimate(per_seed)
     if estimates:
-        return UncertainTable(**_fields(table), estimates=_moderated(estimates))
+        return UncertainTable(**_fields(table), estimates=estimates)
     return table
 
 

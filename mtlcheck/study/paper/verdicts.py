@@ -3,65 +3,53 @@
 On the paper's numbers (no seeds) a claim holds or is contradicted, as its predicate says. On our
 runs a cell is a mean over seeds known up to an interval, and a verdict is one of
 
-- holds / contradicted: the predicate gives that answer everywhere in a simultaneous 95 %
-  confidence region of the cells the claim depends on;
-- inconclusive: it holds somewhere in the region and fails elsewhere (or one seed gives no region);
+- holds / contradicted: decided at a 2.5 % one-sided level per direction (so a wrong decision has
+  probability ≤ 2.5 % whatever the truth; ties decide nothing);
+- equivalent: neither, and every comparison the claim turns on is equal within its margin
+  (`comparisons.MARGINS`): the claim is about differences smaller than the paper would mark;
+- inconclusive: neither (or one seed: no interval);
 - not evaluable: the tables lack a row, column or value the claim needs (the evidence says which);
 - error: the predicate raised anything else (a bug, shown rather than hidden).
 
-The region is a box per source table (`Study.box`). For the results and final-measure tables (and
-Figure 5's FD, their column): the Student-t interval over seeds (`mtlcheck.study.statistics`) of each
-row's paired difference to the Baseline and of the Baseline's own mean, each at level 1 − 0.05/K
-(the paired differences, and Table 4's per-seed changes, with their variances moderated across the
-column's rows: Smyth's 2004 empirical-Bayes moderated t, `statistics.moderate`, which keeps its
-level when the noise differs between methods and gains power at 3 seeds by borrowing d0 df)
-for the K cells the claim depends on (Bonferroni; a claim marked `only_named` depends on its named
-rows and the Baseline only). For derived tables (relative change, ranking similarity): each cell's
-range over draws of the seed means inside their boxes at that same level. If
-the boxes cover the true values (probability ≥ 95 %), a decided verdict is the verdict at the
-truth: a wrong decision has probability ≤ 5 % whatever the truth. At a tie (a method equal to the
-baseline, two measures with equal RS) every neighbourhood of the truth holds both answers, so ties
-decide nothing; a zero-width interval is widened to ±1e-9 relative for the same reason.
+Two procedures, named in the evidence:
 
-The box is searched, not covered: its corners first — every combination of ends for the claim's
-named rows (`Claim.named`) with the other rows all at their better end, all at their worse end or
-each at a random end, whole rows moving together (and, for ranking-similarity tables, every sign
-pattern over the columns) — then points drawn uniformly inside it; the search stops as soon as
-both answers were seen. A missed corner could decide wrongly, so the guarantee is measured, not
-assumed: suites/claims/test_calibration.py checks the false-decision rate and the power on
-simulated studies.
-
-Why not decide on the *support* (the fraction of posterior draws on which the predicate holds) at
-95 % / 5 %: a claim joining many comparisons ("above the baseline on all six metrics") has a
-support near 0.5^k when every method equals the baseline, and would be "contradicted" by noise.
-The support is still reported with each verdict, as a summary of the evidence.
-
-For an inconclusive verdict, `seeds` is about the smallest number of seeds at which the same region
-would decide, holding the observed means and spreads (a planning figure: both move with more seeds;
-found by doubling then bisecting to within an eighth, with a search capped at 300 corners per try).
+- comparisons (claims with a `formula`, most of them): each signed paired comparison between two
+  rows is tested directly on the seeds they share, "holds" by intersection–union, "contradicted"
+  by Bonferroni over the comparisons that can falsify the claim (`mtlcheck.study.paper.comparisons`);
+  the weakest link is reported with its interval in the column's units. A `design` spreads the
+  error over looks when seeds are added until decided (`mtlcheck.study.paper.sequential`).
+- region search (the rest: rankings of rankings, mean ranks): the predicate must give one answer
+  everywhere in a simultaneous 95 % region of the seed means the claim reads — the Student-t
+  interval over seeds of the Baseline and of each row's paired difference to it, each at level
+  1 − 0.05/K for the K cells the claim depends on (Bonferroni; `only_named` claims count their
+  named rows and the Baseline only); derived tables (relative change, ranking similarity) get each
+  cell's range over region draws. The box is searched, not covered: corners first — every
+  combination of ends for the named rows, the other rows all at their better end, their worse end
+  or each at a random end — then uniform points; suites/claims/test_calibration.py measures the
+  false-decision rate. For an inconclusive verdict, `seeds` is about the smallest number of seeds
+  at which the same region would decide at the observed means and spreads (a planning figure).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from mtlcheck.study.paper import comparisons
 from mtlcheck.study.paper.claims import CLAIMS, Claim, ClaimNotEvaluable
 from mtlcheck.study.paper.reproduced import Box, Study, UncertainTable, with_values
 from mtlcheck.study.paper.tables import BASELINE, ResultTable, RowKey
 from mtlcheck.study.statistics import LEVEL, bonferroni_level
 
-__all__ = ["MAX_SEEDS", "SUPPORT_DRAWS", "UNIFORM_DRAWS", "VERDICTS", "judge", "judge_all", "without_null_rows"]
+__all__ = ["MAX_SEEDS", "UNIFORM_DRAWS", "VERDICTS", "judge", "judge_all", "without_null_rows"]
 
-VERDICTS = ("holds", "contradicted", "inconclusive", "not evaluable", "error")
+VERDICTS = ("holds", "contradicted", "equivalent", "inconclusive", "not evaluable", "error")
 UNIFORM_DRAWS = 50  # points drawn uniformly in the region after the corner patterns
 SEARCH_UNIFORM = 30  # the same, per tried seed count when estimating the seeds that would decide
 SEARCH_CORNERS = 300  # corner patterns per tried seed count (a planning figure, not a verdict)
-SUPPORT_DRAWS = 400  # posterior draws of the seed means behind a claim's support (shared, cached)
 MAX_SEEDS = 256
 
 Tables = Mapping[str, ResultTable]
@@ -102,26 +90,6 @@ def _studies(claim: Claim, tables: Tables) -> dict[int, tuple[Study, tuple[str, 
             s, names = out.get(id(study), (study, ()))
             out[id(study)] = (s, names + (name,))
     return out
-
-
-def _holds_on(claim: Claim, base: Tables, draws: Sequence[Mapping[str, Tables]]) -> list[bool | None]:
-    """Predicate per posterior draw; None where it could not be evaluated on that draw."""
-    out = []
-    for parts in draws:
-        tables = dict(base)
-        for drawn in parts.values():
-            tables.update(without_null_rows(drawn)[0])
-        try:
-            out.append(claim.predicate(tables).holds)
-        except (ClaimNotEvaluable, KeyError):
-            out.append(None)
-    return out
-
-
-def _posterior(studies: Mapping[int, tuple[Study, tuple[str, ...]]], n: int) -> list[dict]:
-    """Per draw index: {study id: {table name: drawn table}} for the claim's tables."""
-    per = {sid: s.posterior(n) for sid, (s, _) in studies.items()}
-    return [{sid: {name: per[sid][i][name] for name in studies[sid][1]} for sid in studies} for i in range(n)]
 
 
 def _is_named(claim: Claim, key: RowKey) -> bool:
@@ -229,18 +197,38 @@ def _decision(n_true: int, n_false: int) -> str:
     return "inconclusive"
 
 
+def formula_of(claim: Claim, tables: Tables):
+    """The claim's formula on `tables` when it has one and every comparison has per-seed values
+    (our runs), else None."""
+    if claim.formula is None:
+        return None
+    try:
+        f = claim.formula(tables)
+    except (ClaimNotEvaluable, KeyError):
+        return None
+    return f if comparisons.has_seeds(f, tables) else None
+
+
 def judge(
     claim: Claim,
     tables: Tables,
     removed: Mapping[str, list[str]] | None = None,
     *,
-    support_draws: int = SUPPORT_DRAWS,
+    design: comparisons.Design = comparisons.FIXED,
     plan_seeds: bool = True,
 ) -> dict:
     """The verdict of one claim on `tables` (null rows already removed; `removed` names them):
-    {"id", "section", "statement", "verdict", "evidence", "support", "seeds"}. `support_draws=0`
-    skips the support, `plan_seeds=False` the seeds-to-decide search (both only describe)."""
-    out = {"id": claim.id, "section": claim.section, "statement": claim.statement, "support": None, "seeds": None}
+    {"id", "section", "statement", "verdict", "evidence", "procedure", "decision", "seeds"};
+    `decision` is the `comparisons.Decision` of a claim decided by comparisons, `seeds` the
+    region search's planning figure (`plan_seeds=False` skips that search)."""
+    out = {
+        "id": claim.id,
+        "section": claim.section,
+        "statement": claim.statement,
+        "procedure": None,
+        "decision": None,
+        "seeds": None,
+    }
     point, evidence = _point(claim, tables)
     gone = [g for t in claim.source_tables for g in (removed or {}).get(t, ())]
     if gone:
@@ -266,6 +254,31 @@ def judge(
             "evidence": f"one seed: no interval, so nothing is decided (on the point values the claim {said}) "
             f"| {evidence}",
         }
+    f = formula_of(claim, tables)
+    if f is not None:
+        if comparisons.point(f, tables) != (point == "holds"):
+            return {
+                **out,
+                "verdict": "error",
+                "evidence": f"the claim's formula and its predicate disagree on the point values (a bug) | {evidence}",
+            }
+        d = comparisons.decide(f, tables, design)
+        n_lit = len(comparisons.literals(f))
+        summary = (
+            f"{d.verdict}: {n_lit} paired comparison(s) over {d.seeds}+ shared seeds, 'holds' by "
+            "intersection-union, 'contradicted' by Bonferroni over the comparisons that can falsify it "
+            f"(one-sided {comparisons.ALPHA:.1%} per direction"
+            + ("" if not design.looks else f", spent over the looks {list(design.looks)}")
+            + f"); {comparisons.decision_text(d)}"
+        )
+        return {
+            **out,
+            "verdict": d.verdict,
+            "procedure": "comparisons",
+            "decision": d,
+            "evidence": f"{summary} | point values (mean ± 95% t half-width over seeds; Δ: paired difference "
+            f"to the Baseline): {evidence}",
+        }
     methods = {n if isinstance(n, str) else n[0] for n in claim.named} | {BASELINE}
     rows = (lambda key: key[0] in methods) if claim.only_named else None
     k = sum(s.cells(bases[sid], rows) for sid, (s, _) in studies.items())
@@ -277,9 +290,6 @@ def judge(
     n_true, n_false = _search(claim, tables, boxes())
     n_true, n_false = n_true + (point == "holds"), n_false + (point != "holds")
     verdict = _decision(n_true, n_false)
-    posterior = _holds_on(claim, tables, _posterior(studies, support_draws)) if support_draws else []
-    evaluated = [r for r in posterior if r is not None]
-    support = sum(evaluated) / len(evaluated) if evaluated else None
     searched = n_true + n_false
     summary = (
         f"{verdict}: "
@@ -289,9 +299,7 @@ def judge(
             "inconclusive": "holds at some points and fails at others",
         }[verdict]
         + f" of the simultaneous {100 * LEVEL:g}% region (Student-t over {n_min}+ seeds, paired with the Baseline, "
-        f"{_variance_text(studies, bases)}, "
         f"Bonferroni over {k} cells{' of the named rows and the Baseline' if claim.only_named else ''})"
-        + (f"; support {support:.0%} of {len(evaluated)} posterior draws" if support is not None else "")
     )
     seeds = None
     if verdict == "inconclusive" and plan_seeds:
@@ -305,24 +313,11 @@ def judge(
     return {
         **out,
         "verdict": verdict,
+        "procedure": "region",
         "evidence": f"{summary} | point values (mean ± 95% t half-width over seeds; "
         f"Δ: paired difference to the Baseline): {evidence}",
-        "support": support,
         "seeds": seeds,
     }
-
-
-def _variance_text(studies, bases) -> str:
-    """How the paired cells' variances were modelled: moderated per column (with the smallest and
-    largest prior df d0) or the plain per-cell t."""
-    priors = [e.prior for sid, (s, _) in studies.items() for e in s.estimates(bases[sid]) if e.prior is not None]
-    if not priors:
-        return "plain per-cell t (too few cells to moderate the variances)"
-    d0 = sorted(p.df for p in priors)
-    span = "∞" if math.isinf(d0[0]) else f"{d0[0]:.1f}"
-    if d0[-1] != d0[0]:
-        span += "–" + ("∞" if math.isinf(d0[-1]) else f"{d0[-1]:.1f}")
-    return f"variances moderated per column, Smyth 2004, prior df d0 = {span}"
 
 
 def _seeds_to_decide(claim: Claim, tables: Tables, boxes, point: str, n: int) -> tuple[int | None, str]:
@@ -353,8 +348,7 @@ def _seeds_to_decide(claim: Claim, tables: Tables, boxes, point: str, n: int) ->
 
 def judge_all(tables: Tables, claims: Sequence[Claim] = CLAIMS, **options) -> list[dict]:
     """`judge` (with `options`) for every claim, rows with a null value (diverged, failed, undefined)
-    removed first and named in the evidence: one dict per claim, {"id", "section", "statement",
-    "verdict", "evidence", "support", "seeds"}, in the order of `claims`.
+    removed first and named in the evidence: one dict per claim (`judge`), in the order of `claims`.
 
     On our tables (`results.result_tables`) the verdict is holds / contradicted / inconclusive; on
     tables without seeds (the paper's) holds / contradicted as the predicate says. "not evaluable":

@@ -119,3 +119,44 @@ def _pair_text(table: ResultTable, a: RowKey, b: RowKey) -> str:
 
 def _rs_text(t: ResultTable, c: str, measures: Iterable[str]) -> str:
     return f"{c}: " + ", ".join(f"{m} {t.fmt(m, c)}" for m in measures)
+
+
+# -- the same readings as formulas of signed paired comparisons (mtlcheck.study.paper.comparisons) --
+def table_name(tables: Tables, table: ResultTable) -> str:
+    """The key under which `table` is given (a formula names its tables)."""
+    for name, t in tables.items():
+        if t is table:
+            return name
+    raise ClaimNotEvaluable(f"{table.title} is derived, not one of the tables given: decided by its predicate")
+
+
+def _f_gain_all(tables: Tables, table: ResultTable, key: RowKey):
+    """`key` strictly better than the Baseline (parameter level) on every column."""
+    from mtlcheck.study.paper.comparisons import Better, all_of
+
+    name = table_name(tables, table)
+    return all_of(Better(name, c, key, (BASELINE, P)) for c in table.columns)
+
+
+def _f_change(tables: Tables, table: ResultTable, key: RowKey, gain: bool):
+    """A change table's row: a gain (better than 0) on every column, or a loss (0 better) on every one."""
+    from mtlcheck.study.paper.comparisons import Better, all_of
+
+    name = table_name(tables, table)
+    return all_of(Better(name, c, key, None) if gain else Better(name, c, None, key) for c in table.columns)
+
+
+def _f_top3(tables: Tables, table: ResultTable, key: RowKey, column: str):
+    """`key` ranks 3 or better in `column` (competition rank, Baseline excluded): at most two rows are
+    strictly better than it."""
+    from mtlcheck.study.paper.comparisons import Better, at_most
+
+    name = table_name(tables, table)
+    others = [r.key for r in table.rows if r.method != BASELINE and r.key != key and r.values[column] is not None]
+    return at_most(2, (Better(name, column, o, key) for o in others))
+
+
+def _f_top3_majority(tables: Tables, table: ResultTable, key: RowKey):
+    from mtlcheck.study.paper.comparisons import AtLeast
+
+    return AtLeast(_majority(len(table.columns)), tuple(_f_top3(tables, table, key, c) for c in table.columns))

@@ -9,6 +9,8 @@ from mtlcheck.study.paper.claims.common import (
     V1,
     V2,
     F,
+    _f_change,
+    _f_top3_majority,
     _gain_keys,
     _loss_keys,
     _majority,
@@ -21,13 +23,31 @@ from mtlcheck.study.paper.claims.common import (
     _top3_columns,
 )
 from mtlcheck.study.paper.claims.registry import ClaimNotEvaluable, Tables, Verdict, claim
-from mtlcheck.study.paper.claims.surrogate import SURROGATE_HELPS, _surrogate_only_mgda_aligned
+from mtlcheck.study.paper.claims.surrogate import (
+    SURROGATE_HELPS,
+    _surrogate_only_formula,
+    _surrogate_only_mgda_aligned,
+)
+from mtlcheck.study.paper.comparisons import all_of, any_of
 from mtlcheck.study.paper.tables import (
     mean_rank,
 )
 
 
 # -- §6 conclusions (this version) -------------------------------------------------------------
+def _graddrop_cosreg_best_formula(tables: Tables):
+    datasets = (_mgn(tables), tables["table2"], tables["table3"])
+    items = []
+    for method in ("GradDrop", "CosReg"):
+        for t in datasets:
+            keys = [k for k in t.keys() if k[0] == method]
+            if not keys:
+                raise ClaimNotEvaluable(f"{t.title} has no {method} row")
+            _require_ranked(t, TOP3_MIN_RANKED, "top 3")
+            items.append(any_of(_f_top3_majority(tables, t, k) for k in keys))
+    return all_of(items)
+
+
 @claim(
     id="conclusion-graddrop-cosreg-best",
     section=f"§6 ({V2})",
@@ -39,6 +59,7 @@ from mtlcheck.study.paper.tables import (
         "would pass on MetaGraspNet (3/6) but CosReg would still fail (1/6)."
     ),
     named=("GradDrop", "CosReg"),
+    formula=_graddrop_cosreg_best_formula,
 )
 def _graddrop_cosreg_best(tables: Tables) -> Verdict:
     datasets = {"MetaGraspNet": _mgn(tables), "CityScapes": tables["table2"], "NYU-v2": tables["table3"]}
@@ -74,6 +95,7 @@ claim(
         "evidence gives each other method's mean change)."
     ),
     named=tuple(sorted(SURROGATE_HELPS)),
+    formula=_surrogate_only_formula,
 )(_surrogate_only_mgda_aligned)  # the §4 predicate, registered again for the conclusion
 
 
@@ -139,6 +161,19 @@ def _mgda_ub_best(tables: Tables) -> Verdict:
     )
 
 
+def _surrogate_not_general_formula(tables: Tables):
+    t = tables["table4"]
+    if not t.rows:
+        raise ClaimNotEvaluable(f"{t.title} has no rows (no method ran at both gradient levels)")
+    keys = [r.key for r in t.rows]
+    return all_of(
+        [
+            any_of(~_f_change(tables, t, k, gain=True) for k in keys),
+            any_of(_f_change(tables, t, k, gain=False) for k in keys),
+        ]
+    )
+
+
 @claim(
     id="conclusion-v1-surrogate-not-general",
     section=f"Key conclusions ({V1})",
@@ -147,6 +182,7 @@ def _mgda_ub_best(tables: Tables) -> Verdict:
         "Aligned-MTL consistently improve with them)."
     ),
     source_tables=("table4",),
+    formula=_surrogate_not_general_formula,
 )
 def _surrogate_not_general(tables: Tables) -> Verdict:
     t = tables["table4"]

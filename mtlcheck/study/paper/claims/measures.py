@@ -7,6 +7,7 @@ from mtlcheck.study.paper.claims.common import (
     GRADIENT_MANIPULATION,
     MEASURE_ROWS,
     P,
+    _f_gain_all,
     _gains_all,
     _measure_cmp,
     _pair_text,
@@ -16,6 +17,7 @@ from mtlcheck.study.paper.claims.common import (
     _signed,
 )
 from mtlcheck.study.paper.claims.registry import ClaimNotEvaluable, Tables, Verdict, claim
+from mtlcheck.study.paper.comparisons import Better, all_of, at_most
 from mtlcheck.study.paper.tables import (
     BASELINE,
 )
@@ -94,6 +96,29 @@ def _rs_nyuv2(tables: Tables) -> Verdict:
 FIG5_EXCEPTIONS = frozenset({"RGW", "PCGrad", "MGDA", "Aligned-MTL"})
 
 
+def _fig5_runs(tables: Tables):
+    t = tables["figure5"]
+    if FIGURE5_COLUMN not in t.columns:
+        raise ClaimNotEvaluable(f"{t.title} has no {FIGURE5_COLUMN!r} column")
+    _require(t, [(BASELINE, P), *((m, P) for m in sorted(FIG5_EXCEPTIONS))])  # the named exceptions must be there
+    runs = [r for r in t.rows if r.method != BASELINE and r.level == P and r.values[FIGURE5_COLUMN] is not None]
+    need = 2 * len(FIG5_EXCEPTIONS) + 1  # "most, with four exceptions" needs more than 4 others below
+    if len(runs) < need:
+        raise ClaimNotEvaluable(
+            f"{t.title} has {len(runs)} method(s) besides the {BASELINE}; 'most methods ... "
+            f"with the exception of {len(FIG5_EXCEPTIONS)}' needs at least {need}"
+        )
+    return t, runs
+
+
+def _fig5_formula(tables: Tables):
+    """Every named exception not below the Baseline's FD, every other method below it. ("Most" is
+    implied: at least 9 methods, so the others are more than half.)"""
+    _, runs = _fig5_runs(tables)
+    below = {r.method: Better("figure5", FIGURE5_COLUMN, r.key, (BASELINE, P)) for r in runs}  # lower FD is better
+    return all_of(~lit if m in FIG5_EXCEPTIONS else lit for m, lit in below.items())
+
+
 @claim(
     id="fig5-fd-below-baseline-except-four",
     section="§5.4, Figure 5",
@@ -108,20 +133,11 @@ FIG5_EXCEPTIONS = frozenset({"RGW", "PCGrad", "MGDA", "Aligned-MTL"})
         "parameter-level run, Baseline included. The 'clear decrease trends' part needs trajectories."
     ),
     named=tuple(sorted(FIG5_EXCEPTIONS)),
+    formula=_fig5_formula,
 )
 def _fig5_fd_below_baseline(tables: Tables) -> Verdict:
-    t = tables["figure5"]
-    if FIGURE5_COLUMN not in t.columns:
-        raise ClaimNotEvaluable(f"{t.title} has no {FIGURE5_COLUMN!r} column")
-    _require(t, [(BASELINE, P), *((m, P) for m in sorted(FIG5_EXCEPTIONS))])  # the named exceptions must be there
+    t, runs = _fig5_runs(tables)
     base = t.value(BASELINE, FIGURE5_COLUMN, P)
-    runs = [r for r in t.rows if r.method != BASELINE and r.level == P and r.values[FIGURE5_COLUMN] is not None]
-    need = 2 * len(FIG5_EXCEPTIONS) + 1  # "most, with four exceptions" needs more than 4 others below
-    if len(runs) < need:
-        raise ClaimNotEvaluable(
-            f"{t.title} has {len(runs)} method(s) besides the {BASELINE}; 'most methods ... "
-            f"with the exception of {len(FIG5_EXCEPTIONS)}' needs at least {need}"
-        )
     not_below = {r.method for r in runs if not r.values[FIGURE5_COLUMN] < base}
     most = len(runs) - len(not_below) > len(runs) / 2
     return Verdict(
@@ -134,6 +150,13 @@ def _fig5_fd_below_baseline(tables: Tables) -> Verdict:
 
 # §3.1: Nash-MTL is not reported on MetaGraspNet, so Table 1 holds the other seven.
 TABLE1_GRADIENT_MANIPULATION = GRADIENT_MANIPULATION - {"Nash-MTL"}
+
+
+def _fig5_complement_formula(tables: Tables):
+    t = tables["table1"]
+    _require(t, [(BASELINE, P), *((m, P) for m in sorted(TABLE1_GRADIENT_MANIPULATION))])
+    gm = [r.key for r in t.rows if r.method in TABLE1_GRADIENT_MANIPULATION and r.level == P]
+    return all_of(_f_gain_all(tables, t, k) if k[0] not in FIG5_EXCEPTIONS else ~_f_gain_all(tables, t, k) for k in gm)
 
 
 @claim(
@@ -150,6 +173,7 @@ TABLE1_GRADIENT_MANIPULATION = GRADIENT_MANIPULATION - {"Nash-MTL"}
     ),
     only_named=True,
     named=tuple((m, P) for m in sorted(TABLE1_GRADIENT_MANIPULATION)),
+    formula=_fig5_complement_formula,
 )
 def _fig5_complement(tables: Tables) -> Verdict:
     t = tables["table1"]
@@ -174,6 +198,13 @@ def _fig5_complement(tables: Tables) -> Verdict:
     )
 
 
+def _fig3_uncertainty_formula(tables: Tables):
+    t = tables["table1"]
+    _require(t, [("Uncertainty", P), ("GradVac", P)])
+    worse = [Better("table1", c, (BASELINE, P), ("Uncertainty", P)) for c in t.columns]
+    return all_of([*worse, _f_gain_all(tables, t, ("GradVac", P))])
+
+
 @claim(
     id="fig3-uncertainty-poor-gradvac-strong",
     section="§5.4 (Table 1 part)",
@@ -184,6 +215,7 @@ def _fig5_complement(tables: Tables) -> Verdict:
     notes="Read against the baseline: Uncertainty below it on every metric, GradVac above it on every metric.",
     only_named=True,
     named=(("Uncertainty", P), ("GradVac", P)),
+    formula=_fig3_uncertainty_formula,
 )
 def _fig3_uncertainty_gradvac(tables: Tables) -> Verdict:
     t = tables["table1"]
@@ -198,6 +230,14 @@ def _fig3_uncertainty_gradvac(tables: Tables) -> Verdict:
     )
 
 
+def _fig3_pcgrad_aligned_formula(tables: Tables):
+    t = tables["table1"]
+    a, b = ("PCGrad", P), ("Aligned-MTL", P)
+    _require(t, [a, b])
+    half = len(t.columns) // 2
+    return all_of(at_most(half, (Better("table1", c, x, y) for c in t.columns)) for x, y in ((a, b), (b, a)))
+
+
 @claim(
     id="fig3-pcgrad-alignedmtl-undecided",
     section="§5.4 (Table 1 part)",
@@ -206,6 +246,7 @@ def _fig3_uncertainty_gradvac(tables: Tables) -> Verdict:
     notes="Checked as: neither is better than the other on more than half of the metrics.",
     only_named=True,
     named=(("PCGrad", P), ("Aligned-MTL", P)),
+    formula=_fig3_pcgrad_aligned_formula,
 )
 def _fig3_pcgrad_aligned(tables: Tables) -> Verdict:
     t = tables["table1"]
@@ -220,6 +261,12 @@ def _fig3_pcgrad_aligned(tables: Tables) -> Verdict:
     )
 
 
+def _fig4_formula(tables: Tables):
+    t = tables["table1"]
+    _require(t, [("FAMO", P), ("MGDA", P)])
+    return all_of(Better("table1", c, ("FAMO", P), ("MGDA", P)) for c in t.columns)
+
+
 @claim(
     id="fig4-famo-beats-mgda",
     section="§5.4 (Table 1 part)",
@@ -231,6 +278,7 @@ def _fig3_pcgrad_aligned(tables: Tables) -> Verdict:
     ),
     only_named=True,
     named=(("FAMO", P), ("MGDA", P)),
+    formula=_fig4_formula,
 )
 def _fig4_famo_mgda(tables: Tables) -> Verdict:
     t = tables["table1"]

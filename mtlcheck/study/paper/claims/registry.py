@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from mtlcheck.study.paper.tables import ResultTable, RowKey
 
@@ -32,7 +33,14 @@ class Claim:
     combination of their interval ends, and the other rows together, since a claim turns on
     how its named rows stand against the rest. `only_named`: the predicate's verdict reads no
     other row than those (at any level) and the Baseline, so the simultaneous level of the
-    verdict counts their cells only (suites/claims/test_calibration.py checks this)."""
+    verdict counts their cells only (suites/claims/test_calibration.py checks this).
+
+    `formula`: the same statement as a formula of signed paired comparisons
+    (`mtlcheck.study.paper.comparisons`), built from the tables (it raises `ClaimNotEvaluable` as the
+    predicate does). On our runs such a claim is decided comparison by comparison; a claim without one
+    (rankings of rankings: the ranking-similarity claims, the caption's markers) by the search of a
+    simultaneous region. On the point values the formula and the predicate must agree (checked at
+    every verdict and in suites/claims)."""
 
     id: str
     section: str
@@ -42,6 +50,7 @@ class Claim:
     notes: str = ""
     named: tuple[str | RowKey, ...] = ()
     only_named: bool = False  # the verdict depends on the named rows and the Baseline only
+    formula: Callable[[Tables], Any] | None = field(default=None, repr=False)
 
     def evaluate(self, tables: Tables) -> Verdict:
         missing = [t for t in self.source_tables if t not in tables]
@@ -63,6 +72,7 @@ def claim(
     notes: str = "",
     named: tuple[str | RowKey, ...] = (),
     only_named: bool = False,
+    formula: Callable[[Tables], Any] | None = None,
 ) -> Callable[[Callable[[Tables], Verdict]], Callable[[Tables], Verdict]]:
     """Register the decorated predicate as the `Claim` with these fields, after the claims
     registered before it (`CLAIMS` keeps this order); the predicate is returned unchanged, so one
@@ -74,7 +84,7 @@ def claim(
             raise RuntimeError(f"claim {id!r}: claims are registered in {__package__} only, before CLAIMS is built")
         if any(c.id == id for c in _REGISTRY):
             raise ValueError(f"claim {id!r} is registered twice")
-        _REGISTRY.append(Claim(id, section, statement, source_tables, predicate, notes, named, only_named))
+        _REGISTRY.append(Claim(id, section, statement, source_tables, predicate, notes, named, only_named, formula))
         return predicate
 
     return register

@@ -6,6 +6,9 @@ from mtlcheck.study.paper.claims.common import (
     TOP3_MIN_RANKED,
     F,
     P,
+    _f_gain_all,
+    _f_top3,
+    _f_top3_majority,
     _gain_misses,
     _gains_all,
     _majority,
@@ -17,6 +20,7 @@ from mtlcheck.study.paper.claims.common import (
     _top3_columns,
 )
 from mtlcheck.study.paper.claims.registry import ClaimNotEvaluable, Tables, Verdict, claim
+from mtlcheck.study.paper.comparisons import Better, all_of
 from mtlcheck.study.paper.tables import (
     BASELINE,
     admissible_marks,
@@ -35,6 +39,12 @@ CONSISTENT_GAINERS = (
 )
 
 
+def _consistent_gains_formula(tables: Tables):
+    t = _mgn(tables)
+    _require(t, CONSISTENT_GAINERS)
+    return all_of(_f_gain_all(tables, t, k) for k in CONSISTENT_GAINERS)
+
+
 @claim(
     id="mgn-consistent-gains",
     section="§3.1",
@@ -49,6 +59,7 @@ CONSISTENT_GAINERS = (
     ),
     only_named=True,
     named=CONSISTENT_GAINERS,
+    formula=_consistent_gains_formula,
 )
 def _consistent_gains(tables: Tables) -> Verdict:
     t = _mgn(tables)
@@ -75,6 +86,13 @@ def _consistent_gains(tables: Tables) -> Verdict:
 TOP3_NAMED = (("GradVac", P), ("IMTL", P), ("MGDA", F))
 
 
+def _top3_majority_formula(tables: Tables):
+    t = _mgn(tables)
+    _require(t, TOP3_NAMED)
+    _require_ranked(t, TOP3_MIN_RANKED, "top 3")
+    return all_of(_f_top3_majority(tables, t, k) for k in TOP3_NAMED)
+
+
 @claim(
     id="mgn-top3-majority",
     section="§3.1",
@@ -85,6 +103,7 @@ TOP3_NAMED = (("GradVac", P), ("IMTL", P), ("MGDA", F))
         "FAMO would also be top-3 on 3 metrics."
     ),
     named=TOP3_NAMED,
+    formula=_top3_majority_formula,
 )
 def _top3_majority(tables: Tables) -> Verdict:
     t = _mgn(tables)
@@ -157,6 +176,23 @@ def _top3_everywhere(tables: Tables, method: str, except_: frozenset[tuple[str, 
     return Verdict(holds, f"{method} ranks (baseline excluded): " + "; ".join(parts))
 
 
+def _top3_everywhere_formula(method: str, except_: frozenset[tuple[str, str]] = frozenset()):
+    def formula(tables: Tables):
+        items = []
+        for name in ("table2", "table3"):
+            t = tables[name]
+            _require(t, [(method, P)])
+            _require_ranked(t, TOP3_MIN_RANKED, "top 3")
+            for c in t.columns:
+                if (name, c) in except_:
+                    items.append(Better(name, c, (method, P), (BASELINE, P)))
+                else:
+                    items.append(_f_top3(tables, t, (method, P), c))
+        return all_of(items)
+
+    return formula
+
+
 @claim(
     id="cosreg-top3-cityscapes-nyuv2",
     section="§3.2",
@@ -167,6 +203,7 @@ def _top3_everywhere(tables: Tables, method: str, except_: frozenset[tuple[str, 
         "it trains the plain summed loss (the mean-loss baseline with a T-times larger step)."
     ),
     named=("CosReg",),
+    formula=_top3_everywhere_formula("CosReg"),
 )
 def _cosreg_top3(tables: Tables) -> Verdict:
     return _top3_everywhere(tables, "CosReg")
@@ -180,6 +217,7 @@ def _cosreg_top3(tables: Tables) -> Verdict:
     ),
     source_tables=("table2", "table3"),
     named=("GradDrop",),
+    formula=_top3_everywhere_formula("GradDrop", frozenset({("table3", "NE")})),
 )
 def _graddrop_top3(tables: Tables) -> Verdict:
     return _top3_everywhere(tables, "GradDrop", frozenset({("table3", "NE")}))

@@ -5,15 +5,26 @@ from __future__ import annotations
 from mtlcheck.study.paper.claims.common import (
     F,
     _changes_text,
+    _f_change,
     _gain_keys,
     _loss_keys,
     _mean,
     _require,
 )
 from mtlcheck.study.paper.claims.registry import Tables, Verdict, claim
+from mtlcheck.study.paper.comparisons import all_of
 
 # -- §4 feature-level gradients ----------------------------------------------------------------
 SURROGATE_HELPS = frozenset({("MGDA", F), ("Aligned-MTL", F)})
+
+
+def _surrogate_only_formula(tables: Tables):
+    t = tables["table4"]
+    _require(t, sorted(SURROGATE_HELPS))
+    return all_of(
+        _f_change(tables, t, r.key, gain=True) if r.key in SURROGATE_HELPS else ~_f_change(tables, t, r.key, gain=True)
+        for r in t.rows
+    )
 
 
 @claim(
@@ -25,6 +36,7 @@ SURROGATE_HELPS = frozenset({("MGDA", F), ("Aligned-MTL", F)})
     ),
     source_tables=("table4",),
     named=tuple(sorted(SURROGATE_HELPS)),
+    formula=_surrogate_only_formula,
 )
 def _surrogate_only_mgda_aligned(tables: Tables) -> Verdict:
     t = tables["table4"]
@@ -47,6 +59,12 @@ def _surrogate_only_mgda_aligned(tables: Tables) -> Verdict:
 SURROGATE_HURTS = (("GradVac", F), ("RGW", F), ("IMTL", F))
 
 
+def _surrogate_degrades_formula(tables: Tables):
+    t = tables["table4"]
+    _require(t, SURROGATE_HURTS)
+    return all_of(_f_change(tables, t, k, gain=False) for k in SURROGATE_HURTS)
+
+
 @claim(
     id="surrogate-degrades-gradvac-rgw-imtl",
     section="§4",
@@ -55,6 +73,7 @@ SURROGATE_HURTS = (("GradVac", F), ("RGW", F), ("IMTL", F))
     notes="'Significant' is not defined; checked as a negative change on every metric.",
     only_named=True,
     named=SURROGATE_HURTS,
+    formula=_surrogate_degrades_formula,
 )
 def _surrogate_degrades(tables: Tables) -> Verdict:
     t = tables["table4"]

@@ -1,0 +1,211 @@
+"""Seeds added where they decide: a group-sequential design over the claims' comparisons.
+
+`mtlcheck reproduce --until-decided` runs in rounds. Each round judges every claim, then gives more
+seeds to the rows whose comparisons can still decide an open claim, and stops a claim when it is
+decided, equivalent, or futile.
+
+Validity under optional stopping and adaptive allocation (group-sequential testing with error spent
+per look: Lan & DeMets 1983; Jennison & Turnbull 2000, "Group Sequential Methods", ch. 7). The
+looks are fixed seed counts, `LOOKS` = 3, 5, 8, 12, 16, 24, 32. A comparison between two rows that
+share n seeds is tested on their first m seeds, m the largest look ≤ n, at one-sided level
+α/len(LOOKS) (α = 2.5 % per direction; `comparisons.Design`). Whether a row gets more seeds, and when
+a claim stops, depends on earlier data, but every test is an event about a fixed set of seeds
+(seeds 0..m−1) at a fixed threshold, so the union bound over the looks holds whatever the
+allocation and stopping rules do: a wrong "holds" or "contradicted" has probability ≤ α per claim
+(suites/claims/test_sequential.py measures it on simulated studies with this very allocation).
+Looks that a study never reaches leave their α unspent (conservative; `--max-seeds` can change
+between runs without breaking the guarantee).
+
+Claims decided by a region search (rankings of rankings: `verdicts`) have no comparison form; they
+are judged once, on the first look's seeds, and get no seeds of their own.
+
+Futility (non-binding, so it costs no error): a claim stops as futile when the predictive probability
+of deciding it by `max_seeds` (each open comparison's mean at max_seeds drawn from its predictive
+distribution, `statistics.predictive_decision`, the comparisons taken as independent; a planning
+figure) is below `FUTILITY`.
+
+Allocation: for each open claim, its open comparisons are scored by the predictive probability of
+being established at their next look per CPU second of the runs that look needs; the rows of the
+`PIVOTAL` best get seeds up to that look (the Baseline, compared with every row, usually among them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from mtlcheck.study.paper import comparisons
+from mtlcheck.study.paper.claims import CLAIMS, Claim
+from mtlcheck.study.paper.tables import ResultTable, RowKey
+from mtlcheck.study.paper.verdicts import formula_of, judge, without_null_rows
+from mtlcheck.study.statistics import predictive_decision
+
+__all__ = ["DESIGN", "FUTILITY", "LOOKS", "PIVOTAL", "ClaimState", "Plan", "assess", "next_look"]
+
+LOOKS = (3, 5, 8, 12, 16, 24, 32)
+DESIGN = comparisons.Design(LOOKS, comparisons.ALPHA)
+FUTILITY = 0.10  # stop a claim whose predictive probability of being decided by max_seeds is below this
+PIVOTAL = 6  # comparisons per open claim whose rows get seeds in a round
+PREDICTIVE_DRAWS = 200
+
+Tables = Mapping[str, ResultTable]
+FINAL = ("holds", "contradicted", "equivalent")
+
+
+def next_look(n: int, max_seeds: int) -> int | None:
+    """The smallest look above n that does not exceed max_seeds (None: none left)."""
+    later = [m for m in LOOKS if n < m <= max_seeds]
+    return later[0] if later else None
+
+
+@dataclass(frozen=True)
+class ClaimState:
+    """Where one claim stands: `state` is its verdict when final, else 'futile', 'open', or
+    'first look only' (no comparison form); `p_decide` the predictive probability of deciding it by
+    max_seeds; `requests` the rows it asks seeds for and up to how many."""
+
+    verdict: Mapping
+    state: str
+    p_decide: float | None = None
+    requests: Mapping[RowKey, int] = None  # type: ignore[assignment]
+
+    @property
+    def id(self) -> str:
+        return self.verdict["id"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The claims' states and the seeds each row should reach next (none: the study is finished)."""
+
+    states: tuple[ClaimState, ...]
+    requests: Mapping[RowKey, int]
+
+    def runs(self, seeds_of: Callable[[RowKey], int]) -> int:
+        return sum(max(0, n - seeds_of(k)) for k, n in self.requests.items())
+
+
+def _predictive(f, tables: Tables, max_seeds: int, rng: np.random.Generator) -> float:
+    """Predictive probability that `f` is decided (either way) at max_seeds (module doc)."""
+    look = DESIGN.look(max_seeds)
+    if look is None:
+        return 0.0
+    n_final, alpha = look
+    ev = comparisons.evidence(f, tables, comparisons.Design((), 1.0))  # every literal on all its seeds
+    draws: dict = {}
+    for lit, (signed, raw, _, p_pos, p_neg) in ev.items():
+        n = signed.n
+        if n >= n_final or n < 2:
+            e = comparisons.evidence(lit, tables, DESIGN)[lit]
+            draws[lit] = (np.full(PREDICTIVE_DRAWS, e[3]), np.full(PREDICTIVE_DRAWS, e[4]), e[2], signed, raw)
+            continue
+        s = signed.sd
+        if s == 0.0:
+            t = np.full(PREDICTIVE_DRAWS, math.copysign(math.inf, signed.mean) if signed.mean else 0.0)
+        else:
+            m = signed.mean + s * math.sqrt((n_final - n) / (n_final * n)) * rng.standard_normal(PREDICTIVE_DRAWS)
+            t = m / (s / math.sqrt(n_final))
+        draws[lit] = (stats.t.sf(t, n_final - 1), stats.t.cdf(t, n_final - 1), alpha, signed, raw)
+    decided = 0
+    for i in range(PREDICTIVE_DRAWS):
+        ev_i = {lit: (sg, rw, a, float(pp[i]), float(pn[i])) for lit, (pp, pn, a, sg, rw) in draws.items()}
+        decided += min(comparisons.ratios(f, ev_i)) <= 1.0
+    return decided / PREDICTIVE_DRAWS
+
+
+def _requests(
+    d: comparisons.Decision, f, max_seeds: int, cost: Callable[[RowKey], float]
+) -> dict[RowKey, int]:
+    """Rows (and the seeds to reach) of the `PIVOTAL` open comparisons with the best predictive
+    probability of being established at their next look per CPU second (module doc)."""
+    rel = comparisons.relative_levels(f)
+    scored = []
+    for link in d.open:
+        n = link.signed.n if link.signed is not None else 0
+        target = next_look(n, max_seeds)
+        if target is None:
+            continue
+        p = predictive_decision(link.signed, target, DESIGN.alpha_at(target) * rel[link.literal.positive])
+        rows = [k for k in (link.literal.a, link.literal.b) if k is not None]
+        seconds = sum(cost(k) for k in rows) * (target - n)
+        scored.append((p / max(seconds, 1e-9), p, rows, target))
+    scored.sort(key=lambda x: -x[0])
+    out: dict[RowKey, int] = {}
+    for _, p, rows, target in scored[:PIVOTAL]:
+        if p <= 0.0:
+            continue
+        for k in rows:
+            out[k] = max(out.get(k, 0), target)
+    return out
+
+
+def assess(
+    tables: Tables,
+    claims: Sequence[Claim] = CLAIMS,
+    *,
+    max_seeds: int = LOOKS[-1],
+    first_look: Tables | None = None,
+    cost: Callable[[RowKey], float] | None = None,
+    seed: int = 0,
+) -> Plan:
+    """Judge every claim under the sequential design and plan the next round (module doc).
+    `first_look`: the tables of the first look's seeds, on which claims without a comparison form
+    are judged (default: `tables`); `cost(row)`: CPU seconds of one run of that row (default 1)."""
+    cost = cost or (lambda _k: 1.0)
+    rng = np.random.default_rng(seed)
+    usable, removed = without_null_rows(tables)
+    first_usable, first_removed = without_null_rows(first_look if first_look is not None else tables)
+    states, requests = [], {}
+    for c in claims:
+        f = formula_of(c, usable)
+        if f is None:
+            v = judge(c, first_usable, first_removed)
+            state = v["verdict"] if v["verdict"] in (*FINAL, "not evaluable", "error") else "first look only"
+            states.append(ClaimState(v, state, requests={}))
+            continue
+        v = judge(c, usable, removed, design=DESIGN)
+        if v["verdict"] in (*FINAL, "not evaluable", "error"):
+            states.append(ClaimState(v, v["verdict"], requests={}))
+            continue
+        p = _predictive(f, usable, max_seeds, rng)
+        if p < FUTILITY:
+            states.append(ClaimState(v, "futile", p, {}))
+            continue
+        asked = _requests(v["decision"], f, max_seeds, cost)
+        states.append(ClaimState(v, "open" if asked else "futile", p, asked))
+        for k, n in asked.items():
+            requests[k] = max(requests.get(k, 0), n)
+    return Plan(tuple(states), requests)
+
+
+def summary_markdown(plan: Plan, seeds_of: Callable[[RowKey], int], max_seeds: int) -> str:
+    """A plain summary of the study: what was decided and by which comparison, what stays open and
+    what the next round would cost."""
+    lines = []
+    for s in plan.states:
+        v = s.verdict
+        d = v.get("decision")
+        link = None if d is None else d.deciding
+        why = "" if link is None else f" — {link.text()}"
+        if s.state in FINAL:
+            lines.append(f"- **{s.state}**: `{s.id}`{why}")
+        elif s.state == "futile":
+            lines.append(
+                f"- **undecided (futile)**: `{s.id}`: P(decided by {max_seeds} seeds) ≈ {s.p_decide:.0%}{why}"
+            )
+        elif s.state == "open":
+            asked = ", ".join(f"{k[0]} ({k[1]}) → {n} seeds" for k, n in s.requests.items())
+            lines.append(
+                f"- **open**: `{s.id}`: P(decided by {max_seeds} seeds) ≈ {s.p_decide:.0%}; next: {asked}{why}"
+            )
+        elif s.state == "first look only":
+            lines.append(f"- **undecided**: `{s.id}` (no comparison form: judged on the first look's seeds only)")
+    more = plan.runs(seeds_of)
+    lines.append(
+        f"\nNext round: {more} run(s)." if more else "\nNothing left to run: every claim is final, futile or at its limit."
+    )
+    return "\n".join(lines)
