@@ -90,25 +90,40 @@ def simulate(
     rows=ROWS,
     noise_sd: float | Mapping[tuple[str, str], float] = NOISE_SD,
     measure_effects: Mapping[tuple[str, str], float] | None = None,
+    loadings: Mapping[tuple[str, str], float] | None = None,
+    tails: str = "normal",
+    collapse: tuple[tuple[str, str], int, float] | None = None,
 ) -> list[RunRecord]:
     """One simulated study: `effects[(method, level)]` is added to the true mean of every metric of
     that row (0 for rows not named: equal to the baseline up to noise); `noise_sd` is the run noise
     of every row, or per row ({(method, level): sd}); `measure_effects[(method, level)]` is added to
-    the true GDS, GMS and FD of that row (0 by default)."""
+    the true GDS, GMS and FD of that row (0 by default). `loadings[(method, level)]`: how strongly the
+    row responds to the seed effect (1 by default: one additive seed effect shared by every row);
+    `tails`: "normal" or "t3" (run noise from Student's t with 3 df, scaled to sd `noise_sd`);
+    `collapse` = (row, seed, shift): that one run's values moved by `shift` (a collapsed run)."""
     effects = dict(effects or {})
     seed_metric = rng.normal(0.0, SEED_SD, size=(n_seeds, len(METRICS)))
     seed_measure = rng.normal(0.0, SEED_SD, size=(n_seeds, len(MEASURE_KEYS)))
+
+    def noise(sd: float, size: int) -> np.ndarray:
+        if tails == "t3":
+            return sd * rng.standard_t(3, size=size) / np.sqrt(3.0)  # t3 has variance 3
+        return rng.normal(0.0, sd, size=size)
+
     records = []
     for method, level in rows:
         shift = effects.get((method, level), 0.0)
         sd = noise_sd[(method, level)] if isinstance(noise_sd, Mapping) else noise_sd
+        lam = 1.0 if loadings is None else loadings.get((method, level), 1.0)
         for s in range(n_seeds):
-            m = BASE_METRIC + shift + seed_metric[s] + rng.normal(0.0, sd, size=len(METRICS))
+            jump = collapse[2] if collapse is not None and collapse[:2] == ((method, level), s) else 0.0
+            m = BASE_METRIC + shift + jump + lam * seed_metric[s] + noise(sd, len(METRICS))
             g = (
                 np.array([BASE_MEASURES[k] for k in MEASURE_KEYS])
                 + (measure_effects or {}).get((method, level), 0.0)
-                + seed_measure[s]
-                + rng.normal(0.0, sd, size=len(MEASURE_KEYS))
+                + jump
+                + lam * seed_measure[s]
+                + noise(sd, len(MEASURE_KEYS))
             )
             records.append(
                 _record(method, level, s, dict(zip(METRICS, map(float, m))), dict(zip(MEASURE_KEYS, map(float, g))))

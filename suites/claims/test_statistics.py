@@ -1,4 +1,5 @@
-"""mtlcheck.study.statistics: Student-t intervals over seeds, paired differences, Bonferroni, planning."""
+"""mtlcheck.study.statistics: Student-t intervals over seeds, paired differences, one-sided tests,
+equivalence, predictive probability, probability of improvement, Bonferroni, planning."""
 
 from __future__ import annotations
 
@@ -7,7 +8,18 @@ import math
 import numpy as np
 import pytest
 
-from mtlcheck.study.statistics import Estimate, bonferroni_level, estimate, paired, seeds_to_decide, t_quantile
+from mtlcheck.study.statistics import (
+    Estimate,
+    bonferroni_level,
+    equivalent,
+    estimate,
+    improvement,
+    one_sided,
+    paired,
+    predictive_decision,
+    seeds_to_decide,
+    t_quantile,
+)
 
 
 def test_t_quantiles_are_the_textbook_values():
@@ -78,85 +90,57 @@ def test_estimate_is_a_value():
     assert Estimate((0, 1), (1.0, 2.0)) == estimate({0: 1.0, 1: 2.0})
 
 
-# -- moderated variances (Smyth 2004) -------------------------------------------------------------
-def test_fit_prior_recovers_a_scaled_inverse_chi2_prior():
-    """Variances drawn from the prior the method assumes (d0 = 6, s0² = 4), each seen on 2 df."""
-    from mtlcheck.study.statistics import fit_prior
-
-    rng = np.random.default_rng(3)
-    sigma2 = 4.0 * 6.0 / rng.chisquare(6.0, size=20000)
-    s2 = sigma2 * rng.chisquare(2.0, size=sigma2.size) / 2.0
-    prior = fit_prior((float(v), 2) for v in s2)
-    assert prior.df == pytest.approx(6.0, rel=0.15) and prior.scale == pytest.approx(4.0, rel=0.1)
-    equal = fit_prior((float(v), 2) for v in rng.chisquare(2.0, size=20000) / 2.0)  # one common σ² = 1
-    assert equal.df > 50 and equal.scale == pytest.approx(1.0, rel=0.05)
+# -- one-sided tests, equivalence, prediction, improvement --------------------------------------------
+def test_the_paired_t_sees_what_two_rows_share():
+    """PCGrad − Baseline on SS of the default study's store: −0.0015, −0.0017, −0.0021 on the three
+    seeds. Taken directly between the two rows the difference is known to ± 0.0007 and excludes 0 (a
+    variance model shared across the column's methods had made it ± 0.027)."""
+    d = estimate({0: -0.0015, 1: -0.0017, 2: -0.0021})
+    assert d.half_width == pytest.approx(0.00076, abs=2e-5) and d.excludes(0.0)
+    p_pos, p_neg = one_sided(d)
+    assert p_neg < 0.025 < p_pos and p_pos + p_neg == pytest.approx(1.0)
 
 
-def test_too_few_variances_keep_the_plain_t():
-    from mtlcheck.study.statistics import fit_prior, moderate, moderated_pairs
-
-    assert fit_prior([(1.0, 2), (2.0, 2), (0.0, 2)]) is None  # two positive variances
-    es = {k: estimate({0: v, 1: v + 1.0 + k, 2: v - 0.5}) for k, v in enumerate((1.0, 2.0))}
-    assert moderate(es) == es and all(e.prior is None for e in moderate(es).values())
-    rows = {"base": {0: 1.0, 1: 2.0, 2: 3.0}, "a": {0: 1.5, 1: 2.7, 2: 3.4}}  # two rows: no median of others
-    p = moderated_pairs(rows, "base")["a"]
-    assert p.prior is None and p.half_width == paired(rows["a"], rows["base"]).half_width
+def test_one_sided_p_values_by_hand_and_at_ties():
+    d = estimate({0: 1.0, 1: 2.0, 2: 3.0})  # t = 2 / (1/√3) = 3.464 on 2 df
+    p_pos, p_neg = one_sided(d)
+    assert p_pos == pytest.approx(0.03709, abs=1e-5) and p_neg == pytest.approx(1 - 0.03709, abs=1e-5)
+    assert one_sided(estimate({0: 0.0, 1: 0.0})) == (1.0, 1.0)  # a tie decides nothing
+    assert one_sided(estimate({0: 0.2, 1: 0.2})) == (0.0, 1.0)  # every seed moved alike
+    assert one_sided(estimate({0: 1.0})) == (1.0, 1.0)
 
 
-def test_moderated_interval_by_hand():
-    """s̃² = max((d0 s0² + d s²)/(d0 + d), s²) with d0 capped at d, on d0 + d df; planning keeps it."""
-    from mtlcheck.study.statistics import Prior, Variance
-
-    e = estimate({0: 1.0, 1: 2.0, 2: 3.0})  # mean 2, s² = 1 on 2 df
-    prior = Prior(df=10.0, scale=4.0, count=12)
-    d0 = min(prior.df, 2.0)
-    m = dataclasses_replace(e, variance=Variance((((d0 * 4.0 + 2 * 1.0) / (d0 + 2), d0),), prior))
-    assert m.scale == pytest.approx(math.sqrt(2.5)) and m.df == 4.0
-    assert m.half_width == pytest.approx(t_quantile(0.95, 4) * math.sqrt(2.5) / math.sqrt(3))
-    assert m.half_width_at(0.95, 10) == pytest.approx(t_quantile(0.95, 11) * math.sqrt(2.5) / math.sqrt(10))
-    n = seeds_to_decide(m.mean, m.scale, prior_df=2.0)
-    assert m.half_width_at(0.95, n) < m.mean <= m.half_width_at(0.95, n - 1)
+def test_one_sided_tests_keep_their_level():
+    rng = np.random.default_rng(5)
+    p = np.array([one_sided(estimate(dict(enumerate(rng.normal(0.0, 1.0, size=4)))))[0] for _ in range(4000)])
+    assert 0.04 <= (p <= 0.05).mean() <= 0.06
 
 
-def dataclasses_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
-
-
-def _paired_miss_rate(level: float, noise, reps: int, rows: int = 10, seed: int = 0) -> float:
-    """Fraction of paired intervals (row − row 0, 3 seeds, a seed effect 25x the noise) that miss
-    the true difference 0 at `level`, per-row noise sd from `noise(rng, rows)`."""
-    from mtlcheck.study.statistics import moderated_pairs
-
-    rng = np.random.default_rng(seed)
-    miss = total = 0
-    for _ in range(reps):
-        sd = noise(rng, rows)
-        y = 25.0 * rng.normal(size=(1, 3)) + rng.normal(size=(rows, 3)) * sd[:, None]
-        pairs = moderated_pairs({g: dict(enumerate(map(float, y[g]))) for g in range(rows)}, 0)
-        assert all(p.prior is not None for p in pairs.values())
-        for p in pairs.values():
-            total += 1
-            miss += abs(p.mean) > p.half_width_at(level)
-    return miss / total
+def test_equivalence_needs_the_whole_interval_inside_the_margin():
+    close = estimate({0: 0.001, 1: -0.001, 2: 0.0005, 3: 0.0})
+    assert equivalent(close, 0.01, 0.025) and not equivalent(close, 0.001, 0.025)
+    assert not equivalent(estimate({0: 0.0, 1: 0.0, 2: 0.0}), 0.01, 0.025)  # no spread: no evidence
+    assert not equivalent(estimate({0: 0.02, 1: 0.021, 2: 0.019}), 0.01, 0.025)
 
 
-def _log_normal_with_one_10x(rng, rows):
-    sd = np.exp(rng.normal(0.0, 0.6, size=rows))  # 95 % of the sds within a 10x range
-    sd[rng.integers(rows)] *= 10.0
-    return sd
+def test_predictive_decision_by_hand_and_in_simulation():
+    e = estimate({0: 1.0, 1: 1.5, 2: 0.5})  # mean 1, sd 0.5
+    assert predictive_decision(e, 3, 0.025) == float(min(one_sided(e)) <= 0.025)
+    p = predictive_decision(e, 12, 0.025)
+    assert 0.9 < p <= 1.0
+    assert predictive_decision(estimate({0: 0.1, 1: -0.1, 2: 0.0}), 12, 0.0001) < 0.1
+    # its definition: the mean at 12 seeds drawn from the posterior predictive, the sd held fixed
+    rng = np.random.default_rng(0)
+    mu = rng.normal(1.0, 0.5 / np.sqrt(3), size=20000)
+    future = rng.normal(mu, 0.5 / np.sqrt(9))
+    m12 = (3 * 1.0 + 9 * future) / 12
+    crit = t_quantile(0.95, 11) * 0.5 / np.sqrt(12)
+    assert p == pytest.approx(float(np.mean(np.abs(m12) > crit)), abs=0.01)
 
 
-@pytest.mark.parametrize(
-    "noise",
-    [lambda rng, g: np.ones(g), lambda rng, g: np.exp(rng.normal(0.0, 0.6, size=g)), _log_normal_with_one_10x],
-    ids=["equal", "log-normal", "log-normal-one-10x"],
-)
-def test_moderated_paired_intervals_keep_their_level(noise):
-    """Seeded, 1000 studies x 9 paired cells: the moderated intervals miss 0 at most at their
-    nominal rate (plus 0.5 % simulation slack at 95 %; at 99.7 %, the Bonferroni tail the verdicts
-    use, at most 0.4 % against 0.3 %), with equal noise, log-normal noise per row, and one row 10x
-    noisier on top."""
-    assert _paired_miss_rate(0.95, noise, 1000) <= 0.055
-    assert _paired_miss_rate(0.997, noise, 1000, seed=1) <= 0.004
+def test_probability_of_improvement_with_its_wilson_interval():
+    imp = improvement(estimate(dict(enumerate([0.1] * 8 + [-0.1] * 2))))
+    assert imp.share == pytest.approx(0.8) and imp.n == 10
+    assert imp.lo == pytest.approx(0.490, abs=1e-3) and imp.hi == pytest.approx(0.943, abs=1e-3)  # 8/10, textbook
+    assert "P(better) 80%" in imp.text()
+    assert improvement(estimate(dict(enumerate([0.1] * 8 + [-0.1, 0.0])))).share == pytest.approx(0.85)  # a tie: ½
