@@ -30,6 +30,7 @@ from mtlcheck.study import BUDGETS as BUDGET_CHOICES
 
 DEFAULT_STORE = Path("mtlcheck-results") / "runs.sqlite"
 DEFAULT_OUT = Path("mtlcheck-results")
+DEFAULT_SEEDS = (0, 1, 2)  # the paper's three seeds
 
 
 class UsageError(Exception):
@@ -192,23 +193,28 @@ def cmd_run(args) -> int:
 
 
 def _sweep(args):
-    from mtlcheck.study.experiments.runner import run_sweep, sweep_specs
+    from mtlcheck.study.experiments.runner import sweep_specs
 
     _check_executor(args)
     specs = sweep_specs(
         args.benchmark,
         args.methods,
         tuple(args.levels),
-        tuple(args.seeds),
+        tuple(args.seeds if args.seeds is not None else DEFAULT_SEEDS),
         args.budget,
         args.steps,
         extra=_run_options(args),
     )
+    return _run_specs(args, specs)
+
+
+def _run_specs(args, specs):
+    """Run (or find stored) `specs` with the command's executor: (store, records, wall seconds)."""
     where = _where(args)
     where.check(s.benchmark for s in specs)  # device, weights, data root: usage errors before the store opens
     store = _store(args)
     _threads(args)
-    args._specs = specs
+    args._specs = [*getattr(args, "_specs", []), *specs]
     t0 = time.perf_counter()
     jobs = _jobs(args)
     if args.executor == "ray":
@@ -229,6 +235,8 @@ def _sweep(args):
         threads = args.threads or max(1, _cpu_count() // jobs)
         records = run_sweep_processes(store.path, specs, where, jobs=jobs, threads=threads, progress=not args.quiet)
     else:
+        from mtlcheck.study.experiments.runner import run_sweep
+
         records = run_sweep(store, specs, where, progress=not args.quiet)
     return store, records, time.perf_counter() - t0
 
@@ -259,13 +267,11 @@ def cmd_sweep(args) -> int:
     return 0 if counts.get("failed", 0) == 0 else 1
 
 
-def _report(args, store) -> Path:
-    from mtlcheck.study.benchmarks import get_benchmark
+def _study_records(args, store) -> list:
+    """The stored runs a report of this command reads: its benchmark, budget, precision and steps."""
     from mtlcheck.study.experiments.runner import run_options
-    from mtlcheck.study.paper.reports import write_report
 
     precision = _precision(args)  # both feature-level batch rules are reported, as separate rows
-    bench = get_benchmark(args.benchmark)
     records = [
         r
         for r in store.runs(benchmark=args.benchmark)
@@ -291,11 +297,20 @@ def _report(args, store) -> Path:
             f"the stored runs of {args.benchmark} at budget {args.budget} have several step counts "
             f"({_steps_choices(steps)}): choose one with --steps"
         )
-    suffix = "".join(f"-{k}" if v is True else f"-{v}" for k, v in precision.options().items())
+    return records
+
+
+def _report(args, store, until_decided: int | None = None) -> Path:
+    from mtlcheck.study.benchmarks import get_benchmark
+    from mtlcheck.study.paper.reports import write_report
+
+    records = _study_records(args, store)
+    suffix = "".join(f"-{k}" if v is True else f"-{v}" for k, v in _precision(args).options().items())
     chosen = records[0].spec.steps
     suffix += "" if chosen is None else f"-{chosen}steps"
+    suffix += "" if until_decided is None else "-until-decided"
     out = _check_out(args.out) / f"{args.benchmark}-{args.budget}{suffix}"
-    return write_report(records, bench, out)
+    return write_report(records, get_benchmark(args.benchmark), out, until_decided=until_decided)
 
 
 def _steps_choices(steps) -> str:
@@ -317,6 +332,11 @@ def cmd_report(args) -> int:
 
 def cmd_reproduce(args) -> int:
     _check_out(args.out)  # before hours of runs, not after
+    if args.until_decided:
+        return _reproduce_until_decided(args)
+    for flag, value in (("--max-seeds", args.max_seeds), ("--time-budget", args.time_budget)):
+        if value is not None:
+            raise UsageError(f"{flag} goes with --until-decided")
     store, records, seconds = _sweep(args)
     args.steps = "default" if args.steps is None else str(args.steps)  # report what was swept
     path = _report(args, store)
@@ -326,6 +346,117 @@ def cmd_reproduce(args) -> int:
     if failed:
         print(f"{len(failed)} run(s) failed (their errors are in the store): {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _duration(text: str) -> float:
+    """'90s', '30m', '3h', '1h30m' or plain seconds → seconds (> 0)."""
+    import re
+
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or m is None or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 30m, 3h or 1h30m, got {text!r}")
+    h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+    seconds = 3600 * h + 60 * mi + se
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"a time budget must be positive, got {text!r}")
+    return seconds
+
+
+def _reproduce_until_decided(args) -> int:
+    """Rounds of the sequential design (`mtlcheck.study.paper.sequential`): the first look at every
+    method and level, then seeds only for the rows whose comparisons can still decide an open claim,
+    until no claim asks for more, `--max-seeds` is reached or the next round would pass
+    `--time-budget`. Interrupted, it resumes where it stopped: every run is in the store."""
+    from mtlcheck.study.benchmarks import get_benchmark
+    from mtlcheck.study.experiments.runner import sweep_specs
+    from mtlcheck.study.paper.results import result_tables
+    from mtlcheck.study.paper.runs import PAPER_NAMES
+    from mtlcheck.study.paper.sequential import LOOKS, assess, run_cost, seeds_of
+
+    if args.seeds is not None:
+        raise UsageError("--until-decided chooses the seeds itself (looks at 3, 5, 8, ... seeds): drop --seeds")
+    max_seeds = LOOKS[-1] if args.max_seeds is None else args.max_seeds
+    if max_seeds not in LOOKS:
+        raise UsageError(f"--max-seeds must be one of the design's looks {list(LOOKS)}, got {max_seeds}")
+    budget, t0 = args.time_budget, time.monotonic()
+    bench = get_benchmark(args.benchmark)
+    registry = {v: k for k, v in PAPER_NAMES.items()}
+    args.seeds = list(range(LOOKS[0]))
+    store = None
+    if Path(args.store).exists():  # a --max-seeds below what is stored would leave runs the design never saw
+        from mtlcheck.study.experiments.store import ResultStore
+
+        stored = [
+            r
+            for r in ResultStore(args.store, readonly=True).runs(benchmark=args.benchmark)
+            if r.spec.budget == args.budget
+        ]
+        most = max((r.spec.seed + 1 for r in stored), default=0)
+        if most > max_seeds:
+            raise UsageError(
+                f"{args.store} already holds {most} seeds of {args.benchmark}: --max-seeds must be >= {most}"
+            )
+    store, records, seconds = _sweep(args)
+    args.steps = "default" if args.steps is None else str(args.steps)
+    rounds, ran = 0, len(records)
+    while True:
+        records = _study_records(args, store)
+        cost, seeds = run_cost(records), seeds_of(records)
+        tables = result_tables(records, bench, derived_intervals=False)
+        first = result_tables([r for r in records if r.spec.seed < LOOKS[0]], bench, derived_intervals=False)
+        plan = assess(tables, max_seeds=max_seeds, first_look=first, cost=cost)
+        open_ = [s for s in plan.states if s.state == "open"]
+        print(
+            f"round {rounds}: "
+            + ", ".join(f"{k} {n}" for k, n in _count(s.state for s in plan.states).items())
+            + (f"; next: {plan.runs(seeds)} run(s) for {len(open_)} open claim(s)" if plan.requests else "")
+        )
+        if not plan.requests:
+            break
+        need = sum(cost(k) * max(0, n - seeds(k)) for k, n in plan.requests.items()) / max(1, _jobs(args))
+        used = time.monotonic() - t0
+        if budget is not None and used + need > budget:
+            print(
+                f"time budget: the next round needs about {need / 60:.0f} min and {(budget - used) / 60:.0f} min are "
+                "left; stopping (run the same command with a larger --time-budget to go on)"
+            )
+            break
+        specs = []
+        for (method, level), n in plan.requests.items():
+            name = registry.get(method)
+            if name is None:
+                raise UsageError(f"the sequential design asked for seeds of {method!r}, which is not a paper method")
+            have = seeds((method, level))
+            specs += sweep_specs(
+                args.benchmark,
+                [name],
+                (level,),
+                tuple(range(have, n)),
+                args.budget,
+                _steps_arg(args),
+                extra=_run_options(args),
+            )
+        _, done, _ = _run_specs(args, specs)
+        ran += len(done)
+        rounds += 1
+    path = _report(args, store, until_decided=max_seeds)
+    print(path.read_text())
+    print(
+        f"\n{ran} runs in {rounds} added round(s), wall time {(time.monotonic() - t0) / 60:.1f} min; "
+        f"report, CSV tables and figures in {path.parent}"
+    )
+    return 0
+
+
+def _steps_arg(args):
+    return None if args.steps in (None, "default") else int(args.steps)
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out
 
 
 def _filtered_runs(args, store):
@@ -538,7 +669,7 @@ def _add_sweep(p):
     p.add_argument("--benchmark", default=None, help="benchmark name (default: the embedded digits-dense)")
     p.add_argument("--methods", nargs="+", default=None, help="registry names (default: the paper's methods)")
     p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
-    p.add_argument("--seeds", nargs="+", type=_non_negative_int, default=[0, 1, 2], help="default: the paper's 3 seeds")
+    p.add_argument("--seeds", nargs="+", type=_non_negative_int, default=None, help="default: the paper's 3 seeds")
     p.add_argument("--budget", default="small", choices=BUDGET_CHOICES)
     p.add_argument("--steps", type=_positive_int, default=None, help="override the budget's number of steps")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="report directory (default %(default)s)")
@@ -611,6 +742,20 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce", help="sweep + report + claim verdicts (default: the embedded default, small budget)"
     )
     _add_sweep(p)
+    p.add_argument(
+        "--until-decided",
+        action="store_true",
+        help="add seeds in rounds (looks at 3, 5, 8, 12, 16, 24, 32) only to the rows whose comparisons can "
+        "still decide an open claim, with the error spent over the looks; stops claims that are decided, "
+        "equivalent or futile",
+    )
+    p.add_argument("--max-seeds", type=_positive_int, default=None, help="with --until-decided: a look (default 32)")
+    p.add_argument(
+        "--time-budget",
+        type=_duration,
+        default=None,
+        help="with --until-decided: stop before a round that would pass it (90s, 30m, 3h, 1h30m)",
+    )
     p.set_defaults(fn=cmd_reproduce)
     p = sub.add_parser(
         "check",

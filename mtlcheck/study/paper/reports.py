@@ -19,6 +19,7 @@ from mtlcheck.study.paper.figures import FIGURES, relative_curves, trajectory_fi
 from mtlcheck.study.paper.render import escape, to_csv, to_json, to_markdown, verdict_markdown
 from mtlcheck.study.paper.results import LEVEL_TEXT, PAIRED_TEXT, result_tables
 from mtlcheck.study.paper.runs import MEASURES, Runs, group_runs, mean, seeds_text
+from mtlcheck.study.paper.sequential import LOOKS, assess, run_cost, seeds_of, summary_markdown
 from mtlcheck.study.paper.tables import BASELINE
 from mtlcheck.study.paper.verdicts import judge_all
 
@@ -60,16 +61,32 @@ def _runs_section(runs: Runs) -> str:
     return summary + "\n\n" + "\n".join(lines) + "\n"
 
 
-def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdir: str | Path) -> Path:
-    """report.md (runs and wall times, our tables with marks, figures, claim verdicts), one CSV per
-    table and Figures 3-5 as PNG in `outdir`; returns the report's path. The text is a function of
-    the records only (no dates, no paths outside `outdir`)."""
+def write_report(
+    records: Iterable[RunRecord],
+    benchmark: Benchmark | str,
+    outdir: str | Path,
+    *,
+    until_decided: int | None = None,
+) -> Path:
+    """report.md (a summary of the verdicts, runs and wall times, our tables with marks, figures,
+    claim verdicts), one CSV per table and Figures 3-5 as PNG in `outdir`; returns the report's path.
+    The text is a function of the records only (no dates, no paths outside `outdir`).
+
+    `until_decided` (max seeds): the verdicts of the sequential design that added the seeds
+    (`sequential.assess`, error spent over its looks) instead of the fixed design's."""
     records = list(records)
     runs = group_runs(records, benchmark)
     bench = runs.bench
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     tables = result_tables(records, bench)
+    plan = assess(
+        tables,
+        max_seeds=until_decided or LOOKS[-1],
+        first_look=result_tables([r for r in records if r.spec.seed < LOOKS[0]], bench),
+        cost=run_cost(records),
+    )
+    verdicts = [s.verdict for s in plan.states] if until_decided else judge_all(tables)
     res_name, rel_name, rs_name = bench.paper_tables
     setup = bench.setup(runs.budget, runs.steps)
     parts = [
@@ -84,6 +101,10 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
         f"{PAIRED_TEXT}; a ranking similarity carries in brackets its range over the "
         f"simultaneous {LEVEL_TEXT} region of the seed means it is computed from. The paper's own numbers are "
         "not in this report.",
+        "",
+        "## Summary",
+        "",
+        summary_markdown(verdicts, plan, seeds_of(records), until_decided),
         "",
         "## Runs",
         "",
@@ -144,7 +165,16 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
         "seed means they read (Student-t intervals over seeds, Bonferroni over those cells). A wrong "
         "verdict has probability ≤ 2.5 % per claim either way; ties decide nothing.",
         "",
-        verdict_markdown(judge_all(tables)),
+        (
+            f"These verdicts are the sequential design's (`--until-decided`, up to {until_decided} seeds): each "
+            f"comparison is tested on the first m seeds its rows share, m the largest of the looks {list(LOOKS)} "
+            "reached, at α/7 per look, so that adding seeds where they decide keeps the error ≤ 2.5 % per "
+            "claim either way; claims without a comparison form are judged on the first look's seeds."
+            if until_decided
+            else ""
+        ),
+        "",
+        verdict_markdown(verdicts),
     ]
     path = outdir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -32,7 +32,8 @@ being established at their next look per CPU second of the runs that look needs;
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,11 +41,24 @@ from scipy import stats
 
 from mtlcheck.study.paper import comparisons
 from mtlcheck.study.paper.claims import CLAIMS, Claim
+from mtlcheck.study.paper.runs import display_name
 from mtlcheck.study.paper.tables import ResultTable, RowKey
 from mtlcheck.study.paper.verdicts import formula_of, judge, without_null_rows
 from mtlcheck.study.statistics import predictive_decision
 
-__all__ = ["DESIGN", "FUTILITY", "LOOKS", "PIVOTAL", "ClaimState", "Plan", "assess", "next_look"]
+__all__ = [
+    "DESIGN",
+    "FUTILITY",
+    "LOOKS",
+    "PIVOTAL",
+    "ClaimState",
+    "Plan",
+    "assess",
+    "next_look",
+    "run_cost",
+    "seeds_of",
+    "summary_markdown",
+]
 
 LOOKS = (3, 5, 8, 12, 16, 24, 32)
 DESIGN = comparisons.Design(LOOKS, comparisons.ALPHA)
@@ -97,7 +111,7 @@ def _predictive(f, tables: Tables, max_seeds: int, rng: np.random.Generator) -> 
     n_final, alpha = look
     ev = comparisons.evidence(f, tables, comparisons.Design((), 1.0))  # every literal on all its seeds
     draws: dict = {}
-    for lit, (signed, raw, _, p_pos, p_neg) in ev.items():
+    for lit, (signed, raw, *_) in ev.items():
         n = signed.n
         if n >= n_final or n < 2:
             e = comparisons.evidence(lit, tables, DESIGN)[lit]
@@ -117,9 +131,7 @@ def _predictive(f, tables: Tables, max_seeds: int, rng: np.random.Generator) -> 
     return decided / PREDICTIVE_DRAWS
 
 
-def _requests(
-    d: comparisons.Decision, f, max_seeds: int, cost: Callable[[RowKey], float]
-) -> dict[RowKey, int]:
+def _requests(d: comparisons.Decision, f, max_seeds: int, cost: Callable[[RowKey], float]) -> dict[RowKey, int]:
     """Rows (and the seeds to reach) of the `PIVOTAL` open comparisons with the best predictive
     probability of being established at their next look per CPU second (module doc)."""
     rel = comparisons.relative_levels(f)
@@ -182,30 +194,65 @@ def assess(
     return Plan(tuple(states), requests)
 
 
-def summary_markdown(plan: Plan, seeds_of: Callable[[RowKey], int], max_seeds: int) -> str:
-    """A plain summary of the study: what was decided and by which comparison, what stays open and
-    what the next round would cost."""
-    lines = []
-    for s in plan.states:
-        v = s.verdict
+def run_cost(records: Iterable) -> Callable[[RowKey], float]:
+    """CPU seconds of one run per row (paper name, level): the mean wall time of its finished runs
+    (1 s for a row never run, so the allocation still works on hand-made records)."""
+    times: dict[RowKey, list[float]] = {}
+    for r in records:
+        if r.status == "done" and r.started and r.finished and r.finished > r.started:
+            times.setdefault((display_name(r), r.spec.level), []).append(r.finished - r.started)
+    means = {k: sum(v) / len(v) for k, v in times.items()}
+    return lambda k: means.get(k, 1.0)
+
+
+def seeds_of(records: Iterable) -> Callable[[RowKey], int]:
+    """Seeds stored per row (paper name, level), whatever their status."""
+    seen: dict[RowKey, set[int]] = {}
+    for r in records:
+        seen.setdefault((display_name(r), r.spec.level), set()).add(r.spec.seed)
+    return lambda k: len(seen.get(k, ()))
+
+
+def summary_markdown(
+    verdicts: Sequence[Mapping], plan: Plan, seeds: Callable[[RowKey], int], until_decided: int | None
+) -> str:
+    """A plain summary: what was decided and by which comparison, what stays open and what deciding
+    it would cost (the sequential design's next round and its predictive probability)."""
+    states = {s.id: s for s in plan.states}
+    counts = Counter(v["verdict"] for v in verdicts)
+    order = ("holds", "contradicted", "equivalent", "inconclusive", "not evaluable", "error")
+    lines = [f"{len(verdicts)} claims: " + ", ".join(f"{k} {counts[k]}" for k in order if counts[k]) + "."]
+    horizon = until_decided or LOOKS[-1]
+    for v in verdicts:
         d = v.get("decision")
         link = None if d is None else d.deciding
-        why = "" if link is None else f" — {link.text()}"
-        if s.state in FINAL:
-            lines.append(f"- **{s.state}**: `{s.id}`{why}")
-        elif s.state == "futile":
-            lines.append(
-                f"- **undecided (futile)**: `{s.id}`: P(decided by {max_seeds} seeds) ≈ {s.p_decide:.0%}{why}"
-            )
-        elif s.state == "open":
-            asked = ", ".join(f"{k[0]} ({k[1]}) → {n} seeds" for k, n in s.requests.items())
-            lines.append(
-                f"- **open**: `{s.id}`: P(decided by {max_seeds} seeds) ≈ {s.p_decide:.0%}; next: {asked}{why}"
-            )
-        elif s.state == "first look only":
-            lines.append(f"- **undecided**: `{s.id}` (no comparison form: judged on the first look's seeds only)")
-    more = plan.runs(seeds_of)
-    lines.append(
-        f"\nNext round: {more} run(s)." if more else "\nNothing left to run: every claim is final, futile or at its limit."
-    )
+        link_text = "" if link is None else link.text()
+        if v["verdict"] in FINAL:
+            lines.append(f"- **{v['verdict']}** `{v['id']}`" + (f": {link_text}" if link_text else ""))
+        elif v["verdict"] in ("inconclusive", "error"):
+            s = states.get(v["id"])
+            tag = {
+                "futile": "undecided (futile)",
+                "first look only": "undecided (no comparison form: judged on the first look)",
+            }.get(s.state if s is not None else "", "open" if v["verdict"] == "inconclusive" else "error")
+            p = "" if s is None or s.p_decide is None else f"; P(decided by {horizon} seeds) ≈ {s.p_decide:.0%}"
+            lines.append(f"- **{tag}** `{v['id']}`{p}" + (f"; closest: {link_text}" if link_text else ""))
+    if counts["not evaluable"]:
+        lines.append(
+            f"- **not evaluable**: {counts['not evaluable']} claim(s) read tables these runs do not give "
+            "(the verdicts name them)."
+        )
+    more = plan.runs(seeds)
+    rows = ", ".join(f"{k[0]} ({k[1]}) to {n} seeds" for k, n in plan.requests.items())
+    if until_decided:
+        lines.append(
+            f"\nStopped with {more} run(s) still asked for ({rows}): the time budget ran out."
+            if more
+            else "\nFinished: every claim is final, futile, judged on its first look, or at the seed limit."
+        )
+    elif more:
+        lines.append(
+            f"\nTo decide what is open, `mtlcheck reproduce --until-decided` would next run {more} run(s) "
+            f"({rows}), adding seeds only where a comparison can still decide."
+        )
     return "\n".join(lines)

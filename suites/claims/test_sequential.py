@@ -1,0 +1,122 @@
+"""The sequential design (mtlcheck.study.paper.sequential) under adaptive allocation and stopping.
+
+Each simulated study draws every row's runs for all 32 seeds up front (suites/claims/_simulate.py),
+then plays `mtlcheck reproduce --until-decided`: start at 3 seeds, judge, give the requested rows
+their next look's seeds, judge again, until no claim asks for more. The error of a claim is counted
+on its final verdict: "holds" when it is false or "contradicted" when it is true. The design spends
+α = 2.5 % per direction over its looks, so that error stays ≤ 5 % whatever the allocation does.
+
+Everything is seeded; the measured rates are printed (-s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtlcheck.study.paper.claims import claim_by_id
+from mtlcheck.study.paper.results import result_tables
+from mtlcheck.study.paper.runs import PAPER_NAMES
+from mtlcheck.study.paper.sequential import LOOKS, assess
+
+pytestmark = [pytest.mark.claim]
+
+_spec = importlib.util.spec_from_file_location("_simulate", Path(__file__).with_name("_simulate.py"))
+_simulate = sys.modules.setdefault("_simulate", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(_simulate)
+
+P = "parameter"
+S_D = _simulate.NOISE_SD * np.sqrt(2.0)
+ROWS = tuple(
+    (m, P)
+    for m in ("ew", "pcgrad", "gradvac", "graddrop", "rgw", "mgda", "cagrad", "aligned_mtl", "uncertainty", "famo")
+)
+REGISTRY = {v: k for k, v in PAPER_NAMES.items()}
+CLAIMS = (
+    "fig3-uncertainty-poor-gradvac-strong",
+    "fig4-famo-beats-mgda",
+    "fig3-pcgrad-alignedmtl-undecided",
+    "fig5-fd-below-baseline-except-four",
+)
+TRUE_AT_NULL = {  # a strict "better" is false at a tie
+    "fig3-uncertainty-poor-gradvac-strong": False,
+    "fig4-famo-beats-mgda": False,
+    "fig3-pcgrad-alignedmtl-undecided": True,
+    "fig5-fd-below-baseline-except-four": False,
+}
+
+
+def play(rng: np.random.Generator, claims, max_seeds: int, **kw) -> tuple[dict[str, str], int]:
+    """One sequential study: the final state of each claim and the number of runs it took."""
+    records = _simulate.simulate(rng, max_seeds, rows=ROWS, **kw)
+    by_row: dict[tuple[str, str], dict[int, object]] = {}
+    for r in records:
+        by_row.setdefault((r.spec.method, r.spec.level), {})[r.spec.seed] = r
+    n = dict.fromkeys(ROWS, LOOKS[0])
+    chosen = [claim_by_id(c) for c in claims]
+    first = result_tables([r for r in records if r.spec.seed < LOOKS[0]], "digits-instance", derived_intervals=False)
+    while True:
+        now = [r for row in ROWS for s, r in by_row[row].items() if s < n[row]]
+        tables = result_tables(now, "digits-instance", derived_intervals=False)
+        plan = assess(tables, chosen, max_seeds=max_seeds, first_look=first)
+        if not plan.requests:
+            return {s.id: s.state for s in plan.states}, sum(n.values())
+        for (method, level), target in plan.requests.items():
+            row = (REGISTRY.get(method, method), level)
+            assert target <= max_seeds and target in LOOKS
+            n[row] = max(n[row], target)
+
+
+def _rates(n_studies: int, seed: int, claims=CLAIMS, max_seeds: int = 16, **kw) -> dict[str, Counter]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, Counter] = {c: Counter() for c in claims}
+    runs = []
+    for _ in range(n_studies):
+        states, used = play(rng, claims, max_seeds, **kw)
+        runs.append(used)
+        for c, s in states.items():
+            out[c][s] += 1
+    print(f"\nstates {dict(out)}; runs per study: median {int(np.median(runs))}, max {max(runs)}")
+    return out
+
+
+def test_null_studies_decide_wrongly_at_most_five_percent_under_adaptive_stopping():
+    """Every row equal to the Baseline; seeds are added where the design asks, up to 16."""
+    n = 60
+    counts = _rates(n, seed=1)
+    wrong = {c: k["contradicted" if TRUE_AT_NULL[c] else "holds"] / n for c, k in counts.items()}
+    print(f"wrong-decision rate per claim: {wrong}")
+    assert max(wrong.values()) <= 0.05, wrong
+    assert all(k["error"] == 0 and k["not evaluable"] == 0 for k in counts.values()), counts
+
+
+def test_least_favourable_conjunction_under_adaptive_stopping():
+    """FAMO better than MGDA by 10 s_d on five metrics, tied on the sixth: the claim is false, and
+    adding seeds until decided must not make it 'hold' more than 5 % of the time."""
+    shift = np.full(6, 10 * S_D)
+    shift[0] = 0.0
+    n = 60
+    counts = _rates(n, seed=2, claims=("fig4-famo-beats-mgda",), effects={("famo", P): shift})
+    assert counts["fig4-famo-beats-mgda"]["holds"] / n <= 0.05, counts
+
+
+def test_a_contradiction_like_the_default_studys_is_decided_by_added_seeds():
+    """Figure 5 as the default study measured it: the other methods' final FD clearly below the
+    Baseline's, three named exceptions clearly above, and the fourth, PCGrad, below it by about 2
+    paired sds (−0.0068 against a paired sd of 0.0032). At 3 seeds nothing is decided; with seeds
+    added where the design asks (the Baseline and the pivotal rows, up to 16) the claim is
+    contradicted in most studies and never said to hold."""
+    fd = {row: -10 * S_D for row in ROWS if row[0] != "ew"}
+    for m in ("rgw", "mgda", "aligned_mtl"):
+        fd[(m, P)] = 10 * S_D
+    fd[("pcgrad", P)] = -2.1 * S_D
+    claim = "fig5-fd-below-baseline-except-four"
+    n = 30
+    counts = _rates(n, seed=3, claims=(claim,), measure_effects=fd)[claim]
+    assert counts["holds"] == 0, counts
+    assert counts["contradicted"] / n >= 0.6, counts
