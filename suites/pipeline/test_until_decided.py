@@ -1,0 +1,83 @@
+"""`mtlcheck reproduce --until-decided`: bad input is one line and exit 2, and the rounds give seeds
+to exactly the rows the design asks for, resume from the store, and write the sequential report."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from mtlcheck.study.cli import main
+from mtlcheck.study.paper import sequential
+
+SMOKE = ["--budget", "smoke", "--quiet", "--threads", "1", "--jobs", "1"]
+FEW = ["--methods", "ew", "pcgrad", "--levels", "parameter"]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--until-decided", "--seeds", "0", "1"], "--until-decided chooses the seeds itself"),
+        (["--until-decided", "--max-seeds", "6"], "--max-seeds must be one of the design's looks"),
+        (["--max-seeds", "8"], "--max-seeds goes with --until-decided"),
+        (["--time-budget", "30m"], "--time-budget goes with --until-decided"),
+    ],
+)
+def test_bad_sequential_options_are_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    store = tmp_path / "runs.sqlite"
+    assert main(["reproduce", *SMOKE, "--store", str(store), "--out", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not store.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("budget", ["0", "abc", "-5m", "3x"])
+def test_an_impossible_time_budget_is_a_usage_error(tmp_path, capsys, budget):
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--until-decided", "--time-budget", budget, "--store", str(tmp_path / "s.sqlite")])
+    assert exc.value.code == 2
+    assert "--time-budget" in capsys.readouterr().err
+
+
+def _seeds(store) -> dict[tuple[str, str], list[int]]:
+    with sqlite3.connect(store) as db:
+        specs = [json.loads(s) for (s,) in db.execute("select spec_json from runs where status = 'done'")]
+    out: dict = {}
+    for s in specs:
+        out.setdefault((s["method"], s["level"]), []).append(s["seed"])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_rounds_add_the_seeds_the_design_asks_for_and_resume(tmp_path, capsys, monkeypatch):
+    """The design (here told to ask once for PCGrad and the Baseline at 5 seeds) drives the runs: the
+    first look at 3 seeds for every row, then seeds 3 and 4 for exactly those two rows; a second
+    invocation finds everything stored and runs nothing; --max-seeds below what is stored is refused."""
+    real = sequential.assess
+    asked = []
+
+    def assess(tables, claims=sequential.CLAIMS, **kw):
+        plan = real(tables, claims, **kw)
+        n = min(e.n for t in tables.values() for row in getattr(t, "estimates", {}).values() for e in row.values())
+        if n < 5:
+            asked.append(n)
+            return sequential.Plan(plan.states, {("PCGrad", "parameter"): 5, ("Baseline", "parameter"): 5})
+        return sequential.Plan(plan.states, {})
+
+    monkeypatch.setattr(sequential, "assess", assess)
+    store, out = tmp_path / "runs.sqlite", tmp_path / "out"
+    args = ["reproduce", "--until-decided", "--max-seeds", "8", *SMOKE, *FEW, "--store", str(store), "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert _seeds(store) == {("ew", "parameter"): [0, 1, 2, 3, 4], ("pcgrad", "parameter"): [0, 1, 2, 3, 4]}
+    assert asked == [3] and "round 0:" in printed and "round 1:" in printed
+    report = (out / "digits-dense-smoke-until-decided" / "report.md").read_text()
+    assert "## Summary" in report and "sequential design's (`--until-decided`, up to 8 seeds)" in report
+    with sqlite3.connect(store) as db:
+        before = db.execute("select key, finished from runs order by key").fetchall()
+    assert main(args) == 0  # resumes: everything is stored
+    with sqlite3.connect(store) as db:
+        assert db.execute("select key, finished from runs order by key").fetchall() == before
+    capsys.readouterr()
+    assert main([*args[:3], "3", *args[4:]]) == 2  # a look, but below the 5 seeds stored
+    assert "already holds 5 seeds of digits-dense: --max-seeds must be >= 5" in capsys.readouterr().err
