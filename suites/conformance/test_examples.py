@@ -27,10 +27,11 @@ RNG = ["check_no_global_rng", "check_seed_determinism"]
 
 # adapter → (checks that fail, checks skipped), with why:
 OUTCOME = {
-    # Frank-Wolfe stopped at ε = 1e-3 / 100 iterations: not the min-norm point (KKT violated by up to
-    # ~6e-2 in cosine units on a dominant task), and on a T = 5 conflicting input the direction
-    # conflicts with a task although MGDA guarantees ⟨g_i, d⟩ ≥ ‖d‖² > 0. No numerical back end.
-    "MGDA": ({"check_non_conflicting", "check_method_identity"}, {"check_no_silent_fallback"}),
+    # Frank-Wolfe stopped at step γ < ε = 1e-3: the adapter declares that precision (solver_tol =
+    # 4ε, the duality gap relative to max‖g_i‖²) and meets it; no numerical back end. Undeclared,
+    # the KKT violation (~6e-2 in cosine units on a dominant task) and a conflict on a T = 5 input
+    # fail (test_the_mgda_adapter_without_its_tolerance_fails).
+    "MGDA": (set(), {"check_no_silent_fallback"}),
     # A BUG: on a dominant task (norms 1e4 apart) the trace-normalised ‖g_w‖ falls below the absolute
     # norm_eps = 1e-4 and the weights are set to 0 ("approximately on the pareto front"): a zero step
     # although G has full rank. Also inexact (~1e-4) on a nearly opposite pair (Clarabel's tolerance).
@@ -71,10 +72,29 @@ def test_torchjd_aggregators_under_the_kit(name):
         G = torch.eye(3, 12, dtype=torch.float64)
         G[0] *= 1e4
         assert float(adapters.CAGrad()(G).direction.norm()) == 0.0  # the zero step, G of full rank
-    if name == "MGDA":
-        assert "KKT ⟨g_i, d⟩ ≥ ‖d‖²" in messages["check_method_identity"]
     if name in ("PCGrad", "GradVac"):
         assert messages["check_method_identity"] == ""  # passed
+
+
+def test_the_mgda_adapter_without_its_tolerance_fails():
+    """The declared solver_tol is what lets the early-stopped Frank-Wolfe pass: held to the kit's
+    default, TorchJD's MGDA at ε = 1e-3 violates MGDA's KKT condition and conflicts with a task."""
+
+    class Undeclared(adapters.MGDA):
+        def tags(self):
+            return super().tags().replace(solver_tol=None)
+
+    records = check_aggregator(Undeclared, on_fail=None, checks=["check_method_identity", "check_non_conflicting"])
+    assert {r["check"]: r["status"] for r in records} == {
+        "check_method_identity": "failed",
+        "check_non_conflicting": "failed",
+    }
+    assert "KKT ⟨g_i, d⟩ ≥ ‖d‖²" in records[0]["exception"] + records[1]["exception"]
+    # the README's --config: a tighter ε with room to reach it, its declared tolerance shrinking with it
+    tighter = check_aggregator(
+        lambda: adapters.MGDA(epsilon=1e-4, max_iters=1000), on_fail=None, checks=["check_method_identity"]
+    )
+    assert tighter[0]["status"] == "passed", tighter
 
 
 def test_torchjd_nash_mtl_falls_back_silently_and_is_not_the_bargaining_solution():
