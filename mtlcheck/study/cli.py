@@ -472,11 +472,18 @@ def cmd_check(args) -> int:
     failed = 0
     for name in args.aggregators:
         cls = resolve_aggregator(name)
-        if config:
+        if config:  # checked as `run` checks it: names and types, then the constructor's own checks
+            checked = cls.check_config(config)
             try:
-                cls(**config)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name}: cannot construct {cls.__name__} with --config {config}: {exc}") from None
+                cls(**checked)
+            except Exception as exc:  # noqa: BLE001 - the user's constructor: one line, where it raised
+                from mtlcheck.testing.kit import where
+
+                raise ValueError(
+                    f"{name}: cannot construct {cls.__name__} with --config {config}: "
+                    f"{type(exc).__name__}: {exc}{where(exc)}"
+                ) from None
+            config = checked
         for make in builtin_variants(cls, config):
             records = check_aggregator(make, on_fail=None)
             bad = [r for r in records if r["status"] in ("failed", "xpass")]
@@ -490,6 +497,10 @@ def cmd_check(args) -> int:
                     if r["reason"]:
                         detail = f"{detail} — {r['reason']}" if detail else r["reason"]
                     print(f"  {r['status']:<7} {r['check']}: {detail}")
+                    if args.verbose and r.get("traceback") and r["status"] == "failed":
+                        print("    " + r["traceback"].rstrip().replace("\n", "\n    "))
+    if failed and not args.verbose:
+        print("(mtlcheck check -v prints the full traceback of each failure)")
     return 1 if failed else 0
 
 
@@ -626,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="constructor arguments (values parsed as JSON when possible); without it, built-ins are "
         "checked at their default and their documented parameter variants",
     )
+    p.add_argument("-v", "--verbose", action="store_true", help="print the full traceback of each failure")
     p.set_defaults(fn=cmd_check)
     _add_runs(sub)
     sub.add_parser("bench", help="step time per method as a ratio to EW (options: `mtlcheck bench --help`)")

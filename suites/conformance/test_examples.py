@@ -115,7 +115,9 @@ def test_torchjd_nash_mtl_falls_back_silently_and_is_not_the_bargaining_solution
     )
     assert status["check_method_identity"][0] == "failed"
     assert "bargaining α_i (GGᵀα)_i equal for every task" in status["check_method_identity"][1]
-    assert status["check_zero_input"] == ("failed", "ValueError: Parameter value must be real.")
+    assert status["check_zero_input"][0] == "failed"
+    assert status["check_zero_input"][1].startswith("ValueError: Parameter value must be real. (raised at ")
+    assert "torchjd_adapters.py:" in status["check_zero_input"][1]  # the adapter's line that called TorchJD
     assert status["check_single_task"][0] == "failed"
 
 
