@@ -105,22 +105,10 @@ def aggregator_class(name: str) -> type[Aggregator]:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
+        from mtlcheck._names import did_you_mean
+
         hint = did_you_mean(name, [*_REGISTRY, *level_aliases()])
         raise ValueError(f"unknown aggregator {name!r}{hint}; known: {known}") from None
-
-
-def did_you_mean(name: str, known) -> str:
-    """' (did you mean 'x'?)' for the known names closest to `name` (case and '-'/'_' ignored), or ''."""
-    import difflib
-
-    def key(text: str) -> str:
-        return text.lower().replace("-", "_")
-
-    by_key = {key(k): k for k in known}
-    close = difflib.get_close_matches(key(name), list(by_key), n=2, cutoff=0.75)
-    if not close:
-        return ""
-    return " (did you mean " + " or ".join(repr(by_key[c]) for c in close) + "?)"
 
 
 def get_aggregator(name: str, **params: Any) -> Aggregator:

@@ -430,7 +430,7 @@ def get_benchmark(name: str) -> Benchmark:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        from mtlcheck.aggregators._registry import did_you_mean
+        from mtlcheck._names import did_you_mean
 
         raise ValueError(
             f"unknown benchmark {name!r}{did_you_mean(name, BENCHMARKS)}; known: {', '.join(BENCHMARKS)}"

@@ -122,9 +122,32 @@ def _check_executor(args) -> None:
             raise UsageError("--executor ray needs Ray, which is not installed: pip install 'mtlcheck[ray]'")
 
 
+def _unknown_name(args) -> str | None:
+    """A mistyped method or benchmark name, said with a suggestion, found without importing torch
+    or the study (`mtlcheck._names`); None when every name is known (or is a pkg.module:Class)."""
+    from mtlcheck._names import did_you_mean, known_method_names
+    from mtlcheck.study import BENCHMARK_NAMES
+
+    methods = {"run": [getattr(args, "method", None)], "check": getattr(args, "aggregators", None)}.get(
+        args.command, getattr(args, "methods", None)
+    )
+    names = [m for m in methods or [] if m and ":" not in m]
+    if names:
+        known = known_method_names()
+        for name in names:
+            if name not in known:
+                return f"unknown aggregator {name!r}{did_you_mean(name, known)}; known: {', '.join(sorted(known))}"
+    benchmark = getattr(args, "benchmark", None)
+    if args.command in ("run", "sweep", "report", "reproduce") and benchmark and benchmark not in BENCHMARK_NAMES:
+        return (
+            f"unknown benchmark {benchmark!r}{did_you_mean(benchmark, BENCHMARK_NAMES)}; "
+            f"known: {', '.join(BENCHMARK_NAMES)}"
+        )
+    return None
+
+
 def cmd_list(args) -> int:
     from mtlcheck.aggregators import aggregator_class, level_aliases, list_aggregators
-    from mtlcheck.study.benchmarks import BENCHMARKS
 
     if args.what in ("methods", "all"):
         print("methods (registry name: tags)")
@@ -140,6 +163,20 @@ def cmd_list(args) -> int:
         aliases = [f"{alias} = {name} at the {level} level" for alias, (name, level) in level_aliases().items()]
         print(f"  aliases: {', '.join(aliases)}")
     if args.what in ("benchmarks", "all"):
+        try:
+            from mtlcheck.study.benchmarks import BENCHMARKS
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in STUDY_EXTRA_MODULES:
+                raise
+            from mtlcheck.study import BENCHMARK_NAMES
+
+            print(
+                f'benchmarks (each needs the study\'s dependencies: pip install "mtlcheck[study]"; '
+                f"{exc.name!r} is missing)"
+            )
+            for name in BENCHMARK_NAMES:
+                print(f"  {name}")
+            return 0
         print("benchmarks")
         for b in BENCHMARKS.values():
             data = "needs --data-root" if b.needs_data_root else "embedded"
@@ -715,6 +752,10 @@ def _main(argv: list[str] | None) -> int:
     if argv[:1] == ["runs"] and (len(argv) == 1 or (argv[1].startswith("-") and argv[1] not in ("-h", "--help"))):
         argv.insert(1, "list")  # plain `mtlcheck runs [filters]` lists
     args = build_parser().parse_args(argv)
+    mistyped = _unknown_name(args)
+    if mistyped:
+        print(f"mtlcheck: error: {mistyped}", file=sys.stderr)
+        return 2
     if getattr(args, "benchmark", "") is None and args.command in ("run", "sweep", "report", "reproduce"):
         from mtlcheck.study.benchmarks import DEFAULT_BENCHMARK
 

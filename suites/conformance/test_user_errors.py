@@ -132,3 +132,37 @@ def test_a_mistyped_method_gets_a_suggestion(name, suggestion, capsys):
     assert main(["check", name]) == 2
     err = capsys.readouterr().err
     assert f"did you mean {suggestion}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_import_free_names_are_the_registrys_and_the_studys():
+    from mtlcheck._names import builtin_method_names
+    from mtlcheck.aggregators import level_aliases, list_aggregators
+    from mtlcheck.study import BENCHMARK_NAMES
+    from mtlcheck.study.benchmarks import BENCHMARKS
+
+    names, aliases = builtin_method_names()
+    assert sorted(names) == list_aggregators() and sorted(aliases) == sorted(level_aliases())
+    assert BENCHMARK_NAMES == tuple(BENCHMARKS)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["run", "--benchmark", "digits-dense", "--method", "mgdaa"], "did you mean 'mgda'"),
+        (["sweep", "--methods", "ew", "MGDA"], "did you mean 'mgda'"),
+        (["run", "--benchmark", "digits-dens", "--method", "mgda"], "did you mean 'digits-dense'"),
+        (["check", "nash-mtl"], "did you mean 'nash_mtl'"),
+    ],
+)
+def test_a_mistyped_name_is_refused_before_torch_is_imported(argv, expected):
+    """The suggestion comes from import-free names (`mtlcheck._names`): no torch, no study imports
+    (torch alone takes seconds to import), so the refusal is immediate."""
+    import subprocess
+
+    code = (
+        "import sys; from mtlcheck.study.cli import main; rc = main(sys.argv[1:]); "
+        "print('RESULT', rc, 'torch' in sys.modules, 'mtlcheck.study.benchmarks' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert "RESULT 2 False False" in done.stdout, (done.stdout, done.stderr)
+    assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
