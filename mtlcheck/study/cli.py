@@ -125,8 +125,11 @@ def _check_executor(args) -> None:
 def _unknown_name(args) -> str | None:
     """A mistyped method or benchmark name, said with a suggestion, found without importing torch
     or the study (`mtlcheck._names`); None when every name is known (or is a pkg.module:Class)."""
-    from mtlcheck._names import did_you_mean, known_method_names
+    from mtlcheck._names import builtin_method_names, did_you_mean, known_method_names
     from mtlcheck.study import BENCHMARK_NAMES
+
+    if not builtin_method_names()[0]:  # an install without the sources: the registry decides, later
+        return None
 
     methods = {"run": [getattr(args, "method", None)], "check": getattr(args, "aggregators", None)}.get(
         args.command, getattr(args, "methods", None)

@@ -78,3 +78,22 @@ def test_frozen_parameter_step_matches_plain_pytorch_for_ew():
         assert (ours[n] is None) == (p.grad is None), n
         if p.grad is not None:
             assert torch.allclose(ours[n], p.grad, rtol=1e-12, atol=1e-15), n
+
+
+def test_the_readme_training_loop_runs_as_written_on_a_partly_frozen_model():
+    """README "Using it": the training-loop snippet, imports included, executed verbatim with a
+    model whose first encoder weight is frozen."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Using it", 1)[1]
+    snippet = section.split("```python", 2)[2].split("```", 1)[0]
+    assert "import" in snippet and "backward_step" in snippet
+    model = _model()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    frozen = dict(model.named_parameters())[FROZEN].detach().clone()
+    before = dict(model.named_parameters())["encoder.2.weight"].detach().clone()
+    exec(compile(snippet, "README.md", "exec"), {"model": model, "batch": _batch(), "optimizer": optimizer})
+    params = dict(model.named_parameters())
+    assert torch.equal(params[FROZEN], frozen) and params[FROZEN].grad is None
+    assert not torch.equal(params["encoder.2.weight"], before)
