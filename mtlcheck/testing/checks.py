@@ -716,7 +716,8 @@ def check_float64_arithmetic(make: Factory) -> None:
         raise AssertionError(
             f"{agg!r}: the float64 path responds to a 1e-8 relative change of G like float32 arithmetic "
             f"(second difference / first difference = {', '.join(f'{r:.3g}' for r in ratios)}; float64 gives "
-            "< 1e-3): part of it runs in float32 (a .float(), a float32 tensor or numpy array made inside)"
+            "< 1e-3): part of it runs in float32 (a .float(), a float32 tensor or numpy array made inside), or an "
+            "iterative solver stops at a tolerance above 1e-8 (then declare it: tags(solver_tol=...))"
         )
 
 
