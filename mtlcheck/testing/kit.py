@@ -41,7 +41,7 @@ from mtlcheck.aggregators import (
     NashMTL,
     Uncertainty,
 )
-from mtlcheck.testing.checks import CheckSkipped, aggregator_checks
+from mtlcheck.testing.checks import CheckSkipped, NonFiniteOutput, aggregator_checks
 
 Factory = Callable[[], Aggregator]
 
@@ -234,6 +234,7 @@ def check_aggregator(
         raise ValueError(f"on_fail must be 'raise', 'warn' or None, got {on_fail!r}")
     wanted = set(checks) if checks is not None else None
     records = []
+    first_nonfinite = None
     for make, check, reason in iter_checks([aggregator], expected_failed_checks):
         if wanted is not None and check.__name__ not in wanted:
             continue
@@ -248,6 +249,11 @@ def check_aggregator(
             status = "xfail" if reason else "failed"
             message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             message = message.split("\nmtlcheck: the error comes from your code", 1)[0]  # the note, said once
+            if isinstance(exc, NonFiniteOutput):  # one cause: said in full by the first check that met it
+                if first_nonfinite is None:
+                    first_nonfinite = check.__name__
+                else:
+                    message = f"NonFiniteOutput: the same non-finite output as in {first_nonfinite}"
             records.append(
                 {
                     "check": check.__name__,
