@@ -691,9 +691,15 @@ def check_method_identity(make: Factory) -> None:
     name = getattr(agg, "implements", None)
     assert name in IDENTITIES, f"{agg!r}: implements={name!r} is not one of {IDENTITIES}"
     found = identities.violations(name, make, _losses)
+    hint = ""
+    if agg.tags().solver_tol is None:
+        hint = (
+            "\n(an iterative solver stopped at a tolerance declares it, tags(solver_tol=...), and is held to that "
+            "precision scaled by the case's conditioning: see mtlcheck.testing.identities)"
+        )
     assert not found, (
         f"{agg!r} declares implements={name!r} but violates its defining property "
-        f"({len(found)} case(s)):\n  " + "\n  ".join(found[:6])
+        f"({len(found)} case(s)):\n  " + "\n  ".join(found[:6]) + hint
     )
 
 

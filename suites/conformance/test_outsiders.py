@@ -72,3 +72,16 @@ class RandomLossWeighting(WeightingAggregator):
 def test_the_permutation_failure_names_the_tag_that_declares_asymmetry():
     (record,) = check_aggregator(RandomLossWeighting, on_fail=None, checks=["check_permutation_equivariance"])
     assert record["status"] == "failed" and "task_symmetric=False" in record["exception"], record
+
+
+def test_an_undeclared_solver_tolerance_fails_with_the_way_to_declare_it():
+    """The same SLSQP CAGrad (c = 2) without its declared solver_tol is held to the exact default
+    (max(1e-6, 1e-9·κ)) and misses it (by ~5e-4 on the dominant task); the message says how to
+    declare the precision it has."""
+
+    class Undeclared(outsiders.SlsqpCAGrad):
+        def tags(self):
+            return super().tags().replace(solver_tol=None)
+
+    (record,) = check_aggregator(lambda: Undeclared(c=2.0), on_fail=None, checks=["check_method_identity"])
+    assert record["status"] == "failed" and "tags(solver_tol=...)" in record["exception"], record
