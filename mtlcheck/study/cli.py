@@ -508,23 +508,34 @@ def cmd_check(args) -> int:
 
     if os.getcwd() not in sys.path and "" not in sys.path:  # like `python -m`: modules of the working folder
         sys.path.insert(0, os.getcwd())
+    from mtlcheck.testing.kit import where
+
     config = _parse_config(args.config)
     failed = 0
     for name in args.aggregators:
-        cls = resolve_aggregator(name)
+        try:
+            cls = resolve_aggregator(name)
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's module failed to import: one line, where
+            raise ValueError(f"cannot import {name}: {type(exc).__name__}: {exc}{where(exc)}") from None
         if config:  # checked as `run` checks it: names and types, then the constructor's own checks
             checked = cls.check_config(config)
             try:
                 cls(**checked)
             except Exception as exc:  # noqa: BLE001 - the user's constructor: one line, where it raised
-                from mtlcheck.testing.kit import where
-
                 raise ValueError(
                     f"{name}: cannot construct {cls.__name__} with --config {config}: "
                     f"{type(exc).__name__}: {exc}{where(exc)}"
                 ) from None
             config = checked
-        for make in builtin_variants(cls, config):
+        try:
+            factories = builtin_variants(cls, config)
+        except Exception as exc:  # noqa: BLE001 - the user's constructor: one line, where it raised
+            raise ValueError(
+                f"{name}: constructing {cls.__name__} raised {type(exc).__name__}: {exc}{where(exc)}"
+            ) from None
+        for make in factories:
             records = check_aggregator(make, on_fail=None)
             bad = [r for r in records if r["status"] in ("failed", "xpass")]
             failed += len(bad)

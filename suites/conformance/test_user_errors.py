@@ -166,3 +166,35 @@ def test_a_mistyped_name_is_refused_before_torch_is_imported(argv, expected):
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert "RESULT 2 False False" in done.stdout, (done.stdout, done.stderr)
     assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        (
+            "import torch\nundefined_name\n",
+            "cannot import broken_user_mod:B: NameError: name 'undefined_name' is not "
+            "defined (raised at broken_user_mod.py:2 in <module>: undefined_name)",
+        ),
+        (
+            "from mtlcheck.aggregators import WeightingAggregator\n"
+            "class B(WeightingAggregator):\n"
+            "    def __init__(self, *, seed: int = 0):\n"
+            "        super().__init__(seed=seed)\n"
+            "        self.x = 1 / 0\n",
+            "broken_user_mod:B: constructing B raised ZeroDivisionError: division by zero (raised at "
+            "broken_user_mod.py:5 in __init__: self.x = 1 / 0)",
+        ),
+    ],
+    ids=["import", "constructor"],
+)
+def test_cli_check_a_module_that_fails_to_import_or_construct_is_one_line(
+    tmp_path, monkeypatch, capsys, source, expected
+):
+    (tmp_path / "broken_user_mod.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "broken_user_mod", raising=False)
+    assert main(["check", "broken_user_mod:B"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"mtlcheck: error: {expected}", err
