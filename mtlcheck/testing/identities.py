@@ -64,9 +64,10 @@ def condition_number(G: torch.Tensor) -> float:
     return float(s[0] / s[-1]) if float(s[-1]) > 0 else math.inf
 
 
-def case_tolerance(G: torch.Tensor, agg) -> float:
-    """max(BASE_TOL, s·κ(G)) with s the declared solver_tol or DEFAULT_SOLVER_TOL."""
-    s = declared_solver_tol(agg) or DEFAULT_SOLVER_TOL
+def case_tolerance(G: torch.Tensor, agg, *, declared: bool = True) -> float:
+    """max(BASE_TOL, s·κ(G)) with s the declared solver_tol (unless `declared` is False: MGDA
+    converts its declared gap itself) or DEFAULT_SOLVER_TOL."""
+    s = (declared_solver_tol(agg) if declared else None) or DEFAULT_SOLVER_TOL
     return max(BASE_TOL, s * condition_number(G))
 
 
@@ -308,7 +309,8 @@ def violations(name: str, make, losses_for) -> list[str]:
             if not bool(torch.isfinite(d).all()):
                 found.append(f"finite direction: got non-finite values on '{label}' (T={n})")
                 continue
-            for cond, amount, tol in check(G, d, w, agg0, case_tolerance(G, agg0)):
+            case_tol = case_tolerance(G, agg0, declared=name != "mgda")
+            for cond, amount, tol in check(G, d, w, agg0, case_tol):
                 if not amount <= tol:
                     found.append(_message(cond, amount, tol, f"'{label}' (T={n})"))
     return found

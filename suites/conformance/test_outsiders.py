@@ -85,3 +85,16 @@ def test_an_undeclared_solver_tolerance_fails_with_the_way_to_declare_it():
 
     (record,) = check_aggregator(lambda: Undeclared(c=2.0), on_fail=None, checks=["check_method_identity"])
     assert record["status"] == "failed" and "tags(solver_tol=...)" in record["exception"], record
+
+
+def test_a_declared_tolerance_does_not_excuse_a_wrong_method():
+    """Keeping SLSQP's start (w = 1/T: the plain mean step) while declaring SLSQP's precision still
+    fails: the violation (~1e-2 relative) is far above 1e-6·κ on the well-conditioned cases."""
+
+    class StuckAtStart(outsiders.SlsqpCAGrad):
+        def _weights(self, J, losses):
+            n = J.n_tasks
+            return torch.full((n,), 1.0 / n, dtype=torch.float64)
+
+    (record,) = check_aggregator(lambda: StuckAtStart(c=2.0), on_fail=None, checks=["check_method_identity"])
+    assert record["status"] == "failed" and "dual optimality" in record["exception"], record
