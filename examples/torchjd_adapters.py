@@ -30,6 +30,9 @@ class _TorchJDWeighting(WeightingAggregator):
 
 
 class MGDA(_TorchJDWeighting):
+    """TorchJD's Frank-Wolfe stops when its step γ < epsilon: the duality gap is then below
+    epsilon·‖d − g_t‖² ≤ 4·epsilon·max‖g_i‖², the precision it declares (`solver_tol`)."""
+
     implements = "mgda"
 
     def __init__(self, *, epsilon: float = 1e-3, max_iters: int = 100, seed: int = 0):
@@ -37,7 +40,9 @@ class MGDA(_TorchJDWeighting):
         self.epsilon, self.max_iters = epsilon, max_iters
 
     def tags(self):
-        return AggregatorTags(family="solver", nonneg_weights=True, reduction="mean", non_conflicting=True)
+        return AggregatorTags(
+            family="solver", nonneg_weights=True, reduction="mean", non_conflicting=True, solver_tol=4 * self.epsilon
+        )
 
     def _weighting(self):
         return tjd.MGDAWeighting(epsilon=self.epsilon, max_iters=self.max_iters)

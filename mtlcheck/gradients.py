@@ -237,7 +237,9 @@ def backward_step(
             f"{aggregator!r} weights the losses only; it has no feature-level variant (the encoder gradient "
             "would be the same weighted loss gradient). Use level='parameter'."
         )
-    shared = named_shared_parameters(model)
+    # a frozen shared parameter (requires_grad=False, as in fine-tuning) gets no gradient, as in
+    # plain PyTorch: the method sees the gradients of the trainable ones only
+    shared = [(name, p) for name, p in named_shared_parameters(model) if p.requires_grad]
     heads = [p for _, p in model.head_parameters()]
     forward = _forward_context(precision, shared)
     if tags.second_order:

@@ -56,6 +56,10 @@ class AggregatorTags:
     requires_solver: name of the inner solver the method depends on, or None.
     post_step_update: needs `after_step(losses)` with the losses re-evaluated after the step.
     min_tasks: smallest T the method accepts.
+    solver_tol: the relative precision the method's inner solver reaches (its stopping tolerance,
+        e.g. Frank-Wolfe's step threshold or SLSQP's ftol on the objective); the kit's checks of
+        solver-defined properties (defining property, non-conflict) accept violations up to
+        max(solver_tol, the kit's default) in the problem's own units. None: the default.
     """
 
     inputs: frozenset = frozenset({"grads"})
@@ -72,6 +76,7 @@ class AggregatorTags:
     requires_solver: str | None = None
     post_step_update: bool = False
     min_tasks: int = 1
+    solver_tol: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.inputs, frozenset) or not self.inputs or not self.inputs <= _INPUTS:
@@ -82,6 +87,8 @@ class AggregatorTags:
             raise ValueError(f"tags.reduction must be one of {_REDUCTIONS}, got {self.reduction!r}")
         if self.min_tasks < 1:
             raise ValueError(f"tags.min_tasks must be >= 1, got {self.min_tasks}")
+        if self.solver_tol is not None and not (isinstance(self.solver_tol, (int, float)) and 0 < self.solver_tol < 1):
+            raise ValueError(f"tags.solver_tol must be a number in (0, 1) or None, got {self.solver_tol!r}")
 
     @property
     def loss_only(self) -> bool:

@@ -105,7 +105,10 @@ def aggregator_class(name: str) -> type[Aggregator]:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown aggregator {name!r}; known: {known}") from None
+        from mtlcheck._names import did_you_mean
+
+        hint = did_you_mean(name, [*_REGISTRY, *level_aliases()])
+        raise ValueError(f"unknown aggregator {name!r}{hint}; known: {known}") from None
 
 
 def get_aggregator(name: str, **params: Any) -> Aggregator:

@@ -6,3 +6,8 @@ performance benches and the `mtlcheck` command. Its dependencies come with the `
 
 # the training budgets every benchmark defines (import-free here, so that the command starts at once)
 BUDGETS = ("smoke", "small", "paper")
+
+# the benchmarks' names (defined in `benchmarks.BENCHMARKS`; a test keeps the two equal), known without
+# importing the study's dependencies: `mtlcheck list` names them in a library-only install, and a
+# mistyped --benchmark is refused before anything heavy is imported
+BENCHMARK_NAMES = ("digits-dense", "digits-instance", "cityscapes", "nyuv2", "metagraspnet")

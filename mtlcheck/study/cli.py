@@ -123,9 +123,35 @@ def _check_executor(args) -> None:
             raise UsageError("--executor ray needs Ray, which is not installed: pip install 'mtlcheck[ray]'")
 
 
+def _unknown_name(args) -> str | None:
+    """A mistyped method or benchmark name, said with a suggestion, found without importing torch
+    or the study (`mtlcheck._names`); None when every name is known (or is a pkg.module:Class)."""
+    from mtlcheck._names import builtin_method_names, did_you_mean, known_method_names
+    from mtlcheck.study import BENCHMARK_NAMES
+
+    if not builtin_method_names()[0]:  # an install without the sources: the registry decides, later
+        return None
+
+    methods = {"run": [getattr(args, "method", None)], "check": getattr(args, "aggregators", None)}.get(
+        args.command, getattr(args, "methods", None)
+    )
+    names = [m for m in methods or [] if m and ":" not in m]
+    if names:
+        known = known_method_names()
+        for name in names:
+            if name not in known:
+                return f"unknown aggregator {name!r}{did_you_mean(name, known)}; known: {', '.join(sorted(known))}"
+    benchmark = getattr(args, "benchmark", None)
+    if args.command in ("run", "sweep", "report", "reproduce") and benchmark and benchmark not in BENCHMARK_NAMES:
+        return (
+            f"unknown benchmark {benchmark!r}{did_you_mean(benchmark, BENCHMARK_NAMES)}; "
+            f"known: {', '.join(BENCHMARK_NAMES)}"
+        )
+    return None
+
+
 def cmd_list(args) -> int:
     from mtlcheck.aggregators import aggregator_class, level_aliases, list_aggregators
-    from mtlcheck.study.benchmarks import BENCHMARKS
 
     if args.what in ("methods", "all"):
         print("methods (registry name: tags)")
@@ -141,6 +167,20 @@ def cmd_list(args) -> int:
         aliases = [f"{alias} = {name} at the {level} level" for alias, (name, level) in level_aliases().items()]
         print(f"  aliases: {', '.join(aliases)}")
     if args.what in ("benchmarks", "all"):
+        try:
+            from mtlcheck.study.benchmarks import BENCHMARKS
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in STUDY_EXTRA_MODULES:
+                raise
+            from mtlcheck.study import BENCHMARK_NAMES
+
+            print(
+                f'benchmarks (each needs the study\'s dependencies: pip install "mtlcheck[study]"; '
+                f"{exc.name!r} is missing)"
+            )
+            for name in BENCHMARK_NAMES:
+                print(f"  {name}")
+            return 0
         print("benchmarks")
         for b in BENCHMARKS.values():
             data = "needs --data-root" if b.needs_data_root else "embedded"
@@ -599,16 +639,34 @@ def cmd_check(args) -> int:
 
     if os.getcwd() not in sys.path and "" not in sys.path:  # like `python -m`: modules of the working folder
         sys.path.insert(0, os.getcwd())
+    from mtlcheck.testing.kit import where
+
     config = _parse_config(args.config)
     failed = 0
     for name in args.aggregators:
-        cls = resolve_aggregator(name)
-        if config:
+        try:
+            cls = resolve_aggregator(name)
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's module failed to import: one line, where
+            raise ValueError(f"cannot import {name}: {type(exc).__name__}: {exc}{where(exc)}") from None
+        if config:  # checked as `run` checks it: names and types, then the constructor's own checks
+            checked = cls.check_config(config)
             try:
-                cls(**config)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name}: cannot construct {cls.__name__} with --config {config}: {exc}") from None
-        for make in builtin_variants(cls, config):
+                cls(**checked)
+            except Exception as exc:  # noqa: BLE001 - the user's constructor: one line, where it raised
+                raise ValueError(
+                    f"{name}: cannot construct {cls.__name__} with --config {config}: "
+                    f"{type(exc).__name__}: {exc}{where(exc)}"
+                ) from None
+            config = checked
+        try:
+            factories = builtin_variants(cls, config)
+        except Exception as exc:  # noqa: BLE001 - the user's constructor: one line, where it raised
+            raise ValueError(
+                f"{name}: constructing {cls.__name__} raised {type(exc).__name__}: {exc}{where(exc)}"
+            ) from None
+        for make in factories:
             records = check_aggregator(make, on_fail=None)
             bad = [r for r in records if r["status"] in ("failed", "xpass")]
             failed += len(bad)
@@ -621,6 +679,10 @@ def cmd_check(args) -> int:
                     if r["reason"]:
                         detail = f"{detail} — {r['reason']}" if detail else r["reason"]
                     print(f"  {r['status']:<7} {r['check']}: {detail}")
+                    if args.verbose and r.get("traceback") and r["status"] == "failed":
+                        print("    " + r["traceback"].rstrip().replace("\n", "\n    "))
+    if failed and not args.verbose:
+        print("(mtlcheck check -v prints the full traceback of each failure)")
     return 1 if failed else 0
 
 
@@ -771,6 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="constructor arguments (values parsed as JSON when possible); without it, built-ins are "
         "checked at their default and their documented parameter variants",
     )
+    p.add_argument("-v", "--verbose", action="store_true", help="print the full traceback of each failure")
     p.set_defaults(fn=cmd_check)
     _add_runs(sub)
     sub.add_parser("bench", help="step time per method as a ratio to EW (options: `mtlcheck bench --help`)")
@@ -848,6 +911,10 @@ def _main(argv: list[str] | None) -> int:
     if argv[:1] == ["runs"] and (len(argv) == 1 or (argv[1].startswith("-") and argv[1] not in ("-h", "--help"))):
         argv.insert(1, "list")  # plain `mtlcheck runs [filters]` lists
     args = build_parser().parse_args(argv)
+    mistyped = _unknown_name(args)
+    if mistyped:
+        print(f"mtlcheck: error: {mistyped}", file=sys.stderr)
+        return 2
     if getattr(args, "benchmark", "") is None and args.command in ("run", "sweep", "report", "reproduce"):
         from mtlcheck.study.benchmarks import DEFAULT_BENCHMARK
 

@@ -8,7 +8,18 @@ left at its start, a fallback to equal weights behind any exception, and sign er
 Where implementations legitimately differ by a positive scale (Nash-MTL's Gram normalisation
 and clipping, Aligned-MTL's σ, IMTL-G's and CAGrad's rescaling), the property is stated on the
 direction (scale-free). Every violation is reported with the condition, its size and the
-tolerance. Tolerances are relative (cosine units, or relative to the scale named), in float64.
+tolerance. Violations are relative (cosine units, or relative to the scale named), in float64.
+
+Tolerances fit the case and the method (`case_tolerance`): on a case whose G has condition number
+κ = σ_max/σ_min the allowed violation is max(1e-6, s·κ), with s the method's declared
+`tags().solver_tol` or, undeclared, DEFAULT_SOLVER_TOL = 1e-9 (float64 linear algebra: an exact
+Gram-based solve is accurate to about ε·κ² ≈ 2e-16·κ², i.e. < 1e-9·κ for κ ≤ 4e6; the hard cases
+have κ ≤ 2e4). A solver stopped at a relative objective tolerance τ knows its optimum to about √τ,
+and the direction to κ√τ: such a method declares solver_tol = √τ (SLSQP at ftol 1e-12: 1e-6).
+MGDA states its declared tolerance in the problem's own units: a min-norm solver stopped with
+duality gap max_i(‖d‖² − ⟨g_i, d⟩) ≤ s·max_i‖g_i‖² (Frank-Wolfe stopped at step γ < ε: s = 4ε)
+is accepted up to that gap (KKT) and twice it (‖d‖² − min-norm²), each converted to the units
+reported. A wrong method (early stop, wrong formula) violates by far more on some case.
 
     mgda         d is the minimum-norm point of the convex hull of the g_i (Sener & Koltun 2018):
                  KKT ⟨g_i, d⟩ ≥ ‖d‖² for every i, and ‖d‖ = min_{w ∈ Δ} ‖Σ w_i g_i‖.
@@ -38,15 +49,26 @@ from mtlcheck.testing import samplers
 
 DIM = 12
 TASK_COUNTS = (2, 3, 5, 7)
-TOL = {
-    "mgda": 1e-6,
-    "cagrad": 1e-6,
-    "nash_mtl": 1e-6,
-    "imtl_g": 1e-6,
-    "aligned_mtl": 1e-6,
-    "pcgrad": 1e-6,
-    "gradvac": 1e-6,
-}
+BASE_TOL = 1e-6  # the smallest tolerance, whatever the case's conditioning
+DEFAULT_SOLVER_TOL = 1e-9  # an undeclared solver_tol: float64 linear algebra (see the module docstring)
+
+
+def declared_solver_tol(agg) -> float | None:
+    """The method's `tags().solver_tol`, or None when it declares none."""
+    return getattr(agg.tags(), "solver_tol", None)
+
+
+def condition_number(G: torch.Tensor) -> float:
+    """σ_max/σ_min of G (inf when rank-deficient)."""
+    s = torch.linalg.svdvals(G.to(torch.float64))
+    return float(s[0] / s[-1]) if float(s[-1]) > 0 else math.inf
+
+
+def case_tolerance(G: torch.Tensor, agg, *, declared: bool = True) -> float:
+    """max(BASE_TOL, s·κ(G)) with s the declared solver_tol (unless `declared` is False: MGDA
+    converts its declared gap itself) or DEFAULT_SOLVER_TOL."""
+    s = (declared_solver_tol(agg) if declared else None) or DEFAULT_SOLVER_TOL
+    return max(BASE_TOL, s * condition_number(G))
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -100,27 +122,35 @@ def _spread(v: torch.Tensor) -> float:
     return float((v.max() - v.min()) / v.abs().max())
 
 
-def mgda(G, d, w, agg) -> Violations:
+def mgda(G, d, w, agg, tol: float) -> Violations:
     from mtlcheck.aggregators._min_norm import min_norm_weights
 
-    tol = TOL["mgda"]
     w_star = torch.from_numpy(min_norm_weights((G @ G.T).numpy()))
     r = float((w_star @ G).norm())
     dn = float(d.norm())
-    kkt = float(((dn**2 - G @ d) / (G.norm(dim=1) * max(dn, 1e-300))).max())
+    norms = G.norm(dim=1)
+    gaps = dn**2 - G @ d  # the duality gap of the min-norm problem at d is max_i gaps_i
+    kkt = (gaps / (norms * max(dn, 1e-300))).clamp_min(0.0)
+    kkt_tol = torch.full_like(kkt, tol)
+    norm_tol = tol
+    solver_tol = declared_solver_tol(agg)
+    if solver_tol is not None:  # a gap of solver_tol·max‖g_i‖², in the units reported
+        scale = float(norms.max()) ** 2
+        kkt_tol = torch.maximum(kkt_tol, solver_tol * scale / (norms * max(dn, 1e-300)))
+        norm_tol = max(norm_tol, 2 * solver_tol * scale / (r * (dn + r)))
+    worst = int(torch.argmax(kkt / kkt_tol))
     out = [
-        ("KKT ⟨g_i, d⟩ ≥ ‖d‖² for every task (cosine units)", max(kkt, 0.0), tol),
-        ("minimum norm ‖d‖ = min_{w∈Δ}‖Σw_i g_i‖ (relative)", abs(dn - r) / r, tol),
+        ("KKT ⟨g_i, d⟩ ≥ ‖d‖² for every task (cosine units)", float(kkt[worst]), float(kkt_tol[worst])),
+        ("minimum norm ‖d‖ = min_{w∈Δ}‖Σw_i g_i‖ (relative)", abs(dn - r) / r, norm_tol),
     ]
     if w is not None:
         out.append(("weights on the simplex (w ≥ 0, Σw = 1)", max(float(-w.min()), abs(float(w.sum()) - 1), 0.0), tol))
     return out
 
 
-def cagrad(G, d, w, agg) -> Violations:
+def cagrad(G, d, w, agg, tol: float) -> Violations:
     from mtlcheck.aggregators.cagrad import solve_dual
 
-    tol = TOL["cagrad"]
     c = getattr(agg, "c", None)
     if not isinstance(c, (int, float)) or c < 0:
         return [
@@ -152,8 +182,7 @@ def cagrad(G, d, w, agg) -> Violations:
     ]
 
 
-def nash_mtl(G, d, w, agg) -> Violations:
-    tol = TOL["nash_mtl"]
+def nash_mtl(G, d, w, agg, tol: float) -> Violations:
     p = G @ d
     if w is not None:
         if not bool((w > 0).all()):
@@ -166,8 +195,7 @@ def nash_mtl(G, d, w, agg) -> Violations:
     return [("bargaining d ∥ Σ_i g_i/⟨g_i, d⟩ (1 − cos)", 1 - cos, tol)]
 
 
-def imtl_g(G, d, w, agg) -> Violations:
-    tol = TOL["imtl_g"]
+def imtl_g(G, d, w, agg, tol: float) -> Violations:
     if float(d.norm()) == 0:
         return [("d ≠ 0", math.inf, 0.0)]
     proj = _unit_rows(G) @ d
@@ -177,8 +205,7 @@ def imtl_g(G, d, w, agg) -> Violations:
     ]
 
 
-def aligned_mtl(G, d, w, agg) -> Violations:
-    tol = TOL["aligned_mtl"]
+def aligned_mtl(G, d, w, agg, tol: float) -> Violations:
     if float(d.norm()) == 0:
         return [("d ≠ 0", math.inf, 0.0)]
     P, _, Qt = torch.linalg.svd(G, full_matrices=False)
@@ -215,8 +242,8 @@ def _pcgrad_pair(G: torch.Tensor) -> torch.Tensor:
     return (g1 - dot / float(g2 @ g2) * g2) + (g2 - dot / float(g1 @ g1) * g1)
 
 
-def pcgrad(G, d, w, agg) -> Violations:
-    return _scaled_match(d, _pcgrad_pair(G), agg, "d = s(g_1' + g_2') (PCGrad, T = 2)", TOL["pcgrad"])
+def pcgrad(G, d, w, agg, tol: float) -> Violations:
+    return _scaled_match(d, _pcgrad_pair(G), agg, "d = s(g_1' + g_2') (PCGrad, T = 2)", tol)
 
 
 def gradvac_expected(G: torch.Tensor, target: float) -> tuple[torch.Tensor, float]:
@@ -259,7 +286,7 @@ def violations(name: str, make, losses_for) -> list[str]:
                 agg.after_step(losses_for(2))
             expected, rho = gradvac_expected(G, target)
             for cond, amount, tol in _scaled_match(
-                d, expected, agg, "d = s(g_1' + g_2') (GradVac Eq. 4, T = 2)", TOL["gradvac"]
+                d, expected, agg, "d = s(g_1' + g_2') (GradVac Eq. 4, T = 2)", case_tolerance(G, agg0)
             ):
                 if not amount <= tol:
                     found.append(
@@ -282,7 +309,8 @@ def violations(name: str, make, losses_for) -> list[str]:
             if not bool(torch.isfinite(d).all()):
                 found.append(f"finite direction: got non-finite values on '{label}' (T={n})")
                 continue
-            for cond, amount, tol in check(G, d, w, agg0):
+            case_tol = case_tolerance(G, agg0, declared=name != "mgda")
+            for cond, amount, tol in check(G, d, w, agg0, case_tol):
                 if not amount <= tol:
                     found.append(_message(cond, amount, tol, f"'{label}' (T={n})"))
     return found

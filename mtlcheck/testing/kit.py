@@ -10,14 +10,18 @@
 
 Known failures of built-ins live in `EXPECTED_FAILURES` and their extra parameter settings in
 `BUILTIN_VARIANTS`, both keyed by the class object itself (a user's class of the same name, or a
-subclass, inherits neither); third parties pass
-`expected_failed_checks=callable(aggregator) -> {check name: reason}` (strict xfails).
+subclass, inherits neither); third parties pass `expected_failed_checks={check name: reason}` or
+a callable(aggregator) returning such a dict (strict xfails).
 A check that does not apply to a class (a protocol hook it lacks) is reported as skipped.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import os
+import sys
+import sysconfig
 import traceback
 import warnings
 from collections.abc import Callable, Iterable
@@ -37,7 +41,7 @@ from mtlcheck.aggregators import (
     NashMTL,
     Uncertainty,
 )
-from mtlcheck.testing.checks import CheckSkipped, aggregator_checks
+from mtlcheck.testing.checks import CheckSkipped, NonFiniteOutput, aggregator_checks
 
 Factory = Callable[[], Aggregator]
 
@@ -129,11 +133,70 @@ def as_factory(obj: Any) -> Factory:
 
 
 def _expected(make: Factory, expected_failed_checks) -> dict[str, str]:
+    """The built-in expected failures of the class, updated with the user's: a dict
+    {check name: reason} (for every aggregator) or a callable(aggregator) -> such a dict."""
     agg = make()
     reasons = dict(EXPECTED_FAILURES.get(type(agg), {}))
-    if expected_failed_checks is not None:
-        reasons.update(expected_failed_checks(agg) or {})
+    if expected_failed_checks is None:
+        return reasons
+    given = expected_failed_checks(agg) if callable(expected_failed_checks) else expected_failed_checks
+    if not isinstance(given, dict) and given is not None:
+        raise TypeError(
+            "expected_failed_checks must be a dict {check name: reason} or a callable(aggregator) returning one, "
+            f"got {type(given).__name__}"
+        )
+    reasons.update(given or {})
     return reasons
+
+
+_KIT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the mtlcheck package
+_LIBRARY_DIRS = tuple(
+    {os.path.abspath(p) for p in (sysconfig.get_paths().get(k) for k in ("stdlib", "purelib", "platlib")) if p}
+)
+
+
+def user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """Where an exception came from in the user's code: the last frame of its traceback outside
+    mtlcheck and outside installed libraries, else the last frame outside mtlcheck (a third-party
+    library under test), else None (the kit's own assertion)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    outside = [f for f in frames if not os.path.abspath(f.filename).startswith(_KIT_DIR + os.sep)]
+    own = [f for f in outside if not os.path.abspath(f.filename).startswith(_LIBRARY_DIRS)]
+    chosen = own or outside
+    return chosen[-1] if chosen else None
+
+
+def where(exc: BaseException) -> str:
+    """' (raised at FILE:LINE in FUNC: SOURCE)' for an exception from the user's code, else ''."""
+    frame = user_frame(exc)
+    if frame is None:
+        return ""
+    path = frame.filename
+    try:
+        path = os.path.relpath(path)
+    except ValueError:  # another drive
+        pass
+    source = f": {frame.line.strip()}" if frame.line else ""
+    return f" (raised at {path}:{frame.lineno} in {frame.name}{source})"
+
+
+def _located(check):
+    """The check, adding to an exception raised in the user's code a note with its file and line
+    (pytest and tracebacks print notes)."""
+
+    @functools.wraps(check)
+    def run(make):
+        try:
+            return check(make)
+        except CheckSkipped:
+            raise
+        except Exception as exc:
+            at = where(exc)
+            if at and sys.version_info >= (3, 11):
+                exc.add_note(f"mtlcheck: the error comes from your code{at}")
+            raise
+
+    return run
 
 
 def iter_checks(aggregators: Iterable[Any], expected_failed_checks=None):
@@ -142,7 +205,7 @@ def iter_checks(aggregators: Iterable[Any], expected_failed_checks=None):
         make = as_factory(obj)
         reasons = _expected(make, expected_failed_checks)
         for check in aggregator_checks(make):
-            yield make, check, reasons.get(check.__name__)
+            yield make, _located(check), reasons.get(check.__name__)
 
 
 def parametrize_with_checks(aggregators: Iterable[Any], *, expected_failed_checks=None):
@@ -162,29 +225,42 @@ def check_aggregator(
     aggregator: Any, *, on_fail: str | None = "raise", expected_failed_checks=None, checks: Iterable[str] | None = None
 ) -> list[dict[str, Any]]:
     """Run every applicable check without pytest; returns one record per check:
-    {"check", "status": passed|failed|xfail|xpass|skipped, "reason", "exception"} (for skipped,
-    "reason" says why the check does not apply).
+    {"check", "status": passed|failed|xfail|xpass|skipped, "reason", "exception", "traceback"}
+    (for skipped, "reason" says why the check does not apply; "exception" is the error's last
+    line, with the user's file and line when the error was raised in the user's code, and
+    "traceback" the full traceback, for failed and xfail).
     on_fail: "raise" (first unexpected failure raises), "warn", or None (just record)."""
     if on_fail not in ("raise", "warn", None):
         raise ValueError(f"on_fail must be 'raise', 'warn' or None, got {on_fail!r}")
     wanted = set(checks) if checks is not None else None
     records = []
+    first_nonfinite = None
     for make, check, reason in iter_checks([aggregator], expected_failed_checks):
         if wanted is not None and check.__name__ not in wanted:
             continue
         try:
             check(make)
         except CheckSkipped as exc:
-            records.append({"check": check.__name__, "status": "skipped", "reason": str(exc), "exception": None})
+            records.append(
+                {"check": check.__name__, "status": "skipped", "reason": str(exc), "exception": None, "traceback": None}
+            )
             continue
         except Exception as exc:  # noqa: BLE001 - recorded
             status = "xfail" if reason else "failed"
+            message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            message = message.split("\nmtlcheck: the error comes from your code", 1)[0]  # the note, said once
+            if isinstance(exc, NonFiniteOutput):  # one cause: said in full by the first check that met it
+                if first_nonfinite is None:
+                    first_nonfinite = check.__name__
+                else:
+                    message = f"NonFiniteOutput: the same non-finite output as in {first_nonfinite}"
             records.append(
                 {
                     "check": check.__name__,
                     "status": status,
                     "reason": reason,
-                    "exception": "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+                    "exception": message + where(exc),
+                    "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
                 }
             )
             if status == "failed":
@@ -199,6 +275,7 @@ def check_aggregator(
                     "status": "xpass" if reason else "passed",
                     "reason": reason,
                     "exception": None,
+                    "traceback": None,
                 }
             )
     if wanted is not None:

@@ -27,10 +27,11 @@ RNG = ["check_no_global_rng", "check_seed_determinism"]
 
 # adapter → (checks that fail, checks skipped), with why:
 OUTCOME = {
-    # Frank-Wolfe stopped at ε = 1e-3 / 100 iterations: not the min-norm point (KKT violated by up to
-    # ~6e-2 in cosine units on a dominant task), and on a T = 5 conflicting input the direction
-    # conflicts with a task although MGDA guarantees ⟨g_i, d⟩ ≥ ‖d‖² > 0. No numerical back end.
-    "MGDA": ({"check_non_conflicting", "check_method_identity"}, {"check_no_silent_fallback"}),
+    # Frank-Wolfe stopped at step γ < ε = 1e-3: the adapter declares that precision (solver_tol =
+    # 4ε, the duality gap relative to max‖g_i‖²) and meets it; no numerical back end. Undeclared,
+    # the KKT violation (~6e-2 in cosine units on a dominant task) and a conflict on a T = 5 input
+    # fail (test_the_mgda_adapter_without_its_tolerance_fails).
+    "MGDA": (set(), {"check_no_silent_fallback"}),
     # A BUG: on a dominant task (norms 1e4 apart) the trace-normalised ‖g_w‖ falls below the absolute
     # norm_eps = 1e-4 and the weights are set to 0 ("approximately on the pareto front"): a zero step
     # although G has full rank. Also inexact (~1e-4) on a nearly opposite pair (Clarabel's tolerance).
@@ -71,10 +72,29 @@ def test_torchjd_aggregators_under_the_kit(name):
         G = torch.eye(3, 12, dtype=torch.float64)
         G[0] *= 1e4
         assert float(adapters.CAGrad()(G).direction.norm()) == 0.0  # the zero step, G of full rank
-    if name == "MGDA":
-        assert "KKT ⟨g_i, d⟩ ≥ ‖d‖²" in messages["check_method_identity"]
     if name in ("PCGrad", "GradVac"):
         assert messages["check_method_identity"] == ""  # passed
+
+
+def test_the_mgda_adapter_without_its_tolerance_fails():
+    """The declared solver_tol is what lets the early-stopped Frank-Wolfe pass: held to the kit's
+    default, TorchJD's MGDA at ε = 1e-3 violates MGDA's KKT condition and conflicts with a task."""
+
+    class Undeclared(adapters.MGDA):
+        def tags(self):
+            return super().tags().replace(solver_tol=None)
+
+    records = check_aggregator(Undeclared, on_fail=None, checks=["check_method_identity", "check_non_conflicting"])
+    assert {r["check"]: r["status"] for r in records} == {
+        "check_method_identity": "failed",
+        "check_non_conflicting": "failed",
+    }
+    assert "KKT ⟨g_i, d⟩ ≥ ‖d‖²" in records[0]["exception"] + records[1]["exception"]
+    # the README's --config: a tighter ε with room to reach it, its declared tolerance shrinking with it
+    tighter = check_aggregator(
+        lambda: adapters.MGDA(epsilon=1e-4, max_iters=1000), on_fail=None, checks=["check_method_identity"]
+    )
+    assert tighter[0]["status"] == "passed", tighter
 
 
 def test_torchjd_nash_mtl_falls_back_silently_and_is_not_the_bargaining_solution():
@@ -95,16 +115,27 @@ def test_torchjd_nash_mtl_falls_back_silently_and_is_not_the_bargaining_solution
     )
     assert status["check_method_identity"][0] == "failed"
     assert "bargaining α_i (GGᵀα)_i equal for every task" in status["check_method_identity"][1]
-    assert status["check_zero_input"] == ("failed", "ValueError: Parameter value must be real.")
+    assert status["check_zero_input"][0] == "failed"
+    assert status["check_zero_input"][1].startswith("ValueError: Parameter value must be real. (raised at ")
+    assert "torchjd_adapters.py:" in status["check_zero_input"][1]  # the adapter's line that called TorchJD
     assert status["check_single_task"][0] == "failed"
 
 
 @pytest.mark.slow
 def test_torchjd_nash_mtl_full_kit():
+    """Also check_float64_arithmetic: its output responds to a 1e-8 change of G as rounding noise
+    (second/first difference 0.86 and 0.013): ECOS stopped by 1e-3/1e-6 criteria, from a float32
+    start (prvs_alpha is np.float32); the adapter declares no solver_tol."""
     torch.manual_seed(0)
     records = check_aggregator(adapters.NashMTL, on_fail=None)
     assert _outcome(records) == (
-        {"check_zero_input", "check_single_task", "check_method_identity", "check_no_silent_fallback"},
+        {
+            "check_zero_input",
+            "check_single_task",
+            "check_method_identity",
+            "check_no_silent_fallback",
+            "check_float64_arithmetic",
+        },
         set(),
     )
 

@@ -38,6 +38,12 @@ def test_plugin_fixture(aggregator_check):
 """
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _run(cmd, cwd, env, timeout=900):
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{cmd} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -91,6 +97,19 @@ def test_the_wheel_installs_and_works_outside_the_repository(tmp_path):
 
     out = _run([str(venv / "bin" / "mtlcheck"), "check", "pcgrad"], work, env)
     assert "PCGrad(): " in out and "FAILED" not in out, out
+    listed = _run([str(venv / "bin" / "mtlcheck"), "list", "methods"], work, env)
+    assert "  mgda " in listed, listed
+    typo = subprocess.run(
+        [str(venv / "bin" / "mtlcheck"), "check", "mgdaa"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert typo.returncode == 2 and "did you mean 'mgda'" in typo.stderr, typo.stderr
+
+    if _has("torchjd"):  # the README's worked TorchJD adapter, saved as the README says: no false alarm
+        readme = (REPO / "README.md").read_text()
+        adapter = readme.split("## Checking a third-party implementation", 1)[1].split("```python", 1)[1]
+        (work / "my_adapters.py").write_text(adapter.split("```", 1)[0])
+        out = _run([str(venv / "bin" / "mtlcheck"), "check", "my_adapters:TorchJDMGDA"], work, env)
+        assert "TorchJDMGDA(): " in out and "FAILED" not in out, out
 
     store = work / "runs.sqlite"
     _run(

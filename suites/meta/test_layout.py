@@ -121,10 +121,17 @@ out, err = io.StringIO(), io.StringIO()
 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     checked = main(["check", "pcgrad"])
 print("CHECK", checked, "FAILED" in out.getvalue(), "PCGrad(): " in out.getvalue())
-err = io.StringIO()
-with contextlib.redirect_stderr(err):
+out, err = io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     listed = main(["list"])
-print("LIST", listed, err.getvalue().strip())
+text = out.getvalue()
+print("LIST", listed, "  mgda " in text, 'dependencies: pip install "mtlcheck[study]"' in text,
+      "  digits-dense" in text, repr(err.getvalue().strip()))
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    import tempfile
+    listed = main(["run", "--benchmark", "digits-dense", "--method", "ew", "--steps", "1",
+                   "--store", tempfile.mkdtemp() + "/runs.sqlite"])
+print("STUDY", listed, err.getvalue().strip().splitlines()[-1])
 print("LOADED", sorted(m for m in BLOCKED if m in sys.modules))
 """
 
@@ -143,11 +150,13 @@ def test_the_library_works_without_the_study_extra():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = dict(
-        line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("CHECK", "LIST", "LOADED"))
+        line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("CHECK", "LIST", "STUDY", "LOADED"))
     )
     assert lines["CHECK"] == "0 False True", lines["CHECK"]  # `mtlcheck check` runs the kit: exit 0, nothing failed
-    code, _, message = lines["LIST"].partition(" ")
-    assert code == "2", lines["LIST"]  # a study command without the study extra: one line, exit 2
+    # `mtlcheck list` works: the methods, and the benchmarks named with the extra they need
+    assert lines["LIST"] == "0 True True True ''", lines["LIST"]
+    code, _, message = lines["STUDY"].partition(" ")
+    assert code == "2", lines["STUDY"]  # a study command without the study extra: one line, exit 2
     assert 'pip install "mtlcheck[study]"' in message and "Traceback" not in message, message
     assert lines["LOADED"] == "[]"
 
