@@ -29,6 +29,7 @@ from mtlcheck.aggregators._registry import (
 from mtlcheck.aggregators.aligned_mtl import AlignedMTL
 from mtlcheck.aggregators.cagrad import CAGrad
 from mtlcheck.aggregators.cosreg import CosReg
+from mtlcheck.aggregators.dualproj import DualProj
 from mtlcheck.aggregators.dwa import DWA
 from mtlcheck.aggregators.ew import EW
 from mtlcheck.aggregators.famo import FAMO
@@ -48,6 +49,7 @@ from mtlcheck.aggregators.published import (
 )
 from mtlcheck.aggregators.random_weighting import RGW, RLW
 from mtlcheck.aggregators.uncertainty import Uncertainty
+from mtlcheck.aggregators.upgrad import UPGrad
 
 __all__ = [
     "Aggregation",
@@ -82,6 +84,8 @@ __all__ = [
     "RGW",
     "RLW",
     "Uncertainty",
+    "UPGrad",
+    "DualProj",
     "CosRegPublished",
     "EWMean",
     "GradNormPublished",

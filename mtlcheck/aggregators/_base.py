@@ -161,7 +161,8 @@ class Aggregator:
     `ProjectionMethod.surgery` and `SecondOrderMethod.penalty_term`.
 
     implements: the published method this class claims to be, one of `IDENTITIES` ("mgda",
-        "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac"), or None. The kit
+        "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac", "upgrad", "dualproj", ...),
+        or None. The kit
         then checks that method's defining property on hard inputs (`check_method_identity`).
         A class attribute or a property (when it depends on the configuration). "cagrad" reads
         the attribute `c` (the ball radius factor), "gradvac" reads `beta` (the EMA rate).
@@ -359,7 +360,7 @@ class Aggregator:
         return new
 
 
-IDENTITIES = ("mgda", "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac")
+IDENTITIES = ("mgda", "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac", "upgrad", "dualproj")
 
 
 class ProjectionMethod:
