@@ -28,10 +28,12 @@ from mtlcheck.aggregators._registry import (
 )
 from mtlcheck.aggregators.aligned_mtl import AlignedMTL
 from mtlcheck.aggregators.cagrad import CAGrad
+from mtlcheck.aggregators.config import ConFIG
 from mtlcheck.aggregators.cosreg import CosReg
 from mtlcheck.aggregators.dualproj import DualProj
 from mtlcheck.aggregators.dwa import DWA
 from mtlcheck.aggregators.ew import EW
+from mtlcheck.aggregators.fairgrad import FairGrad
 from mtlcheck.aggregators.famo import FAMO
 from mtlcheck.aggregators.graddrop import GradDrop
 from mtlcheck.aggregators.gradnorm import GradNorm
@@ -86,6 +88,8 @@ __all__ = [
     "Uncertainty",
     "UPGrad",
     "DualProj",
+    "ConFIG",
+    "FairGrad",
     "CosRegPublished",
     "EWMean",
     "GradNormPublished",

@@ -360,7 +360,19 @@ class Aggregator:
         return new
 
 
-IDENTITIES = ("mgda", "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac", "upgrad", "dualproj")
+IDENTITIES = (
+    "mgda",
+    "cagrad",
+    "nash_mtl",
+    "imtl_g",
+    "pcgrad",
+    "aligned_mtl",
+    "gradvac",
+    "upgrad",
+    "dualproj",
+    "config",
+    "fairgrad",
+)
 
 
 class ProjectionMethod:

@@ -25,6 +25,11 @@ tolerance. Tolerances are relative (cosine units, or relative to the scale named
     upgrad       d = s·(1/T) Σ_i π_C(g_i), π_C the projection onto the dual cone C = {x : Gx ≥ 0}, each
                  projection found independently from its KKT conditions (Quinton & Rey 2024, Eq. 5).
     dualproj     d = s·π_C((1/T) Σ_i g_i) (Quinton & Rey 2024, §3; Lopez-Paz & Ranzato 2017, Eq. 11).
+    config       every task has the same cosine with d, d in span{g_i}, and (with a declared scale)
+                 ‖d‖ = Σ_i ⟨g_i, d/‖d‖⟩ (Liu, Chu & Thuerey 2024, Eq. 2).
+    fairgrad     α-fair: w_i^{1/α} ⟨g_i, d⟩ equal for every task, w > 0 (Ban & Ji 2024, Eq. 4: = 1 on the raw
+                 Gram; a common factor from a normalised Gram is allowed); without weights,
+                 d ∥ Σ_i ⟨g_i, d⟩^{−α} g_i. Reads the attribute `alpha`.
     s is the scale the method declares for identical rows (`identical_rows_scale(2) / 2`), or any
     positive scale when it declares none.
 """
@@ -51,6 +56,8 @@ TOL = {
     "gradvac": 1e-6,
     "upgrad": 1e-6,
     "dualproj": 1e-6,
+    "config": 1e-6,
+    "fairgrad": 1e-6,
 }
 
 
@@ -293,6 +300,40 @@ def dualproj(G, d, w, agg) -> Violations:
     return _cone_match(G, d, expected, agg, "d = s·π_C(mean_i g_i) (DualProj)", TOL["dualproj"])
 
 
+def config(G, d, w, agg) -> Violations:
+    tol = TOL["config"]
+    dn = float(d.norm())
+    if dn == 0:
+        return [("d ≠ 0", math.inf, 0.0)]
+    cos = (G @ d) / (G.norm(dim=1) * dn)
+    out = [
+        ("equal cosines cos(g_i, d) for every task (spread in cosine units)", float(cos.max() - cos.min()), tol),
+        ("d in span{g_i} (relative residual)", _span_residual(G, d), tol),
+    ]
+    if agg.identical_rows_scale(G.shape[0]) is not None:
+        length = float((G @ d).sum()) / dn
+        out.append(("‖d‖ = Σ_i ⟨g_i, d/‖d‖⟩ (relative error)", abs(dn - length) / abs(length), tol))
+    return out
+
+
+def fairgrad(G, d, w, agg) -> Violations:
+    tol = TOL["fairgrad"]
+    alpha = getattr(agg, "alpha", None)
+    if not isinstance(alpha, (int, float)) or not alpha > 0:
+        return [(f"implements='fairgrad' needs a numeric attribute alpha > 0, got {alpha!r}", math.inf, tol)]
+    p = G @ d
+    if bool((p <= 0).any()):
+        return [(f"⟨g_i, d⟩ = (GGᵀw)_i > 0 for every task (smallest {float(p.min()):.3g})", math.inf, 0.0)]
+    if w is not None:
+        if not bool((w > 0).all()):
+            return [(f"w_i > 0 for every task (smallest w = {float(w.min()):.3g})", math.inf, 0.0)]
+        spread = _spread(w ** (1 / alpha) * p)
+        return [("α-fair w_i^{1/α} (GGᵀw)_i equal for every task (relative spread)", spread, tol)]
+    target = (p[:, None] ** -alpha * G).sum(0)
+    cos = float(d @ target / (d.norm() * target.norm()))
+    return [("α-fair d ∥ Σ_i ⟨g_i, d⟩^{−α} g_i (1 − cos)", 1 - cos, tol)]
+
+
 IDENTITY_CHECKS: dict[str, Callable] = {
     "mgda": mgda,
     "cagrad": cagrad,
@@ -302,6 +343,8 @@ IDENTITY_CHECKS: dict[str, Callable] = {
     "pcgrad": pcgrad,
     "upgrad": upgrad,
     "dualproj": dualproj,
+    "config": config,
+    "fairgrad": fairgrad,
 }
 PAIR_ONLY = ("pcgrad", "gradvac")
 

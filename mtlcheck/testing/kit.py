@@ -30,6 +30,7 @@ from mtlcheck.aggregators import (
     Aggregator,
     AlignedMTL,
     CAGrad,
+    FairGrad,
     GradDrop,
     GradNorm,
     GradVac,
@@ -50,6 +51,13 @@ EXPECTED_FAILURES: dict[type, dict[str, str]] = {
             "3 assumes linearly independent gradients)."
         ),
     },
+    FairGrad: {
+        "check_finite_on_hard_inputs": (
+            "No α-fair solution exists when a non-negative combination of the gradients vanishes (opposite rows "
+            "g, -g): (G Gᵀ w)_i = w_i^(-1/α) has no positive solution, so FairGrad raises SolverError with that "
+            "combination as the certificate instead of a silent fallback (Ban & Ji 2024 assume it away)."
+        ),
+    },
     GradVacPublished: {
         "check_conflict_reduction": (
             "By design (danielmao2019/Pylon's GradVac): the published correction has '+ ρ√(1−φ̂²)' where Wang et al. "
@@ -67,6 +75,7 @@ EXPECTED_FAILURES: dict[type, dict[str, str]] = {
 # extra parameter settings of built-ins whose properties depend on parameters (sklearn's
 # PER_ESTIMATOR_CHECK_PARAMS): each is checked in addition to the default instance
 BUILTIN_VARIANTS: dict[type, list[dict[str, Any]]] = {
+    FairGrad: [dict(alpha=2.0), dict(alpha=0.5)],
     CAGrad: [dict(c=0.0), dict(c=1.0), dict(c=2.0, rescale=0), dict(c=0.4, rescale=2)],
     MGDA: [dict(normalization="l2"), dict(normalization="loss"), dict(normalization="loss+")],
     GradVac: [dict(group_type="parameter"), dict(beta=0.01)],

@@ -79,3 +79,63 @@ def test_torchjd_default_regularisation_conflicts_with_small_tasks(name):
     assert float(cos(ours).min()) > -1e-12
     # with the regularisation off the two agree (test above): the 1e-4·I is the whole difference
     assert _rel(_torchjd_cone(name, norm_eps=0.0, reg_eps=0.0)(G), ours) < 1e-9
+
+
+needs_torchjd = pytest.mark.skipif(not _has("torchjd"), reason='torchjd is not installed: pip install -e ".[peers]"')
+
+
+@needs_torchjd
+@pytest.mark.parametrize("label, G", CASES, ids=[c[0] for c in CASES])
+def test_torchjd_config_is_ours(label, G):
+    """The same direction and scale (both Σ-scaled: ‖d‖ = Σ_i ⟨g_i, d̂⟩); TorchJD takes the
+    pseudo-inverse of the T×d unit matrix, ours that of the T×T cosine matrix (Û⁺ = Ûᵀ(ÛÛᵀ)⁺):
+    agreement to 1e-9 relative, the ill-conditioned inputs (cond(C) = cond(G)² = 1e6) included."""
+    from torchjd.aggregation import ConFIG as TConFIG
+
+    from mtlcheck.aggregators import ConFIG
+
+    assert _rel(TConFIG()(G), ConFIG()(G).direction) < 1e-9
+
+
+def _fair_residual(G, w, alpha):
+    return float((w ** (1 / alpha) * (G @ G.T @ w) - 1).abs().max())
+
+
+FAIR_EASY = [c for c in CASES if "dominant" not in c[0] and "ill-conditioned" not in c[0]]
+
+
+@needs_torchjd
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("label, G", FAIR_EASY, ids=[c[0] for c in FAIR_EASY])
+def test_torchjd_fairgrad_is_ours_where_it_converges(alpha, label, G):
+    """Same equation on the raw Gram, same scale: where TorchJD's least_squares reaches the
+    solution (its residual below 1e-6) the directions agree to 1e-5 relative (its default ftol and
+    xtol are 1e-8); ours satisfies the α-fair condition to 1e-9."""
+    from torchjd.aggregation import FairGrad as TFairGrad
+    from torchjd.aggregation._fairgrad import FairGradWeighting
+
+    from mtlcheck.aggregators import FairGrad
+
+    ours = FairGrad(alpha=alpha)(G)
+    assert _fair_residual(G, ours.weights, alpha) < 1e-9
+    if _fair_residual(G, FairGradWeighting(alpha)(G @ G.T), alpha) < 1e-6:
+        assert _rel(TFairGrad(alpha)(G), ours.direction) < 1e-5
+
+
+@needs_torchjd
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_torchjd_fairgrad_returns_unconverged_weights_silently(alpha):
+    """TorchJD's finding: scipy's least_squares from w = 1/T stops with the α-fair equation far
+    from solved (relative residual ≥ 1, i.e. ≥ 100 %) on the kit's dominant-task input, and
+    FairGrad returns that w without a word (the result is never checked); ours solves it to
+    rounding on the same input. The directions differ by more than 50 %."""
+    from torchjd.aggregation import FairGrad as TFairGrad
+    from torchjd.aggregation._fairgrad import FairGradWeighting
+
+    from mtlcheck.aggregators import FairGrad
+
+    G = identities.hard_cases(2)["dominant task (norms 1e4 apart)"]
+    assert _fair_residual(G, FairGradWeighting(alpha)(G @ G.T), alpha) > 1.0
+    ours = FairGrad(alpha=alpha)(G)
+    assert _fair_residual(G, ours.weights, alpha) < 1e-9
+    assert _rel(TFairGrad(alpha)(G), ours.direction) > 0.5

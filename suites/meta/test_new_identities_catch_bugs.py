@@ -1,4 +1,5 @@
-"""Planted bugs for the identities of the methods added after the paper (UPGrad, DualProj, ...):
+"""Planted bugs for the identities of the methods added after the paper (UPGrad, DualProj, ConFIG,
+FairGrad):
 each wrong version must FAIL `check_method_identity` while the built-in passes it. The wrong
 versions use only the public protocol (`implements`), as a third party's code would."""
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtlcheck.aggregators import AggregatorTags, DualProj, UPGrad, WeightingAggregator
+from mtlcheck.aggregators import AggregatorTags, ConFIG, DualProj, FairGrad, UPGrad, WeightingAggregator
 from mtlcheck.testing import check_aggregator
 
 
@@ -80,11 +81,56 @@ class HalfSpaceDualProj(_ConeMethod):
         return w
 
 
+class UnitSumConFIG(WeightingAggregator):
+    """Claims ConFIG but takes the sum of the unit gradients (no pseudo-inverse), scaled by the
+    sum of the projections: the cosines with the tasks are not equal."""
+
+    implements = "config"
+
+    def __init__(self, *, seed: int = 0):
+        super().__init__(seed=seed)
+
+    def tags(self):
+        return AggregatorTags(family="solver", reduction="sum")
+
+    def _weights(self, J, losses):
+        M = J.gram()
+        inv = 1.0 / M.diagonal().sqrt()
+        v_sq = float(inv @ M @ inv)
+        return float((M @ inv).sum()) / v_sq * inv
+
+
+class SwappedExponentFairGrad(WeightingAggregator):
+    """Claims FairGrad(alpha) but solves (GGᵀw)_i = w_i^(−α) (the exponent inverted), by scipy's
+    least_squares."""
+
+    implements = "fairgrad"
+
+    def __init__(self, *, alpha: float = 2.0, seed: int = 0):
+        super().__init__(seed=seed)
+        self.alpha = alpha
+
+    def tags(self):
+        return AggregatorTags(family="solver", nonneg_weights=True, reduction="other", homogeneity=None)
+
+    def identical_rows_scale(self, n_tasks):
+        return None
+
+    def _weights(self, J, losses):
+        from scipy.optimize import least_squares
+
+        M = J.gram().numpy()
+        res = least_squares(lambda w: M @ w - w ** (-self.alpha), np.ones(M.shape[0]), bounds=(1e-12, np.inf))
+        return torch.from_numpy(res.x)
+
+
 PLANTED = [
     (MeanProjectingUPGrad, UPGrad),
     (RegularizedUPGrad, UPGrad),
     (EarlyStoppedUPGrad, UPGrad),
     (HalfSpaceDualProj, DualProj),
+    (UnitSumConFIG, ConFIG),
+    (SwappedExponentFairGrad, lambda: FairGrad(alpha=2.0)),
 ]
 
 

@@ -1,0 +1,68 @@
+"""The methods added after the paper, against their papers' statements beyond the generic kit."""
+
+import pytest
+import torch
+
+from mtlcheck.aggregators import ConFIG, FairGrad, NashMTL, SolverError
+from mtlcheck.testing import samplers
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+@pytest.mark.parametrize("seed", range(3))
+def test_fairgrad_with_alpha_one_is_nash_mtl(n, seed):
+    """Ban & Ji 2024, §3: α = 1 (proportional fairness) is Nash-MTL's bargaining equation
+    α_i (GGᵀα)_i = 1, on the raw Gram in both (Nash-MTL unclipped)."""
+    G = samplers.conflicting(n, 12, gen(seed)) * 3.0
+    fair = FairGrad(alpha=1.0)(G).weights
+    nash = NashMTL(max_norm=None, warm_start=False)(G).weights
+    assert torch.allclose(fair, nash, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 2.0, 10.0])
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
+def test_fairgrad_solves_the_alpha_fair_equation_at_any_scale(alpha, scale):
+    G = samplers.normal(4, 12, gen(1)) * scale
+    w = FairGrad(alpha=alpha)(G).weights
+    r = w ** (1 / alpha) * (G @ G.T @ w) - 1
+    assert float(r.abs().max()) < 1e-10
+    # homogeneity of degree (1 − α)/(1 + α) (the tag claims it only for α = 1)
+    d1 = FairGrad(alpha=alpha)(G).direction
+    d2 = FairGrad(alpha=alpha)(2.0 * G).direction
+    assert torch.allclose(d2, 2.0 ** ((1 - alpha) / (1 + alpha)) * d1, rtol=1e-9, atol=0)
+
+
+def test_fairgrad_without_a_solution_raises_with_the_certificate():
+    g = torch.randn(12, generator=gen(2), dtype=torch.float64)
+    with pytest.raises(SolverError, match="vanishes"):
+        FairGrad()(torch.stack([g, -g, torch.randn(12, generator=gen(3), dtype=torch.float64)]))
+
+
+def test_fairgrad_rejects_a_bad_alpha():
+    for alpha in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="alpha"):
+            FairGrad(alpha=alpha)
+
+
+def test_fairgrad_leaves_a_zero_gradient_out():
+    G = samplers.normal(3, 12, gen(4))
+    G[1] = 0
+    w = FairGrad()(G).weights
+    assert float(w[1]) == 0.0 and bool((w[[0, 2]] > 0).all())
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_config_has_equal_cosines_and_the_summed_length(n):
+    G = samplers.conflicting(n, 12, gen(n))
+    d = ConFIG()(G).direction
+    cos = (G @ d) / (G.norm(dim=1) * d.norm())
+    assert float(cos.max() - cos.min()) < 1e-12 and float(cos.min()) > 0
+    assert abs(float(d.norm()) - float((G @ d).sum() / d.norm())) < 1e-12 * float(d.norm())
+
+
+def test_config_of_opposite_gradients_is_zero():
+    g = torch.randn(12, generator=gen(5), dtype=torch.float64)
+    assert float(ConFIG()(torch.stack([g, -g])).direction.norm()) < 1e-12 * float(g.norm())
