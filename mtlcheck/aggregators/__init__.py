@@ -35,6 +35,7 @@ from mtlcheck.aggregators.dwa import DWA
 from mtlcheck.aggregators.ew import EW
 from mtlcheck.aggregators.fairgrad import FairGrad
 from mtlcheck.aggregators.famo import FAMO
+from mtlcheck.aggregators.gls import GLS
 from mtlcheck.aggregators.graddrop import GradDrop
 from mtlcheck.aggregators.gradnorm import GradNorm
 from mtlcheck.aggregators.gradvac import GradVac
@@ -90,6 +91,7 @@ __all__ = [
     "DualProj",
     "ConFIG",
     "FairGrad",
+    "GLS",
     "CosRegPublished",
     "EWMean",
     "GradNormPublished",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mtlcheck.aggregators import ConFIG, FairGrad, NashMTL, SolverError
+from mtlcheck.aggregators import GLS, ConFIG, FairGrad, NashMTL, SolverError
 from mtlcheck.testing import samplers
 
 
@@ -66,3 +66,22 @@ def test_config_has_equal_cosines_and_the_summed_length(n):
 def test_config_of_opposite_gradients_is_zero():
     g = torch.randn(12, generator=gen(5), dtype=torch.float64)
     assert float(ConFIG()(torch.stack([g, -g])).direction.norm()) < 1e-12 * float(g.norm())
+
+
+def test_gls_weights_are_the_gradient_of_the_geometric_mean():
+    theta = torch.randn(5, generator=gen(6), dtype=torch.float64, requires_grad=True)
+    A = torch.randn(4, 5, generator=gen(7), dtype=torch.float64)
+    losses = 0.1 + (A @ theta) ** 2
+    (geo,) = torch.autograd.grad(losses.prod() ** (1 / 4), theta, retain_graph=True)
+    rows = torch.stack([torch.autograd.grad(L, theta, retain_graph=True)[0] for L in losses])
+    w = GLS()(None, losses.detach()).weights
+    assert torch.allclose(w @ rows, geo, rtol=1e-12, atol=0)
+
+
+def test_gls_is_stable_for_many_tiny_losses_and_refuses_a_zero_loss():
+    losses = torch.full((60,), 1e-12, dtype=torch.float64)  # Π L_i underflows to 0
+    losses[0] = 1e-11
+    w = GLS()(None, losses).weights
+    assert bool(torch.isfinite(w).all()) and float(w[1]) == pytest.approx(10 ** (1 / 60) / 60, rel=1e-12)
+    with pytest.raises(ValueError, match="positive losses"):
+        GLS()(None, torch.tensor([1.0, 0.0]))

@@ -139,3 +139,32 @@ def test_torchjd_fairgrad_returns_unconverged_weights_silently(alpha):
     ours = FairGrad(alpha=alpha)(G)
     assert _fair_residual(G, ours.weights, alpha) < 1e-9
     assert _rel(TFairGrad(alpha)(G), ours.direction) > 0.5
+
+
+needs_libmtl = pytest.mark.skipif(not _has("LibMTL"), reason='LibMTL is not installed: pip install -e ".[peers]"')
+
+
+@needs_libmtl
+@pytest.mark.parametrize("n", [2, 3, 5, 7])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_libmtl_gls_applies_our_update_but_reports_other_weights(n, scale):
+    """LibMTL's GLS back-propagates (Π L_i)^{1/T}: the parameters get Σ_i w_i ∇L_i with our
+    w_i = L/(T L_i) (to 1e-12). Finding: the weights it returns are L_i/(T Π_j L_j) — not the
+    applied ones unless every loss is 1."""
+    from mtlcheck.aggregators import GLS
+    from mtlcheck.study.perf import peers
+
+    weighting, _ = peers._import_libmtl()
+    g = torch.Generator().manual_seed(n)
+    A = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    theta = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    losses = scale * (0.5 + (A @ theta) ** 2)
+    rows = torch.stack([torch.autograd.grad(L, theta, retain_graph=True)[0] for L in losses])
+    libmtl = weighting.GLS()
+    libmtl.task_num = n
+    reported = torch.as_tensor(libmtl.backward(losses))
+    ours = GLS()(None, losses.detach()).weights
+    assert torch.allclose(theta.grad, ours @ rows, rtol=1e-12, atol=1e-12 * float(rows.abs().max()))
+    L = losses.detach()
+    assert torch.allclose(reported, L / (n * L.prod()), rtol=1e-6)
+    assert not torch.allclose(reported, ours, rtol=1e-3)
