@@ -30,6 +30,7 @@ from mtlcheck.aggregators.aligned_mtl import AlignedMTL
 from mtlcheck.aggregators.cagrad import CAGrad
 from mtlcheck.aggregators.config import ConFIG
 from mtlcheck.aggregators.cosreg import CosReg
+from mtlcheck.aggregators.db_mtl import DBMTL
 from mtlcheck.aggregators.dualproj import DualProj
 from mtlcheck.aggregators.dwa import DWA
 from mtlcheck.aggregators.ew import EW
@@ -51,6 +52,7 @@ from mtlcheck.aggregators.published import (
     NashMTLPublished,
 )
 from mtlcheck.aggregators.random_weighting import RGW, RLW
+from mtlcheck.aggregators.stch import STCH
 from mtlcheck.aggregators.uncertainty import Uncertainty
 from mtlcheck.aggregators.upgrad import UPGrad
 
@@ -92,6 +94,8 @@ __all__ = [
     "ConFIG",
     "FairGrad",
     "GLS",
+    "DBMTL",
+    "STCH",
     "CosRegPublished",
     "EWMean",
     "GradNormPublished",

@@ -24,9 +24,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from mtlcheck.aggregators import (
+    DBMTL,
     DWA,
     IMTL,
     MGDA,
+    STCH,
     Aggregator,
     AlignedMTL,
     CAGrad,
@@ -76,6 +78,8 @@ EXPECTED_FAILURES: dict[type, dict[str, str]] = {
 # PER_ESTIMATOR_CHECK_PARAMS): each is checked in addition to the default instance
 BUILTIN_VARIANTS: dict[type, list[dict[str, Any]]] = {
     FairGrad: [dict(alpha=2.0), dict(alpha=0.5)],
+    STCH: [dict(mu=0.1, warmup_steps=2)],
+    DBMTL: [dict(beta=0.0)],
     CAGrad: [dict(c=0.0), dict(c=1.0), dict(c=2.0, rescale=0), dict(c=0.4, rescale=2)],
     MGDA: [dict(normalization="l2"), dict(normalization="loss"), dict(normalization="loss+")],
     GradVac: [dict(group_type="parameter"), dict(beta=0.01)],

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mtlcheck.aggregators import GLS, ConFIG, FairGrad, NashMTL, SolverError
+from mtlcheck.aggregators import DBMTL, GLS, STCH, ConFIG, FairGrad, NashMTL, SolverError
 from mtlcheck.testing import samplers
 
 
@@ -85,3 +85,48 @@ def test_gls_is_stable_for_many_tiny_losses_and_refuses_a_zero_loss():
     assert bool(torch.isfinite(w).all()) and float(w[1]) == pytest.approx(10 ** (1 / 60) / 60, rel=1e-12)
     with pytest.raises(ValueError, match="positive losses"):
         GLS()(None, torch.tensor([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("mu", [0.05, 1.0, 10.0])
+def test_stch_weights_are_the_gradient_of_the_smooth_tchebycheff_objective(mu):
+    theta = torch.randn(5, generator=gen(8), dtype=torch.float64, requires_grad=True)
+    A = torch.randn(3, 5, generator=gen(9), dtype=torch.float64)
+    losses = 0.2 + (A @ theta) ** 2
+    objective = 3 * mu * torch.logsumexp(losses.log() / mu, dim=0)
+    (expected,) = torch.autograd.grad(objective, theta, retain_graph=True)
+    rows = torch.stack([torch.autograd.grad(L, theta, retain_graph=True)[0] for L in losses])
+    w = STCH(mu=mu)(None, losses.detach()).weights
+    assert torch.allclose(w @ rows, expected, rtol=1e-10, atol=0)
+
+
+def test_stch_warmup_sums_the_log_losses_then_normalises_by_the_nadir():
+    agg = STCH(mu=0.5, warmup_steps=2)
+    first, second = torch.tensor([1.0, 4.0]), torch.tensor([3.0, 2.0])
+    assert torch.allclose(agg(None, first).weights, 1 / first.double())
+    assert torch.allclose(agg(None, second).weights, 1 / second.double())
+    nadir = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    L = torch.tensor([2.0, 3.0], dtype=torch.float64)  # at the nadir: f = 0, softmax = 1/2
+    assert torch.allclose(agg(None, L).weights, 1 / L)
+    assert torch.allclose(nadir, agg._sum / agg._count)
+
+
+def test_db_mtl_follows_its_recurrence_over_steps():
+    beta, sigma = 0.8, 0.5
+    agg = DBMTL(beta=beta, beta_sigma=sigma)
+    buffer = torch.zeros(3, 12, dtype=torch.float64)
+    for t in range(1, 5):
+        G = samplers.normal(3, 12, gen(20 + t))
+        losses = 0.5 + torch.rand(3, generator=gen(30 + t), dtype=torch.float64)
+        b = beta / t**sigma
+        buffer = b * buffer + (1 - b) * G / losses[:, None]
+        norms = buffer.norm(dim=1)
+        expected = ((norms.max() / norms)[:, None] * buffer).sum(0)
+        got = agg(G, losses).direction
+        assert torch.allclose(got, expected, rtol=1e-12, atol=0)
+
+
+def test_db_mtl_refuses_a_change_of_block_shape():
+    agg = DBMTL()
+    agg(samplers.normal(2, 12, gen()), torch.ones(2))
+    with pytest.raises(ValueError, match="changed shape"):
+        agg(samplers.normal(2, 10, gen()), torch.ones(2))
