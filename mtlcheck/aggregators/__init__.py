@@ -34,6 +34,7 @@ from mtlcheck.aggregators.db_mtl import DBMTL
 from mtlcheck.aggregators.dualproj import DualProj
 from mtlcheck.aggregators.dwa import DWA
 from mtlcheck.aggregators.ew import EW
+from mtlcheck.aggregators.excess_mtl import ExcessMTL
 from mtlcheck.aggregators.fairgrad import FairGrad
 from mtlcheck.aggregators.famo import FAMO
 from mtlcheck.aggregators.gls import GLS
@@ -96,6 +97,7 @@ __all__ = [
     "GLS",
     "DBMTL",
     "STCH",
+    "ExcessMTL",
     "CosRegPublished",
     "EWMean",
     "GradNormPublished",

@@ -168,3 +168,43 @@ def test_libmtl_gls_applies_our_update_but_reports_other_weights(n, scale):
     L = losses.detach()
     assert torch.allclose(reported, L / (n * L.prod()), rtol=1e-6)
     assert not torch.allclose(reported, ours, rtol=1e-3)
+
+
+def _excess_sequence(make, steps=6, scale=1.0):
+    agg = make()
+    return [agg(scale * samplers.normal(3, 12, torch.Generator().manual_seed(k))) for k in range(steps)]
+
+
+@needs_torchjd
+@pytest.mark.parametrize("warmup", [1, 3])
+def test_torchjd_excess_mtl_with_warmup_is_ours(warmup):
+    """Same update over a sequence of steps; TorchJD divides by ℰ⁰ + 1e-7 (ℰ ~ 1 here): 1e-6."""
+    from torchjd.aggregation import ExcessMTL as TExcessMTL
+
+    from mtlcheck.aggregators import ExcessMTL
+
+    ours = [out.direction for out in _excess_sequence(lambda: ExcessMTL(warmup_steps=warmup))]
+    theirs = _excess_sequence(lambda: TExcessMTL(n_warmup_steps=warmup))
+    for a, b in zip(ours, theirs):
+        assert _rel(b, a) < 1e-6
+
+
+@needs_torchjd
+def test_torchjd_excess_mtl_first_step_depends_on_the_gradient_scale():
+    """TorchJD's finding (the official code's convention, by its docstring): without warm-up the
+    first exponentiated step uses the raw excess risk, before its baseline exists, so the weights
+    change with the scale of G; the paper's scale processing (ours) gives the uniform weights at
+    the first step, and later steps are invariant to a constant scale of every gradient."""
+    from torchjd.aggregation import ExcessMTL as TExcessMTL
+
+    from mtlcheck.aggregators import ExcessMTL
+
+    small = _excess_sequence(lambda: TExcessMTL(), steps=1, scale=0.1)[0]
+    large = _excess_sequence(lambda: TExcessMTL(), steps=1, scale=10.0)[0]
+    assert _rel(large / 100, small) > 0.1
+
+    def ours(scale):  # ε (1e-7 under the square root) is the only scale in the method: set it tiny
+        return [o.direction for o in _excess_sequence(lambda: ExcessMTL(eps=1e-30), scale=scale)]
+
+    for a, b in zip(ours(1.0), ours(10.0)):
+        assert _rel(b / 10, a) < 1e-12
