@@ -43,6 +43,7 @@ from mtlcheck.aggregators.gradnorm import GradNorm
 from mtlcheck.aggregators.gradvac import GradVac
 from mtlcheck.aggregators.imtl import IMTL
 from mtlcheck.aggregators.mgda import MGDA
+from mtlcheck.aggregators.modo import MoDo
 from mtlcheck.aggregators.nash_mtl import NashMTL
 from mtlcheck.aggregators.pcgrad import PCGrad
 from mtlcheck.aggregators.published import (
@@ -53,6 +54,7 @@ from mtlcheck.aggregators.published import (
     NashMTLPublished,
 )
 from mtlcheck.aggregators.random_weighting import RGW, RLW
+from mtlcheck.aggregators.sdmgrad import SDMGrad
 from mtlcheck.aggregators.stch import STCH
 from mtlcheck.aggregators.uncertainty import Uncertainty
 from mtlcheck.aggregators.upgrad import UPGrad
@@ -98,6 +100,8 @@ __all__ = [
     "DBMTL",
     "STCH",
     "ExcessMTL",
+    "MoDo",
+    "SDMGrad",
     "CosRegPublished",
     "EWMean",
     "GradNormPublished",

@@ -130,3 +130,19 @@ def test_db_mtl_refuses_a_change_of_block_shape():
     agg(samplers.normal(2, 12, gen()), torch.ones(2))
     with pytest.raises(ValueError, match="changed shape"):
         agg(samplers.normal(2, 10, gen()), torch.ones(2))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_simplex_projection_is_the_nearest_point(seed):
+    from mtlcheck.aggregators._simplex import project_onto_simplex
+
+    y = torch.randn(6, generator=gen(seed), dtype=torch.float64) * 10 ** (seed % 5 - 2)
+    x = project_onto_simplex(y)
+    assert bool((x >= 0).all()) and abs(float(x.sum()) - 1) < 1e-12
+    # KKT: x = (y − θ)_+ with θ common: y_i − x_i is the same on the support, ≤ it off the support
+    support = x > 0
+    theta = (y - x)[support]
+    assert float(theta.max() - theta.min()) < 1e-12 * max(1.0, float(y.abs().max()))
+    assert bool((y[~support] <= theta.mean() + 1e-12).all())
+    huge = project_onto_simplex(torch.tensor([1e21, 3.0, -1e21], dtype=torch.float64))
+    assert huge.tolist() == [1.0, 0.0, 0.0]

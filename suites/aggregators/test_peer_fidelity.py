@@ -208,3 +208,40 @@ def test_torchjd_excess_mtl_first_step_depends_on_the_gradient_scale():
 
     for a, b in zip(ours(1.0), ours(10.0)):
         assert _rel(b / 10, a) < 1e-12
+
+
+def _weights_sequence(ours, theirs, scale=1.0, steps=6):
+    out = []
+    for k in range(steps):
+        G = scale * samplers.conflicting(3, 12, torch.Generator().manual_seed(k))
+        out.append((ours(G).weights, theirs(G @ G.T)))
+    return out
+
+
+@needs_torchjd
+def test_torchjd_modo_fed_the_one_batch_gram_is_ours():
+    """Convention: TorchJD's MoDoWeighting takes G₁G₂ᵀ from the caller; with G₁ = G₂ = G (what an
+    aggregator of one batch has) the λ sequence is ours to rounding."""
+    from torchjd.aggregation import MoDoWeighting
+
+    from mtlcheck.aggregators import MoDo
+
+    for a, b in _weights_sequence(MoDo(), MoDoWeighting()):
+        assert _rel(b, a) < 1e-12
+
+
+@needs_torchjd
+def test_torchjd_sdmgrad_fed_the_one_batch_gram_is_ours_except_at_tiny_scales():
+    """Same update for A = GGᵀ (1e-9: its iterations in another order of operations); TorchJD adds
+    1e-8 to the squared mean gradient norm, so at gradient norms ~1e-5 its normalisation fails
+    (the inner steps shrink ~100-fold) and the weights differ, where ours are scale-free."""
+    from torchjd.aggregation import SDMGradWeighting
+
+    from mtlcheck.aggregators import SDMGrad
+
+    for a, b in _weights_sequence(SDMGrad(), SDMGradWeighting()):
+        assert _rel(b, a) < 1e-9
+    tiny = _weights_sequence(SDMGrad(), SDMGradWeighting(), scale=1e-5)
+    unit = _weights_sequence(SDMGrad(), SDMGradWeighting(), scale=1.0)
+    assert max(_rel(t[0], u[0]) for t, u in zip(tiny, unit)) < 1e-9
+    assert max(_rel(t[1], u[1]) for t, u in zip(tiny, unit)) > 1e-3
