@@ -30,6 +30,7 @@ from mtlcheck.aggregators.aligned_mtl import AlignedMTL
 from mtlcheck.aggregators.cagrad import CAGrad
 from mtlcheck.aggregators.config import ConFIG
 from mtlcheck.aggregators.cosreg import CosReg
+from mtlcheck.aggregators.cr_mogm import CRMOGM
 from mtlcheck.aggregators.db_mtl import DBMTL
 from mtlcheck.aggregators.dualproj import DualProj
 from mtlcheck.aggregators.dwa import DWA
@@ -43,6 +44,7 @@ from mtlcheck.aggregators.gradnorm import GradNorm
 from mtlcheck.aggregators.gradvac import GradVac
 from mtlcheck.aggregators.imtl import IMTL
 from mtlcheck.aggregators.mgda import MGDA
+from mtlcheck.aggregators.moco import MoCo
 from mtlcheck.aggregators.modo import MoDo
 from mtlcheck.aggregators.nash_mtl import NashMTL
 from mtlcheck.aggregators.pcgrad import PCGrad
@@ -102,6 +104,8 @@ __all__ = [
     "ExcessMTL",
     "MoDo",
     "SDMGrad",
+    "MoCo",
+    "CRMOGM",
     "CosRegPublished",
     "EWMean",
     "GradNormPublished",

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from mtlcheck.aggregators import (
+    CRMOGM,
     DBMTL,
     DWA,
     IMTL,
@@ -38,6 +39,7 @@ from mtlcheck.aggregators import (
     GradNorm,
     GradVac,
     GradVacPublished,
+    MoCo,
     NashMTL,
     Uncertainty,
 )
@@ -82,6 +84,8 @@ BUILTIN_VARIANTS: dict[type, list[dict[str, Any]]] = {
     STCH: [dict(mu=0.1, warmup_steps=2)],
     DBMTL: [dict(beta=0.0)],
     ExcessMTL: [dict(warmup_steps=2, robust_step_size=0.5)],
+    CRMOGM: [dict(base="upgrad", alpha=0.5), dict(base="cagrad")],
+    MoCo: [dict(rho=0.1, beta_sigma=0.0)],
     CAGrad: [dict(c=0.0), dict(c=1.0), dict(c=2.0, rescale=0), dict(c=0.4, rescale=2)],
     MGDA: [dict(normalization="l2"), dict(normalization="loss"), dict(normalization="loss+")],
     GradVac: [dict(group_type="parameter"), dict(beta=0.01)],

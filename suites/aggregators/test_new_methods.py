@@ -146,3 +146,32 @@ def test_simplex_projection_is_the_nearest_point(seed):
     assert bool((y[~support] <= theta.mean() + 1e-12).all())
     huge = project_onto_simplex(torch.tensor([1e21, 3.0, -1e21], dtype=torch.float64))
     assert huge.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_moco_follows_algorithm_1():
+    from mtlcheck.aggregators import MoCo
+    from mtlcheck.aggregators._simplex import project_onto_simplex
+
+    beta, bs, gamma, gs, rho = 0.5, 0.5, 0.1, 0.5, 0.05
+    agg = MoCo(beta=beta, beta_sigma=bs, gamma=gamma, gamma_sigma=gs, rho=rho)
+    Y = torch.zeros(3, 12, dtype=torch.float64)
+    lam = torch.full((3,), 1 / 3, dtype=torch.float64)
+    for k in range(1, 6):
+        G = samplers.conflicting(3, 12, gen(40 + k))
+        Y = Y - beta / k**bs * (Y - G)
+        lam = project_onto_simplex(lam - gamma / k**gs * (Y @ Y.T @ lam + rho * lam))
+        assert torch.allclose(agg(G).direction, lam @ Y, rtol=1e-12, atol=1e-14)
+
+
+def test_cr_mogm_smooths_the_base_weights():
+    from mtlcheck.aggregators import CRMOGM, MGDA
+
+    agg = CRMOGM(base="mgda", alpha=0.75)
+    lam = None
+    for k in range(4):
+        G = samplers.conflicting(3, 12, gen(50 + k))
+        w = MGDA()(G).weights
+        lam = w if lam is None else 0.75 * lam + 0.25 * w
+        assert torch.allclose(agg(G).weights, lam, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="weight the task gradients"):
+        CRMOGM(base="ew")

@@ -245,3 +245,21 @@ def test_torchjd_sdmgrad_fed_the_one_batch_gram_is_ours_except_at_tiny_scales():
     unit = _weights_sequence(SDMGrad(), SDMGradWeighting(), scale=1.0)
     assert max(_rel(t[0], u[0]) for t, u in zip(tiny, unit)) < 1e-9
     assert max(_rel(t[1], u[1]) for t, u in zip(tiny, unit)) > 1e-3
+
+
+@needs_quadprog
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.9])
+def test_torchjd_cr_mogm_over_upgrad_is_ours(alpha):
+    """The same smoothing (λ_0 = λ̂_1) over the same base (UPGrad with TorchJD's projector
+    unregularised, see above): the weights agree to 1e-9 over a sequence of steps."""
+    from torchjd._linalg import QuadprogProjector
+    from torchjd.aggregation import CRMOGMWeighting, GramianWeightedAggregator, UPGradWeighting
+
+    from mtlcheck.aggregators import CRMOGM
+
+    projector = QuadprogProjector(norm_eps=0.0, reg_eps=0.0)
+    theirs = GramianWeightedAggregator(CRMOGMWeighting(UPGradWeighting(projector=projector), alpha=alpha))
+    ours = CRMOGM(base="upgrad", alpha=alpha)
+    for k in range(6):
+        G = samplers.conflicting(3, 12, torch.Generator().manual_seed(k))
+        assert _rel(theirs(G), ours(G).direction) < 1e-9
