@@ -25,6 +25,7 @@ import torch
 
 from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags
 from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.jacobian import times_pow2
 
 
 @register_aggregator("db_mtl", paper_name="DB-MTL")
@@ -64,7 +65,11 @@ class DBMTL(Aggregator):
         buffer = tuple(
             beta_t * old + (1 - beta_t) * (inv.to(b.dtype).to(b.device) * b) for old, b in zip(previous, J.blocks)
         )
-        norms = torch.stack([(b.double() ** 2).sum(1).cpu() for b in buffer]).sum(0).sqrt()
+        # relative norms only (the ratio is scale-free): rows scaled by a power of two first, so that
+        # squares of tiny or huge gradients neither under- nor overflow
+        peak = max(float(b.abs().max()) for b in buffer)
+        shift = -math.frexp(peak)[1] if 0 < peak < math.inf else 0
+        norms = torch.stack([(times_pow2(b.double(), shift) ** 2).sum(1).cpu() for b in buffer]).sum(0).sqrt()
         top = float(norms.max())
         ratio = torch.where(
             norms > 0, top / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms)
