@@ -35,21 +35,26 @@ class DualConeError(RuntimeError):
     """No certified solution of the dual-cone projection QP."""
 
 
-def kkt_residual(M: np.ndarray, u: np.ndarray, w: np.ndarray) -> float:
-    """The largest violation of w ≥ u, Mw ≥ 0 and (w − u)_i (Mw)_i = 0, relative to the scale:
-    λ_i = ⟨g_i, d⟩ against ‖g_i‖ (‖d‖ + 1e-4 Σ_j |w_j| ‖g_j‖) (cosine units, with a floor above
-    the rounding of Mw when d vanishes), w − u against max(|u|, |w|)."""
-    lam = M @ w
-    dn = float(np.sqrt(max(float(w @ lam), 0.0)))
+def kkt_residuals(M: np.ndarray, u: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Per row w of W (K, T): the largest violation of w ≥ u, Mw ≥ 0 and (w − u)_i (Mw)_i = 0,
+    relative to the scale: λ_i = ⟨g_i, d⟩ against ‖g_i‖ (‖d‖ + 1e-4 Σ_j |w_j| ‖g_j‖) (cosine units,
+    with a floor above the rounding of Mw when d vanishes), w − u against max(|u|, |w|)."""
+    lam = W @ M
+    dn = np.sqrt(np.clip((lam * W).sum(1), 0.0, None))
     norms = np.sqrt(np.clip(np.diag(M), 0.0, None))
-    lam_scale = norms * (dn + 1e-4 * float(np.abs(w) @ norms)) + 1e-300
-    w_scale = max(float(np.abs(u).max()), float(np.abs(w).max()), 1e-300)
-    slack = (w - u) / w_scale
+    lam_scale = norms[None, :] * (dn + 1e-4 * (np.abs(W) @ norms))[:, None] + 1e-300
+    w_scale = np.maximum(np.maximum(np.abs(u).max(), np.abs(W).max(1)), 1e-300)
+    slack = (W - u[None, :]) / w_scale[:, None]
     lam_rel = lam / lam_scale
-    primal = float(np.maximum(-slack, 0.0).max())
-    dual = float(np.maximum(-lam_rel, 0.0).max())
-    complementary = float(np.minimum(np.abs(slack), np.abs(lam_rel)).max())
-    return max(primal, dual, complementary)
+    primal = np.maximum(-slack, 0.0).max(1)
+    dual = np.maximum(-lam_rel, 0.0).max(1)
+    complementary = np.minimum(np.abs(slack), np.abs(lam_rel)).max(1)
+    return np.maximum(np.maximum(primal, dual), complementary)
+
+
+def kkt_residual(M: np.ndarray, u: np.ndarray, w: np.ndarray) -> float:
+    """`kkt_residuals` of one w."""
+    return float(kkt_residuals(M, u, w[None, :])[0])
 
 
 def _enumerated(M: np.ndarray, U: np.ndarray, tol: float) -> np.ndarray:
@@ -69,11 +74,9 @@ def _enumerated(M: np.ndarray, U: np.ndarray, tol: float) -> np.ndarray:
     for k, u in enumerate(U):
         cand = W[:, k, :]
         cand = cand[np.isfinite(cand).all(1)]
-        obj = ((cand @ M) * cand).sum(1)
-        for idx in np.argsort(obj, kind="stable"):
-            if kkt_residual(M, u, cand[idx]) <= tol:
-                out[k] = np.maximum(cand[idx], u)
-                break
+        cand = cand[kkt_residuals(M, u, cand) <= tol]
+        if cand.shape[0]:  # the certified candidate of least objective (ties: rounding apart)
+            out[k] = np.maximum(cand[int(np.argmin(((cand @ M) * cand).sum(1)))], u)
     return out
 
 

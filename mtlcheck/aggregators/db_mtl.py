@@ -25,7 +25,7 @@ import torch
 
 from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags
 from mtlcheck.aggregators._registry import register_aggregator
-from mtlcheck.jacobian import times_pow2
+from mtlcheck.jacobian import Jacobian
 
 
 @register_aggregator("db_mtl", paper_name="DB-MTL")
@@ -55,21 +55,19 @@ class DBMTL(Aggregator):
             raise ValueError(f"{self!r}: log-loss balancing needs positive losses, got {losses.tolist()}")
         step = (self._step or 0) + 1
         beta_t = self.beta / step**self.beta_sigma
-        inv = (1.0 / losses)[:, None]
         if self._buffer is not None and [tuple(b.shape) for b in self._buffer] != [tuple(b.shape) for b in J.blocks]:
             raise ValueError(
                 f"{self!r}: the gradient blocks changed shape since the last step "
                 f"({[tuple(b.shape) for b in self._buffer]} → {[tuple(b.shape) for b in J.blocks]}); call reset() first"
             )
-        previous = self._buffer or tuple(torch.zeros_like(b) for b in J.blocks)
-        buffer = tuple(
-            beta_t * old + (1 - beta_t) * (inv.to(b.dtype).to(b.device) * b) for old, b in zip(previous, J.blocks)
-        )
-        # relative norms only (the ratio is scale-free): rows scaled by a power of two first, so that
-        # squares of tiny or huge gradients neither under- nor overflow
-        peak = max(float(b.abs().max()) for b in buffer)
-        shift = -math.frexp(peak)[1] if 0 < peak < math.inf else 0
-        norms = torch.stack([(times_pow2(b.double(), shift) ** 2).sum(1).cpu() for b in buffer]).sum(0).sqrt()
+        scale = ((1 - beta_t) / losses).to(J.dtype)[:, None]  # (1 − β_t)/L_i per row
+        if self._buffer is None:
+            buffer = tuple(b * scale.to(b.device) for b in J.blocks)
+        else:
+            buffer = tuple((b * scale.to(b.device)).add_(old, alpha=beta_t) for old, b in zip(self._buffer, J.blocks))
+        # relative norms only (the ratio is scale-free): the diagonal of the buffer's scaled Gram
+        # (accumulated in float64, rescaled by a power of two where squares would under- or overflow)
+        norms = Jacobian(buffer, J.shapes, J.names, J.level).scaled_gram().diagonal().clamp_min(0).sqrt()
         top = float(norms.max())
         ratio = torch.where(
             norms > 0, top / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms)

@@ -68,10 +68,14 @@ class ExcessMTL(WeightingAggregator):
             self._alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)
             self._warmup_sum = torch.zeros(n, dtype=torch.float64)
             self._step = 0
-        squares = tuple(b * b for b in J.blocks)
-        self._sq_sum = tuple(s + q for s, q in zip(self._sq_sum, squares))
+        for s, b in zip(self._sq_sum, J.blocks):  # S ← S + g² (in place: the state is ours; state_dict copies)
+            s.addcmul_(b, b)
+        # Σ_k g_ik² / √(S_ik + ε), elementwise in the gradients' dtype (one temporary per block), summed in float64
         risk = torch.stack(
-            [(q.double() / (s.double() + self.eps).sqrt()).sum(1).cpu() for q, s in zip(squares, self._sq_sum)]
+            [
+                (s + self.eps).rsqrt_().mul_(b).mul_(b).sum(1, dtype=torch.float64).cpu()
+                for s, b in zip(self._sq_sum, J.blocks)
+            ]
         ).sum(0)
         self._step += 1
         if self._step <= self.warmup_steps:

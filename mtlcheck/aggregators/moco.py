@@ -29,6 +29,7 @@ from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._simplex import project_onto_simplex
 from mtlcheck.aggregators.modo import _positive
+from mtlcheck.jacobian import Jacobian
 
 
 @register_aggregator("moco", paper_name="MoCo")
@@ -72,9 +73,11 @@ class MoCo(Aggregator):
         step = (self._step or 0) + 1
         beta_k = self.beta / step**self.beta_sigma
         gamma_k = self.gamma / step**self.gamma_sigma
-        previous = self._y or tuple(torch.zeros_like(b) for b in J.blocks)
-        y = tuple(old - beta_k * (old - b) for old, b in zip(previous, J.blocks))
-        gram = sum(torch.mm(b.double(), b.double().T).cpu() for b in y)
+        if self._y is None:  # y = 0 − β_k (0 − g) = β_k g
+            y = tuple(b * beta_k for b in J.blocks)
+        else:
+            y = tuple(torch.lerp(old, b, beta_k) for old, b in zip(self._y, J.blocks))
+        gram = Jacobian(y, J.shapes, J.names, J.level).gram()  # float64-accumulated Y Yᵀ
         lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda
         lam = project_onto_simplex(lam - gamma_k * (gram @ lam + self.rho * lam))
         self._y, self._lambda, self._step = y, lam, step
