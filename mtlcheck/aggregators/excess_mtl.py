@@ -53,7 +53,11 @@ class ExcessMTL(WeightingAggregator):
         self._reset_state()
 
     def tags(self) -> AggregatorTags:
-        return AggregatorTags(family="weighting", nonneg_weights=True, stateful=True, reduction="mean")
+        # no homogeneity claimed: ε is absolute (under √(S + ε)), and g² is formed in the gradients'
+        # dtype (float32 squares of ~1e-23 gradients underflow)
+        return AggregatorTags(
+            family="weighting", nonneg_weights=True, stateful=True, reduction="mean", homogeneity=None
+        )
 
     def _weights(self, J, losses):
         n = J.n_tasks
