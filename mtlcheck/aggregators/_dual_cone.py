@@ -2,7 +2,7 @@
 
 The dual cone of the rows of G is C = {x : G x ≥ 0} (the directions that conflict with no task).
 Quinton & Rey (2024, "Jacobian Descent for Multi-Objective Optimization", arXiv:2406.16232,
-Proposition 1) show that the projection of a combination uᵀG onto C is wᵀG with
+show that the projection of a combination uᵀG onto C is wᵀG with
 
     w = argmin_{v ≥ u}  vᵀ M v,        M = G Gᵀ,
 

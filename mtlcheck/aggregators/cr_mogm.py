@@ -1,6 +1,6 @@
 """CR-MOGM, correlation-reduced multi-objective gradient manipulation (Zhou, Zhang, Jiang, Zhang,
 Shen & Chen 2022, "On the Convergence of Stochastic Multi-Objective Gradient Manipulation and
-Beyond", NeurIPS, §4): smooth the task weights of a gradient-manipulation method over the steps,
+Beyond", NeurIPS): smooth the task weights of a gradient-manipulation method over the steps,
 
     λ_k = α λ_{k−1} + (1 − α) λ̂_k,        d = Σ_i λ_k,i g_i,
 

@@ -1,5 +1,5 @@
 """DB-MTL (Lin, Ye, Xu, Shi & Zhang 2023, "Dual-Balancing for Multi-Task Learning",
-arXiv:2308.12029, §3 and Algorithm 1): balance the loss scales by a logarithm and the gradient
+arXiv:2308.12029): balance the loss scales by a logarithm and the gradient
 magnitudes by the largest one.
 
     loss-scale balancing:   each task descends log L_i, whose gradient is g_i / L_i;

@@ -1,10 +1,10 @@
 """DualProj (Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization",
-arXiv:2406.16232, §3; the projection of Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory",
+arXiv:2406.16232; the projection of Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory",
 Eq. 11): the mean of the task gradients projected onto the dual cone of all of them,
 
     d = π_C((1/T) Σ_i g_i),   C = {x : ⟨g_j, x⟩ ≥ 0 for every j}.
 
-By Quinton & Rey's Proposition 1, d = wᵀG with w = argmin_{v ≥ 1/T} vᵀ(GGᵀ)v (`_dual_cone`,
+As Quinton & Rey show, d = wᵀG with w = argmin_{v ≥ 1/T} vᵀ(GGᵀ)v (`_dual_cone`,
 exact, KKT-certified). The weights are ≥ 1/T and d conflicts with no task; when the mean conflicts
 with none, d is the mean. Defining property (`implements = "dualproj"`): d equals the projection
 of the mean onto C, computed independently by the kit (`testing/identities.py`).

@@ -1,5 +1,5 @@
 """GLS, the geometric loss strategy (Chennupati et al. 2019, "MultiNet++: Multi-Stream Feature
-Aggregation and Geometric Loss Strategy for Multi-Task Learning", CVPR Workshops, Eq. 4): the
+Aggregation and Geometric Loss Strategy for Multi-Task Learning", CVPR Workshops): the
 training loss is the geometric mean of the task losses, L = (Π_i L_i)^{1/T}, so
 
     ∇L = Σ_i w_i ∇L_i,    w_i = L / (T L_i) = exp(mean_j log L_j − log L_i) / T.

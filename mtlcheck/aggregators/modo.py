@@ -1,6 +1,6 @@
 """MoDo, multi-objective gradient with double sampling (Chen, Fernando, Ying & Chen 2023,
 "Three-Way Trade-Off in Multi-Objective Learning: Optimization, Generalization and
-Conflict-Avoidance", NeurIPS; JMLR 25 (2024), Algorithm 1):
+Conflict-Avoidance", NeurIPS; JMLR 25 (2024)):
 
     λ ← Π_Δ(λ − γ (G₁G₂ᵀ λ + ρ λ)),   d = G₃ᵀ λ,   λ = 1/T at the start,
 

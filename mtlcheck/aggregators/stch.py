@@ -1,10 +1,10 @@
 """STCH, smooth Tchebycheff scalarization (Lin, Zhang, Yang, Zhang & Zhang 2024, "Smooth
-Tchebycheff Scalarization for Multi-Objective Optimization", ICML, arXiv:2402.19078, Eq. 9):
+Tchebycheff Scalarization for Multi-Objective Optimization", ICML, arXiv:2402.19078):
 
     g_μ(f) = μ log Σ_i exp(λ_i (f_i − z_i) / μ),
 
 the smooth (log-sum-exp) version of the Tchebycheff max_i λ_i (f_i − z_i), with smoothing μ > 0,
-preferences λ (here 1) and a reference point z. For multi-task learning (the paper's §6 and its
+preferences λ (here 1) and a reference point z. For multi-task learning (the paper's experiments and its
 official code, github.com/Xi-L/STCH) the objectives are the log-losses normalised by a nadir
 point, f_i = log(L_i / n_i), z = 0, and the scalarization is multiplied by T. Its gradient is a
 loss weighting:

@@ -1,10 +1,10 @@
 """UPGrad (Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization",
-arXiv:2406.16232, §3 Eq. 5): the mean of the projections of every task gradient onto the dual
+arXiv:2406.16232): the mean of the projections of every task gradient onto the dual
 cone of all of them,
 
     d = (1/T) Σ_i π_C(g_i),   C = {x : ⟨g_j, x⟩ ≥ 0 for every j},   π_C(x) = argmin_{y ∈ C} ‖y − x‖.
 
-By the paper's Proposition 1, π_C(uᵀG) = wᵀG with w = argmin_{v ≥ u} vᵀ(GGᵀ)v, so UPGrad is a
+As the paper shows, π_C(uᵀG) = wᵀG with w = argmin_{v ≥ u} vᵀ(GGᵀ)v, so UPGrad is a
 weighting of the rows: w = Σ_i w^(i), w^(i) the solution for u = e_i / T (`_dual_cone`, exact,
 KKT-certified). The weights are ≥ 1/T, d conflicts with no task (it lies in C), and when every
 g_i already lies in C (no pair conflicts: G Gᵀ ≥ 0 entrywise) d is the mean of the rows.

@@ -23,8 +23,8 @@ tolerance. Tolerances are relative (cosine units, or relative to the scale named
     gradvac      T = 2, over a sequence of steps: g_i' = g_i + ‖g_i‖(φ̂√(1−ρ²) − ρ√(1−φ̂²))/(‖g_j‖√(1−φ̂²)) g_j
                  when ρ = cos(g_i, g_j) < φ̂, then φ̂ ← (1−β)φ̂ + βρ, φ̂ = 0 at the start (Wang et al. 2021, Eq. 4).
     upgrad       d = s·(1/T) Σ_i π_C(g_i), π_C the projection onto the dual cone C = {x : Gx ≥ 0}, each
-                 projection found independently from its KKT conditions (Quinton & Rey 2024, Eq. 5).
-    dualproj     d = s·π_C((1/T) Σ_i g_i) (Quinton & Rey 2024, §3; Lopez-Paz & Ranzato 2017, Eq. 11).
+                 projection found independently from its KKT conditions (Quinton & Rey 2024).
+    dualproj     d = s·π_C((1/T) Σ_i g_i) (Quinton & Rey 2024; Lopez-Paz & Ranzato 2017, Eq. 11).
     config       every task has the same cosine with d, d in span{g_i}, and (with a declared scale)
                  ‖d‖ = Σ_i ⟨g_i, d/‖d‖⟩ (Liu, Chu & Thuerey 2024, Eq. 2).
     fairgrad     α-fair: w_i^{1/α} ⟨g_i, d⟩ equal for every task, w > 0 (Ban & Ji 2024, Eq. 4: = 1 on the raw
