@@ -1,7 +1,7 @@
 """Projection onto the dual cone of the task gradients, from the Gram matrix alone.
 
 The dual cone of the rows of G is C = {x : G x ≥ 0} (the directions that conflict with no task).
-Quinton & Rey (2024, "Jacobian Descent for Multi-Objective Optimization", arXiv:2406.16232,
+Quinton & Rey (2024, "Jacobian Descent for Multi-Objective Optimization", arXiv:2406.16232)
 show that the projection of a combination uᵀG onto C is wᵀG with
 
     w = argmin_{v ≥ u}  vᵀ M v,        M = G Gᵀ,
