@@ -175,3 +175,16 @@ def test_cr_mogm_smooths_the_base_weights():
         assert torch.allclose(agg(G).weights, lam, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="weight the task gradients"):
         CRMOGM(base="ew")
+
+
+def test_stch_with_mu_one_weights_by_the_nadir_only():
+    L = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(STCH(mu=1.0)(None, L).weights, torch.full((3,), 3 / float(L.sum()), dtype=torch.float64))
+    agg = STCH(mu=1.0, warmup_steps=1)
+    nadir = torch.tensor([1.0, 4.0, 2.0], dtype=torch.float64)
+    agg(None, nadir)
+    expected = 3 / nadir / float((L / nadir).sum())
+    assert torch.allclose(agg(None, L).weights, expected, rtol=1e-12, atol=0)
+    # μ → 0: the Tchebycheff max, the task furthest above its nadir (log L/n largest) takes the weight
+    sharp = STCH(mu=1e-3)(None, L).weights * L / 3
+    assert float(sharp[1]) == pytest.approx(1.0)
