@@ -13,11 +13,11 @@ loss weighting:
 
 n_i is the mean loss of task i over the first `warmup_steps` steps, during which the objective is
 Σ_i log L_i (w_i = 1/L_i), as the official code's warm-up epochs; `warmup_steps=0` uses n_i = 1.
-With μ = 1 (LibMTL's default) the weights are w_i = T n_i⁻¹ / Σ_j (L_j / n_j): only the nadir tells
+With μ = 1 the weights are w_i = T n_i⁻¹ / Σ_j (L_j / n_j): only the nadir tells
 the tasks apart, and without warm-up (n = 1) STCH is equal weighting scaled by T / Σ_j L_j — set
 `warmup_steps` (the official code warms up for epochs) or a smaller μ (μ → 0: the Tchebycheff
 max, all weight on the task furthest above its nadir). Loss-only; positive losses (ValueError
-otherwise). Equal losses at the nadir give w = 1 (the sum).
+otherwise). At the nadir (L = n) the weights are 1/L_i, those of Σ_i log L_i.
 The official code's "epochs" become steps here (an aggregator sees steps, not epochs).
 
 Peers: LibMTL's current tree (`LibMTL.weighting.STCH`, not in 1.1.5) follows the official code
