@@ -7,7 +7,8 @@ scaled by the sum of the task gradients' projections on it,
 
 From the Gram alone: with the cosine matrix C = Û Ûᵀ, v = Ûᵀ a with a = C⁺1 (Û⁺ = Ûᵀ(ÛÛᵀ)⁺),
 so d = Σ_i w_i g_i with w_i = λ a_i / ‖g_i‖ and λ = Σ_j ‖g_j‖ (Ca)_j / (aᵀCa). A zero gradient
-has û_i = 0 (as in the official code, github.com/tum-pbs/ConFIG), and C⁺ cuts singular values
+has û_i = 0 (as TorchJD's adaptation of the official code, github.com/tum-pbs/ConFIG), and C⁺ cuts
+singular values
 below T·2⁻⁵² of the largest (rank-deficient G: the least-squares v). When v = 0 (no direction
 makes a positive angle with every task: e.g. g and −g) the step is 0.
 Defining property (`implements = "config"`): every task has the same cosine with d, d lies in

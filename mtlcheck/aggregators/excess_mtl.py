@@ -12,8 +12,8 @@ Scale processing (§3.2): ℰ_i is divided by its value ℰ_i⁰ at the first we
 mean over `warmup_steps` steps, during which the weights stay 1/T); a task with ℰ_i⁰ = 0 (a zero
 gradient) keeps a zero excess risk. The task weights take one exponentiated-gradient step (Eq. 9)
     α ← softmax(log α + η ℰ / ℰ⁰),   α = 1/T at the start,
-and d = Σ_i α_i g_i (the weights stay on the simplex, as the paper's). ε = 1e-7 as the official
-code (github.com/uiuctml/ExcessMTL). Stateful: S (T × d, in the gradients' dtype), ℰ⁰, α and the
+and d = Σ_i α_i g_i (the weights stay on the simplex, as the paper's). ε = 1e-7 as TorchJD's
+version (adapted from github.com/uiuctml/ExcessMTL). Stateful: S (T × d, in the gradients' dtype), ℰ⁰, α and the
 step. At the feature level S accumulates the representation's gradients row by row of the batch,
 so the block shapes must stay the same (ValueError otherwise; reset() between shapes).
 
@@ -21,8 +21,8 @@ Peers: TorchJD 0.18 (`torchjd.aggregation.ExcessMTL`) divides by ℰ⁰ + 1e-7 (
 zero-gradient task at 0) and, without warm-up, takes its first exponentiated step with the RAW ℰ
 (its ℰ⁰ is set at that step and used only from the next one), as it says the official code and
 LibMTL do: that first step depends on the gradients' scale (README findings). With warm-up steps
-the two agree to the 1e-7. The official code and LibMTL start from α = 1 instead of 1/T, which the
-softmax turns into the same weights.
+the two agree to the 1e-7. The official code and LibMTL (by TorchJD's account) start from α = 1
+instead of 1/T, which the softmax turns into the same weights.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ arXiv:2402.15638, Eq. 4 and Algorithm 1): the step d = Σ_i w_i g_i whose per-ta
 
     (G Gᵀ w)_i = w_i^{−1/α}   for every task i      (α > 0; α = 1 is Nash-MTL's bargaining).
 
-On the raw Gram, as the paper and the official code (github.com/OptMN-Lab/fairgrad). They are
+On the raw Gram, as the paper (and TorchJD's version, adapted from github.com/OptMN-Lab/fairgrad). They are
 the stationarity conditions of the strictly convex
     f(w) = ½ wᵀMw − φ(w),  φ = Σ log w_i (α = 1),  φ = α/(α−1) Σ w_i^{(α−1)/α} (α ≠ 1),
 solved here by damped Newton in relative coordinates (w ← w ⊙ (1 + t s), (DHD) s = −D∇f,
@@ -18,8 +18,8 @@ Then ⟨g_i, d⟩ = w_i^{−1/α} > 0: the step conflicts with no task.
 
 No solution exists when a non-negative, non-zero combination of the gradients vanishes (f is
 then unbounded below or does not attain its infimum): SolverError with the min-norm certificate,
-never a silent fall back (the official code and TorchJD return scipy's least_squares result
-without checking it). Tasks with a zero gradient get w = 0.
+never a silent fall back (TorchJD returns scipy's least_squares result without checking it).
+Tasks with a zero gradient get w = 0.
 
 Peers: TorchJD 0.18 (`torchjd.aggregation.FairGrad(alpha)`, scipy least_squares from w = 1/T
 with bounds (0, ∞)) solves the same equation; LibMTL 1.1.5 has no FairGrad (README findings).

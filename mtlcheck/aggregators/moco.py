@@ -10,7 +10,7 @@ gradient step per call:
 The tracking step is what removes MGDA's stochastic bias (the paper's point): d uses Y, not the
 current G, so MoCo is not a weighting of G. The paper's projection of each y_i onto a ball of
 radius ℓ_i (the Lipschitz bound of its analysis) is left out (ℓ_i is unknown in practice, and the
-official code and LibMTL omit it too). Defaults β = 0.5, σ_β = 0.5, γ = 0.1, σ_γ = 0.5, ρ = 0
+LibMTL omits it too). Defaults β = 0.5, σ_β = 0.5, γ = 0.1, σ_γ = 0.5, ρ = 0
 (LibMTL's). The λ step reads the raw Y Yᵀ (γ is in the gradients' squared units). Stateful (Y, one
 (T, n_k) tensor per block in the gradients' dtype; λ; the step); at the feature level Y tracks the
 representation's gradients row by row of the batch, so the block shapes must stay the same.

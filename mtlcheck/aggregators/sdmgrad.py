@@ -12,8 +12,8 @@ makes `lr` scale-free, so the step is homogeneous of degree 1).
 
 The paper's double sampling reads A = G₁G₂ᵀ from two independent mini-batches (and G₃ for d);
 an aggregator receives one batch's task gradients, so here G₁ = G₂ = G₃ = G (the biased estimate
-its guarantee avoids). Defaults (lr 10, momentum 0.5, 20 iterations, λ = 0.3) are the official
-code's experiments' (github.com/OptMN-Lab/SDMGrad), as TorchJD's and LibMTL's.
+its guarantee avoids). Defaults as TorchJD's (lr 10, momentum 0.5, 20 iterations; λ = 0.3, by
+TorchJD's account the value of the official code's experiments, github.com/OptMN-Lab/SDMGrad).
 
 Peers: TorchJD 0.18 (`torchjd.aggregation.SDMGradWeighting`) takes any matrix for A; fed GGᵀ it
 is this update (it adds 1e-8 to the squared mean norm: the same to ~1e-8 relative at unit scale,
