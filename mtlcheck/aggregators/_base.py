@@ -372,6 +372,7 @@ IDENTITIES = (
     "dualproj",
     "config",
     "fairgrad",
+    "db_mtl",
 )
 
 

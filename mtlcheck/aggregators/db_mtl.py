@@ -6,6 +6,8 @@ magnitudes by the largest one.
     EMA of those gradients: ĝ_i ← β_t ĝ_i + (1 − β_t) g_i / L_i,  β_t = β / t^σ,  ĝ_i = 0 at t = 0;
     magnitude balancing:    d = Σ_i (max_j ‖ĝ_j‖ / ‖ĝ_i‖) ĝ_i   (every term has the largest norm).
 
+Defining property (`implements = "db_mtl"`, checked at the first step, where ĝ_i = (1 − β) g_i / L_i):
+every term has the largest norm, so d ∥ Σ_i g_i / ‖g_i‖ whatever the losses.
 Stateful (the T EMA rows, one per block, in the gradients' dtype, and the step t); not a
 weighting of the current G (ĝ carries earlier steps). Needs positive losses (ValueError: log L
 has no gradient at L ≤ 0); a task whose ĝ_i is 0 contributes 0. At the feature level the EMA runs
@@ -30,6 +32,7 @@ from mtlcheck.jacobian import Jacobian
 
 @register_aggregator("db_mtl", paper_name="DB-MTL")
 class DBMTL(Aggregator):
+    implements = "db_mtl"
     _state_attrs = ("_buffer", "_step")
 
     def __init__(self, *, beta: float = 0.9, beta_sigma: float = 0.5, seed: int = 0):

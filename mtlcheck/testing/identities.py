@@ -30,6 +30,8 @@ tolerance. Tolerances are relative (cosine units, or relative to the scale named
     fairgrad     α-fair: w_i^{1/α} ⟨g_i, d⟩ equal for every task, w > 0 (Ban & Ji 2024, Eq. 4: = 1 on the raw
                  Gram; a common factor from a normalised Gram is allowed); without weights,
                  d ∥ Σ_i ⟨g_i, d⟩^{−α} g_i. Reads the attribute `alpha`.
+    db_mtl       magnitude balancing at the first step: every task's term is scaled to the largest norm, so
+                 d ∥ Σ_i g_i/‖g_i‖ whatever the losses (Lin et al. 2023).
     s is the scale the method declares for identical rows (`identical_rows_scale(2) / 2`), or any
     positive scale when it declares none.
 """
@@ -58,6 +60,7 @@ TOL = {
     "dualproj": 1e-6,
     "config": 1e-6,
     "fairgrad": 1e-6,
+    "db_mtl": 1e-6,
 }
 
 
@@ -334,6 +337,14 @@ def fairgrad(G, d, w, agg) -> Violations:
     return [("α-fair d ∥ Σ_i ⟨g_i, d⟩^{−α} g_i (1 − cos)", 1 - cos, tol)]
 
 
+def db_mtl(G, d, w, agg) -> Violations:
+    if float(d.norm()) == 0:
+        return [("d ≠ 0", math.inf, 0.0)]
+    target = _unit_rows(G).sum(0)
+    cos = float(d @ target / (d.norm() * target.norm()))
+    return [("balanced magnitudes: d ∥ Σ_i g_i/‖g_i‖ at the first step (1 − cos)", 1 - cos, TOL["db_mtl"])]
+
+
 IDENTITY_CHECKS: dict[str, Callable] = {
     "mgda": mgda,
     "cagrad": cagrad,
@@ -345,6 +356,7 @@ IDENTITY_CHECKS: dict[str, Callable] = {
     "dualproj": dualproj,
     "config": config,
     "fairgrad": fairgrad,
+    "db_mtl": db_mtl,
 }
 PAIR_ONLY = ("pcgrad", "gradvac")
 

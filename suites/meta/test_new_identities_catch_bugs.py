@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtlcheck.aggregators import AggregatorTags, ConFIG, DualProj, FairGrad, UPGrad, WeightingAggregator
+from mtlcheck.aggregators import DBMTL, AggregatorTags, ConFIG, DualProj, FairGrad, UPGrad, WeightingAggregator
 from mtlcheck.testing import check_aggregator
 
 
@@ -124,6 +124,14 @@ class SwappedExponentFairGrad(WeightingAggregator):
         return torch.from_numpy(res.x)
 
 
+class UnbalancedDBMTL(DBMTL):
+    """DB-MTL without its magnitude balancing: the log-loss EMA terms summed as they are."""
+
+    def _aggregate(self, J, losses):
+        out = super()._aggregate(J, losses)
+        return type(out)(tuple(b.sum(0) for b in self._buffer), None)
+
+
 PLANTED = [
     (MeanProjectingUPGrad, UPGrad),
     (RegularizedUPGrad, UPGrad),
@@ -131,6 +139,7 @@ PLANTED = [
     (HalfSpaceDualProj, DualProj),
     (UnitSumConFIG, ConFIG),
     (SwappedExponentFairGrad, lambda: FairGrad(alpha=2.0)),
+    (UnbalancedDBMTL, DBMTL),
 ]
 
 
