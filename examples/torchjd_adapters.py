@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torchjd import aggregation as tjd
 
-from mtlcheck.aggregators import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators import Aggregation, Aggregator, AggregatorTags, WeightingAggregator
 
 
 class _TorchJDWeighting(WeightingAggregator):
@@ -159,4 +159,61 @@ class NashMTL(WeightingAggregator):
         return self._inner(J.matrix().to(torch.float64)).to(torch.float64)
 
 
+# methods after the paper (UPGrad and DualProj need torchjd[quadprog-projector], FairGrad torchjd[fairgrad])
+class UPGrad(_TorchJDWeighting):
+    implements = "upgrad"
+
+    def __init__(self, *, seed: int = 0):
+        super().__init__(seed=seed)
+
+    def tags(self):
+        return AggregatorTags(family="solver", nonneg_weights=True, reduction="mean", non_conflicting=True)
+
+    def _weighting(self):
+        return tjd.UPGradWeighting()
+
+
+class DualProj(UPGrad):
+    implements = "dualproj"
+
+    def _weighting(self):
+        return tjd.DualProjWeighting()
+
+
+class FairGrad(_TorchJDWeighting):
+    implements = "fairgrad"
+
+    def __init__(self, *, alpha: float = 1.0, seed: int = 0):
+        super().__init__(seed=seed)
+        self.alpha = alpha
+
+    def tags(self):
+        return AggregatorTags(
+            family="solver",
+            nonneg_weights=True,
+            reduction="other",
+            homogeneity=0 if self.alpha == 1 else None,
+            non_conflicting=True,
+        )
+
+    def _weighting(self):
+        return tjd.FairGradWeighting(alpha=self.alpha)
+
+
+class ConFIG(Aggregator):
+    """TorchJD's ConFIG acts on the matrix G and returns the direction (no weights)."""
+
+    implements = "config"
+
+    def __init__(self, *, seed: int = 0):
+        super().__init__(seed=seed)
+
+    def tags(self):
+        return AggregatorTags(family="solver", weighted=False, reduction="sum", non_conflicting=True)
+
+    def _aggregate(self, J, losses):
+        return Aggregation(J.split(tjd.ConFIG()(J.matrix())), None)
+
+
 ADAPTERS = (MGDA, CAGrad, IMTLG, AlignedMTL, PCGrad, GradVac, NashMTL)
+LATER_ADAPTERS = (UPGrad, DualProj, FairGrad, ConFIG)

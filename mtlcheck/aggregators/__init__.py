@@ -28,15 +28,24 @@ from mtlcheck.aggregators._registry import (
 )
 from mtlcheck.aggregators.aligned_mtl import AlignedMTL
 from mtlcheck.aggregators.cagrad import CAGrad
+from mtlcheck.aggregators.config import ConFIG
 from mtlcheck.aggregators.cosreg import CosReg
+from mtlcheck.aggregators.cr_mogm import CRMOGM
+from mtlcheck.aggregators.db_mtl import DBMTL
+from mtlcheck.aggregators.dualproj import DualProj
 from mtlcheck.aggregators.dwa import DWA
 from mtlcheck.aggregators.ew import EW
+from mtlcheck.aggregators.excess_mtl import ExcessMTL
+from mtlcheck.aggregators.fairgrad import FairGrad
 from mtlcheck.aggregators.famo import FAMO
+from mtlcheck.aggregators.gls import GLS
 from mtlcheck.aggregators.graddrop import GradDrop
 from mtlcheck.aggregators.gradnorm import GradNorm
 from mtlcheck.aggregators.gradvac import GradVac
 from mtlcheck.aggregators.imtl import IMTL
 from mtlcheck.aggregators.mgda import MGDA
+from mtlcheck.aggregators.moco import MoCo
+from mtlcheck.aggregators.modo import MoDo
 from mtlcheck.aggregators.nash_mtl import NashMTL
 from mtlcheck.aggregators.pcgrad import PCGrad
 from mtlcheck.aggregators.published import (
@@ -47,7 +56,10 @@ from mtlcheck.aggregators.published import (
     NashMTLPublished,
 )
 from mtlcheck.aggregators.random_weighting import RGW, RLW
+from mtlcheck.aggregators.sdmgrad import SDMGrad
+from mtlcheck.aggregators.stch import STCH
 from mtlcheck.aggregators.uncertainty import Uncertainty
+from mtlcheck.aggregators.upgrad import UPGrad
 
 __all__ = [
     "Aggregation",
@@ -82,6 +94,18 @@ __all__ = [
     "RGW",
     "RLW",
     "Uncertainty",
+    "UPGrad",
+    "DualProj",
+    "ConFIG",
+    "FairGrad",
+    "GLS",
+    "DBMTL",
+    "STCH",
+    "ExcessMTL",
+    "MoDo",
+    "SDMGrad",
+    "MoCo",
+    "CRMOGM",
     "CosRegPublished",
     "EWMean",
     "GradNormPublished",

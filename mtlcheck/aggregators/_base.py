@@ -168,7 +168,8 @@ class Aggregator:
     `ProjectionMethod.surgery` and `SecondOrderMethod.penalty_term`.
 
     implements: the published method this class claims to be, one of `IDENTITIES` ("mgda",
-        "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac"), or None. The kit
+        "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac", "upgrad", "dualproj", ...),
+        or None. The kit
         then checks that method's defining property on hard inputs (`check_method_identity`).
         A class attribute or a property (when it depends on the configuration). "cagrad" reads
         the attribute `c` (the ball radius factor), "gradvac" reads `beta` (the EMA rate).
@@ -366,7 +367,20 @@ class Aggregator:
         return new
 
 
-IDENTITIES = ("mgda", "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac")
+IDENTITIES = (
+    "mgda",
+    "cagrad",
+    "nash_mtl",
+    "imtl_g",
+    "pcgrad",
+    "aligned_mtl",
+    "gradvac",
+    "upgrad",
+    "dualproj",
+    "config",
+    "fairgrad",
+    "db_mtl",
+)
 
 
 class ProjectionMethod:

@@ -408,7 +408,7 @@ def _reproduce_until_decided(args) -> int:
     until no claim asks for more, `--max-seeds` is reached or the next round would pass
     `--time-budget`. Interrupted, it resumes where it stopped: every run is in the store."""
     from mtlcheck.study.benchmarks import get_benchmark
-    from mtlcheck.study.experiments.runner import sweep_specs
+    from mtlcheck.study.experiments.runner import PAPER_METHODS, sweep_specs
     from mtlcheck.study.paper.results import result_tables
     from mtlcheck.study.paper.runs import PAPER_NAMES
     from mtlcheck.study.paper.sequential import LOOKS, assess, run_cost, seeds_of
@@ -440,7 +440,7 @@ def _reproduce_until_decided(args) -> int:
     args.steps = "default" if args.steps is None else str(args.steps)
     rounds, ran = 0, len(records)
     while True:
-        records = _study_records(args, store)
+        records = [r for r in _study_records(args, store) if r.spec.method in PAPER_METHODS]  # what claims read
         cost, seeds = run_cost(records), seeds_of(records)
         tables = result_tables(records, bench, derived_intervals=False)
         first = result_tables([r for r in records if r.spec.seed < LOOKS[0]], bench, derived_intervals=False)

@@ -33,6 +33,16 @@ reported. A wrong method (early stop, wrong formula) violates by far more on som
     pcgrad       T = 2: d = s (g_1' + g_2'), g_i' = g_i − min(⟨g_i, g_j⟩, 0)/‖g_j‖² g_j (Yu et al. 2020).
     gradvac      T = 2, over a sequence of steps: g_i' = g_i + ‖g_i‖(φ̂√(1−ρ²) − ρ√(1−φ̂²))/(‖g_j‖√(1−φ̂²)) g_j
                  when ρ = cos(g_i, g_j) < φ̂, then φ̂ ← (1−β)φ̂ + βρ, φ̂ = 0 at the start (Wang et al. 2021, Eq. 4).
+    upgrad       d = s·(1/T) Σ_i π_C(g_i), π_C the projection onto the dual cone C = {x : Gx ≥ 0}, each
+                 projection found independently from its KKT conditions (Quinton & Rey 2024).
+    dualproj     d = s·π_C((1/T) Σ_i g_i) (Quinton & Rey 2024; Lopez-Paz & Ranzato 2017, Eq. 11).
+    config       every task has the same cosine with d, d in span{g_i}, and (with a declared scale)
+                 ‖d‖ = Σ_i ⟨g_i, d/‖d‖⟩ (Liu, Chu & Thuerey 2024, Eq. 2).
+    fairgrad     α-fair: w_i^{1/α} ⟨g_i, d⟩ equal for every task, w > 0 (Ban & Ji 2024, Eq. 4: = 1 on the raw
+                 Gram; a common factor from a normalised Gram is allowed); without weights,
+                 d ∥ Σ_i ⟨g_i, d⟩^{−α} g_i. Reads the attribute `alpha`.
+    db_mtl       magnitude balancing at the first step: every task's term is scaled to the largest norm, so
+                 d ∥ Σ_i g_i/‖g_i‖ whatever the losses (Lin et al. 2023).
     s is the scale the method declares for identical rows (`identical_rows_scale(2) / 2`), or any
     positive scale when it declares none.
 """
@@ -259,6 +269,102 @@ def gradvac_expected(G: torch.Tensor, target: float) -> tuple[torch.Tensor, floa
     return out.sum(0), rho
 
 
+def cone_projection(G: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """argmin_{y : Gy ≥ 0} ‖y − x‖ by its KKT conditions in the primal: y = x + G_Sᵀμ_S with
+    (G_S G_Sᵀ) μ_S = −G_S x on an active set S, μ_S ≥ 0 and Gy ≥ 0; the valid candidate nearest
+    x over every S (T ≤ 10: the hard cases). Independent of the methods' weight-space solver."""
+    n = G.shape[0]
+    norms = G.norm(dim=1)
+    scale = float(x.norm()) + 1e-300
+    best, best_dist = None, math.inf
+    for mask in range(2**n):
+        S = [i for i in range(n) if mask >> i & 1]
+        y = x.clone()
+        if S:
+            GS = G[S]
+            try:
+                mu = torch.linalg.solve(GS @ GS.T, -(GS @ x))
+            except RuntimeError:  # a singular active set: its rows are dependent, another S decides
+                continue
+            if float(mu.min()) < -1e-12 * float(mu.abs().max() + 1e-300):
+                continue
+            y = x + GS.T @ mu
+        if float(((G @ y) / norms).min()) < -1e-12 * scale:
+            continue
+        dist = float((y - x).norm())
+        if dist < best_dist:
+            best, best_dist = y, dist
+    return best
+
+
+def _cone_match(G, d, expected, agg, what: str, tol: float) -> Violations:
+    out = []
+    if float(d.norm()) > 0:
+        cos = (G @ d) / (G.norm(dim=1) * d.norm())
+        out.append(("d in the dual cone: ⟨g_i, d⟩ ≥ 0 for every task (cosine units)", max(-float(cos.min()), 0.0), tol))
+    scale = agg.identical_rows_scale(G.shape[0])
+    if scale is None:
+        cos = float(d @ expected / (d.norm() * expected.norm()))
+        return out + [(f"{what}, up to a positive scale (1 − cos)", 1 - cos, tol)]
+    return out + [
+        (
+            f"{what} with the declared scale s = {scale:g} (relative error)",
+            float((d - scale * expected).norm() / (scale * expected).norm()),
+            tol,
+        )
+    ]
+
+
+def upgrad(G, d, w, agg, tol: float) -> Violations:
+    expected = torch.stack([cone_projection(G, g) for g in G]).mean(0)
+    return _cone_match(G, d, expected, agg, "d = s·mean_i π_C(g_i) (UPGrad)", tol)
+
+
+def dualproj(G, d, w, agg, tol: float) -> Violations:
+    expected = cone_projection(G, G.mean(0))
+    return _cone_match(G, d, expected, agg, "d = s·π_C(mean_i g_i) (DualProj)", tol)
+
+
+def config(G, d, w, agg, tol: float) -> Violations:
+    dn = float(d.norm())
+    if dn == 0:
+        return [("d ≠ 0", math.inf, 0.0)]
+    cos = (G @ d) / (G.norm(dim=1) * dn)
+    out = [
+        ("equal cosines cos(g_i, d) for every task (spread in cosine units)", float(cos.max() - cos.min()), tol),
+        ("d in span{g_i} (relative residual)", _span_residual(G, d), tol),
+    ]
+    if agg.identical_rows_scale(G.shape[0]) is not None:
+        length = float((G @ d).sum()) / dn
+        out.append(("‖d‖ = Σ_i ⟨g_i, d/‖d‖⟩ (relative error)", abs(dn - length) / abs(length), tol))
+    return out
+
+
+def fairgrad(G, d, w, agg, tol: float) -> Violations:
+    alpha = getattr(agg, "alpha", None)
+    if not isinstance(alpha, (int, float)) or not alpha > 0:
+        return [(f"implements='fairgrad' needs a numeric attribute alpha > 0, got {alpha!r}", math.inf, tol)]
+    p = G @ d
+    if bool((p <= 0).any()):
+        return [(f"⟨g_i, d⟩ = (GGᵀw)_i > 0 for every task (smallest {float(p.min()):.3g})", math.inf, 0.0)]
+    if w is not None:
+        if not bool((w > 0).all()):
+            return [(f"w_i > 0 for every task (smallest w = {float(w.min()):.3g})", math.inf, 0.0)]
+        spread = _spread(w ** (1 / alpha) * p)
+        return [("α-fair w_i^{1/α} (GGᵀw)_i equal for every task (relative spread)", spread, tol)]
+    target = (p[:, None] ** -alpha * G).sum(0)
+    cos = float(d @ target / (d.norm() * target.norm()))
+    return [("α-fair d ∥ Σ_i ⟨g_i, d⟩^{−α} g_i (1 − cos)", 1 - cos, tol)]
+
+
+def db_mtl(G, d, w, agg, tol: float) -> Violations:
+    if float(d.norm()) == 0:
+        return [("d ≠ 0", math.inf, 0.0)]
+    target = _unit_rows(G).sum(0)
+    cos = float(d @ target / (d.norm() * target.norm()))
+    return [("balanced magnitudes: d ∥ Σ_i g_i/‖g_i‖ at the first step (1 − cos)", 1 - cos, tol)]
+
+
 IDENTITY_CHECKS: dict[str, Callable] = {
     "mgda": mgda,
     "cagrad": cagrad,
@@ -266,6 +372,11 @@ IDENTITY_CHECKS: dict[str, Callable] = {
     "imtl_g": imtl_g,
     "aligned_mtl": aligned_mtl,
     "pcgrad": pcgrad,
+    "upgrad": upgrad,
+    "dualproj": dualproj,
+    "config": config,
+    "fairgrad": fairgrad,
+    "db_mtl": db_mtl,
 }
 PAIR_ONLY = ("pcgrad", "gradvac")
 

@@ -28,16 +28,22 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from mtlcheck.aggregators import (
+    CRMOGM,
+    DBMTL,
     DWA,
     IMTL,
     MGDA,
+    STCH,
     Aggregator,
     AlignedMTL,
     CAGrad,
+    ExcessMTL,
+    FairGrad,
     GradDrop,
     GradNorm,
     GradVac,
     GradVacPublished,
+    MoCo,
     NashMTL,
     Uncertainty,
 )
@@ -52,6 +58,13 @@ EXPECTED_FAILURES: dict[type, dict[str, str]] = {
             "(opposite rows g, -g): α_i (G Gᵀ α)_i = 1 has no positive solution, so NashMTL raises SolverError "
             "with that combination as the certificate instead of returning a silent fallback (Navon et al. 2022, Eq. "
             "3 assumes linearly independent gradients)."
+        ),
+    },
+    FairGrad: {
+        "check_finite_on_hard_inputs": (
+            "No α-fair solution exists when a non-negative combination of the gradients vanishes (opposite rows "
+            "g, -g): (G Gᵀ w)_i = w_i^(-1/α) has no positive solution, so FairGrad raises SolverError with that "
+            "combination as the certificate instead of a silent fallback (Ban & Ji 2024 assume it away)."
         ),
     },
     GradVacPublished: {
@@ -71,6 +84,12 @@ EXPECTED_FAILURES: dict[type, dict[str, str]] = {
 # extra parameter settings of built-ins whose properties depend on parameters (sklearn's
 # PER_ESTIMATOR_CHECK_PARAMS): each is checked in addition to the default instance
 BUILTIN_VARIANTS: dict[type, list[dict[str, Any]]] = {
+    FairGrad: [dict(alpha=2.0), dict(alpha=0.5)],
+    STCH: [dict(mu=0.1, warmup_steps=2)],
+    DBMTL: [dict(beta=0.0)],
+    ExcessMTL: [dict(warmup_steps=2, robust_step_size=0.5)],
+    CRMOGM: [dict(base="upgrad", alpha=0.5), dict(base="cagrad")],
+    MoCo: [dict(rho=0.1, beta_sigma=0.0)],
     CAGrad: [dict(c=0.0), dict(c=1.0), dict(c=2.0, rescale=0), dict(c=0.4, rescale=2)],
     MGDA: [dict(normalization="l2"), dict(normalization="loss"), dict(normalization="loss+")],
     GradVac: [dict(group_type="parameter"), dict(beta=0.01)],

@@ -4,6 +4,7 @@ the documented scale conventions); timings are measurements, never asserted.
 
 Runs only with the peers extra (pip install -e ".[peers]"); the missing-extra error always."""
 
+import importlib.util
 from importlib import metadata
 
 import pytest
@@ -157,3 +158,30 @@ def test_libmtl_representation_level_backpropagates_the_encoder_once_per_task():
     assert count("libmtl", "mgda", "feature") == 3
     assert count("libmtl", "imtl", "feature") == 3
     assert count("mtlcheck", "mgda", "parameter") == 3  # T vector-Jacobian products
+
+
+_quadprog = importlib.util.find_spec("qpsolvers") is not None and importlib.util.find_spec("quadprog") is not None
+
+
+@needs_extra
+@pytest.mark.parametrize(
+    "peer, method",
+    [
+        ("torchjd", "config"),
+        ("torchjd", "fairgrad"),  # converges on these gradients (README findings: not on a dominant task)
+        ("libmtl", "gls"),
+        pytest.param(
+            "torchjd", "upgrad", marks=pytest.mark.skipif(not _quadprog, reason="no torchjd[quadprog-projector]")
+        ),
+        pytest.param(
+            "torchjd", "dualproj", marks=pytest.mark.skipif(not _quadprog, reason="no torchjd[quadprog-projector]")
+        ),
+    ],
+)
+def test_a_peer_running_a_method_after_the_paper_writes_our_update(model_and_batch, peer, method):
+    """On the bench's model the peers' versions write our update (float32 Gram and solve; TorchJD's
+    1e-4·I in UPGrad and DualProj is small against these gradients' Gram, README findings)."""
+    model, batch = model_and_batch
+    got = peers.compare(model, batch, peer, method, "parameter")
+    assert got["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert got["norm_ratio"] == pytest.approx(1.0, rel=1e-4)

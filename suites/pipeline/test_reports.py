@@ -106,10 +106,13 @@ def test_paper_names_are_the_names_of_the_reference_tables():
     assert set(runs.PAPER_NAMES.values()) == set(runs.PAPER_ORDER)
     from mtlcheck.aggregators import list_aggregators
     from mtlcheck.aggregators.published import PUBLISHED_VARIANTS
-    from mtlcheck.study.experiments.runner import PAPER_METHODS
+    from mtlcheck.study.experiments.runner import LATER_METHODS, PAPER_METHODS
 
-    # the as-published variants keep their registry names, so they never collide with the paper's rows
-    assert set(runs.PAPER_NAMES) == set(list_aggregators()) - set(PUBLISHED_VARIANTS) == set(PAPER_METHODS)
+    # the as-published variants keep their registry names, so they never collide with the paper's rows;
+    # the methods added after the paper keep theirs too (extra rows of a report)
+    later = set(LATER_METHODS)
+    assert set(runs.PAPER_NAMES) == set(list_aggregators()) - set(PUBLISHED_VARIANTS) - later == set(PAPER_METHODS)
+    assert later <= set(list_aggregators()) and not set(runs.LATER_NAMES.values()) & set(runs.PAPER_NAMES.values())
 
 
 def test_third_party_and_configured_methods_keep_their_own_names(store):
@@ -121,6 +124,27 @@ def test_third_party_and_configured_methods_keep_their_own_names(store):
         ("CAGrad[c=0.2]", "parameter"),
         ("my_pkg.mod:MyAggregator", "parameter"),
     )
+
+
+def test_methods_after_the_paper_are_extra_rows_outside_the_paper_tables_and_claims(seeded, store, tmp_path):
+    upgrad = [_put(store, "upgrad", seed=s, metrics=_dense(0.9, 0.6, 0.25), traj=_traj(fd=0.4)) for s in (0, 1)]
+    path = reports.write_report(seeded + upgrad, DENSE, tmp_path)
+    text = path.read_text(encoding="utf-8")
+    paper_part, others = text.split("## Other methods", 1)
+    others, claims_part = others.split("## Claims on these runs", 1)
+    assert "| UPGrad |" in others and "| UPGrad |" not in paper_part.split("## Runs", 1)[1].split("## Table 2")[1]
+    assert "UPGrad" not in claims_part
+    assert "UPGrad" not in (tmp_path / "table2.csv").read_text(encoding="utf-8")
+    assert "UPGrad" in (tmp_path / "other_methods.csv").read_text(encoding="utf-8")
+    # the claims' verdicts are those of the paper's runs alone
+    alone = reports.write_report(seeded, DENSE, tmp_path / "alone").read_text(encoding="utf-8")
+    assert claims_part == alone.split("## Claims on these runs", 1)[1]
+
+
+def test_a_report_of_later_methods_only_has_no_paper_tables(store, tmp_path):
+    recs = [_put(store, "upgrad", metrics=_dense(1, 0.5, 0.2)), _put(store, "dualproj", metrics=_dense(1, 0.5, 0.3))]
+    text = reports.write_report(recs, DENSE, tmp_path).read_text(encoding="utf-8")
+    assert "No run of the paper's methods" in text and "| DualProj |" in text and "## Claims" not in text
 
 
 # -- Tables 1-3 ------------------------------------------------------------------------------------

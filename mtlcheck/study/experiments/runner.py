@@ -48,6 +48,22 @@ PAPER_METHODS = (
     "dwa",
     "cosreg",
 )
+# methods registered after the paper: runnable one by one (`run`, `sweep --methods`), reported as extra
+# rows outside the paper's tables, figures and claims (`paper.reports`)
+LATER_METHODS = (
+    "upgrad",
+    "dualproj",
+    "config",
+    "fairgrad",
+    "gls",
+    "db_mtl",
+    "stch",
+    "excess_mtl",
+    "moco",
+    "modo",
+    "sdmgrad",
+    "cr_mogm",
+)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mtlcheck.study.benchmarks import Benchmark
+from mtlcheck.study.experiments.runner import PAPER_METHODS
 from mtlcheck.study.experiments.store import RunRecord
 from mtlcheck.study.paper.figures import FIGURES, relative_curves, trajectory_figures
 from mtlcheck.study.paper.render import escape, to_csv, to_json, to_markdown, verdict_markdown
@@ -61,6 +62,48 @@ def _runs_section(runs: Runs) -> str:
     return summary + "\n\n" + "\n".join(lines) + "\n"
 
 
+OTHERS = "other_methods"
+
+
+def _others_section(others: list[RunRecord], paper: list[RunRecord], bench: Benchmark, res_name: str, outdir: Path):
+    """The runs of methods outside the paper's 16 (added after it, as-published variants, third
+    parties'): their results table, with the Baseline's rows for reference, outside the paper's
+    tables and claims."""
+    if not others:
+        return []
+    baseline = [r for r in paper if r.spec.method == "ew"]
+    t = result_tables(others + baseline, bench, derived_intervals=False)[res_name]
+    (outdir / f"{OTHERS}.csv").write_text(to_csv(t), encoding="utf-8")
+    (outdir / f"{OTHERS}.json").write_text(to_json(t), encoding="utf-8")
+    return [
+        "## Other methods (extra rows: not in the paper's tables, figures or claims)",
+        "",
+        "Methods outside the paper's 16 (added after it, as-published variants, third parties'), laid out as "
+        "the results table, with the Baseline's rows for reference; the claims below never read them.",
+        "",
+        to_markdown(t, marks=True),
+        f"CSV: [{OTHERS}.csv]({OTHERS}.csv), JSON: [{OTHERS}.json]({OTHERS}.json)",
+        "",
+    ]
+
+
+def _write_others_only(records, runs: Runs, others, outdir: Path) -> Path:
+    bench = runs.bench
+    parts = [
+        f"# mtlcheck report: {bench.name}, budget {runs.budget}",
+        "",
+        f"{bench.description}. No run of the paper's methods: no paper tables, figures or claims.",
+        "",
+        "## Runs",
+        "",
+        _runs_section(runs),
+        *_others_section(others, [], bench, bench.paper_tables[0], outdir),
+    ]
+    path = outdir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
 def write_report(
     records: Iterable[RunRecord],
     benchmark: Benchmark | str,
@@ -79,12 +122,19 @@ def write_report(
     bench = runs.bench
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    tables = result_tables(records, bench)
+    # the paper's tables, figures and claims read the paper's methods only; any other method (added
+    # after the paper, an as-published variant, a third party's) is an extra row in its own section
+    paper = [r for r in records if r.spec.method in PAPER_METHODS]
+    others = [r for r in records if r.spec.method not in PAPER_METHODS]
+    if not paper:
+        return _write_others_only(records, runs, others, outdir)
+    tables = result_tables(paper, bench)
+    paper_runs = group_runs(paper, bench)
     plan = assess(
         tables,
         max_seeds=until_decided or LOOKS[-1],
-        first_look=result_tables([r for r in records if r.spec.seed < LOOKS[0]], bench),
-        cost=run_cost(records),
+        first_look=result_tables([r for r in paper if r.spec.seed < LOOKS[0]], bench),
+        cost=run_cost(paper),
     )
     verdicts = [s.verdict for s in plan.states] if until_decided else judge_all(tables)
     res_name, rel_name, rs_name = bench.paper_tables
@@ -104,7 +154,7 @@ def write_report(
         "",
         "## Summary",
         "",
-        summary_markdown(verdicts, plan, seeds_of(records), until_decided),
+        summary_markdown(verdicts, plan, seeds_of(paper), until_decided),
         "",
         "## Runs",
         "",
@@ -142,16 +192,17 @@ def write_report(
         "",
     ]
     try:
-        paths = trajectory_figures(records, bench, outdir)
+        paths = trajectory_figures(paper, bench, outdir)
     except ValueError as exc:
         if BASELINE not in str(exc):
             raise
         parts += [f"No figures: {exc}.", ""]
     else:
         for path, (key, label, _) in zip(paths, MEASURES):
-            _, notes = relative_curves(runs, key)
+            _, notes = relative_curves(paper_runs, key)
             parts += [f"![Figure {FIGURES[key]}: {label}]({path.name})", ""]
             parts += [f"- {escape(n)}" for n in notes] + ([""] if notes else [])
+    parts += _others_section(others, paper, bench, res_name, outdir)
     parts += [
         "## Claims on these runs",
         "",

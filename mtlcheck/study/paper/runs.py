@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mtlcheck import LEVELS
 from mtlcheck.aggregators import paper_name
 from mtlcheck.study.benchmarks import Benchmark, get_benchmark
-from mtlcheck.study.experiments.runner import PAPER_METHODS
+from mtlcheck.study.experiments.runner import LATER_METHODS, PAPER_METHODS
 from mtlcheck.study.experiments.store import RunRecord
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
 
 # registry name -> the paper's name (registered with each method; reference/paper/table*.json)
 PAPER_NAMES: Mapping[str, str] = {m: paper_name(m) for m in PAPER_METHODS}
+# the methods added after the paper, by their own papers' names (extra rows: never the paper's names)
+LATER_NAMES: Mapping[str, str] = {m: paper_name(m) for m in LATER_METHODS}
 # row order of Tables 2-3 (Table 1 is the same order without Nash-MTL and GradNorm)
 PAPER_ORDER = (
     "Baseline",
@@ -62,7 +64,7 @@ def display_name(record: RunRecord) -> str:
     and so is a non-default feature-level batch rule ('MGDA (feature_batch=sum)'), so a claim about
     the paper's CAGrad or MGDA-UB never reads a differently configured run."""
     spec = record.spec
-    name = PAPER_NAMES.get(spec.method, spec.method)
+    name = PAPER_NAMES.get(spec.method) or LATER_NAMES.get(spec.method, spec.method)
     if spec.method_config:
         name += "[" + ", ".join(f"{k}={v!r}" for k, v in sorted(spec.config.items())) + "]"
     if spec.options.get("feature_batch", "flatten") != "flatten":  # LibMTL's batch-summed feature rows

@@ -56,6 +56,10 @@ import torch
 PEERS_EXTRA = 'pip install "mtlcheck[peers]"'
 REQUIRED = {"torchjd": "0.18.0", "LibMTL": "1.1.5", "cvxpy": None}  # cvxpy: TorchJD's CAGrad and Nash-MTL
 METHODS = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl", "aligned_mtl", "gradvac")
+# methods after the paper that a peer ships (run when named with --methods; TorchJD's UPGrad and
+# DualProj need its quadprog-projector extra, in the peers extra)
+LATER = ("upgrad", "dualproj", "config", "fairgrad", "gls")
+TORCHJD_LATER = ("upgrad", "dualproj", "config", "fairgrad")
 CAGRAD_C = 0.5  # mtlcheck's, LibMTL's (`calpha`) and the official default; TorchJD has none
 # LibMTL's weighting classes with the `weight_args` its config.py gives them by default
 LIBMTL = {
@@ -65,6 +69,7 @@ LIBMTL = {
     "cagrad": ("CAGrad", {"calpha": CAGRAD_C, "rescale": 1}),
     "imtl": ("IMTL", {}),
     "gradvac": ("GradVac", {"beta": 0.5}),
+    "gls": ("GLS", {}),
 }
 LIBMTL_REP_GRAD = ("mgda", "imtl")  # the others raise "No support ... rep_grad=True"
 PEERS = ("mtlcheck", "torchjd", "libmtl")
@@ -103,11 +108,12 @@ def cells(n_tasks: int) -> list[tuple[str, str, str]]:
     from mtlcheck.study.perf.bench import _applicable
 
     out = [("mtlcheck", "ew", "parameter")]
-    for m in METHODS:
+    for m in METHODS + LATER:
         out.append(("mtlcheck", m, "parameter"))
         if _applicable(m, "feature"):
             out.append(("mtlcheck", m, "feature"))
-        out.append(("torchjd", m, "parameter"))
+        if m in METHODS or m in TORCHJD_LATER:
+            out.append(("torchjd", m, "parameter"))
         if m in LIBMTL:
             out.append(("libmtl", m, "parameter"))
         if m in LIBMTL_REP_GRAD:
@@ -202,6 +208,10 @@ def torchjd_aggregator(method: str, n_tasks: int):
         "imtl": lambda: tjd.IMTLG(),
         "aligned_mtl": lambda: tjd.AlignedMTL(),
         "gradvac": lambda: tjd.GradVac(),
+        "upgrad": lambda: tjd.UPGrad(),  # its default projector: the Gram + 1e-4·I (README findings)
+        "dualproj": lambda: tjd.DualProj(),
+        "config": lambda: tjd.ConFIG(),
+        "fairgrad": lambda: tjd.FairGrad(alpha=1.0),
     }[method]()
 
 
@@ -410,7 +420,8 @@ def run_setting(
     chosen = [
         c
         for c in cells(n_tasks)
-        if c == ("mtlcheck", "ew", "parameter") or (c[0] in peers and (methods is None or c[1] in methods))
+        if c == ("mtlcheck", "ew", "parameter")
+        or (c[0] in peers and (c[1] in METHODS + ("ew",) if methods is None else c[1] in methods))
     ]
     env = {**os.environ, "MTLCHECK_MALLOC": malloc}
     iterator = chosen
@@ -526,7 +537,14 @@ def main(argv=None) -> int:
         default="default",
         help="glibc malloc as a library user gets it (default) or as the `mtlcheck` command tunes it",
     )
-    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS + ("ew",))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=METHODS + LATER + ("ew",),
+        help=f"default: the paper's {', '.join(METHODS)} and EW; the methods after the paper a peer has: "
+        f"{', '.join(LATER)}",
+    )
     parser.add_argument(
         "--libraries",
         nargs="+",

@@ -1,0 +1,58 @@
+"""ConFIG (Liu, Chu & Thuerey 2024, "ConFIG: Towards Conflict-free Training of Physics Informed
+Neural Networks", arXiv:2408.11104, Eq. 2): the direction with the same cosine to every task,
+scaled by the sum of the task gradients' projections on it,
+
+    v = [û_1, ..., û_T]ᵀ⁺ 1   (û_i = g_i / ‖g_i‖; the minimum-norm solution of ⟨û_i, v⟩ = 1),
+    d = (Σ_i ⟨g_i, v̂⟩) v̂,     v̂ = v / ‖v‖.
+
+From the Gram alone: with the cosine matrix C = Û Ûᵀ, v = Ûᵀ a with a = C⁺1 (Û⁺ = Ûᵀ(ÛÛᵀ)⁺),
+so d = Σ_i w_i g_i with w_i = λ a_i / ‖g_i‖ and λ = Σ_j ‖g_j‖ (Ca)_j / (aᵀCa). A zero gradient
+has û_i = 0 (as TorchJD's adaptation of the official code, github.com/tum-pbs/ConFIG), and C⁺ cuts
+singular values
+below T·2⁻⁵² of the largest (rank-deficient G: the least-squares v). When v = 0 (no direction
+makes a positive angle with every task: e.g. g and −g) the step is 0.
+Defining property (`implements = "config"`): every task has the same cosine with d, d lies in
+the span of the g_i, and ‖d‖ = Σ_i ⟨g_i, d/‖d‖⟩ (with the declared sum scale).
+
+Peers: TorchJD 0.18 (`torchjd.aggregation.ConFIG`, adapted from the official code) takes the
+pseudo-inverse of the T×d unit matrix: the same direction and scale (README findings).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._registry import register_aggregator
+
+
+def config_weights(gram: torch.Tensor) -> torch.Tensor:
+    """w with Σ w_i g_i the ConFIG direction, from the Gram at any positive scale: w_i = λ a_i/‖g_i‖
+    is of degree 0 in the scale of G (λ of degree 1, a of degree 0)."""
+    n = gram.shape[0]
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    active = norms > 0
+    inv = torch.where(active, 1.0 / torch.where(active, norms, torch.ones_like(norms)), torch.zeros_like(norms))
+    C = gram * torch.outer(inv, inv)
+    if not bool(active.any()):
+        return torch.zeros(n, dtype=torch.float64)
+    a = torch.linalg.pinv(C, rtol=n * 2.0**-52, hermitian=True) @ torch.ones(n, dtype=torch.float64)
+    v_sq = float(a @ C @ a)
+    if not v_sq > 0:
+        return torch.zeros(n, dtype=torch.float64)
+    length = float(norms @ (C @ a)) / v_sq
+    return length * a * inv
+
+
+@register_aggregator("config", paper_name="ConFIG")
+class ConFIG(WeightingAggregator):
+    implements = "config"
+
+    def __init__(self, *, seed: int = 0):
+        super().__init__(seed=seed)
+
+    def tags(self) -> AggregatorTags:
+        return AggregatorTags(family="solver", reduction="sum", non_conflicting=True)
+
+    def _weights(self, J, losses):
+        return config_weights(J.scaled_gram())  # degree 0 in the Gram's scale: the scaled Gram gives w

@@ -1,0 +1,93 @@
+"""ExcessMTL (He, Chen, Li & Zhao 2024, "Robust Multi-Task Learning with Excess Risks", ICML,
+PMLR 235, §3, Eqs. 6-9): weight the tasks by their excess risks, estimated from the gradients.
+
+The excess risk of task i (the distance of its loss from its optimum) is estimated by a
+second-order expansion, ℰ_i ≈ ½ g_iᵀ H_i⁻¹ g_i, with the diagonal AdaGrad approximation of the
+Hessian, H_i = diag(√(Σ_{s ≤ t} g_{s,i}² + ε)) over the steps so far (Eqs. 6-7); the factor ½
+cancels below and is left out:
+
+    ℰ_i = Σ_k g_ik² / √(S_ik + ε),        S_i ← S_i + g_i²  (elementwise, this step included).
+
+Scale processing (§3.2): ℰ_i is divided by its value ℰ_i⁰ at the first weighted step (or by its
+mean over `warmup_steps` steps, during which the weights stay 1/T); a task with ℰ_i⁰ = 0 (a zero
+gradient) keeps a zero excess risk. The task weights take one exponentiated-gradient step (Eq. 9)
+    α ← softmax(log α + η ℰ / ℰ⁰),   α = 1/T at the start,
+and d = Σ_i α_i g_i (the weights stay on the simplex, as the paper's). ε = 1e-7 as TorchJD's
+version (adapted from github.com/uiuctml/ExcessMTL). Stateful: S (T × d, in the gradients' dtype), ℰ⁰, α and the
+step. At the feature level S accumulates the representation's gradients row by row of the batch,
+so the block shapes must stay the same (ValueError otherwise; reset() between shapes).
+
+Peers: TorchJD 0.18 (`torchjd.aggregation.ExcessMTL`) divides by ℰ⁰ + 1e-7 (instead of leaving a
+zero-gradient task at 0) and, without warm-up, takes its first exponentiated step with the RAW ℰ
+(its ℰ⁰ is set at that step and used only from the next one), as it says the official code and
+LibMTL do: that first step depends on the gradients' scale (README findings). With warm-up steps
+the two agree to the 1e-7. The official code and LibMTL (by TorchJD's account) start from α = 1
+instead of 1/T, which the softmax turns into the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._registry import register_aggregator
+
+
+@register_aggregator("excess_mtl", paper_name="ExcessMTL")
+class ExcessMTL(WeightingAggregator):
+    _state_attrs = ("_sq_sum", "_baseline", "_warmup_sum", "_alpha", "_step")
+
+    def __init__(self, *, robust_step_size: float = 1.0, warmup_steps: int = 0, eps: float = 1e-7, seed: int = 0):
+        super().__init__(seed=seed)
+        if not (
+            isinstance(robust_step_size, (int, float)) and math.isfinite(robust_step_size) and robust_step_size > 0
+        ):
+            raise ValueError(f"ExcessMTL: robust_step_size must be a finite number > 0, got {robust_step_size!r}")
+        if not (isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool) and warmup_steps >= 0):
+            raise ValueError(f"ExcessMTL: warmup_steps must be an int >= 0, got {warmup_steps!r}")
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"ExcessMTL: eps must be > 0, got {eps!r}")
+        self.robust_step_size, self.warmup_steps, self.eps = robust_step_size, warmup_steps, eps
+        self._reset_state()
+
+    def tags(self) -> AggregatorTags:
+        # no homogeneity claimed: ε is absolute (under √(S + ε)), and g² is formed in the gradients'
+        # dtype (float32 squares of ~1e-23 gradients underflow)
+        return AggregatorTags(
+            family="weighting", nonneg_weights=True, stateful=True, reduction="mean", homogeneity=None
+        )
+
+    def _weights(self, J, losses):
+        n = J.n_tasks
+        shapes = [tuple(b.shape) for b in J.blocks]
+        if self._sq_sum is not None and [tuple(s.shape) for s in self._sq_sum] != shapes:
+            raise ValueError(
+                f"{self!r}: the gradient blocks changed shape since the last step "
+                f"({[tuple(s.shape) for s in self._sq_sum]} → {shapes}); call reset() first"
+            )
+        if self._sq_sum is None:
+            self._sq_sum = tuple(torch.zeros_like(b) for b in J.blocks)
+            self._alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)
+            self._warmup_sum = torch.zeros(n, dtype=torch.float64)
+            self._step = 0
+        for s, b in zip(self._sq_sum, J.blocks):  # S ← S + g² (in place: the state is ours; state_dict copies)
+            s.addcmul_(b, b)
+        # Σ_k g_ik² / √(S_ik + ε), elementwise in the gradients' dtype (one temporary per block), summed in float64
+        risk = torch.stack(
+            [
+                (s + self.eps).rsqrt_().mul_(b).mul_(b).sum(1, dtype=torch.float64).cpu()
+                for s, b in zip(self._sq_sum, J.blocks)
+            ]
+        ).sum(0)
+        self._step += 1
+        if self._step <= self.warmup_steps:
+            self._warmup_sum = self._warmup_sum + risk
+            return self._alpha.clone()
+        if self._baseline is None:
+            self._baseline = self._warmup_sum / self.warmup_steps if self.warmup_steps else risk
+        base = self._baseline
+        ratio = torch.where(base > 0, risk / torch.where(base > 0, base, torch.ones_like(base)), torch.zeros_like(risk))
+        self._alpha = torch.softmax(self._alpha.log() + self.robust_step_size * ratio, dim=0)
+        return self._alpha.clone()

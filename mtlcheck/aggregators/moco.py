@@ -1,0 +1,84 @@
+"""MoCo (Fernando, Shen, Liu, Chaudhury, Murugesan & Chen 2023, "Mitigating Gradient Bias in
+Multi-objective Learning: A Provably Convergent Approach", ICLR, Algorithm 1): track each task's
+gradient with a moving average and run MGDA's weights on the tracked gradients, one projected
+gradient step per call:
+
+    y_i ← y_i − β_k (y_i − g_i),                          β_k = β / k^{σ_β},  y_i = 0 at the start,
+    λ ← Π_Δ(λ − γ_k (Y Yᵀ + ρ I) λ),                      γ_k = γ / k^{σ_γ},  λ = 1/T at the start,
+    d = Yᵀ λ.
+
+The tracking step is what removes MGDA's stochastic bias (the paper's point): d uses Y, not the
+current G, so MoCo is not a weighting of G. The paper's projection of each y_i onto a ball of
+radius ℓ_i (the Lipschitz bound of its analysis) is left out (ℓ_i is unknown in practice, and the
+LibMTL omits it too). Defaults β = 0.5, σ_β = 0.5, γ = 0.1, σ_γ = 0.5, ρ = 0
+(LibMTL's). The λ step reads the raw Y Yᵀ (γ is in the gradients' squared units). Stateful (Y, one
+(T, n_k) tensor per block in the gradients' dtype; λ; the step); at the feature level Y tracks the
+representation's gradients row by row of the batch, so the block shapes must stay the same.
+
+Peers: LibMTL's current tree (`LibMTL.weighting.MoCo`, not in 1.1.5; from the authors' code)
+rescales each g_i to norm L_i before tracking (g_i/‖g_i‖·L_i) and replaces the simplex projection
+by a softmax, λ ← softmax(λ − γ_k(YYᵀ + ρI)λ): another update than Algorithm 1 (README findings).
+TorchJD has no MoCo.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags
+from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.aggregators._simplex import project_onto_simplex
+from mtlcheck.aggregators.modo import _positive
+from mtlcheck.jacobian import Jacobian
+
+
+@register_aggregator("moco", paper_name="MoCo")
+class MoCo(Aggregator):
+    _state_attrs = ("_y", "_lambda", "_step")
+
+    def __init__(
+        self,
+        *,
+        beta: float = 0.5,
+        beta_sigma: float = 0.5,
+        gamma: float = 0.1,
+        gamma_sigma: float = 0.5,
+        rho: float = 0.0,
+        seed: int = 0,
+    ):
+        super().__init__(seed=seed)
+        if not (isinstance(beta, (int, float)) and 0 < beta <= 1):
+            raise ValueError(f"MoCo: beta must be in (0, 1], got {beta!r}")
+        _positive("MoCo", "beta_sigma", beta_sigma, zero_ok=True)
+        _positive("MoCo", "gamma", gamma)
+        _positive("MoCo", "gamma_sigma", gamma_sigma, zero_ok=True)
+        _positive("MoCo", "rho", rho, zero_ok=True)
+        self.beta, self.beta_sigma, self.gamma, self.gamma_sigma, self.rho = beta, beta_sigma, gamma, gamma_sigma, rho
+        self._reset_state()
+
+    def tags(self) -> AggregatorTags:
+        return AggregatorTags(family="solver", weighted=False, stateful=True, reduction="other", homogeneity=None)
+
+    def identical_rows_scale(self, n_tasks):
+        return float(self.beta)  # the first step: y_i = β g and λ stays uniform
+
+    def _aggregate(self, J, losses):
+        n = J.n_tasks
+        shapes = [tuple(b.shape) for b in J.blocks]
+        if self._y is not None and [tuple(y.shape) for y in self._y] != shapes:
+            raise ValueError(
+                f"{self!r}: the gradient blocks changed shape since the last step "
+                f"({[tuple(y.shape) for y in self._y]} → {shapes}); call reset() first"
+            )
+        step = (self._step or 0) + 1
+        beta_k = self.beta / step**self.beta_sigma
+        gamma_k = self.gamma / step**self.gamma_sigma
+        if self._y is None:  # y = 0 − β_k (0 − g) = β_k g
+            y = tuple(b * beta_k for b in J.blocks)
+        else:
+            y = tuple(torch.lerp(old, b, beta_k) for old, b in zip(self._y, J.blocks))
+        gram = Jacobian(y, J.shapes, J.names, J.level).gram()  # float64-accumulated Y Yᵀ
+        lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda
+        lam = project_onto_simplex(lam - gamma_k * (gram @ lam + self.rho * lam))
+        self._y, self._lambda, self._step = y, lam, step
+        return Aggregation(tuple(lam.to(b.dtype).to(b.device) @ b for b in y), None)

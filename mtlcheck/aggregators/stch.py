@@ -1,0 +1,69 @@
+"""STCH, smooth Tchebycheff scalarization (Lin, Zhang, Yang, Zhang & Zhang 2024, "Smooth
+Tchebycheff Scalarization for Multi-Objective Optimization", ICML, arXiv:2402.19078):
+
+    g_μ(f) = μ log Σ_i exp(λ_i (f_i − z_i) / μ),
+
+the smooth (log-sum-exp) version of the Tchebycheff max_i λ_i (f_i − z_i), with smoothing μ > 0,
+preferences λ (here 1) and a reference point z. For multi-task learning (the paper's experiments and its
+official code, github.com/Xi-L/STCH) the objectives are the log-losses normalised by a nadir
+point, f_i = log(L_i / n_i), z = 0, and the scalarization is multiplied by T. Its gradient is a
+loss weighting:
+
+    ∇(T g_μ) = Σ_i w_i ∇L_i,   w_i = T softmax(f / μ)_i / L_i.
+
+n_i is the mean loss of task i over the first `warmup_steps` steps, during which the objective is
+Σ_i log L_i (w_i = 1/L_i), as the official code's warm-up epochs; `warmup_steps=0` uses n_i = 1.
+With μ = 1 the weights are w_i = T n_i⁻¹ / Σ_j (L_j / n_j): only the nadir tells
+the tasks apart, and without warm-up (n = 1) STCH is equal weighting scaled by T / Σ_j L_j — set
+`warmup_steps` (the official code warms up for epochs) or a smaller μ (μ → 0: the Tchebycheff
+max, all weight on the task furthest above its nadir). Loss-only; positive losses (ValueError
+otherwise). At the nadir (L = n) the weights are 1/L_i, those of Σ_i log L_i.
+The official code's "epochs" become steps here (an aggregator sees steps, not epochs).
+
+Peers: LibMTL's current tree (`LibMTL.weighting.STCH`, not in 1.1.5) follows the official code
+(log(L/n + 1e-20), the nadir from the warm-up epoch's mean losses). TorchJD has no STCH.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._registry import register_aggregator
+
+
+@register_aggregator("stch", paper_name="STCH")
+class STCH(WeightingAggregator):
+    _state_attrs = ("_sum", "_count")
+
+    def __init__(self, *, mu: float = 1.0, warmup_steps: int = 0, seed: int = 0):
+        super().__init__(seed=seed)
+        if not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu > 0):
+            raise ValueError(f"STCH: mu must be a finite number > 0, got {mu!r}")
+        if not (isinstance(warmup_steps, int) and not isinstance(warmup_steps, bool) and warmup_steps >= 0):
+            raise ValueError(f"STCH: warmup_steps must be an int >= 0, got {warmup_steps!r}")
+        self.mu, self.warmup_steps = mu, warmup_steps
+        self._reset_state()
+
+    def tags(self) -> AggregatorTags:
+        return AggregatorTags(
+            inputs=frozenset({"losses"}),
+            nonneg_weights=True,
+            stateful=self.warmup_steps > 0,
+            reduction="other",  # w_i = T softmax(f/μ)_i / L_i: the scale depends on the losses
+        )
+
+    def _weights(self, J, losses):
+        if bool((losses <= 0).any()):
+            raise ValueError(f"{self!r}: the log-loss objectives need positive losses, got {losses.tolist()}")
+        n = losses.shape[0]
+        count = self._count or 0
+        if count < self.warmup_steps:  # warm-up: Σ log L_i, and the nadir's running sum
+            self._sum = losses.clone() if self._sum is None else self._sum + losses
+            self._count = count + 1
+            return 1.0 / losses
+        nadir = self._sum / count if count else torch.ones(n, dtype=torch.float64)
+        f = (losses / nadir).log()
+        return n * torch.softmax(f / self.mu, dim=0) / losses
