@@ -5,6 +5,7 @@
     mtlcheck run --benchmark digits-dense --method mgda --level feature
     mtlcheck sweep --benchmark cityscapes --data-root /data/cityscapes --budget paper --seeds 0 1 2
     mtlcheck report --benchmark digits-dense --budget small
+    mtlcheck reproduce --benchmark all             # the three embedded analogs (Tables 1-7), one report
     mtlcheck runs list --status failed            # stored runs; also: show, retry, export, compare
     mtlcheck check my_pkg.module:MyAggregator     # the conformance kit on any aggregator (--config KEY=VALUE)
     mtlcheck bench --size 128 --tasks 3           # step time per method as a ratio to EW
@@ -30,6 +31,7 @@ from mtlcheck.study import BUDGETS as BUDGET_CHOICES
 
 DEFAULT_STORE = Path("mtlcheck-results") / "runs.sqlite"
 DEFAULT_OUT = Path("mtlcheck-results")
+ALL_BENCHMARKS = "all"  # sweep/report/reproduce --benchmark all: the three embedded analogs
 
 
 class UsageError(Exception):
@@ -195,15 +197,19 @@ def _sweep(args):
     from mtlcheck.study.experiments.runner import run_sweep, sweep_specs
 
     _check_executor(args)
-    specs = sweep_specs(
-        args.benchmark,
-        args.methods,
-        tuple(args.levels),
-        tuple(args.seeds),
-        args.budget,
-        args.steps,
-        extra=_run_options(args),
-    )
+    specs = [
+        spec
+        for benchmark in _benchmarks(args)
+        for spec in sweep_specs(
+            benchmark,
+            args.methods,
+            tuple(args.levels),
+            tuple(args.seeds),
+            args.budget,
+            args.steps,
+            extra=_run_options(args),
+        )
+    ]
     where = _where(args)
     where.check(s.benchmark for s in specs)  # device, weights, data root: usage errors before the store opens
     store = _store(args)
@@ -259,13 +265,31 @@ def cmd_sweep(args) -> int:
     return 0 if counts.get("failed", 0) == 0 else 1
 
 
+def _benchmarks(args) -> tuple[str, ...]:
+    """--benchmark all: the embedded analogs of the paper's three datasets, in one store and report."""
+    from mtlcheck.study.benchmarks import EMBEDDED_ANALOGS
+
+    return EMBEDDED_ANALOGS if args.benchmark == ALL_BENCHMARKS else (args.benchmark,)
+
+
 def _report(args, store) -> Path:
+    from mtlcheck.study.paper.reports import write_combined_report, write_report
+
+    if args.benchmark != ALL_BENCHMARKS:
+        return write_report(*_report_records(args, store, args.benchmark))
+    found = {name: _report_records(args, store, name) for name in _benchmarks(args)}
+    name, (_, _, out) = next(iter(found.items()))
+    out = out.with_name(f"{ALL_BENCHMARKS}-{out.name.removeprefix(name + '-')}")  # all-<budget><options>
+    return write_combined_report({name: records for name, (records, _, _) in found.items()}, out)
+
+
+def _report_records(args, store, benchmark: str):
     from mtlcheck.study.benchmarks import get_benchmark
     from mtlcheck.study.experiments.runner import run_options
-    from mtlcheck.study.paper.reports import write_report
 
     precision = _precision(args)  # both feature-level batch rules are reported, as separate rows
-    bench = get_benchmark(args.benchmark)
+    bench = get_benchmark(benchmark)
+    args = argparse.Namespace(**{**vars(args), "benchmark": benchmark})
     records = [
         r
         for r in store.runs(benchmark=args.benchmark)
@@ -295,7 +319,7 @@ def _report(args, store) -> Path:
     chosen = records[0].spec.steps
     suffix += "" if chosen is None else f"-{chosen}steps"
     out = _check_out(args.out) / f"{args.benchmark}-{args.budget}{suffix}"
-    return write_report(records, bench, out)
+    return records, bench, out
 
 
 def _steps_choices(steps) -> str:
@@ -535,7 +559,11 @@ def _run_options(args) -> dict:
 
 
 def _add_sweep(p):
-    p.add_argument("--benchmark", default=None, help="benchmark name (default: the embedded digits-dense)")
+    p.add_argument(
+        "--benchmark",
+        default=None,
+        help="benchmark name (default: the embedded digits-dense); 'all': the three embedded analogs, one report",
+    )
     p.add_argument("--methods", nargs="+", default=None, help="registry names (default: the paper's methods)")
     p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
     p.add_argument("--seeds", nargs="+", type=_non_negative_int, default=[0, 1, 2], help="default: the paper's 3 seeds")
@@ -595,7 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(p)
     p.set_defaults(fn=cmd_sweep)
     p = sub.add_parser("report", help="tables, figures and claim verdicts from stored runs (store opened read-only)")
-    p.add_argument("--benchmark", default=None, help="benchmark name (default: the embedded digits-dense)")
+    p.add_argument(
+        "--benchmark",
+        default=None,
+        help="benchmark name (default: the embedded digits-dense); 'all': the three embedded analogs, one report",
+    )
     p.add_argument("--budget", default="small", choices=BUDGET_CHOICES)
     p.add_argument(
         "--steps",

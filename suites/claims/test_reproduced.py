@@ -2,13 +2,13 @@
 
 On CPU (default `--budget smoke`) the embedded digits benchmarks stand in for the paper's:
 digits-instance gives Tables 1, 4, 5 and Figure 5's final FD (MetaGraspNet-like), digits-dense
-Tables 2 and 6 (CityScapes-like). With `--budget paper --data-root DIR` on a GPU machine the
-paper's own benchmarks run from DIR/metagraspnet, DIR/cityscapes and DIR/nyuv2. Every claim gets
-a verdict — holds or contradicted (decided on a simultaneous 95% region of the seed means, with
-the deciding cells and their intervals), inconclusive (with the seeds that would decide it) or not
-evaluable (with what is missing) — written to `<--out>/verdicts-<budget>.md` (default: the store's folder); a
-contradicted claim is a finding, not a test failure. The tests fail when the pipeline cannot
-produce a verdict.
+Tables 2 and 6 (CityScapes-like), digits-nyu Tables 3 and 7 (NYU-v2-like). With `--budget paper
+--data-root DIR` on a GPU machine the paper's own benchmarks run from DIR/metagraspnet,
+DIR/cityscapes and DIR/nyuv2. Every claim gets a verdict — holds or contradicted (decided on a
+simultaneous 95% region of the seed means, with the deciding cells and their intervals),
+inconclusive (with the seeds that would decide it) or not evaluable (with what is missing) —
+written to `<--out>/verdicts-<budget>.md` (default: the store's folder); a contradicted claim is
+a finding, not a test failure. The tests fail when the pipeline cannot produce a verdict.
 """
 
 import pytest

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from mtlcheck.study.benchmarks import Benchmark
 from mtlcheck.study.experiments.store import RunRecord
@@ -22,7 +23,7 @@ from mtlcheck.study.paper.runs import MEASURES, Runs, group_runs, mean, seeds_te
 from mtlcheck.study.paper.tables import BASELINE
 from mtlcheck.study.paper.verdicts import judge_all
 
-__all__ = ["write_report"]
+__all__ = ["claim_tables", "write_combined_report", "write_report"]
 
 
 def _fmt_s(values: list[float]) -> str:
@@ -60,16 +61,26 @@ def _runs_section(runs: Runs) -> str:
     return summary + "\n\n" + "\n".join(lines) + "\n"
 
 
-def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdir: str | Path) -> Path:
+def write_report(
+    records: Iterable[RunRecord],
+    benchmark: Benchmark | str,
+    outdir: str | Path,
+    *,
+    tables: dict | None = None,
+    claims: str | None = None,
+) -> Path:
     """report.md (runs and wall times, our tables with marks, figures, claim verdicts), one CSV per
     table and Figures 3-5 as PNG in `outdir`; returns the report's path. The text is a function of
-    the records only (no dates, no paths outside `outdir`)."""
+    the records only (no dates, no paths outside `outdir`). `tables`: the records' `result_tables`
+    when already computed; `claims`: a line to print instead of judging the claims here (the
+    combined report judges them once over every benchmark's tables)."""
     records = list(records)
     runs = group_runs(records, benchmark)
     bench = runs.bench
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    tables = result_tables(records, bench)
+    if tables is None:
+        tables = result_tables(records, bench)
     res_name, rel_name, rs_name = bench.paper_tables
     setup = bench.setup(runs.budget, runs.steps)
     parts = [
@@ -131,6 +142,11 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
             _, notes = relative_curves(runs, key)
             parts += [f"![Figure {FIGURES[key]}: {label}]({path.name})", ""]
             parts += [f"- {escape(n)}" for n in notes] + ([""] if notes else [])
+    if claims is not None:
+        parts += ["## Claims on these runs", "", claims, ""]
+        path = outdir / "report.md"
+        path.write_text("\n".join(parts), encoding="utf-8")
+        return path
     parts += [
         "## Claims on these runs",
         "",
@@ -144,6 +160,76 @@ def write_report(records: Iterable[RunRecord], benchmark: Benchmark | str, outdi
         "claim holds (a summary, not the decision rule: see `mtlcheck.study.paper.verdicts`).",
         "",
         verdict_markdown(judge_all(tables)),
+    ]
+    path = outdir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+_JUDGED_TOGETHER = "Judged over every benchmark's tables together: see ../report.md."
+
+
+def claim_tables(tables_by_benchmark: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One mapping of the paper's tables from several benchmarks' `result_tables`: each
+    benchmark gives its `paper_tables` (Tables 1-7 by name), and 'figure5' comes from the
+    benchmark that gives Table 1 (the paper plots Figure 5 on MetaGraspNet, §5.4), or from the only
+    benchmark when there is one. ValueError when two benchmarks give the same table."""
+    from mtlcheck.study.benchmarks import get_benchmark
+
+    out: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name, tables in tables_by_benchmark.items():
+        for key in (k for k in get_benchmark(name).paper_tables if k is not None):
+            if key in source:
+                raise ValueError(f"{source[key]} and {name} both give {key}: report them separately")
+            out[key], source[key] = tables[key], name
+    fig5 = source.get("table1") or (next(iter(tables_by_benchmark)) if len(tables_by_benchmark) == 1 else None)
+    if fig5 is not None:
+        out["figure5"] = tables_by_benchmark[fig5]["figure5"]
+    return out
+
+
+def write_combined_report(records_by_benchmark: Mapping[str, Iterable[RunRecord]], outdir: str | Path) -> Path:
+    """The report of several benchmarks' runs (`mtlcheck reproduce --benchmark all`): each
+    benchmark's own report (runs, tables, figures) in `outdir/<benchmark>/`, and `outdir/report.md`
+    with their result and ranking-similarity tables and one claims section judged over all their
+    tables together (`claim_tables`: which benchmark feeds which table). Returns report.md's path."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    tables_by_benchmark: dict[str, dict] = {}
+    parts = [
+        f"# mtlcheck report: {', '.join(records_by_benchmark)}",
+        "",
+        "One study over several benchmarks: each has its own report (runs and wall times, every table, "
+        "Figures 3-5) in its folder; the claims are judged once, below, over all their tables.",
+        "",
+    ]
+    for name, records in records_by_benchmark.items():
+        records = list(records)
+        bench = group_runs(records, name).bench
+        tables = result_tables(records, bench)
+        tables_by_benchmark[name] = tables
+        sub = write_report(records, bench, outdir / name, tables=tables, claims=_JUDGED_TOGETHER)
+        res_name, _, rs_name = bench.paper_tables
+        wall = math.fsum(float((r.timings or {}).get("attempt_wall_s", 0.0)) for r in records)
+        parts += [
+            f"## {name}: {len(records)} runs, {wall:.0f} s wall time (sum over runs); report: "
+            f"[{name}/{sub.name}]({name}/{sub.name})",
+            "",
+        ]
+        for key in (res_name, rs_name):
+            parts += [f"### {tables[key].title}", "", to_markdown(tables[key], marks=key == res_name), ""]
+    combined = claim_tables(tables_by_benchmark)
+    feeds = ", ".join(f"{k} ← {n}" for n, t in tables_by_benchmark.items() for k in combined if combined[k] is t.get(k))
+    parts += [
+        "## Claims on these runs",
+        "",
+        f"Every claim of `mtlcheck.study.paper.claims` judged over the tables of all benchmarks ({feeds}), "
+        "A verdict is decided (holds / contradicted) only when the claim's predicate gives that answer "
+        f"everywhere in a simultaneous {LEVEL_TEXT} region of the seed means it depends on; otherwise it is "
+        "inconclusive (the rule: `mtlcheck.study.paper.verdicts`).",
+        "",
+        verdict_markdown(judge_all(combined)),
     ]
     path = outdir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
