@@ -14,10 +14,11 @@ paper's three read the user's copy of the real dataset from `--data-root`:
 | metagraspnet    | rcls, rdet, cls, det, vsb, amd, occ | MetaGraspNet, paper §3.1  |
 
 Budgets: "smoke" runs in seconds on a CPU (tests, CI), "small" is the embedded default study
-(minutes on a laptop CPU; Adam; digits-dense and digits-nyu 250 steps of batch 16 at 24×24, digits-instance 150
-steps of batch 16 at 32×32; measures every 10 steps), "paper" is Appendix 7: 512×512 images, batch 4 (MetaGraspNet) or
-32 (CityScapes, NYU-v2), SGD lr 1e-4 momentum 0.9 with linear warm-up, measures every 10 steps,
-about 3k iterations (stated for MetaGraspNet; used for all three).
+(minutes on a laptop CPU; Adam; digits-dense and digits-nyu 250 steps of batch 16 at 24×24,
+digits-instance 150 steps of batch 8 at 32×32 with a width-8 model; measures every 10 steps),
+"paper" is Appendix 7: 512×512 images, batch 4 (MetaGraspNet) or 32 (CityScapes, NYU-v2), SGD lr
+1e-4 momentum 0.9 with linear warm-up, measures every 10 steps, about 3k iterations (stated for
+MetaGraspNet; used for all three).
 """
 
 from __future__ import annotations
@@ -188,6 +189,21 @@ _DIGITS_DENSE_SETUPS = {
     ),
 }
 _DIGITS_DENSE_TRAIN_SCENES = {"small": 3200}  # 1.25 epochs of the small budget (250 x 16)
+# The instance study (small) took 49 min on the idle 2-core machine, nearly all of it in training: the
+# evaluation (pycocotools on 300 test scenes) is ~1.5 s of CPU per run, the data ~1.5 s once per
+# process, and a step's cost is the T = 5 task backward passes at 32x32 (full-resolution upsampling,
+# the per-instance mask predictors, the first convolutions), which scales with the batch and hardly
+# with the width (MGDA at the parameter level: 218 ms/step at width 16, 205 at width 8, 89 at width 8
+# and batch 8; one thread, CPU time). Batch 8 and width 8 halve a run's CPU time (EW 13.2-13.6 s ->
+# 6.4-7.4 s, MGDA at the parameter level 31.1 -> 15.2 s, seed 0) at the same test metrics within
+# the seed-to-seed spread (EW seeds 0/1: BBox mAP 0.278/0.143 -> 0.259/0.261, AMask mAP 0.045/0.039
+# -> 0.041/0.048; MGDA seed 0: BBox 0.162 -> 0.188, AMask 0.035 -> 0.019).
+_DIGITS_INSTANCE_SETUPS = {
+    **_DIGITS_SETUPS,
+    "small": TrainSetup(
+        steps=150, batch_size=8, lr=3e-3, warmup_steps=15, monitor_every=10, checkpoint_every=50, optimizer="adam"
+    ),
+}
 
 
 class _Materialised(Dataset):
@@ -244,7 +260,7 @@ def _digits_nyu_model(budget: str, weights=None):
 def _digits_instance_model(budget: str, weights=None):
     from mtlcheck.study.models.small import SmallInstanceModel
 
-    return SmallInstanceModel(width=8 if budget == "smoke" else 16)
+    return SmallInstanceModel(width=16 if budget == "paper" else 8)
 
 
 def _collate_instances(samples):
@@ -291,7 +307,7 @@ DIGITS_INSTANCE = Benchmark(
     task_names=("cls", "det", "vsb", "amd", "occ"),
     paper_tables=("table1", "table4", "table5"),
     metrics=COCO_METRICS,
-    setups=_DIGITS_SETUPS,
+    setups=_DIGITS_INSTANCE_SETUPS,
     make_data=_digits_data("instance"),
     make_model=_digits_instance_model,
     code=("mtlcheck.study.data.digits", "mtlcheck.study.models.small", "mtlcheck.study.evaluation"),
