@@ -10,4 +10,4 @@ BUDGETS = ("smoke", "small", "paper")
 # the benchmarks' names (defined in `benchmarks.BENCHMARKS`; a test keeps the two equal), known without
 # importing the study's dependencies: `mtlcheck list` names them in a library-only install, and a
 # mistyped --benchmark is refused before anything heavy is imported
-BENCHMARK_NAMES = ("digits-dense", "digits-instance", "cityscapes", "nyuv2", "metagraspnet")
+BENCHMARK_NAMES = ("digits-dense", "digits-instance", "digits-nyu", "cityscapes", "nyuv2", "metagraspnet")

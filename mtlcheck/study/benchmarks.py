@@ -1,22 +1,24 @@
 """Benchmarks: data + model + task losses + metrics + the training setup of each budget.
 
-Five benchmarks. The two embedded ones run anywhere from data generated on the fly from
-scikit-learn's bundled handwritten digits; the paper's three read the user's copy
-of the real dataset from `--data-root`:
+Six benchmarks. The three embedded ones run anywhere from data generated on the fly from
+scikit-learn's bundled handwritten digits (`--benchmark all` runs the three, one report); the
+paper's three read the user's copy of the real dataset from `--data-root`:
 
 | name            | tasks                             | like                        |
 |-----------------|-----------------------------------|-----------------------------|
-| digits-dense    | depth, semantic, instance offsets | CityScapes (Table 2)        |
-| digits-instance | cls, det, vsb, amd, occ           | MetaGraspNet (Table 1)      |
+| digits-dense    | depth, semantic, instance offsets | CityScapes (Tables 2, 6)    |
+| digits-instance | cls, det, vsb, amd, occ           | MetaGraspNet (Tables 1, 4, 5) |
+| digits-nyu      | depth, surface normals, semantic  | NYU-v2 (Tables 3, 7)        |
 | cityscapes      | depth, semantic, instance offsets | CityScapes, paper §3.2      |
 | nyuv2           | depth, normal, semantic           | NYU-v2, paper §3.2          |
 | metagraspnet    | rcls, rdet, cls, det, vsb, amd, occ | MetaGraspNet, paper §3.1  |
 
 Budgets: "smoke" runs in seconds on a CPU (tests, CI), "small" is the embedded default study
-(minutes on a laptop CPU; Adam; digits-dense 250 steps of batch 16 at 24×24, digits-instance 150
-steps of batch 16 at 32×32; measures every 10 steps), "paper" is Appendix 7: 512×512 images, batch 4 (MetaGraspNet) or
-32 (CityScapes, NYU-v2), SGD lr 1e-4 momentum 0.9 with linear warm-up, measures every 10 steps,
-about 3k iterations (stated for MetaGraspNet; used for all three).
+(minutes on a laptop CPU; Adam; digits-dense and digits-nyu 250 steps of batch 16 at 24×24,
+digits-instance 150 steps of batch 8 at 32×32 with a width-8 model; measures every 10 steps),
+"paper" is Appendix 7: 512×512 images, batch 4 (MetaGraspNet) or 32 (CityScapes, NYU-v2), SGD lr
+1e-4 momentum 0.9 with linear warm-up, measures every 10 steps, about 3k iterations (stated for
+MetaGraspNet; used for all three).
 """
 
 from __future__ import annotations
@@ -187,6 +189,21 @@ _DIGITS_DENSE_SETUPS = {
     ),
 }
 _DIGITS_DENSE_TRAIN_SCENES = {"small": 3200}  # 1.25 epochs of the small budget (250 x 16)
+# The instance study (small) took 49 min on the idle 2-core machine, nearly all of it in training: the
+# evaluation (pycocotools on 300 test scenes) is ~1.5 s of CPU per run, the data ~1.5 s once per
+# process, and a step's cost is the T = 5 task backward passes at 32x32 (full-resolution upsampling,
+# the per-instance mask predictors, the first convolutions), which scales with the batch and hardly
+# with the width (MGDA at the parameter level: 218 ms/step at width 16, 205 at width 8, 89 at width 8
+# and batch 8; one thread, CPU time). Batch 8 and width 8 halve a run's CPU time (EW 13.2-13.6 s ->
+# 6.4-7.4 s, MGDA at the parameter level 31.1 -> 15.2 s, seed 0) at the same test metrics within
+# the seed-to-seed spread (EW seeds 0/1: BBox mAP 0.278/0.143 -> 0.259/0.261, AMask mAP 0.045/0.039
+# -> 0.041/0.048; MGDA seed 0: BBox 0.162 -> 0.188, AMask 0.035 -> 0.019).
+_DIGITS_INSTANCE_SETUPS = {
+    **_DIGITS_SETUPS,
+    "small": TrainSetup(
+        steps=150, batch_size=8, lr=3e-3, warmup_steps=15, monitor_every=10, checkpoint_every=50, optimizer="adam"
+    ),
+}
 
 
 class _Materialised(Dataset):
@@ -203,16 +220,17 @@ class _Materialised(Dataset):
         return self.items[index]
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=6)  # both splits of the three embedded benchmarks (`--benchmark all`)
 def _digits_cached(kind: str, split: str, budget: str) -> Dataset:
     from mtlcheck.study.data.digits import DigitsDense, DigitsInstances
+    from mtlcheck.study.data.digits_nyu import DigitsNYU
 
     train, test, size = _DIGITS_DATA[budget]
     scenes = {"size": size}
-    if kind == "dense":
+    if kind in ("dense", "nyu"):  # the NYU-v2 analog: the dense scenes' sizes and budget
         scenes.update(_DIGITS_DENSE_SCENES.get(budget, {}))
         train = _DIGITS_DENSE_TRAIN_SCENES.get(budget, train)
-    cls = DigitsDense if kind == "dense" else DigitsInstances
+    cls = {"dense": DigitsDense, "instance": DigitsInstances, "nyu": DigitsNYU}[kind]
     return _Materialised(cls(split, length=train if split == "train" else test, seed=0, **scenes))
 
 
@@ -231,10 +249,18 @@ def _digits_dense_model(budget: str, weights=None):
     return SmallDenseModel(width=16, head_stages=0 if budget == "small" else 1)
 
 
+def _digits_nyu_model(budget: str, weights=None):
+    from mtlcheck.study.models.small import SmallNYUModel
+
+    if budget == "smoke":
+        return SmallNYUModel(width=8)
+    return SmallNYUModel(width=16, head_stages=0 if budget == "small" else 1)
+
+
 def _digits_instance_model(budget: str, weights=None):
     from mtlcheck.study.models.small import SmallInstanceModel
 
-    return SmallInstanceModel(width=8 if budget == "smoke" else 16)
+    return SmallInstanceModel(width=16 if budget == "paper" else 8)
 
 
 def _collate_instances(samples):
@@ -249,6 +275,13 @@ DENSE_METRICS = (
     Metric("depth/l1", False, "DE"),
     Metric("semantic/miou", True, "SS"),
     Metric("instance/l1", False, "IS"),
+)
+# NE is the mean angle error, as the paper's Table 3 ("angle in degrees"); the evaluation also
+# stores normal/median and the fractions within 11.25, 22.5 and 30 degrees in every run's metrics
+NYU_METRICS = (
+    Metric("depth/l1", False, "DE"),
+    Metric("normal/mean", False, "NE"),
+    Metric("semantic/miou", True, "SS"),
 )
 COCO_METRICS = tuple(
     Metric(f"{kind}_{stat}", True, f"{label} {stat}")
@@ -274,12 +307,27 @@ DIGITS_INSTANCE = Benchmark(
     task_names=("cls", "det", "vsb", "amd", "occ"),
     paper_tables=("table1", "table4", "table5"),
     metrics=COCO_METRICS,
-    setups=_DIGITS_SETUPS,
+    setups=_DIGITS_INSTANCE_SETUPS,
     make_data=_digits_data("instance"),
     make_model=_digits_instance_model,
     code=("mtlcheck.study.data.digits", "mtlcheck.study.models.small", "mtlcheck.study.evaluation"),
     evaluate=_evaluate_coco(64, _collate_instances, class_agnostic=False),
     collate=_collate_instances,
+)
+
+
+DIGITS_NYU = Benchmark(
+    name="digits-nyu",
+    description="embedded: digit scenes on a wall and floor with smooth shaded surfaces; depth, surface normals, "
+    "semantic",
+    task_names=("depth", "normal", "semantic"),
+    paper_tables=("table3", None, "table7"),
+    metrics=NYU_METRICS,
+    setups=_DIGITS_DENSE_SETUPS,
+    make_data=_digits_data("nyu"),
+    make_model=_digits_nyu_model,
+    code=("mtlcheck.study.data.digits_nyu", "mtlcheck.study.models.small", "mtlcheck.study.evaluation"),
+    evaluate=_evaluate_dense({"depth", "normal", "semantic"}, 12, 250, 64),
 )
 
 
@@ -393,7 +441,7 @@ NYUV2 = Benchmark(
     description="NYU-v2 (NYUD-MT or mtan .npy layout): depth, surface normals, semantic",
     task_names=("depth", "normal", "semantic"),
     paper_tables=("table3", None, "table7"),
-    metrics=(Metric("depth/l1", False, "DE"), Metric("normal/mean", False, "NE"), Metric("semantic/miou", True, "SS")),
+    metrics=NYU_METRICS,
     setups=_real_setups("nyuv2"),
     make_data=_nyu_data,
     make_model=_dense_model("NYUv2Model"),
@@ -422,8 +470,13 @@ METAGRASPNET = Benchmark(
     needs_data_root=True,
 )
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (DIGITS_DENSE, DIGITS_INSTANCE, CITYSCAPES, NYUV2, METAGRASPNET)}
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b for b in (DIGITS_DENSE, DIGITS_INSTANCE, DIGITS_NYU, CITYSCAPES, NYUV2, METAGRASPNET)
+}
 DEFAULT_BENCHMARK = "digits-dense"
+# `--benchmark all`: the embedded analogs of the paper's datasets, in the paper's order (MetaGraspNet:
+# Tables 1, 4, 5 and Figure 5; CityScapes: Tables 2, 6; NYU-v2: Tables 3, 7)
+EMBEDDED_ANALOGS = ("digits-instance", "digits-dense", "digits-nyu")
 
 
 def get_benchmark(name: str) -> Benchmark:

@@ -5,6 +5,8 @@
     mtlcheck run --benchmark digits-dense --method mgda --level feature
     mtlcheck sweep --benchmark cityscapes --data-root /data/cityscapes --budget paper --seeds 0 1 2
     mtlcheck report --benchmark digits-dense --budget small
+    mtlcheck reproduce --benchmark all             # the three embedded analogs (Tables 1-7), one report
+    mtlcheck reproduce --until-decided             # seeds added where they decide the open claims
     mtlcheck runs list --status failed            # stored runs; also: show, retry, export, compare
     mtlcheck check my_pkg.module:MyAggregator     # the conformance kit on any aggregator (--config KEY=VALUE)
     mtlcheck bench --size 128 --tasks 3           # step time per method as a ratio to EW
@@ -31,6 +33,7 @@ from mtlcheck.study import BUDGETS as BUDGET_CHOICES
 DEFAULT_STORE = Path("mtlcheck-results") / "runs.sqlite"
 DEFAULT_OUT = Path("mtlcheck-results")
 DEFAULT_SEEDS = (0, 1, 2)  # the paper's three seeds
+ALL_BENCHMARKS = "all"  # sweep/report/reproduce --benchmark all: the three embedded analogs
 
 
 class UsageError(Exception):
@@ -142,11 +145,9 @@ def _unknown_name(args) -> str | None:
             if name not in known:
                 return f"unknown aggregator {name!r}{did_you_mean(name, known)}; known: {', '.join(sorted(known))}"
     benchmark = getattr(args, "benchmark", None)
-    if args.command in ("run", "sweep", "report", "reproduce") and benchmark and benchmark not in BENCHMARK_NAMES:
-        return (
-            f"unknown benchmark {benchmark!r}{did_you_mean(benchmark, BENCHMARK_NAMES)}; "
-            f"known: {', '.join(BENCHMARK_NAMES)}"
-        )
+    known = BENCHMARK_NAMES + ((ALL_BENCHMARKS,) if args.command in ("sweep", "report", "reproduce") else ())
+    if args.command in ("run", "sweep", "report", "reproduce") and benchmark and benchmark not in known:
+        return f"unknown benchmark {benchmark!r}{did_you_mean(benchmark, known)}; known: {', '.join(known)}"
     return None
 
 
@@ -236,16 +237,27 @@ def _sweep(args):
     from mtlcheck.study.experiments.runner import sweep_specs
 
     _check_executor(args)
-    specs = sweep_specs(
-        args.benchmark,
-        args.methods,
-        tuple(args.levels),
-        tuple(args.seeds if args.seeds is not None else DEFAULT_SEEDS),
-        args.budget,
-        args.steps,
-        extra=_run_options(args),
-    )
+    specs = [
+        spec
+        for benchmark in _benchmarks(args)
+        for spec in sweep_specs(
+            benchmark,
+            args.methods,
+            tuple(args.levels),
+            tuple(args.seeds if args.seeds is not None else DEFAULT_SEEDS),
+            args.budget,
+            args.steps,
+            extra=_run_options(args),
+        )
+    ]
     return _run_specs(args, specs)
+
+
+def _benchmarks(args) -> tuple[str, ...]:
+    """--benchmark all: the embedded analogs of the paper's three datasets, in one store and report."""
+    from mtlcheck.study.benchmarks import EMBEDDED_ANALOGS
+
+    return EMBEDDED_ANALOGS if args.benchmark == ALL_BENCHMARKS else (args.benchmark,)
 
 
 def _run_specs(args, specs):
@@ -307,10 +319,13 @@ def cmd_sweep(args) -> int:
     return 0 if counts.get("failed", 0) == 0 else 1
 
 
-def _study_records(args, store) -> list:
-    """The stored runs a report of this command reads: its benchmark, budget, precision and steps."""
+def _study_records(args, store, benchmark: str | None = None) -> list:
+    """The stored runs a report of this command reads: its benchmark (or `benchmark`), budget,
+    precision and steps."""
     from mtlcheck.study.experiments.runner import run_options
 
+    if benchmark is not None:
+        args = argparse.Namespace(**{**vars(args), "benchmark": benchmark})
     precision = _precision(args)  # both feature-level batch rules are reported, as separate rows
     records = [
         r
@@ -342,14 +357,17 @@ def _study_records(args, store) -> list:
 
 def _report(args, store, until_decided: int | None = None) -> Path:
     from mtlcheck.study.benchmarks import get_benchmark
-    from mtlcheck.study.paper.reports import write_report
+    from mtlcheck.study.paper.reports import write_combined_report, write_report
 
-    records = _study_records(args, store)
+    found = {name: _study_records(args, store, name) for name in _benchmarks(args)}
+    records = next(iter(found.values()))
     suffix = "".join(f"-{k}" if v is True else f"-{v}" for k, v in _precision(args).options().items())
     chosen = records[0].spec.steps
     suffix += "" if chosen is None else f"-{chosen}steps"
     suffix += "" if until_decided is None else "-until-decided"
     out = _check_out(args.out) / f"{args.benchmark}-{args.budget}{suffix}"
+    if args.benchmark == ALL_BENCHMARKS:
+        return write_combined_report(found, out, until_decided=until_decided)
     return write_report(records, get_benchmark(args.benchmark), out, until_decided=until_decided)
 
 
@@ -407,8 +425,8 @@ def _reproduce_until_decided(args) -> int:
     method and level, then seeds only for the rows whose comparisons can still decide an open claim,
     until no claim asks for more, `--max-seeds` is reached or the next round would pass
     `--time-budget`. Interrupted, it resumes where it stopped: every run is in the store."""
-    from mtlcheck.study.benchmarks import get_benchmark
     from mtlcheck.study.experiments.runner import PAPER_METHODS, sweep_specs
+    from mtlcheck.study.paper.reports import claim_tables, table_benchmarks
     from mtlcheck.study.paper.results import result_tables
     from mtlcheck.study.paper.runs import PAPER_NAMES
     from mtlcheck.study.paper.sequential import LOOKS, assess, run_cost, seeds_of
@@ -419,41 +437,43 @@ def _reproduce_until_decided(args) -> int:
     if max_seeds not in LOOKS:
         raise UsageError(f"--max-seeds must be one of the design's looks {list(LOOKS)}, got {max_seeds}")
     budget, t0 = args.time_budget, time.monotonic()
-    bench = get_benchmark(args.benchmark)
+    benchmarks = _benchmarks(args)
     registry = {v: k for k, v in PAPER_NAMES.items()}
-    args.seeds = list(range(LOOKS[0]))
-    store = None
     if Path(args.store).exists():  # a --max-seeds below what is stored would leave runs the design never saw
         from mtlcheck.study.experiments.store import ResultStore
 
-        stored = [
-            r
-            for r in ResultStore(args.store, readonly=True).runs(benchmark=args.benchmark)
-            if r.spec.budget == args.budget
-        ]
-        most = max((r.spec.seed + 1 for r in stored), default=0)
-        if most > max_seeds:
-            raise UsageError(
-                f"{args.store} already holds {most} seeds of {args.benchmark}: --max-seeds must be >= {most}"
+        stored = ResultStore(args.store, readonly=True)
+        for name in benchmarks:
+            most = max(
+                (r.spec.seed + 1 for r in stored.runs(benchmark=name) if r.spec.budget == args.budget), default=0
             )
-    store, records, seconds = _sweep(args)
+            if most > max_seeds:
+                raise UsageError(f"{args.store} already holds {most} seeds of {name}: --max-seeds must be >= {most}")
+    args.seeds = list(range(LOOKS[0]))
+    store, records, _ = _sweep(args)
     args.steps = "default" if args.steps is None else str(args.steps)
     rounds, ran = 0, len(records)
     while True:
-        records = [r for r in _study_records(args, store) if r.spec.method in PAPER_METHODS]  # what claims read
-        cost, seeds = run_cost(records), seeds_of(records)
-        tables = result_tables(records, bench, derived_intervals=False)
-        first = result_tables([r for r in records if r.spec.seed < LOOKS[0]], bench, derived_intervals=False)
-        plan = assess(tables, max_seeds=max_seeds, first_look=first, cost=cost)
-        open_ = [s for s in plan.states if s.state == "open"]
+        found = {  # what the claims read: the paper's methods
+            name: [r for r in _study_records(args, store, name) if r.spec.method in PAPER_METHODS]
+            for name in benchmarks
+        }
+        by_bench = {name: result_tables(recs, name, derived_intervals=False) for name, recs in found.items()}
+        first = {
+            name: result_tables([r for r in recs if r.spec.seed < LOOKS[0]], name, derived_intervals=False)
+            for name, recs in found.items()
+        }
+        at = table_benchmarks(by_bench)
+        cost, seeds = run_cost(found, at), seeds_of(found, at)
+        plan = assess(claim_tables(by_bench), max_seeds=max_seeds, first_look=claim_tables(first), cost=cost)
         print(
             f"round {rounds}: "
             + ", ".join(f"{k} {n}" for k, n in _count(s.state for s in plan.states).items())
-            + (f"; next: {plan.runs(seeds)} run(s) for {len(open_)} open claim(s)" if plan.requests else "")
+            + (f"; next: {plan.runs(seeds)} run(s)" if plan.requests else "")
         )
         if not plan.requests:
             break
-        need = sum(cost(k) * max(0, n - seeds(k)) for k, n in plan.requests.items()) / max(1, _jobs(args))
+        need = sum(cost(*k) * max(0, n - seeds(*k)) for k, n in plan.requests.items()) / max(1, _jobs(args))
         used = time.monotonic() - t0
         if budget is not None and used + need > budget:
             print(
@@ -462,13 +482,13 @@ def _reproduce_until_decided(args) -> int:
             )
             break
         specs = []
-        for (method, level), n in plan.requests.items():
+        for (table, (method, level)), n in plan.requests.items():
             name = registry.get(method)
             if name is None:
                 raise UsageError(f"the sequential design asked for seeds of {method!r}, which is not a paper method")
-            have = seeds((method, level))
+            have = seeds(table, (method, level))
             specs += sweep_specs(
-                args.benchmark,
+                at[table],
                 [name],
                 (level,),
                 tuple(range(have, n)),
@@ -476,7 +496,7 @@ def _reproduce_until_decided(args) -> int:
                 _steps_arg(args),
                 extra=_run_options(args),
             )
-        _, done, _ = _run_specs(args, specs)
+        _, done, _ = _run_specs(args, list(dict.fromkeys(specs)))
         ran += len(done)
         rounds += 1
     path = _report(args, store, until_decided=max_seeds)
@@ -728,7 +748,11 @@ def _run_options(args) -> dict:
 
 
 def _add_sweep(p):
-    p.add_argument("--benchmark", default=None, help="benchmark name (default: the embedded digits-dense)")
+    p.add_argument(
+        "--benchmark",
+        default=None,
+        help="benchmark name (default: the embedded digits-dense); 'all': the three embedded analogs, one report",
+    )
     p.add_argument("--methods", nargs="+", default=None, help="registry names (default: the paper's methods)")
     p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
     p.add_argument("--seeds", nargs="+", type=_non_negative_int, default=None, help="default: the paper's 3 seeds")
@@ -788,7 +812,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(p)
     p.set_defaults(fn=cmd_sweep)
     p = sub.add_parser("report", help="tables, figures and claim verdicts from stored runs (store opened read-only)")
-    p.add_argument("--benchmark", default=None, help="benchmark name (default: the embedded digits-dense)")
+    p.add_argument(
+        "--benchmark",
+        default=None,
+        help="benchmark name (default: the embedded digits-dense); 'all': the three embedded analogs, one report",
+    )
     p.add_argument("--budget", default="small", choices=BUDGET_CHOICES)
     p.add_argument(
         "--steps",

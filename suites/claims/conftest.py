@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mtlcheck.study.benchmarks import EMBEDDED_ANALOGS
 from mtlcheck.study.experiments.runner import Where, run_sweep, sweep_specs
 from mtlcheck.study.experiments.store import ResultStore
 from mtlcheck.study.paper.results import result_tables
@@ -20,7 +21,7 @@ class Reproduced:
     per_benchmark: dict
 
 
-CPU_BENCHMARKS = ("digits-instance", "digits-dense")
+CPU_BENCHMARKS = EMBEDDED_ANALOGS  # digits-instance, digits-dense, digits-nyu: Tables 1-7
 PAPER_BENCHMARKS = ("metagraspnet", "cityscapes", "nyuv2")
 
 

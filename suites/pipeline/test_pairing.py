@@ -68,7 +68,9 @@ def data_root(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("benchmark", ["digits-dense", "digits-instance", "cityscapes", "nyuv2", "metagraspnet"])
+@pytest.mark.parametrize(
+    "benchmark", ["digits-dense", "digits-instance", "digits-nyu", "cityscapes", "nyuv2", "metagraspnet"]
+)
 def test_runs_with_one_seed_share_init_batches_and_randomness(monkeypatch, data_root, benchmark):
     torch.set_num_threads(1)
     where = Where(data_root=None if benchmark.startswith("digits") else str(data_root / benchmark))

@@ -14,6 +14,10 @@ x (bilinear x2, conv3x3-GN-ReLU), 1x1 predictor), bilinearly resized to the targ
 `SmallDenseModel` — tasks ("depth", "semantic", "instance") with exactly the CityScapes losses of
 `mtlcheck.study.models.dense` (depth L1 on gt>0; CE with ignore 250 over 11 classes; L1 on offsets != 250).
 
+`SmallNYUModel` — tasks ("depth", "normal", "semantic") with exactly the NYU-v2 losses of
+`mtlcheck.study.models.dense` (depth L1 on gt>0; 1 - cosine on non-zero normals; CE with ignore 250 over 12
+classes), for `mtlcheck.study.data.digits_nyu`.
+
 `SmallInstanceModel` — tasks ("cls", "det", "vsb", "amd", "occ"), named after the MetaGraspNet
 losses they stand in for (paper Fig. 2: box classification and regression, visible mask, amodal
 mask, occlusion). A single-stage dense formulation: centres and boxes as in CenterNet (Zhou et al.
@@ -63,6 +67,7 @@ from mtlcheck.study.models.dense import (
     check_batch_size,
     check_tensor,
     depth_l1_loss,
+    normal_cosine_loss,
     offset_l1_loss,
     semantic_ce_loss,
     upsample_to,
@@ -70,6 +75,7 @@ from mtlcheck.study.models.dense import (
 
 DIGITS_NUM_CLASSES = 11  # 10 digits + background (mtlcheck.study.data.digits.NUM_CLASSES)
 DIGITS_IGNORE_INDEX = 250
+DIGITS_NYU_NUM_CLASSES = 12  # 10 digits + wall + floor (mtlcheck.study.data.digits_nyu.NUM_CLASSES)
 
 
 def _conv_gn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -178,6 +184,70 @@ class SmallDenseModel(_SmallBase):
             batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True
         )
         return self.decode(self.encode(batch), tuple(image.shape[-2:]))
+
+
+class SmallNYUModel(_SmallBase):
+    """Digits NYU-v2 analog (`mtlcheck.study.data.digits_nyu`): depth / normal / semantic (12
+    classes, ignore 250) with exactly the NYU-v2 losses of `mtlcheck.study.models.dense.NYUv2Model`
+    (depth L1 on gt>0; 1 - cosine on non-zero normal targets; CE with ignore 250); `predict`
+    returns unit normals, as NYUv2Model does."""
+
+    task_names = ("depth", "normal", "semantic")
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = DIGITS_NYU_NUM_CLASSES,
+        ignore_index: int = DIGITS_IGNORE_INDEX,
+        width: int = 16,
+        head_width: int = 32,
+        head_stages: int = 1,
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.encoder = SmallEncoder(in_channels, width)
+        c = self.encoder.out_channels
+        outs = {"depth": 1, "normal": 3, "semantic": num_classes}
+        self.heads = nn.ModuleDict({t: DenseHead(c, head_width, outs[t], stages=head_stages) for t in self.task_names})
+
+    def encode(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        image = check_tensor(
+            batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True
+        )
+        return self.encoder(image)
+
+    def task_losses(self, z: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        owner = type(self).__name__
+        depth = check_tensor(batch, "depth", owner=owner, ndim=4, channels=1, floating=True)
+        normal = check_tensor(batch, "normal", owner=owner, ndim=4, channels=3, floating=True)
+        semantic = check_tensor(batch, "semantic", owner=owner, ndim=3, floating=False)
+        size = tuple(depth.shape[-2:])
+        if tuple(semantic.shape[-2:]) != size or tuple(normal.shape[-2:]) != size:
+            raise ValueError(
+                f"{owner}: targets disagree on their spatial size: depth {size}, "
+                f"normal {tuple(normal.shape[-2:])}, semantic {tuple(semantic.shape[-2:])}"
+            )
+        check_batch_size(self, self._check_z(z), batch, self.task_names)
+        out = self.decode(z, size)
+        return {
+            "depth": depth_l1_loss(out["depth"], depth, "depth"),
+            "normal": normal_cosine_loss(out["normal"], normal, "normal"),
+            "semantic": semantic_ce_loss(out["semantic"], semantic, self.ignore_index, "semantic"),
+        }
+
+    @torch.no_grad()
+    def predict(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """depth (B,1,H,W), unit normals (B,3,H,W), semantic logits (B,C,H,W); current mode."""
+        image = check_tensor(
+            batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True
+        )
+        out = self.decode(self.encode(batch), tuple(image.shape[-2:]))
+        out["normal"] = F.normalize(out["normal"], dim=1, eps=1e-8)
+        return out
 
 
 # ----------------------------------------------------------------------------- instance model
@@ -421,4 +491,4 @@ class SmallInstanceModel(_SmallBase):
         return results
 
 
-__all__ = ["SmallEncoder", "SmallDenseModel", "SmallInstanceModel", "focal_heatmap_loss"]
+__all__ = ["SmallEncoder", "SmallDenseModel", "SmallInstanceModel", "SmallNYUModel", "focal_heatmap_loss"]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from mtlcheck.study.benchmarks import Benchmark
 from mtlcheck.study.experiments.runner import PAPER_METHODS
@@ -24,7 +25,19 @@ from mtlcheck.study.paper.sequential import LOOKS, assess, run_cost, seeds_of, s
 from mtlcheck.study.paper.tables import BASELINE
 from mtlcheck.study.paper.verdicts import judge_all
 
-__all__ = ["write_report"]
+__all__ = ["claim_tables", "write_combined_report", "write_report"]
+
+_CLAIMS_RULE = (
+    "Most claims are decided comparison by comparison: each signed paired difference between two rows "
+    "over the seeds they share (one-sided t, 2.5 % per direction), 'holds' by intersection-union, "
+    "'contradicted' by Bonferroni over the comparisons that can falsify the claim; the deciding "
+    "comparison is shown with its simultaneous interval in the column's units ('equivalent': every "
+    "comparison left open is equal within its margin). Claims on rankings of rankings are decided "
+    f"only where the predicate gives one answer in the whole simultaneous {LEVEL_TEXT} region of the "
+    "seed means they read (Student-t intervals over seeds, Bonferroni over those cells). A wrong "
+    "verdict has probability ≤ 2.5 % per claim either way; ties decide nothing."
+)
+_JUDGED_TOGETHER = "Judged over every benchmark's tables together: see ../report.md."
 
 
 def _fmt_s(values: list[float]) -> str:
@@ -110,13 +123,16 @@ def write_report(
     outdir: str | Path,
     *,
     until_decided: int | None = None,
+    claims: str | None = None,
 ) -> Path:
     """report.md (a summary of the verdicts, runs and wall times, our tables with marks, figures,
     claim verdicts), one CSV per table and Figures 3-5 as PNG in `outdir`; returns the report's path.
     The text is a function of the records only (no dates, no paths outside `outdir`).
 
     `until_decided` (max seeds): the verdicts of the sequential design that added the seeds
-    (`sequential.assess`, error spent over its looks) instead of the fixed design's."""
+    (`sequential.assess`, error spent over its looks) instead of the fixed design's. `claims`: a
+    line to print instead of judging the claims here (the combined report judges them once over
+    every benchmark's tables)."""
     records = list(records)
     runs = group_runs(records, benchmark)
     bench = runs.bench
@@ -130,13 +146,10 @@ def write_report(
         return _write_others_only(records, runs, others, outdir)
     tables = result_tables(paper, bench)
     paper_runs = group_runs(paper, bench)
-    plan = assess(
-        tables,
-        max_seeds=until_decided or LOOKS[-1],
-        first_look=result_tables([r for r in paper if r.spec.seed < LOOKS[0]], bench),
-        cost=run_cost(paper),
-    )
-    verdicts = [s.verdict for s in plan.states] if until_decided else judge_all(tables)
+    if claims is None:
+        verdicts, summary = _verdicts({bench.name: paper}, {bench.name: tables}, until_decided)
+    else:
+        verdicts, summary = [], claims
     res_name, rel_name, rs_name = bench.paper_tables
     setup = bench.setup(runs.budget, runs.steps)
     parts = [
@@ -154,7 +167,7 @@ def write_report(
         "",
         "## Summary",
         "",
-        summary_markdown(verdicts, plan, seeds_of(paper), until_decided),
+        summary,
         "",
         "## Runs",
         "",
@@ -203,18 +216,16 @@ def write_report(
             parts += [f"![Figure {FIGURES[key]}: {label}]({path.name})", ""]
             parts += [f"- {escape(n)}" for n in notes] + ([""] if notes else [])
     parts += _others_section(others, paper, bench, res_name, outdir)
+    if claims is not None:
+        parts += ["## Claims on these runs", "", claims, ""]
+        path = outdir / "report.md"
+        path.write_text("\n".join(parts), encoding="utf-8")
+        return path
     parts += [
         "## Claims on these runs",
         "",
         "Every claim of `mtlcheck.study.paper.claims` applied to the tables above (rows with null values removed). "
-        "Most claims are decided comparison by comparison: each signed paired difference between two rows "
-        "over the seeds they share (one-sided t, 2.5 % per direction), 'holds' by intersection-union, "
-        "'contradicted' by Bonferroni over the comparisons that can falsify the claim; the deciding "
-        "comparison is shown with its simultaneous interval in the column's units ('equivalent': every "
-        "comparison left open is equal within its margin). Claims on rankings of rankings are decided "
-        f"only where the predicate gives one answer in the whole simultaneous {LEVEL_TEXT} region of the "
-        "seed means they read (Student-t intervals over seeds, Bonferroni over those cells). A wrong "
-        "verdict has probability ≤ 2.5 % per claim either way; ties decide nothing.",
+        + _CLAIMS_RULE,
         "",
         (
             f"These verdicts are the sequential design's (`--until-decided`, up to {until_decided} seeds): each "
@@ -224,6 +235,116 @@ def write_report(
             if until_decided
             else ""
         ),
+        "",
+        verdict_markdown(verdicts),
+    ]
+    path = outdir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _verdicts(
+    records_by_benchmark: Mapping[str, list[RunRecord]], tables_by_benchmark: Mapping[str, Mapping[str, Any]], until
+) -> tuple[list[dict], str]:
+    """The verdicts of every claim over these benchmarks' tables (the fixed design's, or with
+    `until` the sequential design's) and the report's plain summary."""
+    tables = claim_tables(tables_by_benchmark)
+    first = claim_tables(
+        {
+            name: result_tables([r for r in recs if r.spec.seed < LOOKS[0]], name)
+            for name, recs in records_by_benchmark.items()
+        }
+    )
+    at = table_benchmarks(tables_by_benchmark)
+    plan = assess(tables, max_seeds=until or LOOKS[-1], first_look=first, cost=run_cost(records_by_benchmark, at))
+    verdicts = [s.verdict for s in plan.states] if until else judge_all(tables)
+    return verdicts, summary_markdown(verdicts, plan, seeds_of(records_by_benchmark, at), until)
+
+
+def table_benchmarks(tables_by_benchmark: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Which benchmark gives each table of `claim_tables` (the sequential design asks for seeds per
+    table and row)."""
+    from mtlcheck.study.benchmarks import get_benchmark
+
+    out: dict[str, str] = {}
+    for name, tables in tables_by_benchmark.items():
+        for key in tables:
+            if key in get_benchmark(name).paper_tables or len(tables_by_benchmark) == 1:
+                out[key] = name
+    out["figure5"] = out.get("table1") or next(iter(tables_by_benchmark))
+    return out
+
+
+def claim_tables(tables_by_benchmark: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One mapping of the paper's tables from several benchmarks' `result_tables`: each
+    benchmark gives its `paper_tables` (Tables 1-7 by name), and 'figure5' comes from the
+    benchmark that gives Table 1 (the paper plots Figure 5 on MetaGraspNet, §5.4), or from the only
+    benchmark when there is one (which then gives all its tables). ValueError when two benchmarks
+    give the same table."""
+    from mtlcheck.study.benchmarks import get_benchmark
+
+    if len(tables_by_benchmark) == 1:
+        return dict(next(iter(tables_by_benchmark.values())))
+    out: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name, tables in tables_by_benchmark.items():
+        for key in (k for k in get_benchmark(name).paper_tables if k is not None):
+            if key in source:
+                raise ValueError(f"{source[key]} and {name} both give {key}: report them separately")
+            out[key], source[key] = tables[key], name
+    fig5 = source.get("table1")
+    if fig5 is not None:
+        out["figure5"] = tables_by_benchmark[fig5]["figure5"]
+    return out
+
+
+def write_combined_report(
+    records_by_benchmark: Mapping[str, Iterable[RunRecord]], outdir: str | Path, *, until_decided: int | None = None
+) -> Path:
+    """The report of several benchmarks' runs (`mtlcheck reproduce --benchmark all`): each
+    benchmark's own report (runs, tables, figures) in `outdir/<benchmark>/`, and `outdir/report.md`
+    with a summary, their result and ranking-similarity tables and one claims section judged over all
+    their tables together (`claim_tables`: which benchmark feeds which table). Returns report.md's
+    path."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paper_records: dict[str, list[RunRecord]] = {}
+    tables_by_benchmark: dict[str, dict] = {}
+    sections = []
+    for name, records in records_by_benchmark.items():
+        records = list(records)
+        bench = group_runs(records, name).bench
+        paper_records[name] = [r for r in records if r.spec.method in PAPER_METHODS]
+        tables = result_tables(paper_records[name], bench)
+        tables_by_benchmark[name] = tables
+        sub = write_report(records, bench, outdir / name, claims=_JUDGED_TOGETHER)
+        res_name, _, rs_name = bench.paper_tables
+        wall = math.fsum(float((r.timings or {}).get("attempt_wall_s", 0.0)) for r in records)
+        sections += [
+            f"## {name}: {len(records)} runs, {wall:.0f} s wall time (sum over runs); report: "
+            f"[{name}/{sub.name}]({name}/{sub.name})",
+            "",
+        ]
+        for key in (res_name, rs_name):
+            sections += [f"### {tables[key].title}", "", to_markdown(tables[key], marks=key == res_name), ""]
+    verdicts, summary = _verdicts(paper_records, tables_by_benchmark, until_decided)
+    at = table_benchmarks(tables_by_benchmark)
+    feeds = ", ".join(f"{k} ← {n}" for k, n in at.items() if k.startswith(("table", "figure")))
+    parts = [
+        f"# mtlcheck report: {', '.join(records_by_benchmark)}",
+        "",
+        "One study over several benchmarks: each has its own report (runs and wall times, every table, "
+        "Figures 3-5) in its folder; the claims are judged once, below, over all their tables.",
+        "",
+        "## Summary",
+        "",
+        summary,
+        "",
+        *sections,
+        "## Claims on these runs",
+        "",
+        f"Every claim of `mtlcheck.study.paper.claims` judged over the tables of all benchmarks ({feeds}), "
+        f"as in a single benchmark's report: {_CLAIMS_RULE}",
         "",
         verdict_markdown(verdicts),
     ]

@@ -85,22 +85,25 @@ class ClaimState:
     verdict: Mapping
     state: str
     p_decide: float | None = None
-    requests: Mapping[RowKey, int] = None  # type: ignore[assignment]
+    requests: Mapping[tuple[str, RowKey], int] = None  # type: ignore[assignment]
 
     @property
     def id(self) -> str:
         return self.verdict["id"]
 
 
+Where = tuple[str, RowKey]  # (table, row): a row of the table a comparison reads
+
+
 @dataclass(frozen=True)
 class Plan:
-    """The claims' states and the seeds each row should reach next (none: the study is finished)."""
+    """The claims' states and the seeds each (table, row) should reach next (none: finished)."""
 
     states: tuple[ClaimState, ...]
-    requests: Mapping[RowKey, int]
+    requests: Mapping[Where, int]
 
-    def runs(self, seeds_of: Callable[[RowKey], int]) -> int:
-        return sum(max(0, n - seeds_of(k)) for k, n in self.requests.items())
+    def runs(self, seeds_of: Callable[[str, RowKey], int]) -> int:
+        return sum(max(0, n - seeds_of(*k)) for k, n in self.requests.items())
 
 
 def _predictive(f, tables: Tables, max_seeds: int, rng: np.random.Generator) -> float:
@@ -142,11 +145,11 @@ def _requests(d: comparisons.Decision, f, max_seeds: int, cost: Callable[[RowKey
         if target is None:
             continue
         p = predictive_decision(link.signed, target, DESIGN.alpha_at(target) * rel[link.literal.positive])
-        rows = [k for k in (link.literal.a, link.literal.b) if k is not None]
-        seconds = sum(cost(k) for k in rows) * (target - n)
+        rows = [(link.literal.table, k) for k in (link.literal.a, link.literal.b) if k is not None]
+        seconds = sum(cost(*k) for k in rows) * (target - n)
         scored.append((p / max(seconds, 1e-9), p, rows, target))
     scored.sort(key=lambda x: -x[0])
-    out: dict[RowKey, int] = {}
+    out: dict[Where, int] = {}
     for _, p, rows, target in scored[:PIVOTAL]:
         if p <= 0.0:
             continue
@@ -161,13 +164,14 @@ def assess(
     *,
     max_seeds: int = LOOKS[-1],
     first_look: Tables | None = None,
-    cost: Callable[[RowKey], float] | None = None,
+    cost: Callable[[str, RowKey], float] | None = None,
     seed: int = 0,
 ) -> Plan:
     """Judge every claim under the sequential design and plan the next round (module doc).
     `first_look`: the tables of the first look's seeds, on which claims without a comparison form
-    are judged (default: `tables`); `cost(row)`: CPU seconds of one run of that row (default 1)."""
-    cost = cost or (lambda _k: 1.0)
+    are judged (default: `tables`); `cost(table, row)`: CPU seconds of one run of that table's row
+    (default 1)."""
+    cost = cost or (lambda _t, _k: 1.0)
     rng = np.random.default_rng(seed)
     usable, removed = without_null_rows(tables)
     first_usable, first_removed = without_null_rows(first_look if first_look is not None else tables)
@@ -194,27 +198,36 @@ def assess(
     return Plan(tuple(states), requests)
 
 
-def run_cost(records: Iterable) -> Callable[[RowKey], float]:
-    """CPU seconds of one run per row (paper name, level): the mean wall time of its finished runs
-    (1 s for a row never run, so the allocation still works on hand-made records)."""
-    times: dict[RowKey, list[float]] = {}
-    for r in records:
-        if r.status == "done" and r.started and r.finished and r.finished > r.started:
-            times.setdefault((display_name(r), r.spec.level), []).append(r.finished - r.started)
-    means = {k: sum(v) / len(v) for k, v in times.items()}
-    return lambda k: means.get(k, 1.0)
+def _by_row(records_by_benchmark: Mapping[str, Iterable], at: Mapping[str, str]):
+    """(table, row) → that benchmark's records of the row (`at`: the benchmark giving each table)."""
+    groups: dict[tuple[str, RowKey], list] = {}
+    for name, records in records_by_benchmark.items():
+        for r in records:
+            groups.setdefault((name, (display_name(r), r.spec.level)), []).append(r)
+    return lambda table, row: groups.get((at.get(table, ""), row), [])
 
 
-def seeds_of(records: Iterable) -> Callable[[RowKey], int]:
-    """Seeds stored per row (paper name, level), whatever their status."""
-    seen: dict[RowKey, set[int]] = {}
-    for r in records:
-        seen.setdefault((display_name(r), r.spec.level), set()).add(r.spec.seed)
-    return lambda k: len(seen.get(k, ()))
+def run_cost(records_by_benchmark: Mapping[str, Iterable], at: Mapping[str, str]) -> Callable[[str, RowKey], float]:
+    """CPU seconds of one run of a (table, row): the mean wall time of the row's finished runs in
+    the benchmark that gives the table (1 s for a row never run)."""
+    rows = _by_row(records_by_benchmark, at)
+
+    def cost(table: str, row: RowKey) -> float:
+        t = [r.finished - r.started for r in rows(table, row) if r.status == "done" and r.started and r.finished]
+        t = [x for x in t if x > 0]
+        return sum(t) / len(t) if t else 1.0
+
+    return cost
+
+
+def seeds_of(records_by_benchmark: Mapping[str, Iterable], at: Mapping[str, str]) -> Callable[[str, RowKey], int]:
+    """Seeds stored for a (table, row), whatever their status."""
+    rows = _by_row(records_by_benchmark, at)
+    return lambda table, row: len({r.spec.seed for r in rows(table, row)})
 
 
 def summary_markdown(
-    verdicts: Sequence[Mapping], plan: Plan, seeds: Callable[[RowKey], int], until_decided: int | None
+    verdicts: Sequence[Mapping], plan: Plan, seeds: Callable[[str, RowKey], int], until_decided: int | None
 ) -> str:
     """A plain summary: what was decided and by which comparison, what stays open and what deciding
     it would cost (the sequential design's next round and its predictive probability)."""
@@ -243,7 +256,7 @@ def summary_markdown(
             "(the verdicts name them)."
         )
     more = plan.runs(seeds)
-    rows = ", ".join(f"{k[0]} ({k[1]}) to {n} seeds" for k, n in plan.requests.items())
+    rows = ", ".join(f"{k[0]} ({k[1]}) of {t} to {n} seeds" for (t, k), n in plan.requests.items())
     if until_decided:
         lines.append(
             f"\nStopped with {more} run(s) still asked for ({rows}): the time budget ran out."

@@ -14,6 +14,21 @@ statement=..., source_tables=..., notes=..., named=...)` over the `def`; `CLAIMS
 registered, which is the paper's order (§3.1 to §6, then the earlier version's conclusions and the
 as-published readings).
 
+Which runs feed which table. On the paper's datasets: MetaGraspNet → Tables 1, 4, 5 (and Figure 5,
+which the paper plots on MetaGraspNet, §5.4), CityScapes → Tables 2, 6, NYU-v2 → Tables 3, 7 (each
+benchmark's `paper_tables`). On the embedded analogs generated from scikit-learn's digits
+(`mtlcheck.study.benchmarks.EMBEDDED_ANALOGS`; `mtlcheck reproduce --benchmark all` runs the three
+into one store and judges every claim once over their tables, `mtlcheck.study.paper.reports.claim_tables`):
+
+| table                      | embedded analog   | stands in for |
+|----------------------------|-------------------|---------------|
+| table1, table4, table5, figure5 | digits-instance | MetaGraspNet |
+| table2, table6             | digits-dense      | CityScapes    |
+| table3, table7             | digits-nyu        | NYU-v2        |
+
+A report of one benchmark alone takes 'figure5' from that benchmark's runs (the default study:
+digits-dense); claims whose tables it does not give are "not evaluable" and say which they need.
+
 Readings fixed once, from the paper's own wording:
 - "gain over the baseline" on a metric: strictly better than the Baseline row. The 0.01 band of
   Table 1's caption cannot be what §3.1 means: §3.1 lists GradVac although two of its cells are
