@@ -66,7 +66,7 @@ def play(rng: np.random.Generator, claims, max_seeds: int, **kw) -> tuple[dict[s
         plan = assess(tables, chosen, max_seeds=max_seeds, first_look=first)
         if not plan.requests:
             return {s.id: s.state for s in plan.states}, sum(n.values())
-        for (method, level), target in plan.requests.items():
+        for (_table, (method, level)), target in plan.requests.items():
             row = (REGISTRY.get(method, method), level)
             assert target <= max_seeds and target in LOOKS
             n[row] = max(n[row], target)

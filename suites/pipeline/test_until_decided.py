@@ -61,7 +61,9 @@ def test_rounds_add_the_seeds_the_design_asks_for_and_resume(tmp_path, capsys, m
         n = min(e.n for t in tables.values() for row in getattr(t, "estimates", {}).values() for e in row.values())
         if n < 5:
             asked.append(n)
-            return sequential.Plan(plan.states, {("PCGrad", "parameter"): 5, ("Baseline", "parameter"): 5})
+            return sequential.Plan(
+                plan.states, {("table2", ("PCGrad", "parameter")): 5, ("table2", ("Baseline", "parameter")): 5}
+            )
         return sequential.Plan(plan.states, {})
 
     monkeypatch.setattr(sequential, "assess", assess)
