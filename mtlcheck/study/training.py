@@ -159,8 +159,43 @@ def train(
 ) -> RunOutcome:
     """Train `model` with `aggregator` for `setup.steps` steps; evaluate at the end (in exact
     float32 — no autocast, TF32 off — whatever `precision` the training steps use). The TF32
-    switches are set for the training steps only and restored afterwards. `feature_batch`: the
+    switches are set for the training steps only and restored afterwards; a portable precision's
+    CPU kernels (`Precision.engine`) for the training and the evaluation. `feature_batch`: the
     feature level's batch rule (`gradients.FEATURE_BATCH_RULES`)."""
+    with precision.engine():
+        return _train(
+            model,
+            dataset,
+            collate,
+            aggregator,
+            setup,
+            level=level,
+            seed=seed,
+            device=device,
+            checkpointer=checkpointer,
+            evaluate=evaluate,
+            progress=progress,
+            precision=precision,
+            feature_batch=feature_batch,
+        )
+
+
+def _train(
+    model,
+    dataset,
+    collate,
+    aggregator,
+    setup,
+    *,
+    level,
+    seed,
+    device,
+    checkpointer,
+    evaluate,
+    progress,
+    precision,
+    feature_batch,
+) -> RunOutcome:
     device = torch.device(device)
     torch.manual_seed(seed)
     precision.prepare_model(model.to(device)).train()
