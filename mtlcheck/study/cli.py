@@ -710,6 +710,7 @@ def _main(argv: list[str] | None) -> int:
     from mtlcheck.study.experiments.store import RunFailedError, SetupError, StoreError
 
     try:
+        _portable(args)
         return args.fn(args)
     except KeyboardInterrupt:
         print(f"\nmtlcheck: interrupted. {_where_it_stopped(args)}", file=sys.stderr)
@@ -727,6 +728,30 @@ def _main(argv: list[str] | None) -> int:
     except (UsageError, ValueError, FileNotFoundError, StoreError, RunFailedError) as exc:
         print(f"mtlcheck: error: {exc}", file=sys.stderr)
         return 2
+
+
+_NOT_PORTABLE = (("--tf32", "tf32"), ("--autocast", "autocast"), ("--channels-last", "channels_last"))
+
+
+def _portable(args) -> None:
+    """--portable: contradictions are usage errors; a command that computes gets the portable
+    environment before torch's first operation (mtlcheck.precision.PORTABLE_ENV)."""
+    if not getattr(args, "portable", False):
+        return
+    others = [f for f, on in _NOT_PORTABLE if getattr(args, on, None)]
+    if others:
+        raise UsageError(f"--portable (the exact float32 step on fixed CPU kernels) excludes {' and '.join(others)}")
+    if getattr(args, "threads", None) not in (None, 1):
+        raise UsageError(f"--portable runs on one thread; --threads {args.threads} contradicts it")
+    if getattr(args, "device", "cpu") != "cpu":
+        raise UsageError(f"--portable is a CPU mode (bitwise the same on every x86-64 CPU); --device {args.device}")
+    if args.command in ("run", "sweep", "reproduce"):
+        from mtlcheck.precision import portable_environment, portable_problems
+
+        portable_environment()
+        problems = portable_problems()
+        if problems:
+            raise UsageError(f"--portable needs a fresh process: {'; '.join(problems)}")
 
 
 def _where_it_stopped(args) -> str:
