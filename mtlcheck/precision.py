@@ -49,6 +49,40 @@ PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 PORTABLE_THREADS = 1
 
 
+# environment variables that choose CPU kernels (a simulated other CPU sets some of them)
+KERNEL_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "GLIBC_TUNABLES",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+
+
+def engine_state() -> dict[str, Any]:
+    """The switches that choose this process's kernels right now: ATen's CPU capability, oneDNN,
+    NNPACK, threads, deterministic algorithms, TF32, and the environment variables of `KERNEL_ENV`
+    that are set (what a run records beside its metrics)."""
+    import torch
+
+    state = {
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn_enabled": bool(torch.backends.mkldnn.enabled),
+        "nnpack_enabled": bool(torch._C._get_nnpack_enabled()),
+        "torch_threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+    }
+    state["kernel_env"] = {k: os.environ[k] for k in KERNEL_ENV if k in os.environ}
+    return state
+
+
 class PortabilityError(RuntimeError):
     """A portable step was asked for in a process whose kernels are already chosen otherwise."""
 

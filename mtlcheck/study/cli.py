@@ -438,7 +438,7 @@ def cmd_runs_export(args) -> int:
 
 
 def cmd_runs_compare(args) -> int:
-    from mtlcheck.study.experiments.inventory import compare
+    from mtlcheck.study.experiments.inventory import SOURCES, compare, explain, prediction
     from mtlcheck.study.experiments.store import ResultStore
 
     a = _filtered_runs(args, _store(args, readonly=True))
@@ -451,11 +451,22 @@ def cmd_runs_compare(args) -> int:
         + f", {len(result.different)} different, {len(result.unfinished)} unfinished in one, "
         f"{len(result.only_a)} only in A, {len(result.only_b)} only in B"
     )
-    for ra, _, diffs in result.different:
+    pairs = result.same + [(ra, rb) for ra, rb, _ in result.different]
+    differing = sorted({s for ra, rb in pairs for s, notes in explain(ra, rb).items() if notes}, key=SOURCES.index)
+    print(
+        "recorded environments differ in: "
+        + (", ".join(differing) if differing else "nothing (code, data, settings and machine the same)")
+    )
+    for ra, rb, diffs in result.different:
         print(f"  {ra.key}  {ra.spec.label}")
         for metric, (va, vb) in diffs.items():
             delta = f"  (B - A = {vb - va:+.6g})" if isinstance(va, float) and isinstance(vb, float) else ""
             print(f"      {metric:<24} A {va!s:<14} B {vb!s:<14}{delta}")
+        sources = explain(ra, rb)
+        for source in SOURCES:
+            if sources[source]:
+                print(f"      {source} differs: " + "; ".join(sources[source]))
+        print(f"      → {prediction(ra, rb, sources)}")
     for what, records in (("only in A", result.only_a), ("only in B", result.only_b)):
         for r in records:
             print(f"  {what}: {r.key}  {r.spec.label} ({r.status})")

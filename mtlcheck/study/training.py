@@ -28,7 +28,7 @@ from mtlcheck.aggregators import Aggregator
 from mtlcheck.gradients import NonFiniteLossError, backward_step, stacked_task_losses
 from mtlcheck.models import map_tensors
 from mtlcheck.monitor import measure
-from mtlcheck.precision import Precision
+from mtlcheck.precision import Precision, engine_state
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,7 @@ class RunOutcome:
     timings: dict[str, float]
     error: str | None = None
     diverged_step: int | None = None
+    engine: dict[str, Any] = field(default_factory=dict)  # the kernels it ran on (`engine_state`)
 
 
 @dataclass
@@ -163,7 +164,8 @@ def train(
     CPU kernels (`Precision.engine`) for the training and the evaluation. `feature_batch`: the
     feature level's batch rule (`gradients.FEATURE_BATCH_RULES`)."""
     with precision.engine():
-        return _train(
+        engine = {**engine_state(), "portable": precision.portable}
+        outcome = _train(
             model,
             dataset,
             collate,
@@ -178,6 +180,8 @@ def train(
             precision=precision,
             feature_batch=feature_batch,
         )
+    outcome.engine = engine
+    return outcome
 
 
 def _train(

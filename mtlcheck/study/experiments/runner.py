@@ -272,7 +272,8 @@ def _run_fn(spec: RunSpec, where: Where):
         timings = dict(outcome.timings)
         if outcome.diverged_step is not None:
             timings["diverged_step"] = outcome.diverged_step
-        return RunResult(outcome.metrics, outcome.trajectory, timings, outcome.status, outcome.error)
+        engine = {**outcome.engine, "data_root": where.data_root}
+        return RunResult(outcome.metrics, outcome.trajectory, timings, outcome.status, outcome.error, engine)
 
     return fn
 
