@@ -164,11 +164,14 @@ class Precision:
         )
 
     @staticmethod
-    def add_arguments(parser) -> None:
-        """--tf32, --autocast bf16 and --channels-last on an argparse parser."""
+    def add_arguments(parser, portable: bool = True) -> None:
+        """--tf32, --autocast bf16, --channels-last and (unless `portable` is False: a command
+        that cannot give its process the portable environment) --portable on an argparse parser."""
         parser.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (faster; default: exact float32)")
         parser.add_argument("--autocast", default=None, choices=AUTOCAST_NAMES, help="forward pass under bf16 autocast")
         parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and images")
+        if not portable:
+            return
         parser.add_argument(
             "--portable",
             action="store_true",
