@@ -170,3 +170,21 @@ print("ok")
     env = {**BASE_ENV, "ATEN_CPU_CAPABILITY": "avx2"}  # the portable environment overrides it
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def _stored_run(where: Path, env: dict, *args: str):
+    command = [sys.executable, "-m", "mtlcheck.study", "run", "--portable", *args, "--store", str(where), "--quiet"]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = ResultStore(where, readonly=True).runs()
+    return record
+
+
+def test_a_paper_benchmark_run_is_bitwise_the_same_under_two_simulated_cpus(tmp_path):
+    """MetaGraspNet's detection model (ResNet, RoI Align, proposal sampling) on the fixture data."""
+    args = ["--benchmark", "metagraspnet", "--method", "mgda", "--budget", "smoke"]
+    args += ["--data-root", str(ROOT / "fixtures" / "metagraspnet")]
+    a = _stored_run(tmp_path / "a.sqlite", BASE_ENV, *args)
+    b = _stored_run(tmp_path / "b.sqlite", {**BASE_ENV, **OTHER_CPU}, *args)
+    assert a.key == b.key and a.status == b.status == "done"
+    assert a.metrics == b.metrics and a.trajectory == b.trajectory
