@@ -629,7 +629,7 @@ def cmd_runs_export(args) -> int:
 
 
 def cmd_runs_compare(args) -> int:
-    from mtlcheck.study.experiments.inventory import compare
+    from mtlcheck.study.experiments.inventory import SOURCES, compare, explain, prediction
     from mtlcheck.study.experiments.store import ResultStore
 
     a = _filtered_runs(args, _store(args, readonly=True))
@@ -642,11 +642,22 @@ def cmd_runs_compare(args) -> int:
         + f", {len(result.different)} different, {len(result.unfinished)} unfinished in one, "
         f"{len(result.only_a)} only in A, {len(result.only_b)} only in B"
     )
-    for ra, _, diffs in result.different:
+    pairs = result.same + [(ra, rb) for ra, rb, _ in result.different]
+    differing = sorted({s for ra, rb in pairs for s, notes in explain(ra, rb).items() if notes}, key=SOURCES.index)
+    print(
+        "recorded environments differ in: "
+        + (", ".join(differing) if differing else "nothing (code, data, settings and machine the same)")
+    )
+    for ra, rb, diffs in result.different:
         print(f"  {ra.key}  {ra.spec.label}")
         for metric, (va, vb) in diffs.items():
             delta = f"  (B - A = {vb - va:+.6g})" if isinstance(va, float) and isinstance(vb, float) else ""
             print(f"      {metric:<24} A {va!s:<14} B {vb!s:<14}{delta}")
+        sources = explain(ra, rb)
+        for source in SOURCES:
+            if sources[source]:
+                print(f"      {source} differs: " + "; ".join(sources[source]))
+        print(f"      → {prediction(ra, rb, sources)}")
     for what, records in (("only in A", result.only_a), ("only in B", result.only_b)):
         for r in records:
             print(f"  {what}: {r.key}  {r.spec.label} ({r.status})")
@@ -950,6 +961,7 @@ def _main(argv: list[str] | None) -> int:
     from mtlcheck.study.experiments.store import RunFailedError, SetupError, StoreError
 
     try:
+        _portable(args)
         return args.fn(args)
     except KeyboardInterrupt:
         print(f"\nmtlcheck: interrupted. {_where_it_stopped(args)}", file=sys.stderr)
@@ -967,6 +979,30 @@ def _main(argv: list[str] | None) -> int:
     except (UsageError, ValueError, FileNotFoundError, StoreError, RunFailedError) as exc:
         print(f"mtlcheck: error: {exc}", file=sys.stderr)
         return 2
+
+
+_NOT_PORTABLE = (("--tf32", "tf32"), ("--autocast", "autocast"), ("--channels-last", "channels_last"))
+
+
+def _portable(args) -> None:
+    """--portable: contradictions are usage errors; a command that computes gets the portable
+    environment before torch's first operation (mtlcheck.precision.PORTABLE_ENV)."""
+    if not getattr(args, "portable", False):
+        return
+    others = [f for f, on in _NOT_PORTABLE if getattr(args, on, None)]
+    if others:
+        raise UsageError(f"--portable (the exact float32 step on fixed CPU kernels) excludes {' and '.join(others)}")
+    if getattr(args, "threads", None) not in (None, 1):
+        raise UsageError(f"--portable runs on one thread; --threads {args.threads} contradicts it")
+    if getattr(args, "device", "cpu") != "cpu":
+        raise UsageError(f"--portable is a CPU mode (bitwise the same on every x86-64 CPU); --device {args.device}")
+    if args.command in ("run", "sweep", "reproduce"):
+        from mtlcheck.precision import portable_environment, portable_problems
+
+        portable_environment()
+        problems = portable_problems()
+        if problems:
+            raise UsageError(f"--portable needs a fresh process: {'; '.join(problems)}")
 
 
 def _where_it_stopped(args) -> str:

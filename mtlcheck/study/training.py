@@ -28,7 +28,7 @@ from mtlcheck.aggregators import Aggregator
 from mtlcheck.gradients import NonFiniteLossError, backward_step, stacked_task_losses
 from mtlcheck.models import map_tensors
 from mtlcheck.monitor import measure
-from mtlcheck.precision import Precision
+from mtlcheck.precision import Precision, engine_state
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,7 @@ class RunOutcome:
     timings: dict[str, float]
     error: str | None = None
     diverged_step: int | None = None
+    engine: dict[str, Any] = field(default_factory=dict)  # the kernels it ran on (`engine_state`)
 
 
 @dataclass
@@ -159,8 +160,46 @@ def train(
 ) -> RunOutcome:
     """Train `model` with `aggregator` for `setup.steps` steps; evaluate at the end (in exact
     float32 — no autocast, TF32 off — whatever `precision` the training steps use). The TF32
-    switches are set for the training steps only and restored afterwards. `feature_batch`: the
+    switches are set for the training steps only and restored afterwards; a portable precision's
+    CPU kernels (`Precision.engine`) for the training and the evaluation. `feature_batch`: the
     feature level's batch rule (`gradients.FEATURE_BATCH_RULES`)."""
+    with precision.engine():
+        engine = {**engine_state(), "portable": precision.portable}
+        outcome = _train(
+            model,
+            dataset,
+            collate,
+            aggregator,
+            setup,
+            level=level,
+            seed=seed,
+            device=device,
+            checkpointer=checkpointer,
+            evaluate=evaluate,
+            progress=progress,
+            precision=precision,
+            feature_batch=feature_batch,
+        )
+    outcome.engine = engine
+    return outcome
+
+
+def _train(
+    model,
+    dataset,
+    collate,
+    aggregator,
+    setup,
+    *,
+    level,
+    seed,
+    device,
+    checkpointer,
+    evaluate,
+    progress,
+    precision,
+    feature_batch,
+) -> RunOutcome:
     device = torch.device(device)
     torch.manual_seed(seed)
     precision.prepare_model(model.to(device)).train()

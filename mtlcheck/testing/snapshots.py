@@ -39,18 +39,19 @@ def approx(data: Any, *, rtol: float, atol: float) -> Approx:
     return Approx(data, float(rtol), float(atol))
 
 
-def _round(value: Any) -> Any:
+def _round(value: Any, exact: bool = False) -> Any:
+    """6 significant digits, or every bit (`exact`: JSON's float text round-trips a float64)."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, (int, float)):
         v = float(value)
         if math.isnan(v) or math.isinf(v):
             return {"__float__": repr(v)}
-        return float(f"{v:.6g}") if isinstance(value, float) else value
+        return float(f"{v:.6g}") if isinstance(value, float) and not exact else value
     if isinstance(value, dict):
-        return {str(k): _round(v) for k, v in value.items()}
+        return {str(k): _round(v, exact) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_round(v) for v in value]
+        return [_round(v, exact) for v in value]
     raise TypeError(f"TolerantJSONExtension cannot serialise {type(value).__name__}: {value!r}")
 
 
@@ -90,7 +91,8 @@ class TolerantJSONExtension(JSONSnapshotExtension):
     def serialize(self, data, *, exclude=None, include=None, matcher=None):
         if not isinstance(data, Approx):
             raise TypeError("TolerantJSONExtension compares approx(data, rtol=..., atol=...) values only")
-        payload = {"tolerance": {"rtol": data.rtol, "atol": data.atol}, "data": _round(data.data)}
+        exact = data.rtol == 0 and data.atol == 0  # a bitwise snapshot keeps every bit
+        payload = {"tolerance": {"rtol": data.rtol, "atol": data.atol}, "data": _round(data.data, exact)}
         return json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
     def matches(self, *, serialized_data, snapshot_data) -> bool:

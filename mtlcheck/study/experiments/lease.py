@@ -123,9 +123,11 @@ class Lease:
         timings: Mapping[str, Any] | None = None,
         status: str = "done",
         error: str | None = None,
+        engine: Mapping[str, Any] | None = None,
     ) -> None:
         """Store the result (status 'done' or 'diverged') and delete the checkpoint. Raises
-        `LeaseLost` (storing nothing) if another process took the run over meanwhile."""
+        `LeaseLost` (storing nothing) if another process took the run over meanwhile. `engine`
+        (the kernels the run used, `precision.engine_state`) is stored in its environment."""
         self._check_open("finish")
         if status not in FINISHED:
             raise ValueError(f"Lease.finish: status must be one of {FINISHED}, got {status!r}")
@@ -140,7 +142,12 @@ class Lease:
         metrics_json = encode_json(metrics, "metrics")
         trajectory_json = encode_json(trajectory if trajectory is not None else {}, "trajectory")
         timings_json = encode_json(timings if timings is not None else {}, "timings")
-        env_json = encode_json(environment(), "environment")
+        if engine is not None and not isinstance(engine, Mapping):
+            raise TypeError(f"Lease.finish: engine must be a mapping or None, got {type(engine).__name__}")
+        env = environment()
+        if engine:
+            env["engine"] = dict(engine)
+        env_json = encode_json(env, "environment")
         self._end(
             "status=?, finished=?, heartbeat=NULL, metrics_json=?, trajectory_json=?, env_json=?, timings_json=?, "
             "error=?",

@@ -13,7 +13,60 @@ from typing import Any
 from mtlcheck.allocator import malloc_setting
 from mtlcheck.study.experiments import spec as _spec
 
-__all__ = ["environment"]
+__all__ = ["cpu", "environment", "kernel_libraries"]
+
+# the CPU features that choose a kernel in ATen, MKL, oneDNN or glibc's libm
+CPU_FLAGS = (
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+)
+
+
+def cpu() -> dict[str, Any]:
+    """The CPU's model name and those of its `CPU_FLAGS` it has (from /proc/cpuinfo on Linux;
+    elsewhere the platform's processor string and no flags)."""
+    model, flags = platform.processor() or None, None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        name = name.strip()
+        if name == "model name" and model in (None, "", platform.processor()):
+            model = value.strip()
+        elif name in ("flags", "Features") and flags is None:
+            present = set(value.split())
+            flags = [f for f in CPU_FLAGS if f in present]
+    return {"cpu_model": model, "cpu_flags": flags, "cpu_count": os.cpu_count()}
+
+
+def kernel_libraries() -> dict[str, Any]:
+    """The BLAS and oneDNN torch was built with (versions from its build configuration) and the
+    most capable ATen kernels this build can run here."""
+    import torch
+
+    config = torch.__config__.show()
+    blas = next((line.strip().lstrip("- ") for line in config.splitlines() if "Math Kernel Library" in line), None)
+    onednn = next(
+        (line.strip().lstrip("- ") for line in config.splitlines() if "MKL-DNN" in line or "oneDNN" in line), None
+    )
+    info = dict(item.split("=", 1) for item in config.replace(",", " ").split() if "=" in item and item[0].isupper())
+    return {
+        "blas": blas or info.get("BLAS_INFO"),
+        "onednn": onednn if torch.backends.mkldnn.is_available() else None,
+        "openmp": torch.backends.openmp.is_available(),
+    }
+
 
 _ENV_CACHE: dict[int, dict[str, Any]] = {}
 
@@ -67,6 +120,8 @@ def environment(repo: str | os.PathLike | None = None, *, refresh: bool = False)
         "git_dirty": dirty,
         "code_epoch": _spec.CODE_EPOCH,
         "malloc": malloc_setting(),
+        **cpu(),
+        **kernel_libraries(),
     }
     if repo is None:
         _ENV_CACHE[os.getpid()] = dict(env)

@@ -84,6 +84,7 @@ class RunResult:
     timings: Mapping[str, Any] | None = None
     status: str = "done"
     error: str | None = None
+    engine: Mapping[str, Any] | None = None  # the kernels the run used: stored with its environment
 
 
 def as_result(value: Any) -> RunResult:

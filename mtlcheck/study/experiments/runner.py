@@ -23,7 +23,7 @@ import torch
 from mtlcheck import LEVELS
 from mtlcheck.aggregators import aggregator_class, level_aliases
 from mtlcheck.gradients import batch_sum_supported, check_feature_batch
-from mtlcheck.precision import Precision
+from mtlcheck.precision import PortabilityError, Precision
 from mtlcheck.study.benchmarks import get_benchmark
 from mtlcheck.study.experiments.spec import RunSpec
 from mtlcheck.study.experiments.store import ResultStore, RunFailedError, RunRecord, RunResult, SetupError
@@ -233,6 +233,17 @@ class _GuardedData(torch.utils.data.Dataset):
 def execute(spec: RunSpec, where: Where = Where(), checkpointer: Checkpointer | None = None) -> RunOutcome:
     """Train and evaluate one spec (no store involved). Problems of where it runs (data root,
     data files, device, weights, running out of GPU memory) raise `SetupError`."""
+    precision, feature_batch = run_options(spec.options)
+    if precision.portable and torch.device(where.device).type != "cpu":
+        raise SetupError(f"{spec.label} is a portable run: a CPU mode, it cannot run on {where.device}")
+    try:
+        with precision.engine():  # model, data and training on the portable kernels
+            return _execute(spec, where, checkpointer, precision, feature_batch)
+    except PortabilityError as exc:
+        raise SetupError(f"{spec.label} cannot start here: {exc}") from exc
+
+
+def _execute(spec, where, checkpointer, precision, feature_batch) -> RunOutcome:
     bench = get_benchmark(spec.benchmark)
     setup = bench.setup(spec.budget, spec.steps)
     try:
@@ -243,7 +254,6 @@ def execute(spec: RunSpec, where: Where = Where(), checkpointer: Checkpointer | 
     except Exception as exc:  # noqa: BLE001 - none of this is the run's computation
         raise SetupError(f"{spec.label} cannot start here: {type(exc).__name__}: {exc}") from exc
     aggregator = aggregator_class(spec.method)(**spec.config, seed=spec.seed)
-    precision, feature_batch = run_options(spec.options)
     try:
         train_data = bench.make_data("train", spec.budget, root)
         test_data = bench.make_data("test", spec.budget, root)
@@ -278,7 +288,8 @@ def _run_fn(spec: RunSpec, where: Where):
         timings = dict(outcome.timings)
         if outcome.diverged_step is not None:
             timings["diverged_step"] = outcome.diverged_step
-        return RunResult(outcome.metrics, outcome.trajectory, timings, outcome.status, outcome.error)
+        engine = {**outcome.engine, "data_root": where.data_root}
+        return RunResult(outcome.metrics, outcome.trajectory, timings, outcome.status, outcome.error, engine)
 
     return fn
 

@@ -635,7 +635,14 @@ class ResultStore:
             raise
         timings = {**(result.timings or {}), "attempt_wall_s": time.perf_counter() - t0}
         try:
-            lease.finish(result.metrics, result.trajectory, timings, status=result.status, error=result.error)
+            lease.finish(
+                result.metrics,
+                result.trajectory,
+                timings,
+                status=result.status,
+                error=result.error,
+                engine=result.engine,
+            )
         except LeaseLost:
             raise
         except Exception as exc:  # a malformed result is a failure of the run, recorded as such

@@ -595,7 +595,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--memory", action="store_true", help="also measure each case's peak memory (CPU: one fresh process per case)"
     )
-    Precision.add_arguments(parser)
+    Precision.add_arguments(parser, portable=False)  # the bench times the default kernels
     parser.add_argument(
         "--precision-effect",
         action="store_true",
