@@ -142,19 +142,24 @@ class PinvIMTLG(WeightingAggregator):
         return torch.cat([1 - rest.sum(1), rest[0]])
 
 
-class WarningNash(WeightingAggregator):
-    """Nash-MTL's bargaining weights (Navon et al. 2022): argmin_α ½αᵀMα − Σ log α by L-BFGS-B on
-    the normalised Gram; when the solver fails it warns (a RuntimeWarning, as numpy and scipy
-    do) and returns equal weights. (No `implements`: its fallback is documented, not Nash's.)"""
-
-    def __init__(self, *, seed: int = 0):
-        super().__init__(seed=seed)
+class ScaleFreeSolverWeighting(WeightingAggregator):
+    """Non-negative weights from a solver, at a scale of their own (Nash-MTL's, FairGrad's): no
+    homogeneity and no fixed scale on identical rows are claimed."""
 
     def tags(self):
         return AggregatorTags(family="solver", nonneg_weights=True, reduction="other", homogeneity=None)
 
     def identical_rows_scale(self, n_tasks):
         return None
+
+
+class WarningNash(ScaleFreeSolverWeighting):
+    """Nash-MTL's bargaining weights (Navon et al. 2022): argmin_α ½αᵀMα − Σ log α by L-BFGS-B on
+    the normalised Gram; when the solver fails it warns (a RuntimeWarning, as numpy and scipy
+    do) and returns equal weights. (No `implements`: its fallback is documented, not Nash's.)"""
+
+    def __init__(self, *, seed: int = 0):
+        super().__init__(seed=seed)
 
     def _weights(self, J, losses):
         M = J.gram().numpy()

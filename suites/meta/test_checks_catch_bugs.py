@@ -24,7 +24,7 @@ from mtlcheck.aggregators import (
     WeightingAggregator,
 )
 from mtlcheck.testing import check_aggregator
-from suites.conformance.outsiders import cagrad_dual_slsqp, frank_wolfe_min_norm, nash_lbfgs
+from suites.conformance.outsiders import ScaleFreeSolverWeighting, cagrad_dual_slsqp, frank_wolfe_min_norm, nash_lbfgs
 
 
 class GlobalRngPCGrad(PCGrad):
@@ -154,7 +154,7 @@ class SlsqpCAGrad(WeightingAggregator):
         return torch.from_numpy(1.0 / n + cc / math.sqrt(w @ A @ w) * w)
 
 
-class _NashBase(WeightingAggregator):
+class _NashBase(ScaleFreeSolverWeighting):
     """Nash-MTL's bargaining weights: argmin_α ½αᵀMα − Σ log α, M = GGᵀ/‖GGᵀ‖_F; with
     `fallback` the weights become 1 (equal weighting) whenever the solver library fails."""
 
@@ -163,12 +163,6 @@ class _NashBase(WeightingAggregator):
     def __init__(self, *, fallback: bool = True, seed: int = 0):
         super().__init__(seed=seed)
         self.fallback = fallback
-
-    def tags(self):
-        return AggregatorTags(family="solver", nonneg_weights=True, reduction="other", homogeneity=None)
-
-    def identical_rows_scale(self, n_tasks):
-        return None
 
     def _weights(self, J, losses):
         M = J.gram().numpy()
