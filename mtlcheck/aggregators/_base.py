@@ -424,6 +424,16 @@ class WeightingAggregator(Aggregator):
         return Aggregation(None if J is None else J.combine(w), w)
 
 
+def check_state_shapes(owner: Aggregator, state: tuple[torch.Tensor, ...] | None, blocks) -> None:
+    """A ValueError when the gradient blocks' shapes differ from those of the per-block `state` a
+    stateful method kept from the last step (None: no state yet)."""
+    if state is not None and [tuple(s.shape) for s in state] != [tuple(b.shape) for b in blocks]:
+        raise ValueError(
+            f"{owner!r}: the gradient blocks changed shape since the last step "
+            f"({[tuple(s.shape) for s in state]} → {[tuple(b.shape) for b in blocks]}); call reset() first"
+        )
+
+
 def softmax64(x: torch.Tensor) -> torch.Tensor:
     """Softmax in float64 (small helper shared by the random and loss-balancing methods)."""
     return torch.softmax(x.to(torch.float64), dim=0)

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags
+from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.jacobian import Jacobian
 
@@ -58,11 +58,7 @@ class DBMTL(Aggregator):
             raise ValueError(f"{self!r}: log-loss balancing needs positive losses, got {losses.tolist()}")
         step = (self._step or 0) + 1
         beta_t = self.beta / step**self.beta_sigma
-        if self._buffer is not None and [tuple(b.shape) for b in self._buffer] != [tuple(b.shape) for b in J.blocks]:
-            raise ValueError(
-                f"{self!r}: the gradient blocks changed shape since the last step "
-                f"({[tuple(b.shape) for b in self._buffer]} → {[tuple(b.shape) for b in J.blocks]}); call reset() first"
-            )
+        check_state_shapes(self, self._buffer, J.blocks)
         scale = ((1 - beta_t) / losses).to(J.dtype)[:, None]  # (1 − β_t)/L_i per row
         if self._buffer is None:
             buffer = tuple(b * scale.to(b.device) for b in J.blocks)

@@ -19,26 +19,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
 from mtlcheck.aggregators._registry import register_aggregator
-from mtlcheck.aggregators.upgrad import dual_cone_weights
+from mtlcheck.aggregators.upgrad import DualConeWeighting, dual_cone_weights
 
 
 @register_aggregator("dualproj", paper_name="DualProj")
-class DualProj(WeightingAggregator):
+class DualProj(DualConeWeighting):
     implements = "dualproj"
-
-    def __init__(self, *, seed: int = 0):
-        super().__init__(seed=seed)
-
-    def tags(self) -> AggregatorTags:
-        return AggregatorTags(
-            family="solver",
-            nonneg_weights=True,
-            reduction="mean",
-            non_conflicting=True,
-            requires_solver="dual-cone-qp",
-        )
 
     def _weights(self, J, losses):
         n = J.n_tasks

@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator, check_state_shapes
 from mtlcheck.aggregators._registry import register_aggregator
 
 
@@ -61,12 +61,7 @@ class ExcessMTL(WeightingAggregator):
 
     def _weights(self, J, losses):
         n = J.n_tasks
-        shapes = [tuple(b.shape) for b in J.blocks]
-        if self._sq_sum is not None and [tuple(s.shape) for s in self._sq_sum] != shapes:
-            raise ValueError(
-                f"{self!r}: the gradient blocks changed shape since the last step "
-                f"({[tuple(s.shape) for s in self._sq_sum]} → {shapes}); call reset() first"
-            )
+        check_state_shapes(self, self._sq_sum, J.blocks)
         if self._sq_sum is None:
             self._sq_sum = tuple(torch.zeros_like(b) for b in J.blocks)
             self._alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags
+from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._simplex import project_onto_simplex
 from mtlcheck.aggregators.modo import _positive
@@ -64,12 +64,7 @@ class MoCo(Aggregator):
 
     def _aggregate(self, J, losses):
         n = J.n_tasks
-        shapes = [tuple(b.shape) for b in J.blocks]
-        if self._y is not None and [tuple(y.shape) for y in self._y] != shapes:
-            raise ValueError(
-                f"{self!r}: the gradient blocks changed shape since the last step "
-                f"({[tuple(y.shape) for y in self._y]} → {shapes}); call reset() first"
-            )
+        check_state_shapes(self, self._y, J.blocks)
         step = (self._step or 0) + 1
         beta_k = self.beta / step**self.beta_sigma
         gamma_k = self.gamma / step**self.gamma_sigma

@@ -39,9 +39,9 @@ def dual_cone_weights(owner, gram: torch.Tensor, U: np.ndarray) -> np.ndarray:
     return W
 
 
-@register_aggregator("upgrad", paper_name="UPGrad")
-class UPGrad(WeightingAggregator):
-    implements = "upgrad"
+class DualConeWeighting(WeightingAggregator):
+    """A weighting by dual-cone projections (`dual_cone_weights`; UPGrad, DualProj): weights ≥ 1/T,
+    a direction that conflicts with no task, at the scale of the mean."""
 
     def __init__(self, *, seed: int = 0):
         super().__init__(seed=seed)
@@ -54,6 +54,11 @@ class UPGrad(WeightingAggregator):
             non_conflicting=True,
             requires_solver="dual-cone-qp",
         )
+
+
+@register_aggregator("upgrad", paper_name="UPGrad")
+class UPGrad(DualConeWeighting):
+    implements = "upgrad"
 
     def _weights(self, J, losses):
         n = J.n_tasks

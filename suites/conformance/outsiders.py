@@ -21,6 +21,48 @@ from scipy.optimize import minimize
 from mtlcheck.aggregators import AggregatorTags, WeightingAggregator
 
 
+# ---- the textbook solvers, shared with the planted-bug versions of `suites/meta` ------------------
+def cagrad_dual_slsqp(A, cc, *, eps: float, ftol: float, maxiter: int, x0=None):
+    """SLSQP on CAGrad's dual min_{w∈Δ} wᵀA1/T + cc√(wᵀAw + eps), from x0 (default 1/T): scipy's result."""
+    n = A.shape[0]
+    return minimize(
+        lambda w: float(w @ A.mean(1) + cc * math.sqrt(max(w @ A @ w, 0.0) + eps)),
+        np.full(n, 1.0 / n) if x0 is None else x0,
+        method="SLSQP",
+        bounds=[(0, 1)] * n,
+        constraints=({"type": "eq", "fun": lambda w: w.sum() - 1},),
+        options={"ftol": ftol, "maxiter": maxiter},
+    )
+
+
+def frank_wolfe_min_norm(M, max_iter: int, tol: float | None = None) -> torch.Tensor:
+    """Sener & Koltun's Algorithm 2 on the Gram M from w = 1/T: `max_iter` steps, or fewer when the
+    step γ falls below `tol`."""
+    w = torch.full((M.shape[0],), 1.0 / M.shape[0], dtype=torch.float64)
+    for _ in range(max_iter):
+        t = int(torch.argmin(M @ w))
+        a, b, c = float(w @ M[:, t]), float(w @ M @ w), float(M[t, t])
+        gamma = 1.0 if c <= a else (0.0 if b <= a else (b - a) / (b + c - 2 * a))
+        w = (1 - gamma) * w
+        w[t] += gamma
+        if tol is not None and gamma < tol:
+            break
+    return w
+
+
+def nash_lbfgs(M):
+    """Nash-MTL's argmin_α ½αᵀMα − Σ log α by L-BFGS-B from α = 1: scipy's result."""
+    n = M.shape[0]
+    return minimize(
+        lambda a: 0.5 * a @ M @ a - np.log(a).sum(),
+        np.ones(n),
+        jac=lambda a: M @ a - 1 / a,
+        method="L-BFGS-B",
+        bounds=[(1e-9, None)] * n,
+        options={"gtol": 1e-12, "ftol": 1e-15},
+    )
+
+
 class SlsqpCAGrad(WeightingAggregator):
     """w* = argmin_{w∈Δ} wᵀA1/T + c‖g0‖√(wᵀAw) on the trace-normalised Gram A, by SLSQP (ftol 1e-12,
     its usual tight setting); direction g0 + c‖g0‖/‖g_w‖ g_w, i.e. weights 1/T + c‖g0‖/‖g_w‖ w*.
@@ -47,14 +89,7 @@ class SlsqpCAGrad(WeightingAggregator):
             return torch.full((n,), 1.0 / n, dtype=torch.float64)
         A = A / np.trace(A)
         cc = self.c * math.sqrt(max(A.mean(), 0.0))
-        res = minimize(
-            lambda w: float(w @ A.mean(1) + cc * math.sqrt(max(w @ A @ w, 0.0) + 1e-20)),
-            np.full(n, 1.0 / n),
-            method="SLSQP",
-            bounds=[(0, 1)] * n,
-            constraints=({"type": "eq", "fun": lambda w: w.sum() - 1},),
-            options={"ftol": 1e-12, "maxiter": 500},
-        )
+        res = cagrad_dual_slsqp(A, cc, eps=1e-20, ftol=1e-12, maxiter=500)
         if not res.success:
             raise RuntimeError(f"SLSQP failed: {res.message}")
         w = res.x
@@ -81,18 +116,7 @@ class FrankWolfeMGDA(WeightingAggregator):
         )
 
     def _weights(self, J, losses):
-        M = J.gram()
-        n = M.shape[0]
-        w = torch.full((n,), 1.0 / n, dtype=torch.float64)
-        for _ in range(self.max_iter):
-            t = int(torch.argmin(M @ w))
-            a, b, c = float(w @ M[:, t]), float(w @ M @ w), float(M[t, t])
-            gamma = 1.0 if c <= a else (0.0 if b <= a else (b - a) / (b + c - 2 * a))
-            w = (1 - gamma) * w
-            w[t] += gamma
-            if gamma < self.tol:
-                break
-        return w
+        return frank_wolfe_min_norm(J.gram(), self.max_iter, self.tol)
 
 
 class PinvIMTLG(WeightingAggregator):
@@ -118,13 +142,9 @@ class PinvIMTLG(WeightingAggregator):
         return torch.cat([1 - rest.sum(1), rest[0]])
 
 
-class WarningNash(WeightingAggregator):
-    """Nash-MTL's bargaining weights (Navon et al. 2022): argmin_α ½αᵀMα − Σ log α by L-BFGS-B on
-    the normalised Gram; when the solver fails it warns (a RuntimeWarning, as numpy and scipy
-    do) and returns equal weights. (No `implements`: its fallback is documented, not Nash's.)"""
-
-    def __init__(self, *, seed: int = 0):
-        super().__init__(seed=seed)
+class ScaleFreeSolverWeighting(WeightingAggregator):
+    """Non-negative weights from a solver, at a scale of their own (Nash-MTL's, FairGrad's): no
+    homogeneity and no fixed scale on identical rows are claimed."""
 
     def tags(self):
         return AggregatorTags(family="solver", nonneg_weights=True, reduction="other", homogeneity=None)
@@ -132,20 +152,22 @@ class WarningNash(WeightingAggregator):
     def identical_rows_scale(self, n_tasks):
         return None
 
+
+class WarningNash(ScaleFreeSolverWeighting):
+    """Nash-MTL's bargaining weights (Navon et al. 2022): argmin_α ½αᵀMα − Σ log α by L-BFGS-B on
+    the normalised Gram; when the solver fails it warns (a RuntimeWarning, as numpy and scipy
+    do) and returns equal weights. (No `implements`: its fallback is documented, not Nash's.)"""
+
+    def __init__(self, *, seed: int = 0):
+        super().__init__(seed=seed)
+
     def _weights(self, J, losses):
         M = J.gram().numpy()
         n = M.shape[0]
         if not np.linalg.norm(M) > 0:
             return torch.ones(n, dtype=torch.float64)
         M = M / np.linalg.norm(M)
-        res = minimize(
-            lambda a: 0.5 * a @ M @ a - np.log(a).sum(),
-            np.ones(n),
-            jac=lambda a: M @ a - 1 / a,
-            method="L-BFGS-B",
-            bounds=[(1e-9, None)] * n,
-            options={"gtol": 1e-12, "ftol": 1e-15},
-        )
+        res = nash_lbfgs(M)
         if not res.success:
             warnings.warn(f"L-BFGS-B failed ({res.message}); equal weights this step", RuntimeWarning, stacklevel=2)
             return torch.ones(n, dtype=torch.float64)

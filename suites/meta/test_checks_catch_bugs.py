@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import minimize
 
 from mtlcheck.aggregators import (
     EW,
@@ -25,6 +24,7 @@ from mtlcheck.aggregators import (
     WeightingAggregator,
 )
 from mtlcheck.testing import check_aggregator
+from suites.conformance.outsiders import ScaleFreeSolverWeighting, cagrad_dual_slsqp, frank_wolfe_min_norm, nash_lbfgs
 
 
 class GlobalRngPCGrad(PCGrad):
@@ -122,15 +122,7 @@ class FrankWolfeMGDA(WeightingAggregator):
         return AggregatorTags(family="solver", nonneg_weights=True, reduction="mean", non_conflicting=True)
 
     def _weights(self, J, losses):
-        M = J.gram()
-        w = torch.full((M.shape[0],), 1.0 / M.shape[0], dtype=torch.float64)
-        for _ in range(self.iterations):
-            t = int(torch.argmin(M @ w))
-            a, b, c = float(w @ M[:, t]), float(w @ M @ w), float(M[t, t])
-            gamma = 1.0 if c <= a else (0.0 if b <= a else (b - a) / (b + c - 2 * a))
-            w = (1 - gamma) * w
-            w[t] += gamma
-        return w
+        return frank_wolfe_min_norm(J.gram(), self.iterations)
 
 
 class SlsqpCAGrad(WeightingAggregator):
@@ -155,21 +147,14 @@ class SlsqpCAGrad(WeightingAggregator):
         n = A.shape[0]
         cc = self.c * math.sqrt(A.mean())
         x0 = np.full(n, 1.0 / n)
-        res = minimize(
-            lambda w: float(w @ A.mean(1) + cc * math.sqrt(max(w @ A @ w, 0.0) + 1e-16)),
-            x0,
-            method="SLSQP",
-            bounds=[(0, 1)] * n,
-            constraints=({"type": "eq", "fun": lambda w: w.sum() - 1},),
-            options={"ftol": 1e-14, "maxiter": self.maxiter},
-        )
+        res = cagrad_dual_slsqp(A, cc, eps=1e-16, ftol=1e-14, maxiter=self.maxiter, x0=x0)
         if not res.success and self.strict:
             raise RuntimeError(f"SLSQP failed: {res.message}")
         w = res.x if res.success else x0
         return torch.from_numpy(1.0 / n + cc / math.sqrt(w @ A @ w) * w)
 
 
-class _NashBase(WeightingAggregator):
+class _NashBase(ScaleFreeSolverWeighting):
     """Nash-MTL's bargaining weights: argmin_α ½αᵀMα − Σ log α, M = GGᵀ/‖GGᵀ‖_F; with
     `fallback` the weights become 1 (equal weighting) whenever the solver library fails."""
 
@@ -178,12 +163,6 @@ class _NashBase(WeightingAggregator):
     def __init__(self, *, fallback: bool = True, seed: int = 0):
         super().__init__(seed=seed)
         self.fallback = fallback
-
-    def tags(self):
-        return AggregatorTags(family="solver", nonneg_weights=True, reduction="other", homogeneity=None)
-
-    def identical_rows_scale(self, n_tasks):
-        return None
 
     def _weights(self, J, losses):
         M = J.gram().numpy()
@@ -198,15 +177,7 @@ class _NashBase(WeightingAggregator):
 
 class ScipyNash(_NashBase):
     def _solve_alpha(self, M):
-        n = M.shape[0]
-        res = minimize(
-            lambda a: 0.5 * a @ M @ a - np.log(a).sum(),
-            np.ones(n),
-            jac=lambda a: M @ a - 1 / a,
-            method="L-BFGS-B",
-            bounds=[(1e-9, None)] * n,
-            options={"gtol": 1e-12, "ftol": 1e-15},
-        )
+        res = nash_lbfgs(M)
         if not res.success:
             raise RuntimeError(f"L-BFGS-B failed: {res.message}")
         return res.x

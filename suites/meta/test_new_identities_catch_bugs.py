@@ -9,6 +9,7 @@ import torch
 
 from mtlcheck.aggregators import DBMTL, AggregatorTags, ConFIG, DualProj, FairGrad, UPGrad, WeightingAggregator
 from mtlcheck.testing import check_aggregator
+from suites.conformance.outsiders import ScaleFreeSolverWeighting
 
 
 class _ConeMethod(WeightingAggregator):
@@ -100,7 +101,7 @@ class UnitSumConFIG(WeightingAggregator):
         return float((M @ inv).sum()) / v_sq * inv
 
 
-class SwappedExponentFairGrad(WeightingAggregator):
+class SwappedExponentFairGrad(ScaleFreeSolverWeighting):
     """Claims FairGrad(alpha) but solves (GGᵀw)_i = w_i^(−α) (the exponent inverted), by scipy's
     least_squares."""
 
@@ -109,12 +110,6 @@ class SwappedExponentFairGrad(WeightingAggregator):
     def __init__(self, *, alpha: float = 2.0, seed: int = 0):
         super().__init__(seed=seed)
         self.alpha = alpha
-
-    def tags(self):
-        return AggregatorTags(family="solver", nonneg_weights=True, reduction="other", homogeneity=None)
-
-    def identical_rows_scale(self, n_tasks):
-        return None
 
     def _weights(self, J, losses):
         from scipy.optimize import least_squares

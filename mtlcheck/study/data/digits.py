@@ -60,6 +60,7 @@ pool. The scene `seed` changes the scenes, never the pools.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +147,58 @@ class DigitScene:
         return self.owner[None] == np.arange(len(self.digits))[:, None, None]
 
 
+def _place_digits(
+    rng: np.random.Generator, depths: np.ndarray, jitter: np.ndarray, *, size: int, digit_scale: float
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Sides (nearer digits larger) and top-left corners (drawn from `rng`) of the digits' squares."""
+    sides = np.clip(np.round(digit_scale * size / depths * jitter), 8, size).astype(int)
+    corners = [(int(rng.integers(0, size - s + 1)), int(rng.integers(0, size - s + 1))) for s in sides]
+    return sides, corners
+
+
+def _render_alphas(
+    images: np.ndarray, sources: np.ndarray, sides: np.ndarray, corners: list[tuple[int, int]], size: int
+) -> np.ndarray:
+    """(n,H,W) glyph alphas, each glyph resized into its square and zero elsewhere."""
+    alphas = np.zeros((len(sides), size, size))
+    for i, ((top, left), s) in enumerate(zip(corners, sides)):
+        alphas[i, top : top + s, left : left + s] = render_glyph(images[sources[i]], s)
+    return alphas
+
+
+def _composite(
+    image: np.ndarray, alphas: np.ndarray, amodal: np.ndarray, shade: Callable[[int], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paint the digits far to near over `image` (alpha = the glyph, colour `shade(i)`); returns the
+    image, the visible owner of every pixel (-1 = background) and the soft pixels."""
+    owner = np.full(image.shape[1:], -1, dtype=np.int64)
+    soft = np.zeros(image.shape[1:], dtype=bool)
+    for i in range(len(alphas) - 1, -1, -1):  # far to near: painter's algorithm
+        a = alphas[i]
+        image = image * (1.0 - a)[None] + shade(i) * a[None]
+        owner[amodal[i]] = i
+        soft[amodal[i]] = False
+        soft[(a > SOFT_LOW) & ~amodal[i]] = True
+    return image, owner, soft
+
+
+def _draw_hole(rng: np.random.Generator, size: int, hole_prob: float) -> tuple[slice, slice] | None:
+    """With probability `hole_prob`, the (rows, cols) of one invalid-depth rectangle; else None."""
+    if not rng.random() < hole_prob:
+        return None
+    hh = int(rng.integers(max(1, size // 8), max(2, size // 3) + 1))
+    ww = int(rng.integers(max(1, size // 8), max(2, size // 3) + 1))
+    top = int(rng.integers(0, size - hh + 1))
+    left = int(rng.integers(0, size - ww + 1))
+    return slice(top, top + hh), slice(left, left + ww)
+
+
+def _add_noise(rng: np.random.Generator, image: np.ndarray, noise_std: float) -> np.ndarray:
+    if noise_std > 0:
+        image = image + rng.normal(0.0, noise_std, size=image.shape)
+    return image
+
+
 def generate_scene(
     rng: np.random.Generator,
     pool: np.ndarray,
@@ -173,35 +226,17 @@ def generate_scene(
     sources = rng.choice(pool, size=n, replace=False)
     colours = rng.uniform(0.4, 1.0, size=(n, 3))
     jitter = rng.uniform(0.85, 1.15, size=n)
-    sides = np.clip(np.round(digit_scale * size / depths * jitter), 8, size).astype(int)
-    corners = [(int(rng.integers(0, size - s + 1)), int(rng.integers(0, size - s + 1))) for s in sides]
+    sides, corners = _place_digits(rng, depths, jitter, size=size, digit_scale=digit_scale)
 
-    alphas = np.zeros((n, h, w))
-    for i in range(n):
-        top, left = corners[i]
-        s = sides[i]
-        alphas[i, top : top + s, left : left + s] = render_glyph(images[sources[i]], s)
+    alphas = _render_alphas(images, sources, sides, corners, size)
     amodal = alphas >= MASK_THRESHOLD
-
-    owner = np.full((h, w), -1, dtype=np.int64)
-    soft = np.zeros((h, w), dtype=bool)
-    for i in range(n - 1, -1, -1):  # far to near: painter's algorithm
-        a = alphas[i]
-        shade = colours[i][:, None, None] * (1.2 / depths[i])
-        image = image * (1.0 - a)[None] + shade * a[None]
-        owner[amodal[i]] = i
-        soft[amodal[i]] = False
-        soft[(a > SOFT_LOW) & ~amodal[i]] = True
+    image, owner, soft = _composite(image, alphas, amodal, lambda i: colours[i][:, None, None] * (1.2 / depths[i]))
 
     depth = np.where(owner >= 0, depths[np.maximum(owner, 0)], bg_depth)
-    if rng.random() < hole_prob:
-        hh = int(rng.integers(max(1, size // 8), max(2, size // 3) + 1))
-        ww = int(rng.integers(max(1, size // 8), max(2, size // 3) + 1))
-        top = int(rng.integers(0, h - hh + 1))
-        left = int(rng.integers(0, w - ww + 1))
-        depth[top : top + hh, left : left + ww] = 0.0
-    if noise_std > 0:
-        image = image + rng.normal(0.0, noise_std, size=image.shape)
+    hole = _draw_hole(rng, size, hole_prob)
+    if hole is not None:
+        depth[hole] = 0.0
+    image = _add_noise(rng, image, noise_std)
 
     return DigitScene(
         image=image.astype(np.float32),
@@ -339,8 +374,10 @@ class DigitScenes(Dataset):
         """The scene RNG of item `index` (explicitly seeded, independent of the global RNG)."""
         return np.random.default_rng(np.random.SeedSequence([self.seed, _SPLIT_CODE[self.split], self._index(index)]))
 
+    _generate_scene = staticmethod(generate_scene)  # a subclass with other scenes names its generator here
+
     def scene(self, index: int) -> DigitScene:
-        return generate_scene(
+        return self._generate_scene(
             self.rng(index),
             self.pool,
             size=self.size,

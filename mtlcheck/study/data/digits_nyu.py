@@ -45,11 +45,14 @@ import torch
 from mtlcheck.study.data.digits import (
     IGNORE_INDEX,
     MASK_THRESHOLD,
-    SOFT_LOW,
     DigitScene,
     DigitScenes,
+    _add_noise,
+    _composite,
+    _draw_hole,
     _load_glyphs,
-    render_glyph,
+    _place_digits,
+    _render_alphas,
 )
 
 WALL_CLASS = 10
@@ -111,16 +114,14 @@ def generate_nyu_scene(
     jitter = rng.uniform(0.85, 1.15, size=n)
     tilts = rng.uniform(-0.25, 0.25, size=(n, 2))
     bulges = rng.uniform(0.0, 0.4, size=n)
-    sides = np.clip(np.round(digit_scale * size / centre_depths * jitter), 8, size).astype(int)
-    corners = [(int(rng.integers(0, size - s + 1)), int(rng.integers(0, size - s + 1))) for s in sides]
+    sides, corners = _place_digits(rng, centre_depths, jitter, size=size, digit_scale=digit_scale)
 
-    alphas = np.zeros((n, h, w))
+    alphas = _render_alphas(images, sources, sides, corners, size)
     depths = np.zeros((n, h, w))
     normals = np.zeros((n, 3, h, w))
     for i in range(n):
         top, left = corners[i]
         s = sides[i]
-        alphas[i, top : top + s, left : left + s] = render_glyph(images[sources[i]], s)
         du = u - (left + (s - 1) / 2) / (w - 1)
         dv = v - (top + (s - 1) / 2) / (h - 1)
         a, b = tilts[i]
@@ -128,30 +129,20 @@ def generate_nyu_scene(
         depths[i] = centre_depths[i] + a * du + b * dv + q * (du * du + dv * dv)
         normals[i] = normals_from_gradient(a + 2 * q * du, b + 2 * q * dv)
     amodal = alphas >= MASK_THRESHOLD
-
-    owner = np.full((h, w), -1, dtype=np.int64)
-    soft = np.zeros((h, w), dtype=bool)
-    for i in range(n - 1, -1, -1):  # far to near: painter's algorithm
-        a = alphas[i]
-        image = image * (1.0 - a)[None] + _shade(albedos[i], normals[i], 1.2 / centre_depths[i]) * a[None]
-        owner[amodal[i]] = i
-        soft[amodal[i]] = False
-        soft[(a > SOFT_LOW) & ~amodal[i]] = True
+    image, owner, soft = _composite(
+        image, alphas, amodal, lambda i: _shade(albedos[i], normals[i], 1.2 / centre_depths[i])
+    )
 
     fg = owner >= 0
     idx = np.maximum(owner, 0)
     rows, cols = np.indices((h, w))
     depth = np.where(fg, depths[idx, rows, cols], bg_depth)
     normal = np.where(fg[None], normals[idx, :, rows, cols].transpose(2, 0, 1), bg_normal)
-    if rng.random() < hole_prob:
-        hh = int(rng.integers(max(1, size // 8), max(2, size // 3) + 1))
-        ww = int(rng.integers(max(1, size // 8), max(2, size // 3) + 1))
-        top = int(rng.integers(0, h - hh + 1))
-        left = int(rng.integers(0, w - ww + 1))
-        depth[top : top + hh, left : left + ww] = 0.0
-        normal[:, top : top + hh, left : left + ww] = 0.0
-    if noise_std > 0:
-        image = image + rng.normal(0.0, noise_std, size=image.shape)
+    hole = _draw_hole(rng, size, hole_prob)
+    if hole is not None:
+        depth[hole] = 0.0
+        normal[(slice(None), *hole)] = 0.0
+    image = _add_noise(rng, image, noise_std)
 
     return NYUScene(
         image=image.astype(np.float32),
@@ -188,17 +179,7 @@ class DigitsNYU(DigitScenes):
     num_classes = NUM_CLASSES
     ignore_index = IGNORE_INDEX
 
-    def scene(self, index: int) -> NYUScene:
-        return generate_nyu_scene(
-            self.rng(index),
-            self.pool,
-            size=self.size,
-            min_digits=self.min_digits,
-            max_digits=self.max_digits,
-            hole_prob=self.hole_prob,
-            noise_std=self.noise_std,
-            digit_scale=self.digit_scale,
-        )
+    _generate_scene = staticmethod(generate_nyu_scene)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return nyu_targets(self.scene(index))

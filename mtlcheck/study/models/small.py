@@ -127,10 +127,57 @@ class _SmallBase(MultiTaskModel):
         return [(f"encoder.{n}", p) for n, p in self.encoder.named_parameters() if p.requires_grad]
 
 
-class SmallDenseModel(_SmallBase):
-    """Digits dense variant (CityScapes-like): depth / semantic (11 classes, ignore 250) / instance."""
+class _SmallDenseBase(_SmallBase):
+    """A dense digits model: the image -> `SmallEncoder` -> one `DenseHead` per task, with
+    `head_channels` output channels each."""
+
+    head_channels: dict[str, int | None]  # per task; None = num_classes
+
+    def __init__(
+        self, *, num_classes: int, ignore_index: int, width: int, head_width: int, head_stages: int, in_channels: int
+    ):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.encoder = SmallEncoder(in_channels, width)
+        c = self.encoder.out_channels
+        outs = {t: num_classes if k is None else k for t, k in self.head_channels.items()}
+        self.heads = nn.ModuleDict({t: DenseHead(c, head_width, outs[t], stages=head_stages) for t in self.task_names})
+
+    def _image(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return check_tensor(
+            batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True
+        )
+
+    def encode(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.encoder(self._image(batch))
+
+    def _decode_targets(
+        self, z: torch.Tensor, batch: Mapping[str, Any], targets: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The heads' outputs at the size of the `targets` (the depth first), which must agree on it."""
+        size = tuple(targets["depth"].shape[-2:])
+        if any(tuple(t.shape[-2:]) != size for t in targets.values()):
+            others = ", ".join(f"{k} {tuple(t.shape[-2:])}" for k, t in targets.items() if k != "depth")
+            raise ValueError(f"{type(self).__name__}: targets disagree on their spatial size: depth {size}, {others}")
+        check_batch_size(self, self._check_z(z), batch, self.task_names)
+        return self.decode(z, size)
+
+    @torch.no_grad()
+    def predict(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Each task's head output (B, channels, H, W) at the image size; current mode."""
+        image = self._image(batch)
+        return self.decode(self.encode(batch), tuple(image.shape[-2:]))
+
+
+class SmallDenseModel(_SmallDenseBase):
+    """Digits dense variant (CityScapes-like): depth / semantic (11 classes, ignore 250) / instance;
+    `predict` gives depth (B,1,H,W), semantic logits (B,C,H,W), instance offsets (B,2,H,W)."""
 
     task_names = ("depth", "semantic", "instance")
+    head_channels = {"depth": 1, "semantic": None, "instance": 2}
 
     def __init__(
         self,
@@ -142,57 +189,36 @@ class SmallDenseModel(_SmallBase):
         head_stages: int = 1,
         in_channels: int = 3,
     ):
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.encoder = SmallEncoder(in_channels, width)
-        c = self.encoder.out_channels
-        outs = {"depth": 1, "semantic": num_classes, "instance": 2}
-        self.heads = nn.ModuleDict({t: DenseHead(c, head_width, outs[t], stages=head_stages) for t in self.task_names})
-
-    def encode(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        image = check_tensor(
-            batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True
+        super().__init__(
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            width=width,
+            head_width=head_width,
+            head_stages=head_stages,
+            in_channels=in_channels,
         )
-        return self.encoder(image)
 
     def task_losses(self, z: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         owner = type(self).__name__
         depth = check_tensor(batch, "depth", owner=owner, ndim=4, channels=1, floating=True)
         semantic = check_tensor(batch, "semantic", owner=owner, ndim=3, floating=False)
         instance = check_tensor(batch, "instance", owner=owner, ndim=4, channels=2, floating=True)
-        size = tuple(depth.shape[-2:])
-        if tuple(semantic.shape[-2:]) != size or tuple(instance.shape[-2:]) != size:
-            raise ValueError(
-                f"{owner}: targets disagree on their spatial size: depth {size}, "
-                f"semantic {tuple(semantic.shape[-2:])}, instance {tuple(instance.shape[-2:])}"
-            )
-        check_batch_size(self, self._check_z(z), batch, self.task_names)
-        out = self.decode(z, size)
+        out = self._decode_targets(z, batch, {"depth": depth, "semantic": semantic, "instance": instance})
         return {
             "depth": depth_l1_loss(out["depth"], depth, "depth"),
             "semantic": semantic_ce_loss(out["semantic"], semantic, self.ignore_index, "semantic"),
             "instance": offset_l1_loss(out["instance"], instance, float(self.ignore_index), "instance"),
         }
 
-    @torch.no_grad()
-    def predict(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """depth (B,1,H,W), semantic logits (B,C,H,W), instance offsets (B,2,H,W); current mode."""
-        image = check_tensor(
-            batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True
-        )
-        return self.decode(self.encode(batch), tuple(image.shape[-2:]))
 
-
-class SmallNYUModel(_SmallBase):
+class SmallNYUModel(_SmallDenseBase):
     """Digits NYU-v2 analog (`mtlcheck.study.data.digits_nyu`): depth / normal / semantic (12
     classes, ignore 250) with exactly the NYU-v2 losses of `mtlcheck.study.models.dense.NYUv2Model`
     (depth L1 on gt>0; 1 - cosine on non-zero normal targets; CE with ignore 250); `predict`
     returns unit normals, as NYUv2Model does."""
 
     task_names = ("depth", "normal", "semantic")
+    head_channels = {"depth": 1, "normal": 3, "semantic": None}
 
     def __init__(
         self,
@@ -204,35 +230,21 @@ class SmallNYUModel(_SmallBase):
         head_stages: int = 1,
         in_channels: int = 3,
     ):
-        super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.encoder = SmallEncoder(in_channels, width)
-        c = self.encoder.out_channels
-        outs = {"depth": 1, "normal": 3, "semantic": num_classes}
-        self.heads = nn.ModuleDict({t: DenseHead(c, head_width, outs[t], stages=head_stages) for t in self.task_names})
-
-    def encode(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        image = check_tensor(
-            batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True
+        super().__init__(
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            width=width,
+            head_width=head_width,
+            head_stages=head_stages,
+            in_channels=in_channels,
         )
-        return self.encoder(image)
 
     def task_losses(self, z: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         owner = type(self).__name__
         depth = check_tensor(batch, "depth", owner=owner, ndim=4, channels=1, floating=True)
         normal = check_tensor(batch, "normal", owner=owner, ndim=4, channels=3, floating=True)
         semantic = check_tensor(batch, "semantic", owner=owner, ndim=3, floating=False)
-        size = tuple(depth.shape[-2:])
-        if tuple(semantic.shape[-2:]) != size or tuple(normal.shape[-2:]) != size:
-            raise ValueError(
-                f"{owner}: targets disagree on their spatial size: depth {size}, "
-                f"normal {tuple(normal.shape[-2:])}, semantic {tuple(semantic.shape[-2:])}"
-            )
-        check_batch_size(self, self._check_z(z), batch, self.task_names)
-        out = self.decode(z, size)
+        out = self._decode_targets(z, batch, {"depth": depth, "normal": normal, "semantic": semantic})
         return {
             "depth": depth_l1_loss(out["depth"], depth, "depth"),
             "normal": normal_cosine_loss(out["normal"], normal, "normal"),
@@ -242,10 +254,7 @@ class SmallNYUModel(_SmallBase):
     @torch.no_grad()
     def predict(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """depth (B,1,H,W), unit normals (B,3,H,W), semantic logits (B,C,H,W); current mode."""
-        image = check_tensor(
-            batch, "image", owner=type(self).__name__, ndim=4, channels=self.encoder.in_channels, floating=True
-        )
-        out = self.decode(self.encode(batch), tuple(image.shape[-2:]))
+        out = super().predict(batch)
         out["normal"] = F.normalize(out["normal"], dim=1, eps=1e-8)
         return out
 
