@@ -44,6 +44,12 @@ def _fmt_s(values: list[float]) -> str:
     return f"{mean(values):.2f}" if values else "n/a"
 
 
+def _write(outdir: Path, parts: list[str]) -> Path:
+    path = outdir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
 def _runs_section(runs: Runs) -> str:
     lines = [
         "| Method | Level | Seeds | done | diverged | failed | unfinished | train s (mean) | eval s (mean) "
@@ -112,9 +118,7 @@ def _write_others_only(records, runs: Runs, others, outdir: Path) -> Path:
         _runs_section(runs),
         *_others_section(others, [], bench, bench.paper_tables[0], outdir),
     ]
-    path = outdir / "report.md"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return _write(outdir, parts)
 
 
 def write_report(
@@ -218,9 +222,7 @@ def write_report(
     parts += _others_section(others, paper, bench, res_name, outdir)
     if claims is not None:
         parts += ["## Claims on these runs", "", claims, ""]
-        path = outdir / "report.md"
-        path.write_text("\n".join(parts), encoding="utf-8")
-        return path
+        return _write(outdir, parts)
     parts += [
         "## Claims on these runs",
         "",
@@ -238,9 +240,7 @@ def write_report(
         "",
         verdict_markdown(verdicts),
     ]
-    path = outdir / "report.md"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return _write(outdir, parts)
 
 
 def _verdicts(
@@ -348,6 +348,4 @@ def write_combined_report(
         "",
         verdict_markdown(verdicts),
     ]
-    path = outdir / "report.md"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return _write(outdir, parts)
