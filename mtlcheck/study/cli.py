@@ -360,6 +360,8 @@ def _report(args, store, until_decided: int | None = None) -> Path:
     from mtlcheck.study.paper.reports import write_combined_report, write_report
 
     found = {name: _study_records(args, store, name) for name in _benchmarks(args)}
+    if until_decided is not None:  # the design's runs: those that ended (a killed run resumes when asked)
+        found = {name: [r for r in recs if _ended(r)] for name, recs in found.items()}
     records = next(iter(found.values()))
     suffix = "".join(f"-{k}" if v is True else f"-{v}" for k, v in _precision(args).options().items())
     chosen = records[0].spec.steps
@@ -454,8 +456,8 @@ def _reproduce_until_decided(args) -> int:
     args.steps = "default" if args.steps is None else str(args.steps)
     rounds, ran = 0, len(records)
     while True:
-        found = {  # what the claims read: the paper's methods
-            name: [r for r in _study_records(args, store, name) if r.spec.method in PAPER_METHODS]
+        found = {  # what the claims read: the paper's methods' ended runs (a killed run resumes when asked)
+            name: [r for r in _study_records(args, store, name) if r.spec.method in PAPER_METHODS and _ended(r)]
             for name in benchmarks
         }
         by_bench = {name: result_tables(recs, name, derived_intervals=False) for name, recs in found.items()}
@@ -487,6 +489,8 @@ def _reproduce_until_decided(args) -> int:
             if name is None:
                 raise UsageError(f"the sequential design asked for seeds of {method!r}, which is not a paper method")
             have = seeds(table, (method, level))
+            if have >= n:
+                continue
             specs += sweep_specs(
                 at[table],
                 [name],
@@ -506,6 +510,11 @@ def _reproduce_until_decided(args) -> int:
         f"report, CSV tables and figures in {path.parent}"
     )
     return 0
+
+
+def _ended(record) -> bool:
+    """Done, diverged or failed: not a run in progress, nor one a killed process left behind."""
+    return record.is_finished or record.status == "failed"
 
 
 def _steps_arg(args):

@@ -207,20 +207,23 @@ def equivalent(e: Estimate, margin: float, alpha: float) -> bool:
     return -margin < e.mean - h and e.mean + h < margin
 
 
-def predictive_decision(e: Estimate, n_final: int, alpha: float) -> float:
-    """Predictive probability that the one-sided test at `alpha`, on either side, decides at
-    `n_final` seeds (module doc; the sd held as observed). 1 or 0 when nothing can change."""
+def predictive_decision(e: Estimate, n_final: int, alpha: float, side: int = 0) -> float:
+    """Predictive probability that the one-sided test at `alpha` decides at `n_final` seeds (module
+    doc; the sd held as observed): on either side (`side` 0), or that the mean is > 0 (+1) or < 0
+    (−1). 1 or 0 when nothing can change."""
     if e.n < 2 or n_final < 2:
         return 0.0
     p_pos, p_neg = one_sided(e)
     if n_final <= e.n:
-        return float(min(p_pos, p_neg) <= alpha)
+        return float({1: p_pos, -1: p_neg, 0: min(p_pos, p_neg)}[side] <= alpha)
     s = e.sd
     if s == 0.0:
-        return float(e.mean != 0.0)
+        return float(e.mean != 0.0 and side * e.mean >= 0)
     crit = float(stats.t.ppf(1.0 - alpha, n_final - 1)) * s / math.sqrt(n_final)
     spread = s * math.sqrt((n_final - e.n) / (n_final * e.n))
-    return float(stats.norm.sf((crit - e.mean) / spread) + stats.norm.cdf((-crit - e.mean) / spread))
+    up = float(stats.norm.sf((crit - e.mean) / spread))
+    down = float(stats.norm.cdf((-crit - e.mean) / spread))
+    return {1: up, -1: down, 0: up + down}[side]
 
 
 @dataclass(frozen=True)

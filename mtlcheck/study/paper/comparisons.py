@@ -259,7 +259,9 @@ class Decision:
         return min(cands, key=lambda x: x.ratio) if cands else None
 
 
-def _levels(f: Formula, alpha: float, out: dict[Better, float]) -> None:
+def collect_levels(f: Formula, out: dict[Better, float], alpha: float = 1.0) -> None:
+    """Into `out`: the level of each signed literal of `f` when "f is established" is tested at
+    `alpha` (all-of: α to every item; k-of-n otherwise: α/n; the smaller where a literal recurs)."""
     if isinstance(f, Better):
         out[f] = min(out.get(f, 1.0), alpha)
         return
@@ -268,7 +270,7 @@ def _levels(f: Formula, alpha: float, out: dict[Better, float]) -> None:
         return
     child = alpha if f.k >= n else alpha / n
     for i in f.items:
-        _levels(i, child, out)
+        collect_levels(i, out, child)
 
 
 def _ratio(f: Formula, ratio_of: Callable[[Better], tuple[float, Better]]) -> tuple[float, Better | None]:
@@ -338,7 +340,7 @@ def evidence(f: Formula, tables: Mapping[str, ResultTable], design: Design = FIX
 def _pass(g: Formula, ev: Evidence) -> tuple[float, Link | None, dict[Better, float]]:
     """(adjusted ratio, weakest link, relative level of each signed literal) of "g is established"."""
     levels: dict[Better, float] = {}
-    _levels(g, 1.0, levels)
+    collect_levels(g, levels)
 
     def ratio_of(lit: Better) -> tuple[float, Better]:
         _, _, a, p_pos, p_neg = ev[lit.positive]
@@ -356,8 +358,8 @@ def relative_levels(f: Formula) -> dict[Better, float]:
     """Per literal (positive form): the smallest share of a look's α it is tested at, either way."""
     hold: dict[Better, float] = {}
     fail: dict[Better, float] = {}
-    _levels(f, 1.0, hold)
-    _levels(negate(f), 1.0, fail)
+    collect_levels(f, hold)
+    collect_levels(negate(f), fail)
     out: dict[Better, float] = {}
     for levels in (hold, fail):
         for lit, a in levels.items():

@@ -24,9 +24,11 @@ of deciding it by `max_seeds` (each open comparison's mean at max_seeds drawn fr
 distribution, `statistics.predictive_decision`, the comparisons taken as independent; a planning
 figure) is below `FUTILITY`.
 
-Allocation: for each open claim, its open comparisons are scored by the predictive probability of
-being established at their next look per CPU second of the runs that look needs; the rows of the
-`PIVOTAL` best get seeds up to that look (the Baseline, compared with every row, usually among them).
+Allocation: for each open claim, the direction it leans to (the smaller adjusted ratio of "holds"
+and "contradicted") decides which side of each open comparison would help; the comparisons are
+scored by the predictive probability that this side is established by max_seeds, per CPU second of
+one more seed of their rows, and the rows of the `PIVOTAL` best get seeds up to their next look
+(the Baseline, compared with every row, usually among them).
 """
 
 from __future__ import annotations
@@ -134,19 +136,28 @@ def _predictive(f, tables: Tables, max_seeds: int, rng: np.random.Generator) -> 
     return decided / PREDICTIVE_DRAWS
 
 
-def _requests(d: comparisons.Decision, f, max_seeds: int, cost: Callable[[RowKey], float]) -> dict[RowKey, int]:
-    """Rows (and the seeds to reach) of the `PIVOTAL` open comparisons with the best predictive
-    probability of being established at their next look per CPU second (module doc)."""
-    rel = comparisons.relative_levels(f)
+def _requests(d: comparisons.Decision, f, max_seeds: int, cost: Callable[[str, RowKey], float]) -> dict[Where, int]:
+    """Rows (and the seeds to reach, their next look) of the `PIVOTAL` open comparisons that can
+    best decide the claim in the direction it leans to (the smaller adjusted ratio): each scored by
+    the predictive probability that its needed side is established by max_seeds, per CPU second of
+    one more seed of its rows (module doc)."""
+    toward = comparisons.negate(f) if d.ratios[1] < d.ratios[0] else f
+    levels: dict = {}
+    comparisons.collect_levels(toward, levels)
+    horizon = DESIGN.look(max_seeds)
     scored = []
     for link in d.open:
+        lit = link.literal.positive
         n = link.signed.n if link.signed is not None else 0
         target = next_look(n, max_seeds)
-        if target is None:
+        if target is None or horizon is None:
             continue
-        p = predictive_decision(link.signed, target, DESIGN.alpha_at(target) * rel[link.literal.positive])
-        rows = [(link.literal.table, k) for k in (link.literal.a, link.literal.b) if k is not None]
-        seconds = sum(cost(*k) for k in rows) * (target - n)
+        needed = [(side, levels[x]) for side, x in ((1, lit), (-1, ~lit)) if x in levels]
+        p = max(
+            (predictive_decision(link.signed, horizon[0], horizon[1] * rel, side) for side, rel in needed), default=0.0
+        )
+        rows = [(lit.table, k) for k in (lit.a, lit.b) if k is not None]
+        seconds = sum(cost(*k) for k in rows)
         scored.append((p / max(seconds, 1e-9), p, rows, target))
     scored.sort(key=lambda x: -x[0])
     out: dict[Where, int] = {}
@@ -178,13 +189,13 @@ def assess(
     states, requests = [], {}
     for c in claims:
         f = formula_of(c, usable)
-        if f is None:
+        if f is None and c.formula is None:
             v = judge(c, first_usable, first_removed)
             state = v["verdict"] if v["verdict"] in (*FINAL, "not evaluable", "error") else "first look only"
             states.append(ClaimState(v, state, requests={}))
             continue
         v = judge(c, usable, removed, design=DESIGN)
-        if v["verdict"] in (*FINAL, "not evaluable", "error"):
+        if v["verdict"] in (*FINAL, "not evaluable", "error") or f is None:
             states.append(ClaimState(v, v["verdict"], requests={}))
             continue
         p = _predictive(f, usable, max_seeds, rng)
