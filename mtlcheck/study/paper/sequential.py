@@ -20,9 +20,10 @@ Claims decided by a region search (rankings of rankings: `verdicts`) have no com
 are judged once, on the first look's seeds, and get no seeds of their own.
 
 Futility (non-binding, so it costs no error): a claim stops as futile when the predictive probability
-of deciding it by `max_seeds` (each open comparison's mean at max_seeds drawn from its predictive
-distribution, `statistics.predictive_decision`, the comparisons taken as independent; a planning
-figure) is below `FUTILITY`.
+of deciding it by `max_seeds` is below `FUTILITY`: each open comparison's spread and mean drawn from
+their posterior (normal model, Jeffreys prior: σ² = s²(n − 1)/χ²_{n−1}, μ ~ N(d̄, σ²/n)), then the
+seeds still to come, the comparisons taken as independent (a planning figure: at 3 seeds it is wide,
+and it cannot see a winner's curse, an effect that looked large at 3 seeds because it happened to).
 
 Allocation: for each open claim, the direction it leans to (the smaller adjusted ratio of "holds"
 and "contradicted") decides which side of each open comparison would help; the comparisons are
@@ -125,9 +126,11 @@ def _predictive(f, tables: Tables, max_seeds: int, rng: np.random.Generator) -> 
         s = signed.sd
         if s == 0.0:
             t = np.full(PREDICTIVE_DRAWS, math.copysign(math.inf, signed.mean) if signed.mean else 0.0)
-        else:
-            m = signed.mean + s * math.sqrt((n_final - n) / (n_final * n)) * rng.standard_normal(PREDICTIVE_DRAWS)
-            t = m / (s / math.sqrt(n_final))
+        else:  # σ and μ from their posterior (Jeffreys prior), then the seeds still to come
+            sigma = s * np.sqrt((n - 1) / rng.chisquare(n - 1, PREDICTIVE_DRAWS))
+            mu = signed.mean + sigma / math.sqrt(n) * rng.standard_normal(PREDICTIVE_DRAWS)
+            future = mu + sigma / math.sqrt(n_final - n) * rng.standard_normal(PREDICTIVE_DRAWS)
+            t = (n * signed.mean + (n_final - n) * future) / n_final / (sigma / math.sqrt(n_final))
         draws[lit] = (stats.t.sf(t, n_final - 1), stats.t.cdf(t, n_final - 1), alpha, signed, raw)
     decided = 0
     for i in range(PREDICTIVE_DRAWS):
