@@ -475,7 +475,7 @@ def _reproduce_until_decided(args) -> int:
         )
         if not plan.requests:
             break
-        need = sum(cost(*k) * max(0, n - seeds(*k)) for k, n in plan.requests.items()) / max(1, _jobs(args))
+        need = sum(cost(*k) * len(set(range(n)) - seeds(*k)) for k, n in plan.requests.items()) / max(1, _jobs(args))
         used = time.monotonic() - t0
         if budget is not None and used + need > budget:
             print(
@@ -488,18 +488,14 @@ def _reproduce_until_decided(args) -> int:
             name = registry.get(method)
             if name is None:
                 raise UsageError(f"the sequential design asked for seeds of {method!r}, which is not a paper method")
-            have = seeds(table, (method, level))
-            if have >= n:
-                continue
-            specs += sweep_specs(
-                at[table],
-                [name],
-                (level,),
-                tuple(range(have, n)),
-                args.budget,
-                _steps_arg(args),
-                extra=_run_options(args),
-            )
+            missing = sorted(set(range(n)) - seeds(table, (method, level)))
+            if missing:
+                specs += sweep_specs(
+                    at[table], [name], (level,), tuple(missing), args.budget, _steps_arg(args), extra=_run_options(args)
+                )
+        if not specs:
+            print("no progress: every row the design asks for has its seeds; stopping")
+            break
         _, done, _ = _run_specs(args, list(dict.fromkeys(specs)))
         ran += len(done)
         rounds += 1

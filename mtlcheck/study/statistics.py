@@ -154,9 +154,11 @@ class Estimate:
         iv = self.interval
         return iv is not None and (iv[0] > value or iv[1] < value)
 
-    def first(self, n: int) -> Estimate:
-        """The estimate over the first `n` seeds (in seed order): what a look at n seeds saw."""
-        return self if n >= self.n else Estimate(self.seeds[:n], self.values[:n], self.level)
+    def only(self, seeds: Iterable[int]) -> Estimate:
+        """The estimate over the given seeds (those it has): what a look at those seeds saw."""
+        keep = set(seeds)
+        pairs = [(s, v) for s, v in zip(self.seeds, self.values) if s in keep]
+        return Estimate(tuple(s for s, _ in pairs), tuple(v for _, v in pairs), self.level)
 
     def text(self, decimals: int = 4) -> str:
         h = self.half_width
@@ -201,7 +203,7 @@ def equivalent(e: Estimate, margin: float, alpha: float) -> bool:
     """|true mean| < `margin` established at one-sided level `alpha` by two one-sided tests: the
     1 − 2·alpha interval of the mean lies inside (−margin, margin). Needs two seeds and some spread:
     values identical on every seed (a measure that did not move) are no evidence of equality."""
-    if e.n < 2 or margin <= 0 or e.sd == 0.0:
+    if e.n < 2 or margin <= 0 or len(set(e.values)) == 1:
         return False
     h = e.half_width_at(1.0 - 2.0 * alpha)
     return -margin < e.mean - h and e.mean + h < margin

@@ -214,7 +214,8 @@ def test_null_with_unequal_noise_per_method_decides_at_most_five_percent():
 def test_least_favourable_conjunction_holds_wrongly_at_most_five_percent(claim_id, row):
     """Every comparison of the conjunction at 10 s_d in the claimed direction but one, tied: the
     claim is false (a tie is not 'better'), and intersection-union declares it true at most 2.5 % of
-    the time; 5 seeds, so the other comparisons are established."""
+    the time (asserted: 2.5 % + 3 standard errors of 200 studies); 5 seeds, so the other comparisons
+    are established."""
     shift = np.full(6, 10 * S_D)
     shift[0] = 0.0
     effects = {row: shift}
@@ -222,7 +223,7 @@ def test_least_favourable_conjunction_holds_wrongly_at_most_five_percent(claim_i
         effects[("uncertainty", P)] = -np.full(6, 10 * S_D)
     counts = verdicts(200, 5, [claim_id], seed=40, effects=effects)[claim_id]
     print(f"\nleast favourable, {claim_id}: {dict(counts)}")
-    assert counts["holds"] / 200 <= 0.05, counts
+    assert counts["holds"] / 200 <= 0.025 + 3 * (0.025 * 0.975 / 200) ** 0.5, counts
 
 
 @pytest.mark.parametrize("sign,right", [(1.0, "holds"), (-1.0, "contradicted")])

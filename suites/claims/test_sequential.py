@@ -60,16 +60,19 @@ def play(rng: np.random.Generator, claims, max_seeds: int, **kw) -> tuple[dict[s
     n = dict.fromkeys(ROWS, LOOKS[0])
     chosen = [claim_by_id(c) for c in claims]
     first = result_tables([r for r in records if r.spec.seed < LOOKS[0]], "digits-instance", derived_intervals=False)
-    while True:
+    for _ in range(len(LOOKS)):  # every round moves some row to a later look, so this many rounds suffice
         now = [r for row in ROWS for s, r in by_row[row].items() if s < n[row]]
         tables = result_tables(now, "digits-instance", derived_intervals=False)
         plan = assess(tables, chosen, max_seeds=max_seeds, first_look=first)
         if not plan.requests:
             return {s.id: s.state for s in plan.states}, sum(n.values())
+        before = dict(n)
         for (_table, (method, level)), target in plan.requests.items():
             row = (REGISTRY.get(method, method), level)
             assert target <= max_seeds and target in LOOKS
             n[row] = max(n[row], target)
+        assert n != before, f"no progress: {plan.requests}"
+    raise AssertionError("the design kept asking for seeds after its last look")
 
 
 def _rates(n_studies: int, seed: int, claims=CLAIMS, max_seeds: int = 16, **kw) -> dict[str, Counter]:
@@ -120,3 +123,44 @@ def test_a_contradiction_like_the_default_studys_is_decided_by_added_seeds():
     counts = _rates(n, seed=3, claims=(claim,), measure_effects=fd)[claim]
     assert counts["holds"] == 0, counts
     assert counts["contradicted"] / n >= 0.6, counts
+
+
+def test_one_tied_comparison_over_every_look_keeps_its_level_and_the_control_does_not():
+    """The spending itself, on 20 000 simulated paths of one tied comparison (paired differences
+    N(0, 1) for 32 seeds) tested at every look as `Design` does: declared at some look in at most
+    2.5 % + 3 standard errors of the paths; spending the whole 2.5 % at every look (no correction)
+    exceeds it, so the test can fail."""
+    from scipy import stats
+
+    from mtlcheck.study.paper.sequential import DESIGN
+
+    rng = np.random.default_rng(11)
+    d = rng.standard_normal((20000, LOOKS[-1]))
+
+    def rate(alpha_at) -> float:
+        hit = np.zeros(len(d), dtype=bool)
+        for m in LOOKS:
+            x = d[:, :m]
+            t = x.mean(1) / (x.std(1, ddof=1) / np.sqrt(m))
+            hit |= stats.t.sf(t, m - 1) <= alpha_at(m)
+        return float(hit.mean())
+
+    spent = rate(DESIGN.alpha_at)
+    naive = rate(lambda m: 0.025)
+    print(f"\nP(declared at some look): spent {spent:.4f}, unspent {naive:.4f}")
+    assert spent <= 0.025 + 3 * np.sqrt(0.025 * 0.975 / len(d))
+    assert naive > 0.04
+
+
+def test_a_change_between_levels_asks_for_both_levels_runs():
+    """A Table 4 comparison reads the feature and the parameter run of each seed: the design must
+    give seeds to both rows, or the comparison never reaches its next look."""
+    from mtlcheck.study.paper import comparisons, sequential
+    from mtlcheck.study.statistics import estimate
+
+    lit = comparisons.Better("table4", "BBox mAP", ("GradVac", "feature"), None)
+    e = estimate({0: -1.0, 1: -1.2, 2: -0.9})
+    link = comparisons.Link(lit, e, e, 0.0036, 50.0)
+    d = comparisons.Decision("inconclusive", link, link, (50.0, 40.0), (link,), (), 3)
+    asked = sequential._requests(d, comparisons.all_of([~lit]), 16, lambda *_: 1.0)
+    assert asked == {("table4", ("GradVac", "feature")): 5, ("table4", ("GradVac", "parameter")): 5}

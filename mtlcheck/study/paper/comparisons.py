@@ -17,12 +17,14 @@ literal with p ≤ α on its side is *established*.
 literals established false satisfy its negation. Levels (one-sided α = 2.5 % at the root, the two
 sides of a 95 % interval):
 
-- an all-of node passes its α to every item: to declare a conjunction true wrongly, the one
-  false item must be declared true (intersection–union test, Berger 1982, "Multiparameter
-  hypothesis testing and acceptance sampling", Technometrics 24: no Bonferroni for "holds");
-- any other k-of-n node gives α/n to each item (Bonferroni over the items that could be wrongly
-  declared true; the negation of an all-of node is a 1-of-n node, so "contradicted" of a
-  conjunction pays the Bonferroni over its items, as it must);
+- a k-of-n node gives α/(n − k + 1) to each item. If fewer than k items are true, at least
+  n − k + 1 are false, and declaring the node needs at least k − t of the false ones declared (t
+  true ones): by Markov's inequality on their count, probability ≤ (n − t)·α'/(k − t) ≤ (n − k + 1)·α'.
+  So an all-of node passes its α to every item (intersection–union test, Berger 1982,
+  "Multiparameter hypothesis testing and acceptance sampling", Technometrics 24: no Bonferroni for
+  "holds"), an any-of node gives α/n (Bonferroni; the negation of an all-of node is an any-of node,
+  so "contradicted" of a conjunction pays the Bonferroni over its items, as it must), "top-3 among
+  16" (at most 2 of 15 better) α/3 rather than α/15;
 - a literal reached twice keeps the smaller α.
 
 Induction over the formula shows that a wrong "holds" (or "contradicted") has probability ≤ α
@@ -192,10 +194,14 @@ class Design:
     alpha: float = ALPHA
     spending: Callable[[int], float] | None = field(default=None, compare=False)
 
-    def look(self, n: int) -> tuple[int, float] | None:
+    def look(self, seeds: Iterable[int]) -> tuple[int, float] | None:
+        """(m, α) of the look a comparison over the shared `seeds` is tested at: the fixed design,
+        every seed at α; else the largest look m whose seeds 0..m−1 are all there (a hole or a seed
+        beyond the prefix is not read, so each look always tests the same seeds); None below."""
+        seeds = set(seeds)
         if not self.looks:
-            return (n, self.alpha) if n >= 2 else None
-        seen = [m for m in self.looks if m <= n]
+            return (len(seeds), self.alpha) if len(seeds) >= 2 else None
+        seen = [m for m in self.looks if seeds.issuperset(range(m))]
         if not seen:
             return None
         m = seen[-1]
@@ -224,6 +230,8 @@ class Link:
     def text(self, decimals: int = 4) -> str:
         if self.raw is None or self.raw.n < 2:
             return f"{self.literal.text()}: too few shared seeds to test"
+        if self.alpha <= 0:
+            return f"{self.literal.text()}: {self.raw.n} shared seeds, below the first look: not tested"
         h = self.raw.half_width_at(1.0 - 2.0 * self.alpha)
         what = "Δ" if None not in (self.literal.a, self.literal.b) else "change"
         out = (
@@ -261,14 +269,15 @@ class Decision:
 
 def collect_levels(f: Formula, out: dict[Better, float], alpha: float = 1.0) -> None:
     """Into `out`: the level of each signed literal of `f` when "f is established" is tested at
-    `alpha` (all-of: α to every item; k-of-n otherwise: α/n; the smaller where a literal recurs)."""
+    `alpha` (a k-of-n node: α/(n − k + 1) to each item, so α for all-of and α/n for any-of; the
+    smaller where a literal recurs)."""
     if isinstance(f, Better):
         out[f] = min(out.get(f, 1.0), alpha)
         return
     n = len(f.items)
     if f.k <= 0:
         return
-    child = alpha if f.k >= n else alpha / n
+    child = alpha / (n - min(f.k, n) + 1)
     for i in f.items:
         collect_levels(i, out, child)
 
@@ -319,20 +328,22 @@ Evidence = Mapping[Better, tuple[Estimate | None, Estimate | None, float, float,
 
 
 def evidence(f: Formula, tables: Mapping[str, ResultTable], design: Design = FIXED) -> dict:
-    """Per literal of `f` (positive form): (signed, raw, α of its look, p₊, p₋), tested on the first
-    m shared seeds of its look (`Design.look`); untested (α = 0, p = 1) below the first look."""
+    """Per literal of `f` (positive form): (signed, raw, α of its look, p₊, p₋), tested on the seeds
+    0..m−1 of its look (`Design.look`; the fixed design: every shared seed); untested (α = 0, p = 1)
+    below the first look."""
     out = {}
     for lit in literals(f):
         d = _differences(lit, tables)
         if d is None:
             raise KeyError(f"no per-seed values for {lit.text()}")
         signed, raw = d
-        look = design.look(signed.n)
+        look = design.look(signed.seeds)
         if look is None:
             out[lit] = (signed, raw, 0.0, 1.0, 1.0)
             continue
         m, a = look
-        signed, raw = signed.first(m), raw.first(m)
+        if design.looks:  # the look's seeds 0..m−1, by id
+            signed, raw = signed.only(range(m)), raw.only(range(m))
         out[lit] = (signed, raw, a, *one_sided(signed))
     return out
 
@@ -402,7 +413,12 @@ def decide(f: Formula, tables: Mapping[str, ResultTable], design: Design = FIXED
 def decision_text(d: Decision) -> str:
     """The weakest link of the verdict (or of each direction when undecided), in words."""
     if d.verdict in ("holds", "contradicted"):
-        return f"decided by the weakest link: {d.deciding.text()}"
+        link = d.deciding
+        return (
+            "decided by the formula's structure alone"
+            if link is None
+            else f"decided by the weakest link: {link.text()}"
+        )
     parts = []
     for name, link, r in (("holds", d.holds, d.ratios[0]), ("contradicted", d.fails, d.ratios[1])):
         if link is not None:

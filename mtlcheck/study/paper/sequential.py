@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from mtlcheck import LEVELS
 from mtlcheck.study.paper import comparisons
 from mtlcheck.study.paper.claims import CLAIMS, Claim
 from mtlcheck.study.paper.runs import display_name
@@ -105,13 +106,14 @@ class Plan:
     states: tuple[ClaimState, ...]
     requests: Mapping[Where, int]
 
-    def runs(self, seeds_of: Callable[[str, RowKey], int]) -> int:
-        return sum(max(0, n - seeds_of(*k)) for k, n in self.requests.items())
+    def runs(self, seeds_of: Callable[[str, RowKey], set[int]]) -> int:
+        """Runs the next round needs: the seeds 0..n−1 each requested row does not have yet."""
+        return sum(len(set(range(n)) - seeds_of(*k)) for k, n in self.requests.items())
 
 
 def _predictive(f, tables: Tables, max_seeds: int, rng: np.random.Generator) -> float:
     """Predictive probability that `f` is decided (either way) at max_seeds (module doc)."""
-    look = DESIGN.look(max_seeds)
+    look = DESIGN.look(range(max_seeds))
     if look is None:
         return 0.0
     n_final, alpha = look
@@ -147,7 +149,7 @@ def _requests(d: comparisons.Decision, f, max_seeds: int, cost: Callable[[str, R
     toward = comparisons.negate(f) if d.ratios[1] < d.ratios[0] else f
     levels: dict = {}
     comparisons.collect_levels(toward, levels)
-    horizon = DESIGN.look(max_seeds)
+    horizon = DESIGN.look(range(max_seeds))
     scored = []
     for link in d.open:
         lit = link.literal.positive
@@ -160,6 +162,8 @@ def _requests(d: comparisons.Decision, f, max_seeds: int, cost: Callable[[str, R
             (predictive_decision(link.signed, horizon[0], horizon[1] * rel, side) for side, rel in needed), default=0.0
         )
         rows = [(lit.table, k) for k in (lit.a, lit.b) if k is not None]
+        if None in (lit.a, lit.b):  # a change between the levels of one method: both levels' runs
+            rows += [(lit.table, (k[0], level)) for _, k in list(rows) for level in LEVELS if level != k[1]]
         seconds = sum(cost(*k) for k in rows)
         scored.append((p / max(seconds, 1e-9), p, rows, target))
     scored.sort(key=lambda x: -x[0])
@@ -192,7 +196,7 @@ def assess(
     states, requests = [], {}
     for c in claims:
         f = formula_of(c, usable)
-        if f is None and c.formula is None:
+        if f is None:
             v = judge(c, first_usable, first_removed)
             state = v["verdict"] if v["verdict"] in (*FINAL, "not evaluable", "error") else "first look only"
             states.append(ClaimState(v, state, requests={}))
@@ -234,14 +238,14 @@ def run_cost(records_by_benchmark: Mapping[str, Iterable], at: Mapping[str, str]
     return cost
 
 
-def seeds_of(records_by_benchmark: Mapping[str, Iterable], at: Mapping[str, str]) -> Callable[[str, RowKey], int]:
-    """Seeds stored for a (table, row), whatever their status."""
+def seeds_of(records_by_benchmark: Mapping[str, Iterable], at: Mapping[str, str]) -> Callable[[str, RowKey], set[int]]:
+    """The seeds of a (table, row) among the records given."""
     rows = _by_row(records_by_benchmark, at)
-    return lambda table, row: len({r.spec.seed for r in rows(table, row)})
+    return lambda table, row: {r.spec.seed for r in rows(table, row)}
 
 
 def summary_markdown(
-    verdicts: Sequence[Mapping], plan: Plan, seeds: Callable[[str, RowKey], int], until_decided: int | None
+    verdicts: Sequence[Mapping], plan: Plan, seeds: Callable[[str, RowKey], set[int]], until_decided: int | None
 ) -> str:
     """A plain summary: what was decided and by which comparison, what stays open and what deciding
     it would cost (the sequential design's next round and its predictive probability)."""
@@ -276,6 +280,8 @@ def summary_markdown(
             f"\nStopped with {more} run(s) still asked for ({rows}): the time budget ran out."
             if more
             else "\nFinished: every claim is final, futile, judged on its first look, or at the seed limit."
+            if not plan.requests
+            else f"\nStopped: the rows asked for ({rows}) have their seeds, and no comparison moved to a new look."
         )
     elif more:
         lines.append(

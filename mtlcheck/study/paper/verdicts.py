@@ -3,8 +3,10 @@
 On the paper's numbers (no seeds) a claim holds or is contradicted, as its predicate says. On our
 runs a cell is a mean over seeds known up to an interval, and a verdict is one of
 
-- holds / contradicted: decided at a 2.5 % one-sided level per direction (so a wrong decision has
-  probability ≤ 2.5 % whatever the truth; ties decide nothing);
+- holds / contradicted: decided at a 2.5 % one-sided level per direction (by comparisons: a wrong
+  decision has probability ≤ 2.5 % whatever the truth; by region search: the region covers the
+  truth with probability ≥ 95 %, searched rather than covered, so measured in
+  suites/claims/test_calibration.py; ties decide nothing either way);
 - equivalent: neither, and every comparison the claim turns on is equal within its margin
   (`comparisons.MARGINS`): the claim is about differences smaller than the paper would mark;
 - inconclusive: neither (or one seed: no interval);
@@ -265,8 +267,8 @@ def judge(
         d = comparisons.decide(f, tables, design)
         n_lit = len(comparisons.literals(f))
         summary = (
-            f"{d.verdict}: {n_lit} paired comparison(s) over {d.seeds}+ shared seeds, 'holds' by "
-            "intersection-union, 'contradicted' by Bonferroni over the comparisons that can falsify it "
+            f"{d.verdict}: {n_lit} paired comparison(s) over {d.seeds}+ shared seeds, each k-of-n part of the "
+            "claim at α/(n − k + 1) per item (intersection-union for all-of, Bonferroni for any-of), "
             f"(one-sided {comparisons.ALPHA:.1%} per direction"
             + ("" if not design.looks else f", spent over the looks {list(design.looks)}")
             + f"); {comparisons.decision_text(d)}"
