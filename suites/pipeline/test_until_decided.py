@@ -58,13 +58,14 @@ def test_rounds_add_the_seeds_the_design_asks_for_and_resume(tmp_path, capsys, m
 
     def assess(tables, claims=sequential.CLAIMS, **kw):
         plan = real(tables, claims, **kw)
-        n = min(e.n for t in tables.values() for row in getattr(t, "estimates", {}).values() for e in row.values())
-        if n < 5:
-            asked.append(n)
-            return sequential.Plan(
-                plan.states, {("table2", ("PCGrad", "parameter")): 5, ("table2", ("Baseline", "parameter")): n}
-            )
-        return sequential.Plan(plan.states, {})
+        if asked:
+            return sequential.Plan(plan.states, {})
+        asked.append(
+            min(e.n for t in tables.values() for row in getattr(t, "estimates", {}).values() for e in row.values())
+        )
+        return sequential.Plan(
+            plan.states, {("table2", ("PCGrad", "parameter")): 5, ("table2", ("Baseline", "parameter")): 3}
+        )
 
     monkeypatch.setattr(sequential, "assess", assess)
     store, out = tmp_path / "runs.sqlite", tmp_path / "out"
@@ -83,3 +84,28 @@ def test_rounds_add_the_seeds_the_design_asks_for_and_resume(tmp_path, capsys, m
     capsys.readouterr()
     assert main([*args[:3], "3", *args[4:]]) == 2  # a look, but below the 5 seeds stored
     assert "already holds 5 seeds of digits-dense: --max-seeds must be >= 5" in capsys.readouterr().err
+
+
+def test_a_design_that_asks_for_nothing_new_stops_instead_of_spinning(tmp_path, capsys, monkeypatch):
+    """Requests for seeds every row already has (a design bug, or rows that cannot move) end the
+    loop with 'no progress' instead of repeating the same empty round forever."""
+    import signal
+
+    real = sequential.assess
+
+    def assess(tables, claims=sequential.CLAIMS, **kw):
+        return sequential.Plan(real(tables, claims, **kw).states, {("table2", ("Baseline", "parameter")): 3})
+
+    def hang(*_):
+        raise AssertionError("the loop did not stop")
+
+    monkeypatch.setattr(sequential, "assess", assess)
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(300)
+    try:
+        args = ["reproduce", "--until-decided", *SMOKE, *FEW, "--store", str(tmp_path / "r.sqlite")]
+        assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert "no progress: every row the design asks for has its seeds; stopping" in capsys.readouterr().out
