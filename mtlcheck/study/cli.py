@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 # Nothing here imports torch at module level: `mtlcheck --help`, `--version` and usage errors
@@ -470,7 +471,7 @@ def _reproduce_until_decided(args) -> int:
         plan = assess(claim_tables(by_bench), max_seeds=max_seeds, first_look=claim_tables(first), cost=cost)
         print(
             f"round {rounds}: "
-            + ", ".join(f"{k} {n}" for k, n in _count(s.state for s in plan.states).items())
+            + ", ".join(f"{k} {n}" for k, n in Counter(s.state for s in plan.states).items())
             + (f"; next: {plan.runs(seeds)} run(s)" if plan.requests else "")
         )
         if not plan.requests:
@@ -515,13 +516,6 @@ def _ended(record) -> bool:
 
 def _steps_arg(args):
     return None if args.steps in (None, "default") else int(args.steps)
-
-
-def _count(items) -> dict:
-    out: dict = {}
-    for x in items:
-        out[x] = out.get(x, 0) + 1
-    return out
 
 
 def _filtered_runs(args, store):

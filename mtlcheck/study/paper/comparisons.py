@@ -47,17 +47,15 @@ A `design` maps each literal's shared seed count to the look it belongs to and t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
 from mtlcheck.study.paper.tables import ResultTable, RowKey
 from mtlcheck.study.statistics import Estimate, equivalent, improvement, one_sided, paired
 
 __all__ = [
     "ALPHA",
-    "FALSE",
     "FIXED",
-    "TRUE",
     "AtLeast",
     "Better",
     "Decision",
@@ -113,10 +111,6 @@ class AtLeast:
 
 
 Formula = Better | AtLeast
-
-
-TRUE = AtLeast(0, ())
-FALSE = AtLeast(1, ())
 
 
 def all_of(items: Iterable[Formula]) -> AtLeast:
@@ -192,7 +186,6 @@ class Design:
 
     looks: tuple[int, ...] = ()
     alpha: float = ALPHA
-    spending: Callable[[int], float] | None = field(default=None, compare=False)
 
     def look(self, seeds: Iterable[int]) -> tuple[int, float] | None:
         """(m, α) of the look a comparison over the shared `seeds` is tested at: the fixed design,
@@ -208,8 +201,6 @@ class Design:
         return m, self.alpha_at(m)
 
     def alpha_at(self, m: int) -> float:
-        if self.spending is not None:
-            return self.spending(m)
         return self.alpha / len(self.looks) if self.looks else self.alpha
 
 
@@ -365,19 +356,6 @@ def _pass(g: Formula, ev: Evidence) -> tuple[float, Link | None, dict[Better, fl
     return r, Link(lit, signed, raw, a * levels[lit], ratio_of(lit)[0]), levels
 
 
-def relative_levels(f: Formula) -> dict[Better, float]:
-    """Per literal (positive form): the smallest share of a look's α it is tested at, either way."""
-    hold: dict[Better, float] = {}
-    fail: dict[Better, float] = {}
-    collect_levels(f, hold)
-    collect_levels(negate(f), fail)
-    out: dict[Better, float] = {}
-    for levels in (hold, fail):
-        for lit, a in levels.items():
-            out[lit.positive] = min(out.get(lit.positive, 1.0), a)
-    return out
-
-
 def ratios(f: Formula, ev: Evidence) -> tuple[float, float]:
     """Adjusted ratios (≤ 1: declared) of "holds" and "contradicted" on the evidence given."""
     return _pass(f, ev)[0], _pass(negate(f), ev)[0]
@@ -426,13 +404,3 @@ def decision_text(d: Decision) -> str:
     if d.verdict == "equivalent":
         parts.insert(0, f"all {len(d.open)} comparison(s) left open are equal within their margins")
     return "; ".join(parts)
-
-
-def rows_of(links: Sequence[Link]) -> list[RowKey]:
-    """The rows the given links compare (first appearance order)."""
-    out: dict[RowKey, None] = {}
-    for link in links:
-        for k in (link.literal.a, link.literal.b):
-            if k is not None:
-                out[k] = None
-    return list(out)

@@ -128,6 +128,7 @@ def write_report(
     *,
     until_decided: int | None = None,
     claims: str | None = None,
+    tables: Mapping[str, Any] | None = None,
 ) -> Path:
     """report.md (a summary of the verdicts, runs and wall times, our tables with marks, figures,
     claim verdicts), one CSV per table and Figures 3-5 as PNG in `outdir`; returns the report's path.
@@ -136,7 +137,7 @@ def write_report(
     `until_decided` (max seeds): the verdicts of the sequential design that added the seeds
     (`sequential.assess`, error spent over its looks) instead of the fixed design's. `claims`: a
     line to print instead of judging the claims here (the combined report judges them once over
-    every benchmark's tables)."""
+    every benchmark's tables). `tables`: the paper methods' `result_tables` when already computed."""
     records = list(records)
     runs = group_runs(records, benchmark)
     bench = runs.bench
@@ -148,7 +149,8 @@ def write_report(
     others = [r for r in records if r.spec.method not in PAPER_METHODS]
     if not paper:
         return _write_others_only(records, runs, others, outdir)
-    tables = result_tables(paper, bench)
+    if tables is None:
+        tables = result_tables(paper, bench)
     paper_runs = group_runs(paper, bench)
     if claims is None:
         verdicts, summary = _verdicts({bench.name: paper}, {bench.name: tables}, until_decided)
@@ -317,7 +319,7 @@ def write_combined_report(
         paper_records[name] = [r for r in records if r.spec.method in PAPER_METHODS]
         tables = result_tables(paper_records[name], bench)
         tables_by_benchmark[name] = tables
-        sub = write_report(records, bench, outdir / name, claims=_JUDGED_TOGETHER)
+        sub = write_report(records, bench, outdir / name, claims=_JUDGED_TOGETHER, tables=tables)
         res_name, _, rs_name = bench.paper_tables
         wall = math.fsum(float((r.timings or {}).get("attempt_wall_s", 0.0)) for r in records)
         sections += [

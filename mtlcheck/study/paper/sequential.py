@@ -118,11 +118,12 @@ def _predictive(f, tables: Tables, max_seeds: int, rng: np.random.Generator) -> 
         return 0.0
     n_final, alpha = look
     ev = comparisons.evidence(f, tables, comparisons.Design((), 1.0))  # every literal on all its seeds
+    at_looks = comparisons.evidence(f, tables, DESIGN)
     draws: dict = {}
     for lit, (signed, raw, *_) in ev.items():
         n = signed.n
         if n >= n_final or n < 2:
-            e = comparisons.evidence(lit, tables, DESIGN)[lit]
+            e = at_looks[lit]
             draws[lit] = (np.full(PREDICTIVE_DRAWS, e[3]), np.full(PREDICTIVE_DRAWS, e[4]), e[2], signed, raw)
             continue
         s = signed.sd
