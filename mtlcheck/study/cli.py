@@ -12,8 +12,10 @@
     mtlcheck bench --size 128 --tasks 3           # step time per method as a ratio to EW
     mtlcheck bench --peers                        # side by side with the real TorchJD and LibMTL
 
-Every command that reads or writes runs takes --store (the SQLite results store, default
-mtlcheck-results/runs.sqlite); reports go to --out (default mtlcheck-results/).
+Every command that reads or writes runs takes --store: the results store, an SQLite file for
+one host (default mtlcheck-results/runs.sqlite) or a postgresql://user@host/db URL that the
+sweeps of many machines share (pip install mtlcheck[postgresql]); reports go to --out (default
+mtlcheck-results/).
 """
 
 from __future__ import annotations
@@ -274,7 +276,7 @@ def _run_specs(args, specs):
         from mtlcheck.study.experiments.distributed import run_sweep_ray
 
         records = run_sweep_ray(
-            store.path,
+            store.location,
             specs,
             where,
             num_cpus_per_run=args.threads or 1,
@@ -286,7 +288,7 @@ def _run_specs(args, specs):
         from mtlcheck.study.experiments.distributed import run_sweep_processes
 
         threads = args.threads or max(1, _cpu_count() // jobs)
-        records = run_sweep_processes(store.path, specs, where, jobs=jobs, threads=threads, progress=not args.quiet)
+        records = run_sweep_processes(store.location, specs, where, jobs=jobs, threads=threads, progress=not args.quiet)
     else:
         from mtlcheck.study.experiments.runner import run_sweep
 
@@ -563,7 +565,7 @@ def _one_run(store, key: str):
         matches = [r for r in store.runs(all_epochs=True) if r.key.startswith(key)]
         if len(matches) != 1:
             raise UsageError(
-                f"{'no' if not matches else len(matches)} stored run(s) with a key starting {key!r} in {store.path}"
+                f"{'no' if not matches else len(matches)} stored run(s) with a key starting {key!r} in {store}"
             )
         record = matches[0]
     return record
@@ -727,7 +729,12 @@ def _add_where(p):
 
 
 def _add_store(p):
-    p.add_argument("--store", default=str(DEFAULT_STORE), help="SQLite results store (default %(default)s)")
+    p.add_argument(
+        "--store",
+        default=str(DEFAULT_STORE),
+        help="results store: an SQLite file (one host) or a postgresql://user[:password]@host[:port]/dbname URL "
+        "(many hosts; pip install 'mtlcheck[postgresql]') (default %(default)s)",
+    )
 
 
 def _add_precision(p):
@@ -903,7 +910,7 @@ def _add_runs(sub) -> None:
     _add_run_filters(p)
     p.set_defaults(fn=cmd_runs_export)
     p = rsub.add_parser("compare", help="runs of --store (A) and OTHER (B) with the same spec: metric differences")
-    p.add_argument("other", help="the other SQLite results store")
+    p.add_argument("other", help="the other results store (an SQLite file or a postgresql:// URL)")
     p.add_argument("--tol", type=float, default=0.0, help="absolute tolerance on metric values (default: exact)")
     _add_store(p)
     _add_run_filters(p)
@@ -1028,7 +1035,7 @@ def _where_it_stopped(args) -> str:
     ]  # by this process or its workers
     parts = [f"{finished} of {len(specs)} run(s) finished and stored in {args.store}."]
     for r in stopped:
-        ckpt = store.checkpoint_path(r.key).exists()
+        ckpt = store.has_checkpoint(r.key)
         parts.append(
             f"Stopped in {r.spec.label} ({r.key}), released "
             + ("with its checkpoint: it resumes from there." if ckpt else "before its first checkpoint.")

@@ -130,7 +130,7 @@ def run_sweep_processes(
                 max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")
             ) as pool:
                 futures = {
-                    pool.submit(_run_one, str(store.path), s.to_json(), worker_where, threads): s
+                    pool.submit(_run_one, store.location, s.to_json(), worker_where, threads): s
                     for s in _heaviest_first(todo)
                 }
                 for future in as_completed(futures):
@@ -180,7 +180,7 @@ def _stored_records(store: ResultStore, specs: list[RunSpec], who: str) -> list[
     store.close()
     if problems:
         raise StoreError(
-            f"{who}: {len(problems)} run(s) neither finished nor failed in {store.path} "
+            f"{who}: {len(problems)} run(s) neither finished nor failed in {store} "
             "(see the errors printed above; run the sweep again to retry them):\n  " + "\n  ".join(problems)
         )
     return records
@@ -255,7 +255,7 @@ def run_sweep_ray(
         task = ray.remote(num_cpus=num_cpus_per_run, num_gpus=num_gpus_per_run)(_run_one)
         threads = max(1, int(num_cpus_per_run))
         worker_where = replace(where, progress=False)
-        refs: dict[Any, RunSpec] = {task.remote(str(store.path), s.to_json(), worker_where, threads): s for s in todo}
+        refs: dict[Any, RunSpec] = {task.remote(store.location, s.to_json(), worker_where, threads): s for s in todo}
         pending = list(refs)
         try:
             while pending:
