@@ -267,7 +267,7 @@ def _run_specs(args, specs):
     """Run (or find stored) `specs` with the command's executor: (store, records, wall seconds)."""
     where = _where(args)
     where.check(s.benchmark for s in specs)  # device, weights, data root: usage errors before the store opens
-    store = _store(args)
+    store = None if args.executor == "ray" else _store(args)  # ray: created once a cluster answers
     _threads(args)
     args._specs = [*getattr(args, "_specs", []), *specs]
     t0 = time.perf_counter()
@@ -276,7 +276,7 @@ def _run_specs(args, specs):
         from mtlcheck.study.experiments.distributed import run_sweep_ray
 
         records = run_sweep_ray(
-            store.location,
+            args.store,
             specs,
             where,
             num_cpus_per_run=args.threads or 1,
@@ -284,6 +284,7 @@ def _run_specs(args, specs):
             address=args.ray_address,
             progress=not args.quiet,
         )
+        store = _store(args)
     elif jobs > 1:
         from mtlcheck.study.experiments.distributed import run_sweep_processes
 
@@ -313,6 +314,8 @@ def cmd_sweep(args) -> int:
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
     print(f"{len(records)} runs in {seconds:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if getattr(records, "summary", None) is not None:  # a Ray sweep: where the runs ran, what was taken over
+        print(f"ray: {records.summary.line()}")
     if counts.get("failed"):
         print(
             f"failed runs: `mtlcheck runs list --status failed --store {args.store}` shows their errors, "
@@ -780,8 +783,10 @@ def _add_sweep(p):
         "--executor",
         default="local",
         choices=["local", "ray"],
-        help="ray: one Ray task per run (pip install mtlcheck[ray]; the store must be on one node or a "
-        "filesystem with working SQLite locking); --threads CPUs and, with --device cuda, one GPU per run",
+        help="ray: one Ray task per run on the cluster of --ray-address (pip install mtlcheck[ray]); only this "
+        "process's node writes --store (the nodes need no shared filesystem), and a dead node's runs resume "
+        "elsewhere from their checkpoints; run this command on a node of the cluster (not ray://); --threads "
+        "CPUs and, with --device cuda, one GPU per run",
     )
     p.add_argument(
         "--jobs",

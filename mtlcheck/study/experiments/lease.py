@@ -34,8 +34,9 @@ class LeaseLost(RuntimeError):
 
 def acquire(store: RunStore, spec: RunSpec, *, stale_after: float, max_failures: int) -> Lease | None:
     """Make this process (and thread) the owner of `spec`'s run, or return None (see
-    `ResultStore.lease`)."""
-    owner = owners.new_owner()  # live before the row names it: a racing thread must see it alive
+    `ResultStore.lease`). A store with an ``owner_host`` attribute (a Ray worker's proxy) names
+    the owner's host so."""
+    owner = owners.new_owner(getattr(store, "owner_host", None))  # live before the row names it
     try:
         claim = store.claim(spec, owner, stale_after=stale_after, max_failures=max_failures)
     except BaseException:
