@@ -111,7 +111,7 @@ def test_a_killed_nodes_runs_are_taken_over_at_once_and_resume_from_their_checkp
 
     cluster = ray_cluster()
     path = tmp_path / "runs.sqlite"
-    specs = _specs(["ew", "mgda"], steps=300)
+    specs = _specs(["ew", "mgda"], steps=150)
     killed: list[str] = []
 
     def kill_when_checkpointed():
@@ -143,7 +143,7 @@ def test_ctrl_c_cancels_the_tasks_releases_the_runs_and_a_rerun_completes(ray_cl
     cluster = ray_cluster()
     store = tmp_path / "runs.sqlite"
     args = ["sweep", "--executor", "ray", "--ray-address", cluster.address, "--methods", "ew", "mgda"]
-    args += ["--levels", "parameter", "--seeds", "0", "--budget", "smoke", "--steps", "300", "--quiet"]
+    args += ["--levels", "parameter", "--seeds", "0", "--budget", "smoke", "--steps", "150", "--quiet"]
     args += ["--threads", "1", "--store", str(store), "--out", str(tmp_path / "out")]
     driver = subprocess.Popen(
         [sys.executable, "-m", "mtlcheck.study.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

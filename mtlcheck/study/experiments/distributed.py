@@ -1,18 +1,35 @@
 """Sweeps on several worker processes: local ones (`run_sweep_processes`) or a Ray cluster
 (`run_sweep_ray`, optional extra: ``pip install mtlcheck[ray]``).
 
-Each run is one Ray task that opens the same `ResultStore` file and calls `run_spec`, so the
-store still does everything that matters: a run is computed once (also against local sweeps
-on the same file), a dead worker's run is taken over and resumes from its checkpoint, and a
-failure is recorded as a ``failed`` row. The driver only schedules and then reads the results
-back from the store.
+Local worker processes each open the store (`--store`) themselves: an SQLite file on this host,
+or a PostgreSQL URL.
 
-Where it works: every worker must open the *same* SQLite file with working locking. The store
-uses WAL mode, which SQLite supports only when all processes are on one host (it needs shared
-memory next to the file; network filesystems such as NFS are not supported). In practice that
-means one node with many CPUs/GPUs, or a multi-node cluster whose nodes share a filesystem
-that really provides SQLite's locking and shared memory; with anything else results can be
-lost or corrupted. Take-over across hosts waits for a stale heartbeat (default 600 s).
+Ray (`run_sweep_ray`): each run not yet finished is one Ray task, and only the driver's node
+touches the store. The driver starts a store actor (`remote_store.StoreActor`) pinned to its own
+node with Ray's ``NodeAffinitySchedulingStrategy``; it holds the `ResultStore` and each task
+gets a `remote_store.RemoteStore` proxy that forwards every lease operation (claim, heartbeat,
+end, checkpoints as bytes) to it. So the store keeps its promises across the cluster: a run is
+computed once (also against local sweeps on the same store), a failure is recorded as a
+``failed`` row, and checkpoints are kept where the driver's store keeps them (beside an SQLite
+file, in a PostgreSQL table), so a run resumes on any node. A lease owner of a Ray worker names
+its node (``<host>@ray-node-<id>:<pid>:<token>``) and the actor's store judges it dead as soon
+as Ray reports that node dead, so when a node dies Ray runs its tasks again elsewhere (up to 3
+times) and they take their runs over at once and resume from their checkpoints. A worker
+process that dies while its node lives is detected at once on the driver's host, elsewhere
+after the store's stale heartbeat (600 s).
+
+What each mode needs:
+
+- one host (``--executor local``, or a local Ray instance): an SQLite store on a local
+  filesystem;
+- Ray on several hosts: the driver runs on a node of the cluster (``ray.init(address=...)``;
+  Ray Client ``ray://`` addresses are refused, the store being served from the driver's node);
+  the other nodes need no shared filesystem and no access to the store, only the same mtlcheck
+  and data (``--data-root``) at the same paths. The store (file or PostgreSQL URL) must stay
+  reachable from the driver's node; if that node dies the sweep stops, and running it again
+  resumes every run from its last checkpoint;
+- hosts without Ray: each runs ``mtlcheck sweep --store postgresql://...`` on a shared
+  PostgreSQL store (SQLite's WAL mode needs all its processes on one host).
 
 GPUs are pinned by Ray: a task asking for ``num_gpus`` gets ``CUDA_VISIBLE_DEVICES`` set to its
 GPU(s), so the run's device is plain ``"cuda"``.
