@@ -85,3 +85,28 @@ def test_local_worker_processes_compute_each_run_once_as_an_in_process_sweep_doe
     finally:
         torch.set_num_threads(threads)
     assert {r.key: r.metrics for r in local} == {r.key: r.metrics for r in good}
+
+
+def test_a_ray_workers_lease_owner_names_its_node_and_dies_with_it(monkeypatch):
+    """Owners of Ray workers are ``<host>@ray-node-<id>:pid:token``; the store actor's judge calls
+    such an owner dead as soon as Ray reports its node dead (and not before)."""
+    import types
+
+    from mtlcheck.study.experiments import owners
+    from mtlcheck.study.experiments.remote_store import RayNodeJudge, node_of, ray_owner_host
+
+    node = "ab" * 28
+    owner = owners.new_owner(ray_owner_host(node))
+    try:
+        assert node_of(owner) == node and node_of(owners.HOST + ":1:x") is None
+        assert owners.owned_by_this_thread(owner)
+        alive = [{"NodeID": node, "Alive": True}]
+        monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(nodes=lambda: alive))
+        assert RayNodeJudge(refresh=0)(owner) is None  # its node lives, and so does its process (this one)
+        alive[0]["Alive"] = False
+        assert RayNodeJudge(refresh=0)(owner) == f"its Ray node {node[:12]} died"
+        assert RayNodeJudge(refresh=0)(f"{owners.HOST}:1:x") is None  # not a Ray worker: not its business
+    finally:
+        owners.retire(owner)
+    with pytest.raises(ValueError, match="host must be"):
+        owners.new_owner("elsewhere")

@@ -328,7 +328,7 @@ def _connect(ray, address: str | None) -> None:
     host, _, port = (target or "").rpartition(":")
     if port.isdigit():
         try:
-            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5).close()
         except OSError as exc:
             raise ValueError(f"run_sweep_ray: no Ray cluster at {target}: {exc.strerror or exc}") from None
     try:
