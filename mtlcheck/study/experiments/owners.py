@@ -4,7 +4,9 @@ A lease names its owner by this host (hostname plus kernel boot id), this proces
 random token that is *live* while the lease is open in this process. Another process may take
 the run over when the owner's heartbeat is older than `stale_after` (any host), or at once when
 the owner ran on this host and its pid is gone or a zombie, or when its pid is this process but
-its token is not live here (the pid was reused). On Windows only the heartbeat counts.
+its token is not live here (the pid was reused). On Windows only the heartbeat counts. A host
+may be qualified as ``HOST@where`` (a Ray worker names its node: ``HOST@ray-node-<id>``); such an
+owner's liveness beyond its heartbeat is left to the store's `is_dead` judge.
 """
 
 from __future__ import annotations
