@@ -447,16 +447,11 @@ def _reproduce_until_decided(args) -> int:
     budget, t0 = args.time_budget, time.monotonic()
     benchmarks = _benchmarks(args)
     registry = {v: k for k, v in PAPER_NAMES.items()}
-    if Path(args.store).exists():  # a --max-seeds below what is stored would leave runs the design never saw
-        from mtlcheck.study.experiments.store import ResultStore
-
-        stored = ResultStore(args.store, readonly=True)
-        for name in benchmarks:
-            most = max(
-                (r.spec.seed + 1 for r in stored.runs(benchmark=name) if r.spec.budget == args.budget), default=0
-            )
-            if most > max_seeds:
-                raise UsageError(f"{args.store} already holds {most} seeds of {name}: --max-seeds must be >= {most}")
+    stored = _store(args)  # a --max-seeds below what is stored would leave runs the design never saw
+    for name in benchmarks:
+        most = max((r.spec.seed + 1 for r in stored.runs(benchmark=name) if r.spec.budget == args.budget), default=0)
+        if most > max_seeds:
+            raise UsageError(f"{args.store} already holds {most} seeds of {name}: --max-seeds must be >= {most}")
     args.seeds = list(range(LOOKS[0]))
     store, records, _ = _sweep(args)
     args.steps = "default" if args.steps is None else str(args.steps)

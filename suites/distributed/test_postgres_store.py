@@ -74,6 +74,21 @@ def test_the_schema_and_checkpoints_live_in_the_database(postgres_url):
         reader.add(SPEC)
 
 
+def test_a_connection_the_server_dropped_is_replaced(postgres_url):
+    import psycopg
+
+    store = ResultStore(postgres_url)
+    store.add(SPEC)
+    with store.transaction() as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    assert store.get(SPEC).status == "pending"  # read on a new connection
+    lease = store.lease(SPEC)
+    lease.finish({"loss": 1.0})
+    assert store.get(SPEC).status == "done"
+
+
 def test_an_empty_database_is_not_a_store_to_read(postgres_url):
     with pytest.raises(StoreError, match="the database is empty"):
         ResultStore(postgres_url, readonly=True)
@@ -125,3 +140,40 @@ def test_a_sweep_on_a_url_and_runs_compare_across_backends(postgres_url, tmp_pat
     export = tmp_path / "runs.json"
     assert _cli("runs", "export", str(export), "--store", postgres_url).returncode == 0
     assert export.stat().st_size > 0
+
+
+def test_two_sweeps_share_the_work_and_one_killed_mid_run_loses_nothing(postgres_url):
+    """Two `mtlcheck sweep` processes on one PostgreSQL store (as two machines of a job array
+    would run them); one is killed in the middle of a run. The other takes that run over (at once:
+    its owner's pid is dead on this host; from another host, once the heartbeat is stale) and
+    every run ends done, finished once."""
+    import os
+    import signal
+    import time
+
+    args = ["sweep", "--budget", "smoke", "--methods", "mgda", "--seeds", "0", "1"]
+    args += ["--jobs", "1", "--quiet", "--store", postgres_url]
+    command = [sys.executable, "-m", "mtlcheck.study", *args]
+    victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    survivor = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader = ResultStore(postgres_url)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(r.status == "running" and f":{victim.pid}:" in r.owner for r in reader.runs()):
+            assert victim.poll() is None and time.monotonic() < deadline, "the first sweep never held a run"
+            time.sleep(0.05)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+        out, err = survivor.communicate(timeout=300)
+    finally:
+        for p in (victim, survivor):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert survivor.returncode == 0, err
+    records = reader.runs()
+    assert len(records) == 4 and all(r.status == "done" for r in records), [(r.spec.label, r.status) for r in records]
+    for r in records:  # finished exactly once each
+        assert [e["event"] for e in r.history].count("done") == 1, r.history
+    taken = [r for r in records if any(e["event"] == "taken_over" for e in r.history)]
+    assert len(taken) == 1 and f":{victim.pid}:" in taken[0].history[0]["owner"]

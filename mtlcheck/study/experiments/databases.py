@@ -236,6 +236,11 @@ class _QmarkConnection:
     def execute(self, sql: str, params: Any = ()):
         return self.conn.execute(sql.replace("?", "%s"), tuple(params))
 
+    @property
+    def closed(self) -> bool:
+        """Closed, or broken (the server restarted, the network dropped): the store reconnects."""
+        return bool(self.conn.closed or self.conn.broken)
+
     def close(self) -> None:
         self.conn.close()
 

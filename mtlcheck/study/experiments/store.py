@@ -183,10 +183,22 @@ class ResultStore:
     # -- connections ----------------------------------------------------------------------------
     def _conn(self):
         local = self._local
-        if getattr(local, "pid", None) != os.getpid():  # new thread, or inherited across fork
-            local.conn = self.db.connect()
+        if getattr(local, "pid", None) != os.getpid() or getattr(local.conn, "closed", False):
+            local.conn = self.db.connect()  # a new thread, a fork, or a database connection that broke
             local.pid = os.getpid()
         return local.conn
+
+    def _read(self, sql: str, params: Any = ()) -> list[tuple]:
+        """The rows of one query (a problem with the store itself raises `StoreError`)."""
+        for attempt in (1, 2):
+            conn = self._conn()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except self.db.errors as exc:
+                if attempt == 1 and getattr(conn, "closed", False):
+                    continue  # the connection broke (a server restart): once more on a new one
+                raise self.db.error(exc) from exc
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
@@ -208,10 +220,16 @@ class ResultStore:
             raise self.db.error(exc) from exc
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            with contextlib.suppress(*self.db.errors):  # a broken connection has nothing to roll back
+                conn.execute("ROLLBACK")
+            if isinstance(exc, self.db.errors):
+                raise self.db.error(exc) from exc
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except self.db.errors as exc:
+            raise self.db.error(exc) from exc
 
     def _init_schema(self) -> None:
         try:
@@ -225,10 +243,10 @@ class ResultStore:
 
     def describe_owner(self, key: str) -> str:
         """The run's status, owner and heartbeat age as one phrase, for messages about a lost lease."""
-        row = self._conn().execute("SELECT status, owner, heartbeat FROM runs WHERE key=?", (key,)).fetchone()
-        if row is None:
+        rows = self._read("SELECT status, owner, heartbeat FROM runs WHERE key=?", (key,))
+        if not rows:
             return "the row is gone"
-        status, owner, hb = row
+        status, owner, hb = rows[0]
         age = "" if hb is None else f", heartbeat {self.clock.time() - hb:.1f}s ago"
         return f"status {status}, owner {owner}{age}"
 
@@ -399,8 +417,8 @@ class ResultStore:
 
     def get(self, spec_or_key: RunSpec | str) -> RunRecord | None:
         """The stored record, or None if the run was never leased or added."""
-        row = self._conn().execute(f"SELECT {_COLUMNS} FROM runs WHERE key=?", (self._key(spec_or_key),)).fetchone()
-        return None if row is None else _record(row)
+        rows = self._read(f"SELECT {_COLUMNS} FROM runs WHERE key=?", (self._key(spec_or_key),))
+        return _record(rows[0]) if rows else None
 
     def runs(
         self,
@@ -426,15 +444,11 @@ class ResultStore:
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + " ORDER BY created, key"
         )
-        return [_record(r) for r in self._conn().execute(sql, params).fetchall()]
+        return [_record(r) for r in self._read(sql, params)]
 
     def counts(self) -> dict[str, int]:
         """Number of runs per status (current `CODE_EPOCH`)."""
-        rows = (
-            self._conn()
-            .execute("SELECT status, COUNT(*) FROM runs WHERE code_epoch=? GROUP BY status", (_spec.CODE_EPOCH,))
-            .fetchall()
-        )
+        rows = self._read("SELECT status, COUNT(*) FROM runs WHERE code_epoch=? GROUP BY status", (_spec.CODE_EPOCH,))
         return {s: 0 for s in STATUSES} | dict(rows)
 
     def wait_for(self, spec: RunSpec | str, timeout: float | None = None, poll: float = 0.5) -> RunRecord:
