@@ -2,8 +2,10 @@
 two-node local Ray cluster.
 
 Every service listens on loopback only. A test that needs a service which cannot be started here
-is skipped, or fails when ``MTLCHECK_REQUIRE_SERVICES=1`` (set by CI, where a skip would hide a
-missing service).
+is skipped, or fails when the service is named in ``MTLCHECK_REQUIRE_SERVICES`` (``postgresql``,
+``ray``, comma-separated; CI sets it, where a skip would hide a missing service). The Ray cluster
+starts only in a network namespace with loopback alone (Ray listens on every interface): outside
+one its tests skip, and CI runs them again inside one.
 """
 
 from __future__ import annotations
@@ -24,15 +26,22 @@ from pathlib import Path
 import pytest
 
 
-def services_required() -> bool:
-    return os.environ.get("MTLCHECK_REQUIRE_SERVICES") == "1"
+def services_required(service: str) -> bool:
+    return service in os.environ.get("MTLCHECK_REQUIRE_SERVICES", "").split(",")
 
 
-def unavailable(reason: str):
-    """Skip the test, or fail it where services are required."""
-    if services_required():
-        pytest.fail(f"{reason} (MTLCHECK_REQUIRE_SERVICES=1)", pytrace=False)
+def unavailable(reason: str, service: str):
+    """Skip the test, or fail it where `service` is required."""
+    if services_required(service):
+        pytest.fail(f"{reason} (MTLCHECK_REQUIRE_SERVICES names {service})", pytrace=False)
     pytest.skip(reason)
+
+
+def _need(module: str, service: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        unavailable(f"{module} is not installed (pip install 'mtlcheck[{service}]')", service)
 
 
 def loopback_only() -> bool:
@@ -63,7 +72,7 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
         return cmd
     runuser = shutil.which("runuser")
     if runuser is None:
-        unavailable("running as root without runuser: cannot start PostgreSQL as another user")
+        unavailable("running as root without runuser: cannot start PostgreSQL as another user", "postgresql")
     return [runuser, "-u", "postgres", "--", *cmd]
 
 
@@ -73,8 +82,8 @@ def postgres_server():
     yields its base URL ``postgresql://mtlcheck@127.0.0.1:PORT``. Stopped after the session."""
     initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
-        unavailable("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
-    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install mtlcheck[postgresql])")
+        unavailable("PostgreSQL's server programs (initdb, pg_ctl) are not installed", "postgresql")
+    _need("psycopg", "postgresql")
     root = Path(tempfile.mkdtemp(prefix="mtlcheck-pg-"))
     data = root / "data"
     if os.geteuid() == 0:
@@ -97,7 +106,7 @@ def postgres_server():
         )
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(root, ignore_errors=True)
-        unavailable(f"could not start PostgreSQL: {exc.stderr or exc.stdout}")
+        unavailable(f"could not start PostgreSQL: {exc.stderr or exc.stdout}", "postgresql")
     try:
         yield f"postgresql://mtlcheck@127.0.0.1:{port}"
     finally:
@@ -172,7 +181,7 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> None:
 def _ray_start(args: list[str], log: Path, prefix: list[str] = ()) -> subprocess.Popen:
     ray_bin = shutil.which("ray")
     if ray_bin is None:
-        unavailable("the `ray` command is not installed (pip install mtlcheck[ray])")
+        unavailable("the `ray` command is not installed (pip install mtlcheck[ray])", "ray")
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -191,9 +200,9 @@ def ray_cluster(monkeypatch):
     mount namespace with an empty tmpfs over that folder: it shares no files there with the driver.
     Only in a loopback-only network namespace (Ray listens on every interface). Stopped after the
     test."""
-    pytest.importorskip("ray", reason="Ray is not installed (pip install mtlcheck[ray])")
+    _need("ray", "ray")
     if not loopback_only():
-        unavailable("Ray tests need a network namespace with loopback only (unshare -n; ip link set lo up)")
+        unavailable("Ray tests need a network namespace with loopback only (unshare -n; ip link set lo up)", "ray")
     for name, value in RAY_ENV.items():
         monkeypatch.setenv(name, value)  # the driver and the workers it starts
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -217,7 +226,7 @@ def ray_cluster(monkeypatch):
         deadline = time.monotonic() + 60
         while not _listening(port):
             if head.poll() is not None or time.monotonic() > deadline:
-                unavailable(f"the Ray head node did not start: {(temp / 'head.log').read_text()[-2000:]}")
+                unavailable(f"the Ray head node did not start: {(temp / 'head.log').read_text()[-2000:]}", "ray")
             time.sleep(0.2)
         worker = _ray_start([f"--address={address}"], temp / "worker.log", prefix)
         started.append(worker)
@@ -225,7 +234,9 @@ def ray_cluster(monkeypatch):
         try:
             while len([n for n in ray.nodes() if n["Alive"]]) < 2:
                 if worker.poll() is not None or time.monotonic() > deadline:
-                    unavailable(f"the Ray worker node did not start: {(temp / 'worker.log').read_text()[-2000:]}")
+                    unavailable(
+                        f"the Ray worker node did not start: {(temp / 'worker.log').read_text()[-2000:]}", "ray"
+                    )
                 time.sleep(0.2)
             head_id = ray.get_runtime_context().get_node_id()
             (worker_id,) = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head_id]
