@@ -325,49 +325,19 @@ def cmd_sweep(args) -> int:
     return 0 if counts.get("failed", 0) == 0 else 1
 
 
-def _study_records(args, store, benchmark: str | None = None) -> list:
-    """The stored runs a report of this command reads: its benchmark (or `benchmark`), budget,
-    precision and steps."""
-    from mtlcheck.study.experiments.runner import run_options
+def _study_records(args, store, benchmark: str, ended: bool = False) -> list:
+    """The stored runs a report of this command reads (`paper.runs.select_report_records`)."""
+    from mtlcheck.study.paper.runs import select_report_records
 
-    if benchmark is not None:
-        args = argparse.Namespace(**{**vars(args), "benchmark": benchmark})
-    precision = _precision(args)  # both feature-level batch rules are reported, as separate rows
-    records = [
-        r
-        for r in store.runs(benchmark=args.benchmark)
-        if r.spec.budget == args.budget and run_options(r.spec.options)[0] == precision
-    ]
-    if not records:
-        raise UsageError(
-            f"no stored runs for {args.benchmark} at budget {args.budget} with {precision} "
-            f"in {args.store}; run `mtlcheck sweep --benchmark {args.benchmark} --budget {args.budget}` "
-            "with the same precision options first"
-        )
-    steps = {r.spec.steps for r in records}
-    if args.steps is not None:
-        wanted = None if args.steps == "default" else int(args.steps)
-        records = [r for r in records if r.spec.steps == wanted]
-        if not records:
-            raise UsageError(
-                f"no stored runs for {args.benchmark} at budget {args.budget} with --steps {args.steps}; "
-                f"stored: {_steps_choices(steps)}"
-            )
-    elif len(steps) > 1:
-        raise UsageError(
-            f"the stored runs of {args.benchmark} at budget {args.budget} have several step counts "
-            f"({_steps_choices(steps)}): choose one with --steps"
-        )
-    return records
+    return select_report_records(store, benchmark, args.budget, _precision(args), args.steps, ended=ended)
 
 
 def _report(args, store, until_decided: int | None = None) -> Path:
     from mtlcheck.study.benchmarks import get_benchmark
     from mtlcheck.study.paper.reports import write_combined_report, write_report
 
-    found = {name: _study_records(args, store, name) for name in _benchmarks(args)}
-    if until_decided is not None:  # the design's runs: those that ended (a killed run resumes when asked)
-        found = {name: [r for r in recs if _ended(r)] for name, recs in found.items()}
+    ended = until_decided is not None  # the design's runs: those that ended (a killed run resumes when asked)
+    found = {name: _study_records(args, store, name, ended) for name in _benchmarks(args)}
     records = next(iter(found.values()))
     suffix = "".join(f"-{k}" if v is True else f"-{v}" for k, v in _precision(args).options().items())
     chosen = records[0].spec.steps
@@ -377,10 +347,6 @@ def _report(args, store, until_decided: int | None = None) -> Path:
     if args.benchmark == ALL_BENCHMARKS:
         return write_combined_report(found, out, until_decided=until_decided)
     return write_report(records, get_benchmark(args.benchmark), out, until_decided=until_decided)
-
-
-def _steps_choices(steps) -> str:
-    return ", ".join(sorted("default" if s is None else str(s) for s in steps))
 
 
 def _steps_or_default(text: str) -> str:
@@ -434,8 +400,8 @@ def _reproduce_until_decided(args) -> int:
     until no claim asks for more, `--max-seeds` is reached or the next round would pass
     `--time-budget`. Interrupted, it resumes where it stopped: every run is in the store."""
     from mtlcheck.study.experiments.runner import PAPER_METHODS, sweep_specs
+    from mtlcheck.study.paper.our_tables import result_tables
     from mtlcheck.study.paper.reports import claim_tables, table_benchmarks
-    from mtlcheck.study.paper.results import result_tables
     from mtlcheck.study.paper.runs import PAPER_NAMES
     from mtlcheck.study.paper.sequential import LOOKS, assess, run_cost, seeds_of
 
@@ -458,7 +424,7 @@ def _reproduce_until_decided(args) -> int:
     rounds, ran = 0, len(records)
     while True:
         found = {  # what the claims read: the paper's methods' ended runs (a killed run resumes when asked)
-            name: [r for r in _study_records(args, store, name) if r.spec.method in PAPER_METHODS and _ended(r)]
+            name: [r for r in _study_records(args, store, name, ended=True) if r.spec.method in PAPER_METHODS]
             for name in benchmarks
         }
         by_bench = {name: result_tables(recs, name, derived_intervals=False) for name, recs in found.items()}
@@ -507,11 +473,6 @@ def _reproduce_until_decided(args) -> int:
         f"report, CSV tables and figures in {path.parent}"
     )
     return 0
-
-
-def _ended(record) -> bool:
-    """Done, diverged or failed: not a run in progress, nor one a killed process left behind."""
-    return record.is_finished or record.status == "failed"
 
 
 def _steps_arg(args):
