@@ -155,12 +155,13 @@ def _stopped_and_said_so(rc: int, err: str, seconds: float, expected_rc: int = 1
     assert seconds < STOPPED, f"stopped {seconds:.1f}s after the signal"
 
 
-def _released_with_checkpoints(records: list, store: Path) -> None:
+def _released_with_checkpoints(records: list, store: Path, sent: float) -> None:
     stopped = [r for r in records if r.status != "done"]
     assert stopped, [r.status for r in records]
     for r in stopped:
         assert r.status == "pending" and r.failures == 0, (r.status, r.history[-1])
         assert "interrupted in" in r.history[-1]["reason"]
+        assert r.history[-1]["time"] - sent < 5.0, "released more than 5 s after the signal"
         assert Path(f"{store}.ckpt/{r.key}.pt").exists()
 
 
@@ -196,7 +197,7 @@ def test_a_signal_stops_the_sweep_and_releases_its_runs(tmp_path, signum, group,
     code, err, seconds = _ended(proc, sent)
     _stopped_and_said_so(code, err, seconds, rc)
     records = _nothing_claimed_after(store, sent)
-    _released_with_checkpoints(records, store)
+    _released_with_checkpoints(records, store, sent)
     assert "released with its checkpoint: it resumes from there" in err
     _gone(processes)
     print(f"exit {code} {seconds:.2f}s after the signal")
@@ -248,11 +249,19 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(tmp_path):
     _nothing_claimed_after(store, sent)
 
 
-def test_ctrl_c_stops_an_in_process_sweep(tmp_path):
+@pytest.mark.parametrize(
+    "signum, rc",
+    [
+        pytest.param(signal.SIGINT, 130, id="ctrl-c"),
+        pytest.param(signal.SIGTERM, 143, id="sigterm", marks=pytest.mark.slow),
+    ],
+)
+def test_a_signal_stops_an_in_process_sweep(tmp_path, signum, rc):
+    """--jobs 1: the runs are computed in the command's own process."""
     store = tmp_path / "runs.sqlite"
     proc = _start(store, jobs=1)
     _in_progress(store, proc, runs=1)
-    sent = _signal(proc, signal.SIGINT, group=True)
+    sent = _signal(proc, signum, group=True)
     code, err, seconds = _ended(proc, sent)
-    _stopped_and_said_so(code, err, seconds)
-    _released_with_checkpoints(_nothing_claimed_after(store, sent), store)
+    _stopped_and_said_so(code, err, seconds, rc)
+    _released_with_checkpoints(_nothing_claimed_after(store, sent), store, sent)

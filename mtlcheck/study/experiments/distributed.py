@@ -116,9 +116,9 @@ def run_sweep_processes(
     often and, when the cores are oversubscribed, make each op many times slower. Workers are
     started with "spawn" (no inherited SQLite connections or thread pools) and live for the
     whole sweep, so a benchmark's cached data is generated once per worker. Results, failures
-    and the return value are as `run_sweep_ray`'s. Ctrl-C or SIGTERM stops it (`interrupts`):
-    no new run starts, the runs in progress are released with their checkpoints, and the
-    KeyboardInterrupt (`interrupts.Terminated` for SIGTERM) comes out once the workers are gone."""
+    and the return value are as `run_sweep_ray`'s. Ctrl-C, SIGTERM or a `SetupError` stops it
+    (`interrupts`): no new run starts, the runs in progress are released with their checkpoints,
+    and the exception (`interrupts.Terminated` for SIGTERM) comes out once the workers are gone."""
     from concurrent.futures import as_completed
 
     specs = list(specs)
