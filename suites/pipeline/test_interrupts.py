@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from mtlcheck.study.experiments.interrupts import Terminated, exit_code, terminate_as_interrupt
 from mtlcheck.study.experiments.store import ResultStore
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds processes in /proc (Linux)")
@@ -265,3 +266,21 @@ def test_a_signal_stops_an_in_process_sweep(tmp_path, signum, rc):
     code, err, seconds = _ended(proc, sent)
     _stopped_and_said_so(code, err, seconds, rc)
     _released_with_checkpoints(_nothing_claimed_after(store, sent), store, sent)
+
+
+def test_sigterm_raises_where_ctrl_c_would_and_asks_for_exit_143():
+    with pytest.raises(Terminated) as raised, terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert isinstance(raised.value, KeyboardInterrupt) and exit_code(raised.value) == 143
+    assert exit_code(KeyboardInterrupt()) == 130
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
+
+
+def test_a_second_signal_while_the_command_says_where_it_stopped_exits_at_once():
+    code = "import os, signal, time\nfrom mtlcheck.study.experiments.interrupts import second_signal_exits\n"
+    code += "with second_signal_exits(130):\n    print('saying', flush=True)\n    time.sleep(60)\n"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "saying\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130

@@ -85,6 +85,9 @@ def second_signal_exits(code: int) -> Iterator[None]:
         return
 
     def leave(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # e.g. a reentrant write: leave all the same
+                stream.flush()
         os._exit(code)
 
     previous = {signum: signal.signal(signum, leave) for signum in _STOPPING}
