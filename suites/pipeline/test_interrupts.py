@@ -187,6 +187,7 @@ def _each_run_computed_once_when_run_again(store: Path) -> None:
         pytest.param(signal.SIGINT, True, 130, id="ctrl-c"),
         pytest.param(signal.SIGINT, False, 130, id="sigint-to-the-parent", marks=pytest.mark.slow),
         pytest.param(signal.SIGTERM, False, 143, id="sigterm-to-the-parent"),
+        pytest.param(signal.SIGTERM, True, 143, id="sigterm-to-the-group", marks=pytest.mark.slow),
     ],
 )
 def test_a_signal_stops_the_sweep_and_releases_its_runs(tmp_path, signum, group, rc):

@@ -12,7 +12,7 @@
 - A worker dies with its parent, however the parent died (SIGKILL included): at once on Linux
   (PR_SET_PDEATHSIG), within a second elsewhere (it polls its parent's pid). While it starts or
   waits for a run, Ctrl-C only tells it to start no run (the parent decides; no traceback);
-  SIGTERM interrupts its run once, and otherwise terminates it as by default.
+  SIGTERM ends it as by default, but only once its run (if any) is released.
 """
 
 from __future__ import annotations
@@ -169,6 +169,7 @@ class _Spawn(multiprocessing.context.SpawnContext):
 _stop = None  # the sweep's stop event
 _busy = None  # the sweep's count of runs in progress (shared)
 _told = False  # SIGINT, SIGTERM or the stop event came: start no run
+_ending = False  # SIGTERM came: end once no run is in progress
 _state = "idle"  # or "running" (a signal interrupts the run) or "stopping" (its release goes on)
 
 
@@ -187,14 +188,20 @@ def _start_worker(stop, busy, parent: int) -> None:
 
 
 def _on_signal(signum, frame) -> None:
-    global _told, _state
+    global _told, _ending, _state
     _told = True
+    _ending = _ending or signum == signal.SIGTERM
     if _state == "running":
-        _state = "stopping"  # once: a second Ctrl-C does not interrupt the run's release
+        _state = "stopping"  # once: a second signal does not interrupt the run's release
         raise KeyboardInterrupt
-    if signum == signal.SIGTERM:  # no run to interrupt: terminate as by default
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
+    if _state == "idle" and _ending:
+        _end()
+
+
+def _end() -> None:
+    """Terminate as SIGTERM does by default."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.raise_signal(signal.SIGTERM)
 
 
 def _watch(stop, parent: int) -> None:
@@ -222,6 +229,8 @@ def interruptible() -> Iterator[None]:
     finally:
         _state = "idle"
         _count(-1)
+        if _ending:
+            _end()
 
 
 def _count(change: int) -> None:
