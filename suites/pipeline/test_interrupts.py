@@ -270,12 +270,13 @@ def test_a_signal_stops_an_in_process_sweep(tmp_path, signum, rc):
 
 
 def test_sigterm_raises_where_ctrl_c_would_and_asks_for_exit_143():
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Terminated) as raised, terminate_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
     assert isinstance(raised.value, KeyboardInterrupt) and exit_code(raised.value) == 143
     assert exit_code(KeyboardInterrupt()) == 130
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
+    assert signal.getsignal(signal.SIGTERM) == before  # given back
 
 
 def test_a_second_signal_while_the_command_says_where_it_stopped_exits_at_once():

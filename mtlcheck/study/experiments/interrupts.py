@@ -149,8 +149,8 @@ class _WorkerProcess(multiprocessing.context.SpawnProcess):
             if blocked is not None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             _restore(handlers)
-        if came and callable(handlers[came[0]]):
-            handlers[came[0]](came[0], None)
+        if came:  # now as it would have been
+            signal.raise_signal(came[0])
 
 
 class _Spawn(multiprocessing.context.SpawnContext):
