@@ -119,9 +119,9 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     except BaseException:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
-        try:
+        try:  # until the runs are released (`busy` read without its lock, which a dead worker may hold)
             deadline = time.monotonic() + STOP_GRACE
-            while busy.value and time.monotonic() < deadline:  # runs not yet released
+            while busy.get_obj().value and time.monotonic() < deadline:
                 time.sleep(0.02)
         finally:  # SIGKILL: all a worker has left to do is to tear its interpreter down (seconds with torch)
             started = [process for process in context.processes if process.pid is not None]
@@ -170,7 +170,9 @@ _stop = None  # the sweep's stop event
 _busy = None  # the sweep's count of runs in progress (shared)
 _told = False  # SIGINT, SIGTERM or the stop event came: start no run
 _ending = False  # SIGTERM came: end once no run is in progress
-_state = "idle"  # or "running" (a signal interrupts the run) or "stopping" (its release goes on)
+# "idle", "counting" (updating `_busy`: a signal only takes note), "running" (a signal interrupts
+# the run) or "stopping" (the run's release goes on)
+_state = "idle"
 
 
 def _start_worker(stop, busy, parent: int) -> None:
@@ -220,15 +222,17 @@ def interruptible() -> Iterator[None]:
     """In a worker of `worker_pool`: a run that SIGINT, SIGTERM or the sweep's stop interrupts with
     KeyboardInterrupt, raised at once if this worker was told to stop before."""
     global _state
-    _count(+1)  # while idle: no signal raises here
+    _state = "counting"
+    _count(+1)
     try:
         _state = "running"
         if _told or (_stop is not None and _stop.is_set()):
             raise KeyboardInterrupt
         yield
     finally:
-        _state = "idle"
+        _state = "counting"
         _count(-1)
+        _state = "idle"
         if _ending:
             _end()
 
