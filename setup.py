@@ -1,6 +1,6 @@
 """Build step: the paper's reference tables (the top-level `reference/`, their source of truth)
 ship inside the wheel as package data, `mtlcheck/study/paper/_reference/`. Everything else is in pyproject.toml.
-An editable install (`pip install -e .`) reads `reference/` directly (mtlcheck/study/paper/tables.py)."""
+An editable install (`pip install -e .`) reads `reference/` directly (mtlcheck/study/paper/published_tables.py)."""
 
 import shutil
 from pathlib import Path

@@ -32,7 +32,8 @@ import torch
 from mtlcheck.aggregators import get_aggregator
 from mtlcheck.gradients import backward_step, jacobian_buffers
 from mtlcheck.jacobian import _GRAM_CHUNK, Jacobian, _block_gram
-from mtlcheck.study.perf.bench import ResNetClassifiers, _random_batch
+from mtlcheck.study.models.classifiers import ResNetClassifiers
+from mtlcheck.study.perf.harness import random_batch
 
 
 def _gram_no_copy(per_task: list[list[torch.Tensor]]) -> torch.Tensor:
@@ -75,7 +76,7 @@ def _combine_no_copy(per_task: list[list[torch.Tensor]], w: list[float]) -> list
 def measure(n_tasks: int, repeats: int, size: int = 128, batch_size: int = 2) -> dict:
     torch.manual_seed(0)
     model = ResNetClassifiers(n_tasks)
-    batch = _random_batch(torch.Generator().manual_seed(0), size, batch_size, n_tasks, "cpu")
+    batch = random_batch(torch.Generator().manual_seed(0), size, batch_size, n_tasks, "cpu")
     params = [p for _, p in model.shared_parameters()]
     gen = torch.Generator().manual_seed(1)
     per_task = [[torch.randn(p.shape, generator=gen) for p in params] for _ in range(n_tasks)]

@@ -33,7 +33,7 @@ from mtlcheck.aggregators import aggregator_class
 from mtlcheck.allocator import malloc_setting
 from mtlcheck.gradients import backward_step
 from mtlcheck.monitor import measure
-from mtlcheck.study.perf.bench import _model_and_batch
+from mtlcheck.study.perf.harness import model_and_batch
 
 
 def load_engine(rev: str):
@@ -50,7 +50,7 @@ def load_engine(rev: str):
 
 
 def cases_for(n_tasks: int, before, method: str):
-    model, batch = _model_and_batch(128, 2, n_tasks, "cpu", 0)
+    model, batch = model_and_batch(128, 2, n_tasks, "cpu", 0)
     ew, agg = aggregator_class("ew")(), aggregator_class(method)()
 
     def floor():

@@ -7,7 +7,6 @@
 """
 
 from mtlcheck.aggregators._base import (
-    IDENTITIES,
     Aggregation,
     Aggregator,
     AggregatorTags,
@@ -65,7 +64,6 @@ __all__ = [
     "Aggregation",
     "Aggregator",
     "AggregatorTags",
-    "IDENTITIES",
     "ProjectionMethod",
     "SecondOrderMethod",
     "SolverError",

@@ -167,10 +167,10 @@ class Aggregator:
     `after_step`, `seed`/`generator`, `implements`, and the hooks of the protocol mixins
     `ProjectionMethod.surgery` and `SecondOrderMethod.penalty_term`.
 
-    implements: the published method this class claims to be, one of `IDENTITIES` ("mgda",
-        "cagrad", "nash_mtl", "imtl_g", "pcgrad", "aligned_mtl", "gradvac", "upgrad", "dualproj", ...),
-        or None. The kit
-        then checks that method's defining property on hard inputs (`check_method_identity`).
+    implements: the published method this class claims to be, one of the kit's
+        `mtlcheck.testing.identities.IDENTITIES` ("mgda", "cagrad", "nash_mtl", "imtl_g", "pcgrad",
+        "aligned_mtl", "gradvac", "upgrad", "dualproj", ...), or None. The kit then checks that
+        method's defining property on hard inputs (`check_method_identity`).
         A class attribute or a property (when it depends on the configuration). "cagrad" reads
         the attribute `c` (the ball radius factor), "gradvac" reads `beta` (the EMA rate).
     """
@@ -365,22 +365,6 @@ class Aggregator:
         new = type(self).__new__(type(self))
         new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
         return new
-
-
-IDENTITIES = (
-    "mgda",
-    "cagrad",
-    "nash_mtl",
-    "imtl_g",
-    "pcgrad",
-    "aligned_mtl",
-    "gradvac",
-    "upgrad",
-    "dualproj",
-    "config",
-    "fairgrad",
-    "db_mtl",
-)
 
 
 class ProjectionMethod:

@@ -12,8 +12,10 @@
     mtlcheck bench --size 128 --tasks 3           # step time per method as a ratio to EW
     mtlcheck bench --peers                        # side by side with the real TorchJD and LibMTL
 
-Every command that reads or writes runs takes --store (the SQLite results store, default
-mtlcheck-results/runs.sqlite); reports go to --out (default mtlcheck-results/).
+Every command that reads or writes runs takes --store: the results store, an SQLite file for
+one host (default mtlcheck-results/runs.sqlite) or a postgresql://user@host/db URL that the
+sweeps of many machines share (pip install mtlcheck[postgresql]); reports go to --out (default
+mtlcheck-results/).
 """
 
 from __future__ import annotations
@@ -265,7 +267,7 @@ def _run_specs(args, specs):
     """Run (or find stored) `specs` with the command's executor: (store, records, wall seconds)."""
     where = _where(args)
     where.check(s.benchmark for s in specs)  # device, weights, data root: usage errors before the store opens
-    store = _store(args)
+    store = None if args.executor == "ray" else _store(args)  # ray: created once a cluster answers
     _threads(args)
     args._specs = [*getattr(args, "_specs", []), *specs]
     t0 = time.perf_counter()
@@ -274,7 +276,7 @@ def _run_specs(args, specs):
         from mtlcheck.study.experiments.distributed import run_sweep_ray
 
         records = run_sweep_ray(
-            store.path,
+            args.store,
             specs,
             where,
             num_cpus_per_run=args.threads or 1,
@@ -282,11 +284,12 @@ def _run_specs(args, specs):
             address=args.ray_address,
             progress=not args.quiet,
         )
+        store = _store(args)
     elif jobs > 1:
         from mtlcheck.study.experiments.distributed import run_sweep_processes
 
         threads = args.threads or max(1, _cpu_count() // jobs)
-        records = run_sweep_processes(store.path, specs, where, jobs=jobs, threads=threads, progress=not args.quiet)
+        records = run_sweep_processes(store.location, specs, where, jobs=jobs, threads=threads, progress=not args.quiet)
     else:
         from mtlcheck.study.experiments.runner import run_sweep
 
@@ -311,6 +314,8 @@ def cmd_sweep(args) -> int:
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
     print(f"{len(records)} runs in {seconds:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if getattr(records, "summary", None) is not None:  # a Ray sweep: where the runs ran, what was taken over
+        print(f"ray: {records.summary.line()}")
     if counts.get("failed"):
         print(
             f"failed runs: `mtlcheck runs list --status failed --store {args.store}` shows their errors, "
@@ -320,49 +325,19 @@ def cmd_sweep(args) -> int:
     return 0 if counts.get("failed", 0) == 0 else 1
 
 
-def _study_records(args, store, benchmark: str | None = None) -> list:
-    """The stored runs a report of this command reads: its benchmark (or `benchmark`), budget,
-    precision and steps."""
-    from mtlcheck.study.experiments.runner import run_options
+def _study_records(args, store, benchmark: str, ended: bool = False) -> list:
+    """The stored runs a report of this command reads (`paper.runs.select_report_records`)."""
+    from mtlcheck.study.paper.runs import select_report_records
 
-    if benchmark is not None:
-        args = argparse.Namespace(**{**vars(args), "benchmark": benchmark})
-    precision = _precision(args)  # both feature-level batch rules are reported, as separate rows
-    records = [
-        r
-        for r in store.runs(benchmark=args.benchmark)
-        if r.spec.budget == args.budget and run_options(r.spec.options)[0] == precision
-    ]
-    if not records:
-        raise UsageError(
-            f"no stored runs for {args.benchmark} at budget {args.budget} with {precision} "
-            f"in {args.store}; run `mtlcheck sweep --benchmark {args.benchmark} --budget {args.budget}` "
-            "with the same precision options first"
-        )
-    steps = {r.spec.steps for r in records}
-    if args.steps is not None:
-        wanted = None if args.steps == "default" else int(args.steps)
-        records = [r for r in records if r.spec.steps == wanted]
-        if not records:
-            raise UsageError(
-                f"no stored runs for {args.benchmark} at budget {args.budget} with --steps {args.steps}; "
-                f"stored: {_steps_choices(steps)}"
-            )
-    elif len(steps) > 1:
-        raise UsageError(
-            f"the stored runs of {args.benchmark} at budget {args.budget} have several step counts "
-            f"({_steps_choices(steps)}): choose one with --steps"
-        )
-    return records
+    return select_report_records(store, benchmark, args.budget, _precision(args), args.steps, ended=ended)
 
 
 def _report(args, store, until_decided: int | None = None) -> Path:
     from mtlcheck.study.benchmarks import get_benchmark
     from mtlcheck.study.paper.reports import write_combined_report, write_report
 
-    found = {name: _study_records(args, store, name) for name in _benchmarks(args)}
-    if until_decided is not None:  # the design's runs: those that ended (a killed run resumes when asked)
-        found = {name: [r for r in recs if _ended(r)] for name, recs in found.items()}
+    ended = until_decided is not None  # the design's runs: those that ended (a killed run resumes when asked)
+    found = {name: _study_records(args, store, name, ended) for name in _benchmarks(args)}
     records = next(iter(found.values()))
     suffix = "".join(f"-{k}" if v is True else f"-{v}" for k, v in _precision(args).options().items())
     chosen = records[0].spec.steps
@@ -372,10 +347,6 @@ def _report(args, store, until_decided: int | None = None) -> Path:
     if args.benchmark == ALL_BENCHMARKS:
         return write_combined_report(found, out, until_decided=until_decided)
     return write_report(records, get_benchmark(args.benchmark), out, until_decided=until_decided)
-
-
-def _steps_choices(steps) -> str:
-    return ", ".join(sorted("default" if s is None else str(s) for s in steps))
 
 
 def _steps_or_default(text: str) -> str:
@@ -429,8 +400,8 @@ def _reproduce_until_decided(args) -> int:
     until no claim asks for more, `--max-seeds` is reached or the next round would pass
     `--time-budget`. Interrupted, it resumes where it stopped: every run is in the store."""
     from mtlcheck.study.experiments.runner import PAPER_METHODS, sweep_specs
+    from mtlcheck.study.paper.our_tables import result_tables
     from mtlcheck.study.paper.reports import claim_tables, table_benchmarks
-    from mtlcheck.study.paper.results import result_tables
     from mtlcheck.study.paper.runs import PAPER_NAMES
     from mtlcheck.study.paper.sequential import LOOKS, assess, run_cost, seeds_of
 
@@ -442,23 +413,18 @@ def _reproduce_until_decided(args) -> int:
     budget, t0 = args.time_budget, time.monotonic()
     benchmarks = _benchmarks(args)
     registry = {v: k for k, v in PAPER_NAMES.items()}
-    if Path(args.store).exists():  # a --max-seeds below what is stored would leave runs the design never saw
-        from mtlcheck.study.experiments.store import ResultStore
-
-        stored = ResultStore(args.store, readonly=True)
-        for name in benchmarks:
-            most = max(
-                (r.spec.seed + 1 for r in stored.runs(benchmark=name) if r.spec.budget == args.budget), default=0
-            )
-            if most > max_seeds:
-                raise UsageError(f"{args.store} already holds {most} seeds of {name}: --max-seeds must be >= {most}")
+    stored = _store(args)  # a --max-seeds below what is stored would leave runs the design never saw
+    for name in benchmarks:
+        most = max((r.spec.seed + 1 for r in stored.runs(benchmark=name) if r.spec.budget == args.budget), default=0)
+        if most > max_seeds:
+            raise UsageError(f"{args.store} already holds {most} seeds of {name}: --max-seeds must be >= {most}")
     args.seeds = list(range(LOOKS[0]))
     store, records, _ = _sweep(args)
     args.steps = "default" if args.steps is None else str(args.steps)
     rounds, ran = 0, len(records)
     while True:
         found = {  # what the claims read: the paper's methods' ended runs (a killed run resumes when asked)
-            name: [r for r in _study_records(args, store, name) if r.spec.method in PAPER_METHODS and _ended(r)]
+            name: [r for r in _study_records(args, store, name, ended=True) if r.spec.method in PAPER_METHODS]
             for name in benchmarks
         }
         by_bench = {name: result_tables(recs, name, derived_intervals=False) for name, recs in found.items()}
@@ -507,11 +473,6 @@ def _reproduce_until_decided(args) -> int:
         f"report, CSV tables and figures in {path.parent}"
     )
     return 0
-
-
-def _ended(record) -> bool:
-    """Done, diverged or failed: not a run in progress, nor one a killed process left behind."""
-    return record.is_finished or record.status == "failed"
 
 
 def _steps_arg(args):
@@ -563,7 +524,7 @@ def _one_run(store, key: str):
         matches = [r for r in store.runs(all_epochs=True) if r.key.startswith(key)]
         if len(matches) != 1:
             raise UsageError(
-                f"{'no' if not matches else len(matches)} stored run(s) with a key starting {key!r} in {store.path}"
+                f"{'no' if not matches else len(matches)} stored run(s) with a key starting {key!r} in {store}"
             )
         record = matches[0]
     return record
@@ -727,7 +688,12 @@ def _add_where(p):
 
 
 def _add_store(p):
-    p.add_argument("--store", default=str(DEFAULT_STORE), help="SQLite results store (default %(default)s)")
+    p.add_argument(
+        "--store",
+        default=str(DEFAULT_STORE),
+        help="results store: an SQLite file (one host) or a postgresql://user[:password]@host[:port]/dbname URL "
+        "(many hosts; pip install 'mtlcheck[postgresql]') (default %(default)s)",
+    )
 
 
 def _add_precision(p):
@@ -773,8 +739,10 @@ def _add_sweep(p):
         "--executor",
         default="local",
         choices=["local", "ray"],
-        help="ray: one Ray task per run (pip install mtlcheck[ray]; the store must be on one node or a "
-        "filesystem with working SQLite locking); --threads CPUs and, with --device cuda, one GPU per run",
+        help="ray: one Ray task per run on the cluster of --ray-address (pip install mtlcheck[ray]); only this "
+        "process's node writes --store (the nodes need no shared filesystem), and a dead node's runs resume "
+        "elsewhere from their checkpoints; run this command on a node of the cluster (not ray://); --threads "
+        "CPUs and, with --device cuda, one GPU per run",
     )
     p.add_argument(
         "--jobs",
@@ -903,7 +871,7 @@ def _add_runs(sub) -> None:
     _add_run_filters(p)
     p.set_defaults(fn=cmd_runs_export)
     p = rsub.add_parser("compare", help="runs of --store (A) and OTHER (B) with the same spec: metric differences")
-    p.add_argument("other", help="the other SQLite results store")
+    p.add_argument("other", help="the other results store (an SQLite file or a postgresql:// URL)")
     p.add_argument("--tol", type=float, default=0.0, help="absolute tolerance on metric values (default: exact)")
     _add_store(p)
     _add_run_filters(p)
@@ -1031,7 +999,7 @@ def _where_it_stopped(args) -> str:
     ]  # by this process or its workers
     parts = [f"{finished} of {len(specs)} run(s) finished and stored in {args.store}."]
     for r in stopped:
-        ckpt = store.checkpoint_path(r.key).exists()
+        ckpt = store.has_checkpoint(r.key)
         parts.append(
             f"Stopped in {r.spec.label} ({r.key}), released "
             + ("with its checkpoint: it resumes from there." if ckpt else "before its first checkpoint.")

@@ -122,6 +122,49 @@ def _hard_cases(n: int) -> dict[str, torch.Tensor]:
 
 Violations = list[tuple[str, float, float]]  # (condition, amount, tolerance)
 
+# the published methods the kit knows, each by the check of its defining property: name -> a
+# function (make, losses_for) -> the messages of every violation (registered by the decorators below)
+IDENTITY_CHECKS: dict[str, Callable[[Callable, Callable], list[str]]] = {}
+
+
+def identity(*, task_counts: tuple[int, ...] = TASK_COUNTS, declared_tol: bool = True):
+    """Registers a check (G, d, w, agg, tol) -> Violations, on one output, as the defining property
+    of the published method of its name, checked on every hard case at each of `task_counts`.
+    declared_tol=False: the method's declared solver_tol is not the tolerance's scale (the check
+    reads it in the problem's own units)."""
+
+    def register(check):
+        IDENTITY_CHECKS[check.__name__] = functools.partial(_on_hard_cases, check, task_counts, declared_tol)
+        return check
+
+    return register
+
+
+def identity_over_steps(run):
+    """Registers `run(make, losses_for) -> messages`, a defining property stated over a sequence of
+    steps (a stateful method), under its name."""
+    IDENTITY_CHECKS[run.__name__] = run
+    return run
+
+
+def _on_hard_cases(check, task_counts, declared_tol, make, losses_for) -> list[str]:
+    agg0 = make()
+    found = []
+    for n in task_counts:
+        if n < agg0.tags().min_tasks:
+            continue
+        for label, G in hard_cases(n).items():
+            out = make()(G, losses_for(n))
+            d = out.direction.to(torch.float64)
+            w = None if out.weights is None else out.weights.to(torch.float64)
+            if not bool(torch.isfinite(d).all()):
+                found.append(f"finite direction: got non-finite values on '{label}' (T={n})")
+                continue
+            for cond, amount, tol in check(G, d, w, agg0, case_tolerance(G, agg0, declared=declared_tol)):
+                if not amount <= tol:
+                    found.append(_message(cond, amount, tol, f"'{label}' (T={n})"))
+    return found
+
 
 def _span_residual(G: torch.Tensor, d: torch.Tensor) -> float:
     Q, _ = torch.linalg.qr(G.T)
@@ -132,6 +175,7 @@ def _spread(v: torch.Tensor) -> float:
     return float((v.max() - v.min()) / v.abs().max())
 
 
+@identity(declared_tol=False)
 def mgda(G, d, w, agg, tol: float) -> Violations:
     from mtlcheck.aggregators._min_norm import min_norm_weights
 
@@ -158,6 +202,7 @@ def mgda(G, d, w, agg, tol: float) -> Violations:
     return out
 
 
+@identity()
 def cagrad(G, d, w, agg, tol: float) -> Violations:
     from mtlcheck.aggregators.cagrad import solve_dual
 
@@ -192,6 +237,7 @@ def cagrad(G, d, w, agg, tol: float) -> Violations:
     ]
 
 
+@identity()
 def nash_mtl(G, d, w, agg, tol: float) -> Violations:
     p = G @ d
     if w is not None:
@@ -205,6 +251,7 @@ def nash_mtl(G, d, w, agg, tol: float) -> Violations:
     return [("bargaining d ∥ Σ_i g_i/⟨g_i, d⟩ (1 − cos)", 1 - cos, tol)]
 
 
+@identity()
 def imtl_g(G, d, w, agg, tol: float) -> Violations:
     if float(d.norm()) == 0:
         return [("d ≠ 0", math.inf, 0.0)]
@@ -215,6 +262,7 @@ def imtl_g(G, d, w, agg, tol: float) -> Violations:
     ]
 
 
+@identity()
 def aligned_mtl(G, d, w, agg, tol: float) -> Violations:
     if float(d.norm()) == 0:
         return [("d ≠ 0", math.inf, 0.0)]
@@ -252,6 +300,7 @@ def _pcgrad_pair(G: torch.Tensor) -> torch.Tensor:
     return (g1 - dot / float(g2 @ g2) * g2) + (g2 - dot / float(g1 @ g1) * g1)
 
 
+@identity(task_counts=(2,))
 def pcgrad(G, d, w, agg, tol: float) -> Violations:
     return _scaled_match(d, _pcgrad_pair(G), agg, "d = s(g_1' + g_2') (PCGrad, T = 2)", tol)
 
@@ -315,16 +364,19 @@ def _cone_match(G, d, expected, agg, what: str, tol: float) -> Violations:
     ]
 
 
+@identity()
 def upgrad(G, d, w, agg, tol: float) -> Violations:
     expected = torch.stack([cone_projection(G, g) for g in G]).mean(0)
     return _cone_match(G, d, expected, agg, "d = s·mean_i π_C(g_i) (UPGrad)", tol)
 
 
+@identity()
 def dualproj(G, d, w, agg, tol: float) -> Violations:
     expected = cone_projection(G, G.mean(0))
     return _cone_match(G, d, expected, agg, "d = s·π_C(mean_i g_i) (DualProj)", tol)
 
 
+@identity()
 def config(G, d, w, agg, tol: float) -> Violations:
     dn = float(d.norm())
     if dn == 0:
@@ -340,6 +392,7 @@ def config(G, d, w, agg, tol: float) -> Violations:
     return out
 
 
+@identity()
 def fairgrad(G, d, w, agg, tol: float) -> Violations:
     alpha = getattr(agg, "alpha", None)
     if not isinstance(alpha, (int, float)) or not alpha > 0:
@@ -357,6 +410,7 @@ def fairgrad(G, d, w, agg, tol: float) -> Violations:
     return [("α-fair d ∥ Σ_i ⟨g_i, d⟩^{−α} g_i (1 − cos)", 1 - cos, tol)]
 
 
+@identity()
 def db_mtl(G, d, w, agg, tol: float) -> Violations:
     if float(d.norm()) == 0:
         return [("d ≠ 0", math.inf, 0.0)]
@@ -365,66 +419,40 @@ def db_mtl(G, d, w, agg, tol: float) -> Violations:
     return [("balanced magnitudes: d ∥ Σ_i g_i/‖g_i‖ at the first step (1 − cos)", 1 - cos, tol)]
 
 
-IDENTITY_CHECKS: dict[str, Callable] = {
-    "mgda": mgda,
-    "cagrad": cagrad,
-    "nash_mtl": nash_mtl,
-    "imtl_g": imtl_g,
-    "aligned_mtl": aligned_mtl,
-    "pcgrad": pcgrad,
-    "upgrad": upgrad,
-    "dualproj": dualproj,
-    "config": config,
-    "fairgrad": fairgrad,
-    "db_mtl": db_mtl,
-}
-PAIR_ONLY = ("pcgrad", "gradvac")
+@identity_over_steps
+def gradvac(make, losses_for) -> list[str]:
+    """T = 2, over the hard cases (twice, with a numeric `beta`): each step's d against Eq. 4 at the
+    target φ̂ that the earlier steps' cosines set."""
+    agg0 = make()
+    beta = getattr(agg0, "beta", None)
+    cases = list(hard_cases(2).items())
+    agg = make()
+    target = 0.0
+    found = []
+    sequence = cases * 2 if isinstance(beta, (int, float)) else cases[:1]
+    for step, (label, G) in enumerate(sequence):
+        d = agg(G, losses_for(2)).direction.to(torch.float64)
+        if agg.tags().post_step_update:
+            agg.after_step(losses_for(2))
+        expected, rho = gradvac_expected(G, target)
+        for cond, amount, tol in _scaled_match(
+            d, expected, agg, "d = s(g_1' + g_2') (GradVac Eq. 4, T = 2)", case_tolerance(G, agg0)
+        ):
+            if not amount <= tol:
+                found.append(
+                    _message(cond, amount, tol, f"'{label}' at step {step} (target φ̂ = {target:.4g}, ρ = {rho:.4g})")
+                )
+        if isinstance(beta, (int, float)):
+            target = (1 - beta) * target + beta * rho
+    return found
+
+
+IDENTITIES = tuple(IDENTITY_CHECKS)  # the names `implements` may declare
 
 
 def violations(name: str, make, losses_for) -> list[str]:
     """Every violated condition of method `name` on the hard cases, as messages."""
-    agg0 = make()
-    found = []
-    if name == "gradvac":
-        beta = getattr(agg0, "beta", None)
-        cases = list(hard_cases(2).items())
-        agg = make()
-        target = 0.0
-        sequence = cases * 2 if isinstance(beta, (int, float)) else cases[:1]
-        for step, (label, G) in enumerate(sequence):
-            d = agg(G, losses_for(2)).direction.to(torch.float64)
-            if agg.tags().post_step_update:
-                agg.after_step(losses_for(2))
-            expected, rho = gradvac_expected(G, target)
-            for cond, amount, tol in _scaled_match(
-                d, expected, agg, "d = s(g_1' + g_2') (GradVac Eq. 4, T = 2)", case_tolerance(G, agg0)
-            ):
-                if not amount <= tol:
-                    found.append(
-                        _message(
-                            cond, amount, tol, f"'{label}' at step {step} (target φ̂ = {target:.4g}, ρ = {rho:.4g})"
-                        )
-                    )
-            if isinstance(beta, (int, float)):
-                target = (1 - beta) * target + beta * rho
-        return found
-    check = IDENTITY_CHECKS[name]
-    counts = (2,) if name in PAIR_ONLY else TASK_COUNTS
-    for n in counts:
-        if n < agg0.tags().min_tasks:
-            continue
-        for label, G in hard_cases(n).items():
-            out = make()(G, losses_for(n))
-            d = out.direction.to(torch.float64)
-            w = None if out.weights is None else out.weights.to(torch.float64)
-            if not bool(torch.isfinite(d).all()):
-                found.append(f"finite direction: got non-finite values on '{label}' (T={n})")
-                continue
-            case_tol = case_tolerance(G, agg0, declared=name != "mgda")
-            for cond, amount, tol in check(G, d, w, agg0, case_tol):
-                if not amount <= tol:
-                    found.append(_message(cond, amount, tol, f"'{label}' (T={n})"))
-    return found
+    return IDENTITY_CHECKS[name](make, losses_for)
 
 
 def _message(cond: str, amount: float, tol: float, where: str) -> str:

@@ -97,6 +97,30 @@ def test_torchjd_config_is_ours(label, G):
     assert _rel(TConFIG()(G), ConFIG()(G).direction) < 1e-9
 
 
+@needs_torchjd
+def test_torchjd_config_drops_directions_past_its_float32_cutoff():
+    """TorchJD's ConFIG calls `torch.linalg.pinv` on the T×d unit matrix Û with its default cutoff,
+    rtol = ε·max(T, d): in float32 (ε = 2⁻²³) every singular direction of Û below ε·d·σ_max is
+    dropped. Past d = 2²³ ≈ 8.4M parameters (a ResNet18 trunk has 11.2M) the cutoff exceeds 1 and
+    the step is exactly zero; just below it, near-orthogonal task gradients lose directions and the
+    step is far off. Ours solves on the T×T cosine matrix, where d never enters the cutoff: equal
+    cosines with every task, the method's defining property, at both sizes."""
+    from torchjd.aggregation import ConFIG as TConFIG
+
+    from mtlcheck.aggregators import ConFIG
+
+    generator = torch.Generator().manual_seed(0)
+    for d in (2**23 - 1024, 2**23 + 1024):
+        G = torch.randn(3, d, generator=generator)
+        ours, theirs = ConFIG()(G).direction.double(), TConFIG()(G).double()
+        cosines = torch.nn.functional.normalize(G.double(), dim=1) @ (ours / ours.norm())
+        assert float(cosines.max() - cosines.min()) < 1e-5 and float(cosines.min()) > 0
+        if d > 2**23:
+            assert float(theirs.norm()) == 0.0
+        else:
+            assert _rel(theirs, ours) > 0.5
+
+
 def _fair_residual(G, w, alpha):
     return float((w ** (1 / alpha) * (G @ G.T @ w) - 1).abs().max())
 

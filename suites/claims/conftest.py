@@ -11,7 +11,7 @@ import pytest
 from mtlcheck.study.benchmarks import EMBEDDED_ANALOGS
 from mtlcheck.study.experiments.runner import Where, run_sweep, sweep_specs
 from mtlcheck.study.experiments.store import ResultStore
-from mtlcheck.study.paper.results import result_tables
+from mtlcheck.study.paper.our_tables import result_tables
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from mtlcheck.study.paper.claims import claim_by_id
-from mtlcheck.study.paper.results import result_tables
+from mtlcheck.study.paper.our_tables import result_tables
 from mtlcheck.study.paper.verdicts import judge_all
 from mtlcheck.study.statistics import bonferroni_level
 

@@ -12,10 +12,10 @@ import pytest
 
 from mtlcheck.study.paper import claims
 from mtlcheck.study.paper.claims import CLAIMS, ClaimNotEvaluable, claim_by_id
-from mtlcheck.study.paper.tables import (
+from mtlcheck.study.paper.published_tables import load_paper_tables
+from mtlcheck.study.paper.result_table import (
     ResultTable,
     apply_relative_change,
-    load_paper_tables,
     relative_change_table,
     table_from_records,
 )
@@ -232,7 +232,7 @@ def test_the_formula_and_the_predicate_agree_on_point_values(claim):
     import numpy as np
 
     from mtlcheck.study.paper.comparisons import point
-    from mtlcheck.study.paper.results import result_tables
+    from mtlcheck.study.paper.our_tables import result_tables
 
     spec = importlib.util.spec_from_file_location("_simulate", Path(__file__).with_name("_simulate.py"))
     sim = sys.modules.setdefault("_simulate", importlib.util.module_from_spec(spec))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from mtlcheck.study.paper.claims import CLAIMS, ClaimNotEvaluable
-from mtlcheck.study.paper.tables import load_paper_tables
+from mtlcheck.study.paper.published_tables import load_paper_tables
 
 TABLES = load_paper_tables()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtlcheck.study.paper.results import result_tables
+from mtlcheck.study.paper.our_tables import result_tables
 
 pytestmark = [pytest.mark.claim]
 

@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from mtlcheck.study.paper.tables import (
-    PAPER_DIR,
+from mtlcheck.study.paper.published_tables import PAPER_DIR, load_paper_tables, load_table
+from mtlcheck.study.paper.result_table import (
     ResultTable,
     admissible_marks,
     apply_relative_change,
     baseline_mark,
-    load_paper_tables,
-    load_table,
     mean_rank,
     rank,
     relative_change,

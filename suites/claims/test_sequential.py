@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from mtlcheck.study.paper.claims import claim_by_id
-from mtlcheck.study.paper.results import result_tables
+from mtlcheck.study.paper.our_tables import result_tables
 from mtlcheck.study.paper.runs import PAPER_NAMES
 from mtlcheck.study.paper.sequential import LOOKS, assess
 

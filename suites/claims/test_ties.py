@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mtlcheck.study.paper.claims import claim_by_id
-from mtlcheck.study.paper.results import result_tables
+from mtlcheck.study.paper.our_tables import result_tables
 from mtlcheck.study.paper.verdicts import judge_all
 
 pytestmark = [pytest.mark.claim]

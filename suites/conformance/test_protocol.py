@@ -281,3 +281,14 @@ def test_cli_check_imports_from_the_working_folder_and_takes_config(tmp_path, mo
     assert "Scaled has no parameter(s) ['nope']" in capsys.readouterr().err
     assert main(["check", "aligned_mtl_ub", "--config", "scale_mode=rmse"]) == 0  # the alias resolves
     assert "AlignedMTL(scale_mode='rmse')" in capsys.readouterr().out
+
+
+def test_one_registration_per_defining_property():
+    """IDENTITIES is what the identity checks registered, and every built-in's claim is among them."""
+    from mtlcheck.aggregators import aggregator_class, list_aggregators
+    from mtlcheck.testing import identities
+
+    assert identities.IDENTITIES == tuple(identities.IDENTITY_CHECKS)
+    claimed = {aggregator_class(name)().implements for name in list_aggregators()} - {None}
+    assert claimed <= set(identities.IDENTITIES), claimed - set(identities.IDENTITIES)
+    assert "gradvac" in claimed and "gradvac" in identities.IDENTITIES

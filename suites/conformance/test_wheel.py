@@ -87,7 +87,7 @@ def test_the_wheel_installs_and_works_outside_the_repository(tmp_path):
         [
             str(python),
             "-c",
-            "import mtlcheck.study.paper.tables as r; print(r.PAPER_DIR); print(len(r.load_paper_tables()))",
+            "import mtlcheck.study.paper.published_tables as r; print(r.PAPER_DIR); print(len(r.load_paper_tables()))",
         ],
         work,
         env,

@@ -45,8 +45,13 @@ def _imported_modules(path: Path):
                 yield node.lineno, f"{node.module}.{alias.name}"
 
 
+# `python -m mtlcheck`: the command's launcher hands everything but `--version` to the study's command;
+# nothing imports it, so the library still never loads the study
+LAUNCHER = PACKAGE / "__main__.py"
+
+
 def test_the_library_never_imports_the_study():
-    library = [p for p in PACKAGE.rglob("*.py") if STUDY not in p.parents]
+    library = [p for p in PACKAGE.rglob("*.py") if STUDY not in p.parents and p != LAUNCHER]
     assert len(library) > 20, library  # the walk found the library
     offences = [
         f"{p.relative_to(ROOT)}:{line}: imports {name}"
@@ -55,6 +60,16 @@ def test_the_library_never_imports_the_study():
         if name == "mtlcheck.study" or name.startswith("mtlcheck.study.")
     ]
     assert not offences, "the library must not depend on the study:\n" + "\n".join(offences)
+
+
+def test_nothing_imports_the_launcher():
+    importers = [
+        f"{p.relative_to(ROOT)}:{line}"
+        for p in PACKAGE.rglob("*.py")
+        for line, name in _imported_modules(p)
+        if name == "mtlcheck.__main__"
+    ]
+    assert not importers, importers
 
 
 def test_the_import_walk_sees_lazy_imports(tmp_path):
@@ -76,18 +91,25 @@ def test_the_commands_missing_module_message_knows_the_study_extra():
     assert sorted(STUDY_EXTRA_MODULES) == _study_modules()
 
 
-# Runs in a fresh interpreter where every module of the study extra is missing.
-WITHOUT_STUDY_EXTRA = """
+# The start of a fresh interpreter where the modules named by its first argument (and their
+# submodules) are missing.
+MISSING = """
 import importlib.abc, io, sys, contextlib
-BLOCKED = set(sys.argv[1].split(","))
+BLOCKED = sys.argv[1].split(",")
 
 class Missing(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
+        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
 sys.meta_path.insert(0, Missing())
+"""
+
+# Runs where every module of the study extra is missing.
+WITHOUT_STUDY_EXTRA = (
+    MISSING
+    + """
 
 import importlib, pkgutil
 import mtlcheck
@@ -134,20 +156,25 @@ with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
 print("STUDY", listed, err.getvalue().strip().splitlines()[-1])
 print("LOADED", sorted(m for m in BLOCKED if m in sys.modules))
 """
+)
 
 
-def test_the_library_works_without_the_study_extra():
-    blocked = _study_modules()
+def _run_without(modules: list[str], script: str, stdin: str = "") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run(
-        [sys.executable, "-c", WITHOUT_STUDY_EXTRA, ",".join(blocked)],
+    return subprocess.run(
+        [sys.executable, "-c", script, ",".join(modules)],
+        input=stdin,
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_the_library_works_without_the_study_extra():
+    done = _run_without(_study_modules(), WITHOUT_STUDY_EXTRA)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = dict(
         line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("CHECK", "LIST", "STUDY", "LOADED"))
@@ -159,6 +186,68 @@ def test_the_library_works_without_the_study_extra():
     assert code == "2", lines["STUDY"]  # a study command without the study extra: one line, exit 2
     assert 'pip install "mtlcheck[study]"' in message and "Traceback" not in message, message
     assert lines["LOADED"] == "[]"
+
+
+# `python -m mtlcheck ARGS` for each line of stdin: its exit code, and its output's first and last lines.
+PYTHON_M = (
+    MISSING
+    + """
+import runpy
+for line in sys.stdin.read().splitlines():
+    sys.argv = ["mtlcheck", *line.split()]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_module("mtlcheck", run_name="__main__", alter_sys=True)
+        except SystemExit as exc:
+            code = exc.code
+    text = (out.getvalue() + err.getvalue()).strip().splitlines() or [""]
+    print(repr((line, code, text[0], text[-1])))
+print(repr(("LOADED", sorted(m for m in BLOCKED if m in sys.modules))))
+"""
+)
+
+
+def _python_m(missing: list[str], *commands: str) -> dict:
+    done = _run_without(missing, PYTHON_M, "\n".join(commands))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [ast.literal_eval(line) for line in done.stdout.splitlines() if line.startswith("(")]
+    return {r[0]: r[1:] for r in results}
+
+
+def test_python_m_mtlcheck_without_the_study_extra():
+    from mtlcheck import __version__
+
+    ran = _python_m(_study_modules(), "--version", "check pcgrad", "run --benchmark digits-dense --method ew")
+    assert ran["--version"] == (0, f"mtlcheck {__version__}", f"mtlcheck {__version__}")
+    code, _, last = ran["check pcgrad"]  # the kit: library-only
+    assert code == 0 and "FAILED" not in last, ran["check pcgrad"]
+    code, _, last = ran["run --benchmark digits-dense --method ew"]  # a study command: one line, exit 2
+    assert code == 2 and 'pip install "mtlcheck[study]"' in last, last
+    assert ran["LOADED"] == ([],)
+
+
+def test_python_m_mtlcheck_without_the_study():
+    from mtlcheck import __version__
+
+    ran = _python_m(["mtlcheck.study"], "--version", "list")
+    assert ran["--version"] == (0, f"mtlcheck {__version__}", f"mtlcheck {__version__}")
+    line = 'mtlcheck: error: the mtlcheck command comes with the study: pip install "mtlcheck[study]"'
+    assert ran["list"] == (2, line, line)  # one line, exit 2
+
+
+def test_python_m_mtlcheck_version():
+    from mtlcheck import __version__
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mtlcheck", "--version"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (0, f"mtlcheck {__version__}\n"), done.stderr
 
 
 def _layout_block() -> list[str]:

@@ -8,7 +8,7 @@ import torch
 
 from mtlcheck.aggregators import MGDA, PCGrad
 from mtlcheck.gradients import backward_step
-from mtlcheck.study.perf import bench
+from mtlcheck.study.perf import bench, harness
 
 
 def _grads(model):
@@ -16,7 +16,7 @@ def _grads(model):
 
 
 class VirtualClock:
-    """bench.clock for fake steps of known duration: time moves only when a step says so (plus
+    """harness.clock for fake steps of known duration: time moves only when a step says so (plus
     1 µs per reading, so that real work between readings is never timed as exactly 0)."""
 
     def __init__(self):
@@ -32,7 +32,7 @@ class VirtualClock:
 
 @pytest.mark.parametrize("aggregator", [MGDA, PCGrad])
 def test_libmtl_style_baseline_computes_the_engines_update(aggregator):
-    model, batch = bench._model_and_batch(32, 2, 3, "cpu", 0)
+    model, batch = harness.model_and_batch(32, 2, 3, "cpu", 0)
     model.zero_grad(set_to_none=True)
     backward_step(model, batch, aggregator(seed=1))
     engine = _grads(model)
@@ -54,7 +54,7 @@ def test_monitor_section_reports_fd_and_amortised_gds_gms(monkeypatch):
     def fake_step(model, batch, aggregator, level, precision=None):
         clock.advance({"monitor-gds-gms": 0.006}.get(level, 0.002))
 
-    monkeypatch.setattr(bench, "clock", clock)
+    monkeypatch.setattr(harness, "clock", clock)
     monkeypatch.setattr(bench, "_step", fake_step)
     result = bench.run(["mgda"], ("parameter",), size=32, repeats=5, warmup=0, progress=False, monitor=True)
     levels = {(r["method"], r["level"]) for r in result["rows"]}
@@ -139,7 +139,7 @@ def test_speedup_over_the_libmtl_loop_pairs_the_steps_of_each_repeat(monkeypatch
         calls[key] = k + 1
         clock.advance(durations.get(level, [2, 2, 2])[k] / 1000)
 
-    monkeypatch.setattr(bench, "clock", clock)
+    monkeypatch.setattr(harness, "clock", clock)
     monkeypatch.setattr(bench, "_step", fake_step)
     result = bench.run(["mgda", "dwa"], ("parameter", "libmtl-loop"), size=32, repeats=3, warmup=0, progress=False)
     rows = {r["method"]: r for r in result["vs_libmtl"]}

@@ -10,7 +10,7 @@ from mtlcheck.study.cli import main
 from mtlcheck.study.experiments.runner import Where, execute, make_spec
 from mtlcheck.study.experiments.store import ResultStore
 from mtlcheck.study.paper.claims import CLAIMS
-from mtlcheck.study.paper.tables import load_paper_tables
+from mtlcheck.study.paper.published_tables import load_paper_tables
 
 SMOKE = ["--budget", "smoke", "--quiet", "--threads", "1", "--jobs", "1"]
 

@@ -10,7 +10,7 @@ from importlib import metadata
 import pytest
 
 from mtlcheck.study.cli import main
-from mtlcheck.study.perf import peers
+from mtlcheck.study.perf import harness, peers
 
 # a ResNet18 trunk of width 8 (176k shared parameters) on 64² images keeps the steps cheap; at 16²
 # and 32² the 1×1 C5 map makes batch norm's gradients huge (~1e4-1e6 at width 64), where LibMTL's
@@ -46,7 +46,7 @@ def test_missing_extra_is_one_line_and_exit_2(monkeypatch, capsys, found):
 
 @pytest.fixture(scope="module")
 def model_and_batch():
-    return peers.model_and_batch(SIZE, 2, 3, WIDTH)
+    return harness.model_and_batch(SIZE, 2, 3, width=WIDTH)
 
 
 @needs_extra
@@ -76,7 +76,7 @@ def test_a_peer_running_the_same_method_writes_our_update(model_and_batch, peer,
 @needs_extra
 def test_libmtl_cagrad_fails_beyond_three_tasks():
     """A finding: LibMTL 1.1.5's CAGrad objective reshapes the weights to (1, 3), so T ≠ 3 raises."""
-    model, batch = peers.model_and_batch(SIZE, 2, 2, WIDTH)
+    model, batch = harness.model_and_batch(SIZE, 2, 2, width=WIDTH)
     with pytest.raises(ValueError, match=r"into shape \(1,3\)"):
         peers.libmtl_step(model, "cagrad", rep_grad=False)(batch)
 
@@ -143,7 +143,7 @@ def test_libmtl_representation_level_backpropagates_the_encoder_once_per_task():
     where mtlcheck's feature level (and the -UB methods' point) is one."""
     import torch
 
-    model, batch = peers.model_and_batch(SIZE, 2, 3, WIDTH)
+    model, batch = harness.model_and_batch(SIZE, 2, 3, width=WIDTH)
     first_conv = next(m for m in model.trunk.modules() if isinstance(m, torch.nn.Conv2d))
     passes = []
     first_conv.register_full_backward_pre_hook(lambda *args: passes.append(1))

@@ -12,7 +12,7 @@ from mtlcheck.gradients import backward_step
 from mtlcheck.precision import Precision
 from mtlcheck.study.cli import main
 from mtlcheck.study.experiments.runner import make_spec
-from mtlcheck.study.perf import bench
+from mtlcheck.study.perf import bench, harness
 
 
 def test_settings_are_validated_and_round_trip_through_spec_options():
@@ -69,7 +69,7 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_float32_gradients(leve
     # 64 px: C5 is 2×2, so layer4's batch norm sees 16 values per channel. At 32 px (1×1, four
     # values) the network is so ill-conditioned that bf16 leaves even the EW direction at a
     # cosine of 0.07 to float32's — a real effect, reported by `mtlcheck bench --precision-effect`.
-    model, batch = bench._model_and_batch(64, 4, 3, "cpu", 0)
+    model, batch = harness.model_and_batch(64, 4, 3, "cpu", 0)
     exact, d_exact = _direction(model, batch, "mgda", level, Precision())
     low, d_low = _direction(model, batch, "mgda", level, Precision(autocast="bf16"))
     assert exact.feature_grads[0].dtype == torch.float32
@@ -87,7 +87,7 @@ def test_every_kind_of_method_takes_bf16_feature_gradients(method):
     """Each kind of method (sum, projection, masking, solver, SVD, EMA state, random weights) gives
     under bf16 autocast the step it gives in float32, up to bf16's perturbation (cosines 0.87–0.93
     measured at 64 px; an upcast forgotten or applied twice would leave an unrelated step)."""
-    model, batch = bench._model_and_batch(64, 4, 3, "cpu", 0)
+    model, batch = harness.model_and_batch(64, 4, 3, "cpu", 0)
     level = "parameter" if method == "ew" else "feature"
     _, d_exact = _direction(model, batch, method, level, Precision())
     _, d = _direction(model, batch, method, level, Precision(autocast="bf16"))
@@ -96,7 +96,7 @@ def test_every_kind_of_method_takes_bf16_feature_gradients(method):
 
 
 def _jacobian(precision, dtype=torch.float32):
-    model, batch = bench._model_and_batch(32, 4, 3, "cpu", 0, precision)
+    model, batch = harness.model_and_batch(32, 4, 3, "cpu", 0, precision)
     if dtype == torch.float64:
         model.double()
         batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
@@ -105,7 +105,7 @@ def _jacobian(precision, dtype=torch.float32):
 
 def test_channels_last_jacobian_is_as_accurate_as_the_contiguous_one():
     cl = Precision(channels_last=True)
-    assert bench._model_and_batch(32, 4, 3, "cpu", 0, cl)[1]["image"].is_contiguous(memory_format=torch.channels_last)
+    assert harness.model_and_batch(32, 4, 3, "cpu", 0, cl)[1]["image"].is_contiguous(memory_format=torch.channels_last)
     truth = _jacobian(Precision(), torch.float64)
 
     def error(J):

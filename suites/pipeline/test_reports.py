@@ -1,4 +1,4 @@
-"""mtlcheck.study.paper (runs, results, marks, render, figures, reports): the paper's tables, figures and
+"""mtlcheck.study.paper (runs, our_tables, marks, render, figures, reports): the paper's tables, figures and
 claim verdicts rebuilt from stored runs.
 
 Fabricated records (written through the store, so they are real RunRecords) with numbers chosen
@@ -17,9 +17,10 @@ import torch
 from mtlcheck.study.experiments.runner import make_spec, run_sweep, sweep_specs
 from mtlcheck.study.experiments.spec import RunSpec
 from mtlcheck.study.experiments.store import ResultStore
-from mtlcheck.study.paper import figures, marks, render, reports, results, runs
+from mtlcheck.study.paper import figures, marks, our_tables, render, reports, runs
 from mtlcheck.study.paper.claims import CLAIMS
-from mtlcheck.study.paper.tables import BASELINE, load_paper_tables
+from mtlcheck.study.paper.published_tables import load_paper_tables
+from mtlcheck.study.paper.result_table import BASELINE
 from mtlcheck.study.paper.verdicts import judge_all
 
 DENSE = "digits-dense"
@@ -120,7 +121,7 @@ def test_third_party_and_configured_methods_keep_their_own_names(store):
     assert runs.display_name(rec) == "my_pkg.mod:MyAggregator"
     cagrad = _put(store, "cagrad", metrics=_dense(1, 0.5, 0.2), config={"c": 0.2})
     assert runs.display_name(cagrad) == "CAGrad[c=0.2]"
-    assert results.result_tables([rec, cagrad], DENSE)["table2"].keys() == (
+    assert our_tables.result_tables([rec, cagrad], DENSE)["table2"].keys() == (
         ("CAGrad[c=0.2]", "parameter"),
         ("my_pkg.mod:MyAggregator", "parameter"),
     )
@@ -149,7 +150,7 @@ def test_a_report_of_later_methods_only_has_no_paper_tables(store, tmp_path):
 
 # -- Tables 1-3 ------------------------------------------------------------------------------------
 def test_results_table_means_over_seeds(seeded):
-    tables = results.result_tables(seeded, DENSE)
+    tables = our_tables.result_tables(seeded, DENSE)
     t = tables["table2"]
     assert set(tables) == {"table2", "relative_change", "table6", "final_measures", "figure5"}
     assert t.columns == ("DE", "SS", "IS")
@@ -167,7 +168,7 @@ def test_results_table_means_over_seeds(seeded):
 
 
 def test_marks_follow_the_paired_interval_and_the_band_is_its_own_column(seeded):
-    t = results.result_tables(seeded, DENSE)["table2"]
+    t = our_tables.result_tables(seeded, DENSE)["table2"]
     md = render.to_markdown(t)
     assert "| Method | DE (↓) | DE band | SS (↑) | SS band | IS (↓) | IS band |" in md
     # mean ± t_{1, 0.975} · sd / √2 over the two seeds: DE 1.0, 1.2 → 12.706 · 0.1414 / 1.414 = 1.2706
@@ -187,7 +188,7 @@ def test_marks_follow_the_paired_interval_and_the_band_is_its_own_column(seeded)
 
 def test_one_seed_gives_no_interval_and_no_paired_mark(store):
     recs = [_put(store, "ew", metrics=_dense(1.0, 0.5, 0.2)), _put(store, "mgda", metrics=_dense(1.3, 0.6, 0.1))]
-    t = results.result_tables(recs, DENSE)["table2"]
+    t = our_tables.result_tables(recs, DENSE)["table2"]
     md = render.to_markdown(t)
     assert "| Baseline | 1.0000 (n=1) |  | 0.5000 (n=1) |  | 0.2000 (n=1) |  |" in md
     assert "| MGDA | 1.3000 (n=1) | ↓ | 0.6000 (n=1) | ↑ | 0.1000 (n=1) | ↑ |" in md
@@ -201,7 +202,7 @@ def test_paired_differences_see_what_the_seed_spread_hides(store):
     for seed, (ew, mgda) in enumerate([(1.757, 1.774), (2.737, 2.752), (2.100, 2.118)]):
         recs.append(_put(store, "ew", seed=seed, metrics=_dense(ew, 0.5, 0.2)))
         recs.append(_put(store, "mgda", seed=seed, metrics=_dense(mgda, 0.5, 0.2)))
-    t = results.result_tables(recs, DENSE)["table2"]
+    t = our_tables.result_tables(recs, DENSE)["table2"]
     own = t.estimate(("MGDA", "parameter"), "DE")
     diff = t.paired_estimate(("MGDA", "parameter"), "DE")
     assert own.interval[0] < t.value(BASELINE, "DE") < own.interval[1]  # unpaired: indistinguishable
@@ -221,7 +222,7 @@ def test_paper_table_renders_with_its_printed_values():
 
 def test_csv_has_full_precision_and_empty_nulls(seeded, store):
     recs = seeded + [_put(store, "mgda", level="feature", status="diverged", timings={"diverged_step": 7})]
-    t = results.result_tables(recs, DENSE)["table2"]
+    t = our_tables.result_tables(recs, DENSE)["table2"]
     lines = render.to_csv(t).splitlines()
     per = ("n", "lo", "hi", "seeds", "diff", "diff lo", "diff hi", "mark", "band mark")
     assert lines[0] == "method,level,DE,SS,IS,note," + ",".join(f"{c} {x}" for c in ("DE", "SS", "IS") for x in per)
@@ -233,7 +234,7 @@ def test_csv_has_full_precision_and_empty_nulls(seeded, store):
 def test_json_keeps_the_per_seed_values_the_interval_and_n(seeded):
     import json
 
-    t = results.result_tables(seeded, DENSE)["table2"]
+    t = our_tables.result_tables(seeded, DENSE)["table2"]
     data = json.loads(render.to_json(t))
     cell = next(r for r in data["rows"] if r["method"] == "PCGrad" and r["level"] == "parameter")["cells"]["DE"]
     assert cell["seeds"] == {"0": 1.0, "1": 1.19} and cell["n"] == 2
@@ -251,7 +252,7 @@ def test_diverged_failed_and_unfinished_rows_are_null_with_a_note(seeded, store)
         _put(store, "gradvac", seed=0, status="failed", error="Traceback ...\nValueError: solver failed"),
         _put(store, "imtl", seed=0, status="running"),
     ]
-    tables = results.result_tables(recs, DENSE)
+    tables = our_tables.result_tables(recs, DENSE)
     t = tables["table2"]
     mgda_f = t.row("MGDA", "feature")
     assert all(v is None for v in mgda_f.values.values())
@@ -274,21 +275,21 @@ def test_records_must_share_budget_benchmark_and_steps(store):
     a = _put(store, "ew", metrics=_dense(1, 0.5, 0.2))
     b = _put(store, "pcgrad", metrics=_dense(1, 0.5, 0.2), budget="small")
     with pytest.raises(ValueError, match="mix budgets"):
-        results.result_tables([a, b], DENSE)
+        our_tables.result_tables([a, b], DENSE)
     c = _put(store, "ew", metrics={"bbox_mAP": 0.1}, benchmark="digits-instance")
     with pytest.raises(ValueError, match="another benchmark"):
-        results.result_tables([a, c], DENSE)
+        our_tables.result_tables([a, c], DENSE)
     with pytest.raises(ValueError, match="several records for seed"):
-        results.result_tables([a, a], DENSE)
+        our_tables.result_tables([a, a], DENSE)
     with pytest.raises(ValueError, match="no run records"):
-        results.result_tables([], DENSE)
+        our_tables.result_tables([], DENSE)
     with pytest.raises(ValueError, match="no metric 'instance/l1'"):
-        results.result_tables([_put(store, "mgda", metrics={"depth/l1": 1.0, "semantic/miou": 0.5})], DENSE)
+        our_tables.result_tables([_put(store, "mgda", metrics={"depth/l1": 1.0, "semantic/miou": 0.5})], DENSE)
 
 
 # -- Table 4 ---------------------------------------------------------------------------------------
 def test_relative_change_by_hand(seeded):
-    rel = results.result_tables(seeded, DENSE)["relative_change"]
+    rel = our_tables.result_tables(seeded, DENSE)["relative_change"]
     assert rel.keys() == (("PCGrad", "feature"),)
     row = rel.row("PCGrad")
     # 100 × (feature − parameter) / parameter
@@ -310,7 +311,7 @@ def test_instance_benchmark_names_the_relative_change_table4(store):
         _put(store, "mgda", metrics=m, benchmark="digits-instance"),
         _put(store, "mgda", level="feature", metrics={k: 0.33 for k in m}, benchmark="digits-instance"),
     ]
-    tables = results.result_tables(recs, "digits-instance")
+    tables = our_tables.result_tables(recs, "digits-instance")
     assert tables["table4"] is tables["relative_change"]
     assert tables["table4"].value("MGDA", "BBox mAP") == pytest.approx(10.0)
     assert tables["table1"].columns == ("BBox mAP", "BBox mAR", "VMask mAP", "VMask mAR", "AMask mAP", "AMask mAR")
@@ -334,7 +335,7 @@ def four(store):
 
 
 def test_ranking_similarity_by_hand_on_four_methods(four):
-    tables = results.result_tables(four, DENSE)
+    tables = our_tables.result_tables(four, DENSE)
     fin = tables["final_measures"]
     assert [fin.value(runs.PAPER_NAMES[m], "FD") for m in ENDS] == [0.5, 0.4, 0.6, 0.3]  # last 50 only
     rs = tables["table6"]
@@ -359,7 +360,7 @@ def test_ranking_similarity_by_hand_on_four_methods(four):
 
 
 def test_short_trajectories_use_every_point_and_say_so(seeded):
-    rs = results.result_tables(seeded, DENSE)["table6"]
+    rs = our_tables.result_tables(seeded, DENSE)["table6"]
     assert "4 points here, so 4 points averaged" in " ".join(rs.notes)
 
 
@@ -369,7 +370,7 @@ def test_undefined_measures_are_left_out_by_name(store):
         _put(store, "pcgrad", metrics=_dense(0.9, 0.6, 0.1), traj=_traj(fd=[0.4, 0.4, math.nan, 0.4])),
         _put(store, "mgda", metrics=_dense(1.2, 0.4, 0.3), traj=_traj(fd=0.6)),
     ]
-    tables = results.result_tables(recs, DENSE)
+    tables = our_tables.result_tables(recs, DENSE)
     fd = tables["table6"].row("FD")
     assert "PCGrad: fd non-finite in the last 4 points of seed 0" in fd.note
     assert fd.values["DE"] == pytest.approx(100.0)  # ranked on Baseline and MGDA only
@@ -399,7 +400,7 @@ def test_curves_are_differences_to_the_same_seed_baseline_smoothed_over_a_tenth(
 
 
 def test_figures_are_written(four, tmp_path):
-    paths = figures.trajectory_figures(four, DENSE, tmp_path / "figs")
+    paths = figures.trajectory_figures(runs.group_runs(four, DENSE), tmp_path / "figs")
     assert [p.name for p in paths] == ["figure3_gds.png", "figure4_gms.png", "figure5_fd.png"]
     for p in paths:
         data = p.read_bytes()
@@ -409,12 +410,12 @@ def test_figures_are_written(four, tmp_path):
 def test_figures_need_a_baseline(store, tmp_path):
     recs = [_put(store, "pcgrad", metrics=_dense(1, 0.5, 0.2))]
     with pytest.raises(ValueError, match="no done parameter-level Baseline"):
-        figures.trajectory_figures(recs, DENSE, tmp_path)
+        figures.trajectory_figures(runs.group_runs(recs, DENSE), tmp_path)
 
 
 # -- claims ----------------------------------------------------------------------------------------
 def test_every_claim_gets_a_verdict_and_missing_inputs_are_named(seeded):
-    verdicts = judge_all(results.result_tables(seeded, DENSE))
+    verdicts = judge_all(our_tables.result_tables(seeded, DENSE))
     assert [v["id"] for v in verdicts] == [c.id for c in CLAIMS]
     assert {v["verdict"] for v in verdicts} <= {"holds", "contradicted", "inconclusive", "not evaluable"}
     by_id = {v["id"]: v for v in verdicts}
@@ -447,7 +448,7 @@ def test_claims_judge_our_instance_tables(store):
         _put(store, "mgda", metrics=_instance([0.31, 0.31, 0.31, 0.31, 0.31, 0.36]), benchmark=bench),
         _put(store, "mgda", level="feature", metrics=_instance([0.4] * 6), benchmark=bench),
     ]
-    by_id = {v["id"]: v for v in judge_all(results.result_tables(recs, bench))}
+    by_id = {v["id"]: v for v in judge_all(our_tables.result_tables(recs, bench))}
     fig4 = by_id["fig4-famo-beats-mgda"]
     # one seed: no interval, nothing decided, although the point values contradict the claim
     assert fig4["verdict"] == "inconclusive" and "one seed" in fig4["evidence"]
@@ -476,7 +477,7 @@ def test_three_seeds_decide_a_clear_paired_difference(store):
                 metrics=_instance([0.31 + shift - 0.0002 * seed] * 5 + [0.36 + shift + 0.0001 * seed]),
             ),
         ]
-    by_id = {v["id"]: v for v in judge_all(results.result_tables(recs, bench))}
+    by_id = {v["id"]: v for v in judge_all(our_tables.result_tables(recs, bench))}
     fig4 = by_id["fig4-famo-beats-mgda"]
     # FAMO − Baseline ≈ +0.05 and MGDA − Baseline ≈ +0.06 on AMask mAR on every seed: MGDA is
     # better there whatever the seed, so 'FAMO better on every metric' is contradicted
@@ -497,7 +498,7 @@ def test_rows_without_values_make_claims_not_evaluable_and_are_named(store):
         _put(store, "famo", metrics=_instance([0.35] * 6), benchmark=bench),
         _put(store, "mgda", status="diverged", timings={"diverged_step": 3}, benchmark=bench),
     ]
-    v = {v["id"]: v for v in judge_all(results.result_tables(recs, bench))}["fig4-famo-beats-mgda"]
+    v = {v["id"]: v for v in judge_all(our_tables.result_tables(recs, bench))}["fig4-famo-beats-mgda"]
     assert v["verdict"] == "not evaluable"
     assert "('MGDA', 'parameter')" in v["evidence"]
     assert "rows left out for lack of values: MGDA (diverged at step 3 in 1/1 seeds (seed 0))" in v["evidence"]
@@ -551,10 +552,46 @@ def test_smoke_sweep_to_report(tmp_path):
         assert title in text
     assert len(list(path.parent.glob("figure*.png"))) == 3
     assert "| MGDA (feature) |" in text and "6 runs: 6 done" in text
-    tables = results.result_tables(records, DENSE)
+    tables = our_tables.result_tables(records, DENSE)
     # one seed of 12 steps: a metric equal for every method ranks nothing, and its RS cells say so
     for r in tables["table6"].rows:
         for c, v in r.values.items():
             assert v is not None or f"{c}: the same value for all" in r.note or "same end value" in r.note
     assert all(c.id in text for c in CLAIMS)
     print(text)
+
+
+# -- selection and grouping ------------------------------------------------------------------------
+def test_a_report_selects_its_budget_precision_and_step_count(store):
+    from mtlcheck.precision import Precision
+
+    a = _put(store, "ew", seed=0)
+    _put(store, "ew", seed=1, budget="small")
+    assert [r.key for r in runs.select_report_records(store, DENSE, "smoke", Precision())] == [a.key]
+    with pytest.raises(ValueError, match="no stored runs for digits-dense at budget paper"):
+        runs.select_report_records(store, DENSE, "paper", Precision())
+    with pytest.raises(ValueError, match=r"with --steps 5; stored: default"):
+        runs.select_report_records(store, DENSE, "smoke", Precision(), "5")
+    assert runs.select_report_records(store, DENSE, "smoke", Precision(), "default") == [a]
+    spec = make_spec(DENSE, "mgda", seed=0, budget="smoke", steps=5)
+    store.lease(spec).finish({}, _traj(), dict(TIMINGS))
+    with pytest.raises(ValueError, match=r"several step counts \(5, default\): choose one with --steps"):
+        runs.select_report_records(store, DENSE, "smoke", Precision())
+    assert [r.spec.method for r in runs.select_report_records(store, DENSE, "smoke", Precision(), "5")] == ["mgda"]
+    _put(store, "pcgrad", seed=0, status="running")
+    chosen = runs.select_report_records(store, DENSE, "smoke", Precision(), "default", ended=True)
+    assert [r.spec.method for r in chosen] == ["ew"]  # the run in progress is left out
+
+
+def test_a_report_groups_the_records_once(seeded, tmp_path, monkeypatch):
+    calls = []
+    group_runs = runs.group_runs
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return group_runs(*args, **kwargs)
+
+    for module in (runs, reports, our_tables, figures):
+        monkeypatch.setattr(module, "group_runs", counted, raising=False)
+    reports.write_report(seeded, DENSE, tmp_path)
+    assert len(calls) == 1

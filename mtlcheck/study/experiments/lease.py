@@ -1,45 +1,60 @@
-"""A lease: this process's ownership of one running run, from `ResultStore.lease` to its end.
+"""A lease: this process's ownership of one running run, from `acquire` to its end.
 
-While it holds the lease the process heartbeats (`heartbeat`), may save checkpoints
-(``<store>.ckpt/<key>.pt``, written atomically), and ends it exactly once: `finish` (the result),
-`fail` (the traceback, a failure counted) or `release` (back to pending, nothing counted). Every
-one of these first proves the lease is still held and raises `LeaseLost` if another process took
-the run over.
+While it holds the lease the process heartbeats (`heartbeat`), may save checkpoints (kept by the
+store: files beside an SQLite store, a table of a PostgreSQL one), and ends it exactly once:
+`finish` (the result), `fail` (the traceback, a failure counted) or `release` (back to pending,
+nothing counted). Every one of these first proves the lease is still held and raises `LeaseLost`
+if another process took the run over. A lease speaks to its store only through the store's lease
+protocol (`control.RunStore`: ``claim``, ``beat``, ``end``, ``describe_owner`` and the checkpoint
+methods), so the same lease works on a proxy that forwards them to a store elsewhere.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sqlite3
-import tempfile
+import io
 import traceback
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mtlcheck.study.experiments import owners
-from mtlcheck.study.experiments.codec import decode_json, encode_json
+from mtlcheck.study.experiments.codec import encode_json
 from mtlcheck.study.experiments.provenance import environment
 from mtlcheck.study.experiments.records import FINISHED, history_event
 from mtlcheck.study.experiments.spec import RunSpec
 
 if TYPE_CHECKING:
-    from mtlcheck.study.experiments.store import ResultStore
+    from mtlcheck.study.experiments.control import RunStore
 
-__all__ = ["Lease", "LeaseLost"]
+__all__ = ["Lease", "LeaseLost", "acquire"]
 
 
 class LeaseLost(RuntimeError):
     """This process no longer owns the run: another process took it over (stale heartbeat)."""
 
 
+def acquire(store: RunStore, spec: RunSpec, *, stale_after: float, max_failures: int) -> Lease | None:
+    """Make this process (and thread) the owner of `spec`'s run, or return None (see
+    `ResultStore.lease`). A store with an ``owner_host`` attribute (a Ray worker's proxy) names
+    the owner's host so."""
+    owner = owners.new_owner(getattr(store, "owner_host", None))  # live before the row names it
+    try:
+        claim = store.claim(spec, owner, stale_after=stale_after, max_failures=max_failures)
+    except BaseException:
+        owners.retire(owner)
+        raise
+    if claim is None:
+        owners.retire(owner)
+        return None
+    attempt, took_over_from, reason = claim
+    return Lease(store, spec, spec.key, owner, attempt, took_over_from, reason)
+
+
 class Lease:
-    """This process's ownership of one running run. Obtain from `ResultStore.lease`."""
+    """This process's ownership of one running run. Obtain from `acquire` (`ResultStore.lease`)."""
 
     def __init__(
         self,
-        store: ResultStore,
+        store: RunStore,
         spec: RunSpec,
         key: str,
         owner: str,
@@ -65,55 +80,33 @@ class Lease:
     def heartbeat(self) -> None:
         """Record that the run is alive; raises `LeaseLost` if another process took it over."""
         self._check_open("heartbeat")
-        with self.store.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE runs SET heartbeat=? WHERE key=? AND owner=? AND status='running'",
-                (self.store.clock.time(), self.key, self.owner),
-            )
-            if cur.rowcount != 1:
-                raise self._lose(conn)
+        if not self.store.beat(self.key, self.owner):
+            raise self._lose()
 
     # -- checkpoints ----------------------------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path:
-        """``<store>.ckpt/<key>.pt``; written by `save_checkpoint`, read by `load_checkpoint`."""
-        return self.store.checkpoint_dir / f"{self.key}.pt"
-
     def has_checkpoint(self) -> bool:
-        return self.checkpoint_path.exists()
+        return self.store.has_checkpoint(self.key)
 
-    def save_checkpoint(self, obj: Any) -> Path:
-        """`torch.save(obj)` atomically (temporary file, fsync, `os.replace`), after a heartbeat
-        that proves this process still owns the run (raises `LeaseLost` otherwise)."""
+    def save_checkpoint(self, obj: Any) -> None:
+        """`torch.save(obj)` into the store (atomically), after a heartbeat that proves this
+        process still owns the run (raises `LeaseLost` otherwise)."""
         import torch
 
         self.heartbeat()
-        path = self.checkpoint_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{self.key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
-        return path
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        self.store.save_checkpoint(self.key, buffer.getvalue())
 
     def load_checkpoint(self, map_location: Any = "cpu") -> Any | None:
-        """The last saved checkpoint, or None if there is none. A corrupt file raises. Loads with
-        ``weights_only=False``: checkpoints are this store's own files (RNG states, optimizer
-        state), not untrusted input."""
+        """The last saved checkpoint, or None if there is none. A corrupt one raises. Loads with
+        ``weights_only=False``: checkpoints are this store's own (RNG states, optimizer state),
+        not untrusted input."""
         import torch
 
-        path = self.checkpoint_path
-        if not path.exists():
+        data = self.store.load_checkpoint(self.key)
+        if data is None:
             return None
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
 
     # -- endings --------------------------------------------------------------------------------
     def finish(
@@ -149,12 +142,19 @@ class Lease:
             env["engine"] = dict(engine)
         env_json = encode_json(env, "environment")
         self._end(
-            "status=?, finished=?, heartbeat=NULL, metrics_json=?, trajectory_json=?, env_json=?, timings_json=?, "
-            "error=?",
-            (status, self.store.clock.time(), metrics_json, trajectory_json, env_json, timings_json, error),
+            {
+                "status": status,
+                "finished": self.store.clock.time(),
+                "heartbeat": None,
+                "metrics_json": metrics_json,
+                "trajectory_json": trajectory_json,
+                "env_json": env_json,
+                "timings_json": timings_json,
+                "error": error,
+            },
             self._event(status),
         )
-        self.store._delete_checkpoint(self.key)
+        self.store.delete_checkpoint(self.key)
 
     def fail(self, error: BaseException | str) -> None:
         """Record a failure with its text (the full traceback for an exception). The checkpoint
@@ -171,45 +171,38 @@ class Lease:
         except Exception as exc:  # noqa: BLE001 - the failure must be recorded even so
             env = {"environment_error": f"{type(exc).__name__}: {exc}"}
         self._end(
-            "status='failed', finished=?, heartbeat=NULL, failures=failures+1, env_json=?, error=?",
-            (self.store.clock.time(), encode_json(env, "environment"), text),
+            {
+                "status": "failed",
+                "finished": self.store.clock.time(),
+                "heartbeat": None,
+                "env_json": encode_json(env, "environment"),
+                "error": text,
+            },
             self._event("failed", error=text.strip().splitlines()[-1] if text.strip() else ""),
+            count_failure=True,
         )
 
     def release(self, reason: str = "released", error: str | None = None) -> None:
         """Give the run back unfinished (status 'pending', checkpoint kept, no failure counted),
         e.g. on Ctrl-C or a `SetupError`; `error` (if given) becomes the row's last error."""
         self._check_open("release")
-        if error is None:
-            self._end("status='pending', owner=NULL, heartbeat=NULL", (), self._event("released", reason=reason))
-        else:
-            self._end(
-                "status='pending', owner=NULL, heartbeat=NULL, error=?",
-                (error,),
-                self._event("released", reason=reason),
-            )
+        fields = {"status": "pending", "owner": None, "heartbeat": None}
+        if error is not None:
+            fields["error"] = error
+        self._end(fields, self._event("released", reason=reason))
 
     def _event(self, kind: str, **detail: Any) -> dict[str, Any]:
         return history_event(kind, self.owner, self.store.clock.time(), **detail)
 
-    def _end(self, assignments: str, params: tuple, event: dict) -> None:
-        with self.store.transaction() as conn:
-            row = conn.execute(
-                "SELECT history_json FROM runs WHERE key=? AND owner=? AND status='running'", (self.key, self.owner)
-            ).fetchone()
-            if row is None:
-                raise self._lose(conn)
-            history = decode_json(row[0]) + [event]
-            conn.execute(
-                f"UPDATE runs SET {assignments}, history_json=? WHERE key=? AND owner=?",
-                (*params, encode_json(history, "history"), self.key, self.owner),
-            )
+    def _end(self, fields: dict[str, Any], event: dict, *, count_failure: bool = False) -> None:
+        if not self.store.end(self.key, self.owner, fields, event, count_failure=count_failure):
+            raise self._lose()
         self._close()
 
-    def _lose(self, conn: sqlite3.Connection) -> LeaseLost:
+    def _lose(self) -> LeaseLost:
         self._lost = (
             f"run {self.key} ({self.spec.label}) is no longer owned by {self.owner}: "
-            f"{self.store.describe_owner(conn, self.key)}"
+            f"{self.store.describe_owner(self.key)}"
         )
         self._close()
         return LeaseLost(self._lost)
@@ -223,13 +216,3 @@ class Lease:
             raise LeaseLost(self._lost)
         if self._closed:
             raise RuntimeError(f"Lease.{what}: the lease on {self.key} was already finished, failed or released")
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

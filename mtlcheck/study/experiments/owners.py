@@ -4,7 +4,9 @@ A lease names its owner by this host (hostname plus kernel boot id), this proces
 random token that is *live* while the lease is open in this process. Another process may take
 the run over when the owner's heartbeat is older than `stale_after` (any host), or at once when
 the owner ran on this host and its pid is gone or a zombie, or when its pid is this process but
-its token is not live here (the pid was reused). On Windows only the heartbeat counts.
+its token is not live here (the pid was reused). On Windows only the heartbeat counts. A host
+may be qualified as ``HOST@where`` (a Ray worker names its node: ``HOST@ray-node-<id>``); such an
+owner's liveness beyond its heartbeat is left to the store's `is_dead` judge.
 """
 
 from __future__ import annotations
@@ -39,13 +41,16 @@ def parse_owner(owner: str) -> tuple[str, int, str]:
     return host, int(pid), token
 
 
-def new_owner() -> str:
+def new_owner(host: str | None = None) -> str:
     """A fresh owner name for this process and thread, live until `retire`d (it is live before
-    any row names it, so a racing thread never sees it dead)."""
+    any row names it, so a racing thread never sees it dead). `host` (default `HOST`) may qualify
+    this host, as ``HOST@where`` (a Ray worker names its node so)."""
+    if host is not None and not (host == HOST or host.startswith(f"{HOST}@")):
+        raise ValueError(f"new_owner: host must be {HOST!r} or start with {HOST + '@'!r}, got {host!r}")
     token = uuid.uuid4().hex[:12]
     with _LIVE_LOCK:
         _LIVE_TOKENS[token] = threading.get_ident()
-    return f"{HOST}:{os.getpid()}:{token}"
+    return f"{host or HOST}:{os.getpid()}:{token}"
 
 
 def retire(owner: str) -> None:
@@ -78,7 +83,8 @@ def owned_by_this_thread(owner: str | None) -> bool:
     except ValueError:
         return False
     with _LIVE_LOCK:
-        return host == HOST and pid == os.getpid() and _LIVE_TOKENS.get(token) == threading.get_ident()
+        here = host == HOST or host.startswith(f"{HOST}@")
+        return here and pid == os.getpid() and _LIVE_TOKENS.get(token) == threading.get_ident()
 
 
 def dead_reason(owner: str | None, heartbeat: float | None, now: float, stale_after: float) -> str | None:

@@ -25,8 +25,17 @@ from mtlcheck.aggregators import aggregator_class, level_aliases
 from mtlcheck.gradients import batch_sum_supported, check_feature_batch
 from mtlcheck.precision import PortabilityError, Precision
 from mtlcheck.study.benchmarks import get_benchmark
+from mtlcheck.study.experiments.control import RunStore, get_or_run
 from mtlcheck.study.experiments.spec import RunSpec
-from mtlcheck.study.experiments.store import ResultStore, RunFailedError, RunRecord, RunResult, SetupError
+from mtlcheck.study.experiments.store import (
+    DEFAULT_MAX_FAILURES,
+    DEFAULT_STALE_AFTER,
+    ResultStore,
+    RunFailedError,
+    RunRecord,
+    RunResult,
+    SetupError,
+)
 from mtlcheck.study.training import Checkpointer, RunOutcome, train
 
 # what a sweep runs by default: the paper's 15 methods and its equal-weighting baseline
@@ -306,12 +315,21 @@ def _say_waiting(spec: RunSpec):
     return on_wait
 
 
-def run_spec(store: ResultStore, spec: RunSpec, where: Where = Where(), *, wait: bool = True) -> RunRecord | None:
+def run_spec(store: RunStore, spec: RunSpec, where: Where = Where(), *, wait: bool = True) -> RunRecord | None:
     """The stored result of `spec`, computing it here if nobody has (saying so on stderr when it
-    waits for another process)."""
+    waits for another process). `store` is a `ResultStore` or any other `RunStore` (a Ray
+    worker's proxy of the driver's store)."""
     where.check([spec.benchmark])  # usage errors, never a failed run
     get_benchmark(spec.benchmark).import_code()  # before the lease: see Benchmark.import_code
-    return store.get_or_run(spec, _run_fn(spec, where), wait=wait, on_wait=_say_waiting(spec))
+    return get_or_run(
+        store,
+        spec,
+        _run_fn(spec, where),
+        wait=wait,
+        stale_after=DEFAULT_STALE_AFTER,
+        max_failures=DEFAULT_MAX_FAILURES,
+        on_wait=_say_waiting(spec),
+    )
 
 
 def run_sweep(

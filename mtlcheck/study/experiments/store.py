@@ -1,9 +1,10 @@
-"""A SQLite results store shared by processes: each run is computed once and never lost.
+"""The results store shared by processes: each run is computed once and never lost.
 
-One row per run, keyed by `RunSpec.key` (spec + `CODE_EPOCH`). Several processes (pytest-xdist
-workers, a sweep on several GPUs) open the same file; SQLite in WAL mode with a busy timeout
-serialises the short write transactions, and taking a lease on a run is a ``BEGIN IMMEDIATE``
-transaction, so exactly one process gets to compute it.
+One row per run, keyed by `RunSpec.key` (spec + `CODE_EPOCH`), in an SQLite file (the default:
+one host) or a PostgreSQL database (``postgresql://…``: any number of hosts; see `databases`).
+Several processes (pytest-xdist workers, a sweep on several GPUs, sweeps on several machines)
+open the same store; every write is a short transaction that excludes the other writers, and
+taking a lease on a run is one of them, so exactly one process gets to compute it.
 
 Life of a run::
 
@@ -18,19 +19,22 @@ not what it computes) releases the run unchanged, and `retry` gives a failed run
 
 A lease records its owner as ``host:pid:token``. Another process takes the run over when the
 owner's heartbeat is older than `stale_after`, or at once when the owner ran on this host and
-its pid is gone (or is a zombie). `get_or_run` heartbeats from a background thread while the
-run computes, and records every exception as a ``failed`` row with its traceback. A long run
-saves checkpoints through its `Lease` (``<store>.ckpt/<key>.pt``, written atomically); the
-process that takes the run over reads them and resumes. Finishing deletes the checkpoint.
+its pid is gone (or is a zombie), or when the store's `is_dead` judge says so (a Ray node that
+died). `get_or_run` (in `control`) heartbeats from a background thread while the run computes,
+and records every exception as a ``failed`` row with its traceback. A long run saves checkpoints
+through its `Lease` (``<store>.ckpt/<key>.pt`` beside an SQLite file, written atomically; a table
+of a PostgreSQL store); the process that takes the run over reads them and resumes. Finishing
+deletes the checkpoint.
 
-Limits: SQLite's WAL mode needs a local filesystem (not NFS); heartbeats are wall-clock times,
-so hosts sharing a store need roughly synchronised clocks; on Windows a dead owner is only
-detected by its stale heartbeat. Every time the store records or compares comes from its `clock`,
+Limits: SQLite's WAL mode needs one host and a local filesystem (not NFS); heartbeats are
+wall-clock times, so hosts sharing a store need roughly synchronised clocks; on Windows a dead
+owner is only detected by its stale heartbeat. Every time the store records or compares comes from its `clock`,
 so a test ages a heartbeat by moving a manual clock rather than by sleeping.
 
-Beside this module: `records` (statuses, `RunRecord`, `RunResult`, the errors), `lease`
-(`Lease`, `LeaseLost`), `owners` (owner names and their liveness), `codec` (JSON keeping NaN and
-±inf), `provenance` (`environment`) and `clock`. This module re-exports the names its API hands
+Beside this module: `databases` (the SQLite and PostgreSQL backends), `control` (`get_or_run`),
+`records` (statuses, `RunRecord`, `RunResult`, the errors), `lease` (`Lease`, `LeaseLost`),
+`owners` (owner names and their liveness), `codec` (JSON keeping NaN and ±inf), `provenance`
+(`environment`) and `clock`. This module re-exports the names its API hands
 out (records, results, errors, leases); import the codec and `environment` from their modules.
 """
 
@@ -38,10 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import threading
-import time
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,9 @@ from mtlcheck.study.experiments import owners
 from mtlcheck.study.experiments import spec as _spec
 from mtlcheck.study.experiments.clock import Clock, SystemClock
 from mtlcheck.study.experiments.codec import decode_json, encode_json
-from mtlcheck.study.experiments.lease import Lease, LeaseLost
+from mtlcheck.study.experiments.control import Claim, get_or_run
+from mtlcheck.study.experiments.databases import open_database
+from mtlcheck.study.experiments.lease import Lease, LeaseLost, acquire
 from mtlcheck.study.experiments.records import (
     FINISHED,
     STATUSES,
@@ -59,7 +62,6 @@ from mtlcheck.study.experiments.records import (
     RunResult,
     SetupError,
     StoreError,
-    as_result,
     history_event,
 )
 from mtlcheck.study.experiments.spec import RunSpec
@@ -82,34 +84,10 @@ DEFAULT_STALE_AFTER = 600.0
 """Seconds without a heartbeat after which a running lease may be taken over (any host)."""
 DEFAULT_MAX_FAILURES = 3
 """A failed run is leased again while it has failed fewer times than this."""
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    key             TEXT PRIMARY KEY,
-    spec_json       TEXT NOT NULL,
-    code_epoch      INTEGER NOT NULL,
-    benchmark       TEXT NOT NULL,
-    method          TEXT NOT NULL,
-    status          TEXT NOT NULL CHECK (status IN ('pending','running','done','failed','diverged')),
-    owner           TEXT,
-    heartbeat       REAL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    failures        INTEGER NOT NULL DEFAULT 0,
-    created         REAL NOT NULL,
-    started         REAL,
-    finished        REAL,
-    metrics_json    TEXT,
-    trajectory_json TEXT,
-    env_json        TEXT,
-    timings_json    TEXT,
-    error           TEXT,
-    history_json    TEXT NOT NULL DEFAULT '[]'
-);
-CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
-CREATE INDEX IF NOT EXISTS runs_benchmark ON runs(benchmark, method);
-"""
-
+ENDING_COLUMNS = frozenset(
+    {"status", "owner", "heartbeat", "finished", "metrics_json", "trajectory_json", "env_json", "timings_json", "error"}
+)
+"""The columns a lease sets when it ends (`ResultStore.end`)."""
 
 _COLUMNS = (
     "key, spec_json, code_epoch, status, owner, heartbeat, attempts, failures, created, started, finished, "
@@ -159,113 +137,68 @@ def _record(row: tuple) -> RunRecord:
 
 
 class ResultStore:
-    """Runs in the SQLite file `path` (created with its parent directories unless `create` is
-    False). Safe to share between threads (one connection per thread) and processes (WAL + busy
-    timeout). `readonly` opens an existing store for reading only (it may lie on a read-only
-    filesystem; writing raises `StoreError`). Every problem with the file itself (a folder, not
-    SQLite, not writable) raises `StoreError` naming it. `clock` (default the system's) supplies
-    every time the store records, every heartbeat age it judges and every wait (see `Clock`)."""
+    """Runs in the store at `location`: an SQLite file (created with its parent folders unless
+    `create` is False) or a ``postgresql://user[:password]@host[:port]/dbname`` URL (a database
+    that many hosts share; ``pip install mtlcheck[postgresql]``). Safe to share between threads
+    (one connection per thread) and processes. `readonly` opens an existing store for reading
+    only (an SQLite file may lie on a read-only filesystem; writing raises `StoreError`). Every
+    problem with the store itself (a folder, not a store, not writable, a database that cannot be
+    reached) raises `StoreError` naming it. `clock` (default the system's) supplies every time the
+    store records, every heartbeat age it judges and every wait (see `Clock`). `is_dead(owner)`,
+    if given, is one more judge of a running run's owner: a reason it is dead (its Ray node
+    died, say), or None."""
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        location: str | os.PathLike,
         *,
         busy_timeout: float = 60.0,
         readonly: bool = False,
         create: bool = True,
         clock: Clock | None = None,
+        is_dead: Callable[[str], str | None] | None = None,
     ):
-        if str(path) in ("", ":memory:"):
-            raise ValueError(f"ResultStore: path must be a file (processes share it), got {str(path)!r}")
         if not busy_timeout > 0:
             raise ValueError(f"ResultStore: busy_timeout must be positive seconds, got {busy_timeout!r}")
-        self.path = Path(path).resolve()
+        self.db = open_database(location, readonly=bool(readonly), create=create, busy_timeout=float(busy_timeout))
+        self.path: Path | None = self.db.path
+        """The SQLite file (None for a PostgreSQL store)."""
+        self.location: str = self.db.location
+        """What reopens this store: the file's path or the database URL."""
+        self.checkpoint_dir: Path | None = self.db.checkpoint_dir
         self.busy_timeout = float(busy_timeout)
         self.readonly = bool(readonly)
         self.clock: Clock = SystemClock() if clock is None else clock
-        self.checkpoint_dir = self.path.with_name(self.path.name + ".ckpt")
+        self.is_dead = is_dead
         self._local = threading.local()
-        self._immutable = False
-        if self.path.is_dir():
-            raise StoreError(
-                f"results store {self.path} is a folder; pass the SQLite file (e.g. {self.path / 'runs.sqlite'})"
-            )
-        if not self.path.exists() and (readonly or not create):
-            raise StoreError(f"no results store at {self.path}")
-        if not readonly:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(
-                    f"cannot create the folder of results store {self.path}: {exc.strerror or exc}"
-                ) from exc
         self._init_schema()
 
     def __repr__(self) -> str:
-        return f"ResultStore({str(self.path)!r})"
+        return f"ResultStore({str(self.db)!r})"
+
+    def __str__(self) -> str:
+        """The file, or the URL with its password hidden."""
+        return str(self.db)
 
     # -- connections ----------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            return self._connect_readonly() if self.readonly else self._connect_readwrite()
-        except sqlite3.Error as exc:
-            raise self._file_error(exc) from exc
-
-    def _file_error(self, exc: sqlite3.Error) -> StoreError:
-        text = str(exc)
-        if "not a database" in text or "malformed" in text:
-            why = "is not an SQLite results store (or is truncated or corrupt)"
-        elif "readonly" in text or "read-only" in text:
-            why = "is not writable (a read-only file or folder); `mtlcheck report` and `mtlcheck runs list` can read it"
-        elif "unable to open" in text:
-            why = "cannot be opened (a missing or read-only folder?)"
-        else:
-            why = "cannot be used"
-        return StoreError(f"results store {self.path} {why}: sqlite3: {text}")
-
-    def _connect_readonly(self) -> sqlite3.Connection:
-        """Read-only; a WAL store whose folder cannot be written (no -shm file can be made) is
-        opened as immutable, which is right for an archived store nobody writes."""
-        uri = self.path.as_uri()
-        if not self._immutable:
-            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=self.busy_timeout, isolation_level=None)
-            try:
-                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-                return conn
-            except sqlite3.OperationalError as exc:
-                conn.close()
-                if "unable to open" not in str(exc) and "readonly" not in str(exc):
-                    raise
-            self._immutable = True
-        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
-
-    def _connect_readwrite(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-            deadline = time.monotonic() + self.busy_timeout
-            while True:  # switching to WAL can report "locked" without waiting on the busy handler
-                try:
-                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.01)
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: SQLite refused WAL journal mode (got {mode!r}); use a local filesystem")
-            conn.execute("PRAGMA synchronous=FULL")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self):
         local = self._local
-        if getattr(local, "pid", None) != os.getpid():  # new thread, or inherited across fork
-            local.conn = self._connect()
+        if getattr(local, "pid", None) != os.getpid() or getattr(local.conn, "closed", False):
+            local.conn = self.db.connect()  # a new thread, a fork, or a database connection that broke
             local.pid = os.getpid()
         return local.conn
+
+    def _read(self, sql: str, params: Any = ()) -> list[tuple]:
+        """The rows of one query (a problem with the store itself raises `StoreError`)."""
+        for attempt in (1, 2):
+            conn = self._conn()
+            try:
+                return conn.execute(sql, params).fetchall()
+            except self.db.errors as exc:
+                if attempt == 1 and getattr(conn, "closed", False):
+                    continue  # the connection broke (a server restart): once more on a new one
+                raise self.db.error(exc) from exc
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
@@ -275,57 +208,54 @@ class ResultStore:
         self._local.__dict__.clear()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A short ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+    def transaction(self) -> Iterator[Any]:
+        """A short write transaction that excludes every other writer: committed on success,
+        rolled back on error."""
         if self.readonly:
-            raise StoreError(f"results store {self.path} was opened read-only")
+            raise StoreError(f"results store {self} was opened read-only")
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.begin(conn)
+        except self.db.errors as exc:
+            raise self.db.error(exc) from exc
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            with contextlib.suppress(*self.db.errors):  # a broken connection has nothing to roll back
+                conn.execute("ROLLBACK")
+            if isinstance(exc, self.db.errors):
+                raise self.db.error(exc) from exc
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except self.db.errors as exc:
+            raise self.db.error(exc) from exc
 
     def _init_schema(self) -> None:
         try:
-            self._create_or_check_schema()
-        except sqlite3.Error as exc:
-            raise self._file_error(exc) from exc
+            if self.readonly:
+                self.db.check_schema(self._conn())
+            else:
+                with self.transaction() as conn:
+                    self.db.create_or_check_schema(conn)
+        except self.db.errors as exc:
+            raise self.db.error(exc) from exc
 
-    def _create_or_check_schema(self) -> None:
-        if self.readonly:
-            conn = self._conn()
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
-                raise StoreError(
-                    f"{self.path}: schema version {version} (tables {[t[0] for t in tables]}), "
-                    f"this mtlcheck expects {SCHEMA_VERSION}"
-                )
-            return
-        with self.transaction() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
-            if version == 0 and not tables:
-                for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript would commit
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: schema version {version} (tables {[t[0] for t in tables]}), "
-                    f"this mtlcheck expects {SCHEMA_VERSION}"
-                )
-
-    def describe_owner(self, conn: sqlite3.Connection, key: str) -> str:
+    def describe_owner(self, key: str) -> str:
         """The run's status, owner and heartbeat age as one phrase, for messages about a lost lease."""
-        row = conn.execute("SELECT status, owner, heartbeat FROM runs WHERE key=?", (key,)).fetchone()
-        if row is None:
+        rows = self._read("SELECT status, owner, heartbeat FROM runs WHERE key=?", (key,))
+        if not rows:
             return "the row is gone"
-        status, owner, hb = row
+        status, owner, hb = rows[0]
         age = "" if hb is None else f", heartbeat {self.clock.time() - hb:.1f}s ago"
         return f"status {status}, owner {owner}{age}"
+
+    def why_dead(self, owner: str | None, heartbeat: float | None, stale_after: float) -> str | None:
+        """Why a running run's owner may be taken over now, or None while it counts as alive."""
+        reason = owners.dead_reason(owner, heartbeat, self.clock.time(), stale_after)
+        if reason is None and owner is not None and self.is_dead is not None:
+            reason = self.is_dead(owner)
+        return reason
 
     # -- leasing --------------------------------------------------------------------------------
     def lease(
@@ -343,20 +273,11 @@ class ResultStore:
             raise ValueError(f"ResultStore.lease: stale_after must be positive seconds, got {stale_after!r}")
         if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
             raise ValueError(f"ResultStore.lease: max_failures must be an int >= 1, got {max_failures!r}")
-        key, spec_json = spec.key, spec.to_json()
-        owner = owners.new_owner()  # live before the row names it: a racing thread must see it alive
-        try:
-            lease = self._lease_row(spec, key, spec_json, owner, stale_after, max_failures)
-        except BaseException:
-            owners.retire(owner)
-            raise
-        if lease is None:
-            owners.retire(owner)
-        return lease
+        return acquire(self, spec, stale_after=stale_after, max_failures=max_failures)
 
-    def _lease_row(
-        self, spec: RunSpec, key: str, spec_json: str, owner: str, stale_after: float, max_failures: int
-    ) -> Lease | None:
+    def claim(self, spec: RunSpec, owner: str, *, stale_after: float, max_failures: int) -> Claim | None:
+        """The lease's row transaction: make `owner` the run's owner, or return None (see `lease`)."""
+        key, spec_json = spec.key, spec.to_json()
         with self.transaction() as conn:
             now = self.clock.time()
             row = conn.execute(
@@ -380,7 +301,7 @@ class ResultStore:
                         encode_json([history_event("claimed", owner, now, attempt=1)]),
                     ),
                 )
-                return Lease(self, spec, key, owner, 1, None, None)
+                return Claim(1, None, None)
             stored_spec, status, old_owner, hb, attempts, failures, history = row
             if stored_spec != spec_json:
                 raise StoreError(f"key collision: {key} is stored for {stored_spec}, not {spec_json}")
@@ -390,7 +311,7 @@ class ResultStore:
             if status == "failed" and failures >= max_failures:
                 return None
             if status == "running":
-                reason = owners.dead_reason(old_owner, hb, now, stale_after)
+                reason = self.why_dead(old_owner, hb, stale_after)
                 if reason is None:
                     return None
                 previous = old_owner
@@ -403,7 +324,36 @@ class ResultStore:
                 "history_json=? WHERE key=?",
                 (owner, now, attempt, now, encode_json(history), key),
             )
-            return Lease(self, spec, key, owner, attempt, previous, reason)
+            return Claim(attempt, previous, reason)
+
+    def beat(self, key: str, owner: str) -> bool:
+        """The owner's heartbeat; False if `owner` no longer holds the run."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET heartbeat=? WHERE key=? AND owner=? AND status='running'",
+                (self.clock.time(), key, owner),
+            )
+            return cur.rowcount == 1
+
+    def end(self, key: str, owner: str, fields: dict[str, Any], event: dict, *, count_failure: bool = False) -> bool:
+        """End `owner`'s lease: set `fields` (columns of `ENDING_COLUMNS`), append `event` to the
+        history, count a failure if asked; False (nothing written) if `owner` no longer holds it."""
+        unknown = set(fields) - ENDING_COLUMNS
+        if unknown:
+            raise ValueError(f"ResultStore.end: not columns a lease may set: {sorted(unknown)}")
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT history_json FROM runs WHERE key=? AND owner=? AND status='running'", (key, owner)
+            ).fetchone()
+            if row is None:
+                return False
+            history = decode_json(row[0]) + [event]
+            assignments = [f"{column}=?" for column in fields] + (["failures=failures+1"] if count_failure else [])
+            conn.execute(
+                f"UPDATE runs SET {', '.join(assignments)}, history_json=? WHERE key=? AND owner=?",
+                (*fields.values(), encode_json(history, "history"), key, owner),
+            )
+        return True
 
     def add(self, specs: RunSpec | list[RunSpec]) -> int:
         """Register runs as 'pending' (existing rows are untouched); returns how many were new."""
@@ -416,8 +366,8 @@ class ResultStore:
             now = self.clock.time()
             for s in specs:
                 cur = conn.execute(
-                    "INSERT OR IGNORE INTO runs (key, spec_json, code_epoch, benchmark, method, status, created, "
-                    "history_json) VALUES (?,?,?,?,?,'pending',?,?)",
+                    "INSERT INTO runs (key, spec_json, code_epoch, benchmark, method, status, created, "
+                    "history_json) VALUES (?,?,?,?,?,'pending',?,?) ON CONFLICT (key) DO NOTHING",
                     (
                         s.key,
                         s.to_json(),
@@ -449,7 +399,7 @@ class ResultStore:
         key = self._key(spec_or_key)
         with self.transaction() as conn:
             deleted = conn.execute("DELETE FROM runs WHERE key=?", (key,)).rowcount == 1
-        self._delete_checkpoint(key)
+        self.delete_checkpoint(key)
         return deleted
 
     # -- reading --------------------------------------------------------------------------------
@@ -467,8 +417,8 @@ class ResultStore:
 
     def get(self, spec_or_key: RunSpec | str) -> RunRecord | None:
         """The stored record, or None if the run was never leased or added."""
-        row = self._conn().execute(f"SELECT {_COLUMNS} FROM runs WHERE key=?", (self._key(spec_or_key),)).fetchone()
-        return None if row is None else _record(row)
+        rows = self._read(f"SELECT {_COLUMNS} FROM runs WHERE key=?", (self._key(spec_or_key),))
+        return _record(rows[0]) if rows else None
 
     def runs(
         self,
@@ -494,15 +444,11 @@ class ResultStore:
             + (f" WHERE {' AND '.join(where)}" if where else "")
             + " ORDER BY created, key"
         )
-        return [_record(r) for r in self._conn().execute(sql, params).fetchall()]
+        return [_record(r) for r in self._read(sql, params)]
 
     def counts(self) -> dict[str, int]:
         """Number of runs per status (current `CODE_EPOCH`)."""
-        rows = (
-            self._conn()
-            .execute("SELECT status, COUNT(*) FROM runs WHERE code_epoch=? GROUP BY status", (_spec.CODE_EPOCH,))
-            .fetchall()
-        )
+        rows = self._read("SELECT status, COUNT(*) FROM runs WHERE code_epoch=? GROUP BY status", (_spec.CODE_EPOCH,))
         return {s: 0 for s in STATUSES} | dict(rows)
 
     def wait_for(self, spec: RunSpec | str, timeout: float | None = None, poll: float = 0.5) -> RunRecord:
@@ -518,9 +464,9 @@ class ResultStore:
             if record is not None and record.status in (*FINISHED, "failed"):
                 return record
             if deadline is not None and self.clock.monotonic() >= deadline:
-                state = "absent" if record is None else self.describe_owner(self._conn(), key)
+                state = "absent" if record is None else self.describe_owner(key)
                 if record is not None and record.status == "running":
-                    dead = owners.dead_reason(record.owner, record.heartbeat, self.clock.time(), DEFAULT_STALE_AFTER)
+                    dead = self.why_dead(record.owner, record.heartbeat, DEFAULT_STALE_AFTER)
                     state += f" ({dead})" if dead else ""
                 raise TimeoutError(f"run {key} not finished after {timeout}s: {state}")
             self.clock.sleep(poll)
@@ -550,117 +496,43 @@ class ResultStore:
         non-Exception exits release the run to 'pending' (checkpoint kept), and so does a
         `SetupError` (no failure counted). `on_wait(record)` is called once when this call starts
         waiting for another process's lease (e.g. to say so)."""
-        if not isinstance(spec, RunSpec):
-            raise TypeError(f"ResultStore.get_or_run: expected a RunSpec, got {type(spec).__name__}")
-        if not callable(fn):
-            raise TypeError(f"ResultStore.get_or_run: fn must be callable, got {fn!r}")
-        interval = stale_after / 4 if heartbeat_every is None else heartbeat_every
-        if not 0 < interval < stale_after:
-            raise ValueError(f"ResultStore.get_or_run: heartbeat_every must be in (0, stale_after), got {interval!r}")
-        deadline = None if timeout is None else self.clock.monotonic() + timeout
-        try_lease = True
-        told = False
-        while True:
-            if try_lease:
-                lease = self.lease(spec, stale_after=stale_after, max_failures=max_failures)
-                if lease is not None:
-                    try:
-                        return self._execute(lease, fn, interval)
-                    except LeaseLost:
-                        pass  # taken over while we computed: wait for the new owner's result
-            record = self.get(spec)
-            if record is not None and record.is_finished:
-                return record
-            if record is not None and record.status == "failed" and record.failures >= max_failures:
-                raise RunFailedError(record)
-            if record is not None and record.status == "running" and owners.owned_by_this_thread(record.owner):
-                raise RuntimeError(
-                    f"get_or_run: run {spec.key} ({spec.label}) is being computed by this very "
-                    "thread (a run function asked for its own result); waiting would never end"
-                )
-            if not wait:
-                return None
-            if deadline is not None and self.clock.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"run {spec.key} ({spec.label}) not finished after {timeout}s: "
-                    f"{'absent' if record is None else self.describe_owner(self._conn(), spec.key)}"
-                )
-            if on_wait is not None and not told:
-                told = True
-                on_wait(record)
-            self.clock.sleep(poll)
-            record = self.get(spec)
-            try_lease = (
-                record is None
-                or record.status in ("pending", "failed")
-                or (
-                    record.status == "running"
-                    and owners.dead_reason(record.owner, record.heartbeat, self.clock.time(), stale_after) is not None
-                )
-            )
-
-    def _execute(self, lease: Lease, fn: Callable[[Lease], Any], interval: float) -> RunRecord:
-        stop = threading.Event()
-        lost: list[BaseException] = []
-
-        def beat() -> None:
-            try:
-                while not stop.wait(interval):
-                    lease.heartbeat()
-            except BaseException as exc:  # noqa: BLE001 - surfaced by finish/fail below
-                lost.append(exc)
-            finally:
-                self.close()
-
-        thread = threading.Thread(target=beat, name=f"mtlcheck-heartbeat-{lease.key}", daemon=True)
-        thread.start()
-        t0 = time.perf_counter()
-        try:
-            try:
-                result = as_result(fn(lease))
-            finally:
-                stop.set()
-                thread.join()
-        except SetupError as exc:
-            with contextlib.suppress(LeaseLost):
-                lease.release(f"setup error: {exc}", error="".join(traceback.format_exception_only(type(exc), exc)))
-            raise
-        except Exception as exc:
-            with contextlib.suppress(LeaseLost):
-                lease.fail(exc)
-            raise
-        except BaseException:
-            with contextlib.suppress(LeaseLost):
-                lease.release(f"interrupted in {os.getpid()}")
-            raise
-        timings = {**(result.timings or {}), "attempt_wall_s": time.perf_counter() - t0}
-        try:
-            lease.finish(
-                result.metrics,
-                result.trajectory,
-                timings,
-                status=result.status,
-                error=result.error,
-                engine=result.engine,
-            )
-        except LeaseLost:
-            raise
-        except Exception as exc:  # a malformed result is a failure of the run, recorded as such
-            lease.fail(exc)
-            raise
-        record = self.get(lease.key)
-        assert record is not None
-        return record
+        return get_or_run(
+            self,
+            spec,
+            fn,
+            wait=wait,
+            timeout=timeout,
+            poll=poll,
+            stale_after=stale_after,
+            max_failures=max_failures,
+            heartbeat_every=heartbeat_every,
+            on_wait=on_wait,
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint_path(self, spec_or_key: RunSpec | str) -> Path:
-        return self.checkpoint_dir / f"{self._key(spec_or_key)}.pt"
+        """The checkpoint file of an SQLite store's run (``<store>.ckpt/<key>.pt``)."""
+        if self.path is None:
+            raise StoreError(f"results store {self} keeps its checkpoints in the database, not in files")
+        return self.db.checkpoint_path(self._key(spec_or_key))
 
-    def _delete_checkpoint(self, key: str) -> None:
-        path = self.checkpoint_dir / f"{key}.pt"
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        if self.checkpoint_dir.is_dir():
-            for tmp in self.checkpoint_dir.glob(f".{key}.*.tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+    def save_checkpoint(self, key: str, data: bytes) -> None:
+        """Store a run's checkpoint (atomically: a reader sees the old one or the new one)."""
+        self._checkpoint("save_checkpoint", key, data)
+
+    def load_checkpoint(self, key: str) -> bytes | None:
+        return self._checkpoint("load_checkpoint", key)
+
+    def has_checkpoint(self, key: str) -> bool:
+        return self._checkpoint("has_checkpoint", key)
+
+    def delete_checkpoint(self, key: str) -> None:
+        self._checkpoint("delete_checkpoint", key)
+
+    def _checkpoint(self, what: str, key: str, *args):
+        if self.readonly and what in ("save_checkpoint", "delete_checkpoint"):
+            raise StoreError(f"results store {self} was opened read-only")
+        try:
+            return getattr(self.db, what)(self._conn(), self._key(key), *args)
+        except self.db.errors as exc:
+            raise self.db.error(exc) from exc

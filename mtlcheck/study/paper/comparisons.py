@@ -50,7 +50,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from mtlcheck.study.paper.tables import ResultTable, RowKey
+from mtlcheck.study.paper.result_table import ResultTable, RowKey
 from mtlcheck.study.statistics import Estimate, equivalent, improvement, one_sided, paired
 
 __all__ = [

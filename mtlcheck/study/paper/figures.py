@@ -6,17 +6,15 @@ length, mean over seeds with a band of its 95 % Student-t interval, one small pa
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mtlcheck.study.benchmarks import Benchmark
-from mtlcheck.study.experiments.store import RunRecord
-from mtlcheck.study.paper.results import LEVEL_TEXT
-from mtlcheck.study.paper.runs import MEASURES, Runs, group_runs, seeds_text
-from mtlcheck.study.paper.tables import BASELINE
+from mtlcheck.study.paper.our_tables import LEVEL_TEXT
+from mtlcheck.study.paper.result_table import BASELINE
+from mtlcheck.study.paper.runs import MEASURES, Runs, seeds_text
 from mtlcheck.study.statistics import LEVEL, t_quantile
 
 __all__ = ["FIGURES", "Curve", "moving_average", "relative_curves", "trajectory_figures"]
@@ -100,7 +98,7 @@ def _figure_path(outdir: Path, key: str) -> Path:
     return outdir / f"figure{FIGURES[key]}_{key}.png"
 
 
-def trajectory_figures(records: Iterable[RunRecord], benchmark: Benchmark | str, outdir: str | Path) -> list[Path]:
+def trajectory_figures(runs: Runs, outdir: str | Path) -> list[Path]:
     """Figures 3 (GDS), 4 (GMS), 5 (FD) as PNG: each parameter-level method's trajectory minus the
     Baseline's (same seed), moving average over 1/10 of the length (at least 1 point), mean over
     seeds with a band of its 95 % Student-t interval over seeds (no band with one seed). One small
@@ -110,7 +108,6 @@ def trajectory_figures(records: Iterable[RunRecord], benchmark: Benchmark | str,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    runs = group_runs(records, benchmark)
     if not any(r.status == "done" for r in runs.groups.get((BASELINE, "parameter"), ())):
         raise ValueError(
             f"{runs.label}: no done parameter-level {BASELINE} (ew) run; Figures 3-5 plot the "

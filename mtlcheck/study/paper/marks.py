@@ -1,7 +1,7 @@
 """Marks against the Baseline: '↑' / '↓' / '–' for a cell of a results table.
 
 Two marks: the paper's band mark, better / worse than the Baseline by more than 0.01 on the means
-(Table 1's caption, `tables.baseline_mark`), and on our tables the paired mark, from the interval
+(Table 1's caption, `result_table.baseline_mark`), and on our tables the paired mark, from the interval
 of the per-seed difference to the Baseline (`paired_mark`), which also sees the seed-to-seed
 spread. A table is marked against its one Baseline row (`marked_baseline`), in the cells where both
 the row and the Baseline have a value (`comparable`).
@@ -9,8 +9,8 @@ the row and the Baseline have a value (`comparable`).
 
 from __future__ import annotations
 
-from mtlcheck.study.paper.reproduced import TIE_WIDTH, UncertainTable
-from mtlcheck.study.paper.tables import BASELINE, ResultTable, Row, RowKey, baseline_mark
+from mtlcheck.study.paper.our_study import TIE_WIDTH, UncertainTable
+from mtlcheck.study.paper.result_table import BASELINE, ResultTable, Row, RowKey, baseline_mark
 
 __all__ = ["band_mark", "comparable", "marked_baseline", "paired_mark"]
 

@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from mtlcheck.study.paper.marks import band_mark, comparable, marked_baseline, paired_mark
-from mtlcheck.study.paper.reproduced import UncertainTable
-from mtlcheck.study.paper.results import LEVEL_TEXT, PAIRED_TEXT
-from mtlcheck.study.paper.tables import BAND, BASELINE, ResultTable, Row, RowKey
+from mtlcheck.study.paper.our_study import UncertainTable
+from mtlcheck.study.paper.our_tables import LEVEL_TEXT, PAIRED_TEXT
+from mtlcheck.study.paper.result_table import BAND, BASELINE, ResultTable, Row, RowKey
 from mtlcheck.study.paper.verdicts import MAX_SEEDS, VERDICTS
 
 __all__ = ["escape", "to_csv", "to_json", "to_markdown", "verdict_markdown"]
@@ -48,7 +48,7 @@ def to_markdown(table: ResultTable, *, marks: bool = True) -> str:
 
     - our tables: '(↑)', '(↓)', '(–)' from the paired per-seed differences to the Baseline
       (`paired_mark`), plus a separate '<column> band' column with the paper's mark: better / worse
-      by more than 0.01, else '–' (Table 1 caption, `tables.baseline_mark`);
+      by more than 0.01, else '–' (Table 1 caption, `result_table.baseline_mark`);
     - other tables (no seeds): the 0.01-band mark in the cell, as the paper prints it.
 
     Tables without a Baseline row (ranking similarity, relative change) have nothing to mark against;

@@ -1,5 +1,5 @@
 """The report of one benchmark's stored runs: report.md with the runs and their wall times, our
-tables with their marks (`results`, `render`), Figures 3-5 (`figures`) and every claim's verdict
+tables with their marks (`our_tables`, `render`), Figures 3-5 (`figures`) and every claim's verdict
 (`verdicts`), plus one CSV and one JSON per table and the figures as PNG.
 
 `write_report` is a function of the run records only: the same records give the same files (no
@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from mtlcheck.study.benchmarks import Benchmark
+from mtlcheck.study.experiments.records import RunRecord
 from mtlcheck.study.experiments.runner import PAPER_METHODS
-from mtlcheck.study.experiments.store import RunRecord
 from mtlcheck.study.paper.figures import FIGURES, relative_curves, trajectory_figures
+from mtlcheck.study.paper.our_tables import LEVEL_TEXT, PAIRED_TEXT, tables_of
 from mtlcheck.study.paper.render import escape, to_csv, to_json, to_markdown, verdict_markdown
-from mtlcheck.study.paper.results import LEVEL_TEXT, PAIRED_TEXT, result_tables
+from mtlcheck.study.paper.result_table import BASELINE
 from mtlcheck.study.paper.runs import MEASURES, Runs, group_runs, mean, seeds_text
 from mtlcheck.study.paper.sequential import LOOKS, assess, run_cost, seeds_of, summary_markdown
-from mtlcheck.study.paper.tables import BASELINE
 from mtlcheck.study.paper.verdicts import judge_all
 
 __all__ = ["claim_tables", "write_combined_report", "write_report"]
@@ -84,14 +84,18 @@ def _runs_section(runs: Runs) -> str:
 OTHERS = "other_methods"
 
 
-def _others_section(others: list[RunRecord], paper: list[RunRecord], bench: Benchmark, res_name: str, outdir: Path):
+def _is_paper(record: RunRecord) -> bool:
+    return record.spec.method in PAPER_METHODS
+
+
+def _others_section(runs: Runs, res_name: str, outdir: Path):
     """The runs of methods outside the paper's 16 (added after it, as-published variants, third
     parties'): their results table, with the Baseline's rows for reference, outside the paper's
     tables and claims."""
-    if not others:
+    if not runs.where(lambda r: not _is_paper(r)).groups:
         return []
-    baseline = [r for r in paper if r.spec.method == "ew"]
-    t = result_tables(others + baseline, bench, derived_intervals=False)[res_name]
+    others = runs.where(lambda r: not _is_paper(r) or r.spec.method == "ew")
+    t = tables_of(others, derived_intervals=False)[res_name]
     (outdir / f"{OTHERS}.csv").write_text(to_csv(t), encoding="utf-8")
     (outdir / f"{OTHERS}.json").write_text(to_json(t), encoding="utf-8")
     return [
@@ -106,7 +110,7 @@ def _others_section(others: list[RunRecord], paper: list[RunRecord], bench: Benc
     ]
 
 
-def _write_others_only(records, runs: Runs, others, outdir: Path) -> Path:
+def _write_others_only(runs: Runs, outdir: Path) -> Path:
     bench = runs.bench
     parts = [
         f"# mtlcheck report: {bench.name}, budget {runs.budget}",
@@ -116,44 +120,46 @@ def _write_others_only(records, runs: Runs, others, outdir: Path) -> Path:
         "## Runs",
         "",
         _runs_section(runs),
-        *_others_section(others, [], bench, bench.paper_tables[0], outdir),
+        *_others_section(runs, bench.paper_tables[0], outdir),
     ]
     return _write(outdir, parts)
 
 
 def write_report(
-    records: Iterable[RunRecord],
-    benchmark: Benchmark | str,
-    outdir: str | Path,
-    *,
-    until_decided: int | None = None,
-    claims: str | None = None,
-    tables: Mapping[str, Any] | None = None,
+    records: Iterable[RunRecord], benchmark: Benchmark | str, outdir: str | Path, *, until_decided: int | None = None
 ) -> Path:
     """report.md (a summary of the verdicts, runs and wall times, our tables with marks, figures,
     claim verdicts), one CSV per table and Figures 3-5 as PNG in `outdir`; returns the report's path.
     The text is a function of the records only (no dates, no paths outside `outdir`).
 
     `until_decided` (max seeds): the verdicts of the sequential design that added the seeds
-    (`sequential.assess`, error spent over its looks) instead of the fixed design's. `claims`: a
-    line to print instead of judging the claims here (the combined report judges them once over
-    every benchmark's tables). `tables`: the paper methods' `result_tables` when already computed."""
-    records = list(records)
-    runs = group_runs(records, benchmark)
+    (`sequential.assess`, error spent over its looks) instead of the fixed design's."""
+    return _write_runs_report(group_runs(records, benchmark), outdir, until_decided=until_decided)
+
+
+def _write_runs_report(
+    runs: Runs,
+    outdir: str | Path,
+    *,
+    until_decided: int | None = None,
+    claims: str | None = None,
+    tables: Mapping[str, Any] | None = None,
+) -> Path:
+    """`write_report` of grouped runs. `claims`: a line to print instead of judging the claims here
+    (the combined report judges them once over every benchmark's tables). `tables`: the paper
+    methods' `tables_of` when already computed."""
     bench = runs.bench
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     # the paper's tables, figures and claims read the paper's methods only; any other method (added
     # after the paper, an as-published variant, a third party's) is an extra row in its own section
-    paper = [r for r in records if r.spec.method in PAPER_METHODS]
-    others = [r for r in records if r.spec.method not in PAPER_METHODS]
-    if not paper:
-        return _write_others_only(records, runs, others, outdir)
+    paper_runs = runs.where(_is_paper)
+    if not paper_runs.groups:
+        return _write_others_only(runs, outdir)
     if tables is None:
-        tables = result_tables(paper, bench)
-    paper_runs = group_runs(paper, bench)
+        tables = tables_of(paper_runs)
     if claims is None:
-        verdicts, summary = _verdicts({bench.name: paper}, {bench.name: tables}, until_decided)
+        verdicts, summary = _verdicts({bench.name: paper_runs}, {bench.name: tables}, until_decided)
     else:
         verdicts, summary = [], claims
     res_name, rel_name, rs_name = bench.paper_tables
@@ -211,7 +217,7 @@ def write_report(
         "",
     ]
     try:
-        paths = trajectory_figures(paper, bench, outdir)
+        paths = trajectory_figures(paper_runs, outdir)
     except ValueError as exc:
         if BASELINE not in str(exc):
             raise
@@ -221,7 +227,7 @@ def write_report(
             _, notes = relative_curves(paper_runs, key)
             parts += [f"![Figure {FIGURES[key]}: {label}]({path.name})", ""]
             parts += [f"- {escape(n)}" for n in notes] + ([""] if notes else [])
-    parts += _others_section(others, paper, bench, res_name, outdir)
+    parts += _others_section(runs, res_name, outdir)
     if claims is not None:
         parts += ["## Claims on these runs", "", claims, ""]
         return _write(outdir, parts)
@@ -246,21 +252,18 @@ def write_report(
 
 
 def _verdicts(
-    records_by_benchmark: Mapping[str, list[RunRecord]], tables_by_benchmark: Mapping[str, Mapping[str, Any]], until
+    runs_by_benchmark: Mapping[str, Runs], tables_by_benchmark: Mapping[str, Mapping[str, Any]], until
 ) -> tuple[list[dict], str]:
     """The verdicts of every claim over these benchmarks' tables (the fixed design's, or with
     `until` the sequential design's) and the report's plain summary."""
     tables = claim_tables(tables_by_benchmark)
     first = claim_tables(
-        {
-            name: result_tables([r for r in recs if r.spec.seed < LOOKS[0]], name)
-            for name, recs in records_by_benchmark.items()
-        }
+        {name: tables_of(runs.where(lambda r: r.spec.seed < LOOKS[0])) for name, runs in runs_by_benchmark.items()}
     )
     at = table_benchmarks(tables_by_benchmark)
-    plan = assess(tables, max_seeds=until or LOOKS[-1], first_look=first, cost=run_cost(records_by_benchmark, at))
+    plan = assess(tables, max_seeds=until or LOOKS[-1], first_look=first, cost=run_cost(runs_by_benchmark, at))
     verdicts = [s.verdict for s in plan.states] if until else judge_all(tables)
-    return verdicts, summary_markdown(verdicts, plan, seeds_of(records_by_benchmark, at), until)
+    return verdicts, summary_markdown(verdicts, plan, seeds_of(runs_by_benchmark, at), until)
 
 
 def table_benchmarks(tables_by_benchmark: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
@@ -310,16 +313,17 @@ def write_combined_report(
     path."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    paper_records: dict[str, list[RunRecord]] = {}
+    paper_runs: dict[str, Runs] = {}
     tables_by_benchmark: dict[str, dict] = {}
     sections = []
     for name, records in records_by_benchmark.items():
-        records = list(records)
-        bench = group_runs(records, name).bench
-        paper_records[name] = [r for r in records if r.spec.method in PAPER_METHODS]
-        tables = result_tables(paper_records[name], bench)
+        runs = group_runs(records, name)
+        bench = runs.bench
+        paper_runs[name] = runs.where(_is_paper)
+        tables = tables_of(paper_runs[name])
         tables_by_benchmark[name] = tables
-        sub = write_report(records, bench, outdir / name, claims=_JUDGED_TOGETHER, tables=tables)
+        sub = _write_runs_report(runs, outdir / name, claims=_JUDGED_TOGETHER, tables=tables)
+        records = runs.records
         res_name, _, rs_name = bench.paper_tables
         wall = math.fsum(float((r.timings or {}).get("attempt_wall_s", 0.0)) for r in records)
         sections += [
@@ -329,7 +333,7 @@ def write_combined_report(
         ]
         for key in (res_name, rs_name):
             sections += [f"### {tables[key].title}", "", to_markdown(tables[key], marks=key == res_name), ""]
-    verdicts, summary = _verdicts(paper_records, tables_by_benchmark, until_decided)
+    verdicts, summary = _verdicts(paper_runs, tables_by_benchmark, until_decided)
     at = table_benchmarks(tables_by_benchmark)
     feeds = ", ".join(f"{k} ← {n}" for k, n in at.items() if k.startswith(("table", "figure")))
     parts = [

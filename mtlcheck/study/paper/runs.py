@@ -1,5 +1,6 @@
-"""The stored runs a report reads: validated, named as the paper names the methods, grouped by
-(method, gradient level), with a note saying why a group has no values.
+"""The stored runs a report reads: selected from the store (`select_report_records`), validated,
+named as the paper names the methods, grouped once by (method, gradient level) (`group_runs`; the
+groups then flow on, `Runs.where` narrowing them), with a note saying why a group has no values.
 
 Rules: records of one benchmark, budget, step count and code epoch at a time (mixing raises), each
 seed once per (method, level); a group counts as done only when every one of its runs is 'done',
@@ -11,14 +12,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from mtlcheck import LEVELS
 from mtlcheck.aggregators import paper_name
+from mtlcheck.precision import Precision
 from mtlcheck.study.benchmarks import Benchmark, get_benchmark
-from mtlcheck.study.experiments.runner import LATER_METHODS, PAPER_METHODS
-from mtlcheck.study.experiments.store import RunRecord
+from mtlcheck.study.experiments.records import RunRecord
+from mtlcheck.study.experiments.runner import LATER_METHODS, PAPER_METHODS, run_options
 
 __all__ = [
     "MEASURES",
@@ -29,6 +31,7 @@ __all__ = [
     "group_runs",
     "mean",
     "seeds_text",
+    "select_report_records",
     "status_note",
 ]
 
@@ -98,6 +101,15 @@ class Runs:
         steps = "" if self.steps is None else f", {self.steps} steps"
         return f"{self.bench.name}, {self.budget}{steps}"
 
+    @property
+    def records(self) -> list[RunRecord]:
+        return [r for key in self.keys for r in self.groups[key]]
+
+    def where(self, keep: Callable[[RunRecord], bool]) -> Runs:
+        """The runs for which `keep(record)` holds, in their groups (validated once: not grouped again)."""
+        kept = {k: tuple(r for r in rs if keep(r)) for k, rs in self.groups.items()}
+        return replace(self, groups={k: rs for k, rs in kept.items() if rs})
+
 
 def _as_benchmark(benchmark: Benchmark | str) -> Benchmark:
     if isinstance(benchmark, Benchmark):
@@ -147,6 +159,43 @@ def group_runs(records: Iterable[RunRecord], benchmark: Benchmark | str) -> Runs
         records[0].spec.steps,
         {k: tuple(sorted(v, key=lambda r: r.spec.seed)) for k, v in groups.items()},
     )
+
+
+def select_report_records(
+    store, benchmark: str, budget: str, precision: Precision, steps: str | None = None, *, ended: bool = False
+) -> list[RunRecord]:
+    """The stored runs a report of `benchmark` at `budget` reads: those run under `precision` (both
+    feature-level batch rules: separate rows) and `steps` ("default" or a count; None: the one step
+    count stored), and with `ended` only those that ended (done, diverged or failed: not in progress,
+    nor left behind by a killed process). ValueError saying what is stored when nothing matches."""
+    records = [
+        r
+        for r in store.runs(benchmark=benchmark)
+        if r.spec.budget == budget and run_options(r.spec.options)[0] == precision
+    ]
+    if not records:
+        raise ValueError(
+            f"no stored runs for {benchmark} at budget {budget} with {precision} in {store}; run "
+            f"`mtlcheck sweep --benchmark {benchmark} --budget {budget}` with the same precision options first"
+        )
+    stored = {r.spec.steps for r in records}
+    if steps is not None:
+        wanted = None if steps == "default" else int(steps)
+        records = [r for r in records if r.spec.steps == wanted]
+        if not records:
+            raise ValueError(
+                f"no stored runs for {benchmark} at budget {budget} with --steps {steps}; stored: {_steps_text(stored)}"
+            )
+    elif len(stored) > 1:
+        raise ValueError(
+            f"the stored runs of {benchmark} at budget {budget} have several step counts "
+            f"({_steps_text(stored)}): choose one with --steps"
+        )
+    return [r for r in records if r.is_finished or r.status == "failed"] if ended else records
+
+
+def _steps_text(steps) -> str:
+    return ", ".join(sorted("default" if s is None else str(s) for s in steps))
 
 
 def seeds_text(rs: Sequence[RunRecord]) -> str:

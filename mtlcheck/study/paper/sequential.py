@@ -45,8 +45,8 @@ from scipy import stats
 from mtlcheck import LEVELS
 from mtlcheck.study.paper import comparisons
 from mtlcheck.study.paper.claims import CLAIMS, Claim
-from mtlcheck.study.paper.runs import display_name
-from mtlcheck.study.paper.tables import ResultTable, RowKey
+from mtlcheck.study.paper.result_table import ResultTable, RowKey
+from mtlcheck.study.paper.runs import Runs, display_name
 from mtlcheck.study.paper.verdicts import formula_of, judge, without_null_rows
 from mtlcheck.study.statistics import predictive_decision
 
@@ -217,19 +217,23 @@ def assess(
     return Plan(tuple(states), requests)
 
 
-def _by_row(records_by_benchmark: Mapping[str, Iterable], at: Mapping[str, str]):
-    """(table, row) → that benchmark's records of the row (`at`: the benchmark giving each table)."""
+def _by_row(runs_by_benchmark: Mapping[str, Runs | Iterable], at: Mapping[str, str]):
+    """(table, row) → that benchmark's records of the row (`at`: the benchmark giving each table),
+    from each benchmark's `Runs` as grouped, or from its records (grouped here by row)."""
     groups: dict[tuple[str, RowKey], list] = {}
-    for name, records in records_by_benchmark.items():
-        for r in records:
+    for name, runs in runs_by_benchmark.items():
+        if isinstance(runs, Runs):
+            groups.update(((name, row), list(rs)) for row, rs in runs.groups.items())
+            continue
+        for r in runs:
             groups.setdefault((name, (display_name(r), r.spec.level)), []).append(r)
     return lambda table, row: groups.get((at.get(table, ""), row), [])
 
 
-def run_cost(records_by_benchmark: Mapping[str, Iterable], at: Mapping[str, str]) -> Callable[[str, RowKey], float]:
+def run_cost(runs_by_benchmark: Mapping[str, Runs | Iterable], at: Mapping[str, str]) -> Callable[[str, RowKey], float]:
     """CPU seconds of one run of a (table, row): the mean wall time of the row's finished runs in
     the benchmark that gives the table (1 s for a row never run)."""
-    rows = _by_row(records_by_benchmark, at)
+    rows = _by_row(runs_by_benchmark, at)
 
     def cost(table: str, row: RowKey) -> float:
         t = [r.finished - r.started for r in rows(table, row) if r.status == "done" and r.started and r.finished]
@@ -239,9 +243,11 @@ def run_cost(records_by_benchmark: Mapping[str, Iterable], at: Mapping[str, str]
     return cost
 
 
-def seeds_of(records_by_benchmark: Mapping[str, Iterable], at: Mapping[str, str]) -> Callable[[str, RowKey], set[int]]:
+def seeds_of(
+    runs_by_benchmark: Mapping[str, Runs | Iterable], at: Mapping[str, str]
+) -> Callable[[str, RowKey], set[int]]:
     """The seeds of a (table, row) among the records given."""
-    rows = _by_row(records_by_benchmark, at)
+    rows = _by_row(runs_by_benchmark, at)
     return lambda table, row: {r.spec.seed for r in rows(table, row)}
 
 

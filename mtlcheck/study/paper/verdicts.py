@@ -42,8 +42,8 @@ import numpy as np
 
 from mtlcheck.study.paper import comparisons
 from mtlcheck.study.paper.claims import CLAIMS, Claim, ClaimNotEvaluable
-from mtlcheck.study.paper.reproduced import Box, Study, UncertainTable, with_values
-from mtlcheck.study.paper.tables import BASELINE, ResultTable, RowKey
+from mtlcheck.study.paper.our_study import Box, Study, UncertainTable, with_values
+from mtlcheck.study.paper.result_table import BASELINE, ResultTable, RowKey
 from mtlcheck.study.statistics import LEVEL, bonferroni_level
 
 __all__ = ["MAX_SEEDS", "UNIFORM_DRAWS", "VERDICTS", "judge", "judge_all", "without_null_rows"]
@@ -352,7 +352,7 @@ def judge_all(tables: Tables, claims: Sequence[Claim] = CLAIMS, **options) -> li
     """`judge` (with `options`) for every claim, rows with a null value (diverged, failed, undefined)
     removed first and named in the evidence: one dict per claim (`judge`), in the order of `claims`.
 
-    On our tables (`results.result_tables`) the verdict is holds / contradicted / inconclusive; on
+    On our tables (`our_tables.result_tables`) the verdict is holds / contradicted / inconclusive; on
     tables without seeds (the paper's) holds / contradicted as the predicate says. "not evaluable":
     the tables lack a table, row, column or value the claim needs (the evidence names it); "error":
     the predicate raised anything else (a bug, shown rather than hidden)."""

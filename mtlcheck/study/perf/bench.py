@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
 from mtlcheck import LEVELS
 from mtlcheck.aggregators import aggregator_class, list_aggregators
@@ -34,41 +30,17 @@ from mtlcheck.measures import feature_disentanglement
 from mtlcheck.models._base import MultiTaskModel
 from mtlcheck.monitor import measure
 from mtlcheck.precision import Precision
-from mtlcheck.study.models.backbones import ResNetTrunk
-
-clock = time.perf_counter  # the timer of every measurement (a seam: tests replace it with a virtual clock)
-
-
-class ResNetClassifiers(MultiTaskModel):
-    """ResNet18 trunk + T light classification heads (1×1 conv to 64 channels, ReLU, global pooling, linear)."""
-
-    def __init__(self, n_tasks: int = 3, n_classes: int = 10, width: int = 64):
-        super().__init__()
-        self.task_names = tuple(f"task{i}" for i in range(n_tasks))
-        self.trunk = ResNetTrunk(3, width)
-        c5 = self.trunk.out_channels[-1]
-        self.heads = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(c5, 64, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n_classes)
-            )
-            for _ in range(n_tasks)
-        )
-
-    def encode(self, batch):
-        return self.trunk(batch["image"])[-1]
-
-    def task_losses(self, z, batch):
-        return {
-            name: nn.functional.cross_entropy(head(z), batch["labels"][:, i])
-            for i, (name, head) in enumerate(zip(self.task_names, self.heads))
-        }
-
-    def predict(self, batch):
-        z = self.encode(batch)
-        return {name: head(z).argmax(1) for name, head in zip(self.task_names, self.heads)}
-
-    def shared_parameters(self):
-        return list(self.trunk.named_parameters(prefix="trunk"))
+from mtlcheck.study.perf.harness import (
+    applicable,
+    model_and_batch,
+    model_options,
+    no_collection,
+    quartiles,
+    random_batch,
+    run_in_process,
+    seconds,
+    step_peak_mib,
+)
 
 
 def libmtl_style_step(model: MultiTaskModel, batch, aggregator, forward=None) -> None:
@@ -98,21 +70,6 @@ MONITOR_LEVELS = ("monitor-fd", "monitor-gds-gms")
 LEVEL_CHOICES = ("parameter", "feature", "parameter-batched", "libmtl-loop")
 
 
-def _model_and_batch(size, batch_size, n_tasks, device, seed, precision: Precision = Precision()):
-    torch.manual_seed(seed)
-    precision.apply_backends()
-    model = precision.prepare_model(ResNetClassifiers(n_tasks).to(device))
-    batch = _random_batch(torch.Generator().manual_seed(seed), size, batch_size, n_tasks, device)
-    return model, precision.prepare_batch(batch)
-
-
-def _random_batch(gen: torch.Generator, size: int, batch_size: int, n_tasks: int, device) -> dict:
-    return {
-        "image": torch.randn(batch_size, 3, size, size, generator=gen).to(device),
-        "labels": torch.randint(0, 10, (batch_size, n_tasks), generator=gen).to(device),
-    }
-
-
 def precision_effect(
     precision: Precision,
     size: int = 128,
@@ -125,13 +82,13 @@ def precision_effect(
     """How much `precision` moves what the paper measures and what MGDA decides: on `batches`
     random batches through the same model, GDS and GMS (parameter-level Gram) and MGDA's weights
     at both levels, compared with the exact float32 step. Returns max and mean |difference|."""
-    exact_model, _ = _model_and_batch(size, batch_size, n_tasks, device, seed)
-    other_model, _ = _model_and_batch(size, batch_size, n_tasks, device, seed, precision)
+    exact_model, _ = model_and_batch(size, batch_size, n_tasks, device, seed)
+    other_model, _ = model_and_batch(size, batch_size, n_tasks, device, seed, precision)
     gen = torch.Generator().manual_seed(seed + 1)
     diffs: dict[str, list[float]] = {"gds": [], "gms": [], "mgda_weights_parameter": [], "mgda_weights_feature": []}
     mgda = aggregator_class("mgda")
     for _ in range(batches):
-        batch = _random_batch(gen, size, batch_size, n_tasks, device)
+        batch = random_batch(gen, size, batch_size, n_tasks, device)
         values = []
         for model, prec in ((exact_model, Precision()), (other_model, precision)):
             b = prec.prepare_batch(batch)
@@ -153,13 +110,6 @@ def precision_effect(
         "batches": batches,
         **{k: {"max": max(v), "mean": statistics.fmean(v)} for k, v in diffs.items()},
     }
-
-
-def _applicable(method: str, level: str) -> bool:
-    tags = aggregator_class(method)().tags()
-    if tags.loss_only and level != "parameter":
-        return False  # loss-only methods have one engine
-    return not (tags.second_order and level in ("libmtl-loop", "parameter-batched"))
 
 
 def _step(model, batch, aggregator, level: str, precision: Precision | None = None):
@@ -189,15 +139,7 @@ def _monitor_summary(model, batch, rows, device, precision: Precision, every: in
     fgrads = backward_step(
         model, batch, aggregator_class("ew")(), feature_grads=True, precision=precision
     ).feature_grads
-    times = []
-    for _ in range(calls + 2):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = clock()
-        feature_disentanglement(list(fgrads))
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(clock() - t0)
+    times = [seconds(lambda: feature_disentanglement(list(fgrads)), device) for _ in range(calls + 2)]
     fd_ms = 1e3 * statistics.median(times[2:])
     return {
         "every": every,
@@ -232,14 +174,13 @@ def solve_times(
         G[0] -= 0.5 * G[1]  # some conflict, as in training
         losses = torch.rand(n_tasks, generator=gen, dtype=torch.float64) + 0.5
         tags = agg.tags()
-        times = []
-        for _ in range(calls + 5):
-            t0 = clock()
+
+        def call(agg=agg, G=G, losses=losses, tags=tags):
             agg(None if tags.loss_only else Jacobian.from_matrix(G), losses)
             if tags.post_step_update:
                 agg.after_step(losses * 0.99)
-            times.append(clock() - t0)
-        times = sorted(times[5:])
+
+        times = sorted([seconds(call) for _ in range(calls + 5)][5:])
         out.append(
             {
                 "method": method,
@@ -250,30 +191,6 @@ def solve_times(
             }
         )
     return out
-
-
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field} line")
-
-
-def step_peak_mib(step) -> float:
-    """In this process: the growth of the peak resident set (MiB) over two calls of `step()`, read
-    from Linux's VmHWM after resetting it (/proc/self/clear_refs), so that the memory of imports
-    and model construction is not mistaken for the step's."""
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # reset the peak resident set size to the current one
-    except OSError as exc:
-        raise RuntimeError(f"peak memory needs Linux's /proc/self/clear_refs ({exc})") from None
-    before = _proc_status_kib("VmRSS")
-    for _ in range(2):
-        step()
-    return (_proc_status_kib("VmHWM") - before) / 1024.0
 
 
 def _peak_rss_case(
@@ -290,7 +207,7 @@ def _peak_rss_case(
     that the memory of imports and model construction is not mistaken for the step's."""
     if threads:
         torch.set_num_threads(threads)
-    model, batch = _model_and_batch(size, batch_size, n_tasks, "cpu", 0, precision)
+    model, batch = model_and_batch(size, batch_size, n_tasks, "cpu", 0, precision)
     agg = aggregator_class(method)()
 
     def step():
@@ -320,7 +237,7 @@ def peak_memory(
 
     methods = list(methods or list_aggregators())
     cases = [("ew", "parameter")] + [
-        (m, lv) for m in methods for lv in levels if (m, lv) != ("ew", "parameter") and _applicable(m, lv)
+        (m, lv) for m in methods for lv in levels if (m, lv) != ("ew", "parameter") and applicable(m, lv)
     ]
     if progress:
         from tqdm import tqdm
@@ -328,7 +245,7 @@ def peak_memory(
         cases = tqdm(cases, desc="peak memory", unit="case")
     rows = []
     if device.startswith("cuda"):
-        model, batch = _model_and_batch(size, batch_size, n_tasks, device, 0, precision)
+        model, batch = model_and_batch(size, batch_size, n_tasks, device, 0, precision)
         for method, level in cases:
             agg = aggregator_class(method)()
             model.zero_grad(set_to_none=True)
@@ -357,21 +274,6 @@ def peak_memory(
     return rows
 
 
-def model_options(size: int, batch_size: int, n_tasks: int, threads: int | None) -> list[str]:
-    """The command-line options that set up the bench's model and batch in a child process."""
-    options = ["--size", str(size), "--batch-size", str(batch_size), "--tasks", str(n_tasks)]
-    return options + (["--threads", str(threads)] if threads else [])
-
-
-def run_in_process(module: str, args: list[str], env: dict, what: str) -> dict:
-    """`python -m module *args` in a fresh process (its own peak memory, no state shared with this
-    one); its last line of output is its result, as JSON."""
-    done = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @dataclass
 class BenchRow:
     method: str
@@ -380,11 +282,6 @@ class BenchRow:
     iqr_ms: float
     ratio_to_ew: float
     ratio_iqr: float
-
-
-def _quartiles(xs):
-    q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
-    return q[0], q[1], q[2]
 
 
 def run(
@@ -411,30 +308,22 @@ def run(
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     methods = list(methods or list_aggregators())
-    model, batch = _model_and_batch(size, batch_size, n_tasks, device, seed, precision)
+    model, batch = model_and_batch(size, batch_size, n_tasks, device, seed, precision)
     cases = [("ew", "parameter")] + [(m, lv) for m in methods for lv in levels if (m, lv) != ("ew", "parameter")]
-    cases = [(m, lv) for m, lv in cases if _applicable(m, lv)]
+    cases = [(m, lv) for m, lv in cases if applicable(m, lv)]
     if monitor:
         cases += [("ew", lv) for lv in MONITOR_LEVELS]
     aggs = {case: aggregator_class(case[0])() for case in cases}
 
     def step(case):
         model.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = clock()
-        _step(model, batch, aggs[case], case[1], precision)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return clock() - t0
+        return seconds(lambda: _step(model, batch, aggs[case], case[1], precision), device)
 
     for _ in range(warmup):
         for case in cases:
             step(case)
     times = {case: [] for case in cases}
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with no_collection():
         iterator = range(repeats)
         if progress:
             from tqdm import tqdm
@@ -444,21 +333,18 @@ def run(
             order = cases[r % len(cases) :] + cases[: r % len(cases)]
             for case in order:
                 times[case].append(step(case))
-    finally:
-        if gc_was:
-            gc.enable()
     ew = times[("ew", "parameter")]
     rows = []
     for case in cases:
         ratios = [t / e for t, e in zip(times[case], ew)]
-        q1, med, q3 = _quartiles(times[case])
-        r1, rmed, r3 = _quartiles(ratios)
+        q1, med, q3 = quartiles(times[case])
+        r1, rmed, r3 = quartiles(ratios)
         rows.append(BenchRow(case[0], case[1], 1e3 * med, 1e3 * (q3 - q1), rmed, r3 - r1))
     result = {"rows": [asdict(r) for r in rows]}
     speedups = []  # the LibMTL-style loop over our parameter-level step, repeat by repeat
     for m in methods:
         if ("parameter" in levels or m == "ew") and (m, "libmtl-loop") in times and (m, "parameter") in times:
-            q1, med, q3 = _quartiles([b / a for a, b in zip(times[(m, "parameter")], times[(m, "libmtl-loop")])])
+            q1, med, q3 = quartiles([b / a for a, b in zip(times[(m, "parameter")], times[(m, "libmtl-loop")])])
             speedups.append({"method": m, "speedup": med, "speedup_iqr": q3 - q1})
     if speedups:
         result["vs_libmtl"] = speedups

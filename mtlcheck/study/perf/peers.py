@@ -41,7 +41,6 @@ torch/torchvision this package needs):
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -52,6 +51,17 @@ import sys
 import types
 
 import torch
+
+from mtlcheck.study.perf.harness import (
+    applicable,
+    model_and_batch,
+    model_options,
+    no_collection,
+    quartiles,
+    run_in_process,
+    seconds,
+    step_peak_mib,
+)
 
 PEERS_EXTRA = 'pip install "mtlcheck[peers]"'
 REQUIRED = {"torchjd": "0.18.0", "LibMTL": "1.1.5", "cvxpy": None}  # cvxpy: TorchJD's CAGrad and Nash-MTL
@@ -105,12 +115,10 @@ def check_extra() -> None:
 
 def cells(n_tasks: int) -> list[tuple[str, str, str]]:
     """Every (peer, method, level) that runs, EW (the memory reference) first."""
-    from mtlcheck.study.perf.bench import _applicable
-
     out = [("mtlcheck", "ew", "parameter")]
     for m in METHODS + LATER:
         out.append(("mtlcheck", m, "parameter"))
-        if _applicable(m, "feature"):
+        if applicable(m, "feature"):
             out.append(("mtlcheck", m, "feature"))
         if m in METHODS or m in TORCHJD_LATER:
             out.append(("torchjd", m, "parameter"))
@@ -290,16 +298,6 @@ def compare(model, batch, peer: str, method: str, level: str) -> dict:
     }
 
 
-def model_and_batch(size: int, batch_size: int, n_tasks: int, width: int = 64, seed: int = 0):
-    """`mtlcheck bench`'s model (ResNet18 trunk of base width `width`, 64 being ResNet18's) and
-    random batch; a narrower trunk keeps the tests cheap."""
-    from mtlcheck.study.perf.bench import ResNetClassifiers, _random_batch
-
-    torch.manual_seed(seed)
-    model = ResNetClassifiers(n_tasks, width=width)
-    return model, _random_batch(torch.Generator().manual_seed(seed), size, batch_size, n_tasks, "cpu")
-
-
 def run_cell(
     peer: str,
     method: str,
@@ -313,9 +311,7 @@ def run_cell(
 ) -> dict:
     """In this process: peak memory of two steps, the interleaved time ratios to mtlcheck's EW
     step, and the cosine / norm ratio of the shared `.grad` against mtlcheck's from fresh state."""
-    from mtlcheck.study.perf.bench import clock, step_peak_mib
-
-    model, batch = model_and_batch(size, batch_size, n_tasks, width)
+    model, batch = model_and_batch(size, batch_size, n_tasks, width=width)
     out = {
         "peer": peer,
         "method": method,
@@ -336,15 +332,12 @@ def run_cell(
 
         def timed(fn):
             model.zero_grad(set_to_none=True)
-            t0 = clock()
-            fn(batch)
-            return clock() - t0
+            return seconds(lambda: fn(batch))
 
         for _ in range(warmup):
             timed(ew), timed(step)
         out["ew_s"], out["step_s"] = [], []
-        gc.disable()  # as `mtlcheck bench`: no collection inside a timed step
-        try:
+        with no_collection():  # as `mtlcheck bench`: no collection inside a timed step
             for r in range(repeats):  # alternate which goes first
                 if r % 2 == 0:
                     t_ew, t_step = timed(ew), timed(step)
@@ -352,8 +345,6 @@ def run_cell(
                     t_step, t_ew = timed(step), timed(ew)
                 out["ew_s"].append(t_ew)
                 out["step_s"].append(t_step)
-        finally:
-            gc.enable()
 
         out.update(compare(model, batch, peer, method, level))
     except MissingExtraError:
@@ -364,13 +355,6 @@ def run_cell(
 
 
 # ---------------------------------------------------------------- the parent: one process per cell
-
-
-def _quartiles(xs):
-    if len(xs) < 2:
-        return xs[0], xs[0], xs[0]
-    q = statistics.quantiles(xs, n=4)
-    return q[0], q[1], q[2]
 
 
 def machine(malloc: str) -> dict:
@@ -429,8 +413,6 @@ def run_setting(
         from tqdm import tqdm
 
         iterator = tqdm(chosen, desc=f"peers T={n_tasks} B={batch_size}", unit="process")
-    from mtlcheck.study.perf.bench import model_options, run_in_process
-
     rows = []
     for peer, method, level in iterator:
         args = ["--cell", peer, method, level, *model_options(size, batch_size, n_tasks, threads)]
@@ -442,7 +424,7 @@ def run_setting(
         if "error" in r:
             continue
         ratios = [s / e for s, e in zip(r["step_s"], r["ew_s"])]
-        q1, med, q3 = _quartiles(ratios)
+        q1, med, q3 = quartiles(ratios)
         r["time_ratio"], r["time_ratio_iqr"] = med, q3 - q1
         r["ew_ms"] = 1e3 * statistics.median(r["ew_s"])
         r["memory_ratio"] = r["peak_mib"] / ew_peak if ew_peak > 0 else float("nan")

@@ -4,11 +4,11 @@ conclusions of the earlier version, arXiv:2402.03557).
 A predicate takes a mapping of `ResultTable`s keyed like the paper's files ('table1' ... 'table7',
 plus 'figure5' for our runs: the final FD per method, which the paper only plots) and returns a
 `Verdict` whose evidence names the cells it used. The same predicates run on the paper's own
-numbers (`mtlcheck.study.paper.tables.load_paper_tables()`), where their verdict is the verdict, and on our
+numbers (`mtlcheck.study.paper.published_tables.load_paper_tables()`), where their verdict is the verdict, and on our
 reproduced tables, where `mtlcheck.study.paper.verdicts` runs them over a region of the seed means and decides
 only when they agree everywhere in it (holds / contradicted / inconclusive).
 
-Each claim is registered next to its predicate, in the module of its paper section (`results`,
+Each claim is registered next to its predicate, in the module of its paper section (`benchmark_results`,
 `surrogate`, `measures`, `conclusions`, `published`), with `@claim(id=..., section=...,
 statement=..., source_tables=..., notes=..., named=...)` over the `def`; `CLAIMS` lists them in the order
 registered, which is the paper's order (§3.1 to §6, then the earlier version's conclusions and the
@@ -36,7 +36,7 @@ Readings fixed once, from the paper's own wording:
 - "top 3": competition rank ≤ 3 among the methods of the dataset, the baseline excluded.
 - "majority of the metrics": at least half (§3.1: "a majority (≥3)" of 6).
 - MetaGraspNet methods are Table 1's parameter-level rows plus the feature-level rows derived
-  from Table 4 (`mtlcheck.study.paper.tables.apply_relative_change`), since §3.1 ranks "(rep) MGDA".
+  from Table 4 (`mtlcheck.study.paper.result_table.apply_relative_change`), since §3.1 ranks "(rep) MGDA".
 """
 
 import importlib
@@ -45,7 +45,7 @@ from mtlcheck.study.paper.claims import registry
 from mtlcheck.study.paper.claims.registry import Claim, ClaimNotEvaluable, Tables, Verdict, claim
 
 # each section module registers its claims when imported: imported here in the paper's order
-for _section in ("results", "surrogate", "measures", "conclusions", "published"):
+for _section in ("benchmark_results", "surrogate", "measures", "conclusions", "published"):
     importlib.import_module(f"{__name__}.{_section}")
 
 __all__ = ["CLAIMS", "Claim", "ClaimNotEvaluable", "Tables", "Verdict", "claim", "claim_by_id"]

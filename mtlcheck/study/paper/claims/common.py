@@ -7,13 +7,7 @@ import math
 from collections.abc import Iterable
 
 from mtlcheck.study.paper.claims.registry import ClaimNotEvaluable, Tables
-from mtlcheck.study.paper.tables import (
-    BASELINE,
-    ResultTable,
-    RowKey,
-    apply_relative_change,
-    rank,
-)
+from mtlcheck.study.paper.result_table import BASELINE, ResultTable, RowKey, apply_relative_change, rank
 
 P, F = "parameter", "feature"
 # §3 "Selected Methods": the gradient manipulation category (8 methods).

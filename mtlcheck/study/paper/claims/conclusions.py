@@ -29,9 +29,7 @@ from mtlcheck.study.paper.claims.surrogate import (
     _surrogate_only_mgda_aligned,
 )
 from mtlcheck.study.paper.comparisons import all_of, any_of
-from mtlcheck.study.paper.tables import (
-    mean_rank,
-)
+from mtlcheck.study.paper.result_table import mean_rank
 
 
 # -- §6 conclusions (this version) -------------------------------------------------------------

@@ -18,9 +18,7 @@ from mtlcheck.study.paper.claims.common import (
 )
 from mtlcheck.study.paper.claims.registry import ClaimNotEvaluable, Tables, Verdict, claim
 from mtlcheck.study.paper.comparisons import Better, all_of, at_most
-from mtlcheck.study.paper.tables import (
-    BASELINE,
-)
+from mtlcheck.study.paper.result_table import BASELINE
 
 
 # -- §5.5 ranking similarity -------------------------------------------------------------------

@@ -12,10 +12,7 @@ from mtlcheck.study.paper.claims.common import (
     _signed,
 )
 from mtlcheck.study.paper.claims.registry import ClaimNotEvaluable, Tables, Verdict, claim
-from mtlcheck.study.paper.tables import (
-    BASELINE,
-    ResultTable,
-)
+from mtlcheck.study.paper.result_table import BASELINE, ResultTable
 
 # -- as published: the authors' probable code base (danielmao2019/Pylon) ----------------------
 # Under the as-published reading, Nash-MTL and GradNorm train the baseline itself (mean loss) and

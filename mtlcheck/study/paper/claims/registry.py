@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtlcheck.study.paper.tables import ResultTable, RowKey
+from mtlcheck.study.paper.result_table import ResultTable, RowKey
 
 Tables = Mapping[str, ResultTable]
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mtlcheck.study.paper.tables import BASELINE, ResultTable, Row, RowKey
+from mtlcheck.study.paper.result_table import BASELINE, ResultTable, Row, RowKey
 from mtlcheck.study.statistics import LEVEL, Estimate
 
 __all__ = ["TIE_WIDTH", "Study", "UncertainTable", "with_values"]

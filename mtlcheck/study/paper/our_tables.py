@@ -5,8 +5,8 @@ relative change of the feature level against the parameter level, 100 × (featur
 parameter) and Tables 5-7 (§5.3, §5.5: ranking similarity of GDS, GMS and FD against each test
 metric, trajectories ordered by the mean of their last 50 recorded points).
 
-`result_tables(records, benchmark)` is a pure function of the run records given
-(`mtlcheck.study.experiments.store.RunRecord`, validated and grouped by `runs.group_runs`): the
+`tables_of(runs)` is a pure function of the run records given, validated and grouped by
+`runs.group_runs` (`result_tables(records, benchmark)` groups them first): the
 benchmark's `paper_tables` plus 'relative_change', 'final_measures' and 'figure5', so the
 predicates of `mtlcheck.study.paper.claims` run on them exactly as on the paper's numbers. A
 (method, level) row takes the mean over seeds only when every one of its runs is 'done'; otherwise
@@ -33,10 +33,11 @@ from dataclasses import dataclass
 
 from mtlcheck.measures.ranking import symmetric_ranking_similarity
 from mtlcheck.study.benchmarks import Benchmark
-from mtlcheck.study.experiments.store import RunRecord
-from mtlcheck.study.paper.reproduced import Study, UncertainTable
+from mtlcheck.study.experiments.records import RunRecord
+from mtlcheck.study.paper.our_study import Study, UncertainTable
+from mtlcheck.study.paper.published_tables import load_paper_tables
+from mtlcheck.study.paper.result_table import BASELINE, ResultTable, Row, RowKey, relative_change_table
 from mtlcheck.study.paper.runs import MEASURES, Runs, group_runs, mean, status_note
-from mtlcheck.study.paper.tables import BASELINE, ResultTable, Row, RowKey, load_paper_tables, relative_change_table
 from mtlcheck.study.statistics import LEVEL, Estimate, bonferroni_level, estimate, paired
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "PAIRED_TEXT",
     "RS_LAST_POINTS",
     "result_tables",
+    "tables_of",
 ]
 
 RS_LAST_POINTS = 50  # §5.5: "we took the mean of the last 50 elements"
@@ -147,7 +149,7 @@ def _paired_to_baseline(
 
 
 def _relative_change(results: ResultTable, name: str) -> ResultTable:
-    """Table 4 of our runs (`tables.relative_change_table`), each cell with the estimate of its
+    """Table 4 of our runs (`result_table.relative_change_table`), each cell with the estimate of its
     per-seed change 100 × (f_s − p_s) / p_s over the seeds both levels ran (same seed = same
     initialisation and data order): the paired interval the verdicts use for this table."""
     table = relative_change_table(
@@ -415,18 +417,25 @@ def _region_ranges(study: Study, name: str, draws: int = REGION_DRAWS) -> dict[R
 def result_tables(
     records: Iterable[RunRecord], benchmark: Benchmark | str, *, derived_intervals: bool = True
 ) -> dict[str, ResultTable]:
-    """Our tables from stored runs, keyed like the paper's: the benchmark's `paper_tables`
+    """`tables_of` the records grouped (`runs.group_runs`)."""
+    return tables_of(group_runs(records, benchmark), derived_intervals=derived_intervals)
+
+
+def tables_of(runs: Runs, *, derived_intervals: bool = True) -> dict[str, ResultTable]:
+    """Our tables from grouped runs, keyed like the paper's: the benchmark's `paper_tables`
     (results, relative change when the paper has one, ranking similarity) plus 'relative_change'
     (always; the same table as the paper-named one when there is one), 'final_measures' (GDS, GMS,
     FD at the end of training per parameter-level method) and 'figure5' (its FD column, the input
     of the Figure 5 claim). Raises ValueError for mixed budgets, steps, benchmarks or duplicates.
 
-    Every table is a `reproduced.UncertainTable` bound to the same `Study`: base cells (results,
+    Every table is a `our_study.UncertainTable` bound to the same `Study`: base cells (results,
     final measures) carry their per-seed values and paired differences to the Baseline; a relative
     change with per-seed values the t interval of its per-seed change; other derived cells their
     range over the simultaneous 95 % region of the seed means (`_region_ranges`; none with one
     seed, or with `derived_intervals=False`, which skips the search behind them)."""
-    study = _study(group_runs(records, benchmark))
+    if not runs.groups:
+        raise ValueError(f"no run records given for benchmark {runs.bench.name!r}")
+    study = _study(runs)
     point = study.tables()
     intervals = derived_intervals and study.min_seeds() >= 2
     out: dict[str, ResultTable] = {}

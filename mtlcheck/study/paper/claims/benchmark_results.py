@@ -21,11 +21,7 @@ from mtlcheck.study.paper.claims.common import (
 )
 from mtlcheck.study.paper.claims.registry import ClaimNotEvaluable, Tables, Verdict, claim
 from mtlcheck.study.paper.comparisons import Better, all_of
-from mtlcheck.study.paper.tables import (
-    BASELINE,
-    admissible_marks,
-    rank,
-)
+from mtlcheck.study.paper.result_table import BASELINE, admissible_marks, rank
 
 # -- §3.1 MetaGraspNet -------------------------------------------------------------------------
 CONSISTENT_GAINERS = (
