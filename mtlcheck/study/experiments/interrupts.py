@@ -41,6 +41,7 @@ __all__ = [
 
 STOP_GRACE = 5.0
 """Seconds the runs in progress get to be released once the sweep stops; then the workers are ended."""
+_LEAVE = 1.0  # seconds the workers get to leave once their runs are released
 _PR_SET_PDEATHSIG = 1
 
 
@@ -119,12 +120,15 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     except BaseException:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
+        started = [process for process in context.processes if process.pid is not None]
         try:  # until the runs are released (`busy` read without its lock, which a dead worker may hold)
             deadline = time.monotonic() + STOP_GRACE
             while busy.get_obj().value and time.monotonic() < deadline:
                 time.sleep(0.02)
-        finally:  # SIGKILL: all a worker has left to do is to tear its interpreter down (seconds with torch)
-            started = [process for process in context.processes if process.pid is not None]
+            deadline = time.monotonic() + _LEAVE  # then they report and leave (killed mid-report, one
+            for process in started:  # would leave the pool waiting for the rest of its report for ever)
+                process.join(max(0.0, deadline - time.monotonic()))
+        finally:  # still there (e.g. still starting), or a second signal: SIGKILL
             for process in started:
                 process.kill()
             for process in started:
@@ -135,7 +139,8 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 
 class _WorkerProcess(multiprocessing.context.SpawnProcess):
     """Starts with SIGINT blocked (`_start_worker` unblocks it), and holds back a Ctrl-C or SIGTERM
-    to its parent until it has started: either would print a traceback from its start-up."""
+    to its parent until it has started: either would print a traceback from its start-up. Exits
+    at once when the pool lets it go."""
 
     def start(self) -> None:
         came: list[int] = []
@@ -151,6 +156,12 @@ class _WorkerProcess(multiprocessing.context.SpawnProcess):
             _restore(handlers)
         if came:  # now as it would have been
             signal.raise_signal(came[0])
+
+    def run(self) -> None:
+        super().run()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(0)  # its results are all sent: skip tearing the interpreter down (seconds with torch)
 
 
 class _Spawn(multiprocessing.context.SpawnContext):
