@@ -4,8 +4,8 @@ Each test starts a sweep in its own session, waits until the store shows its run
 (each with a checkpoint), signals it and checks: the exit code and message, that no run was
 claimed after the signal, that it stopped within seconds, that no process of it is left, and
 where it matters that the same command run again computes every run exactly once. A sweep
-takes ~10 s to reach its runs on 2 cores (the workers import torch): the variants of the same
-path are marked slow."""
+takes a few seconds to reach its runs on 2 cores (the workers import torch): the variants of the
+same paths are marked slow, and the others take ~30 s together."""
 
 from __future__ import annotations
 
