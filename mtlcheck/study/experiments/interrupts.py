@@ -43,8 +43,6 @@ STOP_GRACE = 5.0
 """Seconds the runs in progress get to be released once the sweep stops; then the workers are ended."""
 _LEAVE = 1.0  # seconds the workers get to leave once their runs are released
 _PR_SET_PDEATHSIG = 1
-
-
 _STOPPING = (signal.SIGINT, signal.SIGTERM)
 _MASKS = hasattr(signal, "pthread_sigmask")
 
