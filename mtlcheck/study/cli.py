@@ -925,14 +925,17 @@ def _main(argv: list[str] | None) -> int:
         from mtlcheck.study.benchmarks import DEFAULT_BENCHMARK
 
         args.benchmark = DEFAULT_BENCHMARK
+    from mtlcheck.study.experiments.interrupts import exit_code, second_signal_exits, terminate_as_interrupt
     from mtlcheck.study.experiments.store import RunFailedError, SetupError, StoreError
 
     try:
         _portable(args)
-        return args.fn(args)
-    except KeyboardInterrupt:
-        print(f"\nmtlcheck: interrupted. {_where_it_stopped(args)}", file=sys.stderr)
-        return 130
+        with terminate_as_interrupt():  # SIGTERM stops a command as Ctrl-C does (exit 143, not 130)
+            return args.fn(args)
+    except KeyboardInterrupt as exc:
+        with second_signal_exits(exit_code(exc)):
+            print(f"\nmtlcheck: interrupted. {_where_it_stopped(args)}", file=sys.stderr)
+        return exit_code(exc)
     except BrokenPipeError:  # `mtlcheck runs | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlcheck.study.benchmarks import get_benchmark
-from mtlcheck.study.experiments import owners
+from mtlcheck.study.experiments import interrupts, owners
 from mtlcheck.study.experiments.records import FINISHED
 from mtlcheck.study.experiments.remote_store import RemoteStore, StoreActor, node_of, ray_owner_host
 from mtlcheck.study.experiments.runner import Where, run_spec
@@ -107,6 +107,16 @@ def _compute(store: Any, spec_json: str, where: Where, threads: int) -> tuple[st
     return record.status, None
 
 
+def _run_in_worker(store_path: str, spec_json: str, where: Where, threads: int) -> tuple[str, str | None]:
+    """`_run_one` in a local worker process: ("interrupted", None) when the sweep stopped it
+    (its run released, checkpoint kept) or stopped before it began."""
+    try:
+        with interrupts.interruptible():
+            return _run_one(store_path, spec_json, where, threads)
+    except KeyboardInterrupt:
+        return "interrupted", None
+
+
 def _heaviest_first(specs: list[RunSpec]) -> list[RunSpec]:
     """Specs in order of their expected cost (second-order > parameter-level gradient method >
     feature level > loss-only), so that the last runs to finish are short ones."""
@@ -142,9 +152,10 @@ def run_sweep_processes(
     often and, when the cores are oversubscribed, make each op many times slower. Workers are
     started with "spawn" (no inherited SQLite connections or thread pools) and live for the
     whole sweep, so a benchmark's cached data is generated once per worker. Results, failures
-    and the return value are as `run_sweep_ray`'s."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    and the return value are as `run_sweep_ray`'s. Ctrl-C, SIGTERM or a `SetupError` stops it
+    (`interrupts`): no new run starts, the runs in progress are released with their checkpoints,
+    and the exception (`interrupts.Terminated` for SIGTERM) comes out once the workers are gone."""
+    from concurrent.futures import as_completed
 
     specs = list(specs)
     for s in specs:
@@ -163,11 +174,9 @@ def run_sweep_processes(
     worker_where = replace(where, progress=False)
     try:
         if todo:
-            with ProcessPoolExecutor(
-                max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")
-            ) as pool:
+            with interrupts.worker_pool(min(jobs, len(todo))) as pool:
                 futures = {
-                    pool.submit(_run_one, store.location, s.to_json(), worker_where, threads): s
+                    pool.submit(_run_in_worker, store.location, s.to_json(), worker_where, threads): s
                     for s in _heaviest_first(todo)
                 }
                 for future in as_completed(futures):
@@ -176,8 +185,7 @@ def run_sweep_processes(
                         status, error = future.result()
                     except Exception as exc:  # noqa: BLE001 - the worker process itself died
                         status, error = "absent", f"{type(exc).__name__}: {exc}"
-                    if status == "setup":  # every other run would meet it too (as run_sweep)
-                        pool.shutdown(wait=False, cancel_futures=True)
+                    if status == "setup":  # every other run would meet it too (as run_sweep): stop
                         raise SetupError(error)
                     if status == "failed" and error is not None:
                         print(f"run {spec.label}: {error}", file=sys.stderr)
