@@ -86,12 +86,18 @@ def get_or_run(
     told = False
     while True:
         if try_lease:
-            lease = acquire(store, spec, stale_after=stale_after, max_failures=max_failures)
-            if lease is not None:
-                try:
+            lease = None
+            try:
+                lease = acquire(store, spec, stale_after=stale_after, max_failures=max_failures)
+                if lease is not None:
                     return _execute(store, lease, fn, interval)
-                except LeaseLost:
-                    pass  # taken over while we computed: wait for the new owner's result
+            except LeaseLost:
+                pass  # taken over while we computed: wait for the new owner's result
+            except BaseException:  # e.g. Ctrl-C between the lease and the run: give the run back
+                if lease is not None and lease.is_open:
+                    with contextlib.suppress(LeaseLost):
+                        lease.release(f"interrupted in {os.getpid()}")
+                raise
         record = store.get(spec)
         if record is not None and record.is_finished:
             return record

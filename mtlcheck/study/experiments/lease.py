@@ -76,6 +76,11 @@ class Lease:
     def __repr__(self) -> str:
         return f"Lease(key={self.key!r}, spec={self.spec.label!r}, owner={self.owner!r}, attempt={self.attempt})"
 
+    @property
+    def is_open(self) -> bool:
+        """Neither ended (finished, failed, released) nor known to be lost."""
+        return not self._closed and self._lost is None
+
     # -- liveness -------------------------------------------------------------------------------
     def heartbeat(self) -> None:
         """Record that the run is alive; raises `LeaseLost` if another process took it over."""
