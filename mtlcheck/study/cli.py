@@ -49,7 +49,7 @@ __all__ = [
     "main",
 ]
 
-_run_options = run_options  # the run options of parsed arguments (suites/pipeline/test_feature_batch.py)
+_run_options = run_options  # the name the suites import
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
