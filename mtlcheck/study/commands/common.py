@@ -7,9 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 DEFAULT_STORE = Path("mtlcheck-results") / "runs.sqlite"
 DEFAULT_OUT = Path("mtlcheck-results")
@@ -146,17 +144,14 @@ def precision(args):
     return Precision.from_args(args)
 
 
-@dataclass(frozen=True)
 class RunOption:
     """A run option besides the precision flags (`mtlcheck.precision.Precision` declares those): its
-    flag and argparse keywords; its value goes into the spec's `extra` under the flag's dest."""
+    flag and argparse keywords; its value goes into the spec's `extra` under the flag's dest. (A
+    plain class: `dataclasses` would add milliseconds to every `mtlcheck` start.)"""
 
-    flag: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
+    def __init__(self, flag: str, **kwargs) -> None:
+        self.flag, self.kwargs = flag, kwargs
+        self.dest = flag.lstrip("-").replace("-", "_")
 
 
 # The run options of `run`, `sweep` and `reproduce`: a new one is one line here, then the spec
@@ -164,12 +159,10 @@ class RunOption:
 RUN_OPTIONS = (
     RunOption(
         "--feature-batch",
-        dict(
-            default="flatten",
-            choices=["flatten", "sum"],
-            help="feature level: solve on the rows flattened over batch x features (Sener & Koltun, "
-            "default) or summed over the batch (LibMTL's rep_grad)",
-        ),
+        default="flatten",
+        choices=["flatten", "sum"],
+        help="feature level: solve on the rows flattened over batch x features (Sener & Koltun, "
+        "default) or summed over the batch (LibMTL's rep_grad)",
     ),
 )
 
