@@ -29,7 +29,8 @@ from typing import Any
 
 from mtlcheck.aggregators import Aggregator
 from mtlcheck.aggregators._conformance import BUILTIN_VARIANTS, EXPECTED_FAILURES
-from mtlcheck.testing.checks import CheckSkipped, NonFiniteOutput, aggregator_checks
+from mtlcheck.testing.check_inputs import NonFiniteOutput
+from mtlcheck.testing.checks import CheckSkipped, aggregator_checks
 
 Factory = Callable[[], Aggregator]
 

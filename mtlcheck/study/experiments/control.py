@@ -96,7 +96,7 @@ def get_or_run(
             except BaseException:  # e.g. Ctrl-C between the lease and the run: give the run back
                 if lease is not None and lease.is_open:
                     with contextlib.suppress(LeaseLost):
-                        lease.release(f"interrupted in {os.getpid()}")
+                        lease.release(f"interrupted in {os.getpid()}", interrupted=True)
                 raise
         record = store.get(spec)
         if record is not None and record.is_finished:
@@ -157,7 +157,7 @@ def _execute(store: RunStore, lease: Lease, fn: Callable[[Lease], Any], interval
         raise
     except BaseException:
         with contextlib.suppress(LeaseLost):
-            lease.release(f"interrupted in {os.getpid()}")
+            lease.release(f"interrupted in {os.getpid()}", interrupted=True)
         raise
     timings = {**(result.timings or {}), "attempt_wall_s": time.perf_counter() - t0}
     try:

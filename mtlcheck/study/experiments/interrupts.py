@@ -36,6 +36,7 @@ __all__ = [
     "interruptible",
     "second_signal_exits",
     "terminate_as_interrupt",
+    "where_it_stopped",
     "worker_pool",
 ]
 
@@ -250,3 +251,31 @@ def _count(change: int) -> None:
     if _busy is not None:
         with _busy.get_lock():
             _busy.value += change
+
+
+def where_it_stopped(location: str, specs) -> str:
+    """For Ctrl-C: which of a command's `specs` are finished in the store at `location`, which
+    were stopped (`RunRecord.was_interrupted`, by this process or its workers), and how to resume."""
+    if not specs:
+        return "Nothing was stored by this command."
+    try:
+        from mtlcheck.study.experiments.store import ResultStore
+
+        store = ResultStore(location, readonly=True)
+        records = [store.get(s) for s in specs]
+    except Exception as exc:  # noqa: BLE001 - the message must still come out
+        return f"Could not read the store {location} ({exc}); run the same command again to resume."
+    finished = sum(1 for r in records if r is not None and r.is_finished)
+    parts = [f"{finished} of {len(specs)} run(s) finished and stored in {location}."]
+    for r in records:
+        if r is not None and r.was_interrupted:
+            parts.append(
+                f"Stopped in {r.spec.label} ({r.key}), released "
+                + (
+                    "with its checkpoint: it resumes from there."
+                    if store.has_checkpoint(r.key)
+                    else "before its first checkpoint."
+                )
+            )
+    parts.append("Run the same command again to resume.")
+    return " ".join(parts)

@@ -187,14 +187,16 @@ class Lease:
             count_failure=True,
         )
 
-    def release(self, reason: str = "released", error: str | None = None) -> None:
+    def release(self, reason: str = "released", error: str | None = None, *, interrupted: bool = False) -> None:
         """Give the run back unfinished (status 'pending', checkpoint kept, no failure counted),
-        e.g. on Ctrl-C or a `SetupError`; `error` (if given) becomes the row's last error."""
+        e.g. on Ctrl-C or a `SetupError`; `error` (if given) becomes the row's last error;
+        `interrupted` marks the event as a stop (`control.was_interrupted`)."""
         self._check_open("release")
         fields = {"status": "pending", "owner": None, "heartbeat": None}
         if error is not None:
             fields["error"] = error
-        self._end(fields, self._event("released", reason=reason))
+        detail = {"interrupted": True} if interrupted else {}
+        self._end(fields, self._event("released", reason=reason, **detail))
 
     def _event(self, kind: str, **detail: Any) -> dict[str, Any]:
         return history_event(kind, self.owner, self.store.clock.time(), **detail)

@@ -74,6 +74,12 @@ class RunRecord:
         """done or diverged: a result that is never recomputed."""
         return self.status in FINISHED
 
+    @property
+    def was_interrupted(self) -> bool:
+        """pending, and last given back by a process that was stopped (Ctrl-C, SIGTERM)."""
+        last = self.history[-1] if self.history else {}
+        return self.status == "pending" and last.get("event") == "released" and bool(last.get("interrupted"))
+
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:

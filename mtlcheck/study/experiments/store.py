@@ -415,6 +415,13 @@ class ResultStore:
             return spec_or_key
         raise ValueError(f"expected a RunSpec or a {_spec.KEY_LENGTH}-hex-digit key, got {spec_or_key!r}")
 
+    def find(self, prefix: str) -> list[RunRecord]:
+        """The stored runs of any code epoch whose key starts with `prefix` (a whole key: that run)."""
+        record = self.get(prefix) if len(prefix) == _spec.KEY_LENGTH else None
+        if record is not None:
+            return [record]
+        return [r for r in self.runs(all_epochs=True) if r.key.startswith(prefix)]
+
     def get(self, spec_or_key: RunSpec | str) -> RunRecord | None:
         """The stored record, or None if the run was never leased or added."""
         rows = self._read(f"SELECT {_COLUMNS} FROM runs WHERE key=?", (self._key(spec_or_key),))

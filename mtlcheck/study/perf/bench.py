@@ -447,14 +447,13 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def add_arguments(parser: argparse.ArgumentParser, argv=()) -> None:
+    """The bench's options on `parser` (`mtlcheck bench`), or the peers' with --peers in `argv`."""
     if "--peers" in argv:  # the side-by-side bench against TorchJD and LibMTL has its own options
         from mtlcheck.study.perf import peers
 
-        argv.remove("--peers")
-        return peers.main(argv)
-    parser = argparse.ArgumentParser(prog="mtlcheck bench", description=__doc__.split("\n\n")[0])
+        return peers.add_arguments(parser)
+    parser.description = __doc__.split("\n\n")[0]
     parser.add_argument(
         "--peers",
         action="store_true",
@@ -489,7 +488,20 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     parser.add_argument("--peak-rss-case", nargs=2, metavar=("METHOD", "LEVEL"), help=argparse.SUPPRESS)
+    parser.set_defaults(bench=command)
+
+
+def main(argv=None) -> int:
+    """`mtlcheck bench [--peers] ARGS` as a program of its own."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="mtlcheck bench")
+    add_arguments(parser, argv)
     args = parser.parse_args(argv)
+    return args.bench(args, parser)
+
+
+def command(args, parser) -> int:
+    """The bench of the parsed `args` (`parser` says usage errors)."""
     precision = Precision.from_args(args)
     if args.peak_rss_case:  # the child process of peak_memory on the CPU
         print(

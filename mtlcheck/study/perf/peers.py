@@ -506,8 +506,11 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="mtlcheck bench --peers", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `mtlcheck bench --peers` on `parser`."""
+    parser.prog = "mtlcheck bench --peers"
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--peers", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, nargs="+", default=[128], help="image sizes S (default 128)")
     parser.add_argument("--tasks", type=int, nargs="+", default=[3, 7], help="task counts T (default 3 7)")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[2, 8], help="batch sizes B (default 2 8)")
@@ -540,7 +543,18 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     parser.add_argument("--width", type=int, default=64, help=argparse.SUPPRESS)  # a narrower trunk, for tests
     parser.add_argument("--cell", nargs=3, metavar=("PEER", "METHOD", "LEVEL"), help=argparse.SUPPRESS)
+    parser.set_defaults(bench=command)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    return command(args, parser)
+
+
+def command(args, parser) -> int:
+    """The side-by-side bench of the parsed `args` (`parser` says usage errors)."""
     if args.width < 1:
         parser.error(f"--width must be positive, got {args.width}")
     for name in ("size", "tasks", "batch_size"):

@@ -1,0 +1,69 @@
+"""A run option lives in few places: one declaration on the command line (`commands.common.RUN_OPTIONS`,
+from which the flags and the spec's options derive), the spec that validates and stores it, the step
+loop that uses it and the reports that name it. Listed here for `--feature-batch`, function by
+function, so that a change spreading an option over a new place fails and says where."""
+
+import ast
+from pathlib import Path
+
+from mtlcheck.study.commands.common import RUN_OPTIONS, add_run_options, run_options
+
+STUDY = Path(__file__).resolve().parents[2] / "mtlcheck" / "study"
+
+# (module, function) that mention the option; perf/ (the bench's own engine option) left out
+PLACES = {
+    ("commands/common.py", "<module>"): "RUN_OPTIONS: the flag, its choices and help",
+    ("experiments/runner.py", "run_options"): "the spec's options: default and check",
+    ("experiments/runner.py", "make_spec"): "stored only when not the default, at the feature level",
+    ("experiments/runner.py", "execute"): "handed from the spec to the step loop",
+    ("experiments/runner.py", "_execute"): "handed from the spec to the step loop",
+    ("training.py", "train"): "the step loop",
+    ("training.py", "_train"): "the step loop",
+    ("paper/runs.py", "display_name"): "the reports name such runs apart",
+}
+
+
+def _mentions(path: Path, words: tuple[str, ...]) -> set[tuple[str, str]]:
+    """(module, enclosing top-level function) of each mention in code (not docstrings or comments)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    found = set()
+    for top in tree.body:
+        where = top.name if isinstance(top, (ast.FunctionDef, ast.ClassDef)) else "<module>"
+        for node in ast.walk(top):
+            text = (
+                node.id
+                if isinstance(node, ast.Name)
+                else node.arg
+                if isinstance(node, (ast.arg, ast.keyword))
+                else node.value
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                else None
+            )
+            if text and any(w in text for w in words):
+                found.add((path.relative_to(STUDY).as_posix(), where))
+    return found
+
+
+def test_the_feature_batch_option_has_its_places_and_no_more():
+    words = ("feature_batch", "feature-batch")
+    found = set().union(*(_mentions(p, words) for p in STUDY.rglob("*.py") if "perf" not in p.parts))
+    assert found == set(PLACES), f"new: {sorted(found - set(PLACES))}, gone: {sorted(set(PLACES) - found)}"
+
+
+def test_the_flags_and_the_spec_options_come_from_one_table():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_run_options(parser)
+    parser.add_argument("--tf32", action="store_true")  # the precision flags: mtlcheck.precision
+    args = parser.parse_args(["--feature-batch", "sum"])
+    assert [o.dest for o in RUN_OPTIONS] == ["feature_batch"]
+    assert run_options(args) == {"feature_batch": "sum"}
