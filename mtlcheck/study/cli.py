@@ -195,7 +195,12 @@ def console_main() -> int:
     from mtlcheck.allocator import tune_malloc
 
     tune_malloc()
-    return main()
+    code = main()
+    if code in (130, 143):  # interrupted: a signal during the exit (torch's teardown) ends it at once,
+        from mtlcheck.study.experiments.interrupts import exit_at_next_signal
+
+        exit_at_next_signal(code)  # never a KeyboardInterrupt traceback from the interpreter's end
+    return code
 
 
 if __name__ == "__main__":

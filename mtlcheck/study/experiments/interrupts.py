@@ -84,17 +84,26 @@ def second_signal_exits(code: int) -> Iterator[None]:
         yield
         return
 
-    def leave(signum, frame):
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):  # e.g. a reentrant write: leave all the same
-                stream.flush()
-        os._exit(code)
-
-    previous = {signum: signal.signal(signum, leave) for signum in _STOPPING}
+    previous = {signum: signal.signal(signum, lambda signum, frame: _leave(code)) for signum in _STOPPING}
     try:
         yield
     finally:
         _restore(previous)
+
+
+def exit_at_next_signal(code: int) -> None:
+    """From now on SIGINT or SIGTERM ends the process at once with exit `code` (after flushing):
+    for a command that was interrupted and is on its way out."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in _STOPPING:
+            signal.signal(signum, lambda signum, frame: _leave(code))
+
+
+def _leave(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # e.g. a reentrant write: leave all the same
+            stream.flush()
+    os._exit(code)
 
 
 def _restore(handlers: dict) -> None:
