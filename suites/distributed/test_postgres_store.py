@@ -177,3 +177,5 @@ def test_two_sweeps_share_the_work_and_one_killed_mid_run_loses_nothing(postgres
         assert [e["event"] for e in r.history].count("done") == 1, r.history
     taken = [r for r in records if any(e["event"] == "taken_over" for e in r.history)]
     assert len(taken) == 1 and f":{victim.pid}:" in taken[0].history[0]["owner"]
+    # and the survivor says so: which run it took over, and why
+    assert "local: " in out and f"taken over: {taken[0].spec.label} (owner process {victim.pid}" in out, out

@@ -58,8 +58,9 @@ class Sweep(Command):
         for r in records:
             counts[r.status] = counts.get(r.status, 0) + 1
         print(f"{len(records)} runs in {seconds:.0f}s: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-        if getattr(records, "summary", None) is not None:  # a Ray sweep: where the runs ran, what was taken over
-            print(f"ray: {records.summary.line()}")
+        summary = getattr(records, "summary", None)  # where the runs ran, what was taken over, retried, resumed
+        if summary is not None and (args.executor == "ray" or summary.eventful):
+            print(f"{args.executor}: {summary.line()}")
         if counts.get("failed"):
             print(
                 f"failed runs: `mtlcheck runs list --status failed --store {args.store}` shows their errors, "
@@ -111,7 +112,7 @@ def run_specs(args, specs):
     store = None if args.executor == "ray" else common.store(args)  # ray: created once a cluster answers
     common.threads(args)
     args._specs = [*getattr(args, "_specs", []), *specs]
-    t0 = time.perf_counter()
+    t0, since = time.perf_counter(), time.time()
     n_jobs = jobs(args)
     if args.executor == "ray":
         from mtlcheck.study.experiments.distributed import run_sweep_ray
@@ -137,6 +138,10 @@ def run_specs(args, specs):
         from mtlcheck.study.experiments.runner import run_sweep
 
         records = run_sweep(store, specs, where, progress=not args.quiet)
+    if args.executor != "ray":  # what the store's history says happened (Ray's sweep says it itself)
+        from mtlcheck.study.experiments.distributed import SweepRecords, summarize
+
+        records = SweepRecords(records, summarize(records, since))
     return store, records, time.perf_counter() - t0
 
 

@@ -261,6 +261,12 @@ class SweepSummary:
         """Runs taken over because their Ray node died (Ray ran their tasks again elsewhere)."""
         return tuple(label for label, why in self.taken_over.items() if why.startswith("its Ray node"))
 
+    @property
+    def eventful(self) -> bool:
+        """Whether something beyond plain computing happened: a take-over, a retry, a resume, or
+        runs finished in more than one place."""
+        return bool(self.taken_over or self.retried or self.resumed or len(set(self.finished_on.values())) > 1)
+
     def line(self) -> str:
         """One line for a person: where the runs ran, what was taken over, retried, resumed."""
         where = Counter(self.finished_on.values())
