@@ -179,3 +179,73 @@ def test_two_sweeps_share_the_work_and_one_killed_mid_run_loses_nothing(postgres
     assert len(taken) == 1 and f":{victim.pid}:" in taken[0].history[0]["owner"]
     # and the survivor says so: which run it took over, and why
     assert "local: " in out and f"taken over: {taken[0].spec.label} (owner process {victim.pid}" in out, out
+
+
+def _terminate_other_backends(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+def test_a_run_outlives_the_server_dropping_its_connections(postgres_url):
+    """The connections drop while the run computes: its heartbeat goes on (a new connection at the
+    next tick) and its result is stored, not recorded as a failure."""
+    import time
+
+    store = ResultStore(postgres_url)
+
+    def compute(lease):
+        _terminate_other_backends(postgres_url)  # the store's connections of both threads
+        time.sleep(0.5)
+        assert time.time() - ResultStore(postgres_url, readonly=True).get(SPEC).heartbeat < 0.4, "heartbeat stopped"
+        _terminate_other_backends(postgres_url)
+        return {"loss": 1.0}, {}, {}
+
+    record = store.get_or_run(SPEC, compute, stale_after=1.0, heartbeat_every=0.05)
+    assert record.status == "done" and record.metrics == {"loss": 1.0} and record.failures == 0
+
+
+def test_a_lock_wait_that_times_out_leaves_the_connection_usable(postgres_url):
+    import psycopg
+
+    from mtlcheck.study.experiments.databases import PostgresDatabase
+
+    store = ResultStore(postgres_url, busy_timeout=1.0)
+    with psycopg.connect(postgres_url) as holder:  # another writer holds the store's lock
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (PostgresDatabase._LOCK,))
+        with pytest.raises(StoreError, match="lock timeout"):
+            store.add(SPEC)
+    assert store.add(SPEC) == 1 and store.get(SPEC).status == "pending"
+
+
+def test_writers_see_each_other_whatever_the_servers_default_isolation(postgres_url):
+    """Under a REPEATABLE READ default a transaction's snapshot would predate the lock it waits
+    for; the store asks for READ COMMITTED, so racing threads still make exactly one winner."""
+    import threading
+
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        name = postgres_url.rsplit("/", 1)[1]
+        admin.execute(f"ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'")
+    ResultStore(postgres_url)  # the schema
+    n, barrier, leases, errors = 6, threading.Barrier(6), [], []
+
+    def race():
+        try:
+            store = ResultStore(postgres_url)
+            barrier.wait()
+            leases.append(store.lease(SPEC))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len([lease for lease in leases if lease is not None]) == 1

@@ -24,10 +24,13 @@ from typing import Any, NamedTuple, Protocol
 from mtlcheck.study.experiments import owners
 from mtlcheck.study.experiments.clock import Clock
 from mtlcheck.study.experiments.lease import Lease, LeaseLost, acquire
-from mtlcheck.study.experiments.records import RunFailedError, RunRecord, SetupError, as_result
+from mtlcheck.study.experiments.records import RunFailedError, RunRecord, SetupError, StoreError, as_result
 from mtlcheck.study.experiments.spec import RunSpec
 
-__all__ = ["Claim", "RunStore", "get_or_run"]
+__all__ = ["FINISH_ATTEMPTS", "Claim", "RunStore", "get_or_run"]
+
+FINISH_ATTEMPTS = 3
+"""Tries to store a computed result when the store fails (1 s, then 2 s apart) before giving up."""
 
 
 class Claim(NamedTuple):
@@ -127,14 +130,16 @@ def get_or_run(
 
 def _execute(store: RunStore, lease: Lease, fn: Callable[[Lease], Any], interval: float) -> RunRecord:
     stop = threading.Event()
-    lost: list[BaseException] = []
 
     def beat() -> None:
         try:
             while not stop.wait(interval):
-                lease.heartbeat()
-        except BaseException as exc:  # noqa: BLE001 - surfaced by finish/fail below
-            lost.append(exc)
+                try:
+                    lease.heartbeat()
+                except LeaseLost:
+                    return  # taken over: finish or fail below raises LeaseLost
+                except Exception:  # noqa: BLE001 - the store failed this once (a dropped connection): next tick
+                    continue
         finally:
             store.close()
 
@@ -160,20 +165,26 @@ def _execute(store: RunStore, lease: Lease, fn: Callable[[Lease], Any], interval
             lease.release(f"interrupted in {os.getpid()}", interrupted=True)
         raise
     timings = {**(result.timings or {}), "attempt_wall_s": time.perf_counter() - t0}
-    try:
-        lease.finish(
-            result.metrics,
-            result.trajectory,
-            timings,
-            status=result.status,
-            error=result.error,
-            engine=result.engine,
-        )
-    except LeaseLost:
-        raise
-    except Exception as exc:  # a malformed result is a failure of the run, recorded as such
-        lease.fail(exc)
-        raise
+    for attempt in range(1, FINISH_ATTEMPTS + 1):
+        try:
+            lease.finish(
+                result.metrics,
+                result.trajectory,
+                timings,
+                status=result.status,
+                error=result.error,
+                engine=result.engine,
+            )
+            break
+        except LeaseLost:
+            raise
+        except StoreError:  # the store, not the result (a dropped connection): the result is worth a retry
+            if attempt == FINISH_ATTEMPTS:
+                raise  # the lease stays open: taken over once this process ends or its heartbeat is stale
+            store.clock.sleep(attempt)
+        except Exception as exc:  # a malformed result is a failure of the run, recorded as such
+            lease.fail(exc)
+            raise
     record = store.get(lease.key)
     assert record is not None
     return record

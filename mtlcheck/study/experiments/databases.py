@@ -285,8 +285,10 @@ class PostgresDatabase:
             conn.execute(f"SET lock_timeout = {int(self.busy_timeout * 1000)}")
             if self.readonly:
                 conn.execute("SET default_transaction_read_only = on")
-        except BaseException:
+        except BaseException as exc:
             conn.close()
+            if isinstance(exc, self._psycopg.Error):
+                raise self.error(exc) from exc
             raise
         return _QmarkConnection(conn)
 
@@ -298,7 +300,9 @@ class PostgresDatabase:
         return StoreError(f"results store {self} cannot be used: {text}")
 
     def begin(self, conn) -> None:
-        conn.execute("BEGIN")
+        # READ COMMITTED whatever the server's default: each statement then sees what the writers
+        # before this one committed (under REPEATABLE READ the snapshot would predate the lock)
+        conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
         conn.execute("SELECT pg_advisory_xact_lock(?)", (self._LOCK,))
 
     # -- schema ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ methods), so the same lease works on a proxy that forwards them to a store elsew
 
 from __future__ import annotations
 
+import contextlib
 import io
 import traceback
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mtlcheck.study.experiments import owners
 from mtlcheck.study.experiments.codec import encode_json
 from mtlcheck.study.experiments.provenance import environment
-from mtlcheck.study.experiments.records import FINISHED, history_event
+from mtlcheck.study.experiments.records import FINISHED, StoreError, history_event
 from mtlcheck.study.experiments.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -159,7 +160,8 @@ class Lease:
             },
             self._event(status),
         )
-        self.store.delete_checkpoint(self.key)
+        with contextlib.suppress(StoreError, OSError):  # the result is stored; a leftover checkpoint is harmless
+            self.store.delete_checkpoint(self.key)
 
     def fail(self, error: BaseException | str) -> None:
         """Record a failure with its text (the full traceback for an exception). The checkpoint

@@ -216,8 +216,12 @@ class ResultStore:
         conn = self._conn()
         try:
             self.db.begin(conn)
-        except self.db.errors as exc:
-            raise self.db.error(exc) from exc
+        except BaseException as exc:  # e.g. a lock wait that timed out: leave no transaction half-open
+            with contextlib.suppress(*self.db.errors):
+                conn.execute("ROLLBACK")
+            if isinstance(exc, self.db.errors):
+                raise self.db.error(exc) from exc
+            raise
         try:
             yield conn
         except BaseException as exc:
