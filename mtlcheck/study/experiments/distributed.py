@@ -474,7 +474,7 @@ def _run_tasks(ray, actor, location: str, todo, where: Where, cpus: float, gpus:
                 if bar is not None:
                     bar.set_postfix_str(spec.label)
                     bar.update(1)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or anything else that ends the sweep: no task goes on without it
         _cancel(ray, pending)
         raise
     finally:
