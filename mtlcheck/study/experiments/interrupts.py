@@ -100,6 +100,9 @@ def exit_at_next_signal(code: int) -> None:
 
 
 def _leave(code: int) -> None:
+    for child in multiprocessing.active_children():  # a worker still starting has no parent-death signal yet
+        with contextlib.suppress(OSError):
+            os.kill(child.pid, signal.SIGKILL)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # e.g. a reentrant write: leave all the same
             stream.flush()
