@@ -96,10 +96,9 @@ def get_or_run(
                     return _execute(store, lease, fn, interval)
             except LeaseLost:
                 pass  # taken over while we computed: wait for the new owner's result
-            except BaseException:  # e.g. Ctrl-C between the lease and the run: give the run back
+            except BaseException:  # Ctrl-C between the lease and the run, a store that failed: give it back
                 if lease is not None and lease.is_open:
-                    with contextlib.suppress(LeaseLost):
-                        lease.release(f"interrupted in {os.getpid()}", interrupted=True)
+                    _give_back(lease)
                 raise
         record = store.get(spec)
         if record is not None and record.is_finished:
@@ -161,8 +160,7 @@ def _execute(store: RunStore, lease: Lease, fn: Callable[[Lease], Any], interval
             lease.fail(exc)
         raise
     except BaseException:
-        with contextlib.suppress(LeaseLost):
-            lease.release(f"interrupted in {os.getpid()}", interrupted=True)
+        _give_back(lease)
         raise
     timings = {**(result.timings or {}), "attempt_wall_s": time.perf_counter() - t0}
     for attempt in range(1, FINISH_ATTEMPTS + 1):
@@ -180,7 +178,7 @@ def _execute(store: RunStore, lease: Lease, fn: Callable[[Lease], Any], interval
             raise
         except StoreError:  # the store, not the result (a dropped connection): the result is worth a retry
             if attempt == FINISH_ATTEMPTS:
-                raise  # the lease stays open: taken over once this process ends or its heartbeat is stale
+                raise  # get_or_run gives the run back; should the store refuse that too, it is taken over later
             store.clock.sleep(attempt)
         except Exception as exc:  # a malformed result is a failure of the run, recorded as such
             lease.fail(exc)
@@ -188,3 +186,9 @@ def _execute(store: RunStore, lease: Lease, fn: Callable[[Lease], Any], interval
     record = store.get(lease.key)
     assert record is not None
     return record
+
+
+def _give_back(lease: Lease) -> None:
+    """Release an interrupted run to pending (checkpoint kept), marked as interrupted here."""
+    with contextlib.suppress(LeaseLost):
+        lease.release(f"interrupted in {os.getpid()}", interrupted=True)
