@@ -51,19 +51,23 @@ TRUE_AT_NULL = {  # a strict "better" is false at a tie
 }
 
 
-def play(rng: np.random.Generator, claims, max_seeds: int, **kw) -> tuple[dict[str, str], int]:
+def play(rng: np.random.Generator, claims, max_seeds: int, rows=ROWS, **kw) -> tuple[dict[str, str], int]:
     """One sequential study: the final state of each claim and the number of runs it took."""
+    ROWS = rows  # noqa: N806 - the rows of this study
     records = _simulate.simulate(rng, max_seeds, rows=ROWS, **kw)
     by_row: dict[tuple[str, str], dict[int, object]] = {}
     for r in records:
         by_row.setdefault((r.spec.method, r.spec.level), {})[r.spec.seed] = r
     n = dict.fromkeys(ROWS, LOOKS[0])
     chosen = [claim_by_id(c) for c in claims]
-    first = result_tables([r for r in records if r.spec.seed < LOOKS[0]], "digits-instance", derived_intervals=False)
     for _ in range(len(LOOKS)):  # every round moves some row to a later look, so this many rounds suffice
         now = [r for row in ROWS for s, r in by_row[row].items() if s < n[row]]
         tables = result_tables(now, "digits-instance", derived_intervals=False)
-        plan = assess(tables, chosen, max_seeds=max_seeds, first_look=first)
+
+        def tables_at(m: int, now=now):
+            return result_tables([r for r in now if r.spec.seed < m], "digits-instance", derived_intervals=False)
+
+        plan = assess(tables, chosen, max_seeds=max_seeds, tables_at=tables_at)
         if not plan.requests:
             return {s.id: s.state for s in plan.states}, sum(n.values())
         before = dict(n)
@@ -76,6 +80,7 @@ def play(rng: np.random.Generator, claims, max_seeds: int, **kw) -> tuple[dict[s
 
 
 def _rates(n_studies: int, seed: int, claims=CLAIMS, max_seeds: int = 16, **kw) -> dict[str, Counter]:
+    """The final states of each claim over `n_studies` seeded sequential studies (`play`)."""
     rng = np.random.default_rng(seed)
     out: dict[str, Counter] = {c: Counter() for c in claims}
     runs = []
@@ -164,3 +169,47 @@ def test_a_change_between_levels_asks_for_both_levels_runs():
     d = comparisons.Decision("inconclusive", link, link, (50.0, 40.0), (link,), (), 3)
     asked = sequential._requests(d, comparisons.all_of([~lit]), 16, lambda *_: 1.0)
     assert asked == {("table4", ("GradVac", "feature")): 5, ("table4", ("GradVac", "parameter")): 5}
+
+
+MGDA_UB = "conclusion-v1-mgda-ub-best"  # a region-search claim: lowest mean rank over both levels' rows
+UB_ROWS = ROWS + (("mgda", "feature"), ("pcgrad", "feature"), ("cagrad", "feature"))
+
+
+def test_a_region_claim_gets_seeds_for_every_row_it_reads_and_is_decided_at_a_later_look():
+    """MGDA at the feature level 10 s_d better than every other row on all six metrics: the claim
+    holds. Its region at 3 seeds (Bonferroni over every cell of both tables, 5 % spent over seven
+    looks) is far too wide, so the design asks seeds for every row the claim reads, and it is
+    decided 'holds' by 16 seeds, never 'contradicted'."""
+    from mtlcheck.study.paper.claims import claim_by_id
+
+    rng = np.random.default_rng(5)
+    effects = {("mgda", "feature"): 10 * S_D}
+    records = _simulate.simulate(rng, 3, rows=UB_ROWS, effects=effects)
+    tables = result_tables(records, "digits-instance", derived_intervals=False)
+    plan = assess(tables, [claim_by_id(MGDA_UB)], max_seeds=16)
+    (state,) = plan.states
+    assert state.state == "first look only", state.state  # one look given, no seeds asked
+    plan = assess(
+        tables,
+        [claim_by_id(MGDA_UB)],
+        max_seeds=16,
+        tables_at=lambda m: result_tables([r for r in records if r.spec.seed < m], "digits-instance"),
+    )
+    (state,) = plan.states
+    assert state.state == "open", (state.state, state.verdict["evidence"][:300])
+    asked = {(REGISTRY.get(m, m), level) for (_t, (m, level)) in plan.requests}
+    assert asked == set(UB_ROWS) and set(plan.requests.values()) == {5}, plan.requests
+    n = 10
+    counts = _rates(n, seed=6, claims=(MGDA_UB,), rows=UB_ROWS, effects=effects)[MGDA_UB]
+    assert counts["contradicted"] == 0, counts
+    assert counts["holds"] >= 8, counts
+
+
+def test_a_region_claim_at_the_null_is_not_said_to_hold_and_ends():
+    """Every row equal: MGDA (feature) is not strictly best, so the claim is false. With seeds
+    added as the design asks (up to 16), it is never said to hold, and every study ends in a state
+    the report can name (no region claim left open at the last round)."""
+    n = 10
+    counts = _rates(n, seed=7, claims=(MGDA_UB,), rows=UB_ROWS)[MGDA_UB]
+    assert counts["holds"] == 0, counts
+    assert set(counts) <= {"contradicted", "futile", "inconclusive"}, counts

@@ -100,13 +100,18 @@ def until_decided(args) -> int:
             for name in benchmarks
         }
         by_bench = {name: result_tables(recs, name, derived_intervals=False) for name, recs in found.items()}
-        first = {
-            name: result_tables([r for r in recs if r.spec.seed < LOOKS[0]], name, derived_intervals=False)
-            for name, recs in found.items()
-        }
+
+        def tables_at(m: int, found=found):
+            return claim_tables(
+                {
+                    name: result_tables([r for r in recs if r.spec.seed < m], name, derived_intervals=False)
+                    for name, recs in found.items()
+                }
+            )
+
         at = table_benchmarks(by_bench)
         cost, seeds = run_cost(found, at), seeds_of(found, at)
-        plan = assess(claim_tables(by_bench), max_seeds=max_seeds, first_look=claim_tables(first), cost=cost)
+        plan = assess(claim_tables(by_bench), max_seeds=max_seeds, tables_at=tables_at, cost=cost)
         print(
             f"round {rounds}: "
             + ", ".join(f"{k} {n}" for k, n in Counter(s.state for s in plan.states).items())

@@ -199,9 +199,20 @@ class Study:
         """The drawn coordinates' estimates in the given base tables (default: all)."""
         return [c.estimate for k, v in self._coords.items() if bases is None or k in bases for c in v]
 
-    def min_seeds(self, bases: frozenset[str] | None = None) -> int:
-        ns = [c.estimate.n for k, v in self._coords.items() if bases is None or k in bases for c in v]
+    def min_seeds(self, bases: frozenset[str] | None = None, rows: Callable[[RowKey], bool] | None = None) -> int:
+        """The fewest seeds of a drawn cell in the given base tables, of the rows `rows` accepts."""
+        ns = [
+            c.estimate.n
+            for k, v in self._coords.items()
+            if bases is None or k in bases
+            for c in v
+            if rows is None or rows(c.key)
+        ]
         return min(ns) if ns else 0
+
+    def rows_of(self, bases: frozenset[str], rows: Callable[[RowKey], bool] | None = None) -> set[RowKey]:
+        """The rows (method, level) of the given base tables that `rows` accepts (default: all)."""
+        return {r.key for b in bases for r in self.base[b].rows if rows is None or rows(r.key)}
 
     def bases_of(self, tables: tuple[str, ...]) -> frozenset[str]:
         return frozenset().union(*(self.depends.get(t, frozenset()) for t in tables))

@@ -241,7 +241,8 @@ def _write_runs_report(
             f"These verdicts are the sequential design's (`--until-decided`, up to {until_decided} seeds): each "
             f"comparison is tested on the first m seeds its rows share, m the largest of the looks {list(LOOKS)} "
             "reached, at α/7 per look, so that adding seeds where they decide keeps the error ≤ 2.5 % per "
-            "claim either way; claims without a comparison form are judged on the first look's seeds."
+            "claim either way; claims without a comparison form (region search) are judged at the largest look "
+            "every row they read has reached, their region's 5 % spent over the looks."
             if until_decided
             else ""
         ),
@@ -257,11 +258,14 @@ def _verdicts(
     """The verdicts of every claim over these benchmarks' tables (the fixed design's, or with
     `until` the sequential design's) and the report's plain summary."""
     tables = claim_tables(tables_by_benchmark)
-    first = claim_tables(
-        {name: tables_of(runs.where(lambda r: r.spec.seed < LOOKS[0])) for name, runs in runs_by_benchmark.items()}
-    )
+
+    def tables_at(m: int):
+        return claim_tables(
+            {name: tables_of(runs.where(lambda r: r.spec.seed < m)) for name, runs in runs_by_benchmark.items()}
+        )
+
     at = table_benchmarks(tables_by_benchmark)
-    plan = assess(tables, max_seeds=until or LOOKS[-1], first_look=first, cost=run_cost(runs_by_benchmark, at))
+    plan = assess(tables, max_seeds=until or LOOKS[-1], tables_at=tables_at, cost=run_cost(runs_by_benchmark, at))
     verdicts = [s.verdict for s in plan.states] if until else judge_all(tables)
     return verdicts, summary_markdown(verdicts, plan, seeds_of(runs_by_benchmark, at), until)
 

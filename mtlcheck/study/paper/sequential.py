@@ -16,8 +16,12 @@ allocation and stopping rules do: a wrong "holds" or "contradicted" has probabil
 Looks that a study never reaches leave their α unspent (conservative; `--max-seeds` can change
 between runs without breaking the guarantee).
 
-Claims decided by a region search (rankings of rankings: `verdicts`) have no comparison form; they
-are judged once, on the first look's seeds, and get no seeds of their own.
+Claims decided by a region search (rankings of rankings: `verdicts`) have no comparison form. They
+are judged at the largest look m whose seeds 0..m−1 every row they read has, in a simultaneous
+region at 1 − 5 %/len(LOOKS) (the same union bound over the looks). Such a claim is futile when its
+planning figure — the seeds at which its region would decide if the means and spreads stayed as
+observed, the most hopeful reading — exceeds max_seeds (a near-tie of rankings, which no number of
+seeds decides, ends here); otherwise every row it reads gets the next look's seeds.
 
 Futility (non-binding, so it costs no error): a claim stops as futile when the predictive probability
 of deciding it by `max_seeds` is below `FUTILITY`: each open comparison's spread and mean drawn from
@@ -47,7 +51,7 @@ from mtlcheck.study.paper import comparisons
 from mtlcheck.study.paper.claims import CLAIMS, Claim
 from mtlcheck.study.paper.result_table import ResultTable, RowKey
 from mtlcheck.study.paper.runs import Runs, display_name
-from mtlcheck.study.paper.verdicts import formula_of, judge, without_null_rows
+from mtlcheck.study.paper.verdicts import formula_of, judge, region_reads, without_null_rows
 from mtlcheck.study.statistics import predictive_decision
 
 __all__ = [
@@ -83,7 +87,8 @@ def next_look(n: int, max_seeds: int) -> int | None:
 @dataclass(frozen=True)
 class ClaimState:
     """Where one claim stands: `state` is its verdict when final, else 'futile', 'open', or
-    'first look only' (no comparison form); `p_decide` the predictive probability of deciding it by
+    'first look only' (no comparison form, tables of one look given); `p_decide` the predictive
+    probability (comparison form only) of deciding it by
     max_seeds; `requests` the rows it asks seeds for and up to how many."""
 
     verdict: Mapping
@@ -182,39 +187,74 @@ def assess(
     claims: Sequence[Claim] = CLAIMS,
     *,
     max_seeds: int = LOOKS[-1],
-    first_look: Tables | None = None,
+    tables_at: Callable[[int], Tables] | None = None,
     cost: Callable[[str, RowKey], float] | None = None,
     seed: int = 0,
 ) -> Plan:
     """Judge every claim under the sequential design and plan the next round (module doc).
-    `first_look`: the tables of the first look's seeds, on which claims without a comparison form
-    are judged (default: `tables`); `cost(table, row)`: CPU seconds of one run of that table's row
-    (default 1)."""
+    `tables_at(m)`: the tables of every row's seeds 0..m−1, on which claims without a comparison
+    form are judged at the largest look their rows have all reached (default: `tables`, taken as
+    one look); `cost(table, row)`: CPU seconds of one run of that table's row (default 1)."""
     cost = cost or (lambda _t, _k: 1.0)
     rng = np.random.default_rng(seed)
     usable, removed = without_null_rows(tables)
-    first_usable, first_removed = without_null_rows(first_look if first_look is not None else tables)
+    looked: dict[int, tuple] = {}
+
+    def at_look(m: int):
+        if m not in looked:
+            looked[m] = without_null_rows(tables_at(m)) if tables_at is not None else (usable, removed)
+        return looked[m]
+
     states, requests = [], {}
     for c in claims:
         f = formula_of(c, usable)
         if f is None:
-            v = judge(c, first_usable, first_removed)
-            state = v["verdict"] if v["verdict"] in (*FINAL, "not evaluable", "error") else "first look only"
-            states.append(ClaimState(v, state, requests={}))
-            continue
-        v = judge(c, usable, removed, design=DESIGN)
-        if v["verdict"] in (*FINAL, "not evaluable", "error") or f is None:
-            states.append(ClaimState(v, v["verdict"], requests={}))
-            continue
-        p = _predictive(f, usable, max_seeds, rng)
-        if p < FUTILITY:
-            states.append(ClaimState(v, "futile", p, {}))
-            continue
-        asked = _requests(v["decision"], f, max_seeds, cost)
-        states.append(ClaimState(v, "open" if asked else "futile", p, asked))
-        for k, n in asked.items():
+            state = _region_state(c, at_look, max_seeds, tables_at is None)
+        else:
+            state = _comparisons_state(c, f, usable, removed, max_seeds, cost, rng)
+        states.append(state)
+        for k, n in state.requests.items():
             requests[k] = max(requests.get(k, 0), n)
     return Plan(tuple(states), requests)
+
+
+def _comparisons_state(c: Claim, f, usable: Tables, removed, max_seeds: int, cost, rng) -> ClaimState:
+    """A claim with a comparison form: judged at its comparisons' looks; futile below `FUTILITY`,
+    else the seeds of its pivotal comparisons' rows (module doc)."""
+    v = judge(c, usable, removed, design=DESIGN)
+    if v["verdict"] in (*FINAL, "not evaluable", "error"):
+        return ClaimState(v, v["verdict"], requests={})
+    p = _predictive(f, usable, max_seeds, rng)
+    if p < FUTILITY:
+        return ClaimState(v, "futile", p, {})
+    asked = _requests(v["decision"], f, max_seeds, cost)
+    return ClaimState(v, "open" if asked else "futile", p, asked)
+
+
+def _region_state(c: Claim, at_look: Callable[[int], tuple], max_seeds: int, one_look: bool) -> ClaimState:
+    """A claim judged by region search (no comparison form): judged at the largest look m whose
+    seeds 0..m−1 every row it reads has, its region's 5 % spent over the looks (`region_level`);
+    futile when its planning figure (the seeds that would decide it at the observed means and
+    spreads, the most hopeful reading) exceeds `max_seeds`; else every row it reads gets the next
+    look's seeds. `one_look`: the tables given are one look; no seeds are asked."""
+    m = None
+    for look in (x for x in LOOKS if x <= max_seeds):
+        reached, _ = region_reads(c, at_look(look)[0])
+        if reached < look:
+            break
+        m = look
+    if m is None or one_look:
+        v = judge(c, *at_look(LOOKS[0] if m is None else m), design=DESIGN)
+        final = v["verdict"] in (*FINAL, "not evaluable", "error")
+        return ClaimState(v, v["verdict"] if final else "first look only", requests={})
+    v = judge(c, *at_look(m), design=DESIGN)
+    if v["verdict"] in (*FINAL, "not evaluable", "error"):
+        return ClaimState(v, v["verdict"], requests={})
+    target = next_look(m, max_seeds)
+    if target is None or v["seeds"] is None or v["seeds"] > max_seeds:
+        return ClaimState(v, "futile", requests={})
+    _, read = region_reads(c, at_look(m)[0])
+    return ClaimState(v, "open", requests={(table, key): target for table, keys in read.items() for key in keys})
 
 
 def _by_row(runs_by_benchmark: Mapping[str, Runs | Iterable], at: Mapping[str, str]):
@@ -271,7 +311,7 @@ def summary_markdown(
             s = states.get(v["id"])
             tag = {
                 "futile": "undecided (futile)",
-                "first look only": "undecided (no comparison form: judged on the first look)",
+                "first look only": "undecided (no comparison form: judged on the seeds given)",
             }.get(s.state if s is not None else "", "open" if v["verdict"] == "inconclusive" else "error")
             p = "" if s is None or s.p_decide is None else f"; P(decided by {horizon} seeds) ≈ {s.p_decide:.0%}"
             lines.append(f"- **{tag}** `{v['id']}`{p}" + (f"; closest: {link_text}" if link_text else ""))

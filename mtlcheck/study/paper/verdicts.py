@@ -46,7 +46,16 @@ from mtlcheck.study.paper.our_study import Box, Study, UncertainTable, with_valu
 from mtlcheck.study.paper.result_table import BASELINE, ResultTable, RowKey
 from mtlcheck.study.statistics import LEVEL, bonferroni_level
 
-__all__ = ["MAX_SEEDS", "UNIFORM_DRAWS", "VERDICTS", "judge", "judge_all", "without_null_rows"]
+__all__ = [
+    "MAX_SEEDS",
+    "UNIFORM_DRAWS",
+    "VERDICTS",
+    "judge",
+    "judge_all",
+    "region_level",
+    "region_reads",
+    "without_null_rows",
+]
 
 VERDICTS = ("holds", "contradicted", "equivalent", "inconclusive", "not evaluable", "error")
 UNIFORM_DRAWS = 50  # points drawn uniformly in the region after the corner patterns
@@ -281,10 +290,10 @@ def judge(
             "evidence": f"{summary} | point values (mean ± 95% t half-width over seeds; Δ: paired difference "
             f"to the Baseline): {evidence}",
         }
-    methods = {n if isinstance(n, str) else n[0] for n in claim.named} | {BASELINE}
-    rows = (lambda key: key[0] in methods) if claim.only_named else None
+    rows = _rows_read(claim)
     k = sum(s.cells(bases[sid], rows) for sid, (s, _) in studies.items())
-    level = bonferroni_level(LEVEL, k)
+    simultaneous = region_level(design)
+    level = bonferroni_level(simultaneous, k)
 
     def boxes(seeds: int | None = None) -> dict[str, Box]:
         return {name: s.box(name, level, seeds) for s, names in studies.values() for name in names}
@@ -300,7 +309,8 @@ def judge(
             "contradicted": f"fails at all {searched} points tried",
             "inconclusive": "holds at some points and fails at others",
         }[verdict]
-        + f" of the simultaneous {100 * LEVEL:g}% region (Student-t over {n_min}+ seeds, paired with the Baseline, "
+        + f" of the simultaneous {100 * simultaneous:.4g}% region (Student-t over {n_min}+ seeds, paired with the "
+        "Baseline, "
         f"Bonferroni over {k} cells{' of the named rows and the Baseline' if claim.only_named else ''})"
     )
     seeds = None
@@ -320,6 +330,32 @@ def judge(
         f"Δ: paired difference to the Baseline): {evidence}",
         "seeds": seeds,
     }
+
+
+def region_level(design: comparisons.Design = comparisons.FIXED) -> float:
+    """The simultaneous level of a region search: 95 %, its 5 % spent evenly over the design's looks
+    (a union bound over the looks, as the comparisons spend their α)."""
+    return 1.0 - (1.0 - LEVEL) / max(1, len(design.looks))
+
+
+def _rows_read(claim: Claim) -> Callable[[RowKey], bool] | None:
+    """The base rows a region search reads: the named rows and the Baseline for an `only_named`
+    claim, every row otherwise (None)."""
+    if not claim.only_named:
+        return None
+    methods = {n if isinstance(n, str) else n[0] for n in claim.named} | {BASELINE}
+    return lambda key: key[0] in methods
+
+
+def region_reads(claim: Claim, tables: Tables) -> tuple[int, dict[str, set[RowKey]]]:
+    """For a claim judged by region search: the fewest seeds of a cell it reads, and the base rows
+    (method, level) it reads, keyed by one of its source tables per study (where seeds are asked)."""
+    seeds, out = [], {}
+    for s, names in _studies(claim, tables).values():
+        bases, rows = s.bases_of(names), _rows_read(claim)
+        seeds.append(s.min_seeds(bases, rows))
+        out[names[0]] = s.rows_of(bases, rows)
+    return (min(seeds) if seeds else 0), out
 
 
 def _seeds_to_decide(claim: Claim, tables: Tables, boxes, point: str, n: int) -> tuple[int | None, str]:
