@@ -51,7 +51,7 @@ from mtlcheck.study.paper import comparisons
 from mtlcheck.study.paper.claims import CLAIMS, Claim
 from mtlcheck.study.paper.result_table import ResultTable, RowKey
 from mtlcheck.study.paper.runs import Runs, display_name
-from mtlcheck.study.paper.verdicts import formula_of, judge, region_reads, without_null_rows
+from mtlcheck.study.paper.verdicts import MAX_SEEDS, formula_of, judge, region_reads, without_null_rows
 from mtlcheck.study.statistics import predictive_decision
 
 __all__ = [
@@ -314,6 +314,10 @@ def summary_markdown(
                 "first look only": "undecided (no comparison form: judged on the seeds given)",
             }.get(s.state if s is not None else "", "open" if v["verdict"] == "inconclusive" else "error")
             p = "" if s is None or s.p_decide is None else f"; P(decided by {horizon} seeds) ≈ {s.p_decide:.0%}"
+            if s is not None and s.state == "futile" and v.get("procedure") == "region":
+                p = "; its region would not decide it by {} seeds even if the means stayed as observed ({})".format(
+                    horizon, f"about {v['seeds']} would" if v.get("seeds") else f"nor by {MAX_SEEDS}"
+                )
             lines.append(f"- **{tag}** `{v['id']}`{p}" + (f"; closest: {link_text}" if link_text else ""))
     if counts["not evaluable"]:
         lines.append(
