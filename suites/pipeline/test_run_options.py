@@ -67,3 +67,23 @@ def test_the_flags_and_the_spec_options_come_from_one_table():
     args = parser.parse_args(["--feature-batch", "sum"])
     assert [o.dest for o in RUN_OPTIONS] == ["feature_batch"]
     assert run_options(args) == {"feature_batch": "sum"}
+
+
+# keys of stored runs (spec_key at code epoch 8, computed before the options were declared in one
+# place): how an option is declared must never move a stored run's key
+PINNED_KEYS = {
+    ("ew", None, ()): "07e2e30c7268c57c",
+    ("mgda_ub", None, ()): "213284edc47bd0b6",
+    ("mgda_ub", None, (("feature_batch", "sum"),)): "e7a036b362518f87",
+    ("mgda", "feature", (("feature_batch", "sum"), ("tf32", True))): "7ac9886ced94afd7",
+    ("mgda", None, (("feature_batch", "sum"),)): "d5366a3e2a6fadfa",  # parameter level: not stored
+}
+
+
+def test_the_keys_of_stored_runs_do_not_move():
+    from mtlcheck.study.experiments.runner import make_spec
+    from mtlcheck.study.experiments.spec import spec_key
+
+    for (method, level, extra), key in PINNED_KEYS.items():
+        spec = make_spec("digits-dense", method, level=level, extra=dict(extra))
+        assert spec_key(spec, code_epoch=8) == key, (method, level, extra, spec.to_json())
