@@ -67,6 +67,18 @@ def test_the_flags_and_the_spec_options_come_from_one_table():
     assert run_options(args) == {"feature_batch": "sum"}
 
 
+def test_each_option_is_a_keyword_of_the_step_loop_with_the_same_default():
+    import inspect
+
+    from mtlcheck.gradients import FEATURE_BATCH_RULES
+    from mtlcheck.study.training import train
+
+    parameters = inspect.signature(train).parameters
+    for o in RUN_OPTIONS:
+        assert parameters[o.name].kind is inspect.Parameter.KEYWORD_ONLY and parameters[o.name].default == o.default
+    assert RUN_OPTIONS[0].choices == FEATURE_BATCH_RULES
+
+
 # keys of stored runs (spec_key at code epoch 8, computed before the options were declared in one
 # place): how an option is declared must never move a stored run's key
 PINNED_KEYS = {

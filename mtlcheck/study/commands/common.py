@@ -1,6 +1,6 @@
 """What the commands share: the command protocol, usage errors, argument types, the options of
-the store, of where runs compute and of the runs themselves (`mtlcheck.study.RUN_OPTIONS`). Nothing here imports
-torch at module level: `mtlcheck --help` and usage errors answer at once."""
+the store, of where runs compute and of the runs themselves (from `mtlcheck.study.RUN_OPTIONS`).
+Nothing here imports torch at module level: `mtlcheck --help` and usage errors answer at once."""
 
 from __future__ import annotations
 
