@@ -161,8 +161,9 @@ def train(
     """Train `model` with `aggregator` for `setup.steps` steps; evaluate at the end (in exact
     float32 — no autocast, TF32 off — whatever `precision` the training steps use). The TF32
     switches are set for the training steps only and restored afterwards; a portable precision's
-    CPU kernels (`Precision.engine`) for the training and the evaluation. `feature_batch`: the
-    feature level's batch rule (`gradients.FEATURE_BATCH_RULES`)."""
+    CPU kernels (`Precision.engine`) for the training and the evaluation. The run options
+    (`mtlcheck.study.RUN_OPTIONS`, handed from the spec as keywords): `feature_batch`, the feature
+    level's batch rule (`gradients.FEATURE_BATCH_RULES`)."""
     with precision.engine():
         engine = {**engine_state(), "portable": precision.portable}
         outcome = _train(

@@ -85,7 +85,11 @@ def test_run_keys_keep_the_rules_apart_and_the_default_key_unchanged():
     assert summed.options == {"feature_batch": "sum"} and summed.key != default.key
     # the parameter level has no batch axis: the option is dropped, the run shared
     assert make_spec("digits-dense", "mgda", extra={"feature_batch": "sum"}) == make_spec("digits-dense", "mgda")
-    assert run_options(summed.options)[1] == "sum"
+    # what the step loop gets as keywords: the stored value, or the default spelled out
+    assert run_options(summed.options)[1] == {"feature_batch": "sum"}
+    assert run_options(default.options)[1] == {"feature_batch": "flatten"}
+    with pytest.raises(ValueError, match="feature_batch must be one of"):
+        make_spec("digits-dense", "mgda_ub", extra={"feature_batch": "mean"})
     with pytest.raises(ValueError, match="feature_batch"):
         make_spec("digits-dense", "graddrop", level="feature", extra={"feature_batch": "sum"})
     specs = sweep_specs("digits-dense", ["mgda", "graddrop", "ew"], extra={"feature_batch": "sum"})

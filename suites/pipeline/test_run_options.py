@@ -1,25 +1,23 @@
-"""A run option lives in few places: one declaration on the command line (`commands.common.RUN_OPTIONS`,
-from which the flags and the spec's options derive), the spec that validates and stores it, the step
-loop that uses it and the reports that name it. Listed here for `--feature-batch`, function by
-function, so that a change spreading an option over a new place fails and says where."""
+"""A run option is declared once, in `mtlcheck.study.RUN_OPTIONS` (its name, default, choices, the
+levels whose runs store it, its check against the method, its help): the flags, the spec's validation
+and stored options, the runner's keywords to the step loop and the reports' row names derive from
+that line; only the step loop (`training.train`) that uses it names it again. Listed here for
+`--feature-batch`, function by function, so that a change spreading an option over a new place fails
+and says where."""
 
 import ast
 from pathlib import Path
 
-from mtlcheck.study.commands.common import RUN_OPTIONS, add_run_options, run_options
+from mtlcheck.study import RUN_OPTIONS
+from mtlcheck.study.commands.common import add_run_options, run_options
 
 STUDY = Path(__file__).resolve().parents[2] / "mtlcheck" / "study"
 
 # (module, function) that mention the option; perf/ (the bench's own engine option) left out
 PLACES = {
-    ("commands/common.py", "<module>"): "RUN_OPTIONS: the flag, its choices and help",
-    ("experiments/runner.py", "run_options"): "the spec's options: default and check",
-    ("experiments/runner.py", "make_spec"): "stored only when not the default, at the feature level",
-    ("experiments/runner.py", "execute"): "handed from the spec to the step loop",
-    ("experiments/runner.py", "_execute"): "handed from the spec to the step loop",
+    ("__init__.py", "<module>"): "RUN_OPTIONS: name, default, choices, levels, check and help",
     ("training.py", "train"): "the step loop",
     ("training.py", "_train"): "the step loop",
-    ("paper/runs.py", "display_name"): "the reports name such runs apart",
 }
 
 
@@ -65,5 +63,37 @@ def test_the_flags_and_the_spec_options_come_from_one_table():
     add_run_options(parser)
     parser.add_argument("--tf32", action="store_true")  # the precision flags: mtlcheck.precision
     args = parser.parse_args(["--feature-batch", "sum"])
-    assert [o.dest for o in RUN_OPTIONS] == ["feature_batch"]
+    assert [o.name for o in RUN_OPTIONS] == ["feature_batch"]
     assert run_options(args) == {"feature_batch": "sum"}
+
+
+def test_each_option_is_a_keyword_of_the_step_loop_with_the_same_default():
+    import inspect
+
+    from mtlcheck.gradients import FEATURE_BATCH_RULES
+    from mtlcheck.study.training import train
+
+    parameters = inspect.signature(train).parameters
+    for o in RUN_OPTIONS:
+        assert parameters[o.name].kind is inspect.Parameter.KEYWORD_ONLY and parameters[o.name].default == o.default
+    assert RUN_OPTIONS[0].choices == FEATURE_BATCH_RULES
+
+
+# keys of stored runs (spec_key at code epoch 8, computed before the options were declared in one
+# place): how an option is declared must never move a stored run's key
+PINNED_KEYS = {
+    ("ew", None, ()): "07e2e30c7268c57c",
+    ("mgda_ub", None, ()): "213284edc47bd0b6",
+    ("mgda_ub", None, (("feature_batch", "sum"),)): "e7a036b362518f87",
+    ("mgda", "feature", (("feature_batch", "sum"), ("tf32", True))): "7ac9886ced94afd7",
+    ("mgda", None, (("feature_batch", "sum"),)): "d5366a3e2a6fadfa",  # parameter level: not stored
+}
+
+
+def test_the_keys_of_stored_runs_do_not_move():
+    from mtlcheck.study.experiments.runner import make_spec
+    from mtlcheck.study.experiments.spec import spec_key
+
+    for (method, level, extra), key in PINNED_KEYS.items():
+        spec = make_spec("digits-dense", method, level=level, extra=dict(extra))
+        assert spec_key(spec, code_epoch=8) == key, (method, level, extra, spec.to_json())

@@ -1,6 +1,6 @@
 """What the commands share: the command protocol, usage errors, argument types, the options of
-the store, of where runs compute and of the runs themselves (`RUN_OPTIONS`). Nothing here imports
-torch at module level: `mtlcheck --help` and usage errors answer at once."""
+the store, of where runs compute and of the runs themselves (from `mtlcheck.study.RUN_OPTIONS`).
+Nothing here imports torch at module level: `mtlcheck --help` and usage errors answer at once."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import argparse
 import json
 import os
 from pathlib import Path
+
+from mtlcheck.study import RUN_OPTIONS
 
 DEFAULT_STORE = Path("mtlcheck-results") / "runs.sqlite"
 DEFAULT_OUT = Path("mtlcheck-results")
@@ -144,37 +146,15 @@ def precision(args):
     return Precision.from_args(args)
 
 
-class RunOption:
-    """A run option besides the precision flags (`mtlcheck.precision.Precision` declares those): its
-    flag and argparse keywords; its value goes into the spec's `extra` under the flag's dest. (A
-    plain class: `dataclasses` would add milliseconds to every `mtlcheck` start.)"""
-
-    def __init__(self, flag: str, **kwargs) -> None:
-        self.flag, self.kwargs = flag, kwargs
-        self.dest = flag.lstrip("-").replace("-", "_")
-
-
-# The run options of `run`, `sweep` and `reproduce`: a new one is one line here, then the spec
-# (`experiments.runner.run_options`) and the step loop (`training.train`) that read it.
-RUN_OPTIONS = (
-    RunOption(
-        "--feature-batch",
-        default="flatten",
-        choices=["flatten", "sum"],
-        help="feature level: solve on the rows flattened over batch x features (Sener & Koltun, "
-        "default) or summed over the batch (LibMTL's rep_grad)",
-    ),
-)
-
-
 def add_run_options(p) -> None:
-    for option in RUN_OPTIONS:
-        p.add_argument(option.flag, **option.kwargs)
+    """The flags of `mtlcheck.study.RUN_OPTIONS`."""
+    for o in RUN_OPTIONS:
+        p.add_argument(o.flag, default=o.default, choices=o.choices, help=o.help)
 
 
 def run_options(args) -> dict:
     """The `extra` options of the runs asked for: the precision flags and `RUN_OPTIONS`."""
-    return {**precision(args).options(), **{o.dest: getattr(args, o.dest) for o in RUN_OPTIONS}}
+    return {**precision(args).options(), **{o.name: getattr(args, o.name) for o in RUN_OPTIONS}}
 
 
 def steps_arg(args):

@@ -22,8 +22,8 @@ import torch
 
 from mtlcheck import LEVELS
 from mtlcheck.aggregators import aggregator_class, level_aliases
-from mtlcheck.gradients import batch_sum_supported, check_feature_batch
 from mtlcheck.precision import PortabilityError, Precision
+from mtlcheck.study import RUN_OPTIONS
 from mtlcheck.study.benchmarks import get_benchmark
 from mtlcheck.study.experiments.control import RunStore, get_or_run
 from mtlcheck.study.experiments.spec import RunSpec
@@ -94,14 +94,23 @@ class Where:
             get_benchmark(name).check_data_root(self.data_root)
 
 
-def run_options(options: Mapping[str, Any]) -> tuple[Precision, str]:
-    """A spec's `extra` options as (precision, feature-level batch rule): the rule is stored as
-    `feature_batch` only when it is not the default "flatten" (gradients.FEATURE_BATCH_RULES), so
-    the keys of default runs do not change."""
+def run_options(options: Mapping[str, Any]) -> tuple[Precision, dict[str, Any]]:
+    """A spec's `extra` options as (precision, the value of each of `RUN_OPTIONS`, defaults filled in),
+    each value checked against its choices."""
     options = dict(options)
-    feature_batch = options.pop("feature_batch", "flatten")
-    check_feature_batch(feature_batch)
-    return Precision.from_options(options), feature_batch
+    values = {o.name: o.value(options.pop(o.name, o.default)) for o in RUN_OPTIONS}
+    return Precision.from_options(options), values
+
+
+def _stored_options(values: Mapping[str, Any], level: str, aggregator) -> dict[str, Any]:
+    """The `RUN_OPTIONS` values a spec at `level` stores: those away from their default at a level the
+    option exists at, each checked against the method (ValueError)."""
+    stored = {}
+    for o in RUN_OPTIONS:
+        if values[o.name] != o.default and level in o.levels:
+            o.check(values[o.name], aggregator)
+            stored[o.name] = values[o.name]
+    return stored
 
 
 def check_device(device: str) -> None:
@@ -156,13 +165,9 @@ def make_spec(
     cls(**config)  # validate the values now, not in the middle of a sweep
     if cls().tags().loss_only and level == "feature":
         raise ValueError(f"{method!r} weights the losses only: it has no feature-level variant")
-    # validated now, and only non-default settings kept: {"tf32": False} is the same run as {}; the
-    # batch rule only exists at the feature level
-    precision, feature_batch = run_options(extra or {})
-    options = precision.options()
-    if level == "feature" and feature_batch != "flatten":
-        check_feature_batch(feature_batch, cls(**config))
-        options["feature_batch"] = feature_batch
+    # validated now, and only non-default settings kept: {"tf32": False} is the same run as {}
+    precision, values = run_options(extra or {})
+    options = {**precision.options(), **_stored_options(values, level, cls(**config))}
     return RunSpec(
         benchmark=benchmark,
         method=method,
@@ -186,14 +191,15 @@ def sweep_specs(
 ) -> list[RunSpec]:
     """Every method × level × seed (loss-only methods at the parameter level only; an alias such
     as 'mgda_ub' at its own level, which must be among `levels`); by default the paper's methods
-    (other registered methods run when named); with the feature-level batch rule "sum", only
-    the weighting methods at the feature level. No runs at all is a ValueError saying why."""
+    (other registered methods run when named); a method at a level where it cannot run with the
+    `RUN_OPTIONS` asked for (the feature-level batch rule "sum": the weighting methods only) is left
+    out. No runs at all is a ValueError saying why."""
     methods = PAPER_METHODS if methods is None else tuple(methods)
     for what, values in (("methods", methods), ("levels", levels), ("seeds", seeds)):
         if not values:
             raise ValueError(f"no runs: no {what} given")
     specs = []
-    summed = run_options(extra or {})[1] == "sum"
+    values = run_options(extra or {})[1]
     aliases = level_aliases()
     for method in methods:
         if method in aliases and aliases[method][1] not in levels:
@@ -203,8 +209,8 @@ def sweep_specs(
             )
         for level in levels:
             name, lv = aliases.get(method, (method, level))
-            tags = aggregator_class(name)().tags()
-            if lv == "feature" and (tags.loss_only or (summed and not batch_sum_supported(tags))):
+            aggregator = aggregator_class(name)()
+            if (lv == "feature" and aggregator.tags().loss_only) or not _runs_with(values, lv, aggregator):
                 continue
             for seed in seeds:
                 spec = make_spec(benchmark, name, level=lv, seed=seed, budget=budget, steps=steps, extra=extra)
@@ -216,6 +222,15 @@ def sweep_specs(
             f"{list(levels)} (loss-only methods run at the parameter level)"
         )
     return specs
+
+
+def _runs_with(values: Mapping[str, Any], level: str, aggregator) -> bool:
+    """Whether the method can run at `level` with these `RUN_OPTIONS` values."""
+    try:
+        _stored_options(values, level, aggregator)
+    except ValueError:
+        return False
+    return True
 
 
 class _GuardedData(torch.utils.data.Dataset):
@@ -242,17 +257,17 @@ class _GuardedData(torch.utils.data.Dataset):
 def execute(spec: RunSpec, where: Where = Where(), checkpointer: Checkpointer | None = None) -> RunOutcome:
     """Train and evaluate one spec (no store involved). Problems of where it runs (data root,
     data files, device, weights, running out of GPU memory) raise `SetupError`."""
-    precision, feature_batch = run_options(spec.options)
+    precision, options = run_options(spec.options)
     if precision.portable and torch.device(where.device).type != "cpu":
         raise SetupError(f"{spec.label} is a portable run: a CPU mode, it cannot run on {where.device}")
     try:
         with precision.engine():  # model, data and training on the portable kernels
-            return _execute(spec, where, checkpointer, precision, feature_batch)
+            return _execute(spec, where, checkpointer, precision, options)
     except PortabilityError as exc:
         raise SetupError(f"{spec.label} cannot start here: {exc}") from exc
 
 
-def _execute(spec, where, checkpointer, precision, feature_batch) -> RunOutcome:
+def _execute(spec, where, checkpointer, precision, options) -> RunOutcome:
     bench = get_benchmark(spec.benchmark)
     setup = bench.setup(spec.budget, spec.steps)
     try:
@@ -282,7 +297,7 @@ def _execute(spec, where, checkpointer, precision, feature_batch) -> RunOutcome:
             device=where.device,
             checkpointer=checkpointer,
             precision=precision,
-            feature_batch=feature_batch,
+            **options,  # RUN_OPTIONS: keywords of the step loop
             evaluate=lambda m: bench.evaluate(m, test_data, where.device),
             progress=spec.label if where.progress else False,
         )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from mtlcheck import LEVELS
 from mtlcheck.aggregators import paper_name
 from mtlcheck.precision import Precision
+from mtlcheck.study import RUN_OPTIONS
 from mtlcheck.study.benchmarks import Benchmark, get_benchmark
 from mtlcheck.study.experiments.records import RunRecord
 from mtlcheck.study.experiments.runner import LATER_METHODS, PAPER_METHODS, run_options
@@ -64,14 +65,16 @@ MEASURES = (("gds", "GDS", "parameter"), ("gms", "GMS", "parameter"), ("fd", "FD
 
 def display_name(record: RunRecord) -> str:
     """The paper's name of the run's method; a non-default config is appended, e.g. 'CAGrad[c=0.2]',
-    and so is a non-default feature-level batch rule ('MGDA (feature_batch=sum)'), so a claim about
-    the paper's CAGrad or MGDA-UB never reads a differently configured run."""
+    and so is each of `RUN_OPTIONS` away from its default ('MGDA (feature_batch=sum)'), so a claim
+    about the paper's CAGrad or MGDA-UB never reads a differently configured run."""
     spec = record.spec
     name = PAPER_NAMES.get(spec.method) or LATER_NAMES.get(spec.method, spec.method)
     if spec.method_config:
         name += "[" + ", ".join(f"{k}={v!r}" for k, v in sorted(spec.config.items())) + "]"
-    if spec.options.get("feature_batch", "flatten") != "flatten":  # LibMTL's batch-summed feature rows
-        name += f" (feature_batch={spec.options['feature_batch']})"
+    options = spec.options
+    for o in RUN_OPTIONS:
+        if options.get(o.name, o.default) != o.default:
+            name += f" ({o.name}={options[o.name]})"
     return name
 
 
