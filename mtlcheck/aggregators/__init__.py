@@ -110,3 +110,14 @@ __all__ = [
     "GradVacPublished",
     "NashMTLPublished",
 ]
+
+
+def __getattr__(name: str):
+    # a name that moved: say where it went instead of a bare AttributeError (importing it from here
+    # would make the methods import the kit, a circle)
+    if name == "IDENTITIES":
+        raise AttributeError(
+            "mtlcheck.aggregators.IDENTITIES moved to mtlcheck.testing.identities.IDENTITIES (the kit's "
+            "registry of defining properties derives it)"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -292,3 +292,16 @@ def test_one_registration_per_defining_property():
     claimed = {aggregator_class(name)().implements for name in list_aggregators()} - {None}
     assert claimed <= set(identities.IDENTITIES), claimed - set(identities.IDENTITIES)
     assert "gradvac" in claimed and "gradvac" in identities.IDENTITIES
+
+
+def test_the_moved_identities_name_says_where_it_went():
+    """`IDENTITIES` lives with the kit's registry (`mtlcheck.testing.identities`); the old path
+    `mtlcheck.aggregators.IDENTITIES` names the new one instead of a bare AttributeError."""
+    import mtlcheck.aggregators as aggregators
+    from mtlcheck.testing.identities import IDENTITIES
+
+    assert "mgda" in IDENTITIES
+    with pytest.raises(AttributeError, match=r"moved to mtlcheck\.testing\.identities\.IDENTITIES"):
+        aggregators.IDENTITIES  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        aggregators.nonexistent  # noqa: B018
