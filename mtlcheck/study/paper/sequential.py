@@ -47,7 +47,7 @@ from mtlcheck.study.paper import comparisons
 from mtlcheck.study.paper.claims import CLAIMS, Claim
 from mtlcheck.study.paper.result_table import ResultTable, RowKey
 from mtlcheck.study.paper.runs import Runs, display_name
-from mtlcheck.study.paper.verdicts import formula_of, judge, without_null_rows
+from mtlcheck.study.paper.verdicts import formula_of, judge, removed_rows_read, without_null_rows
 from mtlcheck.study.statistics import predictive_decision
 
 __all__ = [
@@ -186,7 +186,9 @@ def assess(
     cost: Callable[[str, RowKey], float] | None = None,
     seed: int = 0,
 ) -> Plan:
-    """Judge every claim under the sequential design and plan the next round (module doc).
+    """Judge every claim under the sequential design and plan the next round (module doc). A claim
+    that reads a row without values (in `tables` or in `first_look`; `verdicts.reads`) is "not
+    evaluable", names the row, and asks for no seeds.
     `first_look`: the tables of the first look's seeds, on which claims without a comparison form
     are judged (default: `tables`); `cost(table, row)`: CPU seconds of one run of that table's row
     (default 1)."""
@@ -194,8 +196,14 @@ def assess(
     rng = np.random.default_rng(seed)
     usable, removed = without_null_rows(tables)
     first_usable, first_removed = without_null_rows(first_look if first_look is not None else tables)
+    # a row removed from either (all seeds, or the first look's) keeps every claim that reads it
+    # from a verdict, whatever its path: judged without it, the claim would say something else
+    gone = {t: {**first_removed.get(t, {}), **removed.get(t, {})} for t in removed.keys() | first_removed.keys()}
     states, requests = [], {}
     for c in claims:
+        if removed_rows_read(c, gone):
+            states.append(ClaimState(judge(c, usable, gone), "not evaluable", requests={}))
+            continue
         f = formula_of(c, usable)
         if f is None:
             v = judge(c, first_usable, first_removed)
@@ -277,8 +285,8 @@ def summary_markdown(
             lines.append(f"- **{tag}** `{v['id']}`{p}" + (f"; closest: {link_text}" if link_text else ""))
     if counts["not evaluable"]:
         lines.append(
-            f"- **not evaluable**: {counts['not evaluable']} claim(s) read tables these runs do not give "
-            "(the verdicts name them)."
+            f"- **not evaluable**: {counts['not evaluable']} claim(s) need a table these runs do not give, or a "
+            "row without values (its runs diverged or failed); the verdicts name what is missing and why."
         )
     more = plan.runs(seeds)
     rows = ", ".join(f"{k[0]} ({k[1]}) of {t} to {n} seeds" for (t, k), n in plan.requests.items())
