@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from mtlcheck.study.paper import reports
-from mtlcheck.study.paper.claims import claim_by_id
+from mtlcheck.study.paper.claims import CLAIMS, claim_by_id
 from mtlcheck.study.paper.our_tables import result_tables
+from mtlcheck.study.paper.published_tables import load_paper_tables
 from mtlcheck.study.paper.sequential import LOOKS, assess
-from mtlcheck.study.paper.verdicts import judge_all
+from mtlcheck.study.paper.verdicts import judge_all, reads
 
 pytestmark = [pytest.mark.claim]
 
@@ -123,3 +124,23 @@ def test_the_report_says_which_row_keeps_the_claim_from_a_verdict(tmp_path):
     assert "every claim that reads it is not evaluable, and its verdict names the row and why" in text
     line = next(x for x in text.splitlines() if FIG5 in x and "not evaluable" in x)
     assert "Not judged: rows it needs have no values (in figure5, " + NOTE in line
+
+
+def test_claims_on_measure_tables_read_only_the_measures_they_name():
+    """Tables 5-7 are read measure by measure: a measure row without values that a claim does not
+    name leaves its verdict and evidence as they were (checked on the paper's own tables)."""
+    paper = load_paper_tables()
+    checked = 0
+    for c in CLAIMS:
+        for name in c.source_tables:
+            t = paper.get(name)
+            if t is None or t.row_kind != "measure":
+                continue
+            for row in t.rows:
+                if reads(c, t, row.key):
+                    continue
+                null = dataclasses.replace(row, values=dict.fromkeys(row.values), note="diverged")
+                tables = {**paper, name: dataclasses.replace(t, rows=tuple(null if r is row else r for r in t.rows))}
+                assert judge_all(tables, [c]) == judge_all(paper, [c]), (c.id, row.key)
+                checked += 1
+    assert checked  # rs-nyuv2-fd-beats-gms names FD and GMS only

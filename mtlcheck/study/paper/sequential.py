@@ -201,7 +201,7 @@ def assess(
     gone = {t: {**first_removed.get(t, {}), **removed.get(t, {})} for t in removed.keys() | first_removed.keys()}
     states, requests = [], {}
     for c in claims:
-        if removed_rows_read(c, gone):
+        if removed_rows_read(c, usable, gone):
             states.append(ClaimState(judge(c, usable, gone), "not evaluable", requests={}))
             continue
         f = formula_of(c, usable)

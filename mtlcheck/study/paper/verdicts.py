@@ -12,9 +12,9 @@ runs a cell is a mean over seeds known up to an interval, and a verdict is one o
 - inconclusive: neither (or one seed: no interval);
 - not evaluable: the tables lack a row, column or value the claim needs (the evidence says which);
   a row whose runs did not all finish (or whose value is undefined) has null values and is removed,
-  and every claim that reads it (`reads`: all rows of its tables, or for an `only_named` claim its
-  named rows and the Baseline) is not evaluable, its evidence naming the row and why; claims that
-  do not read it are judged on the rest as usual;
+  and every claim that reads it (`reads`: all rows of its tables, but for an `only_named` claim its
+  named rows and the Baseline, and in a table of measures the measures it names) is not evaluable,
+  its evidence naming the row and why; claims that do not read it are judged on the rest as usual;
 - error: the predicate raised anything else (a bug, shown rather than hidden).
 
 Two procedures, named in the evidence:
@@ -84,29 +84,34 @@ def without_null_rows(tables: Tables) -> tuple[dict[str, ResultTable], dict[str,
     return out, removed
 
 
-def reads(claim: Claim, key: RowKey) -> bool:
-    """Whether the claim's verdict may depend on row `key` of one of its source tables: an
-    `only_named` claim reads its named rows and the Baseline only; any other claim reads every row
-    (it may count, rank or select over them, as "most methods ..." or a top-3 does)."""
+def reads(claim: Claim, table: ResultTable | None, key: RowKey) -> bool:
+    """Whether the claim's verdict may depend on row `key` of `table`, one of its source tables: an
+    `only_named` claim reads its named rows and the Baseline only; in a table of measures (Tables
+    5-7, compared measure against measure by name) a claim reads the measures it names; any other
+    claim reads every row (it may count, rank or select over them, as "most methods" or a top-3)."""
+    if table is not None and table.row_kind == "measure":
+        return _is_named(claim, key)
     return not claim.only_named or key[0] == BASELINE or _is_named(claim, key)
 
 
-def removed_rows_read(claim: Claim, removed: Removed | None) -> str | None:
-    """Why `claim` is not evaluable when a row it `reads` was removed for lack of values (a plain
-    sentence naming each such row and its note), else None. Judging it on the other rows would
-    change what it says (a diverged method vanishing from a ranking), so such a claim is not judged."""
+def removed_rows_read(claim: Claim, tables: Tables, removed: Removed | None) -> str | None:
+    """Why `claim` is not evaluable when a row it `reads` was removed from `tables` for lack of
+    values (a plain sentence naming each such row and its note), else None. Judging it on the other
+    rows would change what it says (a diverged method vanishing from a ranking), so it is not judged."""
     gone = {
-        t: [why for key, why in (removed or {}).get(t, {}).items() if reads(claim, key)] for t in claim.source_tables
+        t: [why for key, why in (removed or {}).get(t, {}).items() if reads(claim, tables.get(t), key)]
+        for t in claim.source_tables
     }
     gone = {t: rows for t, rows in gone.items() if rows}
     if not gone:
         return None
     where = "; ".join(f"in {t}, " + "; ".join(rows) for t, rows in gone.items())
+    every = [t for t in gone if reads(claim, tables.get(t), ("", ""))]  # tables read whole
     reason = (
-        "it is about these rows"
-        if claim.only_named
-        else f"it reads every row of {', '.join(gone)}, and judged on the other rows only it "
-        "would say something else (a method missing from a count or a ranking)"
+        f"it reads every row of {', '.join(every)}, and judged on the other rows only it would say "
+        "something else (a method missing from a count or a ranking)"
+        if every
+        else "it is about these rows"
     )
     return f"Not judged: rows it needs have no values ({where}); {reason}."
 
@@ -275,7 +280,7 @@ def judge(
         "decision": None,
         "seeds": None,
     }
-    gone = removed_rows_read(claim, removed)
+    gone = removed_rows_read(claim, tables, removed)
     if gone:
         lacking = [t for t in claim.source_tables if t not in tables]
         gone = (f"{claim.id}: needs table(s) {lacking}; " if lacking else "") + gone
