@@ -89,9 +89,11 @@ def reads(claim: Claim, table: ResultTable | None, key: RowKey) -> bool:
     `only_named` claim reads its named rows and the Baseline only; in a table of measures (Tables
     5-7, compared measure against measure by name) a claim reads the measures it names; any other
     claim reads every row (it may count, rank or select over them, as "most methods" or a top-3)."""
-    if table is not None and table.row_kind == "measure":
-        return _is_named(claim, key)
-    return not claim.only_named or key[0] == BASELINE or _is_named(claim, key)
+    return _reads_every_row(claim, table) or key[0] == BASELINE or _is_named(claim, key)
+
+
+def _reads_every_row(claim: Claim, table: ResultTable | None) -> bool:
+    return not claim.only_named and (table is None or table.row_kind != "measure")
 
 
 def removed_rows_read(claim: Claim, tables: Tables, removed: Removed | None) -> str | None:
@@ -106,7 +108,7 @@ def removed_rows_read(claim: Claim, tables: Tables, removed: Removed | None) -> 
     if not gone:
         return None
     where = "; ".join(f"in {t}, " + "; ".join(rows) for t, rows in gone.items())
-    every = [t for t in gone if reads(claim, tables.get(t), ("", ""))]  # tables read whole
+    every = [t for t in gone if _reads_every_row(claim, tables.get(t))]
     reason = (
         f"it reads every row of {', '.join(every)}, and judged on the other rows only it would say "
         "something else (a method missing from a count or a ranking)"
