@@ -364,7 +364,7 @@ def test_short_trajectories_use_every_point_and_say_so(seeded):
     assert "4 points here, so 4 points averaged" in " ".join(rs.notes)
 
 
-def test_undefined_measures_are_left_out_by_name(store):
+def test_undefined_measures_leave_their_ranking_similarity_null_by_name(store):
     recs = [
         _put(store, "ew", metrics=_dense(1, 0.5, 0.2), traj=_traj(fd=0.5)),
         _put(store, "pcgrad", metrics=_dense(0.9, 0.6, 0.1), traj=_traj(fd=[0.4, 0.4, math.nan, 0.4])),
@@ -372,8 +372,11 @@ def test_undefined_measures_are_left_out_by_name(store):
     ]
     tables = our_tables.result_tables(recs, DENSE)
     fd = tables["table6"].row("FD")
-    assert "PCGrad: fd non-finite in the last 4 points of seed 0" in fd.note
-    assert fd.values["DE"] == pytest.approx(100.0)  # ranked on Baseline and MGDA only
+    # ranked on Baseline and MGDA only, it would be another ranking than the paper's: no value
+    assert "not computed, as the rankings take every method and PCGrad has no FD value" in fd.note
+    assert "(fd non-finite in the last 4 points of seed 0)" in fd.note
+    assert all(v is None for v in fd.values.values())
+    assert "PCGrad" not in tables["table6"].row("GMS").note  # PCGrad has a GMS value (all tied here)
     assert tables["final_measures"].row("PCGrad").values["FD"] is None
     assert tables["final_measures"].row("PCGrad").values["GDS"] == pytest.approx(0.1)
 
@@ -500,8 +503,10 @@ def test_rows_without_values_make_claims_not_evaluable_and_are_named(store):
     ]
     v = {v["id"]: v for v in judge_all(our_tables.result_tables(recs, bench))}["fig4-famo-beats-mgda"]
     assert v["verdict"] == "not evaluable"
-    assert "('MGDA', 'parameter')" in v["evidence"]
-    assert "rows left out for lack of values: MGDA (diverged at step 3 in 1/1 seeds (seed 0))" in v["evidence"]
+    assert (
+        "Not judged: rows it needs have no values (in table1, MGDA (parameter): diverged at step 3 in 1/1 seeds "
+        "(seed 0)); it is about these rows." == v["evidence"]
+    )
 
 
 # -- the report ------------------------------------------------------------------------------------

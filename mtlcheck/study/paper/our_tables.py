@@ -277,6 +277,9 @@ def _ranking_similarity(
 ) -> ResultTable:
     """Tables 5-7: 100 × (0.5 + |S − 0.5|), S of Eq. 9 between the methods ordered by a measure's end
     value and ordered by a test metric (better first), over the parameter-level runs of all methods.
+    A method without the measure's end value or the metric's value (its runs diverged or failed)
+    makes the cell null, with the method and why in the note: over the other methods it would be
+    another ranking similarity than the paper's, so the claims that read it are not evaluable.
     A metric (or measure) with one value for every ranked method orders nothing: its RS would be
     50 % from ties alone, so the cell is null with that reason, never a number a claim could use."""
     order = _measure_order(paper_name)
@@ -289,21 +292,24 @@ def _ranking_similarity(
     for label in order:
         key, level = by_label[label]
         values: dict[str, float | None] = {}
-        why = [f"{m}: {w}" for m, w in ends.left_out[key].items()]
+        why, unranked = [], {}
         for c in results.columns:
-            items = []
+            items, lacking = [], [f"{m} has no {label} value ({w})" for m, w in ends.left_out[key].items()]
             for r in results.rows:
                 if r.level != "parameter":
                     continue
                 perf, end = r.values[c], ends_of[label].get(r.method)
                 if perf is None:
                     if r.method not in ends.left_out[key]:
-                        why.append(f"{r.method}: no {c} value ({r.note})")
+                        lacking.append(f"{r.method} has no {c} value ({r.note})")
                     continue
                 if end is not None:
                     items.append((r.method, end, perf if results.higher_is_better[c] else -perf))
-            ranked_sets.add(tuple(m for m, _, _ in items))
             values[c] = None
+            if lacking:  # ranked over the others, the cell would compare other rankings than the paper's
+                unranked.setdefault("; ".join(lacking), []).append(c)
+                continue
+            ranked_sets.add(tuple(m for m, _, _ in items))
             if len(items) < 2:
                 why.append(f"{c}: {len(items)} method(s) with both values; Eq. 9 needs 2")
             elif len({p for _, _, p in items}) == 1:
@@ -323,7 +329,14 @@ def _ranking_similarity(
                 method=label,
                 level=level,
                 values=values,
-                note=("left out: " + "; ".join(dict.fromkeys(why))) if why else None,
+                note="; ".join(
+                    [
+                        f"{', '.join(cs)}: not computed, as the rankings take every method and {ms}"
+                        for ms, cs in unranked.items()
+                    ]
+                    + why
+                )
+                or None,
             )
         )
     ranked = " | ".join(", ".join(s) for s in sorted(ranked_sets)) or "none"

@@ -37,6 +37,11 @@ _CLAIMS_RULE = (
     "seed means they read (Student-t intervals over seeds, Bonferroni over those cells). A wrong "
     "verdict has probability ≤ 2.5 % per claim either way; ties decide nothing."
 )
+_MISSING_RULE = (
+    "A row without values (a run that diverged or failed, or a value that is undefined) is not replaced: "
+    "every claim that reads it is not evaluable, and its verdict names the row and why; a claim about all "
+    "rows of a table (a ranking, 'most methods') reads every row, so it is not judged on the others."
+)
 _JUDGED_TOGETHER = "Judged over every benchmark's tables together: see ../report.md."
 
 
@@ -234,7 +239,9 @@ def _write_runs_report(
     parts += [
         "## Claims on these runs",
         "",
-        "Every claim of `mtlcheck.study.paper.claims` applied to the tables above (rows with null values removed). "
+        "Every claim of `mtlcheck.study.paper.claims` applied to the tables above. "
+        + _MISSING_RULE
+        + " "
         + _CLAIMS_RULE,
         "",
         (
@@ -354,7 +361,7 @@ def write_combined_report(
         "## Claims on these runs",
         "",
         f"Every claim of `mtlcheck.study.paper.claims` judged over the tables of all benchmarks ({feeds}), "
-        f"as in a single benchmark's report: {_CLAIMS_RULE}",
+        f"as in a single benchmark's report. {_MISSING_RULE} {_CLAIMS_RULE}",
         "",
         verdict_markdown(verdicts),
     ]

@@ -358,19 +358,22 @@ def relative_change_table(
             continue
         base = table.row(r.method, base_level)
         values: dict[str, float | None] = {}
-        why = []
+        why: dict[str, list[str]] = {}  # reason -> its columns
         for c in table.columns:
             new, old = r.values[c], base.values[c]
             if new is None or old is None:
                 values[c] = None
-                why.append(f"{c}: {level if new is None else base_level}-level value is null")
+                why.setdefault(f"{level if new is None else base_level}-level value is null", []).append(c)
             elif old == 0:
                 values[c] = None
-                why.append(f"{c}: {base_level}-level value is 0")
+                why.setdefault(f"{base_level}-level value is 0", []).append(c)
             else:
                 values[c] = relative_change(table, r.method, c, level=level, base_level=base_level)
+        reasons = [f"{', '.join(cs)}: {w}" for w, cs in why.items()]
         sources = [f"{row.level}: {row.note}" for row in (r, base) if row.note]
-        rows.append(Row(method=r.method, level=level, values=values, note="; ".join(why + sources) if why else None))
+        rows.append(
+            Row(method=r.method, level=level, values=values, note="; ".join(reasons + sources) if why else None)
+        )
     return ResultTable(
         name=name,
         columns=table.columns,

@@ -51,7 +51,14 @@ from mtlcheck.study.paper import comparisons
 from mtlcheck.study.paper.claims import CLAIMS, Claim
 from mtlcheck.study.paper.result_table import ResultTable, RowKey
 from mtlcheck.study.paper.runs import Runs, display_name
-from mtlcheck.study.paper.verdicts import MAX_SEEDS, formula_of, judge, region_reads, without_null_rows
+from mtlcheck.study.paper.verdicts import (
+    MAX_SEEDS,
+    formula_of,
+    judge,
+    region_reads,
+    removed_rows_read,
+    without_null_rows,
+)
 from mtlcheck.study.statistics import predictive_decision
 
 __all__ = [
@@ -191,7 +198,9 @@ def assess(
     cost: Callable[[str, RowKey], float] | None = None,
     seed: int = 0,
 ) -> Plan:
-    """Judge every claim under the sequential design and plan the next round (module doc).
+    """Judge every claim under the sequential design and plan the next round (module doc). A claim
+    that reads a row without values (in `tables` or at the first look; `verdicts.reads`) is "not
+    evaluable", names the row, and asks for no seeds.
     `tables_at(m)`: the tables of every row's seeds 0..m−1, on which claims without a comparison
     form are judged at the largest look their rows have all reached (default: `tables`, taken as
     one look); `cost(table, row)`: CPU seconds of one run of that table's row (default 1)."""
@@ -205,8 +214,15 @@ def assess(
             looked[m] = without_null_rows(tables_at(m)) if tables_at is not None else (usable, removed)
         return looked[m]
 
+    # a row removed from either (all seeds, or the first look's) keeps every claim that reads it
+    # from a verdict, whatever its path: judged without it, the claim would say something else
+    first_removed = at_look(LOOKS[0])[1]
+    gone = {t: {**first_removed.get(t, {}), **removed.get(t, {})} for t in removed.keys() | first_removed.keys()}
     states, requests = [], {}
     for c in claims:
+        if removed_rows_read(c, usable, gone):
+            states.append(ClaimState(judge(c, usable, gone), "not evaluable", requests={}))
+            continue
         f = formula_of(c, usable)
         if f is None:
             state = _region_state(c, at_look, max_seeds, tables_at is None)
@@ -321,8 +337,8 @@ def summary_markdown(
             lines.append(f"- **{tag}** `{v['id']}`{p}" + (f"; closest: {link_text}" if link_text else ""))
     if counts["not evaluable"]:
         lines.append(
-            f"- **not evaluable**: {counts['not evaluable']} claim(s) read tables these runs do not give "
-            "(the verdicts name them)."
+            f"- **not evaluable**: {counts['not evaluable']} claim(s) need a table these runs do not give, or a "
+            "row without values (its runs diverged or failed); the verdicts name what is missing and why."
         )
     more = plan.runs(seeds)
     rows = ", ".join(f"{k[0]} ({k[1]}) of {t} to {n} seeds" for (t, k), n in plan.requests.items())

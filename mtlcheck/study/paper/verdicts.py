@@ -11,6 +11,10 @@ runs a cell is a mean over seeds known up to an interval, and a verdict is one o
   (`comparisons.MARGINS`): the claim is about differences smaller than the paper would mark;
 - inconclusive: neither (or one seed: no interval);
 - not evaluable: the tables lack a row, column or value the claim needs (the evidence says which);
+  a row whose runs did not all finish (or whose value is undefined) has null values and is removed,
+  and every claim that reads it (`reads`: all rows of its tables, but for an `only_named` claim its
+  named rows and the Baseline, and in a table of measures the measures it names) is not evaluable,
+  its evidence naming the row and why; claims that do not read it are judged on the rest as usual;
 - error: the predicate raised anything else (a bug, shown rather than hidden).
 
 Two procedures, named in the evidence:
@@ -52,8 +56,10 @@ __all__ = [
     "VERDICTS",
     "judge",
     "judge_all",
+    "reads",
     "region_level",
     "region_reads",
+    "removed_rows_read",
     "without_null_rows",
 ]
 
@@ -64,18 +70,54 @@ SEARCH_CORNERS = 300  # corner patterns per tried seed count (a planning figure,
 MAX_SEEDS = 256
 
 Tables = Mapping[str, ResultTable]
+Removed = Mapping[str, Mapping[RowKey, str]]  # table -> removed row -> "method (level): why"
 
 
-def without_null_rows(tables: Tables) -> tuple[dict[str, ResultTable], dict[str, list[str]]]:
-    """Tables without rows that have a null value (the claims compare numbers); what was removed."""
+def without_null_rows(tables: Tables) -> tuple[dict[str, ResultTable], dict[str, dict[RowKey, str]]]:
+    """Tables without rows that have a null value (the claims compare numbers), and what was
+    removed: per table, each removed row's key → "method (level): its note" (why it has no values)."""
     out, removed = {}, {}
     for name, t in tables.items():
         keep = tuple(r for r in t.rows if all(v is not None for v in r.values.values()))
-        gone = [f"{t.label(r)} ({r.note})" for r in t.rows if r not in keep]
+        gone = {r.key: f"{r.method} ({r.level}): {r.note}" for r in t.rows if r not in keep}
         out[name] = t if not gone else dataclasses.replace(t, rows=keep)
         if gone:
             removed[name] = gone
     return out, removed
+
+
+def reads(claim: Claim, table: ResultTable | None, key: RowKey) -> bool:
+    """Whether the claim's verdict may depend on row `key` of `table`, one of its source tables: an
+    `only_named` claim reads its named rows and the Baseline only; in a table of measures (Tables
+    5-7, compared measure against measure by name) a claim reads the measures it names; any other
+    claim reads every row (it may count, rank or select over them, as "most methods" or a top-3)."""
+    return _reads_every_row(claim, table) or key[0] == BASELINE or _is_named(claim, key)
+
+
+def _reads_every_row(claim: Claim, table: ResultTable | None) -> bool:
+    return not claim.only_named and (table is None or table.row_kind != "measure")
+
+
+def removed_rows_read(claim: Claim, tables: Tables, removed: Removed | None) -> str | None:
+    """Why `claim` is not evaluable when a row it `reads` was removed from `tables` for lack of
+    values (a plain sentence naming each such row and its note), else None. Judging it on the other
+    rows would change what it says (a diverged method vanishing from a ranking), so it is not judged."""
+    gone = {
+        t: [why for key, why in (removed or {}).get(t, {}).items() if reads(claim, tables.get(t), key)]
+        for t in claim.source_tables
+    }
+    gone = {t: rows for t, rows in gone.items() if rows}
+    if not gone:
+        return None
+    where = "; ".join(f"in {t}, " + "; ".join(rows) for t, rows in gone.items())
+    every = [t for t in gone if _reads_every_row(claim, tables.get(t))]
+    reason = (
+        f"it reads every row of {', '.join(every)}, and judged on the other rows only it would say "
+        "something else (a method missing from a count or a ranking)"
+        if every
+        else "it is about these rows"
+    )
+    return f"Not judged: rows it needs have no values ({where}); {reason}."
 
 
 def _point(claim: Claim, tables: Tables) -> tuple[str, str]:
@@ -223,12 +265,14 @@ def formula_of(claim: Claim, tables: Tables):
 def judge(
     claim: Claim,
     tables: Tables,
-    removed: Mapping[str, list[str]] | None = None,
+    removed: Removed | None = None,
     *,
     design: comparisons.Design = comparisons.FIXED,
     plan_seeds: bool = True,
 ) -> dict:
-    """The verdict of one claim on `tables` (null rows already removed; `removed` names them):
+    """The verdict of one claim on `tables` (null rows already removed; `removed`, from
+    `without_null_rows`, names them): "not evaluable" when the claim reads a removed row
+    (`removed_rows_read`), else judged on `tables`;
     {"id", "section", "statement", "verdict", "evidence", "procedure", "decision", "seeds"};
     `decision` is the `comparisons.Decision` of a claim decided by comparisons, `seeds` the
     region search's planning figure (`plan_seeds=False` skips that search)."""
@@ -240,18 +284,12 @@ def judge(
         "decision": None,
         "seeds": None,
     }
-    point, evidence = _point(claim, tables)
-    gone = [g for t in claim.source_tables for g in (removed or {}).get(t, ())]
+    gone = removed_rows_read(claim, tables, removed)
     if gone:
-        evidence += (
-            (
-                "; rows left out for lack of values: "
-                if point in ("not evaluable", "error")
-                else " (rows left out for lack of values: "
-            )
-            + "; ".join(gone)
-            + ("" if point in ("not evaluable", "error") else ")")
-        )
+        lacking = [t for t in claim.source_tables if t not in tables]
+        gone = (f"{claim.id}: needs table(s) {lacking}; " if lacking else "") + gone
+        return {**out, "verdict": "not evaluable", "evidence": gone}
+    point, evidence = _point(claim, tables)
     studies = _studies(claim, tables)
     if point in ("not evaluable", "error") or not studies:
         return {**out, "verdict": point, "evidence": evidence}  # the paper's own numbers: two-valued
@@ -386,7 +424,8 @@ def _seeds_to_decide(claim: Claim, tables: Tables, boxes, point: str, n: int) ->
 
 def judge_all(tables: Tables, claims: Sequence[Claim] = CLAIMS, **options) -> list[dict]:
     """`judge` (with `options`) for every claim, rows with a null value (diverged, failed, undefined)
-    removed first and named in the evidence: one dict per claim (`judge`), in the order of `claims`.
+    removed first: a claim that reads one is not evaluable and names it (`removed_rows_read`). One
+    dict per claim (`judge`), in the order of `claims`.
 
     On our tables (`our_tables.result_tables`) the verdict is holds / contradicted / inconclusive; on
     tables without seeds (the paper's) holds / contradicted as the predicate says. "not evaluable":
