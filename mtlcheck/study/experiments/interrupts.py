@@ -160,8 +160,9 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 
 class _WorkerProcess(multiprocessing.context.SpawnProcess):
     """Starts with SIGINT blocked (`_start_worker` unblocks it), and holds back a Ctrl-C or SIGTERM
-    to its parent until it has started: either would print a traceback from its start-up. Exits
-    at once when the pool lets it go."""
+    to its parent until it has started: either would print a traceback from its start-up (and if
+    it then raises, the new worker is killed: the pool never got it). Exits at once when the pool
+    lets it go."""
 
     def start(self) -> None:
         came: list[int] = []
@@ -178,7 +179,12 @@ class _WorkerProcess(multiprocessing.context.SpawnProcess):
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             _restore(handlers)
         if came:  # now as it would have been
-            signal.raise_signal(came[0])
+            try:
+                signal.raise_signal(came[0])
+            except BaseException:  # the pool never got this worker: it would outlive the pool's queues
+                self.kill()
+                self.join()
+                raise
 
     def run(self) -> None:
         super().run()
