@@ -4,9 +4,10 @@ Each test starts a sweep in its own session, waits until the store shows its run
 (each with a checkpoint), signals it and checks: the exit code and message, that no run was
 claimed after the signal, that it stopped within seconds, that no process of it is left, and
 where it matters that the same command run again computes every run exactly once. A sweep
-takes a few seconds to reach its runs on 2 cores (the workers import torch): the two variants of
-paths already covered (SIGTERM to the group, SIGTERM in process) are marked slow; the others take
-~45 s together."""
+takes a few seconds to reach its runs on 2 cores (the workers import torch): the variants of paths
+already covered (SIGTERM to the group, SIGTERM in process, SIGTERM to the group of a sweep that
+ignores Ctrl-C) are marked slow; the others take ~55 s together. A sweep started with SIGINT
+ignored (`cmd &` in a script, nohup) must ignore a Ctrl-C to its group, workers included."""
 
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from mtlcheck.study.experiments.interrupts import Terminated, exit_code, terminate_as_interrupt
+from mtlcheck.study.experiments.interrupts import (
+    Terminated,
+    exit_at_next_signal,
+    exit_code,
+    second_signal_exits,
+    terminate_as_interrupt,
+)
 from mtlcheck.study.experiments.store import ResultStore
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds processes in /proc (Linux)")
@@ -278,6 +285,18 @@ def test_sigterm_raises_where_ctrl_c_would_and_asks_for_exit_143():
     assert isinstance(raised.value, KeyboardInterrupt) and exit_code(raised.value) == 143
     assert exit_code(KeyboardInterrupt()) == 130
     assert signal.getsignal(signal.SIGTERM) == before  # given back
+
+
+def test_the_commands_handlers_leave_an_ignored_signal_ignored():
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with terminate_as_interrupt(), second_signal_exits(130):
+            assert {signal.getsignal(s) for s in before} == {signal.SIG_IGN}
+        exit_at_next_signal(130)
+        assert {signal.getsignal(s) for s in before} == {signal.SIG_IGN}
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def test_a_second_signal_while_the_command_says_where_it_stopped_exits_at_once():
