@@ -11,7 +11,7 @@ import torch
 from mtlcheck.study.cli import main
 from mtlcheck.study.experiments.runner import Where, run_sweep, sweep_specs
 from mtlcheck.study.experiments.spec import RunSpec
-from mtlcheck.study.experiments.store import ResultStore
+from mtlcheck.study.experiments.store import ResultStore, StoreError
 
 METHODS = ["ew", "mgda", "pcgrad", "famo"]
 
@@ -110,3 +110,17 @@ def test_a_ray_workers_lease_owner_names_its_node_and_dies_with_it(monkeypatch):
         owners.retire(owner)
     with pytest.raises(ValueError, match="host must be"):
         owners.new_owner("elsewhere")
+
+
+def test_runs_left_unfinished_are_counted_and_the_first_ten_named(tmp_path):
+    from mtlcheck.study.experiments.distributed import _stored_records
+
+    specs = sweep_specs("digits-dense", ["ew"], levels=("parameter",), seeds=tuple(range(25)), budget="smoke")
+    with pytest.raises(StoreError) as raised:
+        _stored_records(ResultStore(tmp_path / "runs.sqlite"), specs, "run_sweep_processes")
+    message = str(raised.value)
+    assert message.startswith("run_sweep_processes: 25 run(s) neither finished nor failed in ")
+    assert "run the sweep again to retry them" in message
+    lines = message.splitlines()[1:]
+    assert lines[:10] == [f"  {s.label} [{s.key}]: absent" for s in specs[:10]]
+    assert lines[10:] == ["  ... and 15 more"]

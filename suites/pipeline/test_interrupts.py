@@ -4,9 +4,10 @@ Each test starts a sweep in its own session, waits until the store shows its run
 (each with a checkpoint), signals it and checks: the exit code and message, that no run was
 claimed after the signal, that it stopped within seconds, that no process of it is left, and
 where it matters that the same command run again computes every run exactly once. A sweep
-takes a few seconds to reach its runs on 2 cores (the workers import torch): the two variants of
-paths already covered (SIGTERM to the group, SIGTERM in process) are marked slow; the others take
-~45 s together."""
+takes a few seconds to reach its runs on 2 cores (the workers import torch): the variants of paths
+already covered (SIGTERM to the group, SIGTERM in process, SIGTERM to the group of a sweep that
+ignores Ctrl-C) are marked slow; the others take ~55 s together. A sweep started with SIGINT
+ignored (`cmd &` in a script, nohup) must ignore a Ctrl-C to its group, workers included."""
 
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from mtlcheck.study.experiments.interrupts import Terminated, exit_code, terminate_as_interrupt
+from mtlcheck.study.experiments.interrupts import (
+    Terminated,
+    exit_at_next_signal,
+    exit_code,
+    second_signal_exits,
+    terminate_as_interrupt,
+)
 from mtlcheck.study.experiments.store import ResultStore
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds processes in /proc (Linux)")
@@ -38,8 +45,9 @@ CLAIMS = ("claimed", "taken_over", "retried")
 STOPPED = 10.0  # seconds from the signal to the command's exit: STOP_GRACE and slack for a busy machine
 
 
-def _start(store: Path, jobs: int = 2) -> subprocess.Popen:
-    """The sweep in a session of its own, SIGINT at its default (a background job inherits it ignored)."""
+def _start(store: Path, jobs: int = 2, sigint=signal.SIG_DFL) -> subprocess.Popen:
+    """The sweep in a session of its own, SIGINT at its default (a background job inherits it
+    ignored) unless `sigint` is SIG_IGN."""
     return subprocess.Popen(
         [sys.executable, "-m", "mtlcheck.study", *SWEEP, "--jobs", str(jobs), "--store", str(store)],
         env=ENV,
@@ -47,7 +55,7 @@ def _start(store: Path, jobs: int = 2) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
 
 
@@ -279,6 +287,18 @@ def test_sigterm_raises_where_ctrl_c_would_and_asks_for_exit_143():
     assert signal.getsignal(signal.SIGTERM) == before  # given back
 
 
+def test_the_commands_handlers_leave_an_ignored_signal_ignored():
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with terminate_as_interrupt(), second_signal_exits(130):
+            assert {signal.getsignal(s) for s in before} == {signal.SIG_IGN}
+        exit_at_next_signal(130)
+        assert {signal.getsignal(s) for s in before} == {signal.SIG_IGN}
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def test_a_second_signal_while_the_command_says_where_it_stopped_exits_at_once():
     code = "import os, signal, time\nfrom mtlcheck.study.experiments.interrupts import second_signal_exits\n"
     code += "with second_signal_exits(130):\n    print('saying', flush=True)\n    time.sleep(60)\n"
@@ -286,3 +306,51 @@ def test_a_second_signal_while_the_command_says_where_it_stopped_exits_at_once()
     assert proc.stdout.readline() == "saying\n"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130
+
+
+def _releases_after(store: Path, since: float) -> list:
+    return [
+        (r.spec.label, e["event"], e["time"] - since)
+        for r in _records(store)
+        for e in r.history
+        if e["time"] > since and "interrupted in" in e.get("reason", "")
+    ]
+
+
+def test_a_sweep_that_ignores_ctrl_c_ignores_it_in_its_workers_too(tmp_path):
+    """`cmd &` in a script, nohup: SIGINT ignored from the start; one to the group changes nothing."""
+    store = tmp_path / "runs.sqlite"
+    proc = _start(store, sigint=signal.SIG_IGN)
+    _in_progress(store, proc)
+    sent = _signal(proc, signal.SIGINT, group=True)
+    code, err, _ = _ended(proc, sent)
+    assert code == 0 and "Traceback" not in err and "neither finished nor failed" not in err, (code, err[-3000:])
+    records = _records(store)
+    assert len(records) == 3 and all(r.status == "done" for r in records), [r.status for r in records]
+    assert not _releases_after(store, 0.0)
+    claimed_later = [r for r in records if any(e["event"] in CLAIMS and e["time"] > sent for e in r.history)]
+    assert claimed_later, "the third run should start after the ignored Ctrl-C"
+    for r in records:
+        assert [e["event"] for e in r.history].count("done") == 1, r.history
+
+
+@pytest.mark.parametrize(
+    "group", [pytest.param(False, id="to-the-parent"), pytest.param(True, id="to-the-group", marks=pytest.mark.slow)]
+)
+def test_sigterm_stops_a_sweep_that_ignores_ctrl_c(tmp_path, group):
+    """The sweep's stop still interrupts the workers' runs (its SIGINT to them is not the one ignored)."""
+    store = tmp_path / "runs.sqlite"
+    proc = _start(store, sigint=signal.SIG_IGN)
+    _in_progress(store, proc)
+    processes = _descendants(proc.pid)
+    ignored = _signal(proc, signal.SIGINT, group=True)
+    time.sleep(0.3)
+    assert not _releases_after(store, ignored), "a run was released after an ignored Ctrl-C"
+    sent = _signal(proc, signal.SIGTERM, group)
+    code, err, seconds = _ended(proc, sent)
+    _stopped_and_said_so(code, err, seconds, 143)
+    records = _nothing_claimed_after(store, sent)
+    assert not [r for r in records if r.status == "running"], [r.status for r in records]
+    _released_with_checkpoints(records, store, sent)
+    _gone(processes)
+    print(f"exit {code} {seconds:.2f}s after SIGTERM")

@@ -212,8 +212,12 @@ def _open_with_todo(store_path: str | Path, specs: list[RunSpec]) -> tuple[Resul
     return store, todo
 
 
+_LISTED = 10  # runs named in `_stored_records`' error; the rest are counted
+
+
 def _stored_records(store: ResultStore, specs: list[RunSpec], who: str) -> list[RunRecord]:
-    """The stored record of every spec, in order; raises if one is neither finished nor failed."""
+    """The stored record of every spec, in order; raises if one is neither finished nor failed
+    (naming the first `_LISTED` of them)."""
     records, problems = [], []
     for s in specs:
         record = store.get(s)
@@ -224,9 +228,12 @@ def _stored_records(store: ResultStore, specs: list[RunSpec], who: str) -> list[
             records.append(record)
     store.close()
     if problems:
+        listed = problems[:_LISTED]
+        if len(problems) > _LISTED:
+            listed.append(f"... and {len(problems) - _LISTED} more")
         raise StoreError(
             f"{who}: {len(problems)} run(s) neither finished nor failed in {store} "
-            "(see the errors printed above; run the sweep again to retry them):\n  " + "\n  ".join(problems)
+            "(see the errors printed above; run the sweep again to retry them):\n  " + "\n  ".join(listed)
         )
     return records
 

@@ -13,6 +13,10 @@
   (PR_SET_PDEATHSIG), within a second elsewhere (it polls its parent's pid). While it starts or
   waits for a run, Ctrl-C only tells it to start no run (the parent decides; no traceback);
   SIGTERM ends it as by default, but only once its run (if any) is released.
+- A signal the sweep's process ignores (SIGINT in a job started with `cmd &` from a script, with
+  nohup or by some schedulers) is ignored by the command and by its workers alike: it neither
+  stops the sweep nor makes the workers stop starting runs. SIGTERM still stops it (unless it
+  is ignored too).
 """
 
 from __future__ import annotations
@@ -61,8 +65,8 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises `Terminated` in the main thread while the block runs."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGTERM raises `Terminated` in the main thread while the block runs (unless it is ignored)."""
+    if threading.current_thread() is not threading.main_thread() or _ignored(signal.SIGTERM):
         yield
         return
 
@@ -84,7 +88,7 @@ def second_signal_exits(code: int) -> Iterator[None]:
         yield
         return
 
-    previous = {signum: signal.signal(signum, lambda signum, frame: _leave(code)) for signum in _STOPPING}
+    previous = {s: signal.signal(s, lambda signum, frame: _leave(code)) for s in _STOPPING if not _ignored(s)}
     try:
         yield
     finally:
@@ -93,10 +97,11 @@ def second_signal_exits(code: int) -> Iterator[None]:
 
 def exit_at_next_signal(code: int) -> None:
     """From now on SIGINT or SIGTERM ends the process at once with exit `code` (after flushing):
-    for a command that was interrupted and is on its way out."""
+    for a command that was interrupted and is on its way out (one that is ignored stays ignored)."""
     if threading.current_thread() is threading.main_thread():
         for signum in _STOPPING:
-            signal.signal(signum, lambda signum, frame: _leave(code))
+            if not _ignored(signum):
+                signal.signal(signum, lambda signum, frame: _leave(code))
 
 
 def _leave(code: int) -> None:
@@ -107,6 +112,10 @@ def _leave(code: int) -> None:
         with contextlib.suppress(Exception):  # e.g. a reentrant write: leave all the same
             stream.flush()
     os._exit(code)
+
+
+def _ignored(signum: int) -> bool:
+    return signal.getsignal(signum) == signal.SIG_IGN
 
 
 def _restore(handlers: dict) -> None:
@@ -120,11 +129,12 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of `workers` spawned processes running `interruptible` work. An exception out of the
     block (KeyboardInterrupt, `Terminated`, an error) stops the runs in progress, waits up to
     `STOP_GRACE` seconds for them to be released and then ends the workers; another one
-    meanwhile ends them at once."""
+    meanwhile ends them at once. The workers ignore the signals that this process ignores now."""
     context = _Spawn()
     stop, busy = context.Event(), context.Value("i", 0)
+    ignored = tuple(s for s in _STOPPING if _ignored(s))
     pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_start_worker, initargs=(stop, busy, os.getpid())
+        workers, mp_context=context, initializer=_start_worker, initargs=(stop, busy, os.getpid(), ignored)
     )
     try:
         yield pool
@@ -150,14 +160,17 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 
 class _WorkerProcess(multiprocessing.context.SpawnProcess):
     """Starts with SIGINT blocked (`_start_worker` unblocks it), and holds back a Ctrl-C or SIGTERM
-    to its parent until it has started: either would print a traceback from its start-up. Exits
-    at once when the pool lets it go."""
+    to its parent until it has started: either would print a traceback from its start-up (and if
+    it then raises, the new worker is killed: the pool never got it). Exits at once when the pool
+    lets it go."""
 
     def start(self) -> None:
         came: list[int] = []
         handlers = {}
         if threading.current_thread() is threading.main_thread():
-            handlers = {s: signal.signal(s, lambda signum, _: came.append(signum)) for s in _STOPPING}
+            handlers = {
+                s: signal.signal(s, lambda signum, _: came.append(signum)) for s in _STOPPING if not _ignored(s)
+            }
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if _MASKS else None
         try:
             super().start()
@@ -166,7 +179,12 @@ class _WorkerProcess(multiprocessing.context.SpawnProcess):
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             _restore(handlers)
         if came:  # now as it would have been
-            signal.raise_signal(came[0])
+            try:
+                signal.raise_signal(came[0])
+            except BaseException:  # the pool never got this worker: it would outlive the pool's queues
+                self.kill()
+                self.join()
+                raise
 
     def run(self) -> None:
         super().run()
@@ -190,6 +208,8 @@ class _Spawn(multiprocessing.context.SpawnContext):
 # -- a worker -------------------------------------------------------------------------------------
 _stop = None  # the sweep's stop event
 _busy = None  # the sweep's count of runs in progress (shared)
+_ignoring: tuple = ()  # the signals the sweep's process ignores (SIGINT: unless `_stopped`)
+_stopped = False  # the sweep stopped: the stop-watch's SIGINT is on its way
 _told = False  # SIGINT, SIGTERM or the stop event came: start no run
 _ending = False  # SIGTERM came: end once no run is in progress
 # "idle", "counting" (updating `_busy`: a signal only takes note), "running" (a signal interrupts
@@ -197,11 +217,12 @@ _ending = False  # SIGTERM came: end once no run is in progress
 _state = "idle"
 
 
-def _start_worker(stop, busy, parent: int) -> None:
-    global _stop, _busy
-    _stop, _busy = stop, busy
-    for signum in _STOPPING:
-        signal.signal(signum, _on_signal)
+def _start_worker(stop, busy, parent: int, ignoring: tuple = ()) -> None:
+    global _stop, _busy, _ignoring
+    _stop, _busy, _ignoring = stop, busy, tuple(ignoring)
+    for signum in _STOPPING:  # SIGINT is handled all the same: the stop-watch sends it
+        ignore = signum in _ignoring and signum != signal.SIGINT
+        signal.signal(signum, signal.SIG_IGN if ignore else _on_signal)
     if _MASKS:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C during start-up lands now
     if sys.platform.startswith("linux"):
@@ -213,6 +234,8 @@ def _start_worker(stop, busy, parent: int) -> None:
 
 def _on_signal(signum, frame) -> None:
     global _told, _ending, _state
+    if signum in _ignoring and not _stopped:  # from outside, and ignored by the sweep's process
+        return
     _told = True
     _ending = _ending or signum == signal.SIGTERM
     if _state == "running":
@@ -230,9 +253,11 @@ def _end() -> None:
 
 def _watch(stop, parent: int) -> None:
     """Interrupts the main thread when the sweep stops; exits when the parent is gone."""
+    global _stopped
     while not stop.wait(1.0):
         if os.getppid() != parent:
             os._exit(1)
+    _stopped = True  # before the signal: `_on_signal` must not take it for one from outside
     if hasattr(signal, "pthread_kill"):
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
     else:
