@@ -27,6 +27,7 @@ import torch
 
 from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes
 from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
 from mtlcheck.jacobian import Jacobian
 
 
@@ -59,18 +60,47 @@ class DBMTL(Aggregator):
         step = (self._step or 0) + 1
         beta_t = self.beta / step**self.beta_sigma
         check_state_shapes(self, self._buffer, J.blocks)
+        n = J.n_tasks
         scale = ((1 - beta_t) / losses).to(J.dtype)[:, None]  # (1 − β_t)/L_i per row
-        if self._buffer is None:
-            buffer = tuple(b * scale.to(b.device) for b in J.blocks)
-        else:
-            buffer = tuple((b * scale.to(b.device)).add_(old, alpha=beta_t) for old, b in zip(self._buffer, J.blocks))
-        # relative norms only (the ratio is scale-free): the diagonal of the buffer's scaled Gram
-        # (accumulated in float64, rescaled by a power of two where squares would under- or overflow)
-        norms = Jacobian(buffer, J.shapes, J.names, J.level).scaled_gram().diagonal().clamp_min(0).sqrt()
+        first = self._buffer is None
+        buffer = tuple(torch.empty_like(b) for b in J.blocks) if first else self._buffer
+        # the EMA in place (the state is ours; state_dict copies) and, for float32/float64 rows, each
+        # span's squared row norms while it is in the cache
+        sums = J.dtype in (torch.float32, torch.float64)
+        squares = torch.zeros(len(buffer), n, dtype=torch.float64)
+        for k, (old, b) in enumerate(zip(buffer, J.blocks)):
+            row_scale = scale.to(b.device)
+            scratch = span_scratch(b) if sums else None
+            part = torch.zeros(n, dtype=torch.float64, device=b.device)
+            for start, stop in column_spans(b):
+                oc, bc = old[:, start:stop], b[:, start:stop]
+                if first:
+                    torch.mul(bc, row_scale, out=oc)
+                else:
+                    oc.mul_(beta_t).addcmul_(bc, row_scale)
+                if sums:
+                    part += row_sums(torch.mul(oc, oc, out=scratch[: n * (stop - start)].view(n, stop - start)))
+            squares[k] = part.cpu()
+        self._buffer, self._step = buffer, step
+        tracked = Jacobian(buffer, J.shapes, J.names, J.level)
+        norms = _squared_norms(tracked, squares if sums else None).clamp_min(0).sqrt()
         top = float(norms.max())
         ratio = torch.where(
             norms > 0, top / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms)
         )
-        self._buffer, self._step = buffer, step
-        blocks = tuple(ratio.to(b.dtype).to(b.device) @ b for b in buffer)
-        return Aggregation(blocks, None)
+        return Aggregation(tracked.combine(ratio), None)
+
+
+def _squared_norms(buffer: Jacobian, squares: torch.Tensor | None) -> torch.Tensor:
+    """The rows' squared norms up to a common factor (the ratio of norms is what DB-MTL reads):
+    the blocks' float64 sums of float32/float64 squares where none of them lost digits, else the
+    diagonal of the scaled Gram, which is exact at any scale. A block's sum lost digits where it is
+    not finite (squares overflow) or below n·tiny/eps of its dtype in a non-zero row (squares
+    underflow: subnormal or zero), the Gram's own test."""
+    if squares is not None and bool(torch.isfinite(squares).all()):
+        info = torch.finfo(buffer.dtype)
+        floors = torch.tensor([b.shape[1] * info.tiny / info.eps for b in buffer.blocks], dtype=torch.float64)
+        low = (squares < floors[:, None]).nonzero().tolist()
+        if not any(bool(buffer.blocks[k][i].any()) for k, i in low):
+            return squares.sum(0)
+    return buffer.scaled_gram().diagonal()

@@ -33,6 +33,7 @@ import torch
 
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator, check_state_shapes
 from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
 
 
 @register_aggregator("excess_mtl", paper_name="ExcessMTL")
@@ -67,15 +68,19 @@ class ExcessMTL(WeightingAggregator):
             self._alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)
             self._warmup_sum = torch.zeros(n, dtype=torch.float64)
             self._step = 0
-        for s, b in zip(self._sq_sum, J.blocks):  # S ← S + g² (in place: the state is ours; state_dict copies)
-            s.addcmul_(b, b)
-        # Σ_k g_ik² / √(S_ik + ε), elementwise in the gradients' dtype (one temporary per block), summed in float64
-        risk = torch.stack(
-            [
-                (s + self.eps).rsqrt_().mul_(b).mul_(b).sum(1, dtype=torch.float64).cpu()
-                for s, b in zip(self._sq_sum, J.blocks)
-            ]
-        ).sum(0)
+        # S ← S + g² in place (the state is ours; state_dict copies), then Σ_k g_ik² / √(S_ik + ε),
+        # elementwise in the gradients' dtype, span by span (each span read once, its temporary in
+        # the cache), the spans' row sums added in float64
+        risk = torch.zeros(n, dtype=torch.float64)
+        for s, b in zip(self._sq_sum, J.blocks):
+            scratch = span_scratch(b)
+            part = torch.zeros(n, dtype=torch.float64, device=b.device)
+            for start, stop in column_spans(b):
+                sc, bc = s[:, start:stop], b[:, start:stop]
+                sc.addcmul_(bc, bc)
+                tmp = scratch[: n * (stop - start)].view(n, stop - start)
+                part += row_sums(torch.add(sc, self.eps, out=tmp).rsqrt_().mul_(bc).mul_(bc))
+            risk += part.cpu()
         self._step += 1
         if self._step <= self.warmup_steps:
             self._warmup_sum = self._warmup_sum + risk

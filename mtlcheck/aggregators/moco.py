@@ -70,10 +70,14 @@ class MoCo(Aggregator):
         gamma_k = self.gamma / step**self.gamma_sigma
         if self._y is None:  # y = 0 − β_k (0 − g) = β_k g
             y = tuple(b * beta_k for b in J.blocks)
-        else:
-            y = tuple(torch.lerp(old, b, beta_k) for old, b in zip(self._y, J.blocks))
-        gram = Jacobian(y, J.shapes, J.names, J.level).gram()  # float64-accumulated Y Yᵀ
+        else:  # in place: no fresh T × d allocation per step (state_dict copies the state)
+            y = self._y
+            for old, b in zip(y, J.blocks):
+                old.lerp_(b, beta_k)
+        self._y, self._step = y, step
+        tracked = Jacobian(y, J.shapes, J.names, J.level)
+        gram = tracked.gram()  # float64-accumulated Y Yᵀ
         lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda
         lam = project_onto_simplex(lam - gamma_k * (gram @ lam + self.rho * lam))
-        self._y, self._lambda, self._step = y, lam, step
-        return Aggregation(tuple(lam.to(b.dtype).to(b.device) @ b for b in y), None)
+        self._lambda = lam
+        return Aggregation(tracked.combine(lam), None)
