@@ -132,6 +132,24 @@ def test_db_mtl_refuses_a_change_of_block_shape():
         agg(samplers.normal(2, 10, gen()), torch.ones(2))
 
 
+def test_db_mtl_resumes_from_a_state_of_plain_ema_rows():
+    """A state saved when ĝ was stored as it is (no `_scale`) resumes as ĝ = those rows."""
+    beta, sigma = 0.8, 0.5
+    rows = samplers.normal(3, 12, gen(90))
+    G = samplers.normal(3, 12, gen(91))
+    losses = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    agg = DBMTL(beta=beta, beta_sigma=sigma)
+    agg(G, losses)
+    state = agg.state_dict()
+    state["method"] = {"_buffer": (rows.clone(),), "_step": 2}
+    agg.load_state_dict(state)
+    b = beta / 3**sigma
+    buffer = b * rows + (1 - b) * G / losses[:, None]
+    norms = buffer.norm(dim=1)
+    expected = ((norms.max() / norms)[:, None] * buffer).sum(0)
+    assert torch.allclose(agg(G, losses).direction, expected, rtol=1e-12, atol=0)
+
+
 def _blocks(G, widths):
     from mtlcheck.jacobian import Jacobian
 
