@@ -150,6 +150,23 @@ def test_db_mtl_resumes_from_a_state_of_plain_ema_rows():
     assert torch.allclose(agg(G, losses).direction, expected, rtol=1e-12, atol=0)
 
 
+def test_excess_mtl_resumes_from_a_state_kept_without_eps():
+    """A state saved when S was kept without ε (`_sq_sum`) resumes as S."""
+    from mtlcheck.aggregators import ExcessMTL
+
+    G1, G2 = samplers.normal(3, 12, gen(92)), samplers.normal(3, 12, gen(93))
+    ref = ExcessMTL(eps=1e-3)
+    ref(G1)
+    expected = ref(G2).direction
+    agg = ExcessMTL(eps=1e-3)
+    agg(G1)
+    state = agg.state_dict()
+    method = dict(state["method"])
+    method["_sq_sum"] = tuple(s - 1e-3 for s in method.pop("_sq_sum_eps"))
+    agg.load_state_dict({**state, "method": method})
+    assert torch.allclose(agg(G2).direction, expected, rtol=1e-12, atol=0)
+
+
 def _blocks(G, widths):
     from mtlcheck.jacobian import Jacobian
 
