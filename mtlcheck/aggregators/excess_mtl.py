@@ -14,11 +14,13 @@ gradient) keeps a zero excess risk. The task weights take one exponentiated-grad
     α ← softmax(log α + η ℰ / ℰ⁰),   α = 1/T at the start,
 and d = Σ_i α_i g_i (the weights stay on the simplex, as the paper's). ε = 1e-7 as TorchJD's
 version (adapted from github.com/uiuctml/ExcessMTL). Stateful: S + ε (T × d, in the gradients'
-dtype, kept with ε added and updated in place), ℰ⁰, α and the step. Cost: beyond a Gram-based
-method's step, one pass over S + ε (read with G and written) and, span by span in the cache, an
-rsqrt, two products and a row sum: the AdaGrad scaling is elementwise, so no T × T form exists. At the feature level S
+dtype, kept with ε added and updated in place), ℰ⁰, α and the step. At the feature level S
 accumulates the representation's gradients row by row of the batch, so the block shapes must stay
 the same (ValueError otherwise; reset() between shapes).
+
+Cost: beyond a Gram-based method's step, one pass over S + ε (read with G and written) and, span
+by span in the cache, an rsqrt, two products and a row sum: the AdaGrad scaling is elementwise,
+so it has no T × T form (docs/bench/cpu_stateful_methods.md).
 
 Peers: TorchJD 0.18 (`torchjd.aggregation.ExcessMTL`) divides by ℰ⁰ + 1e-7 (instead of leaving a
 zero-gradient task at 0) and, without warm-up, takes its first exponentiated step with the RAW ℰ
