@@ -8,11 +8,14 @@ magnitudes by the largest one.
 
 Defining property (`implements = "db_mtl"`, checked at the first step, where ĝ_i = (1 − β) g_i / L_i):
 every term has the largest norm, so d ∥ Σ_i g_i / ‖g_i‖ whatever the losses.
-Stateful (the T EMA rows, one per block, in the gradients' dtype, and the step t); not a
-weighting of the current G (ĝ carries earlier steps). Needs positive losses (ValueError: log L
-has no gradient at L ≤ 0); a task whose ĝ_i is 0 contributes 0. At the feature level the EMA runs
-over the representation's gradients, row by row of the batch, so the block shapes must stay the
-same from step to step (ValueError otherwise; reset() between shapes).
+Stateful (the T EMA rows ĝ_i = c_i B_i: B, one (T, n_k) tensor per block in the gradients' dtype,
+updated in place, and c, a float64 scale per row, so that the EMA is one pass over B; and the step
+t); not a weighting of the current G (ĝ carries earlier steps). Cost: beyond a Gram-based method's
+step, that pass (B read with G, and written), whose squares give the row norms while it is in the
+cache. Needs positive losses (ValueError: log L has no gradient at L ≤ 0); a task whose ĝ_i is 0
+contributes 0. At the feature level the EMA runs over the representation's gradients, row by row
+of the batch, so the block shapes must stay the same from step to step (ValueError otherwise;
+reset() between shapes).
 
 Peers: LibMTL's current tree (`LibMTL.weighting.DB_MTL`, not in 1.1.5) uses the same EMA from
 zero with β_t = β/t^σ, log(L + 1e-8) and ‖ĝ_i‖ + 1e-8 in the ratio (negligible unless ĝ_i is
@@ -27,13 +30,14 @@ import torch
 
 from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes
 from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
 from mtlcheck.jacobian import Jacobian
 
 
 @register_aggregator("db_mtl", paper_name="DB-MTL")
 class DBMTL(Aggregator):
     implements = "db_mtl"
-    _state_attrs = ("_buffer", "_step")
+    _state_attrs = ("_buffer", "_scale", "_step")
 
     def __init__(self, *, beta: float = 0.9, beta_sigma: float = 0.5, seed: int = 0):
         super().__init__(seed=seed)
@@ -53,24 +57,63 @@ class DBMTL(Aggregator):
             reduction="other",  # identical rows: T(1 − β) g / L at the first step
         )
 
+    def _set_state(self, state):
+        if "_scale" not in state:  # saved when the EMA rows were stored as they are: c = 1
+            rows = state["_buffer"]
+            state = {**state, "_scale": None if rows is None else torch.ones(rows[0].shape[0], dtype=torch.float64)}
+        super()._set_state(state)
+
     def _aggregate(self, J, losses):
         if bool((losses <= 0).any()):
             raise ValueError(f"{self!r}: log-loss balancing needs positive losses, got {losses.tolist()}")
         step = (self._step or 0) + 1
         beta_t = self.beta / step**self.beta_sigma
         check_state_shapes(self, self._buffer, J.blocks)
-        scale = ((1 - beta_t) / losses).to(J.dtype)[:, None]  # (1 − β_t)/L_i per row
-        if self._buffer is None:
-            buffer = tuple(b * scale.to(b.device) for b in J.blocks)
-        else:
-            buffer = tuple((b * scale.to(b.device)).add_(old, alpha=beta_t) for old, b in zip(self._buffer, J.blocks))
-        # relative norms only (the ratio is scale-free): the diagonal of the buffer's scaled Gram
-        # (accumulated in float64, rescaled by a power of two where squares would under- or overflow)
-        norms = Jacobian(buffer, J.shapes, J.names, J.level).scaled_gram().diagonal().clamp_min(0).sqrt()
+        n = J.n_tasks
+        # ĝ_i is kept as c_i B_i (c_i > 0 a float64 scalar per row), so that the EMA is one pass
+        # over B: c_i ← β_t c_i + s_i and B_i ← B_i + (s_i / c_i)(g_i − B_i), s_i = (1 − β_t)/L_i
+        s = (1 - beta_t) / losses
+        first = self._buffer is None
+        c = s if first else beta_t * self._scale + s
+        weight = (s / c).to(J.dtype)[:, None]
+        buffer = tuple(torch.empty_like(b) for b in J.blocks) if first else self._buffer
+        # in place (the state is ours; state_dict copies) and, for float32/float64 rows, each span's
+        # squared row norms of B while it is in the cache
+        sums = J.dtype in (torch.float32, torch.float64)
+        squares = torch.zeros(len(buffer), n, dtype=torch.float64)
+        for k, (old, b) in enumerate(zip(buffer, J.blocks)):
+            row_weight = weight.to(b.device)
+            scratch = span_scratch(b) if sums else None
+            part = torch.zeros(n, dtype=torch.float64, device=b.device)
+            for start, stop in column_spans(b):
+                oc, bc = old[:, start:stop], b[:, start:stop]
+                if first:
+                    oc.copy_(bc)
+                else:
+                    oc.lerp_(bc, row_weight)
+                if sums:
+                    part += row_sums(torch.mul(oc, oc, out=scratch[: n * (stop - start)].view(n, stop - start)))
+            squares[k] = part.cpu()
+        self._buffer, self._scale, self._step = buffer, c, step
+        tracked = Jacobian(buffer, J.shapes, J.names, J.level)
+        norms = c * _squared_norms(tracked, squares if sums else None).clamp_min(0).sqrt()
         top = float(norms.max())
         ratio = torch.where(
             norms > 0, top / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms)
         )
-        self._buffer, self._step = buffer, step
-        blocks = tuple(ratio.to(b.dtype).to(b.device) @ b for b in buffer)
-        return Aggregation(blocks, None)
+        return Aggregation(tracked.combine(ratio * c), None)
+
+
+def _squared_norms(buffer: Jacobian, squares: torch.Tensor | None) -> torch.Tensor:
+    """The rows' squared norms up to a common factor (the ratio of norms is what DB-MTL reads):
+    the blocks' float64 sums of float32/float64 squares where none of them lost digits, else the
+    diagonal of the scaled Gram, which is exact at any scale. A block's sum lost digits where it is
+    not finite (squares overflow) or below n·tiny/eps of its dtype in a non-zero row (squares
+    underflow: subnormal or zero), the Gram's own test."""
+    if squares is not None and bool(torch.isfinite(squares).all()):
+        info = torch.finfo(buffer.dtype)
+        floors = torch.tensor([b.shape[1] * info.tiny / info.eps for b in buffer.blocks], dtype=torch.float64)
+        low = (squares < floors[:, None]).nonzero().tolist()
+        if not any(bool(buffer.blocks[k][i].any()) for k, i in low):
+            return squares.sum(0)
+    return buffer.scaled_gram().diagonal()

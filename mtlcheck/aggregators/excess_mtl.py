@@ -13,9 +13,14 @@ mean over `warmup_steps` steps, during which the weights stay 1/T); a task with 
 gradient) keeps a zero excess risk. The task weights take one exponentiated-gradient step (Eq. 9)
     α ← softmax(log α + η ℰ / ℰ⁰),   α = 1/T at the start,
 and d = Σ_i α_i g_i (the weights stay on the simplex, as the paper's). ε = 1e-7 as TorchJD's
-version (adapted from github.com/uiuctml/ExcessMTL). Stateful: S (T × d, in the gradients' dtype), ℰ⁰, α and the
-step. At the feature level S accumulates the representation's gradients row by row of the batch,
-so the block shapes must stay the same (ValueError otherwise; reset() between shapes).
+version (adapted from github.com/uiuctml/ExcessMTL). Stateful: S + ε (T × d, in the gradients'
+dtype, kept with ε added and updated in place), ℰ⁰, α and the step. At the feature level S
+accumulates the representation's gradients row by row of the batch, so the block shapes must stay
+the same (ValueError otherwise; reset() between shapes).
+
+Cost: beyond a Gram-based method's step, one pass over S + ε (read with G and written) and, span
+by span in the cache, an rsqrt, two products and a row sum: the AdaGrad scaling is elementwise,
+so it has no T × T form (docs/bench/cpu_stateful_methods.md).
 
 Peers: TorchJD 0.18 (`torchjd.aggregation.ExcessMTL`) divides by ℰ⁰ + 1e-7 (instead of leaving a
 zero-gradient task at 0) and, without warm-up, takes its first exponentiated step with the RAW ℰ
@@ -33,11 +38,12 @@ import torch
 
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator, check_state_shapes
 from mtlcheck.aggregators._registry import register_aggregator
+from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
 
 
 @register_aggregator("excess_mtl", paper_name="ExcessMTL")
 class ExcessMTL(WeightingAggregator):
-    _state_attrs = ("_sq_sum", "_baseline", "_warmup_sum", "_alpha", "_step")
+    _state_attrs = ("_sq_sum_eps", "_baseline", "_warmup_sum", "_alpha", "_step")
 
     def __init__(self, *, robust_step_size: float = 1.0, warmup_steps: int = 0, eps: float = 1e-7, seed: int = 0):
         super().__init__(seed=seed)
@@ -59,23 +65,34 @@ class ExcessMTL(WeightingAggregator):
             family="weighting", nonneg_weights=True, stateful=True, reduction="mean", homogeneity=None
         )
 
+    def _set_state(self, state):
+        if "_sq_sum" in state:  # saved when S was kept without ε
+            sums = state["_sq_sum"]
+            state = {k: v for k, v in state.items() if k != "_sq_sum"}
+            state["_sq_sum_eps"] = None if sums is None else tuple(s + self.eps for s in sums)
+        super()._set_state(state)
+
     def _weights(self, J, losses):
         n = J.n_tasks
-        check_state_shapes(self, self._sq_sum, J.blocks)
-        if self._sq_sum is None:
-            self._sq_sum = tuple(torch.zeros_like(b) for b in J.blocks)
+        check_state_shapes(self, self._sq_sum_eps, J.blocks)
+        if self._sq_sum_eps is None:  # S + ε, kept with ε added (one elementwise pass less per step)
+            self._sq_sum_eps = tuple(torch.full_like(b, self.eps) for b in J.blocks)
             self._alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)
             self._warmup_sum = torch.zeros(n, dtype=torch.float64)
             self._step = 0
-        for s, b in zip(self._sq_sum, J.blocks):  # S ← S + g² (in place: the state is ours; state_dict copies)
-            s.addcmul_(b, b)
-        # Σ_k g_ik² / √(S_ik + ε), elementwise in the gradients' dtype (one temporary per block), summed in float64
-        risk = torch.stack(
-            [
-                (s + self.eps).rsqrt_().mul_(b).mul_(b).sum(1, dtype=torch.float64).cpu()
-                for s, b in zip(self._sq_sum, J.blocks)
-            ]
-        ).sum(0)
+        # S + ε ← S + ε + g² in place (the state is ours; state_dict copies), then
+        # Σ_k g_ik² / √(S_ik + ε), elementwise in the gradients' dtype, span by span (each span read
+        # once, its temporary in the cache), the spans' row sums added in float64
+        risk = torch.zeros(n, dtype=torch.float64)
+        for s, b in zip(self._sq_sum_eps, J.blocks):
+            scratch = span_scratch(b)
+            part = torch.zeros(n, dtype=torch.float64, device=b.device)
+            for start, stop in column_spans(b):
+                sc, bc = s[:, start:stop], b[:, start:stop]
+                sc.addcmul_(bc, bc)
+                tmp = scratch[: n * (stop - start)].view(n, stop - start)
+                part += row_sums(torch.rsqrt(sc, out=tmp).mul_(bc).mul_(bc))
+            risk += part.cpu()
         self._step += 1
         if self._step <= self.warmup_steps:
             self._warmup_sum = self._warmup_sum + risk

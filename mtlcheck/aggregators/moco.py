@@ -12,8 +12,14 @@ current G, so MoCo is not a weighting of G. The paper's projection of each y_i o
 radius ℓ_i (the Lipschitz bound of its analysis) is left out (ℓ_i is unknown in practice, and the
 LibMTL omits it too). Defaults β = 0.5, σ_β = 0.5, γ = 0.1, σ_γ = 0.5, ρ = 0
 (LibMTL's). The λ step reads the raw Y Yᵀ (γ is in the gradients' squared units). Stateful (Y, one
-(T, n_k) tensor per block in the gradients' dtype; λ; the step); at the feature level Y tracks the
-representation's gradients row by row of the batch, so the block shapes must stay the same.
+(T, n_k) tensor per block in the gradients' dtype, updated in place; λ; the step); at the feature
+level Y tracks the representation's gradients row by row of the batch, so the block shapes must
+stay the same.
+
+Cost: beyond a Gram-based method's step, one pass over Y (read Y and G, write Y) and the Gram of
+Y, a second T × T product over d next to the engine's Gram of G (the λ step needs Y Yᵀ; updating
+it from the last step's would need Y Gᵀ, a product as costly); on a CPU one Gram is ~10 % of a
+Gram-based parameter-level step at T = 7 (docs/bench/cpu_stateful_methods.md).
 
 Peers: LibMTL's current tree (`LibMTL.weighting.MoCo`, not in 1.1.5; from the authors' code)
 rescales each g_i to norm L_i before tracking (g_i/‖g_i‖·L_i) and replaces the simplex projection
@@ -70,10 +76,14 @@ class MoCo(Aggregator):
         gamma_k = self.gamma / step**self.gamma_sigma
         if self._y is None:  # y = 0 − β_k (0 − g) = β_k g
             y = tuple(b * beta_k for b in J.blocks)
-        else:
-            y = tuple(torch.lerp(old, b, beta_k) for old, b in zip(self._y, J.blocks))
-        gram = Jacobian(y, J.shapes, J.names, J.level).gram()  # float64-accumulated Y Yᵀ
+        else:  # in place: no fresh T × d allocation per step (state_dict copies the state)
+            y = self._y
+            for old, b in zip(y, J.blocks):
+                old.lerp_(b, beta_k)
+        self._y, self._step = y, step
+        tracked = Jacobian(y, J.shapes, J.names, J.level)
+        gram = tracked.gram()  # float64-accumulated Y Yᵀ
         lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda
         lam = project_onto_simplex(lam - gamma_k * (gram @ lam + self.rho * lam))
-        self._y, self._lambda, self._step = y, lam, step
-        return Aggregation(tuple(lam.to(b.dtype).to(b.device) @ b for b in y), None)
+        self._lambda = lam
+        return Aggregation(tracked.combine(lam), None)

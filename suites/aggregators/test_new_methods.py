@@ -132,6 +132,94 @@ def test_db_mtl_refuses_a_change_of_block_shape():
         agg(samplers.normal(2, 10, gen()), torch.ones(2))
 
 
+def test_db_mtl_resumes_from_a_state_of_plain_ema_rows():
+    """A state saved when ĝ was stored as it is (no `_scale`) resumes as ĝ = those rows."""
+    beta, sigma = 0.8, 0.5
+    rows = samplers.normal(3, 12, gen(90))
+    G = samplers.normal(3, 12, gen(91))
+    losses = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    agg = DBMTL(beta=beta, beta_sigma=sigma)
+    agg(G, losses)
+    state = agg.state_dict()
+    state["method"] = {"_buffer": (rows.clone(),), "_step": 2}
+    agg.load_state_dict(state)
+    b = beta / 3**sigma
+    buffer = b * rows + (1 - b) * G / losses[:, None]
+    norms = buffer.norm(dim=1)
+    expected = ((norms.max() / norms)[:, None] * buffer).sum(0)
+    assert torch.allclose(agg(G, losses).direction, expected, rtol=1e-12, atol=0)
+
+
+def test_excess_mtl_resumes_from_a_state_kept_without_eps():
+    """A state saved when S was kept without ε (`_sq_sum`) resumes as S."""
+    from mtlcheck.aggregators import ExcessMTL
+
+    G1, G2 = samplers.normal(3, 12, gen(92)), samplers.normal(3, 12, gen(93))
+    ref = ExcessMTL(eps=1e-3)
+    ref(G1)
+    expected = ref(G2).direction
+    agg = ExcessMTL(eps=1e-3)
+    agg(G1)
+    state = agg.state_dict()
+    method = dict(state["method"])
+    method["_sq_sum"] = tuple(s - 1e-3 for s in method.pop("_sq_sum_eps"))
+    agg.load_state_dict({**state, "method": method})
+    assert torch.allclose(agg(G2).direction, expected, rtol=1e-12, atol=0)
+
+
+def _blocks(G, widths):
+    from mtlcheck.jacobian import Jacobian
+
+    parts = torch.split(G, widths, dim=1)
+    names = tuple(f"p{k}" for k in range(len(parts)))
+    return Jacobian(tuple(p.clone() for p in parts), tuple(torch.Size([w]) for w in widths), names)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_db_mtl_and_excess_mtl_across_column_spans(monkeypatch, dtype):
+    """The state is updated and reduced span by span (`_spans`): with spans of 8 elements, blocks
+    of 1 to 40 columns, each step is the recurrence computed on the whole matrix."""
+    from mtlcheck.aggregators import ExcessMTL, _spans
+
+    monkeypatch.setattr(_spans, "SPAN", 8)
+    widths = [1, 7, 40, 12]
+    beta, sigma, eps, eta = 0.8, 0.5, 1e-3, 0.7
+    db, ex = DBMTL(beta=beta, beta_sigma=sigma), ExcessMTL(robust_step_size=eta, eps=eps)
+    buffer = S = baseline = None
+    alpha = torch.full((3,), 1 / 3, dtype=torch.float64)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    for t in range(1, 5):
+        G64 = samplers.normal(3, sum(widths), gen(60 + t))
+        G = G64.to(dtype)
+        losses = 0.5 + torch.rand(3, generator=gen(70 + t), dtype=torch.float64)
+        b = beta / t**sigma
+        buffer = (1 - b) * G64 / losses[:, None] if buffer is None else b * buffer + (1 - b) * G64 / losses[:, None]
+        norms = buffer.norm(dim=1)
+        expected = ((norms.max() / norms)[:, None] * buffer).sum(0)
+        got = db(_blocks(G, widths), losses).direction.double()
+        assert float((got - expected).abs().max()) <= rtol * float(expected.abs().max())
+        S = G64**2 if S is None else S + G64**2
+        risk = (G64**2 / (S + eps).sqrt()).sum(1)
+        baseline = risk if baseline is None else baseline
+        alpha = torch.softmax(alpha.log() + eta * risk / baseline, dim=0)
+        out = ex(_blocks(G, widths), losses)
+        assert torch.allclose(out.weights, alpha, rtol=rtol, atol=0)
+        assert float((out.direction.double() - alpha @ G64).abs().max()) <= rtol * float(G64.abs().max())
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1.0, 1e25])
+def test_db_mtl_row_norms_at_float32_extremes(scale):
+    """float32 rows whose squares underflow (1e-25) or overflow (1e25) take the scaled Gram's
+    diagonal: the direction is the unit-scale one times the scale, a zero row contributes 0."""
+    G = samplers.normal(3, 12, gen(80))
+    G[2] = 0.0
+    losses = torch.tensor([0.5, 1.0, 2.0])
+    unit = DBMTL()(G.float(), losses).direction.double()
+    got = DBMTL()(G.float() * scale, losses).direction.double() / scale
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, unit, rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_simplex_projection_is_the_nearest_point(seed):
     from mtlcheck.aggregators._simplex import project_onto_simplex
