@@ -277,7 +277,7 @@ def _ranking_similarity(
 ) -> ResultTable:
     """Tables 5-7: 100 × (0.5 + |S − 0.5|), S of Eq. 9 between the methods ordered by a measure's end
     value and ordered by a test metric (better first), over the parameter-level runs of all methods.
-    A method without the measure's end value or the metric's value (its runs diverged or failed)
+    A method without the measure's end value or the metric's value (its runs diverged, failed or have not finished)
     makes the cell null, with the method and why in the note: over the other methods it would be
     another ranking similarity than the paper's, so the claims that read it are not evaluable.
     A metric (or measure) with one value for every ranked method orders nothing: its RS would be

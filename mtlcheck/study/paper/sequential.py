@@ -338,7 +338,8 @@ def summary_markdown(
     if counts["not evaluable"]:
         lines.append(
             f"- **not evaluable**: {counts['not evaluable']} claim(s) need a table these runs do not give, or a "
-            "row without values (its runs diverged or failed); the verdicts name what is missing and why."
+            "row without values (its runs diverged, failed or have not finished); the verdicts name what is "
+            "missing and why."
         )
     more = plan.runs(seeds)
     rows = ", ".join(f"{k[0]} ({k[1]}) of {t} to {n} seeds" for (t, k), n in plan.requests.items())

@@ -34,7 +34,7 @@ class Claim:
     how its named rows stand against the rest. `only_named`: the predicate's verdict reads no
     other row than those (at any level) and the Baseline, so the simultaneous level of the
     verdict counts their cells only (suites/claims/test_calibration.py checks this). A row without
-    values (its runs diverged or failed) keeps the claims that read it from a verdict: every row of
+    values (its runs diverged, failed or have not finished) keeps the claims that read it from a verdict: every row of
     their tables, but for an `only_named` claim its named rows and the Baseline, and in a table of
     measures (Tables 5-7) the measures it names (`verdicts.reads`).
 
