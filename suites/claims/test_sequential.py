@@ -213,3 +213,44 @@ def test_a_region_claim_at_the_null_is_not_said_to_hold_and_ends():
     counts = _rates(n, seed=7, claims=(MGDA_UB,), rows=UB_ROWS)[MGDA_UB]
     assert counts["holds"] == 0, counts
     assert set(counts) <= {"contradicted", "futile", "inconclusive"}, counts
+
+
+def test_a_region_claim_that_holds_by_32_seeds_is_not_stopped_at_the_first_look():
+    """MGDA (feature) only 2 s_d ahead: at 3 seeds the planning figure is too noisy to stop on, so
+    the claim stays open (it was futile in 11 of 20 studies when the figure could stop it at 3
+    seeds), and at 32 seeds its region decides it in most studies."""
+    from mtlcheck.study.paper.claims import claim_by_id
+    from mtlcheck.study.paper.sequential import DESIGN
+    from mtlcheck.study.paper.verdicts import judge
+
+    claim, states, at_32 = claim_by_id(MGDA_UB), Counter(), Counter()
+    for k in range(10):
+        records = _simulate.simulate(
+            np.random.default_rng(100 + k), 32, rows=UB_ROWS, effects={("mgda", "feature"): 2 * S_D}
+        )
+
+        def at(m, records=records):
+            return result_tables([r for r in records if r.spec.seed < m], "digits-instance", derived_intervals=False)
+
+        states[assess(at(3), [claim], max_seeds=32, tables_at=lambda m, at=at: at(min(m, 3))).states[0].state] += 1
+        at_32[judge(claim, at(32), design=DESIGN, plan_seeds=False)["verdict"]] += 1
+    print(f"\nat 3 seeds {dict(states)}; at 32 seeds {dict(at_32)}")
+    assert states["futile"] == 0, states
+    assert at_32["holds"] >= 8 and at_32["contradicted"] == 0, at_32
+
+
+def test_a_ranking_similarity_claim_asks_seeds_for_the_parameter_level_rows_only():
+    """Tables 5-7 rank the parameter-level runs: a region claim on them asks no feature-level seeds
+    (they would only hold its look back)."""
+    from mtlcheck.study.paper.claims import claim_by_id
+
+    records = _simulate.simulate(np.random.default_rng(1), 3, rows=UB_ROWS)
+
+    def at(m):
+        return result_tables([r for r in records if r.spec.seed < m], "digits-instance", derived_intervals=False)
+
+    plan = assess(at(3), [claim_by_id("rs-metagraspnet-fd-box-vs-mask")], max_seeds=16, tables_at=at)
+    (state,) = plan.states
+    assert state.state == "open", state.state
+    levels = Counter(level for (_t, (_m, level)) in state.requests)
+    assert levels == {"parameter": 10}, state.requests  # the 10 parameter-level rows, none of the 3 feature rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 
 import pytest
 
@@ -109,3 +110,23 @@ def test_a_design_that_asks_for_nothing_new_stops_instead_of_spinning(tmp_path, 
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert "no progress: every row the design asks for has its seeds; stopping" in capsys.readouterr().out
+
+
+def test_runs_of_another_configuration_in_the_store_are_no_rows_of_the_design(tmp_path, capsys, monkeypatch):
+    """A store that also holds a CAGrad[c=0.2] run (`mtlcheck run --config`): the design reads only
+    the paper's configuration of each method, so it never asks seeds for a row it cannot run (it
+    raised 'not a paper method' once a region claim asked for every row it read)."""
+    real, seen = sequential.assess, set()
+
+    def assess(tables, claims=sequential.CLAIMS, **kw):
+        if sys._getframe(1).f_code.co_name == "until_decided":  # the rounds' design, not the report's text
+            seen.update(t.label(r) for t in tables.values() for r in getattr(t, "rows", ()))
+        return real(tables, claims, **kw)
+
+    monkeypatch.setattr(sequential, "assess", assess)
+    store = str(tmp_path / "r.sqlite")
+    other = ["run", "--benchmark", "digits-dense", "--method", "cagrad", "--level", "parameter", "--config"]
+    assert main([*other, "c=0.2", "--budget", "smoke", "--seed", "0", "--store", store, "--quiet"]) == 0
+    args = ["reproduce", "--until-decided", "--max-seeds", "3", *SMOKE, *FEW, "--store", store]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert seen and not [s for s in seen if "c=0.2" in s], sorted(seen)

@@ -71,10 +71,10 @@ def until_decided(args) -> int:
     method and level, then seeds only for the rows whose comparisons can still decide an open claim,
     until no claim asks for more, `--max-seeds` is reached or the next round would pass
     `--time-budget`. Interrupted, it resumes where it stopped: every run is in the store."""
-    from mtlcheck.study.experiments.runner import PAPER_METHODS, sweep_specs
+    from mtlcheck.study.experiments.runner import sweep_specs
     from mtlcheck.study.paper.our_tables import result_tables
     from mtlcheck.study.paper.reports import claim_tables, table_benchmarks
-    from mtlcheck.study.paper.runs import PAPER_NAMES
+    from mtlcheck.study.paper.runs import PAPER_NAMES, display_name
     from mtlcheck.study.paper.sequential import LOOKS, assess, run_cost, seeds_of
 
     if args.seeds is not None:
@@ -95,8 +95,9 @@ def until_decided(args) -> int:
     args.steps = "default" if args.steps is None else str(args.steps)
     rounds, ran = 0, len(records)
     while True:
-        found = {  # what the claims read: the paper's methods' ended runs (a killed run resumes when asked)
-            name: [r for r in report.study_records(args, store, name, ended=True) if r.spec.method in PAPER_METHODS]
+        found = {  # what the claims read: the paper's methods' ended runs (a killed run resumes when asked), in
+            # their paper configuration (a 'CAGrad[c=0.2]' or '(feature_batch=sum)' row is no row of the design)
+            name: [r for r in report.study_records(args, store, name, ended=True) if display_name(r) in registry]
             for name in benchmarks
         }
         by_bench = {name: result_tables(recs, name, derived_intervals=False) for name, recs in found.items()}

@@ -13,8 +13,8 @@
   (PR_SET_PDEATHSIG), within a second elsewhere (it polls its parent's pid). While it starts or
   waits for a run, Ctrl-C only tells it to start no run (the parent decides; no traceback);
   SIGTERM ends it as by default, but only once its run (if any) is released.
-- A signal the sweep's process ignores (SIGINT in a job started with `cmd &` from a script, with
-  nohup or by some schedulers) is ignored by the command and by its workers alike: it neither
+- A signal the sweep's process ignores (SIGINT in a job started with `cmd &` from a
+  non-interactive shell, or by some schedulers) is ignored by the command and by its workers alike: it neither
   stops the sweep nor makes the workers stop starting runs. SIGTERM still stops it (unless it
   is ignored too).
 """
@@ -172,18 +172,21 @@ class _WorkerProcess(multiprocessing.context.SpawnProcess):
                 s: signal.signal(s, lambda signum, _: came.append(signum)) for s in _STOPPING if not _ignored(s)
             }
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if _MASKS else None
+        started = False
         try:
             super().start()
+            started = True
         finally:
-            if blocked is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            _restore(handlers)
-        if came:  # now as it would have been
-            try:
-                signal.raise_signal(came[0])
+            try:  # a signal held back, or one landing as the mask and handlers come back, raises here
+                if blocked is not None:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                _restore(handlers)
+                if came and started:  # now as it would have been
+                    signal.raise_signal(came[0])
             except BaseException:  # the pool never got this worker: it would outlive the pool's queues
-                self.kill()
-                self.join()
+                if started:
+                    self.kill()
+                    self.join()
                 raise
 
     def run(self) -> None:

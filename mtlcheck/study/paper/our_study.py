@@ -211,8 +211,14 @@ class Study:
         return min(ns) if ns else 0
 
     def rows_of(self, bases: frozenset[str], rows: Callable[[RowKey], bool] | None = None) -> set[RowKey]:
-        """The rows (method, level) of the given base tables that `rows` accepts (default: all)."""
-        return {r.key for b in bases for r in self.base[b].rows if rows is None or rows(r.key)}
+        """The rows (method, level) with a value in the given base tables that `rows` accepts
+        (default: all)."""
+        return {
+            r.key
+            for b in bases
+            for r in self.base[b].rows
+            if (rows is None or rows(r.key)) and any(v is not None for v in r.values.values())
+        }
 
     def bases_of(self, tables: tuple[str, ...]) -> frozenset[str]:
         return frozenset().union(*(self.depends.get(t, frozenset()) for t in tables))

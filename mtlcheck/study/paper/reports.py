@@ -35,10 +35,12 @@ _CLAIMS_RULE = (
     "comparison left open is equal within its margin). Claims on rankings of rankings are decided "
     f"only where the predicate gives one answer in the whole simultaneous {LEVEL_TEXT} region of the "
     "seed means they read (Student-t intervals over seeds, Bonferroni over those cells). A wrong "
-    "verdict has probability ≤ 2.5 % per claim either way; ties decide nothing."
+    "verdict has probability ≤ 2.5 % per claim either way by comparisons, and ≤ 5 % in all by region "
+    "search (the region misses the truth); ties decide nothing."
 )
 _MISSING_RULE = (
-    "A row without values (a run that diverged or failed, or a value that is undefined) is not replaced: "
+    "A row without values (a run that diverged, failed or has not finished, or a value that is undefined) "
+    "is not replaced: "
     "every claim that reads it is not evaluable, and its verdict names the row and why; a claim about all "
     "rows of a table (a ranking, 'most methods') reads every row, so it is not judged on the others."
 )

@@ -80,6 +80,7 @@ DESIGN = comparisons.Design(LOOKS, comparisons.ALPHA)
 FUTILITY = 0.10  # stop a claim whose predictive probability of being decided by max_seeds is below this
 PIVOTAL = 6  # comparisons per open claim whose rows get seeds in a round
 PREDICTIVE_DRAWS = 200
+SETTLED = 8  # seeds from which a region claim's planning figure may stop it short of MAX_SEEDS
 
 Tables = Mapping[str, ResultTable]
 FINAL = ("holds", "contradicted", "equivalent")
@@ -214,14 +215,12 @@ def assess(
             looked[m] = without_null_rows(tables_at(m)) if tables_at is not None else (usable, removed)
         return looked[m]
 
-    # a row removed from either (all seeds, or the first look's) keeps every claim that reads it
+    # a row removed (a run of it diverged, failed or is not finished) keeps every claim that reads it
     # from a verdict, whatever its path: judged without it, the claim would say something else
-    first_removed = at_look(LOOKS[0])[1]
-    gone = {t: {**first_removed.get(t, {}), **removed.get(t, {})} for t in removed.keys() | first_removed.keys()}
     states, requests = [], {}
     for c in claims:
-        if removed_rows_read(c, usable, gone):
-            states.append(ClaimState(judge(c, usable, gone), "not evaluable", requests={}))
+        if removed_rows_read(c, usable, removed):
+            states.append(ClaimState(judge(c, usable, removed), "not evaluable", requests={}))
             continue
         f = formula_of(c, usable)
         if f is None:
@@ -249,25 +248,38 @@ def _comparisons_state(c: Claim, f, usable: Tables, removed, max_seeds: int, cos
 
 def _region_state(c: Claim, at_look: Callable[[int], tuple], max_seeds: int, one_look: bool) -> ClaimState:
     """A claim judged by region search (no comparison form): judged at the largest look m whose
-    seeds 0..m−1 every row it reads has, its region's 5 % spent over the looks (`region_level`);
-    futile when its planning figure (the seeds that would decide it at the observed means and
-    spreads, the most hopeful reading) exceeds `max_seeds`; else every row it reads gets the next
-    look's seeds. `one_look`: the tables given are one look; no seeds are asked."""
+    seeds 0..m−1 every row it turns on has (`verdicts.region_reads`), its region's 5 % spent over
+    the looks (`region_level`); futile when its planning figure (the seeds that would decide it if
+    the means and spreads stayed as observed) says not even `verdicts.MAX_SEEDS` would, or, from
+    the look at `SETTLED` seeds on, more than `max_seeds` (before that the figure is too noisy to
+    stop on); else those rows get the next look's seeds. Below the first look it is not judged:
+    its rows get the first look's seeds. `one_look`: the tables given are one look; no seeds are
+    asked."""
     m = None
     for look in (x for x in LOOKS if x <= max_seeds):
         reached, _ = region_reads(c, at_look(look)[0])
         if reached < look:
             break
         m = look
-    if m is None or one_look:
+    if one_look:
         v = judge(c, *at_look(LOOKS[0] if m is None else m), design=DESIGN)
         final = v["verdict"] in (*FINAL, "not evaluable", "error")
         return ClaimState(v, v["verdict"] if final else "first look only", requests={})
-    v = judge(c, *at_look(m), design=DESIGN)
+    v = judge(c, *at_look(LOOKS[0] if m is None else m), design=DESIGN, plan_seeds=m is not None)
+    if m is None and v["verdict"] not in ("not evaluable", "error"):
+        v = {
+            **v,
+            "verdict": "inconclusive",
+            "evidence": f"not judged: a row it reads lacks some of the seeds 0..{LOOKS[0] - 1} of the first look | "
+            + v["evidence"],
+        }
+        _, read = region_reads(c, at_look(LOOKS[0])[0])
+        return ClaimState(v, "open", requests={(t, key): LOOKS[0] for t, keys in read.items() for key in keys})
     if v["verdict"] in (*FINAL, "not evaluable", "error"):
         return ClaimState(v, v["verdict"], requests={})
     target = next_look(m, max_seeds)
-    if target is None or v["seeds"] is None or v["seeds"] > max_seeds:
+    beyond = v["seeds"] is None or (m >= SETTLED and v["seeds"] > max_seeds)
+    if target is None or beyond:
         return ClaimState(v, "futile", requests={})
     _, read = region_reads(c, at_look(m)[0])
     return ClaimState(v, "open", requests={(table, key): target for table, keys in read.items() for key in keys})
@@ -330,9 +342,10 @@ def summary_markdown(
                 "first look only": "undecided (no comparison form: judged on the seeds given)",
             }.get(s.state if s is not None else "", "open" if v["verdict"] == "inconclusive" else "error")
             p = "" if s is None or s.p_decide is None else f"; P(decided by {horizon} seeds) ≈ {s.p_decide:.0%}"
-            if s is not None and s.state == "futile" and v.get("procedure") == "region":
+            if s is not None and s.state == "futile" and s.verdict.get("procedure") == "region":
+                seeds = s.verdict.get("seeds")  # the sequential design's figure, not the fixed design's
                 p = "; its region would not decide it by {} seeds even if the means stayed as observed ({})".format(
-                    horizon, f"about {v['seeds']} would" if v.get("seeds") else f"nor by {MAX_SEEDS}"
+                    horizon, f"about {seeds} would" if seeds else f"nor by {MAX_SEEDS}"
                 )
             lines.append(f"- **{tag}** `{v['id']}`{p}" + (f"; closest: {link_text}" if link_text else ""))
     if counts["not evaluable"]:
@@ -347,7 +360,7 @@ def summary_markdown(
         lines.append(
             f"\nStopped with {more} run(s) still asked for ({rows}): the time budget ran out."
             if more
-            else "\nFinished: every claim is final, futile, judged on its first look, or at the seed limit."
+            else "\nFinished: every claim is final, futile, or at the seed limit."
             if not plan.requests
             else f"\nStopped: the rows asked for ({rows}) have their seeds, and no comparison moved to a new look."
         )

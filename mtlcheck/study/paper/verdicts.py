@@ -385,12 +385,29 @@ def _rows_read(claim: Claim) -> Callable[[RowKey], bool] | None:
     return lambda key: key[0] in methods
 
 
+def _rows_asked(claim: Claim, tables: Tables) -> Callable[[RowKey], bool]:
+    """The base rows whose seeds a region-search claim turns on: the named rows (a (method, level)
+    name at that level only) and the Baseline for an `only_named` claim; the parameter-level rows
+    when every source table is a table of measures (Tables 5-7 rank parameter-level runs); every
+    row otherwise."""
+    measures = all(t in tables and tables[t].row_kind == "measure" for t in claim.source_tables)
+
+    def asked(key: RowKey) -> bool:
+        if claim.only_named and not (key[0] == BASELINE or _is_named(claim, key)):
+            return False
+        return not measures or key[1] == "parameter"
+
+    return asked
+
+
 def region_reads(claim: Claim, tables: Tables) -> tuple[int, dict[str, set[RowKey]]]:
-    """For a claim judged by region search: the fewest seeds of a cell it reads, and the base rows
-    (method, level) it reads, keyed by one of its source tables per study (where seeds are asked)."""
+    """For a claim judged by region search: the fewest seeds of a cell of the rows it turns on
+    (`_rows_asked`), and those base rows (method, level) with values, keyed by one of its source
+    tables per study (where seeds are asked)."""
     seeds, out = [], {}
+    rows = _rows_asked(claim, tables)
     for s, names in _studies(claim, tables).values():
-        bases, rows = s.bases_of(names), _rows_read(claim)
+        bases = s.bases_of(names)
         seeds.append(s.min_seeds(bases, rows))
         out[names[0]] = s.rows_of(bases, rows)
     return (min(seeds) if seeds else 0), out
