@@ -5,6 +5,7 @@ computed twice (one finish per run in each record's history)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from mtlcheck.study.cli import main
-from mtlcheck.study.experiments.records import FINISHED
+from mtlcheck.study.experiments.records import FINISHED, StoreError
 from mtlcheck.study.experiments.remote_store import node_of
 from mtlcheck.study.experiments.runner import run_sweep, sweep_specs
 from mtlcheck.study.experiments.spec import RunSpec
@@ -67,7 +68,12 @@ def _checkpointed(path, nodes=None):
     """Keys of the running runs with a checkpoint (on one of `nodes`, if given)."""
     if not path.exists():
         return set()
-    store = ResultStore(path, readonly=True)
+    try:
+        store = ResultStore(path, readonly=True)
+    except StoreError as exc:  # the driver created the file and is writing its schema
+        if "the database is empty" in str(exc):
+            return set()
+        raise
     try:
         return {
             r.key
@@ -136,7 +142,12 @@ def test_a_killed_nodes_runs_are_taken_over_at_once_and_resume_from_their_checkp
     (victim,) = [r for r in records if r.key == killed[0]]
     (takeover,) = [e for e in victim.history if e["event"] == "taken_over"]
     assert node_of(takeover["from"]) == cluster.worker_node_id
-    assert takeover["reason"] == f"its Ray node {cluster.worker_node_id[:12]} died"
+    # Both are true of a killed node, whichever the store sees first: Ray marks the node dead
+    # after missed heartbeats, while its worker process (on this host, in the test) is gone at once.
+    node = cluster.worker_node_id[:12]
+    assert takeover["reason"] == f"its Ray node {node} died" or re.fullmatch(
+        rf"its process \d+ \(Ray node {node}, this host\) is dead", takeover["reason"]
+    ), takeover["reason"]
     summary = records.summary
     assert summary.resubmitted == (victim.spec.label,) and victim.spec.label in summary.resumed
     assert "resubmitted after their node died" in summary.line()

@@ -223,6 +223,17 @@ def test_schema_mismatch_is_refused(tmp_path):
         ResultStore(path)
 
 
+def test_an_empty_file_is_no_store_to_read_and_becomes_one_when_written(tmp_path):
+    """A reader that opens the file a sweep has just created, before its schema is in, is told
+    the database is empty (the reason a reader can wait on), not a schema version 0."""
+    path = tmp_path / "new.sqlite"
+    sqlite3.connect(path).close()
+    with pytest.raises(StoreError, match=r"no results store in .*new\.sqlite \(the database is empty\)"):
+        ResultStore(path, readonly=True)
+    ResultStore(path).close()
+    assert ResultStore(path, readonly=True).runs() == []
+
+
 def test_get_or_run_computes_once_and_records_everything(store):
     calls = []
 

@@ -166,6 +166,8 @@ class SQLiteDatabase:
     # -- schema ---------------------------------------------------------------------------------
     def check_schema(self, conn) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and not self._tables(conn):
+            raise StoreError(f"no results store in {self} (the database is empty)")
         if version != SCHEMA_VERSION:
             self._wrong_schema(conn, version)
 
