@@ -61,6 +61,11 @@ def model_and_batch():
         ("libmtl", "mgda", "feature"),  # rep_grad=True: mtlcheck's feature_batch="sum"
         ("torchjd", "aligned_mtl", "parameter"),  # the mean preference: ÷T
         ("libmtl", "cagrad", "parameter"),  # no ×T
+        # the stateful methods TorchJD ships, at their second step (ExcessMTL: one warm-up step)
+        ("torchjd", "excess_mtl", "parameter"),
+        ("torchjd", "modo", "parameter"),  # its weighting fed one batch's Gram
+        ("torchjd", "sdmgrad", "parameter"),
+        ("torchjd", "cr_mogm", "parameter"),  # over MGDA, our default base
     ],
 )
 def test_a_peer_running_the_same_method_writes_our_update(model_and_batch, peer, method, level):

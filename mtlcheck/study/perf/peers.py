@@ -68,8 +68,15 @@ REQUIRED = {"torchjd": "0.18.0", "LibMTL": "1.1.5", "cvxpy": None}  # cvxpy: Tor
 METHODS = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl", "aligned_mtl", "gradvac")
 # methods after the paper that a peer ships (run when named with --methods; TorchJD's UPGrad and
 # DualProj need its quadprog-projector extra, in the peers extra)
-LATER = ("upgrad", "dualproj", "config", "fairgrad", "gls")
-TORCHJD_LATER = ("upgrad", "dualproj", "config", "fairgrad")
+LATER = ("upgrad", "dualproj", "config", "fairgrad", "gls", "excess_mtl", "modo", "sdmgrad", "cr_mogm")
+TORCHJD_LATER = ("upgrad", "dualproj", "config", "fairgrad", "excess_mtl", "modo", "sdmgrad", "cr_mogm")
+# ExcessMTL is the same method in TorchJD and here only with a warm-up: without one, TorchJD's
+# first exponentiated step uses the raw excess risk (its baseline does not exist yet), ours the
+# paper's scale processing (uniform weights). One warm-up step, on both sides, everywhere in the bench.
+OPTIONS = {"excess_mtl": {"warmup_steps": 1}}
+# the stateful methods are compared at their second step from fresh state (the first of ExcessMTL
+# is its warm-up's uniform weights; CR-MOGM's is its base's), on the same batch
+STATEFUL = ("excess_mtl", "modo", "sdmgrad", "cr_mogm")
 CAGRAD_C = 0.5  # mtlcheck's, LibMTL's (`calpha`) and the official default; TorchJD has none
 # LibMTL's weighting classes with the `weight_args` its config.py gives them by default
 LIBMTL = {
@@ -220,6 +227,12 @@ def torchjd_aggregator(method: str, n_tasks: int):
         "dualproj": lambda: tjd.DualProj(),
         "config": lambda: tjd.ConFIG(),
         "fairgrad": lambda: tjd.FairGrad(alpha=1.0),
+        "excess_mtl": lambda: tjd.ExcessMTL(n_warmup_steps=OPTIONS["excess_mtl"]["warmup_steps"]),
+        # TorchJD ships these three as weightings of a matrix the caller forms; one batch's Gram
+        # G Gᵀ (what an aggregator of one batch has) is the convention under which they are ours
+        "modo": lambda: tjd.GramianWeightedAggregator(tjd.MoDoWeighting()),
+        "sdmgrad": lambda: tjd.GramianWeightedAggregator(tjd.SDMGradWeighting()),
+        "cr_mogm": lambda: tjd.GramianWeightedAggregator(tjd.CRMOGMWeighting(tjd.MGDAWeighting())),  # our base
     }[method]()
 
 
@@ -244,7 +257,7 @@ def mtlcheck_step(model, method: str, level: str, feature_batch: str = "flatten"
     from mtlcheck.aggregators import aggregator_class
     from mtlcheck.gradients import backward_step
 
-    aggregator = aggregator_class(method)()
+    aggregator = aggregator_class(method)(**OPTIONS.get(method, {}))
 
     def step(batch):
         backward_step(model, batch, aggregator, level=level, feature_batch=feature_batch)
@@ -282,15 +295,19 @@ def _seed_all(seed: int = 0) -> None:
 
 def compare(model, batch, peer: str, method: str, level: str) -> dict:
     """The cosine and norm ratio |peer| / |mtlcheck| of the shared parameters' `.grad` written by
-    one step of each from fresh method state (the first step of training), on the same batch."""
-    _seed_all()
-    model.zero_grad(set_to_none=True)
-    make_step(model, peer, method, level)(batch)
-    theirs = _shared_grad(model)
-    _seed_all()
-    model.zero_grad(set_to_none=True)
-    reference_step(model, peer, method, level)(batch)
-    ours = _shared_grad(model)
+    one step of each from fresh method state (the first step of training; a stateful method's
+    second), on the same batch."""
+    steps = 2 if method in STATEFUL else 1
+
+    def last_grad(step):
+        _seed_all()
+        for _ in range(steps):
+            model.zero_grad(set_to_none=True)
+            step(batch)
+        return _shared_grad(model)
+
+    theirs = last_grad(make_step(model, peer, method, level))
+    ours = last_grad(reference_step(model, peer, method, level))
     model.zero_grad(set_to_none=True)
     return {
         "cosine": float(theirs @ ours / (theirs.norm() * ours.norm())),
@@ -477,7 +494,8 @@ def to_markdown(result: dict) -> str:
         "(IQR) of the per-repeat ratios of interleaved repeats; memory: growth of the peak resident set (VmHWM) "
         "over two steps, over EW's in a process of its own. 1 − cos / norm ratio: the shared parameters' `.grad` "
         "against "
-        "mtlcheck's (same method and level, same weights and batch, fresh method state); 'expected' is the norm "
+        "mtlcheck's (same method and level, same weights and batch, fresh method state; the stateful methods' "
+        "second step, ExcessMTL with one warm-up step on both sides); 'expected' is the norm "
         "ratio the documented scale conventions predict. LibMTL's feature level is its `rep_grad=True` "
         '(compared with mtlcheck\'s feature_batch="sum").',
     ]
