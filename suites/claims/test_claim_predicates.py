@@ -84,6 +84,18 @@ def test_markers_consistent_with_the_band_hold():
     assert _holds("table1-markers-follow-caption-band", _with(table1=t1))
 
 
+def test_markers_claim_on_a_table_without_markers_says_what_the_papers_own_table_shows():
+    """Our runs' tables print no ↑/↓/– marks: the claim is about the paper's printing, so it is not
+    evaluable on them, and the evidence gives its verdict on the paper's Table 1 (the four cells)."""
+    t1 = PAPER["table1"]
+    ours = dataclasses.replace(t1, rows=tuple(dataclasses.replace(r, markers={}) for r in t1.rows))
+    with pytest.raises(ClaimNotEvaluable) as info:
+        claim_by_id("table1-markers-follow-caption-band").evaluate(_with(table1=ours))
+    text = str(info.value)
+    assert "carries no printed" in text and "on the paper's own table it is false" in text
+    assert "4 inconsistent with the caption's 0.01 rule" in text and "DWA AMask mAP 0.499" in text
+
+
 def test_surrogate_gain_for_a_third_method_breaks_only_claim():
     t4 = PAPER["table4"]
     for c in t4.columns:

@@ -129,9 +129,21 @@ def _top3_majority(tables: Tables) -> Verdict:
 )
 def _markers_follow_band(tables: Tables) -> Verdict:
     t = tables["table1"]
+    if not any(r.markers for r in t.rows):
+        # a claim about how the paper prints its table: no run bears on it, the paper's own does
+        from mtlcheck.study.paper.published_tables import load_paper_tables
+
+        holds, text = _markers_checked(load_paper_tables()["table1"])
+        raise ClaimNotEvaluable(
+            f"{t.title} carries no printed ↑/↓/– markers (the claim is about how the paper prints its table, "
+            f"which no run bears on); on the paper's own table it is {'true' if holds else 'false'}: {text}"
+        )
+    return Verdict(*_markers_checked(t))
+
+
+def _markers_checked(t) -> tuple[bool, str]:
+    """Whether every printed marker of `t` is one the 0.01 rule admits (and every cell has one)."""
     marked = [(r, c) for r in t.rows for c in r.markers]
-    if not marked:
-        raise ClaimNotEvaluable(f"{t.title} carries no printed ↑/↓/– markers")
     bad = []
     for r, c in marked:
         ok = admissible_marks(t, r.method, c, level=r.level)
@@ -147,7 +159,7 @@ def _markers_follow_band(tables: Tables) -> Verdict:
         text += ": " + "; ".join(bad)
     if unmarked:
         text += f"; cells without a marker: {unmarked}"
-    return Verdict(not bad and not unmarked, text)
+    return not bad and not unmarked, text
 
 
 # -- §3.2 CityScapes / NYU-v2 ------------------------------------------------------------------
