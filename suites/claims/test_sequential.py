@@ -254,3 +254,20 @@ def test_a_ranking_similarity_claim_asks_seeds_for_the_parameter_level_rows_only
     assert state.state == "open", state.state
     levels = Counter(level for (_t, (_m, level)) in state.requests)
     assert levels == {"parameter": 10}, state.requests  # the 10 parameter-level rows, none of the 3 feature rows
+
+
+def test_a_region_claim_undecided_when_its_rows_have_the_last_looks_seeds_says_so():
+    """At the seed limit (here `max_seeds` = 3, the first look) a region claim still inconclusive is
+    futile because no seeds are left to give, and the summary says that, not a planning figure
+    (which may name fewer seeds than the rows already have: it sets every row to that count)."""
+    from mtlcheck.study.paper.sequential import seeds_of, summary_markdown
+
+    records = _simulate.simulate(np.random.default_rng(3), 3, rows=UB_ROWS, effects={("mgda", "feature"): 2 * S_D})
+    tables = result_tables(records, "digits-instance", derived_intervals=False)
+    plan = assess(tables, [claim_by_id(MGDA_UB)], max_seeds=3, tables_at=lambda m: tables)
+    (state,) = plan.states
+    assert state.verdict["verdict"] == "inconclusive", state.verdict["evidence"][:300]
+    assert state.state == "futile" and state.verdict["at_seed_limit"] == 3 and not plan.requests
+    text = summary_markdown([state.verdict], plan, seeds_of({"digits-instance": records}, {}), 3)
+    assert f"`{MGDA_UB}`; still undecided with 3 seeds of every row it turns on, the seed limit" in text, text
+    assert "even if the means stayed as observed" not in text

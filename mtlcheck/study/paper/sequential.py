@@ -278,8 +278,10 @@ def _region_state(c: Claim, at_look: Callable[[int], tuple], max_seeds: int, one
     if v["verdict"] in (*FINAL, "not evaluable", "error"):
         return ClaimState(v, v["verdict"], requests={})
     target = next_look(m, max_seeds)
+    if target is None:  # every row it turns on has the last look's seeds: nothing more to give
+        return ClaimState({**v, "at_seed_limit": m}, "futile", requests={})
     beyond = v["seeds"] is None or (m >= SETTLED and v["seeds"] > max_seeds)
-    if target is None or beyond:
+    if beyond:
         return ClaimState(v, "futile", requests={})
     _, read = region_reads(c, at_look(m)[0])
     return ClaimState(v, "open", requests={(table, key): target for table, keys in read.items() for key in keys})
@@ -342,7 +344,10 @@ def summary_markdown(
                 "first look only": "undecided (no comparison form: judged on the seeds given)",
             }.get(s.state if s is not None else "", "open" if v["verdict"] == "inconclusive" else "error")
             p = "" if s is None or s.p_decide is None else f"; P(decided by {horizon} seeds) ≈ {s.p_decide:.0%}"
-            if s is not None and s.state == "futile" and s.verdict.get("procedure") == "region":
+            if s is not None and s.state == "futile" and s.verdict.get("at_seed_limit"):
+                limit = s.verdict["at_seed_limit"]
+                p = f"; still undecided with {limit} seeds of every row it turns on, the seed limit"
+            elif s is not None and s.state == "futile" and s.verdict.get("procedure") == "region":
                 seeds = s.verdict.get("seeds")  # the sequential design's figure, not the fixed design's
                 p = "; its region would not decide it by {} seeds even if the means stayed as observed ({})".format(
                     horizon, f"about {seeds} would" if seeds else f"nor by {MAX_SEEDS}"
