@@ -268,6 +268,7 @@ def test_a_region_claim_undecided_when_its_rows_have_the_last_looks_seeds_says_s
     (state,) = plan.states
     assert state.verdict["verdict"] == "inconclusive", state.verdict["evidence"][:300]
     assert state.state == "futile" and state.verdict["at_seed_limit"] == 3 and not plan.requests
+    assert state.verdict["seeds"] is None and "seeds would decide it" not in state.verdict["evidence"]
     text = summary_markdown([state.verdict], plan, seeds_of({"digits-instance": records}, {}), 3)
     assert f"`{MGDA_UB}`; still undecided with 3 seeds of every row it turns on, the seed limit" in text, text
     assert "even if the means stayed as observed" not in text

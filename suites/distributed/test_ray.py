@@ -150,7 +150,7 @@ def test_a_killed_nodes_runs_are_taken_over_at_once_and_resume_from_their_checkp
     ), takeover["reason"]
     summary = records.summary
     assert summary.resubmitted == (victim.spec.label,) and victim.spec.label in summary.resumed
-    assert "resubmitted after their node died" in summary.line()
+    assert f"resubmitted by Ray after their node or worker process died: {victim.spec.label} (its " in summary.line()
     assert _local([victim.spec], tmp_path / "local.sqlite") == {victim.key: victim.metrics}
 
 

@@ -124,3 +124,23 @@ def test_runs_left_unfinished_are_counted_and_the_first_ten_named(tmp_path):
     lines = message.splitlines()[1:]
     assert lines[:10] == [f"  {s.label} [{s.key}]: absent" for s in specs[:10]]
     assert lines[10:] == ["  ... and 15 more"]
+
+
+def test_a_run_whose_ray_worker_died_counts_as_resubmitted_whichever_reason_the_store_saw_first():
+    """A killed node's run is taken over for 'its Ray node … died' or, when its worker ran on this
+    host and is gone before Ray marks the node dead, 'its process N (Ray node …, this host) is dead':
+    both are Ray resubmissions; a stale heartbeat of an owner outside Ray is a plain take-over."""
+    from mtlcheck.study.experiments.distributed import SweepSummary
+
+    summary = SweepSummary(
+        finished_on={"a": "node1", "b": "node1", "c": "host"},
+        taken_over={
+            "a": "its Ray node 92a7325b5b2b died",
+            "b": "its process 16990 (Ray node 92a7325b5b2b, this host) is dead",
+            "c": "owner process 7 on this host is dead",
+        },
+    )
+    assert summary.resubmitted == ("a", "b")
+    line = summary.line()
+    assert "resubmitted by Ray after their node or worker process died: a (its Ray node" in line
+    assert "taken over: c (owner process 7 on this host is dead)" in line

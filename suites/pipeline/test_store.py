@@ -231,7 +231,9 @@ def test_an_empty_file_is_no_store_to_read_and_becomes_one_when_written(tmp_path
     with pytest.raises(StoreError, match=r"no results store in .*new\.sqlite \(the database is empty\)"):
         ResultStore(path, readonly=True)
     ResultStore(path).close()
-    assert ResultStore(path, readonly=True).runs() == []
+    reader = ResultStore(path, readonly=True)
+    assert reader.runs() == []
+    reader.close()
 
 
 def test_get_or_run_computes_once_and_records_everything(store):

@@ -265,8 +265,9 @@ class SweepSummary:
 
     @property
     def resubmitted(self) -> tuple[str, ...]:
-        """Runs taken over because their Ray node died (Ray ran their tasks again elsewhere)."""
-        return tuple(label for label, why in self.taken_over.items() if why.startswith("its Ray node"))
+        """Runs taken over because their Ray node or worker process died (Ray ran their tasks
+        again): the reasons `RayNodeJudge` gives, which name the Ray node."""
+        return tuple(label for label, why in self.taken_over.items() if "Ray node" in why)
 
     @property
     def eventful(self) -> bool:
@@ -281,7 +282,7 @@ class SweepSummary:
         parts = [f"{len(self.finished_on)} run(s) computed on {len(where)} node(s) ({places})"]
         if self.resubmitted:
             parts.append(
-                "resubmitted after their node died: "
+                "resubmitted by Ray after their node or worker process died: "
                 + ", ".join(f"{label} ({self.taken_over[label]})" for label in self.resubmitted)
             )
         others = [f"{label} ({why})" for label, why in self.taken_over.items() if label not in self.resubmitted]

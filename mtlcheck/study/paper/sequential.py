@@ -265,7 +265,10 @@ def _region_state(c: Claim, at_look: Callable[[int], tuple], max_seeds: int, one
         v = judge(c, *at_look(LOOKS[0] if m is None else m), design=DESIGN)
         final = v["verdict"] in (*FINAL, "not evaluable", "error")
         return ClaimState(v, v["verdict"] if final else "first look only", requests={})
-    v = judge(c, *at_look(LOOKS[0] if m is None else m), design=DESIGN, plan_seeds=m is not None)
+    target = None if m is None else next_look(m, max_seeds)
+    # no planning figure at the seed limit: it sets every row to one count, and may name fewer seeds
+    # than the rows already have
+    v = judge(c, *at_look(LOOKS[0] if m is None else m), design=DESIGN, plan_seeds=target is not None)
     if m is None and v["verdict"] not in ("not evaluable", "error"):
         v = {
             **v,
@@ -277,7 +280,6 @@ def _region_state(c: Claim, at_look: Callable[[int], tuple], max_seeds: int, one
         return ClaimState(v, "open", requests={(t, key): LOOKS[0] for t, keys in read.items() for key in keys})
     if v["verdict"] in (*FINAL, "not evaluable", "error"):
         return ClaimState(v, v["verdict"], requests={})
-    target = next_look(m, max_seeds)
     if target is None:  # every row it turns on has the last look's seeds: nothing more to give
         return ClaimState({**v, "at_seed_limit": m}, "futile", requests={})
     beyond = v["seeds"] is None or (m >= SETTLED and v["seeds"] > max_seeds)

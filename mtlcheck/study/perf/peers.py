@@ -74,8 +74,9 @@ TORCHJD_LATER = ("upgrad", "dualproj", "config", "fairgrad", "excess_mtl", "modo
 # first exponentiated step uses the raw excess risk (its baseline does not exist yet), ours the
 # paper's scale processing (uniform weights). One warm-up step, on both sides, everywhere in the bench.
 OPTIONS = {"excess_mtl": {"warmup_steps": 1}}
-# the stateful methods are compared at their second step from fresh state (the first of ExcessMTL
-# is its warm-up's uniform weights; CR-MOGM's is its base's), on the same batch
+# the stateful methods are compared at their second step from fresh state, on another batch (the
+# first of ExcessMTL is its warm-up's uniform weights, CR-MOGM's is its base's; on the same batch
+# again ExcessMTL's excess ratios are all equal and CR-MOGM's average is its base's)
 STATEFUL = ("excess_mtl", "modo", "sdmgrad", "cr_mogm")
 CAGRAD_C = 0.5  # mtlcheck's, LibMTL's (`calpha`) and the official default; TorchJD has none
 # LibMTL's weighting classes with the `weight_args` its config.py gives them by default
@@ -228,8 +229,9 @@ def torchjd_aggregator(method: str, n_tasks: int):
         "config": lambda: tjd.ConFIG(),
         "fairgrad": lambda: tjd.FairGrad(alpha=1.0),
         "excess_mtl": lambda: tjd.ExcessMTL(n_warmup_steps=OPTIONS["excess_mtl"]["warmup_steps"]),
-        # TorchJD ships these three as weightings of a matrix the caller forms; one batch's Gram
-        # G Gᵀ (what an aggregator of one batch has) is the convention under which they are ours
+        # TorchJD ships these three as weightings of a matrix the caller forms (for MoDo and SDMGrad
+        # it means J₁J₂ᵀ of two independent batches, which their convergence results need); one
+        # batch's Gram G Gᵀ (what an aggregator of one batch has) is how mtlcheck runs them
         "modo": lambda: tjd.GramianWeightedAggregator(tjd.MoDoWeighting()),
         "sdmgrad": lambda: tjd.GramianWeightedAggregator(tjd.SDMGradWeighting()),
         "cr_mogm": lambda: tjd.GramianWeightedAggregator(tjd.CRMOGMWeighting(tjd.MGDAWeighting())),  # our base
@@ -293,17 +295,22 @@ def _seed_all(seed: int = 0) -> None:
     random.seed(seed)  # LibMTL's PCGrad and GradVac draw from it
 
 
+def _another_batch(batch: dict) -> dict:
+    """The bench's batch with its images mirrored and each task given the next task's labels."""
+    return {"image": batch["image"].flip(-1), "labels": batch["labels"].roll(1, dims=1)}
+
+
 def compare(model, batch, peer: str, method: str, level: str) -> dict:
     """The cosine and norm ratio |peer| / |mtlcheck| of the shared parameters' `.grad` written by
     one step of each from fresh method state (the first step of training; a stateful method's
-    second), on the same batch."""
-    steps = 2 if method in STATEFUL else 1
+    second, on `_another_batch`), on the same batch."""
+    batches = [batch, _another_batch(batch)] if method in STATEFUL else [batch]
 
     def last_grad(step):
         _seed_all()
-        for _ in range(steps):
+        for b in batches:
             model.zero_grad(set_to_none=True)
-            step(batch)
+            step(b)
         return _shared_grad(model)
 
     theirs = last_grad(make_step(model, peer, method, level))
@@ -495,7 +502,7 @@ def to_markdown(result: dict) -> str:
         "over two steps, over EW's in a process of its own. 1 − cos / norm ratio: the shared parameters' `.grad` "
         "against "
         "mtlcheck's (same method and level, same weights and batch, fresh method state; the stateful methods' "
-        "second step, ExcessMTL with one warm-up step on both sides); 'expected' is the norm "
+        "second step, on another batch, ExcessMTL with one warm-up step on both sides); 'expected' is the norm "
         "ratio the documented scale conventions predict. LibMTL's feature level is its `rep_grad=True` "
         '(compared with mtlcheck\'s feature_batch="sum").',
     ]
