@@ -70,6 +70,11 @@ def open_database(location: str | os.PathLike, *, readonly: bool, create: bool, 
     return SQLiteDatabase(location, readonly=readonly, create=create, busy_timeout=busy_timeout)
 
 
+def _empty(db) -> StoreError:
+    """The error for a database with no tables and no schema version, one backend or the other."""
+    return StoreError(f"no results store in {db} (the database is empty)")
+
+
 def _statements(real: str) -> list[str]:
     return [s for s in _SCHEMA.format(real=real).split(";") if s.strip()]
 
@@ -167,7 +172,7 @@ class SQLiteDatabase:
     def check_schema(self, conn) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0 and not self._tables(conn):
-            raise StoreError(f"no results store in {self} (the database is empty)")
+            raise _empty(self)
         if version != SCHEMA_VERSION:
             self._wrong_schema(conn, version)
 
@@ -323,7 +328,7 @@ class PostgresDatabase:
     def check_schema(self, conn) -> None:
         version = self._version(conn)
         if version == 0 and not self._tables(conn):
-            raise StoreError(f"no results store in {self} (the database is empty)")
+            raise _empty(self)
         if version != SCHEMA_VERSION:
             self._wrong_schema(conn, version)
 
@@ -331,7 +336,7 @@ class PostgresDatabase:
         version = self._version(conn)
         if version == 0 and not self._tables(conn):
             if not self.create:
-                raise StoreError(f"no results store in {self} (the database is empty)")
+                raise _empty(self)
             for statement in _statements("DOUBLE PRECISION"):
                 conn.execute(statement)
             conn.execute("CREATE TABLE checkpoints (key TEXT PRIMARY KEY, data BYTEA NOT NULL)")

@@ -302,8 +302,8 @@ def _another_batch(batch: dict) -> dict:
 
 def compare(model, batch, peer: str, method: str, level: str) -> dict:
     """The cosine and norm ratio |peer| / |mtlcheck| of the shared parameters' `.grad` written by
-    one step of each from fresh method state (the first step of training; a stateful method's
-    second, on `_another_batch`), on the same batch."""
+    one step of each from fresh method state on the same batch: the first step of training, or for
+    a stateful method the second, taken on `_another_batch` after a first on `batch`."""
     batches = [batch, _another_batch(batch)] if method in STATEFUL else [batch]
 
     def last_grad(step):

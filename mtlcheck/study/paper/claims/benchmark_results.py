@@ -21,6 +21,7 @@ from mtlcheck.study.paper.claims.common import (
 )
 from mtlcheck.study.paper.claims.registry import ClaimNotEvaluable, Tables, Verdict, claim
 from mtlcheck.study.paper.comparisons import Better, all_of
+from mtlcheck.study.paper.published_tables import load_paper_tables
 from mtlcheck.study.paper.result_table import BASELINE, admissible_marks, rank
 
 # -- §3.1 MetaGraspNet -------------------------------------------------------------------------
@@ -131,8 +132,6 @@ def _markers_follow_band(tables: Tables) -> Verdict:
     t = tables["table1"]
     if not any(r.markers for r in t.rows):
         # a claim about how the paper prints its table: no run bears on it, the paper's own does
-        from mtlcheck.study.paper.published_tables import load_paper_tables
-
         holds, text = _markers_checked(load_paper_tables()["table1"])
         raise ClaimNotEvaluable(
             f"{t.title} carries no printed ↑/↓/– markers (the claim is about how the paper prints its table, "
