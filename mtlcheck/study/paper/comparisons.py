@@ -6,7 +6,14 @@ top-3" (at most two rows better than it). Such a claim is a formula over *litera
 
 - `Better(table, column, a, b)`: row `a` is strictly better than row `b` in that column (b = None:
   better than 0, for a table of changes); `~lit`, its negation (not better);
-- `AtLeast(k, items)`: at least k of the items hold; `all_of`, `any_of`, `at_most` are its cases.
+- `AtLeast(k, items)`: at least k of the items hold; `all_of`, `any_of`, `at_most` are its cases;
+- `Missing(table)`: the part of the claim that a table these runs do not give would decide (a
+  claim about CityScapes *and* NYU-v2 judged on a study of the CityScapes analog alone). It is
+  never established either way, so a formula that has one can still be decided by its other parts
+  where logic allows: a conjunction is contradicted by any false conjunct, whatever the missing
+  one says (three-valued logic). In the levels below it counts as one item that is never
+  declared, so it costs no error and the multiplicity counts the cells read, plus one per part
+  missing.
 
 Each literal is decided by a one-sided paired t test on the per-seed differences of its two rows
 over the seeds they share (`statistics.one_sided`): computed directly between the two rows, so a
@@ -57,6 +64,7 @@ __all__ = [
     "ALPHA",
     "FIXED",
     "AtLeast",
+    "Missing",
     "Better",
     "Decision",
     "Design",
@@ -68,6 +76,7 @@ __all__ = [
     "decide",
     "literals",
     "margin",
+    "missing_tables",
     "negate",
     "point",
 ]
@@ -110,7 +119,21 @@ class AtLeast:
         return negate(self)
 
 
-Formula = Better | AtLeast
+@dataclass(frozen=True)
+class Missing:
+    """The part of a claim that `table` would decide, absent from these runs: never established
+    either way (its negation is itself missing)."""
+
+    table: str
+
+    def __invert__(self) -> Missing:
+        return self
+
+    def text(self) -> str:
+        return f"the part {self.table} would decide (not in these runs)"
+
+
+Formula = Better | AtLeast | Missing
 
 
 def all_of(items: Iterable[Formula]) -> AtLeast:
@@ -130,7 +153,7 @@ def at_most(k: int, items: Iterable[Formula]) -> AtLeast:
 
 def negate(f: Formula) -> Formula:
     """¬f with the negation pushed to the literals: ¬(≥k of n) = ≥(n − k + 1) of the negations."""
-    if isinstance(f, Better):
+    if isinstance(f, (Better, Missing)):
         return ~f
     return AtLeast(len(f.items) - f.k + 1, tuple(negate(i) for i in f.items))
 
@@ -142,7 +165,7 @@ def literals(f: Formula) -> list[Better]:
     def walk(g: Formula) -> None:
         if isinstance(g, Better):
             out[g.positive] = None
-        else:
+        elif isinstance(g, AtLeast):
             for i in g.items:
                 walk(i)
 
@@ -150,8 +173,19 @@ def literals(f: Formula) -> list[Better]:
     return list(out)
 
 
+def missing_tables(f: Formula) -> list[str]:
+    """The tables of the `Missing` parts of `f`, each once, in order."""
+    if isinstance(f, Missing):
+        return [f.table]
+    if isinstance(f, Better):
+        return []
+    return list(dict.fromkeys(t for i in f.items for t in missing_tables(i)))
+
+
 def point(f: Formula, tables: Mapping[str, ResultTable]) -> bool:
-    """`f` on the point values (the means; the paper's own numbers)."""
+    """`f` on the point values (the means; the paper's own numbers); KeyError for a `Missing` part."""
+    if isinstance(f, Missing):
+        raise KeyError(f"{f.table}: not in these runs")
     if isinstance(f, Better):
         t = tables[f.table]
         a, b = (0.0 if k is None else t.row(*k).values[f.column] for k in (f.a, f.b))
@@ -265,6 +299,8 @@ def collect_levels(f: Formula, out: dict[Better, float], alpha: float = 1.0) -> 
     if isinstance(f, Better):
         out[f] = min(out.get(f, 1.0), alpha)
         return
+    if isinstance(f, Missing):
+        return
     n = len(f.items)
     if f.k <= 0:
         return
@@ -276,6 +312,8 @@ def collect_levels(f: Formula, out: dict[Better, float], alpha: float = 1.0) -> 
 def _ratio(f: Formula, ratio_of: Callable[[Better], tuple[float, Better]]) -> tuple[float, Better | None]:
     if isinstance(f, Better):
         return ratio_of(f)
+    if isinstance(f, Missing):
+        return math.inf, None
     if f.k <= 0:
         return 0.0, None
     if f.k > len(f.items):
@@ -382,7 +420,7 @@ def decide(f: Formula, tables: Mapping[str, ResultTable], design: Design = FIXED
         open_.append(link)
         if alpha > 0 and raw is not None and equivalent(raw, margin(tables[lit.table], lit.column), alpha):
             equal.append(link)
-    if verdict == "inconclusive" and open_ and len(equal) == len(open_):
+    if verdict == "inconclusive" and open_ and len(equal) == len(open_) and not missing_tables(f):
         verdict = "equivalent"
     seeds = min((e[0].n for e in ev.values() if e[0] is not None), default=0)
     return Decision(verdict, hold_link, fail_link, (r_hold, r_fail), tuple(open_), tuple(equal), seeds)

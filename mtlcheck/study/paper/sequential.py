@@ -237,13 +237,17 @@ def _comparisons_state(c: Claim, f, usable: Tables, removed, max_seeds: int, cos
     """A claim with a comparison form: judged at its comparisons' looks; futile below `FUTILITY`,
     else the seeds of its pivotal comparisons' rows (module doc)."""
     v = judge(c, usable, removed, design=DESIGN)
-    if v["verdict"] in (*FINAL, "not evaluable", "error"):
+    # a claim that needs a table these runs do not give is judged on the others (`verdicts`): it
+    # stays open while they may still contradict it, and is "not evaluable" when they will not
+    partial = v["verdict"] == "not evaluable" and v["decision"] is not None
+    if v["verdict"] in (*FINAL, "not evaluable", "error") and not partial:
         return ClaimState(v, v["verdict"], requests={})
+    ended = "not evaluable" if partial else "futile"
     p = _predictive(f, usable, max_seeds, rng)
     if p < FUTILITY:
-        return ClaimState(v, "futile", p, {})
+        return ClaimState(v, ended, p, {})
     asked = _requests(v["decision"], f, max_seeds, cost)
-    return ClaimState(v, "open" if asked else "futile", p, asked)
+    return ClaimState(v, "open" if asked else ended, p, asked)
 
 
 def _region_state(c: Claim, at_look: Callable[[int], tuple], max_seeds: int, one_look: bool) -> ClaimState:
@@ -355,11 +359,21 @@ def summary_markdown(
                     horizon, f"about {seeds} would" if seeds else f"nor by {MAX_SEEDS}"
                 )
             lines.append(f"- **{tag}** `{v['id']}`{p}" + (f"; closest: {link_text}" if link_text else ""))
+        elif v["verdict"] == "not evaluable" and d is not None:  # judged on the tables given (`verdicts`)
+            s = states.get(v["id"])
+            if s is not None and s.state == "open":
+                p = "" if s.p_decide is None else f"; P(contradicted by {horizon} seeds) ≈ {s.p_decide:.0%}"
+                lines.append(
+                    f"- **open** `{v['id']}` on the tables these runs give (it needs {', '.join(v['lacking'])} to "
+                    f"hold){p}" + (f"; closest: {link_text}" if link_text else "")
+                )
     if counts["not evaluable"]:
+        given = sum(v["verdict"] == "not evaluable" and v.get("decision") is not None for v in verdicts)
         lines.append(
             f"- **not evaluable**: {counts['not evaluable']} claim(s) need a table these runs do not give, or a "
             "row without values (its runs diverged, failed or have not finished); the verdicts name what is "
-            "missing and why."
+            "missing and why"
+            + (f" ({given} of them judged on the tables given, which do not contradict them)." if given else ".")
         )
     more = plan.runs(seeds)
     rows = ", ".join(f"{k[0]} ({k[1]}) of {t} to {n} seeds" for (t, k), n in plan.requests.items())

@@ -14,7 +14,11 @@ runs a cell is a mean over seeds known up to an interval, and a verdict is one o
   a row whose runs did not all finish (or whose value is undefined) has null values and is removed,
   and every claim that reads it (`reads`: all rows of its tables, but for an `only_named` claim its
   named rows and the Baseline, and in a table of measures the measures it names) is not evaluable,
-  its evidence naming the row and why; claims that do not read it are judged on the rest as usual;
+  its evidence naming the row and why; claims that do not read it are judged on the rest as usual.
+  A claim with a comparison form that needs a table these runs do not give (Table 3 in a study of
+  the CityScapes analog alone) is judged on the tables they give, its missing part never decided
+  (`comparisons.Missing`): "contradicted" when the parts given decide it whatever the missing one
+  says (a conjunction with a false part), else not evaluable, with how close the parts given are;
 - error: the predicate raised anything else (a bug, shown rather than hidden).
 
 Two procedures, named in the evidence:
@@ -274,8 +278,9 @@ def judge(
     `without_null_rows`, names them): "not evaluable" when the claim reads a removed row
     (`removed_rows_read`), else judged on `tables`;
     {"id", "section", "statement", "verdict", "evidence", "procedure", "decision", "seeds"};
-    `decision` is the `comparisons.Decision` of a claim decided by comparisons, `seeds` the
-    region search's planning figure (`plan_seeds=False` skips that search)."""
+    `decision` is the `comparisons.Decision` of a claim decided by comparisons (also of one judged
+    on the tables given, which then has `lacking`: the tables it needs and these runs do not give),
+    `seeds` the region search's planning figure (`plan_seeds=False` skips that search)."""
     out = {
         "id": claim.id,
         "section": claim.section,
@@ -291,6 +296,10 @@ def judge(
         return {**out, "verdict": "not evaluable", "evidence": gone}
     point, evidence = _point(claim, tables)
     studies = _studies(claim, tables)
+    if point == "not evaluable" and studies:
+        given = _on_the_tables_given(claim, tables, studies, design, evidence)
+        if given is not None:
+            return {**out, **given}
     if point in ("not evaluable", "error") or not studies:
         return {**out, "verdict": point, "evidence": evidence}  # the paper's own numbers: two-valued
     said = "holds" if point == "holds" else "fails"
@@ -312,14 +321,7 @@ def judge(
                 "evidence": f"the claim's formula and its predicate disagree on the point values (a bug) | {evidence}",
             }
         d = comparisons.decide(f, tables, design)
-        n_lit = len(comparisons.literals(f))
-        summary = (
-            f"{d.verdict}: {n_lit} paired comparison(s) over {d.seeds}+ shared seeds, each k-of-n part of the "
-            "claim at α/(n − k + 1) per item (intersection-union for all-of, Bonferroni for any-of), "
-            f"(one-sided {comparisons.ALPHA:.1%} per direction"
-            + ("" if not design.looks else f", spent over the looks {list(design.looks)}")
-            + f"); {comparisons.decision_text(d)}"
-        )
+        summary = f"{d.verdict}: {_procedure_text(f, d, design)}"
         return {
             **out,
             "verdict": d.verdict,
@@ -367,6 +369,45 @@ def judge(
         "evidence": f"{summary} | point values (mean ± 95% t half-width over seeds; "
         f"Δ: paired difference to the Baseline): {evidence}",
         "seeds": seeds,
+    }
+
+
+def _procedure_text(f, d: comparisons.Decision, design: comparisons.Design) -> str:
+    return (
+        f"{len(comparisons.literals(f))} paired comparison(s) over {d.seeds}+ shared seeds, each k-of-n part of "
+        "the claim at α/(n − k + 1) per item (intersection-union for all-of, Bonferroni for any-of), "
+        f"(one-sided {comparisons.ALPHA:.1%} per direction"
+        + ("" if not design.looks else f", spent over the looks {list(design.looks)}")
+        + f"); {comparisons.decision_text(d)}"
+    )
+
+
+def _on_the_tables_given(claim: Claim, tables: Tables, studies, design: comparisons.Design, why: str) -> dict | None:
+    """A claim that needs a table these runs do not give, judged by its comparisons on the tables
+    they give (its formula with `comparisons.Missing` parts): "contradicted" (or "holds") where the
+    parts given decide it whatever the missing ones say — a conjunction with a false conjunct — else
+    "not evaluable", with how far the parts given are from deciding it. None when its formula has
+    no comparison on the tables given, or its rows have fewer than 2 seeds."""
+    f = formula_of(claim, tables)
+    if f is None or not comparisons.literals(f) or not comparisons.missing_tables(f):
+        return None
+    if min(s.min_seeds(s.bases_of(names)) for s, names in studies.values()) < 2:
+        return None
+    d = comparisons.decide(f, tables, design)
+    lacking = ", ".join(comparisons.missing_tables(f))
+    given = ", ".join(t for t in claim.source_tables if t in tables)
+    if d.verdict in ("holds", "contradicted"):
+        verdict = d.verdict
+        head = f"{verdict} on {given} alone, whatever {lacking} (not in these runs) would say"
+    else:
+        verdict = "not evaluable"
+        head = f"needs {lacking}, which these runs do not give; on {given} it is not decided"
+    return {
+        "verdict": verdict,
+        "procedure": "comparisons",
+        "decision": d,
+        "lacking": tuple(comparisons.missing_tables(f)),
+        "evidence": f"{head}: {_procedure_text(f, d, design)} | the claim on every table: {why}",
     }
 
 

@@ -27,7 +27,9 @@ into one store and judges every claim once over their tables, `mtlcheck.study.pa
 | table3, table7             | digits-nyu        | NYU-v2        |
 
 A report of one benchmark alone takes 'figure5' from that benchmark's runs (the default study:
-digits-dense); claims whose tables it does not give are "not evaluable" and say which they need.
+digits-dense); claims whose tables it does not give are "not evaluable" and say which they need,
+unless the tables it gives already contradict them ("CosReg is top-3 on CityScapes and NYU-v2" is
+false if it is not on the CityScapes analog; `mtlcheck.study.paper.verdicts`).
 
 Readings fixed once, from the paper's own wording:
 - "gain over the baseline" on a metric: strictly better than the Baseline row. The 0.01 band of

@@ -20,7 +20,7 @@ from mtlcheck.study.paper.claims.common import (
     _top3_columns,
 )
 from mtlcheck.study.paper.claims.registry import ClaimNotEvaluable, Tables, Verdict, claim
-from mtlcheck.study.paper.comparisons import Better, all_of
+from mtlcheck.study.paper.comparisons import Better, Missing, all_of
 from mtlcheck.study.paper.published_tables import load_paper_tables
 from mtlcheck.study.paper.result_table import BASELINE, admissible_marks, rank
 
@@ -187,6 +187,9 @@ def _top3_everywhere_formula(method: str, except_: frozenset[tuple[str, str]] = 
     def formula(tables: Tables):
         items = []
         for name in ("table2", "table3"):
+            if name not in tables:  # a study without that dataset: its part stays undecided
+                items.append(Missing(name))
+                continue
             t = tables[name]
             _require(t, [(method, P)])
             _require_ranked(t, TOP3_MIN_RANKED, "top 3")
