@@ -11,9 +11,8 @@ top-3" (at most two rows better than it). Such a claim is a formula over *litera
   claim about CityScapes *and* NYU-v2 judged on a study of the CityScapes analog alone). It is
   never established either way, so a formula that has one can still be decided by its other parts
   where logic allows: a conjunction is contradicted by any false conjunct, whatever the missing
-  one says (three-valued logic). In the levels below it counts as one item that is never
-  declared, so it costs no error and the multiplicity counts the cells read, plus one per part
-  missing.
+  one says (three-valued logic). The levels below count only the items that can be declared, so
+  a missing part costs nothing and the multiplicity counts the cells read.
 
 Each literal is decided by a one-sided paired t test on the per-seed differences of its two rows
 over the seeds they share (`statistics.one_sided`): computed directly between the two rows, so a
@@ -72,6 +71,7 @@ __all__ = [
     "Link",
     "all_of",
     "any_of",
+    "can_be_established",
     "at_most",
     "decide",
     "literals",
@@ -301,10 +301,12 @@ def collect_levels(f: Formula, out: dict[Better, float], alpha: float = 1.0) -> 
         return
     if isinstance(f, Missing):
         return
-    n = len(f.items)
     if f.k <= 0:
         return
-    child = alpha / (n - min(f.k, n) + 1)
+    # a missing part is never declared: the node is declared by k of its n' other items, and the
+    # Markov bound of the module doc holds with n' in place of n
+    n = sum(not isinstance(i, Missing) for i in f.items)
+    child = alpha / max(1, n - f.k + 1)
     for i in f.items:
         collect_levels(i, out, child)
 
@@ -320,6 +322,12 @@ def _ratio(f: Formula, ratio_of: Callable[[Better], tuple[float, Better]]) -> tu
         return math.inf, None
     rs = sorted((_ratio(i, ratio_of) for i in f.items), key=lambda r: r[0])
     return rs[f.k - 1]
+
+
+def can_be_established(f: Formula) -> bool:
+    """Whether some outcome of the comparisons would establish `f` (False: a conjunction with a
+    `Missing` part, which can only be contradicted)."""
+    return _ratio(f, lambda lit: (0.0, lit))[0] < math.inf
 
 
 def _differences(lit: Better, tables: Mapping[str, ResultTable]) -> tuple[Estimate, Estimate] | None:

@@ -160,7 +160,8 @@ def _requests(d: comparisons.Decision, f, max_seeds: int, cost: Callable[[str, R
     best decide the claim in the direction it leans to (the smaller adjusted ratio): each scored by
     the predictive probability that its needed side is established by max_seeds, per CPU second of
     one more seed of its rows (module doc)."""
-    toward = comparisons.negate(f) if d.ratios[1] < d.ratios[0] else f
+    # a claim that cannot hold (a part missing) leans to "contradicted" even before its first look
+    toward = comparisons.negate(f) if d.ratios[1] < d.ratios[0] or not comparisons.can_be_established(f) else f
     levels: dict = {}
     comparisons.collect_levels(toward, levels)
     horizon = DESIGN.look(range(max_seeds))
@@ -342,7 +343,8 @@ def summary_markdown(
         link = None if d is None else d.deciding
         link_text = "" if link is None else link.text()
         if v["verdict"] in FINAL:
-            lines.append(f"- **{v['verdict']}** `{v['id']}`" + (f": {link_text}" if link_text else ""))
+            alone = f" on {', '.join(v['given'])} alone" if v.get("lacking") else ""
+            lines.append(f"- **{v['verdict']}** `{v['id']}`{alone}" + (f": {link_text}" if link_text else ""))
         elif v["verdict"] in ("inconclusive", "error"):
             s = states.get(v["id"])
             tag = {
@@ -362,9 +364,9 @@ def summary_markdown(
         elif v["verdict"] == "not evaluable" and d is not None:  # judged on the tables given (`verdicts`)
             s = states.get(v["id"])
             if s is not None and s.state == "open":
-                p = "" if s.p_decide is None else f"; P(contradicted by {horizon} seeds) ≈ {s.p_decide:.0%}"
+                p = "" if s.p_decide is None else f"; P(decided by {horizon} seeds) ≈ {s.p_decide:.0%}"
                 lines.append(
-                    f"- **open** `{v['id']}` on the tables these runs give (it needs {', '.join(v['lacking'])} to "
+                    f"- **open** `{v['id']}` on {', '.join(v['given'])} (it needs {', '.join(v['lacking'])} to "
                     f"hold){p}" + (f"; closest: {link_text}" if link_text else "")
                 )
     if counts["not evaluable"]:
@@ -373,7 +375,7 @@ def summary_markdown(
             f"- **not evaluable**: {counts['not evaluable']} claim(s) need a table these runs do not give, or a "
             "row without values (its runs diverged, failed or have not finished); the verdicts name what is "
             "missing and why"
-            + (f" ({given} of them judged on the tables given, which do not contradict them)." if given else ".")
+            + (f" ({given} of them judged on the tables given, which have not contradicted them)." if given else ".")
         )
     more = plan.runs(seeds)
     rows = ", ".join(f"{k[0]} ({k[1]}) of {t} to {n} seeds" for (t, k), n in plan.requests.items())

@@ -279,7 +279,8 @@ def judge(
     (`removed_rows_read`), else judged on `tables`;
     {"id", "section", "statement", "verdict", "evidence", "procedure", "decision", "seeds"};
     `decision` is the `comparisons.Decision` of a claim decided by comparisons (also of one judged
-    on the tables given, which then has `lacking`: the tables it needs and these runs do not give),
+    on the tables given, which then has `lacking`: the tables it needs and these runs do not give,
+    and `given`: the tables it was judged on),
     `seeds` the region search's planning figure (`plan_seeds=False` skips that search)."""
     out = {
         "id": claim.id,
@@ -388,14 +389,22 @@ def _on_the_tables_given(claim: Claim, tables: Tables, studies, design: comparis
     parts given decide it whatever the missing ones say — a conjunction with a false conjunct — else
     "not evaluable", with how far the parts given are from deciding it. None when its formula has
     no comparison on the tables given, or its rows have fewer than 2 seeds."""
-    f = formula_of(claim, tables)
-    if f is None or not comparisons.literals(f) or not comparisons.missing_tables(f):
+    if claim.formula is None or all(t in tables for t in claim.source_tables):
+        return None
+    try:
+        f = claim.formula(tables)
+    except KeyError:  # a formula that needs every table
+        return None
+    except ClaimNotEvaluable as exc:  # a table given lacks what the claim needs: say so
+        return {"verdict": "not evaluable", "evidence": f"{why}; and on the tables given: {exc}"}
+    if not comparisons.has_seeds(f, tables) or not comparisons.literals(f) or not comparisons.missing_tables(f):
         return None
     if min(s.min_seeds(s.bases_of(names)) for s, names in studies.values()) < 2:
         return None
     d = comparisons.decide(f, tables, design)
     lacking = ", ".join(comparisons.missing_tables(f))
-    given = ", ".join(t for t in claim.source_tables if t in tables)
+    read = tuple(dict.fromkeys(lit.table for lit in comparisons.literals(f)))
+    given = ", ".join(read)
     if d.verdict in ("holds", "contradicted"):
         verdict = d.verdict
         head = f"{verdict} on {given} alone, whatever {lacking} (not in these runs) would say"
@@ -407,6 +416,7 @@ def _on_the_tables_given(claim: Claim, tables: Tables, studies, design: comparis
         "procedure": "comparisons",
         "decision": d,
         "lacking": tuple(comparisons.missing_tables(f)),
+        "given": read,
         "evidence": f"{head}: {_procedure_text(f, d, design)} | the claim on every table: {why}",
     }
 

@@ -35,17 +35,17 @@ from mtlcheck.study.paper.result_table import mean_rank
 # -- §6 conclusions (this version) -------------------------------------------------------------
 def _graddrop_cosreg_best_formula(tables: Tables):
     # a dataset these runs do not give: its part stays undecided (`Missing`)
-    lacking = [n for n in ("table1", "table4") if n not in tables]  # MetaGraspNet: Tables 1 and 4
+    lacking = [Missing(n) for n in ("table1", "table4") if n not in tables]  # MetaGraspNet: Tables 1 and 4
     datasets = (
-        Missing(lacking[0]) if lacking else _mgn(tables),
-        tables.get("table2", Missing("table2")),
-        tables.get("table3", Missing("table3")),
+        lacking or _mgn(tables),
+        tables["table2"] if "table2" in tables else [Missing("table2")],
+        tables["table3"] if "table3" in tables else [Missing("table3")],
     )
     items = []
     for method in ("GradDrop", "CosReg"):
         for t in datasets:
-            if isinstance(t, Missing):
-                items.append(t)
+            if isinstance(t, list):  # the parts of tables these runs do not give
+                items += t
                 continue
             keys = [k for k in t.keys() if k[0] == method]
             if not keys:
