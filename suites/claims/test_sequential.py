@@ -272,3 +272,21 @@ def test_a_region_claim_undecided_when_its_rows_have_the_last_looks_seeds_says_s
     text = summary_markdown([state.verdict], plan, seeds_of({"digits-instance": records}, {}), 3)
     assert f"`{MGDA_UB}`; still undecided with 3 seeds of every row it turns on, the seed limit" in text, text
     assert "even if the means stayed as observed" not in text
+
+
+def test_the_summary_of_a_futile_region_claim_beside_open_ones_counts_the_next_rounds_runs():
+    """A region claim futile at the observed means, and another claim asking for seeds: the plain
+    report's summary names the region claim's futility and the runs the next round would take.
+    (The futility text once reused the name of the function that counts stored seeds, and the
+    default `mtlcheck reproduce` failed writing its report in exactly this case.)"""
+    from mtlcheck.study.paper.sequential import ClaimState, Plan, summary_markdown
+
+    region = {"id": "rs-x", "verdict": "inconclusive", "procedure": "region", "seeds": None, "decision": None}
+    comparison = {"id": "cmp-y", "verdict": "inconclusive", "procedure": "comparisons", "seeds": None, "decision": None}
+    row = ("table2", ("Baseline", P))
+    plan = Plan((ClaimState(region, "futile", requests={}), ClaimState(comparison, "open", 0.5, {row: 5})), {row: 5})
+    text = summary_markdown([region, comparison], plan, lambda *_: {0, 1, 2}, None)
+    assert (
+        "`rs-x`; its region would not decide it by 32 seeds even if the means stayed as observed (nor by 256)" in text
+    )
+    assert "would next run 2 run(s) (Baseline (parameter) of table2 to 5 seeds)" in text, text

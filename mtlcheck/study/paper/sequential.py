@@ -356,9 +356,9 @@ def summary_markdown(
                 limit = s.verdict["at_seed_limit"]
                 p = f"; still undecided with {limit} seeds of every row it turns on, the seed limit"
             elif s is not None and s.state == "futile" and s.verdict.get("procedure") == "region":
-                seeds = s.verdict.get("seeds")  # the sequential design's figure, not the fixed design's
+                would = s.verdict.get("seeds")  # the sequential design's figure, not the fixed design's
                 p = "; its region would not decide it by {} seeds even if the means stayed as observed ({})".format(
-                    horizon, f"about {seeds} would" if seeds else f"nor by {MAX_SEEDS}"
+                    horizon, f"about {would} would" if would else f"nor by {MAX_SEEDS}"
                 )
             lines.append(f"- **{tag}** `{v['id']}`{p}" + (f"; closest: {link_text}" if link_text else ""))
         elif v["verdict"] == "not evaluable" and d is not None:  # judged on the tables given (`verdicts`)
