@@ -342,16 +342,16 @@ def summary_markdown(
         d = v.get("decision")
         link = None if d is None else d.deciding
         link_text = "" if link is None else link.text()
+        s = states.get(v["id"])
+        p = "" if s is None or s.p_decide is None else f"; P(decided by {horizon} seeds) ≈ {s.p_decide:.0%}"
         if v["verdict"] in FINAL:
             alone = f" on {', '.join(v['given'])} alone" if v.get("lacking") else ""
             lines.append(f"- **{v['verdict']}** `{v['id']}`{alone}" + (f": {link_text}" if link_text else ""))
         elif v["verdict"] in ("inconclusive", "error"):
-            s = states.get(v["id"])
             tag = {
                 "futile": "undecided (futile)",
                 "first look only": "undecided (no comparison form: judged on the seeds given)",
             }.get(s.state if s is not None else "", "open" if v["verdict"] == "inconclusive" else "error")
-            p = "" if s is None or s.p_decide is None else f"; P(decided by {horizon} seeds) ≈ {s.p_decide:.0%}"
             if s is not None and s.state == "futile" and s.verdict.get("at_seed_limit"):
                 limit = s.verdict["at_seed_limit"]
                 p = f"; still undecided with {limit} seeds of every row it turns on, the seed limit"
@@ -362,9 +362,7 @@ def summary_markdown(
                 )
             lines.append(f"- **{tag}** `{v['id']}`{p}" + (f"; closest: {link_text}" if link_text else ""))
         elif v["verdict"] == "not evaluable" and d is not None:  # judged on the tables given (`verdicts`)
-            s = states.get(v["id"])
             if s is not None and s.state == "open":
-                p = "" if s.p_decide is None else f"; P(decided by {horizon} seeds) ≈ {s.p_decide:.0%}"
                 lines.append(
                     f"- **open** `{v['id']}` on {', '.join(v['given'])} (it needs {', '.join(v['lacking'])} to "
                     f"hold){p}" + (f"; closest: {link_text}" if link_text else "")

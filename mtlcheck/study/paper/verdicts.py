@@ -297,15 +297,15 @@ def judge(
         return {**out, "verdict": "not evaluable", "evidence": gone}
     point, evidence = _point(claim, tables)
     studies = _studies(claim, tables)
+    bases = {sid: s.bases_of(names) for sid, (s, names) in studies.items()}
+    n_min = min((s.min_seeds(bases[sid]) for sid, (s, _) in studies.items()), default=0)
     if point == "not evaluable" and studies:
-        given = _on_the_tables_given(claim, tables, studies, design, evidence)
+        given = _on_the_tables_given(claim, tables, n_min, design, evidence)
         if given is not None:
             return {**out, **given}
     if point in ("not evaluable", "error") or not studies:
         return {**out, "verdict": point, "evidence": evidence}  # the paper's own numbers: two-valued
     said = "holds" if point == "holds" else "fails"
-    bases = {sid: s.bases_of(names) for sid, (s, names) in studies.items()}
-    n_min = min(s.min_seeds(bases[sid]) for sid, (s, _) in studies.items())
     if n_min < 2:
         return {
             **out,
@@ -383,12 +383,12 @@ def _procedure_text(f, d: comparisons.Decision, design: comparisons.Design) -> s
     )
 
 
-def _on_the_tables_given(claim: Claim, tables: Tables, studies, design: comparisons.Design, why: str) -> dict | None:
+def _on_the_tables_given(claim: Claim, tables: Tables, n_min: int, design: comparisons.Design, why: str) -> dict | None:
     """A claim that needs a table these runs do not give, judged by its comparisons on the tables
     they give (its formula with `comparisons.Missing` parts): "contradicted" (or "holds") where the
     parts given decide it whatever the missing ones say — a conjunction with a false conjunct — else
     "not evaluable", with how far the parts given are from deciding it. None when its formula has
-    no comparison on the tables given, or its rows have fewer than 2 seeds."""
+    no comparison on the tables given, or its rows have fewer than 2 seeds (`n_min`)."""
     if claim.formula is None or all(t in tables for t in claim.source_tables):
         return None
     try:
@@ -397,14 +397,12 @@ def _on_the_tables_given(claim: Claim, tables: Tables, studies, design: comparis
         return None
     except ClaimNotEvaluable as exc:  # a table given lacks what the claim needs: say so
         return {"verdict": "not evaluable", "evidence": f"{why}; and on the tables given: {exc}"}
-    if not comparisons.has_seeds(f, tables) or not comparisons.literals(f) or not comparisons.missing_tables(f):
-        return None
-    if min(s.min_seeds(s.bases_of(names)) for s, names in studies.values()) < 2:
+    missing, lits = comparisons.missing_tables(f), comparisons.literals(f)
+    if not missing or not lits or not comparisons.has_seeds(f, tables) or n_min < 2:
         return None
     d = comparisons.decide(f, tables, design)
-    lacking = ", ".join(comparisons.missing_tables(f))
-    read = tuple(dict.fromkeys(lit.table for lit in comparisons.literals(f)))
-    given = ", ".join(read)
+    read = tuple(dict.fromkeys(lit.table for lit in lits))
+    lacking, given = ", ".join(missing), ", ".join(read)
     if d.verdict in ("holds", "contradicted"):
         verdict = d.verdict
         head = f"{verdict} on {given} alone, whatever {lacking} (not in these runs) would say"
@@ -415,7 +413,7 @@ def _on_the_tables_given(claim: Claim, tables: Tables, studies, design: comparis
         "verdict": verdict,
         "procedure": "comparisons",
         "decision": d,
-        "lacking": tuple(comparisons.missing_tables(f)),
+        "lacking": tuple(missing),
         "given": read,
         "evidence": f"{head}: {_procedure_text(f, d, design)} | the claim on every table: {why}",
     }
