@@ -310,7 +310,7 @@ def backward_step(
     J = parameter_jacobian(zs, per_task_z, shared, batched=batched, buffers=buffers())
     out = aggregator(J, L64)
     _accumulate([p for _, p in shared], [b.reshape(s) for b, s in zip(out.blocks, J.shapes)], J.blocks)
-    return StepResult(L64, out.weights, J, fgrads, J.gram())
+    return StepResult(L64, out.weights, J, fgrads, J.gram() if param_gram else None)
 
 
 def _forward_context(precision: Precision | None, shared):

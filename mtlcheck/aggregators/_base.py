@@ -56,6 +56,9 @@ class AggregatorTags:
     requires_solver: name of the inner solver the method depends on, or None.
     post_step_update: needs `after_step(losses)` with the losses re-evaluated after the step.
     min_tasks: smallest T the method accepts.
+    reads_gram: the method reads the Gram G Gᵀ of its input (`J.gram()`, `J.scaled_gram()`, …), so
+        the input check that refuses NaN and inf reuses it; False: the check is a sum per block, a
+        cheaper pass than a Gram. A speed hint only: either value gives the same results.
     solver_tol: the relative precision the method's inner solver reaches (its stopping tolerance,
         e.g. Frank-Wolfe's step threshold or SLSQP's ftol on the objective); the kit's checks of
         solver-defined properties (defining property, non-conflict) accept violations up to
@@ -77,6 +80,7 @@ class AggregatorTags:
     post_step_update: bool = False
     min_tasks: int = 1
     solver_tol: float | None = None
+    reads_gram: bool = True
 
     def __post_init__(self):
         if not isinstance(self.inputs, frozenset) or not self.inputs or not self.inputs <= _INPUTS:
@@ -286,14 +290,23 @@ class Aggregator:
             raise ValueError(f"{self!r}: G must be a floating-point tensor, got dtype {J.dtype}")
         if any(b.requires_grad for b in J.blocks) and not tags.second_order:
             J = J.map_blocks(torch.Tensor.detach)  # non-differentiable: never a silently wrong gradient
-        try:  # NaN/inf anywhere makes the Gram's diagonal non-finite: one pass instead of isfinite
-            J.scaled_gram()  # (finite rows at any scale give a finite scaled Gram)
-        except NonFiniteGradientError:
-            for name, b in zip(J.names, J.blocks):
-                if not torch.isfinite(b).all():
-                    raise NonFiniteInputError(f"{self!r}: G block {name!r} contains NaN or inf") from None
-            raise
+        # NaN or inf is refused before any state changes. A method that reads the Gram gets the
+        # check with it (NaN/inf anywhere make its diagonal non-finite; finite rows at any scale give
+        # a finite scaled Gram); any other pays one summing pass instead of a Gram
+        if tags.reads_gram:
+            try:
+                J.scaled_gram()
+            except NonFiniteGradientError:
+                self._refuse_non_finite_blocks(J)
+                raise
+        elif not J.is_finite():
+            self._refuse_non_finite_blocks(J)
         return J
+
+    def _refuse_non_finite_blocks(self, J: Jacobian) -> None:
+        for name, b in zip(J.names, J.blocks):
+            if not torch.isfinite(b).all():
+                raise NonFiniteInputError(f"{self!r}: G block {name!r} contains NaN or inf") from None
 
     def _check_losses(self, losses, tags: AggregatorTags, J: Jacobian | None) -> torch.Tensor | None:
         if losses is None:

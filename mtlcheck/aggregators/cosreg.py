@@ -43,7 +43,7 @@ class CosReg(SecondOrderMethod, WeightingAggregator):
         self.penalty = penalty
 
     def tags(self) -> AggregatorTags:
-        return AggregatorTags(family="regularizer", nonneg_weights=True, second_order=True)
+        return AggregatorTags(family="regularizer", nonneg_weights=True, second_order=True, reads_gram=False)
 
     def penalty_term(self, blocks) -> torch.Tensor:
         """λ · mean_{i≠j} cos²(g_i, g_j); `blocks` keep their autograd graph (create_graph=True)."""

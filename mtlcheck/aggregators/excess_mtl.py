@@ -18,9 +18,10 @@ dtype, kept with ε added and updated in place), ℰ⁰, α and the step. At the
 accumulates the representation's gradients row by row of the batch, so the block shapes must stay
 the same (ValueError otherwise; reset() between shapes).
 
-Cost: beyond a Gram-based method's step, one pass over S + ε (read with G and written) and, span
-by span in the cache, an rsqrt, two products and a row sum: the AdaGrad scaling is elementwise,
-so it has no T × T form (docs/bench/cpu_stateful_methods.md).
+Cost: one pass over S + ε (read with G and written) and, span by span in the cache, an rsqrt, two
+products and a row sum, plus the input check's summing pass, in place of a Gram-based method's Gram
+(it reads none): the AdaGrad scaling is elementwise, so it has no T × T form; 10–13 % over a
+Gram-based step on a CPU (docs/bench/cpu_stateful_methods_reads_no_gram.md).
 
 Peers: TorchJD 0.18 (`torchjd.aggregation.ExcessMTL`) divides by ℰ⁰ + 1e-7 (instead of leaving a
 zero-gradient task at 0) and, without warm-up, takes its first exponentiated step with the RAW ℰ
@@ -62,7 +63,12 @@ class ExcessMTL(WeightingAggregator):
         # no homogeneity claimed: ε is absolute (under √(S + ε)), and g² is formed in the gradients'
         # dtype (float32 squares of ~1e-23 gradients underflow)
         return AggregatorTags(
-            family="weighting", nonneg_weights=True, stateful=True, reduction="mean", homogeneity=None
+            family="weighting",
+            nonneg_weights=True,
+            stateful=True,
+            reduction="mean",
+            homogeneity=None,
+            reads_gram=False,
         )
 
     def _set_state(self, state):

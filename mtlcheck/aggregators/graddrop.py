@@ -29,7 +29,7 @@ class GradDrop(Aggregator):
         self.leak = leak
 
     def tags(self) -> AggregatorTags:
-        return AggregatorTags(family="masking", weighted=False, stochastic=True)
+        return AggregatorTags(family="masking", weighted=False, stochastic=True, reads_gram=False)
 
     def _drop(self, block: torch.Tensor, shape: torch.Size, activation: torch.Tensor | None, feature: bool):
         # Σ_i g_i ⊙ M_i only ever sums the components whose S_i has the kept sign, so it is

@@ -16,10 +16,10 @@ LibMTL omits it too). Defaults β = 0.5, σ_β = 0.5, γ = 0.1, σ_γ = 0.5, ρ 
 level Y tracks the representation's gradients row by row of the batch, so the block shapes must
 stay the same.
 
-Cost: beyond a Gram-based method's step, one pass over Y (read Y and G, write Y) and the Gram of
-Y, a second T × T product over d next to the engine's Gram of G (the λ step needs Y Yᵀ; updating
-it from the last step's would need Y Gᵀ, a product as costly); on a CPU one Gram is ~10 % of a
-Gram-based parameter-level step at T = 7 (docs/bench/cpu_stateful_methods.md).
+Cost: beyond a Gram-based method's step, one pass over Y (read Y and G, write Y) and the input
+check's summing pass over G; the Gram of Y takes the place of the Gram of G, which MoCo does not
+read (updating Y Yᵀ from the last step's would need Y Gᵀ, a product as costly). On a CPU that is
+7–10 % of a Gram-based parameter-level step at T = 3 and 7 (docs/bench/cpu_stateful_methods_reads_no_gram.md).
 
 Peers: LibMTL's current tree (`LibMTL.weighting.MoCo`, not in 1.1.5; from the authors' code)
 rescales each g_i to norm L_i before tracking (g_i/‖g_i‖·L_i) and replaces the simplex projection
@@ -63,7 +63,9 @@ class MoCo(Aggregator):
         self._reset_state()
 
     def tags(self) -> AggregatorTags:
-        return AggregatorTags(family="solver", weighted=False, stateful=True, reduction="other", homogeneity=None)
+        return AggregatorTags(  # it reads the Gram of Y, not of G
+            family="solver", weighted=False, stateful=True, reduction="other", homogeneity=None, reads_gram=False
+        )
 
     def identical_rows_scale(self, n_tasks):
         return float(self.beta)  # the first step: y_i = β g and λ stays uniform

@@ -23,7 +23,12 @@ class _RandomWeights(WeightingAggregator):
     def tags(self) -> AggregatorTags:
         # weights are drawn per task index: equivariant in distribution only, not draw by draw
         return AggregatorTags(
-            inputs=self._inputs, nonneg_weights=True, stochastic=True, reduction="mean", task_symmetric=False
+            inputs=self._inputs,
+            nonneg_weights=True,
+            stochastic=True,
+            reduction="mean",
+            task_symmetric=False,
+            reads_gram=False,
         )
 
     def _weights(self, J, losses):
