@@ -27,8 +27,10 @@ Peers: TorchJD 0.18 (`torchjd.aggregation.ExcessMTL`) divides by ℰ⁰ + 1e-7 (
 zero-gradient task at 0) and, without warm-up, takes its first exponentiated step with the RAW ℰ
 (its ℰ⁰ is set at that step and used only from the next one), as it says the official code and
 LibMTL do: that first step depends on the gradients' scale (README findings). With warm-up steps
-the two agree to the 1e-7. The official code and LibMTL (by TorchJD's account) start from α = 1
-instead of 1/T, which the softmax turns into the same weights.
+the two agree to the 1e-7. LibMTL's current tree (not in 1.1.5; run against it, commit 4336804,
+suites/aggregators/test_libmtl_tree_fidelity.py) does not take that step: its first call sets ℰ⁰
+and keeps the weights, and from there it is ours to 1e-12, with weights that sum to T (it starts
+from α = 1) instead of 1.
 """
 
 from __future__ import annotations

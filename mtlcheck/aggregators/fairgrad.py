@@ -22,7 +22,9 @@ never a silent fall back (TorchJD returns scipy's least_squares result without c
 Tasks with a zero gradient get w = 0.
 
 Peers: TorchJD 0.18 (`torchjd.aggregation.FairGrad(alpha)`, scipy least_squares from w = 1/T
-with bounds (0, ∞)) solves the same equation; LibMTL 1.1.5 has no FairGrad (README findings).
+with bounds (0, ∞)) solves the same equation; so does LibMTL's current tree (not in 1.1.5), with
+the same silent acceptance of an unconverged result (README findings;
+suites/aggregators/test_libmtl_tree_fidelity.py).
 """
 
 from __future__ import annotations

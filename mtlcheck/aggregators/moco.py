@@ -23,7 +23,8 @@ read (updating Y Yᵀ from the last step's would need Y Gᵀ, a product as costl
 
 Peers: LibMTL's current tree (`LibMTL.weighting.MoCo`, not in 1.1.5; from the authors' code)
 rescales each g_i to norm L_i before tracking (g_i/‖g_i‖·L_i) and replaces the simplex projection
-by a softmax, λ ← softmax(λ − γ_k(YYᵀ + ρI)λ): another update than Algorithm 1 (README findings).
+by a softmax, λ ← softmax(λ − γ_k(YYᵀ + ρI)λ): another update than Algorithm 1 (README findings;
+run against the tree, it is that recurrence to 1e-12: suites/aggregators/test_libmtl_tree_fidelity.py).
 TorchJD has no MoCo.
 """
 

@@ -15,7 +15,8 @@ Gram (γ is in the gradients' squared units), with the updated λ weighting G.
 
 Peers: TorchJD 0.18 (`torchjd.aggregation.MoDoWeighting(gamma, rho)`) takes any matrix for
 G₁G₂ᵀ; fed GGᵀ it is this update (the defaults γ = 0.1, ρ = 0.1 are TorchJD's). LibMTL's current
-tree draws three batches (γ = 0.001 by default).
+tree (not in 1.1.5) draws three batches (γ = 0.001 by default); fed one batch three times it is
+this update to 1e-10 (suites/aggregators/test_libmtl_tree_fidelity.py).
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ otherwise). At the nadir (L = n) the weights are 1/L_i, those of Σ_i log L_i.
 The official code's "epochs" become steps here (an aggregator sees steps, not epochs).
 
 Peers: LibMTL's current tree (`LibMTL.weighting.STCH`, not in 1.1.5) follows the official code
-(log(L/n + 1e-20), the nadir from the warm-up epoch's mean losses). TorchJD has no STCH.
+(log(L/n + 1e-20), the nadir from the warm-up epoch's mean losses): after k steps of that epoch it
+is ours with warmup_steps=k to 1e-12 (suites/aggregators/test_libmtl_tree_fidelity.py). TorchJD has
+no STCH.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ Peers: TorchJD 0.18 (`torchjd.aggregation.UPGrad`, the authors' library) normali
 its Frobenius norm and adds 1e-4·I before its QP (quadprog; `QuadprogProjector(reg_eps=1e-4)`),
 so its projections are those of a slightly perturbed problem: the difference from the exact
 projection is O(1e-4) relative, and vanishes with `reg_eps=0` (README findings). The scale is the
-same (the mean).
+same (the mean). LibMTL's current tree (not in 1.1.5) has the same solve, with `UPGrad_norm_eps` and
+`UPGrad_reg_eps` at 1e-4; with both at 0 it is ours to 1e-10 (suites/aggregators/test_libmtl_tree_fidelity.py).
 """
 
 from __future__ import annotations
