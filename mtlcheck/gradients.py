@@ -351,7 +351,7 @@ def _second_order_step(model, batch, aggregator, level, shared, heads, want_feat
             for i in range(n_tasks)
         ]
         fgrads = tuple(torch.stack([fz[i][k] for i in range(n_tasks)]) for k in range(len(zs)))
-    gram = J.gram() if level == "parameter" else None
+    gram = J.gram() if want_param_gram and level == "parameter" else None
     if want_param_gram and gram is None:
         rows_p = [
             _zeros_for_none(

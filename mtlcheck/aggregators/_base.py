@@ -301,6 +301,7 @@ class Aggregator:
                 raise
         elif not J.is_finite():
             self._refuse_non_finite_blocks(J)
+            raise NonFiniteInputError(f"{self!r}: G contains NaN or inf")  # not reached: a block has one
         return J
 
     def _refuse_non_finite_blocks(self, J: Jacobian) -> None:

@@ -18,9 +18,9 @@ TorchJD's account the value of the official code's experiments, github.com/OptMN
 Peers: TorchJD 0.18 (`torchjd.aggregation.SDMGradWeighting`) takes any matrix for A; fed GGᵀ it
 is this update (it adds 1e-8 to the squared mean norm: the same to ~1e-8 relative at unit scale,
 not at tiny scales). LibMTL's current tree (not in 1.1.5) draws three batches, uses lr 5 and adds
-the same 1e-8: fed one batch three times, ours with lr=5 is it to 1e-5 at gradient norms ~1e4, and
-at norms ~1e-3 the 1e-8 (1 % of the normalisation), through the inner SGD, changes the update by
-over 10 % (README findings; suites/aggregators/test_libmtl_tree_fidelity.py).
+the same 1e-8: fed one batch three times, ours with lr=5 is it to 1e-9 at gradient norms ~1e4, and
+at norms ~4e-3 the 1e-8 (~0.07 % of the normalisation), through the inner SGD, changes the update
+on some steps, by over 100 % on one (README findings; suites/aggregators/test_libmtl_tree_fidelity.py).
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ def test_upgrad_without_regularisation_is_ours(libmtl, n):
 
 def test_upgrad_default_regularisation_moves_the_update_by_up_to_1e_4(libmtl):
     """Convention: LibMTL's defaults (norm_eps = reg_eps = 1e-4, TorchJD's) solve the projection
-    on GGᵀ/tr + 1e-4 I, not on GGᵀ: the update moves by up to ~1e-4 relative."""
+    on GGᵀ/tr + 1e-4 I, not on GGᵀ: the update moves by up to ~1e-3 relative (8e-4 on these cases)."""
     moved = []
     for n in TASKS:
         for G, L in _random_steps(n):
@@ -262,13 +262,15 @@ def test_sdmgrad_is_ours_at_large_scale(libmtl, n):
     ours = get_aggregator("sdmgrad", lr=5.0, lambda_=0.3)
     for G, L in _random_steps(n, steps=6, scale=1e4):
         got, _ = peer.step(G, L, batches=3)
-        assert _rel(got, ours(G, L).direction) < 1e-5
+        assert _rel(got, ours(G, L).direction) < 1e-9
 
 
 def test_sdmgrad_depends_on_the_gradient_scale(libmtl):
-    """Finding: at gradient norms ~1e-3 LibMTL's + 1e-8 is 1 % of the normalisation, and its inner
-    SGD (lr 5 on a Gram whose largest eigenvalue is ~T after normalisation: it does not converge,
-    it bounces on the simplex) turns that into a different update; ours is homogeneous of degree 1."""
+    """Finding: at entries ~1e-3 (row norms ~4e-3) LibMTL's + 1e-8 is ~0.07 % of the normalisation
+    (mean ‖g_i‖)², and its inner SGD (lr 5 on a Gram whose largest eigenvalue is ~T after
+    normalisation: it does not converge, it bounces on the simplex) turns that into another update
+    on some steps (here by over 100 % on one step of six, 3 % on another); ours is homogeneous of
+    degree 1."""
     peer = _Driver(libmtl["SDMGrad"], 3, 12, SDMGrad_lamda=0.3, SDMGrad_niter=20)
     ours = get_aggregator("sdmgrad", lr=5.0, lambda_=0.3)
     gaps = [_rel(peer.step(G, L, batches=3)[0], ours(G, L).direction) for G, L in _random_steps(3, 6, 1e-3)]
@@ -279,7 +281,7 @@ def test_moco_is_another_update_than_algorithm_1(libmtl):
     """Finding: LibMTL's MoCo (from the authors' shared code) tracks ĝ_i = g_i/(‖g_i‖ + 1e-8)·L_i
     instead of g_i and takes λ ← softmax(λ − γ_k(YYᵀ + ρI)λ) instead of the simplex projection.
     Its update is exactly that recurrence. Fed the same ĝ our Y is its Y, and the λ rule alone moves
-    the update by 1–3 % on these steps; fed G, as a user feeds both, ours is 60–70 % off it."""
+    the update by 1–3 % on these steps; fed G, as a user feeds both, ours is about 70 % off it."""
     n = 3
     peer = _Driver(
         libmtl["MoCo"], n, 12, MoCo_beta=0.5, MoCo_beta_sigma=0.5, MoCo_gamma=0.1, MoCo_gamma_sigma=0.5, MoCo_rho=0.0
@@ -300,4 +302,4 @@ def test_moco_is_another_update_than_algorithm_1(libmtl):
         rule_gaps.append(_rel(got, out.direction))
         gaps.append(_rel(got, ours(G, L).direction))
     assert 1e-3 < max(rule_gaps) < 0.1
-    assert min(gaps) > 0.5
+    assert 0.6 < min(gaps) and max(gaps) < 0.8
