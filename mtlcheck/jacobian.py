@@ -161,17 +161,10 @@ class Jacobian:
         return self._cache["gram_exponent"]
 
     def is_finite(self) -> bool:
-        """No entry is NaN or inf. One read pass, a sum per block: NaN and inf carry through every
-        addition, so a finite sum clears its block; only a block whose finite entries add up past
-        the range (float32 sums for bf16/fp16 blocks: an fp16 block cannot) is tested entry by
-        entry. For methods that read no Gram: on a CPU, one thread, 3.5 ms against the Gram's 10.5
-        for 3 × 11.2M float32 entries, 7.9 against 36 for 7 × 11.2M."""
-        sums = torch.stack(
-            [b.sum(dtype=torch.float64 if b.dtype == torch.float64 else torch.float32) for b in self.blocks]
-        )
-        if bool(torch.isfinite(sums).all()):
-            return True
-        return all(math.isfinite(s) or bool(torch.isfinite(b).all()) for s, b in zip(sums.tolist(), self.blocks))
+        """No entry is NaN or inf (`all_finite` of the blocks). For methods that read no Gram: on a
+        CPU, one thread, 3.5 ms against the Gram's 10.5 for 3 × 11.2M float32 entries, 7.9 against
+        36 for 7 × 11.2M."""
+        return all_finite(self.blocks)
 
     def scaled_gram(self) -> torch.Tensor:
         """Ĝ = G Gᵀ / 4^S, shape (T, T), float64 on the CPU, symmetrised, max diagonal in [1, 4)."""
@@ -291,6 +284,20 @@ class Jacobian:
     def map_blocks(self, fn) -> Jacobian:
         """A Jacobian with fn applied to every block (same shapes and names)."""
         return Jacobian(tuple(fn(b) for b in self.blocks), self.shapes, self.names, self.level, self.activations)
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """No entry of any tensor is NaN or inf. One read pass, a sum per tensor, one host sync: NaN
+    and inf carry through every addition, so a finite sum clears its tensor; only a tensor whose
+    finite entries add up past the range (float32 sums for bf16/fp16: an fp16 tensor cannot) is
+    tested entry by entry. `torch.isfinite(t).all()` makes temporaries of t's size: on a CPU it
+    takes 12× as long over a ResNet18's 11.3M gradient entries (10.7–14.3 against 0.9 ms, 2 threads)."""
+    if not tensors:
+        return True
+    sums = torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32) for t in tensors])
+    if bool(torch.isfinite(sums).all()):
+        return True
+    return all(math.isfinite(s) or bool(torch.isfinite(t).all()) for s, t in zip(sums.tolist(), tensors))
 
 
 def times_pow2(x, exponent: int):

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from mtlcheck.aggregators import Aggregator
 from mtlcheck.gradients import NonFiniteLossError, backward_step, stacked_task_losses
+from mtlcheck.jacobian import all_finite
 from mtlcheck.models import map_tensors
 from mtlcheck.monitor import measure
 from mtlcheck.precision import Precision, engine_state
@@ -265,8 +266,7 @@ def _train(
                     precision=precision,
                     feature_batch=feature_batch,
                 )
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
-                if not bool(torch.stack([g.isfinite().all() for g in grads]).all()):  # one host sync
+                if not all_finite([p.grad for p in model.parameters() if p.grad is not None]):
                     bad = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
                     raise NonFiniteLossError(f"non-finite gradient in {bad[:3]}")
                 optimizer.step()

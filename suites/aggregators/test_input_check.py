@@ -8,7 +8,7 @@ import torch
 
 from mtlcheck.aggregators import get_aggregator, list_aggregators
 from mtlcheck.gradients import backward_step
-from mtlcheck.jacobian import Jacobian, NonFiniteInputError
+from mtlcheck.jacobian import Jacobian, NonFiniteInputError, all_finite
 from mtlcheck.models.toy import ToyRegression
 from mtlcheck.testing import samplers
 
@@ -46,6 +46,15 @@ def test_is_finite_finds_nan_and_inf_in_any_block_and_dtype():
             broken = blocks[1].clone()
             broken[2, 6] = bad
             assert not Jacobian((blocks[0], broken), J.shapes, J.names).is_finite(), (dtype, bad)
+
+
+def test_all_finite_over_a_list_of_tensors_of_any_shape():
+    tensors = [torch.ones(3, 4), torch.zeros(0), torch.ones(2, 2, 2, dtype=torch.float64), torch.ones(5).T]
+    assert all_finite(tensors) and all_finite([])
+    for bad in (float("nan"), float("inf")):
+        broken = [t.clone() for t in tensors]
+        broken[2][1, 0, 1] = bad
+        assert not all_finite(broken)
 
 
 def test_is_finite_accepts_finite_entries_whose_sum_overflows():

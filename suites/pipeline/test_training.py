@@ -162,7 +162,7 @@ class NaNGradient(ToyRegression):
         return losses
 
 
-@pytest.mark.parametrize("method", ["ew", "mgda", "graddrop"])
+@pytest.mark.parametrize("method", ["ew", "mgda", "graddrop", "moco", "excess_mtl"])
 def test_nan_gradient_with_finite_loss_is_a_divergence(method):
     out = train(NaNGradient(), ToyData(), default_collate, get_aggregator(method), SETUP)
     assert out.status == "diverged" and out.diverged_step == 0, out
