@@ -190,3 +190,35 @@ def test_a_peer_running_a_method_after_the_paper_writes_our_update(model_and_bat
     got = peers.compare(model, batch, peer, method, "parameter")
     assert got["cosine"] == pytest.approx(1.0, abs=1e-5)
     assert got["norm_ratio"] == pytest.approx(1.0, rel=1e-4)
+
+
+needs_tree = pytest.mark.skipif(
+    bool(peers.missing_requirements()) or not peers.libmtl_tree(),
+    reason=f"set {peers.LIBMTL_TREE_ENV} to a checkout of github.com/median-research-group/LibMTL (its methods "
+    "after the paper are not in its PyPI release 1.1.5), with the peers extra installed",
+)
+
+
+@needs_tree
+@pytest.mark.parametrize("method", [m for m in peers.LIBMTL_TREE if m != "moco"])
+def test_libmtl_tree_running_a_method_after_the_paper_writes_our_update(model_and_batch, method):
+    """LibMTL's source tree on the bench's model: our update for each of its methods after the paper
+    (the stateful ones at their second step; ExcessMTL × T, its weights summing to T)."""
+    model, batch = model_and_batch
+    got = peers.compare(model, batch, "libmtl", method, "parameter")
+    assert got["cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert got["norm_ratio"] == pytest.approx(peers.expected_norm_ratio("libmtl", method, 3), rel=1e-4)
+
+
+@needs_tree
+def test_libmtl_tree_moco_writes_another_update(model_and_batch):
+    """README findings: LibMTL's MoCo rescales each g_i to norm L_i and takes a softmax step on λ."""
+    model, batch = model_and_batch
+    assert peers.compare(model, batch, "libmtl", "moco", "parameter")["cosine"] < 0.9
+
+
+def test_libmtl_tree_option_names_a_checkout(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--peers", "--libmtl-tree", str(tmp_path), "--tasks", "2", "--batch-size", "2"])
+    assert exc.value.code == 2
+    assert "holds no LibMTL/weighting directory" in capsys.readouterr().err

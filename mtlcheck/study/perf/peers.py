@@ -12,7 +12,10 @@ go through, for each method that a peer also implements:
   with the defaults of its `config.py`), the parameter level (`rep_grad=False`) and, for the
   methods that support it, the representation level (`rep_grad=True`; with an encoder that
   returns one tensor, HPS keeps one representation per task, so this level back-propagates the
-  encoder T times, weighted, where mtlcheck's feature level does it once).
+  encoder T times, weighted, where mtlcheck's feature level does it once);
+* LibMTL's source tree (`--libmtl-tree DIR`, a checkout of the same repository) for its methods
+  after the paper, which 1.1.5 lacks (`LIBMTL_TREE`), built the same way; its MoDo and SDMGrad
+  take (3, T) losses from three batches, here the same batch three times.
 
 Each cell (peer, method, level) runs in a fresh process so that its peak memory is its own:
 the growth of the kernel's peak resident set (VmHWM, reset through /proc/self/clear_refs) over
@@ -68,7 +71,19 @@ REQUIRED = {"torchjd": "0.18.0", "LibMTL": "1.1.5", "cvxpy": None}  # cvxpy: Tor
 METHODS = ("mgda", "pcgrad", "cagrad", "nash_mtl", "imtl", "aligned_mtl", "gradvac")
 # methods after the paper that a peer ships (run when named with --methods; TorchJD's UPGrad and
 # DualProj need its quadprog-projector extra, in the peers extra)
-LATER = ("upgrad", "dualproj", "config", "fairgrad", "gls", "excess_mtl", "modo", "sdmgrad", "cr_mogm")
+LATER = (
+    "upgrad",
+    "dualproj",
+    "config",
+    "fairgrad",
+    "gls",
+    "excess_mtl",
+    "modo",
+    "sdmgrad",
+    "cr_mogm",
+    "db_mtl",
+    "moco",
+)
 TORCHJD_LATER = ("upgrad", "dualproj", "config", "fairgrad", "excess_mtl", "modo", "sdmgrad", "cr_mogm")
 # ExcessMTL is the same method in TorchJD and here only with a warm-up: without one, TorchJD's
 # first exponentiated step uses the raw excess risk (its baseline does not exist yet), ours the
@@ -77,7 +92,7 @@ OPTIONS = {"excess_mtl": {"warmup_steps": 1}}
 # the stateful methods are compared at their second step from fresh state, on another batch (the
 # first of ExcessMTL is its warm-up's uniform weights, CR-MOGM's is its base's; on the same batch
 # again ExcessMTL's excess ratios are all equal and CR-MOGM's average is its base's)
-STATEFUL = ("excess_mtl", "modo", "sdmgrad", "cr_mogm")
+STATEFUL = ("excess_mtl", "modo", "sdmgrad", "cr_mogm", "db_mtl", "moco")
 CAGRAD_C = 0.5  # mtlcheck's, LibMTL's (`calpha`) and the official default; TorchJD has none
 # LibMTL's weighting classes with the `weight_args` its config.py gives them by default
 LIBMTL = {
@@ -90,6 +105,37 @@ LIBMTL = {
     "gls": ("GLS", {}),
 }
 LIBMTL_REP_GRAD = ("mgda", "imtl")  # the others raise "No support ... rep_grad=True"
+# LibMTL's methods after the paper, only in its source tree (PyPI's 1.1.5 lacks them): run where
+# `--libmtl-tree` (the MTLCHECK_LIBMTL_TREE variable) names a checkout. weight_args: ours where its
+# config.py's defaults differ (DB-MTL σ 0, ExcessMTL step 1e-2, MoDo γ 1e-3), so that the same
+# method is compared; its SDMGrad has lr 5 in its code, so ours runs with lr=5 against it
+LIBMTL_TREE_ENV = "MTLCHECK_LIBMTL_TREE"
+LIBMTL_TREE = {
+    "upgrad": ("UPGrad", {"UPGrad_norm_eps": 1e-4, "UPGrad_reg_eps": 1e-4}),  # its defaults (TorchJD's)
+    "fairgrad": ("FairGrad", {"FairGrad_alpha": 1.0}),
+    "db_mtl": ("DB_MTL", {"DB_beta": 0.9, "DB_beta_sigma": 0.5}),
+    "excess_mtl": ("ExcessMTL", {"robust_step_size": 1.0}),
+    "moco": (
+        "MoCo",
+        {"MoCo_beta": 0.5, "MoCo_beta_sigma": 0.5, "MoCo_gamma": 0.1, "MoCo_gamma_sigma": 0.5, "MoCo_rho": 0},
+    ),
+    "modo": ("MoDo", {"MoDo_gamma": 0.1, "MoDo_rho": 0.1}),
+    "sdmgrad": ("SDMGrad", {"SDMGrad_lamda": 0.3, "SDMGrad_niter": 20}),
+}
+LIBMTL_THREE_BATCHES = ("modo", "sdmgrad")  # its backward takes (3, T) losses: here one batch three times
+LIBMTL_OPTIONS = {"sdmgrad": {"lr": 5.0}}  # ours against LibMTL's (its inner SGD's lr is fixed at 5)
+
+
+def libmtl_tree() -> str | None:
+    """The LibMTL source tree the bench runs, or None (the installed LibMTL 1.1.5)."""
+    return os.environ.get(LIBMTL_TREE_ENV) or None
+
+
+def libmtl_methods() -> dict:
+    """LibMTL's (class name, weight_args) per method: 1.1.5's, and the tree's where one is named."""
+    return {**LIBMTL, **LIBMTL_TREE} if libmtl_tree() else LIBMTL
+
+
 PEERS = ("mtlcheck", "torchjd", "libmtl")
 
 
@@ -130,7 +176,7 @@ def cells(n_tasks: int) -> list[tuple[str, str, str]]:
             out.append(("mtlcheck", m, "feature"))
         if m in METHODS or m in TORCHJD_LATER:
             out.append(("torchjd", m, "parameter"))
-        if m in LIBMTL:
+        if m in libmtl_methods():
             out.append(("libmtl", m, "parameter"))
         if m in LIBMTL_REP_GRAD:
             out.append(("libmtl", m, "feature"))
@@ -147,6 +193,8 @@ def expected_norm_ratio(peer: str, method: str, n_tasks: int) -> float:
         return 1 / n_tasks
     if peer == "torchjd" and method == "aligned_mtl":
         return 1 / n_tasks
+    if peer == "libmtl" and method == "excess_mtl":  # its weights sum to T
+        return float(n_tasks)
     return 1.0
 
 
@@ -160,11 +208,18 @@ def _import_libmtl():
     import importlib.util
 
     if "LibMTL" not in sys.modules:
-        spec = importlib.util.find_spec("LibMTL")
-        if spec is None:
-            raise MissingExtraError(f"LibMTL is not installed; run: {PEERS_EXTRA}")
+        tree = libmtl_tree()
+        if tree:
+            if not os.path.isdir(os.path.join(tree, "LibMTL", "weighting")):
+                raise MissingExtraError(f"{LIBMTL_TREE_ENV}={tree!r} holds no LibMTL/weighting directory")
+            path = [os.path.join(tree, "LibMTL")]
+        else:
+            spec = importlib.util.find_spec("LibMTL")
+            if spec is None:
+                raise MissingExtraError(f"LibMTL is not installed; run: {PEERS_EXTRA}")
+            path = list(spec.submodule_search_locations)
         package = types.ModuleType("LibMTL")
-        package.__path__ = list(spec.submodule_search_locations)
+        package.__path__ = path
         sys.modules["LibMTL"] = package
     return importlib.import_module("LibMTL.weighting"), importlib.import_module("LibMTL.architecture")
 
@@ -184,7 +239,7 @@ def libmtl_step(model, method: str, rep_grad: bool):
     """A step function running LibMTL's `backward` of `method` on `model`'s modules (shared, not
     copied), built as LibMTL's Trainer builds its model."""
     weighting, architecture = _import_libmtl()
-    cls_name, weight_args = LIBMTL[method]
+    cls_name, weight_args = libmtl_methods()[method]
 
     class MTLModel(architecture.HPS, getattr(weighting, cls_name)):
         def __init__(self):
@@ -203,12 +258,18 @@ def libmtl_step(model, method: str, rep_grad: bool):
 
     lib = MTLModel()
 
-    def step(batch):
+    def task_losses(batch):
         preds = lib(batch["image"])
         losses = torch.zeros(lib.task_num)
         for i, task in enumerate(lib.task_name):
             losses[i] = torch.nn.functional.cross_entropy(preds[task], batch["labels"][:, i])
-        lib.backward(losses, **weight_args)
+        return losses
+
+    def step(batch):
+        if method in LIBMTL_THREE_BATCHES:
+            lib.backward(torch.stack([task_losses(batch) for _ in range(3)]), **weight_args)
+        else:
+            lib.backward(task_losses(batch), **weight_args)
 
     return step
 
@@ -255,11 +316,11 @@ def torchjd_step(model, method: str):
     return step
 
 
-def mtlcheck_step(model, method: str, level: str, feature_batch: str = "flatten"):
+def mtlcheck_step(model, method: str, level: str, feature_batch: str = "flatten", options: dict | None = None):
     from mtlcheck.aggregators import aggregator_class
     from mtlcheck.gradients import backward_step
 
-    aggregator = aggregator_class(method)(**OPTIONS.get(method, {}))
+    aggregator = aggregator_class(method)(**OPTIONS.get(method, {}), **(options or {}))
 
     def step(batch):
         backward_step(model, batch, aggregator, level=level, feature_batch=feature_batch)
@@ -277,8 +338,10 @@ def make_step(model, peer: str, method: str, level: str):
 
 def reference_step(model, peer: str, method: str, level: str):
     """mtlcheck's step that a cell is compared with: the same method and level; at the feature
-    level LibMTL solves on batch-summed rows (mtlcheck's feature_batch="sum")."""
-    return mtlcheck_step(model, method, level, "sum" if (peer, level) == ("libmtl", "feature") else "flatten")
+    level LibMTL solves on batch-summed rows (mtlcheck's feature_batch="sum"); against LibMTL's
+    SDMGrad, its learning rate."""
+    feature_batch = "sum" if (peer, level) == ("libmtl", "feature") else "flatten"
+    return mtlcheck_step(model, method, level, feature_batch, LIBMTL_OPTIONS.get(method) if peer == "libmtl" else None)
 
 
 def _shared_grad(model) -> torch.Tensor:
@@ -397,6 +460,10 @@ def machine(malloc: str) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "absent"
+    if libmtl_tree():
+        versions["LibMTL"] = (
+            f"{versions['LibMTL']} and, for the methods after the paper, the source tree {libmtl_tree()}"
+        )
     libc = " ".join(platform.libc_ver()).strip() or "unknown libc"
     return {
         "cpu": model,
@@ -566,6 +633,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default="bench-peers.md", help="write the Markdown table here (default bench-peers.md)"
     )
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
+    parser.add_argument(
+        "--libmtl-tree",
+        default=None,
+        metavar="DIR",
+        help="a checkout of github.com/median-research-group/LibMTL: also run its methods after the paper "
+        f"({', '.join(LIBMTL_TREE)}), which its PyPI release 1.1.5 lacks",
+    )
     parser.add_argument("--width", type=int, default=64, help=argparse.SUPPRESS)  # a narrower trunk, for tests
     parser.add_argument("--cell", nargs=3, metavar=("PEER", "METHOD", "LEVEL"), help=argparse.SUPPRESS)
     parser.set_defaults(bench=command)
@@ -587,6 +661,10 @@ def command(args, parser) -> int:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.repeats < 1:
         parser.error(f"--repeats must be positive, got {args.repeats}")
+    if args.libmtl_tree is not None:
+        if not os.path.isdir(os.path.join(args.libmtl_tree, "LibMTL", "weighting")):
+            parser.error(f"--libmtl-tree {args.libmtl_tree!r} holds no LibMTL/weighting directory (a LibMTL checkout)")
+        os.environ[LIBMTL_TREE_ENV] = os.path.abspath(args.libmtl_tree)  # the cells' processes inherit it
     try:
         if args.cell:  # the child process of one cell
             if args.threads:
