@@ -49,7 +49,7 @@ def test_is_finite_finds_nan_and_inf_in_any_block_and_dtype():
 
 
 def test_all_finite_over_a_list_of_tensors_of_any_shape():
-    tensors = [torch.ones(3, 4), torch.zeros(0), torch.ones(2, 2, 2, dtype=torch.float64), torch.ones(5).T]
+    tensors = [torch.ones(3, 4), torch.zeros(0), torch.ones(2, 2, 2, dtype=torch.float64), torch.ones(2, 5).T]
     assert all_finite(tensors) and all_finite([])
     for bad in (float("nan"), float("inf")):
         broken = [t.clone() for t in tensors]
