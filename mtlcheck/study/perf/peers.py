@@ -13,9 +13,10 @@ go through, for each method that a peer also implements:
   methods that support it, the representation level (`rep_grad=True`; with an encoder that
   returns one tensor, HPS keeps one representation per task, so this level back-propagates the
   encoder T times, weighted, where mtlcheck's feature level does it once);
-* LibMTL's source tree (`--libmtl-tree DIR`, a checkout of the same repository) for its methods
-  after the paper, which 1.1.5 lacks (`LIBMTL_TREE`), built the same way; its MoDo and SDMGrad
-  take (3, T) losses from three batches, here the same batch three times.
+* or LibMTL's source tree (`--libmtl-tree DIR`, a checkout of the same repository), for every
+  LibMTL cell and for its methods after the paper, which 1.1.5 lacks (`LIBMTL_TREE`), built the
+  same way; its MoDo and SDMGrad take (3, T) losses from three batches, here the same batch
+  three times.
 
 Each cell (peer, method, level) runs in a fresh process so that its peak memory is its own:
 the growth of the kernel's peak resident set (VmHWM, reset through /proc/self/clear_refs) over
@@ -462,7 +463,7 @@ def machine(malloc: str) -> dict:
             versions[name] = "absent"
     if libmtl_tree():
         versions["LibMTL"] = (
-            f"{versions['LibMTL']} and, for the methods after the paper, the source tree {libmtl_tree()}"
+            f"source tree {libmtl_tree()} (every LibMTL cell; the installed {versions['LibMTL']} unused)"
         )
     libc = " ".join(platform.libc_ver()).strip() or "unknown libc"
     return {
@@ -637,8 +638,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--libmtl-tree",
         default=None,
         metavar="DIR",
-        help="a checkout of github.com/median-research-group/LibMTL: also run its methods after the paper "
-        f"({', '.join(LIBMTL_TREE)}), which its PyPI release 1.1.5 lacks",
+        help="a checkout of github.com/median-research-group/LibMTL: every LibMTL cell runs it, and its methods "
+        f"after the paper ({', '.join(LIBMTL_TREE)}), which its PyPI release 1.1.5 lacks, run too",
     )
     parser.add_argument("--width", type=int, default=64, help=argparse.SUPPRESS)  # a narrower trunk, for tests
     parser.add_argument("--cell", nargs=3, metavar=("PEER", "METHOD", "LEVEL"), help=argparse.SUPPRESS)
