@@ -294,6 +294,7 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     takes 12× as long over a ResNet18's 11.3M gradient entries (10.7–14.3 against 0.9 ms, 2 threads)."""
     if not tensors:
         return True
+    tensors = [torch.view_as_real(t) if t.is_complex() else t for t in tensors]  # both parts
     sums = torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32) for t in tensors])
     if bool(torch.isfinite(sums).all()):
         return True

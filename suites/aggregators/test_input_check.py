@@ -55,6 +55,8 @@ def test_all_finite_over_a_list_of_tensors_of_any_shape():
         broken = [t.clone() for t in tensors]
         broken[2][1, 0, 1] = bad
         assert not all_finite(broken)
+        assert not all_finite([torch.tensor([1 + 0j, complex(0, bad)])])  # the imaginary part too
+    assert all_finite([torch.tensor([1 + 2j, 3 - 1j])])
 
 
 def test_is_finite_accepts_finite_entries_whose_sum_overflows():

@@ -309,9 +309,9 @@ def test_moco_is_another_update_than_algorithm_1(libmtl):
 @pytest.mark.skipif(not np.__version__.startswith("2"), reason="NumPy 2 removed np.alltrue")
 @pytest.mark.parametrize("n", [2, 3])
 def test_sdmgrad_crashes_on_zero_gradients_under_numpy_2(libmtl, n):
-    """Finding: with every task gradient zero its weights stay at 1/T, which sum to exactly 1, and
-    its simplex projection then calls np.alltrue, removed in NumPy 2.0 (an AttributeError; in its
-    own float32 at T = 2, where 1/2 + 1/2 is exactly 1, as here in float64). Ours returns 0."""
+    """Finding: with every task gradient zero its weights stay at 1/T, which sum to exactly 1 (in its
+    own float32 when T is a power of two; here in float64, at T = 2 and 3), and its simplex
+    projection then calls np.alltrue, removed in NumPy 2.0 (an AttributeError). Ours returns 0."""
     peer = _Driver(libmtl["SDMGrad"], n, 12, SDMGrad_lamda=0.3, SDMGrad_niter=20)
     G, L = torch.zeros(n, 12, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
     with pytest.raises(AttributeError, match="alltrue"):

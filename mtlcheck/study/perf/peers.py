@@ -13,10 +13,10 @@ go through, for each method that a peer also implements:
   methods that support it, the representation level (`rep_grad=True`; with an encoder that
   returns one tensor, HPS keeps one representation per task, so this level back-propagates the
   encoder T times, weighted, where mtlcheck's feature level does it once);
-* or LibMTL's source tree (`--libmtl-tree DIR`, a checkout of the same repository), for every
-  LibMTL cell and for its methods after the paper, which 1.1.5 lacks (`LIBMTL_TREE`), built the
-  same way; its MoDo and SDMGrad take (3, T) losses from three batches, here the same batch
-  three times.
+* LibMTL's source tree (`--libmtl-tree DIR`, a checkout of the same repository) for its methods
+  after the paper, which 1.1.5 lacks (`LIBMTL_TREE`; the paper's methods stay 1.1.5's), built the
+  same way with the tree's own `HPS`; its MoDo and SDMGrad take (3, T) losses from three batches,
+  here the same batch three times.
 
 Each cell (peer, method, level) runs in a fresh process so that its peak memory is its own:
 the growth of the kernel's peak resident set (VmHWM, reset through /proc/self/clear_refs) over
@@ -45,6 +45,7 @@ torch/torchvision this package needs):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -202,27 +203,46 @@ def expected_norm_ratio(peer: str, method: str, n_tasks: int) -> float:
 # ---------------------------------------------------------------- the peers' steps (in the child)
 
 
-def _import_libmtl():
+def _import_libmtl(method: str | None = None):
     """LibMTL's `weighting` and `architecture` subpackages, imported under a bare `LibMTL`
-    package: its __init__ imports LibMTL.model, which needs `torchvision.models.utils`."""
+    package: its __init__ imports LibMTL.model, which needs `torchvision.models.utils`. The
+    installed release's, or for a method of `LIBMTL_TREE` where a tree is named, the tree's."""
     import importlib
     import importlib.util
 
+    if method in LIBMTL_TREE and libmtl_tree():
+        return _import_libmtl_tree(libmtl_tree())
     if "LibMTL" not in sys.modules:
-        tree = libmtl_tree()
-        if tree:
-            if not os.path.isdir(os.path.join(tree, "LibMTL", "weighting")):
-                raise MissingExtraError(f"{LIBMTL_TREE_ENV}={tree!r} holds no LibMTL/weighting directory")
-            path = [os.path.join(tree, "LibMTL")]
-        else:
-            spec = importlib.util.find_spec("LibMTL")
-            if spec is None:
-                raise MissingExtraError(f"LibMTL is not installed; run: {PEERS_EXTRA}")
-            path = list(spec.submodule_search_locations)
+        spec = importlib.util.find_spec("LibMTL")
+        if spec is None:
+            raise MissingExtraError(f"LibMTL is not installed; run: {PEERS_EXTRA}")
         package = types.ModuleType("LibMTL")
-        package.__path__ = path
+        package.__path__ = list(spec.submodule_search_locations)
         sys.modules["LibMTL"] = package
     return importlib.import_module("LibMTL.weighting"), importlib.import_module("LibMTL.architecture")
+
+
+@functools.cache
+def _import_libmtl_tree(root: str):
+    """The tree's `weighting` and `architecture`, imported under a bare `LibMTL` package with
+    sys.modules restored after (the installed release stays what `import LibMTL` gives; the tree's
+    modules import nothing later, so they keep working outside sys.modules)."""
+    import importlib
+
+    if not os.path.isdir(os.path.join(root, "LibMTL", "weighting")):
+        raise MissingExtraError(f"{LIBMTL_TREE_ENV}={root!r} holds no LibMTL/weighting directory")
+    saved = {k: v for k, v in sys.modules.items() if k == "LibMTL" or k.startswith("LibMTL.")}
+    for k in saved:
+        del sys.modules[k]
+    try:
+        package = types.ModuleType("LibMTL")
+        package.__path__ = [os.path.join(root, "LibMTL")]
+        sys.modules["LibMTL"] = package
+        return importlib.import_module("LibMTL.weighting"), importlib.import_module("LibMTL.architecture")
+    finally:
+        for k in [k for k in sys.modules if k == "LibMTL" or k.startswith("LibMTL.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
 
 
 class _Trunk(torch.nn.Module):
@@ -239,7 +259,7 @@ class _Trunk(torch.nn.Module):
 def libmtl_step(model, method: str, rep_grad: bool):
     """A step function running LibMTL's `backward` of `method` on `model`'s modules (shared, not
     copied), built as LibMTL's Trainer builds its model."""
-    weighting, architecture = _import_libmtl()
+    weighting, architecture = _import_libmtl(method)
     cls_name, weight_args = libmtl_methods()[method]
 
     class MTLModel(architecture.HPS, getattr(weighting, cls_name)):
@@ -463,7 +483,7 @@ def machine(malloc: str) -> dict:
             versions[name] = "absent"
     if libmtl_tree():
         versions["LibMTL"] = (
-            f"source tree {libmtl_tree()} (every LibMTL cell; the installed {versions['LibMTL']} unused)"
+            f"{versions['LibMTL']} and, for the methods after the paper, the source tree {libmtl_tree()}"
         )
     libc = " ".join(platform.libc_ver()).strip() or "unknown libc"
     return {
@@ -638,8 +658,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--libmtl-tree",
         default=None,
         metavar="DIR",
-        help="a checkout of github.com/median-research-group/LibMTL: every LibMTL cell runs it, and its methods "
-        f"after the paper ({', '.join(LIBMTL_TREE)}), which its PyPI release 1.1.5 lacks, run too",
+        help="a checkout of github.com/median-research-group/LibMTL: also run its methods after the paper "
+        f"({', '.join(LIBMTL_TREE)}), which its PyPI release 1.1.5 lacks (the paper's methods stay 1.1.5's)",
     )
     parser.add_argument("--width", type=int, default=64, help=argparse.SUPPRESS)  # a narrower trunk, for tests
     parser.add_argument("--cell", nargs=3, metavar=("PEER", "METHOD", "LEVEL"), help=argparse.SUPPRESS)
