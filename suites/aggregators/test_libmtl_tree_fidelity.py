@@ -13,12 +13,7 @@ Every difference is asserted with its cause: a peer's convention, its epsilon, o
 """
 
 import contextlib
-import importlib
-import os
-import sys
-import types
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,42 +22,26 @@ from torch import nn
 
 from mtlcheck.aggregators import get_aggregator
 from mtlcheck.aggregators._simplex import project_onto_simplex
+from mtlcheck.study.perf import peers
 from mtlcheck.testing import identities, samplers
 
-TREE = os.environ.get("MTLCHECK_LIBMTL_TREE")
+TREE = peers.libmtl_tree()
 pytestmark = pytest.mark.skipif(
     not TREE,
-    reason="set MTLCHECK_LIBMTL_TREE to a checkout of github.com/median-research-group/LibMTL "
+    reason=f"set {peers.LIBMTL_TREE_ENV} to a checkout of github.com/median-research-group/LibMTL "
     "(its newer methods are not in the PyPI release 1.1.5)",
 )
 CLASSES = ("DB_MTL", "ExcessMTL", "FairGrad", "MoCo", "MoDo", "SDMGrad", "STCH", "UPGrad")
 TASKS = (2, 3, 5, 7)
 
 
-def _load(root: str) -> dict[str, type]:
-    """The classes of LibMTL/weighting/<name>.py under a bare `LibMTL` package (each module alone:
-    the package's __init__ would import every method and LibMTL.model); sys.modules restored after,
-    so that the installed LibMTL 1.1.5 stays what `import LibMTL` gives."""
-    if not (Path(root) / "LibMTL" / "weighting").is_dir():
-        pytest.fail(f"MTLCHECK_LIBMTL_TREE={root!r} holds no LibMTL/weighting directory")
-    saved = {k: v for k, v in sys.modules.items() if k == "LibMTL" or k.startswith("LibMTL.")}
-    for k in saved:
-        del sys.modules[k]
-    try:
-        for name, sub in (("LibMTL", "LibMTL"), ("LibMTL.weighting", "LibMTL/weighting")):
-            package = types.ModuleType(name)
-            package.__path__ = [str(Path(root) / sub)]
-            sys.modules[name] = package
-        return {c: getattr(importlib.import_module(f"LibMTL.weighting.{c}"), c) for c in CLASSES}
-    finally:
-        for k in [k for k in sys.modules if k == "LibMTL" or k.startswith("LibMTL.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
-
-
 @pytest.fixture(scope="module")
 def libmtl():
-    return _load(TREE)
+    """The tree's weighting classes, imported as the bench imports them (`mtlcheck bench --peers
+    --libmtl-tree`): under a bare `LibMTL` package, sys.modules restored after, so that the
+    installed LibMTL 1.1.5 stays what `import LibMTL` gives."""
+    weighting, _ = peers._import_libmtl_tree(TREE)
+    return {c: getattr(weighting, c) for c in CLASSES}
 
 
 @contextlib.contextmanager
