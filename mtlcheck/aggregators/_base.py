@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -22,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mtlcheck.jacobian import Jacobian, NonFiniteGradientError, NonFiniteInputError
+from mtlcheck.jacobian import Jacobian, NonFiniteGradientError, NonFiniteInputError, NonFiniteOutputError, all_finite
 
 _REDUCTIONS = ("sum", "mean", "normalized", "other")
 _FAMILIES = ("weighting", "projection", "solver", "masking", "regularizer")
@@ -106,10 +107,13 @@ class AggregatorTags:
 
 @dataclass(frozen=True, eq=False)
 class Aggregation:
-    """An aggregator's output: direction blocks (None for loss-only methods) and weights."""
+    """An aggregator's output: direction blocks (None for loss-only methods) and weights;
+    `bound`, optionally, an upper bound on the direction's |entries| that the method knows without
+    a pass over it (then the check that a finite G gave a finite direction reads it)."""
 
     blocks: tuple[torch.Tensor, ...] | None
     weights: torch.Tensor | None
+    bound: float | None = None
 
     @property
     def direction(self) -> torch.Tensor | None:
@@ -137,10 +141,12 @@ def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
         return value is None, value
     if hint is bool:
         return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is int:  # numpy's integers too; a bool is never a number
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return False, value
+        return True, int(value)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             return False, value
         return True, float(value)
     if hint is str:
@@ -183,9 +189,11 @@ class Aggregator:
     implements: ClassVar[str | None] = None
 
     def __init__(self, *, seed: int = 0):
-        if not isinstance(seed, int):
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"{type(self).__name__}: seed must be an int, got {seed!r}")
-        self.seed = seed
+        if not -(2**63) <= int(seed) < 2**64:  # what torch.Generator.manual_seed takes
+            raise ValueError(f"{type(self).__name__}: seed must be in [-2**63, 2**64), got {seed!r}")
+        self.seed = int(seed)
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
         self._n_tasks: int | None = None
@@ -270,7 +278,29 @@ class Aggregator:
                 f"{self!r} was called with T={self._n_tasks} tasks before and now with T={n}; call reset() first"
             )
         self._n_tasks = n
-        return self._aggregate(J, losses)
+        result = self._aggregate(J, losses)
+        if result.weights is not None and not bool(torch.isfinite(result.weights).all()):
+            raise NonFiniteOutputError(f"{self!r}: non-finite task weights {result.weights.tolist()}", "weights")
+        if J is not None and result.blocks is not None:
+            self._check_direction(J, result)
+        return result
+
+    def _check_direction(self, J: Jacobian, result: Aggregation) -> None:
+        """A NonFiniteOutputError when a finite G gave a direction that is not finite (an
+        fp16 ConFIG step past 65504, say). Free where the method's `bound`, or its weights and what
+        the input check computed (`Jacobian.combine_bound`), bound it; else one summing pass over
+        the direction."""
+        dtype = result.blocks[0].dtype
+        bound = result.bound
+        if bound is None and result.weights is not None:
+            bound = J.combine_bound(result.weights)
+        if bound is not None and bound < torch.finfo(dtype).max / 4:  # with room for rounding
+            return
+        if not all_finite(result.blocks):
+            raise NonFiniteOutputError(
+                f"{self!r}: a non-finite direction (NaN or inf: past the range of {dtype}?) for a finite G "
+                f"(max |G| = {J.max_abs():.3g})"
+            )
 
     def _aggregate(self, J: Jacobian | None, losses: torch.Tensor | None) -> Aggregation:  # pragma: no cover
         raise NotImplementedError
@@ -286,6 +316,8 @@ class Aggregator:
             raise ValueError(f"{self!r}: {exc}") from None
         if J.n_tasks == 0:
             raise ValueError(f"{self!r}: G has T=0 tasks; at least one task gradient is required")
+        if J.dim == 0:
+            raise ValueError(f"{self!r}: G has d=0 columns; the task gradients must have at least one entry")
         if not J.dtype.is_floating_point:
             raise ValueError(f"{self!r}: G must be a floating-point tensor, got dtype {J.dtype}")
         if any(b.requires_grad for b in J.blocks) and not tags.second_order:
@@ -315,7 +347,14 @@ class Aggregator:
                 raise ValueError(f"{self!r} needs the task losses (a (T,) tensor); got None")
             return None
         if not isinstance(losses, torch.Tensor):
-            losses = torch.as_tensor(losses, dtype=torch.float64)
+            try:
+                losses = torch.as_tensor(losses, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(
+                    f"{self!r}: losses must be a (T,) tensor of real numbers, got {losses!r} ({exc})"
+                ) from None
+        if losses.is_complex() or losses.dtype == torch.bool:
+            raise ValueError(f"{self!r}: losses must be real numbers, got dtype {losses.dtype}")
         if losses.ndim != 1:
             raise ValueError(f"{self!r}: losses must have shape (T,), got {tuple(losses.shape)}")
         if J is not None and losses.shape[0] != J.n_tasks:
@@ -359,10 +398,40 @@ class Aggregator:
             "method": copy.deepcopy(self._get_state()),
         }
 
+    # state keys an older release saved, which `_set_state` still reads (besides `_state_attrs`)
+    _legacy_state_keys: ClassVar[tuple[str, ...]] = ()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self._n_tasks = state["n_tasks"]
-        self._set_state(copy.deepcopy(state["method"]))
+        """Restore `state_dict()`'s output. A ValueError naming what is missing, foreign or of the
+        wrong type otherwise, with nothing changed."""
+        who = type(self).__name__
+        if not isinstance(state, dict) or set(state) != {"generator", "n_tasks", "method"}:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{who}.load_state_dict: expected the keys ['generator', 'method', 'n_tasks'], got {got}")
+        generator, n_tasks, method = state["generator"], state["n_tasks"], state["method"]
+        if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8):
+            raise ValueError(f"{who}.load_state_dict: 'generator' must be a generator state (a uint8 tensor)")
+        if n_tasks is not None and (isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1):
+            raise ValueError(f"{who}.load_state_dict: 'n_tasks' must be None or an int >= 1, got {n_tasks!r}")
+        if not isinstance(method, dict):
+            raise ValueError(f"{who}.load_state_dict: 'method' must be a dict, got {type(method).__name__}")
+        kept = self._get_state()
+        foreign = sorted(set(method) - set(kept) - set(self._legacy_state_keys))
+        if foreign:
+            raise ValueError(
+                f"{who}.load_state_dict: state keys {foreign} are not {who}'s (it keeps {sorted(kept)}); "
+                "was the state saved from another method?"
+            )
+        try:
+            self._set_state(copy.deepcopy(method))
+        except KeyError as exc:
+            self._set_state(kept)
+            raise ValueError(f"{who}.load_state_dict: the method state lacks {exc}; it keeps {sorted(kept)}") from None
+        except Exception:
+            self._set_state(kept)
+            raise
+        self.generator.set_state(generator)
+        self._n_tasks = n_tasks
 
     def __getstate__(self):
         d = self.__dict__.copy()
@@ -422,16 +491,36 @@ class WeightingAggregator(Aggregator):
         return Aggregation(None if J is None else J.combine(w), w)
 
 
-def check_state_shapes(owner: Aggregator, state: tuple[torch.Tensor, ...] | None, blocks) -> None:
+def check_state_shapes(
+    owner: Aggregator, state: tuple[torch.Tensor, ...] | None, blocks, dtype: torch.dtype | None = None
+) -> None:
     """A ValueError when the gradient blocks' shapes differ from those of the per-block `state` a
-    stateful method kept from the last step (None: no state yet)."""
-    if state is not None and [tuple(s.shape) for s in state] != [tuple(b.shape) for b in blocks]:
+    stateful method kept from the last step (None: no state yet), or its dtype from `dtype` (the
+    blocks' by default)."""
+    if state is None:
+        return
+    if [tuple(s.shape) for s in state] != [tuple(b.shape) for b in blocks]:
         raise ValueError(
             f"{owner!r}: the gradient blocks changed shape since the last step "
             f"({[tuple(s.shape) for s in state]} → {[tuple(b.shape) for b in blocks]}); call reset() first"
+        )
+    expected = blocks[0].dtype if dtype is None else dtype
+    if state and state[0].dtype != expected:
+        raise ValueError(
+            f"{owner!r}: the gradients' dtype changed since the last step (state in {state[0].dtype}, "
+            f"gradients now {blocks[0].dtype}); call reset() first"
         )
 
 
 def softmax64(x: torch.Tensor) -> torch.Tensor:
     """Softmax in float64 (small helper shared by the random and loss-balancing methods)."""
     return torch.softmax(x.to(torch.float64), dim=0)
+
+
+def decayed(rate: float, step: int, power: float) -> float:
+    """rate / step^power (a step-size schedule); 0 where step^power overflows a float (a power
+    of 2000, say), instead of an OverflowError or an exact integer power that never ends."""
+    try:
+        return rate / float(step) ** power
+    except OverflowError:
+        return 0.0

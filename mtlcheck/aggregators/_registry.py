@@ -9,6 +9,7 @@ A package exposes a method to mtlcheck (and so to `pytest suites/conformance`) w
 from __future__ import annotations
 
 import fnmatch
+import functools
 from importlib import metadata
 from typing import Any
 
@@ -30,6 +31,7 @@ def register_aggregator(name: str, *, paper_name: str | None = None, feature_ali
     parameter-level objective: Sener & Koltun 2018, §3.3)."""
 
     def decorate(cls: type[Aggregator]) -> type[Aggregator]:
+        _check_init_types(cls)
         if feature_alias is not None and (
             feature_alias in _REGISTRY or _FEATURE_ALIASES.get(feature_alias, name) != name or feature_alias == name
         ):
@@ -42,6 +44,22 @@ def register_aggregator(name: str, *, paper_name: str | None = None, feature_ali
         return cls
 
     return decorate
+
+
+def _check_init_types(cls: type[Aggregator]) -> None:
+    """Make `cls(...)` check its keywords as the command line's `--config` does
+    (`Aggregator.check_config`: a bool is never a number, floats are finite, numpy scalars are
+    numbers), so that a Python call and a config file accept the same values."""
+    init = cls.__dict__.get("__init__")
+    if init is None or getattr(init, "_checks_types", False):
+        return
+
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        init(self, *args, **cls.check_config(kwargs))
+
+    checked_init._checks_types = True
+    cls.__init__ = checked_init
 
 
 def paper_name(name: str) -> str:
@@ -105,6 +123,12 @@ def aggregator_class(name: str) -> type[Aggregator]:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
+        if name in level_aliases():
+            method, level = level_aliases()[name]
+            raise ValueError(
+                f"{name!r} names {method!r} at the {level} level (the level is the engine's choice, not the "
+                f"method's): use the aggregator {method!r}"
+            ) from None
         from mtlcheck._names import did_you_mean
 
         hint = did_you_mean(name, [*_REGISTRY, *level_aliases()])

@@ -3,18 +3,37 @@ algorithm of Duchi et al. 2008, "Efficient Projections onto the ℓ1-Ball", Fig.
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from mtlcheck.jacobian import times_pow2
 
 
 def project_onto_simplex(y: torch.Tensor) -> torch.Tensor:
-    """argmin_{x ≥ 0, Σx = 1} ‖x − y‖ for a float64 vector y. y is shifted by its maximum first
-    (the projection does not change when a constant is added to every entry), so that huge
-    entries cannot round the largest one's test u_1 − (u_1 − 1) > 0 to zero."""
+    """argmin_{x ≥ 0, Σx = 1} ‖x − y‖ for a float64 vector y (−inf entries get 0; NaN or +inf:
+    FloatingPointError). y is shifted by its maximum first (the projection does not change when a
+    constant is added to every entry), so that huge entries cannot round the largest one's test
+    u_1 − (u_1 − 1) > 0 to zero."""
+    if bool(torch.isnan(y).any()) or bool((y == math.inf).any()):
+        raise FloatingPointError(f"project_onto_simplex: y must have no NaN or +inf entry, got {y.tolist()}")
     n = y.shape[0]
-    y = y - y.max()
+    # entries more than 1 below the largest get 0 (θ >= max y − 1) and do not move θ, so they are
+    # raised to −2: the cumulative sums below cannot overflow, and −inf entries are no NaN
+    y = (y - y.max()).clamp_min(-2.0)
     u, _ = torch.sort(y, descending=True)
     css = torch.cumsum(u, 0) - 1.0
     k = torch.arange(1, n + 1, dtype=y.dtype)
     rho = int(torch.nonzero(u - css / k > 0).max())
     theta = css[rho] / (rho + 1)
     return (y - theta).clamp_min(0.0)
+
+
+def projected_step(x: torch.Tensor, step: float, direction: torch.Tensor, exponent: int = 0) -> torch.Tensor:
+    """Π_Δ(x − c·direction) with c = step · 2^exponent, computed as Π_Δ(x − c·(direction − min direction)):
+    the projection does not change when a constant is added to every entry, and so no entry
+    becomes +inf or NaN whatever c (one that overflows to −inf gets 0, as it would for any large c).
+    `exponent` carries a power of two that would overflow c itself (4^S of a scaled Gram)."""
+    gap = direction - direction.min()
+    c = times_pow2(torch.tensor(float(step), dtype=torch.float64), exponent)
+    return project_onto_simplex(x - torch.where(gap > 0, c * gap, torch.zeros_like(gap)))

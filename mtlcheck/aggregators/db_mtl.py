@@ -6,8 +6,10 @@ magnitudes by the largest one.
     EMA of those gradients: ĝ_i ← β_t ĝ_i + (1 − β_t) g_i / L_i,  β_t = β / t^σ,  ĝ_i = 0 at t = 0;
     magnitude balancing:    d = Σ_i (max_j ‖ĝ_j‖ / ‖ĝ_i‖) ĝ_i   (every term has the largest norm).
 
-Defining property (`implements = "db_mtl"`, checked at the first step, where ĝ_i = (1 − β) g_i / L_i):
-every term has the largest norm, so d ∥ Σ_i g_i / ‖g_i‖ whatever the losses.
+Defining property (`implements = "db_mtl"`, checked over a sequence of steps against the
+recurrence above): every term has the largest norm (at the first step, where ĝ_i = (1 − β) g_i / L_i,
+d ∥ Σ_i g_i / ‖g_i‖ whatever the losses). A loss so small that g_i / L_i overflows the dtype, and a G
+whose g − B would, are refused before the state changes (the largest |g| seen bounds |B|).
 Stateful (the T EMA rows ĝ_i = c_i B_i: B, one (T, n_k) tensor per block in the gradients' dtype,
 updated in place, and c, a float64 scale per row, so that the EMA is one pass over B; and the step
 t); not a weighting of the current G (ĝ carries earlier steps). Cost: that pass (B read with G,
@@ -31,16 +33,16 @@ import math
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes
+from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes, decayed
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
-from mtlcheck.jacobian import Jacobian
+from mtlcheck.jacobian import Jacobian, NonFiniteGradientError
 
 
 @register_aggregator("db_mtl", paper_name="DB-MTL")
 class DBMTL(Aggregator):
     implements = "db_mtl"
-    _state_attrs = ("_buffer", "_scale", "_step")
+    _state_attrs = ("_buffer", "_scale", "_g_bound", "_step")
 
     def __init__(self, *, beta: float = 0.9, beta_sigma: float = 0.5, seed: int = 0):
         super().__init__(seed=seed)
@@ -65,13 +67,19 @@ class DBMTL(Aggregator):
         if "_scale" not in state:  # saved when the EMA rows were stored as they are: c = 1
             rows = state["_buffer"]
             state = {**state, "_scale": None if rows is None else torch.ones(rows[0].shape[0], dtype=torch.float64)}
+        if "_g_bound" not in state:  # saved before the bound was kept: max |B| itself
+            rows = state["_buffer"]
+            state = {
+                **state,
+                "_g_bound": None if rows is None else max(float(b.abs().max()) for b in rows if b.numel()),
+            }
         super()._set_state(state)
 
     def _aggregate(self, J, losses):
         if bool((losses <= 0).any()):
             raise ValueError(f"{self!r}: log-loss balancing needs positive losses, got {losses.tolist()}")
         step = (self._step or 0) + 1
-        beta_t = self.beta / step**self.beta_sigma
+        beta_t = decayed(self.beta, step, self.beta_sigma)
         check_state_shapes(self, self._buffer, J.blocks)
         n = J.n_tasks
         # ĝ_i is kept as c_i B_i (c_i > 0 a float64 scalar per row), so that the EMA is one pass
@@ -79,6 +87,21 @@ class DBMTL(Aggregator):
         s = (1 - beta_t) / losses
         first = self._buffer is None
         c = s if first else beta_t * self._scale + s
+        # refused before any state changes: a loss so small that ∇log L_i = g_i / L_i (or 1/L_i)
+        # leaves the range of the dtype (float64), and gradients whose g − B would overflow the
+        # dtype (B is a convex combination of the G seen so far, so max |B| <= the largest max |G|,
+        # kept)
+        if not (bool(torch.isfinite(c).all()) and J.max_abs() / float(losses.min()) < torch.finfo(J.dtype).max):
+            raise ValueError(
+                f"{self!r}: the losses {losses.tolist()} with gradients of max |g| = {J.max_abs():.3g} make "
+                f"∇log L_i = g_i / L_i overflow {J.dtype}; the state is unchanged"
+            )
+        bound = max(self._g_bound or 0.0, J.max_abs())
+        if not 2 * bound < torch.finfo(J.dtype).max:
+            raise NonFiniteGradientError(
+                f"{self!r}: averaging gradients of max |g| = {J.max_abs():.3g} would overflow {J.dtype}; "
+                "the state is unchanged"
+            )
         weight = (s / c).to(J.dtype)[:, None]
         buffer = tuple(torch.empty_like(b) for b in J.blocks) if first else self._buffer
         # in place (the state is ours; state_dict copies) and, for float32/float64 rows, each span's
@@ -98,14 +121,16 @@ class DBMTL(Aggregator):
                 if sums:
                     part += row_sums(torch.mul(oc, oc, out=scratch[: n * (stop - start)].view(n, stop - start)))
             squares[k] = part.cpu()
-        self._buffer, self._scale, self._step = buffer, c, step
+        self._buffer, self._scale, self._g_bound, self._step = buffer, c, bound, step
         tracked = Jacobian(buffer, J.shapes, J.names, J.level)
         norms = c * _squared_norms(tracked, squares if sums else None).clamp_min(0).sqrt()
         top = float(norms.max())
         ratio = torch.where(
             norms > 0, top / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms)
         )
-        return Aggregation(tracked.combine(ratio * c), None)
+        # every term has norm `top`, so |d| <= T·top: where that passes the dtype's range, the base
+        # checks d itself, and a d that overflows raises after the step (the EMA has taken G in)
+        return Aggregation(tracked.combine(ratio * c), None, bound=n * top)
 
 
 def _squared_norms(buffer: Jacobian, squares: torch.Tensor | None) -> torch.Tensor:

@@ -14,7 +14,9 @@ gradient) keeps a zero excess risk. The task weights take one exponentiated-grad
     α ← softmax(log α + η ℰ / ℰ⁰),   α = 1/T at the start,
 and d = Σ_i α_i g_i (the weights stay on the simplex, as the paper's). ε = 1e-7 as TorchJD's
 version (adapted from github.com/uiuctml/ExcessMTL). Stateful: S + ε (T × d, in the gradients'
-dtype, kept with ε added and updated in place), ℰ⁰, α and the step. At the feature level S
+dtype, float32 for fp16/bf16 ones, kept with ε added and updated in place), a bound on max S (ε
+plus Σ over the steps of max g², so that a G whose squares would overflow S's dtype is refused
+before S changes), ℰ⁰, α and the step. At the feature level S
 accumulates the representation's gradients row by row of the batch, so the block shapes must stay
 the same (ValueError otherwise; reset() between shapes).
 
@@ -42,11 +44,13 @@ import torch
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator, check_state_shapes
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
+from mtlcheck.jacobian import NonFiniteGradientError
 
 
 @register_aggregator("excess_mtl", paper_name="ExcessMTL")
 class ExcessMTL(WeightingAggregator):
-    _state_attrs = ("_sq_sum_eps", "_baseline", "_warmup_sum", "_alpha", "_step")
+    _state_attrs = ("_sq_sum_eps", "_sq_bound", "_baseline", "_warmup_sum", "_alpha", "_step")
+    _legacy_state_keys = ("_sq_sum",)
 
     def __init__(self, *, robust_step_size: float = 1.0, warmup_steps: int = 0, eps: float = 1e-7, seed: int = 0):
         super().__init__(seed=seed)
@@ -78,22 +82,37 @@ class ExcessMTL(WeightingAggregator):
             sums = state["_sq_sum"]
             state = {k: v for k, v in state.items() if k != "_sq_sum"}
             state["_sq_sum_eps"] = None if sums is None else tuple(s + self.eps for s in sums)
+        if "_sq_bound" not in state:  # saved before the bound was kept: max S itself
+            sums = state["_sq_sum_eps"]
+            state = {**state, "_sq_bound": None if sums is None else max(float(s.max()) for s in sums if s.numel())}
         super()._set_state(state)
 
     def _weights(self, J, losses):
         n = J.n_tasks
-        check_state_shapes(self, self._sq_sum_eps, J.blocks)
+        # S is kept in float32 for half-precision gradients: an fp16 sum of squares overflows past
+        # |g| = 256, and a bf16 one stops growing once it is 256 times a new g²
+        dtype = torch.float32 if J.dtype in (torch.float16, torch.bfloat16) else J.dtype
+        check_state_shapes(self, self._sq_sum_eps, J.blocks, dtype=dtype)
+        # refused before any state changes: max S <= ε + Σ over the steps of max g² (kept), and
+        # S must stay finite in its dtype (float32 gradients of 1e19 square past its range)
+        bound = (self._sq_bound or self.eps) + J.max_abs() ** 2
+        if not bound < torch.finfo(dtype).max / 2:
+            raise NonFiniteGradientError(
+                f"{self!r}: the running sum of squared gradients (<= {bound:.3g} with max |g| = {J.max_abs():.3g}) "
+                f"would overflow {dtype}; the state is unchanged"
+            )
         if self._sq_sum_eps is None:  # S + ε, kept with ε added (one elementwise pass less per step)
-            self._sq_sum_eps = tuple(torch.full_like(b, self.eps) for b in J.blocks)
+            self._sq_sum_eps = tuple(torch.full(b.shape, self.eps, dtype=dtype, device=b.device) for b in J.blocks)
             self._alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)
             self._warmup_sum = torch.zeros(n, dtype=torch.float64)
             self._step = 0
+        self._sq_bound = bound
         # S + ε ← S + ε + g² in place (the state is ours; state_dict copies), then
-        # Σ_k g_ik² / √(S_ik + ε), elementwise in the gradients' dtype, span by span (each span read
-        # once, its temporary in the cache), the spans' row sums added in float64
+        # Σ_k g_ik² / √(S_ik + ε), elementwise in S's dtype, span by span (each span read once, its
+        # temporary in the cache), the spans' row sums added in float64
         risk = torch.zeros(n, dtype=torch.float64)
         for s, b in zip(self._sq_sum_eps, J.blocks):
-            scratch = span_scratch(b)
+            scratch = span_scratch(s)
             part = torch.zeros(n, dtype=torch.float64, device=b.device)
             for start, stop in column_spans(b):
                 sc, bc = s[:, start:stop], b[:, start:stop]
@@ -109,5 +128,8 @@ class ExcessMTL(WeightingAggregator):
             self._baseline = self._warmup_sum / self.warmup_steps if self.warmup_steps else risk
         base = self._baseline
         ratio = torch.where(base > 0, risk / torch.where(base > 0, base, torch.ones_like(base)), torch.zeros_like(risk))
-        self._alpha = torch.softmax(self._alpha.log() + self.robust_step_size * ratio, dim=0)
+        # a ratio or step past float64's range counts as its largest value: the tasks there share the
+        # weight (softmax's limit) instead of a NaN from inf − inf
+        logits = (self._alpha.log() + self.robust_step_size * ratio).nan_to_num(posinf=torch.finfo(torch.float64).max)
+        self._alpha = torch.softmax(logits, dim=0)
         return self._alpha.clone()

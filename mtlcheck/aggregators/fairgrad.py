@@ -108,8 +108,8 @@ class FairGrad(WeightingAggregator):
         super().__init__(seed=seed)
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"FairGrad: alpha must be a finite number > 0, got {alpha!r}")
-        if not tol > 0:
-            raise ValueError(f"FairGrad: tol must be > 0, got {tol!r}")
+        if not 0 < tol < 1:  # a relative residual: 1 accepts any w
+            raise ValueError(f"FairGrad: tol must be in (0, 1), got {tol!r}")
         if not (isinstance(max_iter, int) and max_iter >= 1):
             raise ValueError(f"FairGrad: max_iter must be an int >= 1, got {max_iter!r}")
         self.alpha, self.tol, self.max_iter = alpha, tol, max_iter

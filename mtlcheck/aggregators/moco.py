@@ -11,8 +11,10 @@ The tracking step is what removes MGDA's stochastic bias (the paper's point): d 
 current G, so MoCo is not a weighting of G. The paper's projection of each y_i onto a ball of
 radius ℓ_i (the Lipschitz bound of its analysis) is left out (ℓ_i is unknown in practice, and the
 LibMTL omits it too). Defaults β = 0.5, σ_β = 0.5, γ = 0.1, σ_γ = 0.5, ρ = 0
-(LibMTL's). The λ step reads the raw Y Yᵀ (γ is in the gradients' squared units). Stateful (Y, one
-(T, n_k) tensor per block in the gradients' dtype, updated in place; λ; the step); at the feature
+(LibMTL's). The λ step reads the raw Y Yᵀ (γ is in the gradients' squared units), taken from its
+scaled form so that no scale overflows. Stateful (Y, one (T, n_k) tensor per block in the
+gradients' dtype, updated in place; the largest |g| seen, which bounds |Y| so that a G the lerp
+would overflow is refused before Y changes; λ; the step); at the feature
 level Y tracks the representation's gradients row by row of the batch, so the block shapes must
 stay the same.
 
@@ -32,16 +34,16 @@ from __future__ import annotations
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes
+from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes, decayed
 from mtlcheck.aggregators._registry import register_aggregator
-from mtlcheck.aggregators._simplex import project_onto_simplex
+from mtlcheck.aggregators._simplex import projected_step
 from mtlcheck.aggregators.modo import _positive
-from mtlcheck.jacobian import Jacobian
+from mtlcheck.jacobian import Jacobian, NonFiniteGradientError, times_pow2
 
 
 @register_aggregator("moco", paper_name="MoCo")
 class MoCo(Aggregator):
-    _state_attrs = ("_y", "_lambda", "_step")
+    _state_attrs = ("_y", "_y_bound", "_lambda", "_step")
 
     def __init__(
         self,
@@ -71,22 +73,40 @@ class MoCo(Aggregator):
     def identical_rows_scale(self, n_tasks):
         return float(self.beta)  # the first step: y_i = β g and λ stays uniform
 
+    def _set_state(self, state):
+        if "_y_bound" not in state:  # saved before the bound was kept: max |Y| itself
+            y = state.get("_y")
+            bound = None if y is None else max(float(b.abs().max()) for b in y if b.numel())
+            state = {**state, "_y_bound": bound}
+        super()._set_state(state)
+
     def _aggregate(self, J, losses):
         n = J.n_tasks
         check_state_shapes(self, self._y, J.blocks)
         step = (self._step or 0) + 1
-        beta_k = self.beta / step**self.beta_sigma
-        gamma_k = self.gamma / step**self.gamma_sigma
+        beta_k = decayed(self.beta, step, self.beta_sigma)
+        gamma_k = decayed(self.gamma, step, self.gamma_sigma)
+        # Refused before any state changes: Y is a convex combination of the G seen so far, so
+        # max |Y| <= the largest max |G| (kept), and lerp's g − y stays finite below half the
+        # dtype's range. Past that, nothing below can fail: the Gram of Y is read scaled, the λ
+        # step cannot overflow, and |d| = |Yᵀλ| <= max |Y| (λ on the simplex).
+        bound = max(self._y_bound or 0.0, J.max_abs())
+        if not 2 * bound < torch.finfo(J.dtype).max:
+            raise NonFiniteGradientError(
+                f"{self!r}: tracking gradients of max |g| = {J.max_abs():.3g} (max |y| <= {self._y_bound or 0.0:.3g}) "
+                f"would overflow {J.dtype}; the state is unchanged"
+            )
         if self._y is None:  # y = 0 − β_k (0 − g) = β_k g
             y = tuple(b * beta_k for b in J.blocks)
         else:  # in place: no fresh T × d allocation per step (state_dict copies the state)
             y = self._y
             for old, b in zip(y, J.blocks):
                 old.lerp_(b, beta_k)
-        self._y, self._step = y, step
+        self._y, self._y_bound, self._step = y, bound, step
         tracked = Jacobian(y, J.shapes, J.names, J.level)
-        gram = tracked.gram()  # float64-accumulated Y Yᵀ
+        # γ_k (Y Yᵀλ + ρλ) = γ_k 4^S (Ŷλ + ρ 4^{-S} λ), Ŷ the scaled Gram of Y (float64-accumulated)
+        S = tracked.gram_exponent
         lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda
-        lam = project_onto_simplex(lam - gamma_k * (gram @ lam + self.rho * lam))
+        lam = projected_step(lam, gamma_k, tracked.scaled_gram() @ lam + times_pow2(self.rho * lam, -2 * S), 2 * S)
         self._lambda = lam
-        return Aggregation(tracked.combine(lam), None)
+        return Aggregation(tracked.combine(lam), None, bound=bound)

@@ -27,7 +27,8 @@ import torch
 
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
 from mtlcheck.aggregators._registry import register_aggregator
-from mtlcheck.aggregators._simplex import project_onto_simplex
+from mtlcheck.aggregators._simplex import projected_step
+from mtlcheck.jacobian import times_pow2
 
 
 def _positive(owner: str, name: str, value, *, zero_ok: bool = False) -> None:
@@ -53,6 +54,8 @@ class MoDo(WeightingAggregator):
     def _weights(self, J, losses):
         n = J.n_tasks
         lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda
-        lam = project_onto_simplex(lam - self.gamma * (J.gram() @ lam + self.rho * lam))
+        # γ(G Gᵀλ + ρλ) = γ 4^S (Ĝλ + ρ 4^{-S} λ): from the scaled Gram, so that no scale of G overflows
+        S = J.gram_exponent
+        lam = projected_step(lam, self.gamma, J.scaled_gram() @ lam + times_pow2(self.rho * lam, -2 * S), 2 * S)
         self._lambda = lam
         return lam.clone()

@@ -29,7 +29,7 @@ import torch
 
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
 from mtlcheck.aggregators._registry import register_aggregator
-from mtlcheck.aggregators._simplex import project_onto_simplex
+from mtlcheck.aggregators._simplex import projected_step
 from mtlcheck.aggregators.modo import _positive
 
 
@@ -65,6 +65,6 @@ class SDMGrad(WeightingAggregator):
             for _ in range(self.n_iter):
                 grad = A @ (w + self.lambda_ * target)
                 velocity = grad if velocity is None else self.momentum * velocity + grad
-                w = project_onto_simplex(w - self.lr * velocity)
+                w = projected_step(w, self.lr, velocity)
         self._w = w
         return (w + self.lambda_ * target) / (1 + self.lambda_)

@@ -3,6 +3,7 @@ factory of a fresh aggregator, seeded inputs and the checked call."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import unittest
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from mtlcheck.aggregators import Aggregator
+from mtlcheck.jacobian import NonFiniteOutputError
 
 Factory = Callable[[], Aggregator]
 Check = Callable[[Factory], None]
@@ -45,6 +47,9 @@ class NonFiniteOutput(AssertionError):
     these words, instead of reporting what the NaN breaks (a disagreement, a conflict)."""
 
 
+_NON_FINITE = {"direction": "a non-finite direction", "weights": "non-finite weights"}
+
+
 def raw_call(agg: Aggregator, G: torch.Tensor, losses: torch.Tensor | None = None):
     return agg(G, random_losses(G.shape[0]) if losses is None else losses)
 
@@ -52,14 +57,33 @@ def raw_call(agg: Aggregator, G: torch.Tensor, losses: torch.Tensor | None = Non
 def checked_call(agg: Aggregator, G: torch.Tensor, losses: torch.Tensor | None = None):
     """Call with losses when the method reads them (always pass them: G-only methods ignore); a
     non-finite direction or weights for a finite G raise NonFiniteOutput."""
-    out = raw_call(agg, G, losses)
+    try:
+        out = raw_call(agg, G, losses)
+    except NonFiniteOutputError as exc:  # the base class's own check met it first
+        raise NonFiniteOutput(
+            f"{agg!r} returned {_NON_FINITE[exc.what]} (NaN or inf) for a finite input G of shape {tuple(G.shape)}, "
+            f"{G.dtype} ({exc})"
+        ) from None
     for what, value in (("direction", out.direction), ("weights", out.weights)):
         if value is not None and not bool(torch.isfinite(value).all()) and bool(torch.isfinite(G).all()):
             raise NonFiniteOutput(
-                f"{agg!r} returned a non-finite {what} (NaN or inf) for a finite input G of shape {tuple(G.shape)}, "
+                f"{agg!r} returned {_NON_FINITE[what]} (NaN or inf) for a finite input G of shape {tuple(G.shape)}, "
                 f"{G.dtype}: {value.tolist()}"
             )
     return out
+
+
+@contextlib.contextmanager
+def on_case(label: str):
+    """Adds to an exception raised inside it a note naming the input case: the kit's assertion
+    messages name their case, and an error of the method under test then says it too."""
+    try:
+        yield
+    except Exception as exc:
+        notes = getattr(exc, "__notes__", ())
+        if hasattr(exc, "add_note") and not any(n.startswith("mtlcheck: on input case") for n in notes):
+            exc.add_note(f"mtlcheck: on input case {label}")
+        raise
 
 
 def direction_of(agg, G, losses=None) -> torch.Tensor:

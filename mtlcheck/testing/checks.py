@@ -25,7 +25,7 @@ import torch
 
 from mtlcheck.aggregators import Aggregator, AggregatorTags, ProjectionMethod
 from mtlcheck.aggregators._registry import aggregator_class
-from mtlcheck.jacobian import Jacobian
+from mtlcheck.jacobian import Jacobian, NonFiniteOutputError
 from mtlcheck.testing import samplers
 from mtlcheck.testing.check_inputs import (
     DIM,
@@ -38,6 +38,7 @@ from mtlcheck.testing.check_inputs import (
     checked_call,
     close_at,
     direction_of,
+    on_case,
     protocol_hook,
     random_losses,
     raw_call,
@@ -123,10 +124,39 @@ def check_finite_on_hard_inputs(make: Factory) -> None:
     agg = make()
     for n in task_counts_of(agg):
         for name, G in samplers.hard_inputs(n, DIM, rng(n)).items():
-            out = raw_call(make(), G)
+            try:
+                with on_case(f"{name} (T={n})"):
+                    out = raw_call(make(), G)
+            except NonFiniteOutputError as exc:  # the base class's own output check met it
+                raise AssertionError(f"{agg!r}: non-finite {exc.what} on {name} (T={n}) ({exc})") from None
             assert torch.isfinite(out.direction).all(), f"{agg!r}: non-finite direction on {name} (T={n})"
             if out.weights is not None:
                 assert torch.isfinite(out.weights).all(), f"{agg!r}: non-finite weights on {name} (T={n})"
+
+
+def check_nonpositive_losses(make: Factory) -> None:
+    """Methods reading losses, fed losses with a zero and with a negative entry (the other checks
+    feed [0.5, 1.5]; a regression loss reaches 0, a shifted or a log-likelihood loss goes below):
+    a ValueError (a typed refusal, naming the class) or a finite output, never NaN or inf and
+    never another error."""
+    agg, n = subject_of(make)
+    G = samplers.conflicting(n, DIM, rng())
+    base = random_losses(n)
+    for what, value in (("a zero loss", 0.0), ("a negative loss", -0.5)):
+        losses = base.clone()
+        losses[0] = value
+        case = f"{what} (losses {[round(float(v), 3) for v in losses]}, T={n})"
+        try:
+            with on_case(case):
+                out = make()(G, losses)
+        except ValueError:
+            continue
+        for part in ("direction", "weights"):
+            value = getattr(out, part)
+            assert value is None or bool(torch.isfinite(value).all()), (
+                f"{agg!r}: non-finite {part} for {case}: {value.tolist()} (a method that needs positive losses "
+                "raises ValueError for them)"
+            )
 
 
 def check_zero_input(make: Factory) -> None:
@@ -203,18 +233,24 @@ def check_stochastic_tag_truthful(make: Factory) -> None:
 _MISSING = object()
 
 
-def _same_value(a, b) -> bool:
-    """Whether two attribute values are equal (tensors and arrays elementwise, NaN equal to NaN)."""
+def _same_value(a, b, depth: int = 0) -> bool:
+    """Whether two attribute values are equal (tensors and arrays elementwise, NaN equal to NaN;
+    objects without value equality, such as an nn.Module or another library's aggregator, by their
+    attributes, recursively: a deep copy of an unchanged one is the same value)."""
     if a is b:
         return True
+    if depth > 20:  # a cycle or a very deep object: judged by what it prints
+        return repr(a) == repr(b)
+    if type(a) is type(b) and type(a).__eq__ is object.__eq__ and hasattr(a, "__dict__"):
+        return _same_value(vars(a), vars(b), depth + 1)
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and bitwise_equal(a, b)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b, equal_nan=True)
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k], depth + 1) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(_same_value(x, y, depth + 1) for x, y in zip(a, b))
     try:
         return bool(a == b)
     except Exception:  # noqa: BLE001 - incomparable values: compare what they print
@@ -490,10 +526,13 @@ def _yield_api_checks(tags: AggregatorTags) -> Iterator[Check]:
 
 
 def _yield_input_checks(tags: AggregatorTags) -> Iterator[Check]:
-    """Hard and zero Jacobians (methods reading gradients); inputs left unmodified."""
+    """Hard and zero Jacobians (methods reading gradients); zero and negative losses (methods
+    reading losses); inputs left unmodified."""
     if not tags.loss_only:
         yield check_finite_on_hard_inputs
         yield check_zero_input
+    if "losses" in tags.inputs:
+        yield check_nonpositive_losses
     yield check_input_not_mutated
 
 
@@ -546,8 +585,7 @@ def _yield_backend_and_engine_checks(tags: AggregatorTags) -> Iterator[Check]:
     if grads:
         if not tags.stochastic:
             yield check_dtype_agreement
-        if tags.solver_tol is None:
-            yield check_float64_arithmetic
+        yield check_float64_arithmetic
         yield check_feature_level_equivalence
 
 

@@ -9,9 +9,9 @@
     records = check_aggregator(MyAggregator)      # raises on the first failure by default
 
 Known failures of built-ins (`EXPECTED_FAILURES`) and their extra parameter settings
-(`BUILTIN_VARIANTS`) live beside them, in `mtlcheck.aggregators._conformance`; third parties pass
-`expected_failed_checks={check name: reason}` or a callable(aggregator) returning such a dict
-(strict xfails).
+(`BUILTIN_VARIANTS`) live beside them, in `mtlcheck.aggregators._conformance`; third parties set
+the class attribute `expected_failed_checks = {check name: reason}` (read by every entry point),
+or pass `expected_failed_checks=` a dict or a callable(aggregator) returning one (strict xfails).
 A check that does not apply to a class (a protocol hook it lacks) is reported as skipped.
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 
 from mtlcheck.aggregators import Aggregator
 from mtlcheck.aggregators._conformance import BUILTIN_VARIANTS, EXPECTED_FAILURES
+from mtlcheck.jacobian import NonFiniteOutputError
 from mtlcheck.testing.check_inputs import NonFiniteOutput
 from mtlcheck.testing.checks import CheckSkipped, aggregator_checks
 
@@ -84,10 +85,20 @@ def as_factory(obj: Any) -> Factory:
 
 
 def _expected(make: Factory, expected_failed_checks) -> dict[str, str]:
-    """The built-in expected failures of the class, updated with the user's: a dict
-    {check name: reason} (for every aggregator) or a callable(aggregator) -> such a dict."""
+    """The built-in expected failures of the class, updated with the method's own (its attribute
+    `expected_failed_checks`, a dict {check name: reason}: the one seam that reaches every entry
+    point, `mtlcheck check` and the pytest plugin included), then with the caller's: a dict (for
+    every aggregator) or a callable(aggregator) -> such a dict."""
     agg = make()
     reasons = dict(EXPECTED_FAILURES.get(type(agg), {}))
+    own = getattr(agg, "expected_failed_checks", None)
+    if own is not None:
+        if not isinstance(own, dict):
+            raise TypeError(
+                f"{type(agg).__name__}.expected_failed_checks must be a dict {{check name: reason}}, "
+                f"got {type(own).__name__}"
+            )
+        reasons.update(own)
     if expected_failed_checks is None:
         return reasons
     given = expected_failed_checks(agg) if callable(expected_failed_checks) else expected_failed_checks
@@ -98,6 +109,18 @@ def _expected(make: Factory, expected_failed_checks) -> dict[str, str]:
         )
     reasons.update(given or {})
     return reasons
+
+
+def relaxations(make: Factory) -> str:
+    """' (identity checks relaxed to solver_tol=S; ...)' when the method declares a solver_tol, for
+    the summary line: a reader sees how far the checks were relaxed; else ''."""
+    solver_tol = make().tags().solver_tol
+    if solver_tol is None:
+        return ""
+    return (
+        f" (identity and non-conflict checks relaxed to solver_tol={solver_tol:g}; float64 arithmetic judged by "
+        "float32-valued outputs only)"
+    )
 
 
 _KIT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the mtlcheck package
@@ -176,10 +199,11 @@ def check_aggregator(
     aggregator: Any, *, on_fail: str | None = "raise", expected_failed_checks=None, checks: Iterable[str] | None = None
 ) -> list[dict[str, Any]]:
     """Run every applicable check without pytest; returns one record per check:
-    {"check", "status": passed|failed|xfail|xpass|skipped, "reason", "exception", "traceback"}
+    {"check", "status": passed|failed|xfail|xpass|skipped, "reason", "exception", "traceback", "note"}
     (for skipped, "reason" says why the check does not apply; "exception" is the error's last
-    line, with the user's file and line when the error was raised in the user's code, and
-    "traceback" the full traceback, for failed and xfail).
+    line, with the input case and the user's file and line when the error was raised in the
+    user's code, and "traceback" the full traceback, for failed and xfail; "note", for a passed
+    check, what it could not decide, e.g. cases a declared solver_tol leaves undecidable).
     on_fail: "raise" (first unexpected failure raises), "warn", or None (just record)."""
     if on_fail not in ("raise", "warn", None):
         raise ValueError(f"on_fail must be 'raise', 'warn' or None, got {on_fail!r}")
@@ -190,17 +214,26 @@ def check_aggregator(
         if wanted is not None and check.__name__ not in wanted:
             continue
         try:
-            check(make)
+            note = check(make)
         except CheckSkipped as exc:
             records.append(
-                {"check": check.__name__, "status": "skipped", "reason": str(exc), "exception": None, "traceback": None}
+                {
+                    "check": check.__name__,
+                    "status": "skipped",
+                    "reason": str(exc),
+                    "exception": None,
+                    "traceback": None,
+                    "note": None,
+                }
             )
             continue
         except Exception as exc:  # noqa: BLE001 - recorded
             status = "xfail" if reason else "failed"
             message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             message = message.split("\nmtlcheck: the error comes from your code", 1)[0]  # the note, said once
-            if isinstance(exc, NonFiniteOutput):  # one cause: said in full by the first check that met it
+            # one cause (the kit's NaN test, or the base class's output check): said in full by the
+            # first check that met it
+            if isinstance(exc, (NonFiniteOutput, NonFiniteOutputError)):
                 if first_nonfinite is None:
                     first_nonfinite = check.__name__
                 else:
@@ -212,6 +245,7 @@ def check_aggregator(
                     "reason": reason,
                     "exception": message + where(exc),
                     "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                    "note": None,
                 }
             )
             if status == "failed":
@@ -227,6 +261,7 @@ def check_aggregator(
                     "reason": reason,
                     "exception": None,
                     "traceback": None,
+                    "note": note if isinstance(note, str) else None,
                 }
             )
     if wanted is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mtlcheck.study.commands.common import Command, parse_config
+from mtlcheck.study.commands.common import Command, UsageError, parse_config
 
 
 class Check(Command):
@@ -25,17 +25,26 @@ class Check(Command):
             help="constructor arguments (values parsed as JSON when possible); without it, built-ins are "
             "checked at their default and their documented parameter variants",
         )
+        p.add_argument(
+            "--expect-fail",
+            action="append",
+            default=[],
+            metavar="CHECK=REASON",
+            help="a check known to fail, with why (repeatable): reported as xfail, and as a failure if it passes; "
+            "a method may also say it itself, in its class attribute expected_failed_checks = {check: reason}",
+        )
         p.add_argument("-v", "--verbose", action="store_true", help="print the full traceback of each failure")
 
     def run(self, args) -> int:
-        from mtlcheck.testing import check_aggregator
-        from mtlcheck.testing.kit import builtin_variants, resolve_aggregator
+        from mtlcheck.testing import check_aggregator, check_names
+        from mtlcheck.testing.kit import builtin_variants, relaxations, resolve_aggregator
 
         if os.getcwd() not in sys.path and "" not in sys.path:  # like `python -m`: modules of the working folder
             sys.path.insert(0, os.getcwd())
         from mtlcheck.testing.kit import where
 
         config = parse_config(args.config)
+        expected = parse_expected(args.expect_fail)
         failed = 0
         for name in args.aggregators:
             try:
@@ -61,13 +70,22 @@ class Check(Command):
                     f"{name}: constructing {cls.__name__} raised {type(exc).__name__}: {exc}{where(exc)}"
                 ) from None
             for make in factories:
-                records = check_aggregator(make, on_fail=None)
+                if expected:
+                    unknown = sorted(set(expected) - set(check_names(make)))
+                    if unknown:
+                        raise UsageError(
+                            f"--expect-fail {', '.join(unknown)}: not a check of {make.__mtlcheck_repr__}; "
+                            f"its checks: {', '.join(check_names(make))}"
+                        )
+                records = check_aggregator(make, on_fail=None, expected_failed_checks=expected or None)
                 bad = [r for r in records if r["status"] in ("failed", "xpass")]
                 failed += len(bad)
                 skipped = sum(r["status"] == "skipped" for r in records)
                 status = ("ok" if not bad else f"{len(bad)} FAILED") + (f", {skipped} skipped" if skipped else "")
-                print(f"{make.__mtlcheck_repr__}: {len(records)} checks, {status}")
+                print(f"{make.__mtlcheck_repr__}: {len(records)} checks, {status}{relaxations(make)}")
                 for r in records:
+                    if r["status"] == "passed" and r.get("note"):
+                        print(f"  {'note':<7} {r['check']}: {r['note']}")
                     if r["status"] != "passed":
                         detail = r["exception"] or ""
                         if r["reason"]:
@@ -78,3 +96,14 @@ class Check(Command):
         if failed and not args.verbose:
             print("(mtlcheck check -v prints the full traceback of each failure)")
         return 1 if failed else 0
+
+
+def parse_expected(items: list[str]) -> dict[str, str]:
+    """['check_x=why', ...] → {'check_x': 'why'} (the reason is required: an xfail says why)."""
+    expected = {}
+    for item in items:
+        name, eq, reason = item.partition("=")
+        if not eq or not name.strip() or not reason.strip():
+            raise UsageError(f"--expect-fail expects CHECK=REASON, got {item!r}")
+        expected[name.strip()] = reason.strip()
+    return expected

@@ -61,6 +61,14 @@ positive_int = int_at_least(1, "a positive integer")
 non_negative_int = int_at_least(0, "an integer >= 0")
 
 
+def seed_int(text: str) -> int:
+    """An argparse type: a seed, an int in [0, 2**63) (what torch's generators take)."""
+    value = non_negative_int(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**63), got {text!r}")
+    return value
+
+
 def parse_config(items: list[str] | None) -> dict:
     """['c=0.5', 'rescale=1'] → {'c': 0.5, 'rescale': 1} (values parsed as JSON when possible,
     else kept as strings; the method's constructor signature then checks names and types)."""

@@ -7,7 +7,7 @@ import sys
 from mtlcheck import LEVELS
 from mtlcheck.study import BUDGETS
 from mtlcheck.study.commands import common
-from mtlcheck.study.commands.common import Command, non_negative_int, positive_int
+from mtlcheck.study.commands.common import Command, positive_int, seed_int
 
 
 class Run(Command):
@@ -23,7 +23,7 @@ class Run(Command):
             choices=LEVELS,
             help="gradient level (default: parameter; the -UB aliases are the feature level)",
         )
-        p.add_argument("--seed", type=non_negative_int, default=0)
+        p.add_argument("--seed", type=seed_int, default=0)
         p.add_argument("--budget", default="small", choices=BUDGETS)
         p.add_argument("--steps", type=positive_int, default=None)
         p.add_argument("--config", nargs="+", default=None, help="method parameters KEY=VALUE (JSON values)")

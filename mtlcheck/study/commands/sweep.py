@@ -18,9 +18,7 @@ def add_sweep_arguments(p) -> None:
     common.add_benchmark(p)
     p.add_argument("--methods", nargs="+", default=None, help="registry names (default: the paper's methods)")
     p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=LEVELS)
-    p.add_argument(
-        "--seeds", nargs="+", type=common.non_negative_int, default=None, help="default: the paper's 3 seeds"
-    )
+    p.add_argument("--seeds", nargs="+", type=common.seed_int, default=None, help="default: the paper's 3 seeds")
     p.add_argument("--budget", default="small", choices=BUDGETS)
     p.add_argument("--steps", type=positive_int, default=None, help="override the budget's number of steps")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="report directory (default %(default)s)")

@@ -1,0 +1,284 @@
+"""Inputs at the edges of the number range, options and saved states that a method cannot take:
+each is refused with a typed error that names it, before any state changes, or computed without
+overflow; never a NaN, a silent wrong result or a raw error from inside torch."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mtlcheck.aggregators import aggregator_class, get_aggregator, list_aggregators
+from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._simplex import project_onto_simplex, projected_step
+from mtlcheck.jacobian import NonFiniteGradientError, NonFiniteOutputError
+
+L3 = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+
+
+def _G(dtype=torch.float64, scale=1.0, seed=0):
+    return (torch.randn(3, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale).to(dtype)
+
+
+def _same_next_steps(refused, fresh, calls):
+    """The refused method's next calls equal those of a twin that never saw the refused input."""
+    for G, losses in calls:
+        a, b = refused(G, losses), fresh(G, losses)
+        assert torch.equal(a.direction, b.direction)
+
+
+def _gradient_methods():
+    return [n for n in list_aggregators() if not get_aggregator(n).tags().loss_only]
+
+
+# -- refused before the state changes ---------------------------------------------------------
+@pytest.mark.parametrize("dtype, scale", [(torch.float16, 4e4), (torch.float32, 2e38)])
+def test_moco_refuses_gradients_its_average_cannot_hold_and_keeps_its_state(dtype, scale):
+    """y − β(y − g) needs g − y in range: past half the dtype's largest value MoCo refuses, and its
+    tracked Y is what it was (a raw lerp would store inf and break every later call)."""
+    moco, twin = get_aggregator("moco"), get_aggregator("moco")
+    moco(_G(dtype)), twin(_G(dtype))
+    big = _G(dtype)
+    big[0, 0] = scale
+    with pytest.raises(NonFiniteGradientError, match="MoCo.*overflow.*state is unchanged"):
+        moco(big)
+    _same_next_steps(moco, twin, [(_G(dtype, seed=s), None) for s in (1, 2, 3)])
+
+
+def test_moco_reads_the_gram_of_y_scaled_so_that_no_scale_of_g_overflows():
+    """Gradients of 1e160 (float64): Y Yᵀ is past float64's range, the λ step is not."""
+    moco = get_aggregator("moco")
+    moco(_G())
+    out = moco(_G(scale=1e160))
+    assert torch.isfinite(out.direction).all() and out.direction.abs().max() > 1e150
+    assert torch.isfinite(moco(_G()).direction).all()
+
+
+def test_db_mtl_refuses_a_loss_whose_log_gradient_overflows_and_keeps_its_state():
+    db, twin = get_aggregator("db_mtl"), get_aggregator("db_mtl")
+    db(_G(), L3), twin(_G(), L3)
+    for losses, dtype in (([1e-310, 1.0, 1.0], torch.float64), ([1e-300, 1.0, 1.0], torch.float32)):
+        fresh, fresh_twin = get_aggregator("db_mtl"), get_aggregator("db_mtl")
+        with pytest.raises(ValueError, match=r"∇log L_i = g_i / L_i overflow.*state is unchanged"):
+            fresh(_G(dtype), torch.tensor(losses, dtype=torch.float64))
+        _same_next_steps(fresh, fresh_twin, [(_G(dtype, seed=s), L3) for s in (1, 2)])
+    with pytest.raises(ValueError, match="overflow"):
+        db(_G(), torch.tensor([1e-310, 1.0, 1.0], dtype=torch.float64))
+    _same_next_steps(db, twin, [(_G(seed=s), L3) for s in (1, 2, 3)])
+
+
+def test_excess_mtl_refuses_squares_its_sum_cannot_hold_and_keeps_its_state():
+    ex, twin = get_aggregator("excess_mtl"), get_aggregator("excess_mtl")
+    ex(_G(torch.float32)), twin(_G(torch.float32))
+    with pytest.raises(NonFiniteGradientError, match="squared gradients.*overflow.*state is unchanged"):
+        ex(_G(torch.float32, scale=1e20))  # 1e40 > float32's 3.4e38
+    _same_next_steps(ex, twin, [(_G(torch.float32, seed=s), None) for s in (1, 2, 3)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_excess_mtl_sums_half_precision_squares_in_float32(dtype):
+    """fp16 squares of gradients past 256 overflow, and a bf16 sum stops growing: the running sum
+    is float32, so half-precision gradients get float32's weights (to their rounding)."""
+    rows = torch.tensor([[1.0], [3.0], [0.3]], dtype=torch.float64)
+    half, single = get_aggregator("excess_mtl"), get_aggregator("excess_mtl")
+    for step in range(6):
+        G = _G(seed=step) * rows * (300.0 if step == 5 else 1.0)
+        w_half, w_single = half(G.to(dtype)).weights, single(G.to(dtype).float()).weights
+    assert half.state_dict()["method"]["_sq_sum_eps"][0].dtype == torch.float32
+    torch.testing.assert_close(w_half, w_single, rtol=0, atol=1e-12)
+    assert not torch.allclose(w_single, torch.full((3,), 1 / 3, dtype=torch.float64), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["db_mtl", "moco", "excess_mtl"])
+def test_a_change_of_dtype_between_steps_is_refused_by_name(name):
+    agg = get_aggregator(name)
+    agg(_G(torch.float32), L3)
+    with pytest.raises(ValueError, match=r"dtype changed.*call reset\(\) first"):
+        agg(_G(torch.float64), L3)
+    agg.reset()
+    assert torch.isfinite(agg(_G(torch.float64), L3).direction).all()
+
+
+# -- computed without overflow -----------------------------------------------------------------
+@pytest.mark.parametrize("name, option", [("moco", "beta_sigma"), ("moco", "gamma_sigma"), ("db_mtl", "beta_sigma")])
+@pytest.mark.parametrize("power", [2000.0, 2000, 2**40])
+def test_a_schedule_power_past_the_float_range_decays_to_zero(name, option, power):
+    """rate / step^power for step 2 and a power of 2000 is 0, not an OverflowError (nor, for the
+    integer 2^40, an exact integer power that never ends)."""
+    agg = get_aggregator(name, **{option: power})
+    for _ in range(3):
+        assert torch.isfinite(agg(_G(), L3).direction).all()
+
+
+def test_simplex_steps_of_any_size_stay_on_the_simplex():
+    x = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    v = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(projected_step(x, 0.1, v), project_onto_simplex(x - 0.1 * v), rtol=0, atol=1e-15)
+    for step, exponent in ((1e308, 0), (1.0, 3000), (1e300, 200)):  # c·v past float64's range
+        assert projected_step(x, step, v, exponent).tolist() == [0.0, 0.0, 1.0]
+    tied = torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64)  # the limit: the tied entries' own projection
+    assert projected_step(x, 1.0, tied, 3000).tolist() == pytest.approx([0.35, 0.0, 0.65])
+
+
+def test_project_onto_simplex_takes_minus_inf_and_huge_gaps_and_refuses_nan():
+    assert project_onto_simplex(torch.tensor([0.3, -math.inf, -math.inf], dtype=torch.float64)).tolist() == [1, 0, 0]
+    assert project_onto_simplex(torch.tensor([0.0, -1e308, -1.5e308], dtype=torch.float64)).tolist() == [1, 0, 0]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):  # against the KKT form: x = max(y − θ, 0), Σx = 1
+        y = torch.randn(5, generator=gen, dtype=torch.float64) * 3
+        x = project_onto_simplex(y)
+        theta = float((y - x)[x > 0].mean())
+        torch.testing.assert_close(x, (y - theta).clamp_min(0), rtol=0, atol=1e-14)
+        assert abs(float(x.sum()) - 1) < 1e-14
+    for bad in (math.nan, math.inf):
+        with pytest.raises(FloatingPointError, match="NaN or \\+inf"):
+            project_onto_simplex(torch.tensor([0.1, bad], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name, options, G", [("modo", {"gamma": 1e308}, 1.0), ("modo", {"gamma": 1e30}, 1e150)])
+def test_modo_steps_past_the_float_range_give_a_vertex(name, options, G):
+    agg = get_aggregator(name, **options)
+    for _ in range(2):
+        w = agg(_G(scale=G)).weights
+        assert torch.isfinite(w).all() and abs(float(w.sum()) - 1) < 1e-12
+
+
+def test_sdmgrad_with_a_huge_learning_rate_stays_on_the_simplex():
+    w = get_aggregator("sdmgrad", lr=1e308)(_G()).weights
+    assert torch.isfinite(w).all() and float(w.min()) >= 0
+
+
+def test_stch_with_a_tiny_mu_is_the_max_not_nan():
+    """softmax(f/μ) → the indicator of the largest f as μ → 0 (equal f: uniform)."""
+    w = get_aggregator("stch", mu=1e-310)(None, L3).weights
+    assert w.tolist() == [0.0, 0.0, 1.0]
+    assert get_aggregator("stch", mu=1e-310)(None, torch.ones(3, dtype=torch.float64)).weights.tolist() == [1, 1, 1]
+
+
+# -- outputs that overflow are refused -----------------------------------------------------------
+def test_a_finite_g_whose_direction_overflows_the_dtype_is_refused():
+    """ConFIG's fp16 step past 65504 (three identical rows of 2e4): an error naming the dtype, not
+    a direction of inf."""
+    G = (_G()[:1].repeat(3, 1) * 2e4).half()
+    with pytest.raises(NonFiniteOutputError, match="ConFIG.*non-finite direction.*torch.float16"):
+        get_aggregator("config")(G)
+    assert torch.isfinite(get_aggregator("config")(G / 8).direction).all()
+
+
+def test_a_loss_weighting_whose_direction_overflows_the_dtype_is_refused():
+    """GLS's weight L/(T L_i) is 33 for a loss of 1e-3 among 1s: on fp16 rows of 3e4 the direction
+    passes 65504."""
+    losses = torch.tensor([1e-3, 1.0, 1.0], dtype=torch.float64)
+    with pytest.raises(NonFiniteOutputError, match="GLS.*non-finite direction.*torch.float16"):
+        get_aggregator("gls")((_G() * 3e4 / _G().abs().max()).half(), losses)
+
+
+def test_non_finite_weights_are_refused():
+    class InfiniteWeights(WeightingAggregator):
+        def tags(self):
+            return AggregatorTags(inputs=frozenset({"losses"}), reduction="other")
+
+        def _weights(self, J, losses):
+            return torch.tensor([math.inf, 1.0, 1.0], dtype=torch.float64)
+
+    with pytest.raises(NonFiniteOutputError, match="non-finite task weights"):
+        InfiniteWeights()(None, L3)
+
+
+# -- options, seeds, losses, shapes and saved states ----------------------------------------
+def _numeric_options():
+    out = []
+    for name in list_aggregators():
+        cls = aggregator_class(name)
+        for p in cls._init_parameters():
+            if p.annotation in ("float", "int", float, int) and p.name != "seed":
+                out.append((name, p.name))
+    return out
+
+
+@pytest.mark.parametrize("name, option", _numeric_options())
+def test_a_bool_is_never_a_number_for_any_option(name, option):
+    """Python's True == 1: a constructor that took it would run with 1 where the CLI refuses."""
+    with pytest.raises(ValueError, match=option):
+        get_aggregator(name, **{option: True})
+
+
+def test_numpy_numbers_are_numbers():
+    assert get_aggregator("fairgrad", alpha=np.int64(2)).alpha == 2.0
+    assert get_aggregator("fairgrad", alpha=np.float64(2)).alpha == 2.0
+    assert get_aggregator("sdmgrad", n_iter=np.int64(3)).n_iter == 3
+
+
+@pytest.mark.parametrize(
+    "seed, error",
+    [(True, (TypeError, ValueError)), (1.5, (TypeError, ValueError)), (2**70, ValueError), (-(2**64), ValueError)],
+)
+def test_seeds_outside_what_a_generator_takes_are_refused_by_name(seed, error):
+    with pytest.raises(error, match="seed"):
+        get_aggregator("pcgrad", seed=seed)
+    assert get_aggregator("pcgrad", seed=np.int64(3)).seed == 3
+
+
+@pytest.mark.parametrize("tol", [1.0, math.inf, 0.0])
+def test_fairgrad_tol_is_a_relative_residual_below_one(tol):
+    with pytest.raises(ValueError, match="tol"):
+        get_aggregator("fairgrad", tol=tol)
+
+
+@pytest.mark.parametrize(
+    "losses, match",
+    [
+        (torch.tensor([1 + 5j, 2, 3]), "real numbers"),
+        (torch.tensor([True, True, True]), "real numbers"),
+        (["1", "2", "3"], "losses must be a"),
+    ],
+)
+def test_losses_that_are_not_real_numbers_are_refused(losses, match):
+    with pytest.raises(ValueError, match=match):
+        get_aggregator("gls")(None, losses)
+
+
+@pytest.mark.parametrize("name", _gradient_methods())
+def test_g_with_no_columns_is_refused(name):
+    with pytest.raises(ValueError, match="d=0 columns"):
+        get_aggregator(name)(torch.zeros(3, 0, dtype=torch.float64), L3)
+
+
+def test_load_state_dict_names_what_is_wrong_and_changes_nothing():
+    moco = get_aggregator("moco")
+    moco(_G())
+    before = moco.state_dict()
+    modo, db = get_aggregator("modo"), get_aggregator("db_mtl")
+    modo(_G()[:2]), db(_G()[:2], L3[:2])
+    cases = (
+        ({}, "expected the keys"),
+        ([1], "expected the keys"),
+        (modo.state_dict(), "lacks '_y'"),  # MoDo keeps a λ too, and T = 2
+        (db.state_dict(), "are not MoCo's"),
+    )
+    for state, match in cases:
+        with pytest.raises(ValueError, match=match):
+            moco.load_state_dict(state)
+    lacking = {**before, "method": {k: v for k, v in before["method"].items() if k != "_lambda"}}
+    with pytest.raises(ValueError, match="lacks '_lambda'"):
+        moco.load_state_dict(lacking)
+    twin = get_aggregator("moco")
+    twin.load_state_dict(before)
+    _same_next_steps(moco, twin, [(_G(seed=s), None) for s in (1, 2)])
+
+
+def test_states_saved_before_the_bounds_were_kept_still_load():
+    """MoCo, DB-MTL and ExcessMTL now keep a bound beside their state; a state saved without it
+    loads, and the next steps are those of an uninterrupted run."""
+    for name, key in (("moco", "_y_bound"), ("db_mtl", "_g_bound"), ("excess_mtl", "_sq_bound")):
+        agg, twin = get_aggregator(name), get_aggregator(name)
+        agg(_G(), L3)
+        state = agg.state_dict()
+        old = {**state, "method": {k: v for k, v in state["method"].items() if k != key}}
+        twin.load_state_dict(old)
+        _same_next_steps(agg, twin, [(_G(seed=s), L3) for s in (1, 2)])
+
+
+def test_a_feature_level_alias_is_explained_not_suggested_as_itself():
+    with pytest.raises(ValueError, match="'mgda_ub' names 'mgda' at the feature level"):
+        get_aggregator("cr_mogm", base="mgda_ub")
