@@ -58,8 +58,8 @@ class AggregatorTags:
     post_step_update: needs `after_step(losses)` with the losses re-evaluated after the step.
     min_tasks: smallest T the method accepts.
     reads_gram: the method reads the Gram G Gᵀ of its input (`J.gram()`, `J.scaled_gram()`, …), so
-        the input check that refuses NaN and inf reuses it; False: the check is a sum per block, a
-        cheaper pass than a Gram. A speed hint only: either value gives the same results.
+        the input check that refuses NaN and inf reuses it; False: the check is an aminmax per block
+        (`J.max_abs()`), a cheaper pass than a Gram. A speed hint only: either value gives the same results.
     solver_tol: the relative precision the method's inner solver reaches (its stopping tolerance,
         e.g. Frank-Wolfe's step threshold or SLSQP's ftol on the objective); the kit's checks of
         solver-defined properties (defining property, non-conflict) accept violations up to
@@ -324,7 +324,7 @@ class Aggregator:
             J = J.map_blocks(torch.Tensor.detach)  # non-differentiable: never a silently wrong gradient
         # NaN or inf is refused before any state changes. A method that reads the Gram gets the
         # check with it (NaN/inf anywhere make its diagonal non-finite; finite rows at any scale give
-        # a finite scaled Gram); any other pays one summing pass instead of a Gram
+        # a finite scaled Gram); any other pays one read pass (`max_abs`) instead of a Gram
         if tags.reads_gram:
             try:
                 J.scaled_gram()

@@ -14,7 +14,7 @@ Stateful (the T EMA rows ĝ_i = c_i B_i: B, one (T, n_k) tensor per block in the
 updated in place, and c, a float64 scale per row, so that the EMA is one pass over B; and the step
 t); not a weighting of the current G (ĝ carries earlier steps). Cost: that pass (B read with G,
 and written), whose squares give the row norms while it is in the cache, in place of a Gram-based
-method's Gram (it reads none: its input check is a summing pass). Needs positive losses
+method's Gram (it reads none: its input check is one read pass, `max_abs`). Needs positive losses
 (ValueError: log L has no gradient at L ≤ 0); a task whose ĝ_i is 0 contributes 0. At the feature
 level the EMA runs over the representation's gradients, row by row
 of the batch, so the block shapes must stay the same from step to step (ValueError otherwise;

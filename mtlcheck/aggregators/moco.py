@@ -19,7 +19,7 @@ level Y tracks the representation's gradients row by row of the batch, so the bl
 stay the same.
 
 Cost: beyond a Gram-based method's step, one pass over Y (read Y and G, write Y) and the input
-check's summing pass over G; the Gram of Y takes the place of the Gram of G, which MoCo does not
+check's read pass over G; the Gram of Y takes the place of the Gram of G, which MoCo does not
 read (updating Y Yᵀ from the last step's would need Y Gᵀ, a product as costly). On a CPU that is
 7–10 % of a Gram-based parameter-level step at T = 3 and 7 (docs/bench/cpu_stateful_methods_reads_no_gram.md).
 

@@ -1,4 +1,4 @@
-"""The input check that refuses NaN and inf: with the Gram for a method that reads it, a sum per
+"""The input check that refuses NaN and inf: with the Gram for a method that reads it, an aminmax per
 block for one that does not (`tags().reads_gram`), before any state changes."""
 
 from unittest import mock
