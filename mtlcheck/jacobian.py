@@ -186,6 +186,8 @@ class Jacobian:
         w = weights.detach().to(torch.float64).cpu().abs()
         if "scaled_gram" in self._cache:
             norms = self._cache["scaled_gram"].diagonal().clamp_min(0).sqrt()
+            if bool(((norms == 0) & (w > 0)).any()):  # a row too small for the scaled Gram: no bound
+                return None
             return float(times_pow2(w @ norms, self._cache["gram_exponent"]))
         if "max_abs" in self._cache:
             return float(w.sum()) * self._cache["max_abs"]
@@ -193,8 +195,8 @@ class Jacobian:
 
     def is_finite(self) -> bool:
         """No entry is NaN or inf (`max_abs` is finite). For methods that read no Gram: on a CPU,
-        one thread, 3.5 ms against the Gram's 10.5 for 3 × 11.2M float32 entries, 7.9 against 36
-        for 7 × 11.2M."""
+        2 threads, 3.8 ms against the Gram's 7.5 for 3 × 11.2M float32 entries, 7.6 against 20.9
+        for 7 × 11.2M (docs/bench/cpu_stateful_floor.md)."""
         return math.isfinite(self.max_abs())
 
     def scaled_gram(self) -> torch.Tensor:

@@ -146,9 +146,13 @@ def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
             return False, value
         return True, int(value)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return False, value
-        return True, float(value)
+        try:
+            as_float = float(value)
+        except OverflowError:  # an int past float's range
+            return False, value
+        return math.isfinite(as_float), as_float
     if hint is str:
         return isinstance(value, str), value
     if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
@@ -277,24 +281,30 @@ class Aggregator:
             raise ValueError(
                 f"{self!r} was called with T={self._n_tasks} tasks before and now with T={n}; call reset() first"
             )
-        self._n_tasks = n
-        result = self._aggregate(J, losses)
+        previous, self._n_tasks = self._n_tasks, n
+        try:
+            result = self._aggregate(J, losses)
+        except Exception:
+            self._n_tasks = previous  # a refused call leaves T unset as it found it
+            raise
         if result.weights is not None and not bool(torch.isfinite(result.weights).all()):
             raise NonFiniteOutputError(f"{self!r}: non-finite task weights {result.weights.tolist()}", "weights")
         if J is not None and result.blocks is not None:
-            self._check_direction(J, result)
+            self._check_direction(J, result, tags)
         return result
 
-    def _check_direction(self, J: Jacobian, result: Aggregation) -> None:
+    def _check_direction(self, J: Jacobian, result: Aggregation, tags: AggregatorTags) -> None:
         """A NonFiniteOutputError when a finite G gave a direction that is not finite (an
-        fp16 ConFIG step past 65504, say). Free where the method's `bound`, or its weights and what
-        the input check computed (`Jacobian.combine_bound`), bound it; else one summing pass over
-        the direction."""
+        fp16 ConFIG step past 65504, say). Free where the method's `bound`, or, for a weighting
+        method (direction = Σ w_i g_i) whose weights fit the dtype, what the input check computed
+        (`Jacobian.combine_bound`), bound it; else one summing pass over the direction."""
         dtype = result.blocks[0].dtype
+        top = torch.finfo(dtype).max / 4  # with room for rounding
         bound = result.bound
-        if bound is None and result.weights is not None:
-            bound = J.combine_bound(result.weights)
-        if bound is not None and bound < torch.finfo(dtype).max / 4:  # with room for rounding
+        w = result.weights
+        if bound is None and w is not None and tags.weighted and float(w.abs().max()) < top:
+            bound = J.combine_bound(w)  # (the weights are cast to the dtype: they must fit)
+        if bound is not None and bound < top:
             return
         if not all_finite(result.blocks):
             raise NonFiniteOutputError(
@@ -402,15 +412,18 @@ class Aggregator:
     _legacy_state_keys: ClassVar[tuple[str, ...]] = ()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`'s output. A ValueError naming what is missing, foreign or of the
-        wrong type otherwise, with nothing changed."""
+        """Restore `state_dict()`'s output. A ValueError naming what is missing or foreign (keys, a
+        generator state that does not fit, a task count that is none) otherwise, with nothing
+        changed; the values of the method's own state are its own to check."""
         who = type(self).__name__
         if not isinstance(state, dict) or set(state) != {"generator", "n_tasks", "method"}:
             got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{who}.load_state_dict: expected the keys ['generator', 'method', 'n_tasks'], got {got}")
         generator, n_tasks, method = state["generator"], state["n_tasks"], state["method"]
-        if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8):
-            raise ValueError(f"{who}.load_state_dict: 'generator' must be a generator state (a uint8 tensor)")
+        try:
+            torch.Generator(device="cpu").set_state(generator)
+        except (TypeError, RuntimeError) as exc:
+            raise ValueError(f"{who}.load_state_dict: 'generator' is not a CPU generator's state ({exc})") from None
         if n_tasks is not None and (isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1):
             raise ValueError(f"{who}.load_state_dict: 'n_tasks' must be None or an int >= 1, got {n_tasks!r}")
         if not isinstance(method, dict):

@@ -54,9 +54,14 @@ def _check_init_types(cls: type[Aggregator]) -> None:
     if init is None or getattr(init, "_checks_types", False):
         return
 
+    named = {p.name for p in cls._init_parameters()}
+
     @functools.wraps(init)
     def checked_init(self, *args, **kwargs):
-        init(self, *args, **cls.check_config(kwargs))
+        # the keywords __init__ names are checked; others go on as they are (to a **kwargs, or to
+        # Python's own TypeError)
+        checked = cls.check_config({k: v for k, v in kwargs.items() if k in named})
+        init(self, *args, **{**kwargs, **checked})
 
     checked_init._checks_types = True
     cls.__init__ = checked_init

@@ -15,8 +15,10 @@ def project_onto_simplex(y: torch.Tensor) -> torch.Tensor:
     FloatingPointError). y is shifted by its maximum first (the projection does not change when a
     constant is added to every entry), so that huge entries cannot round the largest one's test
     u_1 − (u_1 − 1) > 0 to zero."""
-    if bool(torch.isnan(y).any()) or bool((y == math.inf).any()):
-        raise FloatingPointError(f"project_onto_simplex: y must have no NaN or +inf entry, got {y.tolist()}")
+    if bool(torch.isnan(y).any()) or bool((y == math.inf).any()) or not bool(torch.isfinite(y).any()):
+        raise FloatingPointError(
+            f"project_onto_simplex: y must have a finite entry and no NaN or +inf one, got {y.tolist()}"
+        )
     n = y.shape[0]
     # entries more than 1 below the largest get 0 (θ >= max y − 1) and do not move θ, so they are
     # raised to −2: the cumulative sums below cannot overflow, and −inf entries are no NaN
@@ -37,3 +39,13 @@ def projected_step(x: torch.Tensor, step: float, direction: torch.Tensor, expone
     gap = direction - direction.min()
     c = times_pow2(torch.tensor(float(step), dtype=torch.float64), exponent)
     return project_onto_simplex(x - torch.where(gap > 0, c * gap, torch.zeros_like(gap)))
+
+
+def gram_step(lam: torch.Tensor, step: float, rho: float, scaled_gram: torch.Tensor, exponent: int) -> torch.Tensor:
+    """Π_Δ(λ − step·(G Gᵀ λ + ρ λ)) for G Gᵀ = 4^exponent · `scaled_gram` (MoDo's and MoCo's λ step),
+    at any scale of G: both terms are brought to the factor 2^k, k = max(2·exponent, 0), where each
+    is finite (Ĝλ has entries below 4 for λ on the simplex, ρλ below ρ), and `projected_step` takes
+    the factor."""
+    k = max(2 * exponent, 0)
+    inner = times_pow2(scaled_gram @ lam, 2 * exponent - k) + times_pow2(rho * lam, -k)
+    return projected_step(lam, step, inner, k)

@@ -36,7 +36,7 @@ import torch
 from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes, decayed
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
-from mtlcheck.jacobian import Jacobian, NonFiniteGradientError
+from mtlcheck.jacobian import Jacobian, NonFiniteGradientError, times_pow2
 
 
 @register_aggregator("db_mtl", paper_name="DB-MTL")
@@ -123,18 +123,24 @@ class DBMTL(Aggregator):
             squares[k] = part.cpu()
         self._buffer, self._scale, self._g_bound, self._step = buffer, c, bound, step
         tracked = Jacobian(buffer, J.shapes, J.names, J.level)
-        norms = c * _squared_norms(tracked, squares if sums else None).clamp_min(0).sqrt()
+        squared, exponent = _squared_norms(tracked, squares if sums else None)
+        norms = c * squared.clamp_min(0).sqrt()  # the rows' norms / 2^exponent
         top = float(norms.max())
         ratio = torch.where(
             norms > 0, top / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms)
         )
         # every term has norm `top`, so |d| <= T·top: where that passes the dtype's range, the base
         # checks d itself, and a d that overflows raises after the step (the EMA has taken G in)
-        return Aggregation(tracked.combine(ratio * c), None, bound=n * top)
+        return Aggregation(
+            tracked.combine(ratio * c),
+            None,
+            bound=n * float(times_pow2(torch.tensor(top, dtype=torch.float64), exponent)),
+        )
 
 
-def _squared_norms(buffer: Jacobian, squares: torch.Tensor | None) -> torch.Tensor:
-    """The rows' squared norms up to a common factor (the ratio of norms is what DB-MTL reads):
+def _squared_norms(buffer: Jacobian, squares: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """(q, S): the rows' squared norms are 4^S q (the ratio of norms is what DB-MTL reads, and S
+    gives the norms themselves):
     the blocks' float64 sums of float32/float64 squares where none of them lost digits, else the
     diagonal of the scaled Gram, which is exact at any scale. A block's sum lost digits where it is
     not finite (squares overflow) or below n·tiny/eps of its dtype in a non-zero row (squares
@@ -144,5 +150,5 @@ def _squared_norms(buffer: Jacobian, squares: torch.Tensor | None) -> torch.Tens
         floors = torch.tensor([b.shape[1] * info.tiny / info.eps for b in buffer.blocks], dtype=torch.float64)
         low = (squares < floors[:, None]).nonzero().tolist()
         if not any(bool(buffer.blocks[k][i].any()) for k, i in low):
-            return squares.sum(0)
-    return buffer.scaled_gram().diagonal()
+            return squares.sum(0), 0
+    return buffer.scaled_gram().diagonal(), buffer.gram_exponent

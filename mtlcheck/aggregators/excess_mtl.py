@@ -83,6 +83,9 @@ class ExcessMTL(WeightingAggregator):
             sums = state["_sq_sum"]
             state = {k: v for k, v in state.items() if k != "_sq_sum"}
             state["_sq_sum_eps"] = None if sums is None else tuple(s + self.eps for s in sums)
+        sums = state["_sq_sum_eps"]
+        if sums is not None and sums[0].dtype in (torch.float16, torch.bfloat16):  # saved before S was float32
+            state = {**state, "_sq_sum_eps": tuple(s.float() for s in sums)}
         if "_sq_bound" not in state:  # saved before the bound was kept: max S itself
             sums = state["_sq_sum_eps"]
             state = {**state, "_sq_bound": None if sums is None else max(float(s.max()) for s in sums if s.numel())}
@@ -95,8 +98,8 @@ class ExcessMTL(WeightingAggregator):
         dtype = torch.float32 if J.dtype in (torch.float16, torch.bfloat16) else J.dtype
         check_state_shapes(self, self._sq_sum_eps, J.blocks, dtype=dtype)
         # refused before any state changes: max S <= ε + Σ over the steps of max g² (kept), and
-        # S must stay finite in its dtype (float32 gradients of 1e19 square past its range)
-        bound = (self._sq_bound or self.eps) + J.max_abs() ** 2
+        # S must stay finite in its dtype (float32 gradients of 1e20 square past its range)
+        bound = (self._sq_bound or self.eps) + J.max_abs() * J.max_abs()  # inf, not OverflowError, past the range
         if not bound < torch.finfo(dtype).max / 2:
             raise NonFiniteGradientError(
                 f"{self!r}: the running sum of squared gradients (<= {bound:.3g} with max |g| = {J.max_abs():.3g}) "

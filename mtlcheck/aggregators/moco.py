@@ -36,9 +36,9 @@ import torch
 
 from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes, decayed
 from mtlcheck.aggregators._registry import register_aggregator
-from mtlcheck.aggregators._simplex import projected_step
+from mtlcheck.aggregators._simplex import gram_step
 from mtlcheck.aggregators.modo import _positive
-from mtlcheck.jacobian import Jacobian, NonFiniteGradientError, times_pow2
+from mtlcheck.jacobian import Jacobian, NonFiniteGradientError
 
 
 @register_aggregator("moco", paper_name="MoCo")
@@ -104,9 +104,8 @@ class MoCo(Aggregator):
                 old.lerp_(b, beta_k)
         self._y, self._y_bound, self._step = y, bound, step
         tracked = Jacobian(y, J.shapes, J.names, J.level)
-        # γ_k (Y Yᵀλ + ρλ) = γ_k 4^S (Ŷλ + ρ 4^{-S} λ), Ŷ the scaled Gram of Y (float64-accumulated)
-        S = tracked.gram_exponent
+        # λ ← Π_Δ(λ − γ_k (Y Yᵀλ + ρλ)) from the scaled Gram of Y (float64-accumulated): no overflow
         lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda
-        lam = projected_step(lam, gamma_k, tracked.scaled_gram() @ lam + times_pow2(self.rho * lam, -2 * S), 2 * S)
+        lam = gram_step(lam, gamma_k, self.rho, tracked.scaled_gram(), tracked.gram_exponent)
         self._lambda = lam
         return Aggregation(tracked.combine(lam), None, bound=bound)

@@ -27,8 +27,7 @@ import torch
 
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
 from mtlcheck.aggregators._registry import register_aggregator
-from mtlcheck.aggregators._simplex import projected_step
-from mtlcheck.jacobian import times_pow2
+from mtlcheck.aggregators._simplex import gram_step
 
 
 def _positive(owner: str, name: str, value, *, zero_ok: bool = False) -> None:
@@ -54,8 +53,7 @@ class MoDo(WeightingAggregator):
     def _weights(self, J, losses):
         n = J.n_tasks
         lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda
-        # γ(G Gᵀλ + ρλ) = γ 4^S (Ĝλ + ρ 4^{-S} λ): from the scaled Gram, so that no scale of G overflows
-        S = J.gram_exponent
-        lam = projected_step(lam, self.gamma, J.scaled_gram() @ lam + times_pow2(self.rho * lam, -2 * S), 2 * S)
+        # from the scaled Gram, so that no scale of G overflows
+        lam = gram_step(lam, self.gamma, self.rho, J.scaled_gram(), J.gram_exponent)
         self._lambda = lam
         return lam.clone()

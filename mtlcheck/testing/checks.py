@@ -233,24 +233,35 @@ def check_stochastic_tag_truthful(make: Factory) -> None:
 _MISSING = object()
 
 
-def _same_value(a, b, depth: int = 0) -> bool:
+def _same_value(a, b, seen: set | None = None) -> bool:
     """Whether two attribute values are equal (tensors and arrays elementwise, NaN equal to NaN;
     objects without value equality, such as an nn.Module or another library's aggregator, by their
-    attributes, recursively: a deep copy of an unchanged one is the same value)."""
+    attributes, or by what they pickle to (`__reduce_ex__`: a functools.partial, a bound method),
+    recursively: a deep copy of an unchanged one is the same value). A pair met again inside itself
+    (a cycle) counts as equal, and so does an object that can be compared neither way: a hint that
+    names an attribute must not name one that never changed."""
     if a is b:
         return True
-    if depth > 20:  # a cycle or a very deep object: judged by what it prints
-        return repr(a) == repr(b)
-    if type(a) is type(b) and type(a).__eq__ is object.__eq__ and hasattr(a, "__dict__"):
-        return _same_value(vars(a), vars(b), depth + 1)
+    seen = set() if seen is None else seen
+    if (id(a), id(b)) in seen:
+        return True
+    seen.add((id(a), id(b)))
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and bitwise_equal(a, b)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b, equal_nan=True)
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_value(a[k], b[k], depth + 1) for k in a)
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k], seen) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same_value(x, y, depth + 1) for x, y in zip(a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(_same_value(x, y, seen) for x, y in zip(a, b))
+    if type(a) is type(b) and type(a).__eq__ is object.__eq__:  # no value equality of its own
+        attrs = getattr(a, "__dict__", None), getattr(b, "__dict__", None)  # (both: reading makes one)
+        if attrs[0] or attrs[1]:
+            return _same_value(*attrs, seen)
+        try:
+            return _same_value(a.__reduce_ex__(4)[1:], b.__reduce_ex__(4)[1:], seen)
+        except Exception:  # noqa: BLE001 - cannot be compared: not named
+            return True
     try:
         return bool(a == b)
     except Exception:  # noqa: BLE001 - incomparable values: compare what they print

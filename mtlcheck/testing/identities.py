@@ -500,7 +500,10 @@ def db_mtl_expected(G: torch.Tensor, losses: torch.Tensor, ema: torch.Tensor | N
     """(d, ĝ) at step `step` (1-based) of DB-MTL (Lin et al. 2023), from the paper's recurrence:
     ĝ_i ← β_t ĝ_i + (1 − β_t) g_i/L_i, β_t = β/t^σ, ĝ = 0 at the start; d = Σ_i (max_j‖ĝ_j‖/‖ĝ_i‖) ĝ_i
     (a zero ĝ_i contributes 0)."""
-    beta_t = beta / step**sigma
+    try:
+        beta_t = beta / float(step) ** sigma
+    except OverflowError:  # step^σ past the float range (σ = 2000, say): β_t is 0
+        beta_t = 0.0
     scaled = G / losses[:, None]
     ema = (1 - beta_t) * scaled if ema is None else beta_t * ema + (1 - beta_t) * scaled
     norms = ema.norm(dim=1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mtlcheck.aggregators import aggregator_class, get_aggregator, list_aggregators
-from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, WeightingAggregator
 from mtlcheck.aggregators._simplex import project_onto_simplex, projected_step
 from mtlcheck.jacobian import NonFiniteGradientError, NonFiniteOutputError
 
@@ -67,12 +67,13 @@ def test_db_mtl_refuses_a_loss_whose_log_gradient_overflows_and_keeps_its_state(
     _same_next_steps(db, twin, [(_G(seed=s), L3) for s in (1, 2, 3)])
 
 
-def test_excess_mtl_refuses_squares_its_sum_cannot_hold_and_keeps_its_state():
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 1e20), (torch.float64, 1e160)])  # squares past the range
+def test_excess_mtl_refuses_squares_its_sum_cannot_hold_and_keeps_its_state(dtype, scale):
     ex, twin = get_aggregator("excess_mtl"), get_aggregator("excess_mtl")
-    ex(_G(torch.float32)), twin(_G(torch.float32))
+    ex(_G(dtype)), twin(_G(dtype))
     with pytest.raises(NonFiniteGradientError, match="squared gradients.*overflow.*state is unchanged"):
-        ex(_G(torch.float32, scale=1e20))  # 1e40 > float32's 3.4e38
-    _same_next_steps(ex, twin, [(_G(torch.float32, seed=s), None) for s in (1, 2, 3)])
+        ex(_G(dtype, scale=scale))
+    _same_next_steps(ex, twin, [(_G(dtype, seed=s), None) for s in (1, 2, 3)])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -282,3 +283,125 @@ def test_states_saved_before_the_bounds_were_kept_still_load():
 def test_a_feature_level_alias_is_explained_not_suggested_as_itself():
     with pytest.raises(ValueError, match="'mgda_ub' names 'mgda' at the feature level"):
         get_aggregator("cr_mogm", base="mgda_ub")
+
+
+# -- from a review: bounds that must hold, and refusals that must not change anything --------------
+@pytest.mark.parametrize("name", ["nash_mtl", "fairgrad"])
+def test_fp16_weights_past_the_dtype_are_caught_not_returned_as_nan(name):
+    """Weights of 6e6-8e6 for a row of 1e-7 (fp16): cast to fp16 they are inf, and inf·0 = NaN; the
+    float64 bound Σ|w_i|‖g_i‖ stays small, so it must not be trusted."""
+    G = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1e-7, 0.0]]).half()
+    with pytest.raises(NonFiniteOutputError, match="non-finite direction"):
+        get_aggregator(name)(G)
+
+
+class _Weighted(WeightingAggregator):
+    def __init__(self, *, weights=(1.0, 1.0), weighted: bool = True, seed: int = 0):
+        super().__init__(seed=seed)
+        self.weights, self.weighted = weights, weighted
+
+    def tags(self):
+        return AggregatorTags(reduction="other", weighted=self.weighted, homogeneity=None)
+
+    def _weights(self, J, losses):
+        return torch.tensor(self.weights, dtype=torch.float64)
+
+
+def test_a_row_too_small_for_the_scaled_gram_gets_no_bound():
+    """Rows of 1e308 and 1e108: the second's scaled diagonal underflows to 0, so a weight of 1e201
+    on it is not in Σ|w_i|‖g_i‖; the direction is checked itself."""
+    G = torch.tensor([[1e308, 0.0], [0.0, 1e108]], dtype=torch.float64)
+    with pytest.raises(NonFiniteOutputError):
+        _Weighted(weights=(1e-300, 1e201))(G)
+
+
+def test_weights_that_do_not_make_the_direction_give_no_bound():
+    class Tracked(Aggregator):
+        def tags(self):
+            return AggregatorTags(family="solver", weighted=False, homogeneity=None, reduction="other")
+
+        def _aggregate(self, J, losses):
+            w = torch.full((J.n_tasks,), 1.5, dtype=torch.float64)
+            return Aggregation(J.map_blocks(lambda b: b * 1e4).combine(w), w)
+
+    with pytest.raises(NonFiniteOutputError):
+        Tracked()(torch.tensor([[3.0, 1.0], [3.0, 0.0]]).half())
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float32, 1e30), (torch.float64, 1e300)])
+def test_db_mtl_bound_is_in_absolute_units_when_its_norms_come_from_the_scaled_gram(dtype, big):
+    """T = 12 rows of (big, 1): squares overflow, the norms come from the scaled Gram; a loss that
+    puts the direction just past the range must raise, not return inf."""
+    G = torch.zeros(12, 2, dtype=dtype)
+    G[:, 0], G[:, 1] = big, 1.0
+    losses = torch.full((12,), big / (0.95 * torch.finfo(dtype).max), dtype=torch.float64)
+    with pytest.raises(NonFiniteOutputError):
+        get_aggregator("db_mtl")(G, losses)
+
+
+@pytest.mark.parametrize("name", ["moco", "modo"])
+def test_a_lambda_step_at_a_tiny_scale_with_rho(name):
+    """γ 4^S underflows to 0 while ρ 4^-S λ overflows: the step must still be ρλ's (no 0·inf)."""
+    options = {"moco": dict(beta=1.0, beta_sigma=0.0, gamma=10.0, rho=0.1), "modo": dict(gamma=10.0, rho=0.1)}[name]
+    agg = get_aggregator(name, **options)
+    G = torch.tensor([[10.0, 0.0], [0.0, 0.1]], dtype=torch.float64)
+    agg(G)
+    w = agg._lambda if name == "moco" else None
+    out = agg(G * 1e-200)
+    lam = agg._lambda
+    assert torch.isfinite(out.direction).all() and abs(float(lam.sum()) - 1) < 1e-12
+    if name == "moco":  # Y Yᵀ ≈ 0: λ − γ_2 ρ λ, projected (γ_2 = 10/√2)
+        expected = project_onto_simplex(w - 10 / math.sqrt(2) * 0.1 * w)
+        torch.testing.assert_close(lam, expected, rtol=0, atol=1e-15)
+
+
+def test_load_state_dict_refuses_a_generator_state_that_does_not_fit_and_changes_nothing():
+    moco, twin = get_aggregator("moco"), get_aggregator("moco")
+    moco(_G()), twin(_G())
+    state = twin.state_dict()
+    other = get_aggregator("moco")
+    other(_G(seed=5)), other(_G(seed=6))
+    bad = {**other.state_dict(), "generator": torch.zeros(7, dtype=torch.uint8)}
+    with pytest.raises(ValueError, match="generator"):
+        moco.load_state_dict(bad)
+    assert moco.state_dict()["method"]["_step"] == state["method"]["_step"]
+    _same_next_steps(moco, twin, [(_G(seed=s), None) for s in (1, 2)])
+
+
+def test_a_refused_first_call_leaves_the_task_count_unset():
+    moco = get_aggregator("moco")
+    G = _G() / _G().abs().max() * 1.5e308  # finite, but y − g would overflow: refused inside the method
+    with pytest.raises(NonFiniteGradientError, match="MoCo"):
+        moco(G)
+    assert moco.state_dict()["n_tasks"] is None
+    assert torch.isfinite(moco(_G()[:2]).direction).all()  # T = 2 now: no "called with T=3 before"
+
+
+def test_registered_subclasses_with_kwargs_and_huge_ints():
+    from mtlcheck.aggregators._registry import _check_init_types
+    from mtlcheck.aggregators.upgrad import UPGrad
+
+    class MyUPGrad(UPGrad):
+        def __init__(self, *, extra: float = 1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.extra = extra
+
+    _check_init_types(MyUPGrad)  # as register_aggregator does
+    assert MyUPGrad(extra=2.0, seed=1).seed == 1
+    with pytest.raises(ValueError, match="extra"):
+        MyUPGrad(extra=True)
+    with pytest.raises(ValueError, match="beta_sigma"):
+        get_aggregator("db_mtl", beta_sigma=10**400)
+    with pytest.raises(TypeError):
+        get_aggregator("upgrad", bogus=1)
+
+
+def test_an_excess_mtl_state_saved_from_half_precision_gradients_loads_into_float32():
+    ex = get_aggregator("excess_mtl")
+    ex(_G(torch.float16))
+    state = ex.state_dict()
+    old = {k: v for k, v in state["method"].items() if k != "_sq_bound"}
+    old["_sq_sum_eps"] = tuple(s.half() for s in old["_sq_sum_eps"])  # as saved before S was float32
+    twin = get_aggregator("excess_mtl")
+    twin.load_state_dict({**state, "method": old})
+    assert torch.isfinite(twin(_G(torch.float16, seed=1)).direction).all()

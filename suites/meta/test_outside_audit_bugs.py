@@ -269,3 +269,48 @@ def test_nan_for_a_zero_loss_is_found():
     record = _record(PlantedSTCH, "check_nonpositive_losses")
     assert record["status"] == "failed" and "a zero loss" in record["exception"], record
     assert _record(lambda: PlantedSTCH(planted=False), "check_nonpositive_losses")["status"] == "passed"
+
+
+# --- from a review of the above -------------------------------------------------------------------
+class Float32Weights(NNLSUPGrad):
+    """UPGrad whose weights come back as a float32 tensor (not cast back to float64)."""
+
+    def _weights(self, J, losses):
+        return super()._weights(J, losses).float()
+
+
+@pytest.mark.parametrize("solver_tol", [None, 1e-5])
+def test_float32_weights_returned_as_float32_are_found(solver_tol):
+    record = _record(lambda: Float32Weights(solver_tol=solver_tol), "check_float64_arithmetic")
+    assert record["status"] == "failed" and "torch.float32" in record["exception"], record
+
+
+def test_db_mtl_identity_takes_a_schedule_power_past_the_float_range():
+    from mtlcheck.aggregators.db_mtl import DBMTL
+
+    assert _record(lambda: DBMTL(beta_sigma=2000.0), "check_method_identity")["status"] == "passed"
+
+
+def test_state_hints_compare_cycles_chains_and_partials_by_content():
+    import copy
+    import functools
+
+    from mtlcheck.testing.checks import _same_value
+
+    class Node:
+        pass
+
+    loop = Node()
+    loop.me, loop.x = loop, torch.ones(2)
+    chain = Node()
+    tail = chain
+    for i in range(40):
+        tail.next = Node()
+        tail = tail.next
+        tail.value = i
+    assert _same_value(copy.deepcopy(loop), loop) and _same_value(copy.deepcopy(chain), chain)
+    changed = copy.deepcopy(chain)
+    changed.next.next.value = -1
+    assert not _same_value(changed, chain)
+    assert not _same_value(functools.partial(max, 1), functools.partial(max, 2))
+    assert _same_value(functools.partial(max, 1), copy.deepcopy(functools.partial(max, 1)))
