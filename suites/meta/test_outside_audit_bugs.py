@@ -314,3 +314,11 @@ def test_state_hints_compare_cycles_chains_and_partials_by_content():
     assert not _same_value(changed, chain)
     assert not _same_value(functools.partial(max, 1), functools.partial(max, 2))
     assert _same_value(functools.partial(max, 1), copy.deepcopy(functools.partial(max, 1)))
+
+
+def test_a_tolerance_declared_to_excuse_conflicts_decides_nothing():
+    """The mean of the rows conflicts on conflicting G; declaring solver_tol=0.5 allowed
+    ⟨g_i, d⟩ ≥ −0.5·max‖g_i‖², which it meets: the non-conflict check passed."""
+    record = _record(lambda: NNLSUPGrad(project=False, solver_tol=0.5), "check_non_conflicting")
+    assert record["status"] == "failed" and "cannot be held to non-conflict" in record["exception"], record
+    assert _record(lambda: NNLSUPGrad(solver_tol=1e-6), "check_non_conflicting")["status"] == "passed"
