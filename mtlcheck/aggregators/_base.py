@@ -281,11 +281,13 @@ class Aggregator:
             raise ValueError(
                 f"{self!r} was called with T={self._n_tasks} tasks before and now with T={n}; call reset() first"
             )
-        previous, self._n_tasks = self._n_tasks, n
+        first, self._n_tasks = self._n_tasks is None, n
         try:
             result = self._aggregate(J, losses)
         except Exception:
-            self._n_tasks = previous  # a refused call leaves T unset as it found it
+            if first:  # a refused first call leaves the method as it found it: initial, T unset
+                self._n_tasks = None
+                self._reset_state()
             raise
         if result.weights is not None and not bool(torch.isfinite(result.weights).all()):
             raise NonFiniteOutputError(f"{self!r}: non-finite task weights {result.weights.tolist()}", "weights")
@@ -298,7 +300,7 @@ class Aggregator:
         fp16 ConFIG step past 65504, say). Free where the method's `bound`, or, for a weighting
         method (direction = Σ w_i g_i) whose weights fit the dtype, what the input check computed
         (`Jacobian.combine_bound`), bound it; else one summing pass over the direction."""
-        dtype = result.blocks[0].dtype
+        dtype = min((b.dtype for b in result.blocks), key=lambda t: torch.finfo(t).max)  # the narrowest
         top = torch.finfo(dtype).max / 4  # with room for rounding
         bound = result.bound
         w = result.weights

@@ -60,7 +60,9 @@ def _check_init_types(cls: type[Aggregator]) -> None:
     def checked_init(self, *args, **kwargs):
         # the keywords __init__ names are checked; others go on as they are (to a **kwargs, or to
         # Python's own TypeError)
-        checked = cls.check_config({k: v for k, v in kwargs.items() if k in named})
+        # (named by the class being built when it inherits this __init__ as it is)
+        judge = type(self) if type(self).__init__ is checked_init else cls
+        checked = judge.check_config({k: v for k, v in kwargs.items() if k in named})
         init(self, *args, **{**kwargs, **checked})
 
     checked_init._checks_types = True

@@ -43,9 +43,12 @@ def projected_step(x: torch.Tensor, step: float, direction: torch.Tensor, expone
 
 def gram_step(lam: torch.Tensor, step: float, rho: float, scaled_gram: torch.Tensor, exponent: int) -> torch.Tensor:
     """Π_Δ(λ − step·(G Gᵀ λ + ρ λ)) for G Gᵀ = 4^exponent · `scaled_gram` (MoDo's and MoCo's λ step),
-    at any scale of G: both terms are brought to the factor 2^k, k = max(2·exponent, 0), where each
-    is finite (Ĝλ has entries below 4 for λ on the simplex, ρλ below ρ), and `projected_step` takes
-    the factor."""
-    k = max(2 * exponent, 0)
-    inner = times_pow2(scaled_gram @ lam, 2 * exponent - k) + times_pow2(rho * lam, -k)
+    at any scale of G: both terms are brought to the factor 2^k of the larger (each then at most 1:
+    the smaller underflows only where it is below 2^-1074 of the larger), and `projected_step`
+    takes the factor."""
+    gram_term, rho_term = scaled_gram @ lam, rho * lam  # G Gᵀλ = 4^exponent · gram_term
+    exponents = [2 * exponent + math.frexp(float(gram_term.abs().max()))[1]] if bool(gram_term.any()) else []
+    exponents += [math.frexp(float(rho_term.abs().max()))[1]] if bool(rho_term.any()) else []
+    k = max(exponents, default=0)
+    inner = times_pow2(gram_term, 2 * exponent - k) + times_pow2(rho_term, -k)
     return projected_step(lam, step, inner, k)

@@ -131,11 +131,10 @@ class DBMTL(Aggregator):
         )
         # every term has norm `top`, so |d| <= T·top: where that passes the dtype's range, the base
         # checks d itself, and a d that overflows raises after the step (the EMA has taken G in)
-        return Aggregation(
-            tracked.combine(ratio * c),
-            None,
-            bound=n * float(times_pow2(torch.tensor(top, dtype=torch.float64), exponent)),
-        )
+        weights = ratio * c  # cast to the dtype by the combination: past its range, no bound (d is checked)
+        fits = float(weights.max()) < torch.finfo(J.dtype).max / 4
+        bound = n * float(times_pow2(torch.tensor(top, dtype=torch.float64), exponent)) if fits else None
+        return Aggregation(tracked.combine(weights), None, bound=bound)
 
 
 def _squared_norms(buffer: Jacobian, squares: torch.Tensor | None) -> tuple[torch.Tensor, int]:

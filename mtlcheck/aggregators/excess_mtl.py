@@ -82,10 +82,11 @@ class ExcessMTL(WeightingAggregator):
         if "_sq_sum" in state:  # saved when S was kept without ε
             sums = state["_sq_sum"]
             state = {k: v for k, v in state.items() if k != "_sq_sum"}
-            state["_sq_sum_eps"] = None if sums is None else tuple(s + self.eps for s in sums)
+            # (in float32 for half precision, as S is kept now, before ε is added)
+            state["_sq_sum_eps"] = None if sums is None else tuple(_state_dtype(s) + self.eps for s in sums)
         sums = state["_sq_sum_eps"]
-        if sums is not None and sums[0].dtype in (torch.float16, torch.bfloat16):  # saved before S was float32
-            state = {**state, "_sq_sum_eps": tuple(s.float() for s in sums)}
+        if sums is not None:  # saved before S was float32 for half precision
+            state = {**state, "_sq_sum_eps": tuple(_state_dtype(s) for s in sums)}
         if "_sq_bound" not in state:  # saved before the bound was kept: max S itself
             sums = state["_sq_sum_eps"]
             state = {**state, "_sq_bound": None if sums is None else max(float(s.max()) for s in sums if s.numel())}
@@ -137,3 +138,8 @@ class ExcessMTL(WeightingAggregator):
         logits = (self._alpha.log() + self.robust_step_size * ratio).nan_to_num(posinf=torch.finfo(torch.float64).max)
         self._alpha = torch.softmax(logits, dim=0)
         return self._alpha.clone()
+
+
+def _state_dtype(s: torch.Tensor) -> torch.Tensor:
+    """S in the dtype it is kept in: float32 for fp16/bf16 gradients, theirs otherwise."""
+    return s.float() if s.dtype in (torch.float16, torch.bfloat16) else s

@@ -95,10 +95,15 @@ class GradVac(ProjectionMethod, Aggregator):
         self._last_rho = torch.tensor(rho_seen, dtype=torch.float64)
         return torch.tensor(C, dtype=torch.float64), targets
 
+    def _direction_scale(self, n_tasks: int) -> float:
+        """A factor on the corrected gradients' sum (1: the sum; the published variant's mean: 1/T),
+        applied to the weights, so that the direction is formed once, at its own scale."""
+        return 1.0
+
     def _aggregate(self, J, losses):
         C, targets = self.surgery(J)
         self._targets = (1 - self.beta) * targets + self.beta * self._last_rho
-        per_group = C.sum(1)  # (K, T)
+        per_group = C.sum(1) * self._direction_scale(J.n_tasks)  # (K, T)
         if self.group_type == "whole":
             return Aggregation(J.combine(per_group[0]), per_group[0])
         groups = J.groups(self.group_type)

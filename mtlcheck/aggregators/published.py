@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, AggregatorTags, WeightingAggregator
+from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators.cosreg import CosReg
 from mtlcheck.aggregators.gradvac import GradVac
@@ -102,8 +102,5 @@ class GradVacPublished(GradVac):
         root_rho, root_target = math.sqrt(max(1 - rho**2, 0.0)), math.sqrt(max(1 - target**2, 0.0))
         return norm_i * (target * root_rho + rho * root_target) / (norm_j * (root_target + self.eps))
 
-    def _aggregate(self, J, losses):
-        out = super()._aggregate(J, losses)
-        n = J.n_tasks
-        weights = None if out.weights is None else out.weights / n
-        return Aggregation(tuple(b / n for b in out.blocks), weights)
+    def _direction_scale(self, n_tasks: int) -> float:
+        return 1.0 / n_tasks  # the mean (combining Σ and then dividing overflowed where Σ does)

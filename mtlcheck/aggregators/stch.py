@@ -68,6 +68,6 @@ class STCH(WeightingAggregator):
             return 1.0 / losses
         nadir = self._sum / count if count else torch.ones(n, dtype=torch.float64)
         f = (losses / nadir).log()
-        # softmax((f − max f)/μ), the same softmax up to rounding (≤ 3e-14 relative): f/μ alone
+        # softmax((f − max f)/μ), the same softmax up to rounding (~1e-13 relative): f/μ alone
         # overflows for a tiny μ (inf − inf)
         return n * torch.softmax((f - f.max()) / self.mu, dim=0) / losses

@@ -18,6 +18,7 @@ import copy
 import inspect
 import pickle
 import random
+import types
 from collections.abc import Iterator
 
 import numpy as np
@@ -233,19 +234,20 @@ def check_stochastic_tag_truthful(make: Factory) -> None:
 _MISSING = object()
 
 
-def _same_value(a, b, seen: set | None = None) -> bool:
+def _same_value(a, b, seen: dict | None = None) -> bool:
     """Whether two attribute values are equal (tensors and arrays elementwise, NaN equal to NaN;
-    objects without value equality, such as an nn.Module or another library's aggregator, by their
-    attributes, or by what they pickle to (`__reduce_ex__`: a functools.partial, a bound method),
-    recursively: a deep copy of an unchanged one is the same value). A pair met again inside itself
-    (a cycle) counts as equal, and so does an object that can be compared neither way: a hint that
-    names an attribute must not name one that never changed."""
+    objects without value equality, such as an nn.Module or another library's aggregator, by what
+    they pickle to where their class says (`__getstate__`/`__reduce__`: a random.Random, an
+    optimizer, a functools.partial), else by their attributes; bound methods by function and
+    object; recursively: a deep copy of an unchanged one is the same value). A pair met again
+    inside itself (a cycle) counts as equal, and so does an object that can be compared neither
+    way: a hint that names an attribute must not name one that never changed."""
     if a is b:
         return True
-    seen = set() if seen is None else seen
+    seen = {} if seen is None else seen
     if (id(a), id(b)) in seen:
         return True
-    seen.add((id(a), id(b)))
+    seen[(id(a), id(b))] = (a, b)  # kept alive: a freed temporary's id must not match a later pair
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and bitwise_equal(a, b)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
@@ -254,9 +256,12 @@ def _same_value(a, b, seen: set | None = None) -> bool:
         return a.keys() == b.keys() and all(_same_value(a[k], b[k], seen) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(_same_value(x, y, seen) for x, y in zip(a, b))
+    if isinstance(a, types.MethodType) and isinstance(b, types.MethodType):
+        return a.__func__ is b.__func__ and _same_value(a.__self__, b.__self__, seen)
     if type(a) is type(b) and type(a).__eq__ is object.__eq__:  # no value equality of its own
+        pickles = any(getattr(type(a), m) is not getattr(object, m) for m in ("__getstate__", "__reduce__"))
         attrs = getattr(a, "__dict__", None), getattr(b, "__dict__", None)  # (both: reading makes one)
-        if attrs[0] or attrs[1]:
+        if not pickles and (attrs[0] or attrs[1]):
             return _same_value(*attrs, seen)
         try:
             return _same_value(a.__reduce_ex__(4)[1:], b.__reduce_ex__(4)[1:], seen)

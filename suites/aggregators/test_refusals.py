@@ -405,3 +405,64 @@ def test_an_excess_mtl_state_saved_from_half_precision_gradients_loads_into_floa
     twin = get_aggregator("excess_mtl")
     twin.load_state_dict({**state, "method": old})
     assert torch.isfinite(twin(_G(torch.float16, seed=1)).direction).all()
+
+
+# -- from a second review ---------------------------------------------------------------------------
+def test_db_mtl_weights_past_the_dtype_are_checked_not_trusted():
+    """fp16 rows of 1 and 1e-6: the weight top/‖B_i‖ of the small row is past fp16's range, so the
+    bound T·top (of the exact direction) says nothing about the computed one."""
+    with pytest.raises(NonFiniteOutputError):
+        get_aggregator("db_mtl")(torch.tensor([[1.0, 1.0], [1e-6, 0.0]]).half(), torch.ones(2, dtype=torch.float64))
+
+
+def test_gradvac_published_forms_its_mean_at_the_mean_s_scale():
+    """Five fp16 rows of 14000: their sum overflows fp16, their mean does not."""
+    out = get_aggregator("gradvac-published")(torch.full((5, 1), 14000.0).half())
+    assert out.direction.tolist() == [14000.0]
+
+
+def test_a_mixed_dtype_jacobian_is_checked_against_its_narrowest_dtype():
+    from mtlcheck.jacobian import Jacobian
+
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    b = torch.tensor([[4e4], [4e4]]).half()  # PCGrad's sum: 8e4, past fp16
+    J = Jacobian((a, b), (torch.Size([2]), torch.Size([1])), ("a", "b"))
+    with pytest.raises(NonFiniteOutputError):
+        get_aggregator("pcgrad")(J)
+
+
+def test_a_refused_first_call_that_had_begun_its_state_leaves_it_initial():
+    """FAMO sets up its logits for T = 2 and then refuses a negative loss: the next call, with
+    T = 3, is a first call again."""
+    famo = get_aggregator("famo")
+    with pytest.raises(ValueError):
+        famo(None, torch.tensor([-1.0, 1.0], dtype=torch.float64))
+    fresh = get_aggregator("famo")
+    losses = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    assert torch.equal(famo(None, losses).weights, fresh(None, losses).weights)
+
+
+def test_gram_step_keeps_rho_where_the_gram_term_has_no_gap():
+    """Π_Δ(λ − γ(4^S Ĝλ + ρλ)) at S = 600 with Ĝλ = 0: (0, 1) − 0.1·(0, 1) projects to (0.05, 0.95)."""
+    from mtlcheck.aggregators._simplex import gram_step
+
+    lam = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    out = gram_step(lam, 0.1, 1.0, torch.diag(torch.tensor([2.0, 0.0], dtype=torch.float64)), 600)
+    torch.testing.assert_close(out, torch.tensor([0.05, 0.95], dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_a_legacy_half_precision_sum_gets_epsilon_in_float32():
+    ex = get_aggregator("excess_mtl")
+    ex(_G(torch.float16))
+    state = ex.state_dict()
+    method = {k: v for k, v in state["method"].items() if k not in ("_sq_sum_eps", "_sq_bound")}
+    method["_sq_sum"] = tuple(torch.zeros(3, 5, dtype=torch.float16) for _ in state["method"]["_sq_sum_eps"])
+    twin = get_aggregator("excess_mtl")
+    twin.load_state_dict({**state, "method": method})
+    loaded = twin.state_dict()["method"]["_sq_sum_eps"][0]
+    assert loaded.dtype == torch.float32 and float(loaded.min()) == float(torch.tensor(1e-7, dtype=torch.float32))
+
+
+def test_a_bad_option_names_the_class_being_built():
+    with pytest.raises(ValueError, match="NashMTLPublished: seed"):
+        get_aggregator("nash_mtl-published", seed=True)

@@ -322,3 +322,29 @@ def test_a_tolerance_declared_to_excuse_conflicts_decides_nothing():
     record = _record(lambda: NNLSUPGrad(project=False, solver_tol=0.5), "check_non_conflicting")
     assert record["status"] == "failed" and "cannot be held to non-conflict" in record["exception"], record
     assert _record(lambda: NNLSUPGrad(solver_tol=1e-6), "check_non_conflicting")["status"] == "passed"
+
+
+def test_state_hints_keep_temporaries_alive_and_read_pickled_state():
+    import copy
+    import functools
+    import random
+
+    from mtlcheck.testing.checks import _same_value
+
+    def f(x):
+        return x
+
+    a = [functools.partial(f, 0), functools.partial(f, 1), functools.partial(f, 100)]
+    b = [functools.partial(f, 0), functools.partial(f, 1), functools.partial(f, 200)]
+    assert not _same_value(a, b)  # (the freed tuples' ids matched a later pair in `seen`)
+    r = random.Random(0)
+    advanced = copy.deepcopy(r)
+    advanced.random()
+    assert not _same_value(r, advanced) and _same_value(r, copy.deepcopy(r))
+
+    class Holder:
+        def scale(self):
+            return 1
+
+    h = Holder()
+    assert _same_value(h.scale, copy.deepcopy(h.scale))
