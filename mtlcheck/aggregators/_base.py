@@ -281,13 +281,15 @@ class Aggregator:
             raise ValueError(
                 f"{self!r} was called with T={self._n_tasks} tasks before and now with T={n}; call reset() first"
             )
-        first, self._n_tasks = self._n_tasks is None, n
+        first = self._n_tasks is None
+        kept = self._get_state() if first else None  # (references: the methods refuse before mutating)
+        self._n_tasks = n
         try:
             result = self._aggregate(J, losses)
         except Exception:
-            if first:  # a refused first call leaves the method as it found it: initial, T unset
+            if first:  # a refused first call leaves the method as it found it: its state, T unset
                 self._n_tasks = None
-                self._reset_state()
+                self._set_state(kept)
             raise
         if result.weights is not None and not bool(torch.isfinite(result.weights).all()):
             raise NonFiniteOutputError(f"{self!r}: non-finite task weights {result.weights.tolist()}", "weights")

@@ -60,9 +60,13 @@ def _check_init_types(cls: type[Aggregator]) -> None:
     def checked_init(self, *args, **kwargs):
         # the keywords __init__ names are checked; others go on as they are (to a **kwargs, or to
         # Python's own TypeError)
-        # (named by the class being built when it inherits this __init__ as it is)
-        judge = type(self) if type(self).__init__ is checked_init else cls
-        checked = judge.check_config({k: v for k, v in kwargs.items() if k in named})
+        try:
+            checked = cls.check_config({k: v for k, v in kwargs.items() if k in named})
+        except ValueError as exc:  # named by the class being built (a published variant, say)
+            text = str(exc)
+            if type(self) is cls or not text.startswith(cls.__name__):
+                raise
+            raise ValueError(type(self).__name__ + text[len(cls.__name__) :]) from None
         init(self, *args, **{**kwargs, **checked})
 
     checked_init._checks_types = True

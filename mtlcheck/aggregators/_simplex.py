@@ -33,22 +33,27 @@ def project_onto_simplex(y: torch.Tensor) -> torch.Tensor:
 
 def projected_step(x: torch.Tensor, step: float, direction: torch.Tensor, exponent: int = 0) -> torch.Tensor:
     """Π_Δ(x − c·direction) with c = step · 2^exponent, computed as Π_Δ(x − c·(direction − min direction)):
-    the projection does not change when a constant is added to every entry, and so no entry
-    becomes +inf or NaN whatever c (one that overflows to −inf gets 0, as it would for any large c).
-    `exponent` carries a power of two that would overflow c itself (4^S of a scaled Gram)."""
-    gap = direction - direction.min()
-    c = times_pow2(torch.tensor(float(step), dtype=torch.float64), exponent)
-    return project_onto_simplex(x - torch.where(gap > 0, c * gap, torch.zeros_like(gap)))
+    the projection does not change when a constant is added to every entry. c is applied as its
+    mantissa times a power of two (exact scaling), so no entry becomes +inf or NaN whatever c (one
+    that overflows to −inf gets 0, as it would for any large c). `direction` must be finite."""
+    return project_onto_simplex(x - _times(step, direction - direction.min(), exponent))
 
 
 def gram_step(lam: torch.Tensor, step: float, rho: float, scaled_gram: torch.Tensor, exponent: int) -> torch.Tensor:
     """Π_Δ(λ − step·(G Gᵀ λ + ρ λ)) for G Gᵀ = 4^exponent · `scaled_gram` (MoDo's and MoCo's λ step),
-    at any scale of G: both terms are brought to the factor 2^k of the larger (each then at most 1:
-    the smaller underflows only where it is below 2^-1074 of the larger), and `projected_step`
-    takes the factor."""
-    gram_term, rho_term = scaled_gram @ lam, rho * lam  # G Gᵀλ = 4^exponent · gram_term
-    exponents = [2 * exponent + math.frexp(float(gram_term.abs().max()))[1]] if bool(gram_term.any()) else []
-    exponents += [math.frexp(float(rho_term.abs().max()))[1]] if bool(rho_term.any()) else []
-    k = max(exponents, default=0)
-    inner = times_pow2(gram_term, 2 * exponent - k) + times_pow2(rho_term, -k)
-    return projected_step(lam, step, inner, k)
+    at any scale of G: each term is shifted by its own minimum (the projection does not change when
+    a constant is added to every entry) and scaled exactly by its power of two, so that neither
+    hides the other's gaps and none gives inf − inf or 0 · inf."""
+    gram_term = scaled_gram @ lam
+    return project_onto_simplex(
+        lam - _times(step * rho, lam - lam.min()) - _times(step, gram_term - gram_term.min(), 2 * exponent)
+    )
+
+
+def _times(c: float, gaps: torch.Tensor, exponent: int = 0) -> torch.Tensor:
+    """c · 2^exponent · gaps for gaps >= 0, as (mantissa of c · gaps) · 2^(its exponent + exponent):
+    exact but for the one rounding of the product, +inf past the range, never NaN (c may be inf)."""
+    if math.isinf(c):
+        return torch.where(gaps > 0, math.inf, 0.0).to(gaps.dtype)
+    mantissa, e = math.frexp(c)
+    return times_pow2(mantissa * gaps, e + exponent)

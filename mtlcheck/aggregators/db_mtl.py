@@ -132,7 +132,8 @@ class DBMTL(Aggregator):
         # every term has norm `top`, so |d| <= T·top: where that passes the dtype's range, the base
         # checks d itself, and a d that overflows raises after the step (the EMA has taken G in)
         weights = ratio * c  # cast to the dtype by the combination: past its range, no bound (d is checked)
-        fits = float(weights.max()) < torch.finfo(J.dtype).max / 4
+        narrowest = min(torch.finfo(b.dtype).max for b in J.blocks)
+        fits = float(weights.max()) < narrowest / 4
         bound = n * float(times_pow2(torch.tensor(top, dtype=torch.float64), exponent)) if fits else None
         return Aggregation(tracked.combine(weights), None, bound=bound)
 

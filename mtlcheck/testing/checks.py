@@ -253,7 +253,12 @@ def _same_value(a, b, seen: dict | None = None) -> bool:
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b, equal_nan=True)
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_value(a[k], b[k], seen) for k in a)
+        if a.keys() == b.keys():
+            return all(_same_value(a[k], b[k], seen) for k in a)
+        # keys without value equality (an optimizer's state is keyed by its parameters): in order
+        return len(a) == len(b) and all(
+            _same_value(ka, kb, seen) and _same_value(va, vb, seen) for (ka, va), (kb, vb) in zip(a.items(), b.items())
+        )
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(_same_value(x, y, seen) for x, y in zip(a, b))
     if isinstance(a, types.MethodType) and isinstance(b, types.MethodType):

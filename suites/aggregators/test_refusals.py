@@ -466,3 +466,62 @@ def test_a_legacy_half_precision_sum_gets_epsilon_in_float32():
 def test_a_bad_option_names_the_class_being_built():
     with pytest.raises(ValueError, match="NashMTLPublished: seed"):
         get_aggregator("nash_mtl-published", seed=True)
+
+
+# -- from a third review ----------------------------------------------------------------------------
+def _exact_gram_step(lam, step, rho, gram, S):
+    """Π_Δ(λ − step(4^S Ĝλ + ρλ)) in exact rational arithmetic (Fraction), as floats."""
+    from fractions import Fraction
+
+    lam_q = [Fraction(v) for v in lam.tolist()]
+    g = [[Fraction(v) for v in row] for row in gram.tolist()]
+    scale = Fraction(4) ** S
+    y = [
+        lam_q[i]
+        - Fraction(step) * (scale * sum(g[i][j] * lam_q[j] for j in range(len(lam_q))) + Fraction(rho) * lam_q[i])
+        for i in range(len(lam_q))
+    ]
+    u = sorted(y, reverse=True)
+    total, theta = Fraction(0), None
+    for k, v in enumerate(u, start=1):
+        total += v
+        if v - (total - 1) / k > 0:
+            theta = (total - 1) / k
+    return [float(max(v - theta, 0)) for v in y]
+
+
+@pytest.mark.parametrize("S", [-800, -30, 0, 30, 520, 537, 600, 800])
+@pytest.mark.parametrize("rho, step", [(0.0, 1.0), (1.0, 1.0), (0.1, 0.1), (1.0, 0.5), (1e300, 1e-300), (1.0, 1e300)])
+def test_gram_step_is_the_exact_projection_at_every_scale(S, rho, step):
+    """Against rational arithmetic, where a zero row of Ĝ leaves ρλ to decide the step (each term
+    is shifted by its own minimum, so neither hides the other's gaps)."""
+    from mtlcheck.aggregators._simplex import gram_step
+
+    gram = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    lam = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    out = gram_step(lam, step, rho, gram, S)
+    assert out.tolist() == pytest.approx(_exact_gram_step(lam, step, rho, gram, S), abs=1e-12)
+
+
+def test_db_mtl_judges_its_weights_by_the_narrowest_block():
+    from mtlcheck.jacobian import Jacobian
+
+    a = torch.tensor([[1.0, 1.0], [1e-6, 0.0]])  # float32: the small row's weight, 1e6, fits
+    b = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).half()  # fp16: it does not
+    J = Jacobian((a, b), (torch.Size([2]), torch.Size([2])), ("a", "b"))
+    with pytest.raises(NonFiniteOutputError):
+        get_aggregator("db_mtl")(J, torch.ones(2, dtype=torch.float64))
+
+
+def test_a_refused_first_call_keeps_a_loaded_state():
+    famo = get_aggregator("famo")
+    losses = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    for _ in range(2):  # two steps: its logits move
+        famo(None, losses)
+        famo.after_step(losses * 0.9)
+    state = famo.state_dict()
+    loaded = get_aggregator("famo")
+    loaded.load_state_dict({**state, "n_tasks": None})
+    with pytest.raises(ValueError):
+        loaded(None, torch.tensor([-1.0, 2.0], dtype=torch.float64))
+    assert torch.equal(loaded.state_dict()["method"]["_logits"], state["method"]["_logits"])

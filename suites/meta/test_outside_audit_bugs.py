@@ -348,3 +348,18 @@ def test_state_hints_keep_temporaries_alive_and_read_pickled_state():
 
     h = Holder()
     assert _same_value(h.scale, copy.deepcopy(h.scale))
+
+
+def test_an_optimizer_that_took_a_step_and_then_rested_is_not_named():
+    import copy
+
+    from mtlcheck.testing.checks import _same_value
+
+    layer = torch.nn.Linear(2, 2)
+    adam = torch.optim.Adam(layer.parameters())
+    layer(torch.ones(1, 2)).sum().backward()
+    adam.step()
+    assert _same_value(adam, copy.deepcopy(adam))  # its state is keyed by the parameters themselves
+    moved = copy.deepcopy(adam)
+    moved.param_groups[0]["lr"] = 0.5
+    assert not _same_value(adam, moved)
