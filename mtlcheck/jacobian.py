@@ -179,6 +179,12 @@ class Jacobian:
             self._cache["max_abs"] = math.nan if bool(ends.isnan().any()) else float(ends.abs().max())
         return self._cache["max_abs"]
 
+    @property
+    def dtype_max(self) -> float:
+        """The largest finite value of the narrowest dtype among the blocks (a Jacobian may mix
+        dtypes: one block per parameter, each in its parameter's)."""
+        return min(torch.finfo(b.dtype).max for b in self.blocks)
+
     def combine_bound(self, weights: torch.Tensor) -> float | None:
         """An upper bound on every |Σ_i w_i G_ik| from what is already computed, with no pass over
         G: Σ_i |w_i| ‖g_i‖ from the scaled Gram, or Σ_i |w_i| · max |G| from `max_abs`; None when

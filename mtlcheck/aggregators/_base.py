@@ -303,7 +303,7 @@ class Aggregator:
         method (direction = Σ w_i g_i) whose weights fit the dtype, what the input check computed
         (`Jacobian.combine_bound`), bound it; else one summing pass over the direction."""
         dtype = min((b.dtype for b in result.blocks), key=lambda t: torch.finfo(t).max)  # the narrowest
-        top = torch.finfo(dtype).max / 4  # with room for rounding
+        top = torch.finfo(dtype).max / 4  # with room for rounding (the direction's blocks: J's dtypes)
         bound = result.bound
         w = result.weights
         if bound is None and w is not None and tags.weighted and float(w.abs().max()) < top:

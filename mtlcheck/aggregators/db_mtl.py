@@ -91,13 +91,13 @@ class DBMTL(Aggregator):
         # leaves the range of the dtype (float64), and gradients whose g − B would overflow the
         # dtype (B is a convex combination of the G seen so far, so max |B| <= the largest max |G|,
         # kept)
-        if not (bool(torch.isfinite(c).all()) and J.max_abs() / float(losses.min()) < torch.finfo(J.dtype).max):
+        if not (bool(torch.isfinite(c).all()) and J.max_abs() / float(losses.min()) < J.dtype_max):
             raise ValueError(
                 f"{self!r}: the losses {losses.tolist()} with gradients of max |g| = {J.max_abs():.3g} make "
                 f"∇log L_i = g_i / L_i overflow {J.dtype}; the state is unchanged"
             )
         bound = max(self._g_bound or 0.0, J.max_abs())
-        if not 2 * bound < torch.finfo(J.dtype).max:
+        if not 2 * bound < J.dtype_max:
             raise NonFiniteGradientError(
                 f"{self!r}: averaging gradients of max |g| = {J.max_abs():.3g} would overflow {J.dtype}; "
                 "the state is unchanged"
@@ -109,7 +109,7 @@ class DBMTL(Aggregator):
         sums = J.dtype in (torch.float32, torch.float64)
         squares = torch.zeros(len(buffer), n, dtype=torch.float64)
         for k, (old, b) in enumerate(zip(buffer, J.blocks)):
-            row_weight = weight.to(b.device)
+            row_weight = weight.to(device=b.device, dtype=b.dtype)  # (blocks may differ in dtype)
             scratch = span_scratch(b) if sums else None
             part = torch.zeros(n, dtype=torch.float64, device=b.device)
             for start, stop in column_spans(b):
@@ -132,8 +132,7 @@ class DBMTL(Aggregator):
         # every term has norm `top`, so |d| <= T·top: where that passes the dtype's range, the base
         # checks d itself, and a d that overflows raises after the step (the EMA has taken G in)
         weights = ratio * c  # cast to the dtype by the combination: past its range, no bound (d is checked)
-        narrowest = min(torch.finfo(b.dtype).max for b in J.blocks)
-        fits = float(weights.max()) < narrowest / 4
+        fits = float(weights.max()) < J.dtype_max / 4
         bound = n * float(times_pow2(torch.tensor(top, dtype=torch.float64), exponent)) if fits else None
         return Aggregation(tracked.combine(weights), None, bound=bound)
 

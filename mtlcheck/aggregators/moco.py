@@ -91,7 +91,7 @@ class MoCo(Aggregator):
         # dtype's range. Past that, nothing below can fail: the Gram of Y is read scaled, the λ
         # step cannot overflow, and |d| = |Yᵀλ| <= max |Y| (λ on the simplex).
         bound = max(self._y_bound or 0.0, J.max_abs())
-        if not 2 * bound < torch.finfo(J.dtype).max:
+        if not 2 * bound < J.dtype_max:
             raise NonFiniteGradientError(
                 f"{self!r}: tracking gradients of max |g| = {J.max_abs():.3g} (max |y| <= {self._y_bound or 0.0:.3g}) "
                 f"would overflow {J.dtype}; the state is unchanged"

@@ -525,3 +525,22 @@ def test_a_refused_first_call_keeps_a_loaded_state():
     with pytest.raises(ValueError):
         loaded(None, torch.tensor([-1.0, 2.0], dtype=torch.float64))
     assert torch.equal(loaded.state_dict()["method"]["_logits"], state["method"]["_logits"])
+
+
+@pytest.mark.parametrize("name", ["moco", "db_mtl"])
+def test_the_state_bounds_judge_a_mixed_dtype_jacobian_by_its_narrowest_block(name):
+    """A float32 block first and an fp16 block of 4e4: g − y overflows fp16, so the call is refused
+    before the state changes, as for an all-fp16 G."""
+    from mtlcheck.jacobian import Jacobian
+
+    def J(scale):
+        a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        b = (torch.tensor([[1.0], [-1.0]]) * scale).half()
+        return Jacobian((a, b), (torch.Size([2]), torch.Size([1])), ("a", "b"))
+
+    agg, twin = get_aggregator(name), get_aggregator(name)
+    agg(J(1.0), L3[:2]), twin(J(1.0), L3[:2])
+    with pytest.raises((NonFiniteGradientError, ValueError), match="overflow"):
+        agg(J(4e4), L3[:2])
+    for _ in range(2):
+        assert torch.equal(agg(J(2.0), L3[:2]).direction, twin(J(2.0), L3[:2]).direction)
