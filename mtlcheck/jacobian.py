@@ -174,16 +174,14 @@ class Jacobian:
         `aminmax` per block (a read pass as fast as a sum, and exact: it cannot overflow) and one
         host sync, cached. The stateful methods that read no Gram bound their state with it."""
         if "max_abs" not in self._cache:
-            ends = [torch.stack(torch.aminmax(b)).to(torch.float64) for b in self.blocks if b.numel()]
-            ends = torch.stack(ends).cpu() if ends else torch.zeros(1, dtype=torch.float64)
-            self._cache["max_abs"] = math.nan if bool(ends.isnan().any()) else float(ends.abs().max())
+            self._cache["max_abs"] = max_abs(self.blocks)
         return self._cache["max_abs"]
 
     @property
     def dtype_max(self) -> float:
         """The largest finite value of the narrowest dtype among the blocks (a Jacobian may mix
         dtypes: one block per parameter, each in its parameter's)."""
-        return min(torch.finfo(b.dtype).max for b in self.blocks)
+        return torch.finfo(narrowest_dtype(self.blocks)).max
 
     def combine_bound(self, weights: torch.Tensor) -> float | None:
         """An upper bound on every |Σ_i w_i G_ik| from what is already computed, with no pass over
@@ -323,6 +321,20 @@ class Jacobian:
     def map_blocks(self, fn) -> Jacobian:
         """A Jacobian with fn applied to every block (same shapes and names)."""
         return Jacobian(tuple(fn(b) for b in self.blocks), self.shapes, self.names, self.level, self.activations)
+
+
+def max_abs(tensors: Sequence[torch.Tensor]) -> float:
+    """max |entry| over the tensors (NaN where one is NaN, inf where one is inf, 0 for none): one
+    `aminmax` per tensor, one host sync."""
+    ends = [torch.stack(torch.aminmax(t)).to(torch.float64) for t in tensors if t.numel()]
+    ends = torch.stack(ends).cpu() if ends else torch.zeros(1, dtype=torch.float64)
+    return math.nan if bool(ends.isnan().any()) else float(ends.abs().max())
+
+
+def narrowest_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """The dtype with the smallest largest finite value among the tensors' (fp16 before bf16
+    before float32 before float64)."""
+    return min((t.dtype for t in tensors), key=lambda dtype: torch.finfo(dtype).max)
 
 
 def all_finite(tensors: Sequence[torch.Tensor]) -> bool:

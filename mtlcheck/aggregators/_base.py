@@ -23,7 +23,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from mtlcheck.jacobian import Jacobian, NonFiniteGradientError, NonFiniteInputError, NonFiniteOutputError, all_finite
+from mtlcheck.jacobian import (
+    Jacobian,
+    NonFiniteGradientError,
+    NonFiniteInputError,
+    NonFiniteOutputError,
+    all_finite,
+    narrowest_dtype,
+)
 
 _REDUCTIONS = ("sum", "mean", "normalized", "other")
 _FAMILIES = ("weighting", "projection", "solver", "masking", "regularizer")
@@ -302,7 +309,7 @@ class Aggregator:
         fp16 ConFIG step past 65504, say). Free where the method's `bound`, or, for a weighting
         method (direction = Σ w_i g_i) whose weights fit the dtype, what the input check computed
         (`Jacobian.combine_bound`), bound it; else one summing pass over the direction."""
-        dtype = min((b.dtype for b in result.blocks), key=lambda t: torch.finfo(t).max)  # the narrowest
+        dtype = narrowest_dtype(result.blocks)
         top = torch.finfo(dtype).max / 4  # with room for rounding (the direction's blocks: J's dtypes)
         bound = result.bound
         w = result.weights
@@ -532,6 +539,19 @@ def check_state_shapes(
 def softmax64(x: torch.Tensor) -> torch.Tensor:
     """Softmax in float64 (small helper shared by the random and loss-balancing methods)."""
     return torch.softmax(x.to(torch.float64), dim=0)
+
+
+def average_bound(owner: Aggregator, kept: float | None, J: Jacobian, what: str) -> float:
+    """The bound on the entries of a state that is a running average (a convex combination) of the
+    G seen so far: max(kept, max |G|). A NonFiniteGradientError, before any state changes, where
+    the average's y + w(g − y) could overflow: 2 · bound past the narrowest block's range."""
+    bound = max(kept or 0.0, J.max_abs())
+    if not 2 * bound < J.dtype_max:
+        raise NonFiniteGradientError(
+            f"{owner!r}: {what} gradients of max |g| = {J.max_abs():.3g} (the state's entries <= {kept or 0.0:.3g}) "
+            f"would overflow {narrowest_dtype(J.blocks)}; the state is unchanged"
+        )
+    return bound
 
 
 def decayed(rate: float, step: int, power: float) -> float:

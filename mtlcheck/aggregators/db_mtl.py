@@ -33,10 +33,17 @@ import math
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes, decayed
+from mtlcheck.aggregators._base import (
+    Aggregation,
+    Aggregator,
+    AggregatorTags,
+    average_bound,
+    check_state_shapes,
+    decayed,
+)
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
-from mtlcheck.jacobian import Jacobian, NonFiniteGradientError, times_pow2
+from mtlcheck.jacobian import Jacobian, max_abs, times_pow2
 
 
 @register_aggregator("db_mtl", paper_name="DB-MTL")
@@ -69,10 +76,7 @@ class DBMTL(Aggregator):
             state = {**state, "_scale": None if rows is None else torch.ones(rows[0].shape[0], dtype=torch.float64)}
         if "_g_bound" not in state:  # saved before the bound was kept: max |B| itself
             rows = state["_buffer"]
-            state = {
-                **state,
-                "_g_bound": None if rows is None else max(float(b.abs().max()) for b in rows if b.numel()),
-            }
+            state = {**state, "_g_bound": None if rows is None else max_abs(rows)}
         super()._set_state(state)
 
     def _aggregate(self, J, losses):
@@ -96,12 +100,7 @@ class DBMTL(Aggregator):
                 f"{self!r}: the losses {losses.tolist()} with gradients of max |g| = {J.max_abs():.3g} make "
                 f"∇log L_i = g_i / L_i overflow {J.dtype}; the state is unchanged"
             )
-        bound = max(self._g_bound or 0.0, J.max_abs())
-        if not 2 * bound < J.dtype_max:
-            raise NonFiniteGradientError(
-                f"{self!r}: averaging gradients of max |g| = {J.max_abs():.3g} would overflow {J.dtype}; "
-                "the state is unchanged"
-            )
+        bound = average_bound(self, self._g_bound, J, "averaging")
         weight = (s / c).to(J.dtype)[:, None]
         buffer = tuple(torch.empty_like(b) for b in J.blocks) if first else self._buffer
         # in place (the state is ours; state_dict copies) and, for float32/float64 rows, each span's

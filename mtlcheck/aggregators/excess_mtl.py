@@ -45,7 +45,7 @@ import torch
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator, check_state_shapes
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
-from mtlcheck.jacobian import NonFiniteGradientError
+from mtlcheck.jacobian import NonFiniteGradientError, max_abs
 
 
 @register_aggregator("excess_mtl", paper_name="ExcessMTL")
@@ -89,14 +89,14 @@ class ExcessMTL(WeightingAggregator):
             state = {**state, "_sq_sum_eps": tuple(_state_dtype(s) for s in sums)}
         if "_sq_bound" not in state:  # saved before the bound was kept: max S itself
             sums = state["_sq_sum_eps"]
-            state = {**state, "_sq_bound": None if sums is None else max(float(s.max()) for s in sums if s.numel())}
+            state = {**state, "_sq_bound": None if sums is None else max_abs(sums)}
         super()._set_state(state)
 
     def _weights(self, J, losses):
         n = J.n_tasks
         # S is kept in float32 for half-precision gradients: an fp16 sum of squares overflows past
         # |g| = 256, and a bf16 one stops growing once it is 256 times a new g²
-        dtype = torch.float32 if J.dtype in (torch.float16, torch.bfloat16) else J.dtype
+        dtype = _kept_dtype(J.dtype)
         check_state_shapes(self, self._sq_sum_eps, J.blocks, dtype=dtype)
         # refused before any state changes: max S <= ε + Σ over the steps of max g² (kept), and
         # S must stay finite in its dtype (float32 gradients of 1e20 square past its range)
@@ -140,6 +140,11 @@ class ExcessMTL(WeightingAggregator):
         return self._alpha.clone()
 
 
+def _kept_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype S is kept in for gradients of `dtype`: float32 for fp16/bf16, theirs otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _state_dtype(s: torch.Tensor) -> torch.Tensor:
-    """S in the dtype it is kept in: float32 for fp16/bf16 gradients, theirs otherwise."""
-    return s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
+    """S (saved by an older release) in the dtype it is kept in."""
+    return s.to(_kept_dtype(s.dtype))

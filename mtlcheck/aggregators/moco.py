@@ -34,11 +34,18 @@ from __future__ import annotations
 
 import torch
 
-from mtlcheck.aggregators._base import Aggregation, Aggregator, AggregatorTags, check_state_shapes, decayed
+from mtlcheck.aggregators._base import (
+    Aggregation,
+    Aggregator,
+    AggregatorTags,
+    average_bound,
+    check_state_shapes,
+    decayed,
+)
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._simplex import gram_step
 from mtlcheck.aggregators.modo import _positive
-from mtlcheck.jacobian import Jacobian, NonFiniteGradientError
+from mtlcheck.jacobian import Jacobian, max_abs
 
 
 @register_aggregator("moco", paper_name="MoCo")
@@ -76,8 +83,7 @@ class MoCo(Aggregator):
     def _set_state(self, state):
         if "_y_bound" not in state:  # saved before the bound was kept: max |Y| itself
             y = state.get("_y")
-            bound = None if y is None else max(float(b.abs().max()) for b in y if b.numel())
-            state = {**state, "_y_bound": bound}
+            state = {**state, "_y_bound": None if y is None else max_abs(y)}
         super()._set_state(state)
 
     def _aggregate(self, J, losses):
@@ -90,12 +96,7 @@ class MoCo(Aggregator):
         # max |Y| <= the largest max |G| (kept), and lerp's g − y stays finite below half the
         # dtype's range. Past that, nothing below can fail: the Gram of Y is read scaled, the λ
         # step cannot overflow, and |d| = |Yᵀλ| <= max |Y| (λ on the simplex).
-        bound = max(self._y_bound or 0.0, J.max_abs())
-        if not 2 * bound < J.dtype_max:
-            raise NonFiniteGradientError(
-                f"{self!r}: tracking gradients of max |g| = {J.max_abs():.3g} (max |y| <= {self._y_bound or 0.0:.3g}) "
-                f"would overflow {J.dtype}; the state is unchanged"
-            )
+        bound = average_bound(self, self._y_bound, J, "tracking")
         if self._y is None:  # y = 0 − β_k (0 − g) = β_k g
             y = tuple(b * beta_k for b in J.blocks)
         else:  # in place: no fresh T × d allocation per step (state_dict copies the state)
