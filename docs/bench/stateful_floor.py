@@ -10,8 +10,11 @@ aggregated over and over; every case is timed once per repeat in a rotated order
                 over G, which also bounds the state's update)
     rmw floor   S += G over a T × d state: one read-modify-write pass, the least that any
                 update of a T × d state from G costs with one operation
-    excess span ExcessMTL's state update and risk sums as shipped (S + g², rsqrt, two products,
-                row sums, span by span), without the check
+    excess span ExcessMTL's state update and risk sums as shipped (`_update_and_risks`: q = g²,
+                S += q, rsqrt(S)·q, row sums, span by span, scratch shared by the blocks),
+                without the check
+    excess span before  the same as it was before (S.addcmul_(g, g), rsqrt(S)·g·g, row sums,
+                scratch per block)
     excess fused the same computation as one torch.compile kernel per block (`--compiled`: needs
                 a C++ compiler), its row sums accumulated in float64
 
@@ -32,14 +35,15 @@ import torch
 
 from mtlcheck.aggregators import aggregator_class
 from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
+from mtlcheck.aggregators.excess_mtl import _update_and_risks
 from mtlcheck.allocator import tune_malloc
 from mtlcheck.gradients import backward_step
 from mtlcheck.jacobian import Jacobian
 from mtlcheck.study.perf.harness import model_and_batch
 
 
-def _excess_span(state, blocks):
-    """ExcessMTL's span pass (mtlcheck/aggregators/excess_mtl.py), without its input check."""
+def _excess_span_before(state, blocks):
+    """ExcessMTL's span pass before it squared g once into a shared scratch span."""
     risk = torch.zeros(blocks[0].shape[0], dtype=torch.float64)
     for s, b in zip(state, blocks):
         scratch, n = span_scratch(b), b.shape[0]
@@ -71,13 +75,14 @@ def run(n_tasks: int, repeats: int, compiled: bool) -> dict[str, list[float]]:
         "gram": lambda: fresh().gram(),
         "check": lambda: fresh().max_abs(),
         "rmw floor": lambda: [s.add_(b) for s, b in zip(state, blocks)],
-        "excess span": lambda: _excess_span(state, blocks),
+        "excess span": lambda: _update_and_risks(state, blocks),
+        "excess span before": lambda: _excess_span_before(state, blocks),
     }
     if compiled:
         kernel = torch.compile(_fused, dynamic=True)
         cases["excess fused"] = lambda: [kernel(s, b) for s, b in zip(state, blocks)]
         exact = sum((b.double() ** 2 / (s.double() + b.double() ** 2).sqrt()).sum(1) for s, b in zip(state, blocks))
-        shipped = _excess_span(tuple(s.clone() for s in state), blocks)
+        shipped = _update_and_risks(tuple(s.clone() for s in state), blocks)
         fused = sum(kernel(s.clone(), b) for s, b in zip(state, blocks))
         err = {name: float(((r - exact).abs() / exact).max()) for name, r in (("shipped", shipped), ("fused", fused))}
         print(f"T = {n_tasks}: the risks' max relative error against float64 arithmetic: {err}")

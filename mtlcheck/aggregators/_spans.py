@@ -15,22 +15,31 @@ import torch
 SPAN = 1 << 20  # elements (T × columns) per span
 
 
+def span_width(block: torch.Tensor) -> int:
+    """The columns of the widest span of `block` (T, n)."""
+    t, n = block.shape
+    return min(n, max(1, SPAN // max(t, 1)))
+
+
 def column_spans(block: torch.Tensor) -> list[tuple[int, int]]:
     """[start, stop) column ranges covering `block` (T, n), each of at most SPAN elements."""
-    t, n = block.shape
-    width = max(1, SPAN // max(t, 1))
+    width, n = max(1, span_width(block)), block.shape[1]
     return [(start, min(start + width, n)) for start in range(0, n, width)]
 
 
 def span_scratch(block: torch.Tensor) -> torch.Tensor:
     """An uninitialised flat tensor for the widest span of `block` (T, n), in its dtype and device:
     `scratch[: T * w].view(T, w)` is a contiguous (T, w) tensor for a span of w columns."""
-    t, n = block.shape
-    return torch.empty(t * min(n, max(1, SPAN // max(t, 1))), dtype=block.dtype, device=block.device)
+    return torch.empty(block.shape[0] * span_width(block), dtype=block.dtype, device=block.device)
+
+
+def span_row_sums(x: torch.Tensor) -> torch.Tensor:
+    """Σ over the columns of `x` (T, w), on x's device, in float32 (float64 for float64 x) by
+    torch's cascade sum: relative error ~1e-8 over a 2.4M-column float32 row, where one float32
+    accumulator, as a BLAS dot, is ~1e-5 off. Spans' sums are then added in float64."""
+    return x.sum(1, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 def row_sums(x: torch.Tensor) -> torch.Tensor:
-    """Σ over the columns of `x` (T, w) in float64, on x's device: summed in float32 (float64 for
-    float64 x) by torch's cascade sum (relative error ~1e-8 over a 2.4M-column float32 row, where
-    one float32 accumulator, as a BLAS dot, is ~1e-5 off), then converted."""
-    return x.sum(1, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32).to(torch.float64)
+    """`span_row_sums(x)` in float64."""
+    return span_row_sums(x).to(torch.float64)

@@ -44,7 +44,7 @@ import torch
 
 from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator, check_state_shapes
 from mtlcheck.aggregators._registry import register_aggregator
-from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
+from mtlcheck.aggregators._spans import column_spans, span_row_sums, span_width
 from mtlcheck.jacobian import NonFiniteGradientError, max_abs
 
 
@@ -112,19 +112,7 @@ class ExcessMTL(WeightingAggregator):
             self._warmup_sum = torch.zeros(n, dtype=torch.float64)
             self._step = 0
         self._sq_bound = bound
-        # S + ε ← S + ε + g² in place (the state is ours; state_dict copies), then
-        # Σ_k g_ik² / √(S_ik + ε), elementwise in S's dtype, span by span (each span read once, its
-        # temporary in the cache), the spans' row sums added in float64
-        risk = torch.zeros(n, dtype=torch.float64)
-        for s, b in zip(self._sq_sum_eps, J.blocks):
-            scratch = span_scratch(s)
-            part = torch.zeros(n, dtype=torch.float64, device=b.device)
-            for start, stop in column_spans(b):
-                sc, bc = s[:, start:stop], b[:, start:stop]
-                sc.addcmul_(bc, bc)
-                tmp = scratch[: n * (stop - start)].view(n, stop - start)
-                part += row_sums(torch.rsqrt(sc, out=tmp).mul_(bc).mul_(bc))
-            risk += part.cpu()
+        risk = _update_and_risks(self._sq_sum_eps, J.blocks)
         self._step += 1
         if self._step <= self.warmup_steps:
             self._warmup_sum = self._warmup_sum + risk
@@ -138,6 +126,38 @@ class ExcessMTL(WeightingAggregator):
         logits = (self._alpha.log() + self.robust_step_size * ratio).nan_to_num(posinf=torch.finfo(torch.float64).max)
         self._alpha = torch.softmax(logits, dim=0)
         return self._alpha.clone()
+
+
+def _update_and_risks(sums: tuple[torch.Tensor, ...], blocks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """S + ε ← S + ε + g² in place (the state is ours; state_dict copies) and the risks
+    ℰ_i = Σ_k g_ik² / √(S_ik + ε), float64 (T,), on the CPU.
+
+    Span by span (each span of G and S read from memory once, the rest in the cache): q = g² into
+    one scratch span, S += q, then rsqrt(S) · q into another and its row sums, in S's dtype (g²
+    of half-precision gradients formed in S's float32); each span's float32 row sums (float64 for
+    float64 S) are added in float64. Two scratch spans serve every block of a dtype and device,
+    and the sums are converted once, not span by span: a parameter-level Jacobian has dozens of
+    small blocks, where per-block temporaries cost as much as the work."""
+    n = blocks[0].shape[0]
+    widest: dict = {}  # (dtype, device) -> the widest span's columns
+    for s in sums:
+        key = (s.dtype, s.device)
+        widest[key] = max(widest.get(key, 0), span_width(s))
+    scratch = {key: [torch.empty(n * w, dtype=key[0], device=key[1]) for _ in range(2)] for key, w in widest.items()}
+    parts: dict = {}  # device -> each span's row sums
+    for s, b in zip(sums, blocks):
+        square, scaled = scratch[(s.dtype, s.device)]
+        found, same = parts.setdefault(s.device, []), b.dtype == s.dtype
+        for start, stop in column_spans(b):
+            sc, bc, w = s[:, start:stop], b[:, start:stop], stop - start
+            q = square[: n * w].view(n, w)
+            if same:
+                torch.mul(bc, bc, out=q)
+            else:  # half-precision g, squared in float32 (an fp16 square overflows past |g| = 256)
+                q.copy_(bc).mul_(q)
+            sc.add_(q)
+            found.append(span_row_sums(torch.rsqrt(sc, out=scaled[: n * w].view(n, w)).mul_(q)))
+    return sum(torch.stack(p).to(torch.float64).sum(0).cpu() for p in parts.values())
 
 
 def _kept_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -175,13 +175,15 @@ def _blocks(G, widths):
     return Jacobian(tuple(p.clone() for p in parts), tuple(torch.Size([w]) for w in widths), names)
 
 
+@pytest.mark.parametrize("span", [8, 1 << 20])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_db_mtl_and_excess_mtl_across_column_spans(monkeypatch, dtype):
-    """The state is updated and reduced span by span (`_spans`): with spans of 8 elements, blocks
-    of 1 to 40 columns, each step is the recurrence computed on the whole matrix."""
+def test_db_mtl_and_excess_mtl_across_column_spans(monkeypatch, dtype, span):
+    """The state is updated and reduced span by span (`_spans`), with scratch spans shared by the
+    blocks: with spans of 8 elements or wider than every block, blocks of 1 to 40 columns (the
+    narrowest first), each step is the recurrence computed on the whole matrix."""
     from mtlcheck.aggregators import ExcessMTL, _spans
 
-    monkeypatch.setattr(_spans, "SPAN", 8)
+    monkeypatch.setattr(_spans, "SPAN", span)
     widths = [1, 7, 40, 12]
     beta, sigma, eps, eta = 0.8, 0.5, 1e-3, 0.7
     db, ex = DBMTL(beta=beta, beta_sigma=sigma), ExcessMTL(robust_step_size=eta, eps=eps)

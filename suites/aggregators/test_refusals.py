@@ -544,3 +544,25 @@ def test_the_state_bounds_judge_a_mixed_dtype_jacobian_by_its_narrowest_block(na
         agg(J(4e4), L3[:2])
     for _ in range(2):
         assert torch.equal(agg(J(2.0), L3[:2]).direction, twin(J(2.0), L3[:2]).direction)
+
+
+@pytest.mark.parametrize("order", ["float32 first", "fp16 first"])
+def test_excess_mtl_squares_an_fp16_block_of_a_mixed_jacobian_in_float32(order):
+    """An fp16 block of 300s beside a float32 one: its squares (9e4, past fp16's 65504) are formed
+    in the float32 state, so the weights are those of the same values all in float32 (exactly: an
+    fp16 value's square fits a float32 mantissa)."""
+    from mtlcheck.jacobian import Jacobian
+
+    def J(dtype_b, step):
+        a = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.5, 0.1]]) * torch.tensor([[1.0], [2.0**step], [1.0]])
+        b = torch.tensor([[300.0], [-1.0], [2.0]]).to(dtype_b)
+        blocks, shapes, names = (a, b), (torch.Size([2]), torch.Size([1])), ("a", "b")
+        if order == "fp16 first":
+            blocks, shapes, names = blocks[::-1], shapes[::-1], names[::-1]
+        return Jacobian(blocks, shapes, names)
+
+    mixed, single = get_aggregator("excess_mtl"), get_aggregator("excess_mtl")
+    for step in range(3):
+        w_mixed, w_single = mixed(J(torch.float16, step)).weights, single(J(torch.float32, step)).weights
+        assert torch.equal(w_mixed, w_single)
+    assert not torch.allclose(w_single, torch.full((3,), 1 / 3, dtype=torch.float64), atol=1e-3)
