@@ -283,7 +283,9 @@ class Jacobian:
         """Σ_i w_i g_i per block; weights (T,) in any dtype/device."""
         if tuple(weights.shape) != (self.n_tasks,):
             raise ValueError(f"combine: weights must have shape ({self.n_tasks},), got {tuple(weights.shape)}")
-        return tuple(_weighted_row_sum(b, weights) for b in self.blocks)
+        values = weights.detach().to("cpu", torch.float64).tolist()
+        wide = {dtype: _needs_wider_dtype(values, dtype) for dtype in {b.dtype for b in self.blocks}}
+        return tuple(_weighted_row_sum(b, weights, wide[b.dtype]) for b in self.blocks)
 
     def combine_per_block(self, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-block weights (K, T): block k gets Σ_i w_ki g_i."""
@@ -292,7 +294,10 @@ class Jacobian:
                 f"combine_per_block: weights must have shape ({len(self.blocks)}, {self.n_tasks}), "
                 f"got {tuple(weights.shape)}"
             )
-        return tuple(_weighted_row_sum(b, wk) for wk, b in zip(weights, self.blocks))
+        values = weights.detach().to("cpu", torch.float64).tolist()
+        return tuple(
+            _weighted_row_sum(b, wk, _needs_wider_dtype(vk, b.dtype)) for wk, vk, b in zip(weights, values, self.blocks)
+        )
 
     def groups(self, kind: str) -> list[list[int]]:
         """Block indices per group: "whole" (one group), "module" (blocks whose names share the
@@ -387,11 +392,32 @@ def _block_gram(b: torch.Tensor, exponent: int = 0) -> torch.Tensor:
     return acc
 
 
-def _weighted_row_sum(block: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+_WIDER = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float32: torch.float64}
+
+
+def _needs_wider_dtype(weights: list[float], dtype: torch.dtype) -> bool:
+    """Some finite non-zero weight is not a normal number of `dtype`: rounded to it, the weight
+    would be inf (past its range) or lose digits (subnormal) or vanish. A DB-MTL weight
+    max_j ‖ĝ_j‖ / ‖ĝ_i‖ for a task row 1e-5 of another passes fp16's 65504 where the direction
+    itself fits; an MGDA weight of 1e-6 is an fp16 subnormal with 5 bits."""
+    if dtype not in _WIDER:
+        return False
+    info = torch.finfo(dtype)
+    return any(w != 0 and math.isfinite(w) and not info.tiny <= abs(w) <= info.max for w in weights)
+
+
+def _weighted_row_sum(block: torch.Tensor, weights: torch.Tensor, wide: bool = False) -> torch.Tensor:
     """Σ_i w_i block[i]. float32/float64 blocks: one scaled copy plus T−1 in-place axpys with
     the weights rounded to the block's dtype — one pass over each row (w @ block, a (1,T)·(T,n)
     product, is ~30 % slower on a 3×11M float32 Jacobian on CPU). bf16/fp16 blocks, and weights
-    that carry a graph, take the product, which accumulates in float32 and keeps the graph."""
+    that carry a graph, take the product, which accumulates in float32 and keeps the graph.
+    `wide` (weights the block's dtype cannot hold, `_needs_wider_dtype`): the sum is formed in the
+    next wider dtype (a copy of the block) and rounded once to the block's, so it is inf only where
+    the direction itself passes the range."""
+    if wide:
+        wider = _WIDER[block.dtype]
+        values = weights.detach().to("cpu", torch.float64).tolist()
+        return _weighted_row_sum(block.to(wider), weights, _needs_wider_dtype(values, wider)).to(block.dtype)
     if weights.requires_grad or block.dtype not in (torch.float32, torch.float64):
         return weights.to(dtype=block.dtype, device=block.device) @ block
     w = weights.detach().to(device="cpu", dtype=block.dtype).tolist()

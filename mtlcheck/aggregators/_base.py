@@ -314,7 +314,9 @@ class Aggregator:
         bound = result.bound
         w = result.weights
         if bound is None and w is not None and tags.weighted and float(w.abs().max()) < top:
-            bound = J.combine_bound(w)  # (the weights are cast to the dtype: they must fit)
+            # (the engine's combination forms weights its dtype cannot hold in a wider one, but a
+            # method that combines them itself may cast them: only weights that fit are trusted)
+            bound = J.combine_bound(w)
         if bound is not None and bound < top:
             return
         if not all_finite(result.blocks):

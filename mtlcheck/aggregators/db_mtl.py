@@ -129,11 +129,11 @@ class DBMTL(Aggregator):
             norms > 0, top / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms)
         )
         # every term has norm `top`, so |d| <= T·top: where that passes the dtype's range, the base
-        # checks d itself, and a d that overflows raises after the step (the EMA has taken G in)
-        weights = ratio * c  # cast to the dtype by the combination: past its range, no bound (d is checked)
-        fits = float(weights.max()) < J.dtype_max / 4
-        bound = n * float(times_pow2(torch.tensor(top, dtype=torch.float64), exponent)) if fits else None
-        return Aggregation(tracked.combine(weights), None, bound=bound)
+        # checks d itself, and a d that overflows raises after the step (the EMA has taken G in).
+        # A weight top/‖B_i‖ past the dtype's range (a row 1e-5 of another in fp16) is formed in a
+        # wider dtype by the combination, so the bound holds for the computed d too
+        bound = n * float(times_pow2(torch.tensor(top, dtype=torch.float64), exponent))
+        return Aggregation(tracked.combine(ratio * c), None, bound=bound)
 
 
 def _squared_norms(buffer: Jacobian, squares: torch.Tensor | None) -> tuple[torch.Tensor, int]:

@@ -287,12 +287,30 @@ def test_a_feature_level_alias_is_explained_not_suggested_as_itself():
 
 # -- from a review: bounds that must hold, and refusals that must not change anything --------------
 @pytest.mark.parametrize("name", ["nash_mtl", "fairgrad"])
-def test_fp16_weights_past_the_dtype_are_caught_not_returned_as_nan(name):
-    """Weights of 6e6-8e6 for a row of 1e-7 (fp16): cast to fp16 they are inf, and inf·0 = NaN; the
-    float64 bound Σ|w_i|‖g_i‖ stays small, so it must not be trusted."""
+def test_fp16_weights_past_the_dtype_give_the_direction_not_nan(name):
+    """Weights of 6e6-8e6 for a row of 1e-7 (fp16): cast to fp16 they were inf, and inf·0 = NaN
+    (caught as a non-finite direction); the combination now forms them in float32, so the
+    direction is Σ w_i g_i, rounded once to fp16."""
     G = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1e-7, 0.0]]).half()
+    out = get_aggregator(name)(G)
+    assert out.weights.max() > 65504
+    torch.testing.assert_close(out.direction.double(), out.weights @ G.double(), rtol=1e-3, atol=0)
+
+
+def test_a_method_s_own_combination_of_weights_past_the_dtype_is_checked():
+    """A weighting method that returns its own direction, formed with its weights cast to fp16
+    (inf·0 = NaN): its weights do not fit, so the float64 bound Σ|w_i|‖g_i‖ is not trusted."""
+
+    class CastsItself(Aggregator):
+        def tags(self):
+            return AggregatorTags(family="weighting", reduction="other", homogeneity=None)
+
+        def _aggregate(self, J, losses):
+            w = torch.tensor([1.0, 7e6], dtype=torch.float64)
+            return Aggregation(J.split(w.half() @ J.matrix()), w)
+
     with pytest.raises(NonFiniteOutputError, match="non-finite direction"):
-        get_aggregator(name)(G)
+        CastsItself()(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1e-7, 0.0]]).half())
 
 
 class _Weighted(WeightingAggregator):
@@ -408,11 +426,26 @@ def test_an_excess_mtl_state_saved_from_half_precision_gradients_loads_into_floa
 
 
 # -- from a second review ---------------------------------------------------------------------------
+def test_db_mtl_weights_past_the_dtype_give_the_direction_that_fits():
+    """fp16 rows of 1 and 1e-6: the weight top/‖B_i‖ of the small row (1.4e6) is past fp16's
+    range, the direction top·Σ_i B_i/‖B_i‖ is not: it is formed in float32 and rounded once
+    (before: refused after the step although it fits)."""
+    G = torch.tensor([[1.0, 1.0], [1e-6, 0.0]]).half()
+    got = get_aggregator("db_mtl")(G, torch.ones(2, dtype=torch.float64)).direction
+    B = G.double()
+    norms = B.norm(dim=1)
+    expected = 0.1 * norms.max() * (B / norms[:, None]).sum(0)  # ĝ = (1 − β) g / L at the first step
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.double(), expected, rtol=1e-3, atol=0)
+
+
 def test_db_mtl_weights_past_the_dtype_are_checked_not_trusted():
-    """fp16 rows of 1 and 1e-6: the weight top/‖B_i‖ of the small row is past fp16's range, so the
-    bound T·top (of the exact direction) says nothing about the computed one."""
+    """Forty aligned fp16 rows whose terms add past 65504 (each 3e3 per entry), and a row 1e-6
+    whose weight is past fp16's range: the bound T·top is not used (the weights do not fit), the
+    direction is checked."""
+    G = torch.cat([torch.full((40, 100), 3e4), torch.full((1, 100), 1e-6)]).half()
     with pytest.raises(NonFiniteOutputError):
-        get_aggregator("db_mtl")(torch.tensor([[1.0, 1.0], [1e-6, 0.0]]).half(), torch.ones(2, dtype=torch.float64))
+        get_aggregator("db_mtl")(G, torch.ones(41, dtype=torch.float64))
 
 
 def test_gradvac_published_forms_its_mean_at_the_mean_s_scale():
@@ -503,14 +536,20 @@ def test_gram_step_is_the_exact_projection_at_every_scale(S, rho, step):
     assert out.tolist() == pytest.approx(_exact_gram_step(lam, step, rho, gram, S), abs=1e-12)
 
 
-def test_db_mtl_judges_its_weights_by_the_narrowest_block():
+def test_db_mtl_weights_past_the_narrowest_block_s_dtype_give_the_direction():
+    """A float32 block, where the small row's weight (1e6) fits, and an fp16 block, where it does
+    not: each block is Σ_i w_i B_i of its own dtype (the fp16 one formed in float32)."""
     from mtlcheck.jacobian import Jacobian
 
-    a = torch.tensor([[1.0, 1.0], [1e-6, 0.0]])  # float32: the small row's weight, 1e6, fits
-    b = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).half()  # fp16: it does not
+    a = torch.tensor([[1.0, 1.0], [1e-6, 0.0]])
+    b = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).half()
     J = Jacobian((a, b), (torch.Size([2]), torch.Size([2])), ("a", "b"))
-    with pytest.raises(NonFiniteOutputError):
-        get_aggregator("db_mtl")(J, torch.ones(2, dtype=torch.float64))
+    got = get_aggregator("db_mtl")(J, torch.ones(2, dtype=torch.float64)).blocks
+    B = torch.cat([a.double(), b.double()], 1)
+    norms = B.norm(dim=1)
+    expected = 0.1 * norms.max() * (B / norms[:, None]).sum(0)  # ĝ = (1 − β) g / L at the first step
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float16
+    torch.testing.assert_close(torch.cat([got[0].double(), got[1].double()]), expected, rtol=1e-3, atol=0)
 
 
 def test_a_refused_first_call_keeps_a_loaded_state():

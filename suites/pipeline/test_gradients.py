@@ -220,6 +220,43 @@ def test_combine_keeps_its_contract_in_every_dtype():
     assert torch.allclose(g, J.blocks[0].sum(1))
 
 
+@pytest.mark.parametrize(
+    "dtype, weights, scales, tol",
+    [
+        (torch.float16, [1e6, 1.0, 1e-7], [1e-6, 1.0, 1e4], 2e-3),  # past 65504, and an fp16 subnormal
+        (torch.bfloat16, [1e39, 1.0, 1.0], [1e-36, 1.0, 1.0], 1e-2),  # past bf16's (float32's) range
+        (torch.float32, [1e40, 1.0, 0.5], [1e-37, 1e3, 1.0], 1e-6),
+    ],
+)
+def test_combine_forms_weights_the_dtype_cannot_hold_in_a_wider_dtype(dtype, weights, scales, tol):
+    """Weights past the block dtype's range (a DB-MTL weight max‖ĝ_j‖/‖ĝ_i‖ for a tiny row) or
+    below its normal numbers: the sum is formed in the next wider dtype and rounded once, so it is
+    finite where the direction fits and off by the rounding alone (before: inf, or a weight with 5
+    bits), with a graph through the weights kept."""
+    gen = torch.Generator().manual_seed(5)
+    B = (torch.randn(3, 2_000, generator=gen, dtype=torch.float64) * torch.tensor(scales)[:, None]).to(dtype)
+    w = torch.tensor(weights, dtype=torch.float64)
+    exact = w @ B.double()
+    for J in (Jacobian.from_matrix(B), _two_blocks(B, torch.float64)):
+        got = J.combine(w)[0]
+        assert got.dtype == dtype and bool(torch.isfinite(got).all())
+        assert float((got.double() - exact[: got.shape[0]]).abs().max() / exact.abs().max()) < tol
+    per_block = _two_blocks(B, torch.float64).combine_per_block(torch.stack([w, torch.ones(3, dtype=torch.float64)]))
+    assert float((per_block[0].double() - exact[:1_000]).abs().max() / exact.abs().max()) < tol
+    graph = torch.tensor(weights, dtype=torch.float64, requires_grad=True)
+    out = Jacobian.from_matrix(B).combine(graph)[0]
+    (g,) = torch.autograd.grad(out.double().sum(), graph)
+    torch.testing.assert_close(g, B.double().sum(1), rtol=tol, atol=0)
+    too_big = torch.tensor([10 * torch.finfo(dtype).max / scales[0], 0.0, 0.0], dtype=torch.float64)
+    assert bool(torch.isinf(Jacobian.from_matrix(B).combine(too_big)[0]).any())  # a direction past the range
+
+
+def _two_blocks(B, second_dtype):
+    """B's first 1000 columns as one block and the rest, in `second_dtype`, as another."""
+    a, b = B[:, :1_000], B[:, 1_000:].to(second_dtype)
+    return Jacobian((a, b), (torch.Size([a.shape[1]]), torch.Size([b.shape[1]])), ("a", "b"))
+
+
 def test_gram_over_several_spans_and_remainders_in_every_dtype(monkeypatch):
     """Blocks are multiplied span by span (a bf16/fp16 span upcast to float32 at a time), each
     span in 8192-column chunks plus a remainder: small spans here exercise all of it."""
