@@ -18,9 +18,12 @@ aggregated over and over; every case is timed once per repeat in a rotated order
     excess fused the same computation as one torch.compile kernel per block (`--compiled`: needs
                 a C++ compiler), its row sums accumulated in float64
 
-and the whole aggregations: mgda, imtl (Gram-based), excess_mtl, moco, db_mtl.
+and the whole aggregations: mgda, imtl (Gram-based), excess_mtl, moco, db_mtl, and with
+`--before-rev REV` "excess_mtl before", ExcessMTL's module at that git revision, with the
+paired difference after − before, repeat by repeat.
 
     python docs/bench/stateful_floor.py --tasks 3 7 --repeats 21 --threads 2 --compiled
+    for i in 1 2 3 4; do python docs/bench/stateful_floor.py --tasks 3 7 --before-rev 942f171; done
 """
 
 from __future__ import annotations
@@ -60,12 +63,16 @@ def _fused(s, g):
     return (torch.rsqrt(s) * g * g).sum(1, dtype=torch.float64)
 
 
-def run(n_tasks: int, repeats: int, compiled: bool) -> dict[str, list[float]]:
+def run(n_tasks: int, repeats: int, compiled: bool, before_rev: str | None = None) -> dict[str, list[float]]:
     model, batch = model_and_batch(128, 2, n_tasks, "cpu", 0)
     J = backward_step(model, batch, aggregator_class("mgda")()).jacobian
     blocks = tuple(b.clone() for b in J.blocks)
     state = tuple(torch.rand_like(b) + 1e-7 for b in blocks)
     aggs = {m: aggregator_class(m)() for m in ("mgda", "imtl", "excess_mtl", "moco", "db_mtl")}
+    if before_rev:
+        from stateful_step_speed import load_before  # (beside this script)
+
+        aggs["excess_mtl before"] = load_before(before_rev, "excess_mtl")()
     losses = torch.rand(n_tasks, dtype=torch.float64) + 0.5
 
     def fresh():
@@ -109,6 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compiled", action="store_true", help="also time the torch.compile kernel")
+    parser.add_argument("--before-rev", default=None, help="also time ExcessMTL's module at this git revision")
     args = parser.parse_args(argv)
     malloc = tune_malloc()
     torch.set_num_threads(args.threads)
@@ -117,10 +125,15 @@ def main(argv=None) -> int:
         f"torch {torch.__version__}, {args.repeats} interleaved repeats, wall time"
     )
     for n_tasks in args.tasks:
-        times = run(n_tasks, args.repeats, args.compiled)
+        times = run(n_tasks, args.repeats, args.compiled, args.before_rev)
         print(f"\nT = {n_tasks}\n\n| case | ms, median [min, max] |\n|---|---|")
         for c, ts in times.items():
             print(f"| {c} | {1e3 * statistics.median(ts):.2f} [{1e3 * min(ts):.2f}, {1e3 * max(ts):.2f}] |")
+        if args.before_rev:
+            diff = [1e3 * (a - b) for a, b in zip(times["excess_mtl"], times["excess_mtl before"])]
+            print(
+                f"| excess_mtl − before, paired | {statistics.median(diff):+.2f} [{min(diff):+.2f}, {max(diff):+.2f}] |"
+            )
     return 0
 
 

@@ -20,11 +20,11 @@ before S changes), ℰ⁰, α and the step. At the feature level S
 accumulates the representation's gradients row by row of the batch, so the block shapes must stay
 the same (ValueError otherwise; reset() between shapes).
 
-Cost: one pass over S + ε (read with G and written) and, span by span in the cache, an rsqrt, two
-products and a row sum, plus the input check's read pass, in place of a Gram-based method's Gram
-(it reads none): the AdaGrad scaling is elementwise, so it has no T × T form; 10–13 % over a
-Gram-based step on a CPU (docs/bench/cpu_stateful_methods_reads_no_gram.md; part by
-part, and what a fused kernel would save, in docs/bench/cpu_stateful_floor.md).
+Cost: one pass over S + ε (read with G and written) and, span by span in the cache, g², an rsqrt,
+a product and a row sum, plus the input check's read pass, in place of a Gram-based method's Gram
+(it reads none): the AdaGrad scaling is elementwise, so it has no T × T form; about 11 % / 10 %
+over the best Gram-based parameter-level step at T = 3 / 7 on a CPU (part by part, and what a fused
+kernel would save, in docs/bench/cpu_stateful_floor.md).
 
 Peers: TorchJD 0.18 (`torchjd.aggregation.ExcessMTL`) divides by ℰ⁰ + 1e-7 (instead of leaving a
 zero-gradient task at 0) and, without warm-up, takes its first exponentiated step with the RAW ℰ
