@@ -147,8 +147,9 @@ def _main(argv: list[str] | None) -> int:
             return command.run(args)
     except KeyboardInterrupt as exc:
         with second_signal_exits(exit_code(exc)):
-            specs = getattr(args, "_specs", None)
-            print(f"\nmtlcheck: interrupted. {where_it_stopped(getattr(args, 'store', None), specs)}", file=sys.stderr)
+            # said before the store is read: a second Ctrl-C meanwhile exits at once, with this out
+            print("\nmtlcheck: interrupted.", end=" ", file=sys.stderr, flush=True)
+            print(where_it_stopped(getattr(args, "store", None), getattr(args, "_specs", None)), file=sys.stderr)
         return exit_code(exc)
     except BrokenPipeError:  # `mtlcheck runs | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -235,6 +235,44 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     _each_run_computed_once_when_run_again(store)
 
 
+_SECOND_CTRL_C_WHILE_THE_STORE_IS_READ = """
+import os, signal, sys, time
+from mtlcheck.study import cli
+from mtlcheck.study.experiments import interrupts
+
+
+def first_ctrl_c(args):
+    raise KeyboardInterrupt
+
+
+def reading_the_store(location, specs):
+    os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the store is read
+    time.sleep(60)
+    return "never said"
+
+
+cli._portable = first_ctrl_c
+interrupts.where_it_stopped = reading_the_store
+sys.exit(cli.main(["run", "--benchmark", "digits-dense", "--method", "ew", "--store", sys.argv[1]]))
+"""
+
+
+def test_a_second_ctrl_c_while_the_store_is_read_still_says_interrupted(tmp_path):
+    """The message comes before the store is read (which may take seconds on a busy machine or a
+    remote database): a second Ctrl-C meanwhile exits at once, the message out (it was lost)."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", _SECOND_CTRL_C_WHILE_THE_STORE_IS_READ, str(tmp_path / "runs.sqlite")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 130 and "Traceback" not in done.stderr, (done.returncode, done.stderr[-3000:])
+    assert "mtlcheck: interrupted." in done.stderr and "never said" not in done.stderr
+    assert time.monotonic() - started < 50  # not the 60 s the store's reading would have taken
+
+
 def test_workers_die_with_a_killed_sweep(tmp_path):
     store = tmp_path / "runs.sqlite"
     proc = _start(store)
