@@ -122,31 +122,51 @@ class DBMTL(Aggregator):
             squares[k] = part.cpu()
         self._buffer, self._scale, self._g_bound, self._step = buffer, c, bound, step
         tracked = Jacobian(buffer, J.shapes, J.names, J.level)
-        squared, exponent = _squared_norms(tracked, squares if sums else None)
-        norms = c * squared.clamp_min(0).sqrt()  # the rows' norms / 2^exponent
+        roots, exponent = _row_norms(tracked, squares if sums else None)
+        norms = c * roots  # the rows' norms / 2^exponent
         top = float(norms.max())
-        ratio = torch.where(
-            norms > 0, top / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(norms)
+        # the weight of B_i is (top/‖ĝ_i‖) c_i = top/‖B_i‖: formed without c, whose round trip
+        # c·(1/c) overflows float64 for rows and losses far apart
+        weights = torch.where(
+            norms > 0, top / torch.where(norms > 0, roots, torch.ones_like(roots)), torch.zeros_like(norms)
         )
         # every term has norm `top`, so |d| <= T·top: where that passes the dtype's range, the base
         # checks d itself, and a d that overflows raises after the step (the EMA has taken G in).
-        # A weight top/‖B_i‖ past the dtype's range (a row 1e-5 of another in fp16) is formed in a
-        # wider dtype by the combination, so the bound holds for the computed d too
-        bound = n * float(times_pow2(torch.tensor(top, dtype=torch.float64), exponent))
-        return Aggregation(tracked.combine(ratio * c), None, bound=bound)
+        # A weight past the dtype's range (a row 1e-5 of another in fp16) is formed in a wider
+        # dtype by the combination, so the bound holds for the computed d too; one past float64's
+        # gives no bound
+        finite = bool(torch.isfinite(weights).all())
+        bound = n * float(times_pow2(torch.tensor(top, dtype=torch.float64), exponent)) if finite else None
+        return Aggregation(tracked.combine(weights), None, bound=bound)
 
 
-def _squared_norms(buffer: Jacobian, squares: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """(q, S): the rows' squared norms are 4^S q (the ratio of norms is what DB-MTL reads, and S
-    gives the norms themselves):
-    the blocks' float64 sums of float32/float64 squares where none of them lost digits, else the
-    diagonal of the scaled Gram, which is exact at any scale. A block's sum lost digits where it is
-    not finite (squares overflow) or below n·tiny/eps of its dtype in a non-zero row (squares
-    underflow: subnormal or zero), the Gram's own test."""
+def _row_norms(buffer: Jacobian, squares: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """(r, S): the rows' norms are 2^S r (the ratio of norms is what DB-MTL reads, and S gives the
+    norms themselves): the square roots of the blocks' float64 sums of float32/float64 squares
+    where none of them lost digits, else of the diagonal of the scaled Gram, which is exact at any
+    scale. A block's sum lost digits where it is not finite (squares overflow) or below n·tiny/eps
+    of its dtype in a non-zero row (squares underflow: subnormal or zero), the Gram's own test. A
+    non-zero row too small beside the largest for the scaled Gram (its diagonal underflows to 0: a
+    float32 row 1e-30 of another, a float64 one 1e-170) gets its own scale (`_row_norm`) instead
+    of a weight of 0."""
     if squares is not None and bool(torch.isfinite(squares).all()):
         info = torch.finfo(buffer.dtype)
         floors = torch.tensor([b.shape[1] * info.tiny / info.eps for b in buffer.blocks], dtype=torch.float64)
         low = (squares < floors[:, None]).nonzero().tolist()
         if not any(bool(buffer.blocks[k][i].any()) for k, i in low):
-            return squares.sum(0), 0
-    return buffer.scaled_gram().diagonal(), buffer.gram_exponent
+            return squares.sum(0).sqrt(), 0
+    r, S = buffer.scaled_gram().diagonal().clamp_min(0).sqrt(), buffer.gram_exponent
+    for i in (r == 0).nonzero().flatten().tolist():
+        if any(bool(b[i].any()) for b in buffer.blocks):
+            r[i] = _row_norm(buffer, i, S)
+    return r, S
+
+
+def _row_norm(buffer: Jacobian, i: int, S: int) -> float:
+    """Row i's norm / 2^S: the row scaled by the power of two of its largest entry (exact), squared
+    and summed in float64, its square root scaled back (0 only past float64's range: a row below
+    ~1e-308 of the largest, whose weight would be past it too)."""
+    rows = [b[i] for b in buffer.blocks]
+    e = math.frexp(max_abs(rows))[1]  # max |row| = f · 2^e, f in [0.5, 1)
+    sum_sq = sum(float(times_pow2(r.double(), -e).square().sum()) for r in rows)
+    return math.ldexp(math.sqrt(sum_sq), e - S)

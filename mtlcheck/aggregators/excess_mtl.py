@@ -111,8 +111,8 @@ class ExcessMTL(WeightingAggregator):
             self._alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)
             self._warmup_sum = torch.zeros(n, dtype=torch.float64)
             self._step = 0
-        self._sq_bound = bound
         risk = _update_and_risks(self._sq_sum_eps, J.blocks)
+        self._sq_bound = bound
         self._step += 1
         if self._step <= self.warmup_steps:
             self._warmup_sum = self._warmup_sum + risk
@@ -147,17 +147,22 @@ def _update_and_risks(sums: tuple[torch.Tensor, ...], blocks: tuple[torch.Tensor
     parts: dict = {}  # device -> each span's row sums
     for s, b in zip(sums, blocks):
         square, scaled = scratch[(s.dtype, s.device)]
-        found, same = parts.setdefault(s.device, []), b.dtype == s.dtype
-        for start, stop in column_spans(b):
+        spans, same = column_spans(b), b.dtype == s.dtype
+        found = parts.setdefault(s.device, []) if spans else None  # (a block with no columns adds nothing)
+        for start, stop in spans:
             sc, bc, w = s[:, start:stop], b[:, start:stop], stop - start
             q = square[: n * w].view(n, w)
             if same:
                 torch.mul(bc, bc, out=q)
-            else:  # half-precision g, squared in float32 (an fp16 square overflows past |g| = 256)
+            else:  # g of another dtype than S (fp16/bf16: squared in S's float32, where an fp16
+                # square would overflow past |g| = 256; a float64 block beside float32 ones)
                 q.copy_(bc).mul_(q)
             sc.add_(q)
             found.append(span_row_sums(torch.rsqrt(sc, out=scaled[: n * w].view(n, w)).mul_(q)))
-    return sum(torch.stack(p).to(torch.float64).sum(0).cpu() for p in parts.values())
+    risk = torch.zeros(n, dtype=torch.float64)
+    for found in parts.values():
+        risk += torch.stack(found).to(torch.float64).sum(0).cpu()
+    return risk
 
 
 def _kept_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -439,10 +439,10 @@ def test_db_mtl_weights_past_the_dtype_give_the_direction_that_fits():
     torch.testing.assert_close(got.double(), expected, rtol=1e-3, atol=0)
 
 
-def test_db_mtl_weights_past_the_dtype_are_checked_not_trusted():
+def test_db_mtl_direction_past_fp16_is_refused_with_a_weight_past_it_too():
     """Forty aligned fp16 rows whose terms add past 65504 (each 3e3 per entry), and a row 1e-6
-    whose weight is past fp16's range: the bound T·top is not used (the weights do not fit), the
-    direction is checked."""
+    whose weight is past fp16's range (formed in float32 by the combination): the bound T·top
+    passes the range, so the direction is checked, and its inf is refused."""
     G = torch.cat([torch.full((40, 100), 3e4), torch.full((1, 100), 1e-6)]).half()
     with pytest.raises(NonFiniteOutputError):
         get_aggregator("db_mtl")(G, torch.ones(41, dtype=torch.float64))
@@ -605,3 +605,38 @@ def test_excess_mtl_squares_an_fp16_block_of_a_mixed_jacobian_in_float32(order):
         w_mixed, w_single = mixed(J(torch.float16, step)).weights, single(J(torch.float32, step)).weights
         assert torch.equal(w_mixed, w_single)
     assert not torch.allclose(w_single, torch.full((3,), 1 / 3, dtype=torch.float64), atol=1e-3)
+
+
+def test_db_mtl_weights_of_rows_and_losses_far_apart_do_not_overflow():
+    """Rows 1 and 1e-20 with losses 1 and 1e300: ‖ĝ_2‖ = c_2‖B_2‖ is 1e-321, so top/‖ĝ_2‖ passes
+    float64's range, while the weight of B_2, top/‖B_2‖ (c cancels), is 1.4e19 and the direction
+    fits (before: inf and NaN, trusted by a finite bound)."""
+    G = torch.tensor([[1.0, 1.0], [1e-20, 0.0]], dtype=torch.float64)
+    got = get_aggregator("db_mtl")(G, torch.tensor([1.0, 1e300], dtype=torch.float64)).direction
+    top = 0.1 * math.sqrt(2)  # ĝ_1 = (1 − β) g_1 / L_1 at the first step
+    expected = torch.tensor([top / math.sqrt(2) + top, top / math.sqrt(2)], dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+def test_excess_mtl_skips_a_device_whose_blocks_have_no_columns():
+    """A block with no columns adds nothing, on whatever device it is (the meta device stands in
+    for a second one): the risks are those of the other blocks (before: torch.stack of nothing
+    raised after the state had changed)."""
+    from mtlcheck.aggregators.excess_mtl import _update_and_risks
+
+    S = (torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 0, dtype=torch.float64, device="meta"))
+    G = (torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.0, 1.0]], dtype=torch.float64), torch.ones(2, 0, device="meta"))
+    risk = _update_and_risks(S, G)
+    torch.testing.assert_close(risk, (G[0] ** 2 / (1 + G[0] ** 2).sqrt()).sum(1), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dtype, small", [(torch.float32, 1e-30), (torch.float64, 1e-170)])
+def test_db_mtl_keeps_a_row_too_small_for_the_scaled_gram(dtype, small):
+    """A row 1e-30 of another in float32 (1e-170 in float64): its diagonal in the scaled Gram
+    underflows to 0, and it got a weight of 0, the task silently dropped; its norm is now taken at
+    its own scale, and every term has the largest norm as DB-MTL says."""
+    G = torch.tensor([[1.0, 1.0], [0.0, small]], dtype=dtype)
+    got = get_aggregator("db_mtl")(G, torch.ones(2, dtype=torch.float64)).direction
+    top = 0.1 * math.sqrt(2)  # ĝ = (1 − β) g / L at the first step
+    expected = torch.tensor([top / math.sqrt(2), top / math.sqrt(2) + top], dtype=torch.float64)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=0)

@@ -226,6 +226,7 @@ def test_combine_keeps_its_contract_in_every_dtype():
         (torch.float16, [1e6, 1.0, 1e-7], [1e-6, 1.0, 1e4], 2e-3),  # past 65504, and an fp16 subnormal
         (torch.bfloat16, [1e39, 1.0, 1.0], [1e-36, 1.0, 1.0], 1e-2),  # past bf16's (float32's) range
         (torch.float32, [1e40, 1.0, 0.5], [1e-37, 1e3, 1.0], 1e-6),
+        (torch.float16, [1e-6, 1.0, 1.0], [1e4, 1e-2, 1e-2], 1e-3),  # a subnormal weight alone: 5 bits, 1 % off
     ],
 )
 def test_combine_forms_weights_the_dtype_cannot_hold_in_a_wider_dtype(dtype, weights, scales, tol):
