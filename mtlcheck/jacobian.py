@@ -233,10 +233,13 @@ class Jacobian:
         return self._cache["gram"]
 
     def _scaled_block_grams(self) -> tuple[torch.Tensor, int]:
-        # Fast path: the products of the blocks as they are. A block is recomputed from its rows
-        # times a power of two (exact) only where its products may have lost digits: a row whose
-        # squared norm is below n·tiny/eps of the product dtype (its products underflow: subnormal
-        # or zero), or a finite block whose Gram overflowed.
+        # Fast path: the products of the blocks as they are. A block is recomputed from its rows,
+        # each times the power of two that brings its largest entry into [0.5, 1) (exact), only
+        # where its products may have lost digits: a row whose squared norm is below n·tiny/eps of
+        # the product dtype (its products underflow: subnormal or zero), or a finite block whose
+        # Gram overflowed. Each row's own power keeps a row far smaller than another (float32 rows
+        # 1e-30 apart, whose products underflow float32 at any common scale); the powers are taken
+        # out again in float64.
         grams = torch.stack([_block_gram(b) for b in self.blocks]).cpu()  # block k: 4^{e_k} · G_k G_kᵀ
         exponents = [0] * len(self.blocks)
         finite = torch.isfinite(grams).flatten(1).all(1).tolist()
@@ -246,11 +249,14 @@ class Jacobian:
             floor = b.shape[1] * info.tiny / info.eps
             if finite[k] and not any(m < floor and bool(b[i].any()) for i, m in enumerate(diagonals[k])):
                 continue
-            low, high = torch.aminmax(b)
-            top = max(-float(low), float(high))
+            low, high = torch.aminmax(b, dim=1)
+            tops = torch.maximum(-low, high).tolist()  # max |row i|
+            top = max(tops)
             if math.isfinite(top) and top > 0:
                 exponents[k] = -math.frexp(top)[1]  # max |b · 2^e| in [0.5, 1)
-                grams[k] = _block_gram(b, exponents[k]).cpu()
+                rows = [-math.frexp(t)[1] if t > 0 else exponents[k] for t in tops]  # each row's own
+                back = torch.tensor([2.0 ** (exponents[k] - e) for e in rows], dtype=torch.float64)  # <= 1
+                grams[k] = _block_gram(b, rows).cpu() * back[:, None] * back[None, :]
         # the common exponent S (max diagonal of Σ_k 4^{-e_k-S} B_k in [1, 4)): first from the
         # largest block, then corrected by the sum (powers of two: exact)
         peaks = [(float(g.diagonal().max()), e) for g, e in zip(grams, exponents)]
@@ -367,13 +373,30 @@ def times_pow2(x, exponent: int):
     return x
 
 
-def _block_gram(b: torch.Tensor, exponent: int = 0) -> torch.Tensor:
-    """(b · 2^exponent)(b · 2^exponent)ᵀ in float64. float32 products over column chunks of
-    _GRAM_CHUNK, all chunks of a span in one batched product, summed in float64; bf16/fp16 blocks
-    (e.g. feature gradients under autocast) are multiplied in float32, one span at a time (no
-    float32 copy of the block); a non-zero exponent scales each span (a copy of one span)."""
+def _times_row_pow2(x: torch.Tensor, exponents: int | list[int]) -> torch.Tensor:
+    """x (T, n) with every row times 2^exponents (an int), or row i times 2^exponents[i]: exact
+    unless a result leaves the normal range; in factors of at most 2^±100 (representable in
+    float32), as `times_pow2`."""
+    if isinstance(exponents, int):
+        return times_pow2(x, exponents)
+    if len(set(exponents)) == 1:
+        return times_pow2(x, exponents[0])
+    left = torch.tensor(exponents, dtype=torch.float64)
+    while bool(left.any()):
+        step = left.clamp(-100, 100)
+        x = x * torch.pow(2.0, step).to(dtype=x.dtype, device=x.device)[:, None]
+        left = left - step
+    return x
+
+
+def _block_gram(b: torch.Tensor, exponents: int | list[int] = 0) -> torch.Tensor:
+    """(D b)(D b)ᵀ in float64, D = 2^exponents (one power for every row, or one per row). float32
+    products over column chunks of _GRAM_CHUNK, all chunks of a span in one batched product,
+    summed in float64; bf16/fp16 blocks (e.g. feature gradients under autocast) are multiplied in
+    float32, one span at a time (no float32 copy of the block); non-zero exponents scale each span
+    (a copy of one span)."""
     if b.dtype == torch.float64:
-        b = times_pow2(b, exponent)
+        b = _times_row_pow2(b, exponents)
         return b @ b.T
     t, n = b.shape
     acc = torch.zeros(t, t, dtype=torch.float64, device=b.device)
@@ -381,7 +404,7 @@ def _block_gram(b: torch.Tensor, exponent: int = 0) -> torch.Tensor:
         part = b[:, start : start + _GRAM_SPAN]
         if part.dtype in (torch.bfloat16, torch.float16):
             part = part.float()
-        part = times_pow2(part, exponent)
+        part = _times_row_pow2(part, exponents)
         m = part.shape[1] // _GRAM_CHUNK
         if m:  # (m, T, C) @ (m, C, T)
             chunks = part[:, : m * _GRAM_CHUNK].reshape(t, m, _GRAM_CHUNK).transpose(0, 1)

@@ -258,6 +258,26 @@ def _two_blocks(B, second_dtype):
     return Jacobian((a, b), (torch.Size([a.shape[1]]), torch.Size([b.shape[1]])), ("a", "b"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_gram_keeps_rows_far_smaller_than_another(dtype):
+    """Rows 1, 1e-30 and 1e-25: the float32 products of the small rows underflow at any scale
+    common to the block, so the fallback scales each row by its own power of two and takes the
+    powers out in float64: every entry is the float64 Gram's (before, the small rows' entries
+    were 0). (fp16 rows cannot be far enough apart: their float32 products keep them.)"""
+    small = (1e-30, 1e-25)
+    gen = torch.Generator().manual_seed(9)
+    G = (torch.randn(3, 3_000, generator=gen, dtype=torch.float64) * torch.tensor([1.0, *small])[:, None]).to(dtype)
+    exact = G.double() @ G.double().T
+    for J in (Jacobian.from_matrix(G), _two_blocks(G, dtype)):
+        got = J.gram()
+        torch.testing.assert_close(
+            got / exact.diagonal().sqrt().outer(exact.diagonal().sqrt()),
+            exact / exact.diagonal().sqrt().outer(exact.diagonal().sqrt()),
+            rtol=0,
+            atol=1e-6,
+        )
+
+
 def test_gram_over_several_spans_and_remainders_in_every_dtype(monkeypatch):
     """Blocks are multiplied span by span (a bf16/fp16 span upcast to float32 at a time), each
     span in 8192-column chunks plus a remainder: small spans here exercise all of it."""
