@@ -252,7 +252,7 @@ class Jacobian:
             low, high = torch.aminmax(b, dim=1)
             tops = torch.maximum(-low, high).tolist()  # max |row i|
             top = max(tops)
-            if math.isfinite(top) and top > 0:
+            if all(math.isfinite(t) for t in tops) and top > 0:  # (NaN/inf: left for the callers' check)
                 exponents[k] = -math.frexp(top)[1]  # max |b · 2^e| in [0.5, 1)
                 rows = [-math.frexp(t)[1] if t > 0 else exponents[k] for t in tops]  # each row's own
                 back = torch.tensor([2.0 ** (exponents[k] - e) for e in rows], dtype=torch.float64)  # <= 1

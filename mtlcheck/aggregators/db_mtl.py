@@ -105,7 +105,7 @@ class DBMTL(Aggregator):
         buffer = tuple(torch.empty_like(b) for b in J.blocks) if first else self._buffer
         # in place (the state is ours; state_dict copies) and, for float32/float64 rows, each span's
         # squared row norms of B while it is in the cache
-        sums = J.dtype in (torch.float32, torch.float64)
+        sums = all(b.dtype in (torch.float32, torch.float64) for b in J.blocks)  # (blocks may differ in dtype)
         squares = torch.zeros(len(buffer), n, dtype=torch.float64)
         for k, (old, b) in enumerate(zip(buffer, J.blocks)):
             row_weight = weight.to(device=b.device, dtype=b.dtype)  # (blocks may differ in dtype)
@@ -127,8 +127,9 @@ class DBMTL(Aggregator):
         top = float(norms.max())
         # the weight of B_i is (top/‖ĝ_i‖) c_i = top/‖B_i‖: formed without c, whose round trip
         # c·(1/c) overflows float64 for rows and losses far apart
+        # (c_i‖B_i‖ may underflow where ‖B_i‖ does not: the row is judged by ‖B_i‖)
         weights = torch.where(
-            norms > 0, top / torch.where(norms > 0, roots, torch.ones_like(roots)), torch.zeros_like(norms)
+            roots > 0, top / torch.where(roots > 0, roots, torch.ones_like(roots)), torch.zeros_like(roots)
         )
         # every term has norm `top`, so |d| <= T·top: where that passes the dtype's range, the base
         # checks d itself, and a d that overflows raises after the step (the EMA has taken G in).
@@ -145,18 +146,22 @@ def _row_norms(buffer: Jacobian, squares: torch.Tensor | None) -> tuple[torch.Te
     norms themselves): the square roots of the blocks' float64 sums of float32/float64 squares
     where none of them lost digits, else of the diagonal of the scaled Gram, which is exact at any
     scale. A block's sum lost digits where it is not finite (squares overflow) or below n·tiny/eps
-    of its dtype in a non-zero row (squares underflow: subnormal or zero), the Gram's own test. A
-    non-zero row too small beside the largest for the scaled Gram (its diagonal underflows to 0: a
-    float32 row 1e-30 of another, a float64 one 1e-170) gets its own scale (`_row_norm`) instead
-    of a weight of 0."""
+    of its own dtype in a non-zero row (squares underflow: subnormal or zero), the Gram's own test.
+    A non-zero row too small beside the largest for the scaled Gram's float64 diagonal (subnormal
+    or 0: a float64 row 1e-155 or 1e-170 of another) gets its own scale (`_row_norm`) instead of
+    a norm with few digits or none (a weight of 0: the task dropped)."""
     if squares is not None and bool(torch.isfinite(squares).all()):
-        info = torch.finfo(buffer.dtype)
-        floors = torch.tensor([b.shape[1] * info.tiny / info.eps for b in buffer.blocks], dtype=torch.float64)
+        floors = torch.tensor(
+            [b.shape[1] * torch.finfo(b.dtype).tiny / torch.finfo(b.dtype).eps for b in buffer.blocks],
+            dtype=torch.float64,
+        )
         low = (squares < floors[:, None]).nonzero().tolist()
         if not any(bool(buffer.blocks[k][i].any()) for k, i in low):
             return squares.sum(0).sqrt(), 0
-    r, S = buffer.scaled_gram().diagonal().clamp_min(0).sqrt(), buffer.gram_exponent
-    for i in (r == 0).nonzero().flatten().tolist():
+    q, S = buffer.scaled_gram().diagonal(), buffer.gram_exponent
+    r = q.clamp_min(0).sqrt()
+    info = torch.finfo(torch.float64)
+    for i in (q < info.tiny / info.eps).nonzero().flatten().tolist():
         if any(bool(b[i].any()) for b in buffer.blocks):
             r[i] = _row_norm(buffer, i, S)
     return r, S

@@ -607,11 +607,13 @@ def test_excess_mtl_squares_an_fp16_block_of_a_mixed_jacobian_in_float32(order):
     assert not torch.allclose(w_single, torch.full((3,), 1 / 3, dtype=torch.float64), atol=1e-3)
 
 
-def test_db_mtl_weights_of_rows_and_losses_far_apart_do_not_overflow():
+@pytest.mark.parametrize("small", [1e-20, 1e-30])
+def test_db_mtl_weights_of_rows_and_losses_far_apart_do_not_overflow(small):
     """Rows 1 and 1e-20 with losses 1 and 1e300: ‖ĝ_2‖ = c_2‖B_2‖ is 1e-321, so top/‖ĝ_2‖ passes
     float64's range, while the weight of B_2, top/‖B_2‖ (c cancels), is 1.4e19 and the direction
-    fits (before: inf and NaN, trusted by a finite bound)."""
-    G = torch.tensor([[1.0, 1.0], [1e-20, 0.0]], dtype=torch.float64)
+    fits (before: inf and NaN, trusted by a finite bound); at 1e-30, c_2‖B_2‖ underflows to 0 and
+    the row is still weighted by ‖B_2‖ (not dropped)."""
+    G = torch.tensor([[1.0, 1.0], [small, 0.0]], dtype=torch.float64)
     got = get_aggregator("db_mtl")(G, torch.tensor([1.0, 1e300], dtype=torch.float64)).direction
     top = 0.1 * math.sqrt(2)  # ĝ_1 = (1 − β) g_1 / L_1 at the first step
     expected = torch.tensor([top / math.sqrt(2) + top, top / math.sqrt(2)], dtype=torch.float64)
@@ -630,16 +632,18 @@ def test_excess_mtl_skips_a_device_whose_blocks_have_no_columns():
     torch.testing.assert_close(risk, (G[0] ** 2 / (1 + G[0] ** 2).sqrt()).sum(1), rtol=1e-15, atol=0)
 
 
-@pytest.mark.parametrize("dtype, small", [(torch.float32, 1e-30), (torch.float64, 1e-170)])
+@pytest.mark.parametrize(
+    "dtype, small", [(torch.float32, 1e-30), (torch.float64, 1e-158), (torch.float64, 1e-161), (torch.float64, 1e-170)]
+)
 def test_db_mtl_keeps_a_row_too_small_for_the_scaled_gram(dtype, small):
-    """A row 1e-30 of another in float32 (1e-170 in float64): its diagonal in the scaled Gram
-    underflows to 0, and it got a weight of 0, the task silently dropped; its norm is now taken at
-    its own scale, and every term has the largest norm as DB-MTL says."""
+    """A row 1e-30 of another in float32 (kept by the Gram's per-row scales), 1e-158 to 1e-170 in
+    float64 (its scaled Gram diagonal subnormal, with few digits, or 0: the task was silently
+    dropped): its norm is taken at its own scale, and every term has the largest norm."""
     G = torch.tensor([[1.0, 1.0], [0.0, small]], dtype=dtype)
     got = get_aggregator("db_mtl")(G, torch.ones(2, dtype=torch.float64)).direction
     top = 0.1 * math.sqrt(2)  # ĝ = (1 − β) g / L at the first step
     expected = torch.tensor([top / math.sqrt(2), top / math.sqrt(2) + top], dtype=torch.float64)
-    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=0)
 
 
 @pytest.mark.parametrize("name", ["config", "fairgrad", "nash_mtl", "imtl", "upgrad", "db_mtl"])
@@ -651,3 +655,27 @@ def test_methods_that_read_each_row_s_direction_keep_a_row_1e30_smaller_in_float
     d32 = get_aggregator(name)(G, L3).direction.double()
     d64 = get_aggregator(name)(G.double(), L3).direction
     assert float((d32 - d64).abs().max() / d64.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("fp16_first", [False, True])
+def test_db_mtl_row_norms_of_a_mixed_dtype_jacobian_in_either_order(fp16_first):
+    """A float32 block (task 2's row zero) and an fp16 block whose task-2 row is 3e-4 (all its
+    squares fp16 subnormals): the squares are summed only where every block is float32/float64,
+    judged by each block's own dtype; with the float32 block first, the fp16 squares had passed
+    float32's floor and the direction was 0.7 % off."""
+    from mtlcheck.jacobian import Jacobian
+
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(2, 50, generator=gen)
+    a[1] = 0
+    b = (torch.rand(2, 4000, generator=gen) + 0.5) * torch.tensor([[1.0], [3e-4]])
+    b = b.half()
+    blocks = [(a, torch.Size([50]), "a"), (b, torch.Size([4000]), "b")]
+    if fp16_first:
+        blocks = blocks[::-1]
+    J = Jacobian(*map(tuple, zip(*blocks)))
+    got = torch.cat([x.double() for x in get_aggregator("db_mtl")(J, torch.ones(2, dtype=torch.float64)).blocks])
+    B = torch.cat([x.double() for x in J.blocks], 1)
+    norms = B.norm(dim=1)
+    expected = 0.1 * norms.max() * (B / norms[:, None]).sum(0)  # ĝ = (1 − β) g / L at the first step
+    assert float((got - expected).abs().max() / expected.abs().max()) < 1e-3
