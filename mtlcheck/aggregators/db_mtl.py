@@ -101,7 +101,7 @@ class DBMTL(Aggregator):
                 f"∇log L_i = g_i / L_i overflow {J.dtype}; the state is unchanged"
             )
         bound = average_bound(self, self._g_bound, J, "averaging")
-        weight = (s / c).to(J.dtype)[:, None]
+        weight = (s / c)[:, None]  # float64, rounded once to each block's dtype below
         buffer = tuple(torch.empty_like(b) for b in J.blocks) if first else self._buffer
         # in place (the state is ours; state_dict copies) and, for float32/float64 rows, each span's
         # squared row norms of B while it is in the cache

@@ -679,3 +679,29 @@ def test_db_mtl_row_norms_of_a_mixed_dtype_jacobian_in_either_order(fp16_first):
     norms = B.norm(dim=1)
     expected = 0.1 * norms.max() * (B / norms[:, None]).sum(0)  # ĝ = (1 − β) g / L at the first step
     assert float((got - expected).abs().max() / expected.abs().max()) < 1e-3
+
+
+@pytest.mark.parametrize("fp16_first", [False, True])
+def test_db_mtl_rounds_its_ema_weight_to_each_block_s_own_dtype(fp16_first):
+    """A float64 block beside an fp16 one: the EMA weight s/c is rounded to each block's dtype, so
+    the float64 block follows the float64 recurrence whichever block comes first (with the fp16
+    block first, the weight had been rounded to fp16 for both: 1.8e-4 off from the second step)."""
+    from mtlcheck.jacobian import Jacobian
+
+    gen = torch.Generator().manual_seed(6)
+    beta, sigma = 0.9, 0.5
+    agg, buffer = get_aggregator("db_mtl"), None
+    for t in (1, 2, 3):
+        a = (torch.randn(2, 8, generator=gen, dtype=torch.float64) * 1e-3).half()
+        b = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+        losses = 0.5 + torch.rand(2, generator=gen, dtype=torch.float64)
+        blocks = [(a, torch.Size([8]), "a"), (b, torch.Size([5]), "b")]
+        J = Jacobian(*map(tuple, zip(*(blocks[::-1] if not fp16_first else blocks))))
+        got = agg(J, losses).blocks[1 if fp16_first else 0]
+        G = torch.cat([a.double(), b], 1)
+        beta_t = beta / t**sigma
+        step = (1 - beta_t) * G / losses[:, None]
+        buffer = step if buffer is None else beta_t * buffer + step
+        norms = buffer.norm(dim=1)
+        expected = ((norms.max() / norms)[:, None] * buffer).sum(0)[8:]
+        assert float((got - expected).abs().max() / expected.abs().max()) < 1e-8, t
