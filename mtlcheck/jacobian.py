@@ -174,14 +174,16 @@ class Jacobian:
         `aminmax` per block (a read pass as fast as a sum, and exact: it cannot overflow) and one
         host sync, cached. The stateful methods that read no Gram bound their state with it."""
         if "max_abs" not in self._cache:
-            self._cache["max_abs"] = max_abs(self.blocks)
+            each = self.block_max_abs()
+            self._cache["max_abs"] = math.nan if any(math.isnan(m) for m in each) else max(each)
         return self._cache["max_abs"]
 
-    @property
-    def dtype_max(self) -> float:
-        """The largest finite value of the narrowest dtype among the blocks (a Jacobian may mix
-        dtypes: one block per parameter, each in its parameter's)."""
-        return torch.finfo(narrowest_dtype(self.blocks)).max
+    def block_max_abs(self) -> tuple[float, ...]:
+        """max |entry| of each block (`each_max_abs`), cached: a state kept block by block is
+        bounded block by block, each against its own dtype's range."""
+        if "block_max_abs" not in self._cache:
+            self._cache["block_max_abs"] = each_max_abs(self.blocks)
+        return self._cache["block_max_abs"]
 
     def combine_bound(self, weights: torch.Tensor) -> float | None:
         """An upper bound on every |Σ_i w_i G_ik| from what is already computed, with no pass over
@@ -337,9 +339,20 @@ class Jacobian:
 def max_abs(tensors: Sequence[torch.Tensor]) -> float:
     """max |entry| over the tensors (NaN where one is NaN, inf where one is inf, 0 for none): one
     `aminmax` per tensor, one host sync."""
-    ends = [torch.stack(torch.aminmax(t)).to(torch.float64) for t in tensors if t.numel()]
-    ends = torch.stack(ends).cpu() if ends else torch.zeros(1, dtype=torch.float64)
-    return math.nan if bool(ends.isnan().any()) else float(ends.abs().max())
+    each = each_max_abs(tensors)
+    return math.nan if any(math.isnan(m) for m in each) else max(each, default=0.0)
+
+
+def each_max_abs(tensors: Sequence[torch.Tensor]) -> tuple[float, ...]:
+    """max |entry| of each tensor (NaN where one of its entries is NaN, 0 for an empty one): one
+    `aminmax` per tensor, one host sync."""
+    zero = torch.zeros(2, dtype=torch.float64)
+    ends = [torch.stack(torch.aminmax(t)).to(torch.float64) if t.numel() else zero for t in tensors]
+    if not ends:
+        return ()
+    same_device = len({e.device for e in ends}) == 1
+    ends = torch.stack(ends).cpu() if same_device else torch.stack([e.cpu() for e in ends])
+    return tuple(math.nan if bool(row.isnan().any()) else float(row.abs().max()) for row in ends)
 
 
 def narrowest_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:

@@ -29,6 +29,7 @@ from mtlcheck.jacobian import (
     NonFiniteInputError,
     NonFiniteOutputError,
     all_finite,
+    each_max_abs,
     narrowest_dtype,
 )
 
@@ -543,17 +544,31 @@ def softmax64(x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(x.to(torch.float64), dim=0)
 
 
-def average_bound(owner: Aggregator, kept: float | None, J: Jacobian, what: str) -> float:
-    """The bound on the entries of a state that is a running average (a convex combination) of the
-    G seen so far: max(kept, max |G|). A NonFiniteGradientError, before any state changes, where
-    the average's y + w(g − y) could overflow: 2 · bound past the narrowest block's range."""
-    bound = max(kept or 0.0, J.max_abs())
-    if not 2 * bound < J.dtype_max:
-        raise NonFiniteGradientError(
-            f"{owner!r}: {what} gradients of max |g| = {J.max_abs():.3g} (the state's entries <= {kept or 0.0:.3g}) "
-            f"would overflow {narrowest_dtype(J.blocks)}; the state is unchanged"
-        )
-    return bound
+def average_bound(owner: Aggregator, kept: tuple[float, ...] | None, J: Jacobian, what: str) -> tuple[float, ...]:
+    """The bounds, block by block, on the entries of a state that is a running average (a convex
+    combination) of the G seen so far: max(kept_k, max |G_k|). A NonFiniteGradientError, before
+    any state changes, where a block's y + w(g − y) could overflow: 2 · bound_k past the range of
+    block k's dtype (each its own: a float64 block of 9e4 beside an fp16 one is fine)."""
+    seen = J.block_max_abs()
+    kept = kept or (0.0,) * len(seen)
+    bounds = tuple(max(k, m) for k, m in zip(kept, seen))
+    for name, block, k, m, bound in zip(J.names, J.blocks, kept, seen, bounds):
+        if not 2 * bound < torch.finfo(block.dtype).max:
+            raise NonFiniteGradientError(
+                f"{owner!r}: {what} gradients of max |g| = {m:.3g} in block {name!r} (the state's entries "
+                f"<= {k:.3g} there) would overflow {block.dtype}; the state is unchanged"
+            )
+    return bounds
+
+
+def block_bounds(bound, state: tuple[torch.Tensor, ...] | None) -> tuple[float, ...] | None:
+    """A state's per-block bounds as kept now, from a state saved earlier: none kept (max |state|
+    of each block), or one for all blocks (that one for each)."""
+    if state is None:
+        return None
+    if bound is None:
+        return each_max_abs(state)
+    return tuple(bound) if isinstance(bound, (tuple, list)) else (float(bound),) * len(state)
 
 
 def decayed(rate: float, step: int, power: float) -> float:

@@ -38,6 +38,7 @@ from mtlcheck.aggregators._base import (
     Aggregator,
     AggregatorTags,
     average_bound,
+    block_bounds,
     check_state_shapes,
     decayed,
 )
@@ -74,9 +75,8 @@ class DBMTL(Aggregator):
         if "_scale" not in state:  # saved when the EMA rows were stored as they are: c = 1
             rows = state["_buffer"]
             state = {**state, "_scale": None if rows is None else torch.ones(rows[0].shape[0], dtype=torch.float64)}
-        if "_g_bound" not in state:  # saved before the bound was kept: max |B| itself
-            rows = state["_buffer"]
-            state = {**state, "_g_bound": None if rows is None else max_abs(rows)}
+        # saved before the bound was kept (max |B| itself), or kept as one for every block
+        state = {**state, "_g_bound": block_bounds(state.get("_g_bound"), state["_buffer"])}
         super()._set_state(state)
 
     def _aggregate(self, J, losses):
@@ -94,11 +94,13 @@ class DBMTL(Aggregator):
         # refused before any state changes: a loss so small that ∇log L_i = g_i / L_i (or 1/L_i)
         # leaves the range of the dtype (float64), and gradients whose g − B would overflow the
         # dtype (B is a convex combination of the G seen so far, so max |B| <= the largest max |G|,
-        # kept)
-        if not (bool(torch.isfinite(c).all()) and J.max_abs() / float(losses.min()) < J.dtype_max):
+        # kept), each block judged by its own dtype's range
+        low = float(losses.min())
+        over = [b.dtype for m, b in zip(J.block_max_abs(), J.blocks) if not m / low < torch.finfo(b.dtype).max]
+        if over or not bool(torch.isfinite(c).all()):
             raise ValueError(
                 f"{self!r}: the losses {losses.tolist()} with gradients of max |g| = {J.max_abs():.3g} make "
-                f"∇log L_i = g_i / L_i overflow {J.dtype}; the state is unchanged"
+                f"∇log L_i = g_i / L_i overflow {over[0] if over else torch.float64}; the state is unchanged"
             )
         bound = average_bound(self, self._g_bound, J, "averaging")
         weight = (s / c)[:, None]  # float64, rounded once to each block's dtype below

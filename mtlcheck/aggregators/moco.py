@@ -39,13 +39,14 @@ from mtlcheck.aggregators._base import (
     Aggregator,
     AggregatorTags,
     average_bound,
+    block_bounds,
     check_state_shapes,
     decayed,
 )
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._simplex import gram_step
 from mtlcheck.aggregators.modo import _positive
-from mtlcheck.jacobian import Jacobian, max_abs
+from mtlcheck.jacobian import Jacobian
 
 
 @register_aggregator("moco", paper_name="MoCo")
@@ -81,9 +82,8 @@ class MoCo(Aggregator):
         return float(self.beta)  # the first step: y_i = β g and λ stays uniform
 
     def _set_state(self, state):
-        if "_y_bound" not in state:  # saved before the bound was kept: max |Y| itself
-            y = state.get("_y")
-            state = {**state, "_y_bound": None if y is None else max_abs(y)}
+        # saved before the bound was kept (max |Y| itself), or kept as one for every block
+        state = {**state, "_y_bound": block_bounds(state.get("_y_bound"), state.get("_y"))}
         super()._set_state(state)
 
     def _aggregate(self, J, losses):
@@ -109,4 +109,4 @@ class MoCo(Aggregator):
         lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda
         lam = gram_step(lam, gamma_k, self.rho, tracked.scaled_gram(), tracked.gram_exponent)
         self._lambda = lam
-        return Aggregation(tracked.combine(lam), None, bound=bound)
+        return Aggregation(tracked.combine(lam), None, bound=max(bound))

@@ -705,3 +705,36 @@ def test_db_mtl_rounds_its_ema_weight_to_each_block_s_own_dtype(fp16_first):
         norms = buffer.norm(dim=1)
         expected = ((norms.max() / norms)[:, None] * buffer).sum(0)[8:]
         assert float((got - expected).abs().max() / expected.abs().max()) < 1e-8, t
+
+
+@pytest.mark.parametrize("name", ["moco", "db_mtl"])
+def test_a_mixed_dtype_jacobian_is_bounded_block_by_block(name):
+    """A float64 block of 9e4 beside an fp16 block of ones: nothing overflows (the fp16 block's
+    state stays below 1), so the call is taken, where the largest |g| of any block judged against
+    fp16's range had refused it; an fp16 block of 4e4 is still refused, with its name."""
+    from mtlcheck.jacobian import Jacobian
+
+    def J(big, half):
+        a = torch.tensor([[9e4, -2.0], [1.0, 3e4]], dtype=torch.float64) * big
+        b = (torch.tensor([[1.0], [-1.0]]) * half).half()
+        return Jacobian((a, b), (torch.Size([2]), torch.Size([1])), ("big", "small"))
+
+    agg = get_aggregator(name)
+    for step in range(3):
+        out = agg(J(1.0 + step, 1.0), L3[:2])
+        assert all(bool(torch.isfinite(x).all()) for x in out.blocks)
+    with pytest.raises((NonFiniteGradientError, ValueError), match="small|float16"):
+        agg(J(1.0, 4e4), L3[:2])
+
+
+def test_states_saved_with_one_bound_for_every_block_still_load():
+    """A bound saved as one float (before it was kept block by block) loads as that bound for each
+    block, and the next steps are those of an uninterrupted run."""
+    for name, key in (("moco", "_y_bound"), ("db_mtl", "_g_bound")):
+        agg, twin = get_aggregator(name), get_aggregator(name)
+        agg(_G(), L3)
+        state = agg.state_dict()
+        old = {**state, "method": {**state["method"], key: max(state["method"][key])}}
+        twin.load_state_dict(old)
+        assert twin.state_dict()["method"][key] == state["method"][key]
+        _same_next_steps(agg, twin, [(_G(seed=s), L3) for s in (1, 2)])
