@@ -346,13 +346,15 @@ def max_abs(tensors: Sequence[torch.Tensor]) -> float:
 def each_max_abs(tensors: Sequence[torch.Tensor]) -> tuple[float, ...]:
     """max |entry| of each tensor (NaN where one of its entries is NaN, 0 for an empty one): one
     `aminmax` per tensor, one host sync."""
-    zero = torch.zeros(2, dtype=torch.float64)
-    ends = [torch.stack(torch.aminmax(t)).to(torch.float64) if t.numel() else zero for t in tensors]
+    ends = [
+        torch.stack(torch.aminmax(t)).to(torch.float64) if t.numel() else t.new_zeros(2, dtype=torch.float64)
+        for t in tensors
+    ]
     if not ends:
         return ()
-    same_device = len({e.device for e in ends}) == 1
-    ends = torch.stack(ends).cpu() if same_device else torch.stack([e.cpu() for e in ends])
-    return tuple(math.nan if bool(row.isnan().any()) else float(row.abs().max()) for row in ends)
+    if len({e.device for e in ends}) > 1:
+        ends = [e.cpu() for e in ends]
+    return tuple(torch.stack(ends).abs().amax(1).cpu().tolist())  # (amax keeps NaN)
 
 
 def narrowest_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:

@@ -461,6 +461,8 @@ class Aggregator:
         self._n_tasks = n_tasks
 
     def __getstate__(self):
+        # a pickle (or deepcopy) is for the same release; `state_dict()` is what later releases
+        # load (`load_state_dict` takes the states earlier releases saved)
         d = self.__dict__.copy()
         d["generator"] = self.generator.get_state()
         return d
@@ -531,12 +533,12 @@ def check_state_shapes(
             f"{owner!r}: the gradient blocks changed shape since the last step "
             f"({[tuple(s.shape) for s in state]} → {[tuple(b.shape) for b in blocks]}); call reset() first"
         )
-    expected = blocks[0].dtype if dtype is None else dtype
-    if state and state[0].dtype != expected:
-        raise ValueError(
-            f"{owner!r}: the gradients' dtype changed since the last step (state in {state[0].dtype}, "
-            f"gradients now {blocks[0].dtype}); call reset() first"
-        )
+    for k, (s, b) in enumerate(zip(state, blocks)):  # every block: a Jacobian may mix dtypes
+        if s.dtype != (b.dtype if dtype is None else dtype):
+            raise ValueError(
+                f"{owner!r}: the gradients' dtype changed since the last step (block {k}: state in {s.dtype}, "
+                f"gradients now {b.dtype}); call reset() first"
+            )
 
 
 def softmax64(x: torch.Tensor) -> torch.Tensor:
@@ -568,7 +570,11 @@ def block_bounds(bound, state: tuple[torch.Tensor, ...] | None) -> tuple[float, 
         return None
     if bound is None:
         return each_max_abs(state)
-    return tuple(bound) if isinstance(bound, (tuple, list)) else (float(bound),) * len(state)
+    if not isinstance(bound, (tuple, list)):
+        return (float(bound),) * len(state)
+    if len(bound) != len(state):
+        raise ValueError(f"a state bound for {len(bound)} block(s) beside a state of {len(state)} block(s)")
+    return tuple(float(b) for b in bound)
 
 
 def decayed(rate: float, step: int, power: float) -> float:

@@ -738,3 +738,41 @@ def test_states_saved_with_one_bound_for_every_block_still_load():
         twin.load_state_dict(old)
         assert twin.state_dict()["method"][key] == state["method"][key]
         _same_next_steps(agg, twin, [(_G(seed=s), L3) for s in (1, 2)])
+
+
+def _two_dtype_jacobian(big=1.0, half=1.0, second=torch.float16):
+    from mtlcheck.jacobian import Jacobian
+
+    a = torch.tensor([[4.0, -2.0], [1.0, 3.0]], dtype=torch.float64) * big
+    b = (torch.tensor([[1.0], [-1.0]]) * half).to(second)
+    return Jacobian((a, b), (torch.Size([2]), torch.Size([1])), ("big", "small"))
+
+
+@pytest.mark.parametrize("name, key", [("moco", "_y_bound"), ("db_mtl", "_g_bound")])
+def test_a_bound_saved_for_fewer_blocks_than_the_state_is_refused(name, key):
+    """A bound tuple cut to one block beside a two-block state: loading it is refused, nothing
+    changed (kept, the second block would never have been judged again, and an fp16 block of 6e4
+    would have been taken)."""
+    agg = get_aggregator(name)
+    agg(_two_dtype_jacobian(), L3[:2])
+    state = agg.state_dict()
+    cut = {**state, "method": {**state["method"], key: state["method"][key][:1]}}
+    fresh = get_aggregator(name)
+    with pytest.raises(ValueError, match="bound for 1 block"):
+        fresh.load_state_dict(cut)
+    assert fresh.state_dict()["method"][key] is None
+
+
+@pytest.mark.parametrize("name", ["moco", "db_mtl"])
+def test_a_change_of_dtype_in_a_later_block_is_refused_before_the_state_changes(name):
+    """Blocks (float64, fp16), then (float64, float64): the second block's dtype changed, which is
+    refused by name before any state changes (before: only the first block was compared, and
+    MoCo's in-place update of block 0 ran before a raw dtype error in block 1). (ExcessMTL keeps
+    its state in one dtype for every block, that of the first: it takes such a change.)"""
+    agg, twin = get_aggregator(name), get_aggregator(name)
+    agg(_two_dtype_jacobian(), L3[:2]), twin(_two_dtype_jacobian(), L3[:2])
+    with pytest.raises(ValueError, match=r"dtype changed.*block 1"):
+        agg(_two_dtype_jacobian(second=torch.float64), L3[:2])
+    for s in (2.0, 3.0):
+        a, b = agg(_two_dtype_jacobian(big=s), L3[:2]), twin(_two_dtype_jacobian(big=s), L3[:2])
+        assert all(torch.equal(x, y) for x, y in zip(a.blocks, b.blocks))
