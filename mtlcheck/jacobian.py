@@ -174,8 +174,7 @@ class Jacobian:
         `aminmax` per block (a read pass as fast as a sum, and exact: it cannot overflow) and one
         host sync, cached. The stateful methods that read no Gram bound their state with it."""
         if "max_abs" not in self._cache:
-            each = self.block_max_abs()
-            self._cache["max_abs"] = math.nan if any(math.isnan(m) for m in each) else max(each)
+            self._cache["max_abs"] = _largest(self.block_max_abs())
         return self._cache["max_abs"]
 
     def block_max_abs(self) -> tuple[float, ...]:
@@ -339,8 +338,12 @@ class Jacobian:
 def max_abs(tensors: Sequence[torch.Tensor]) -> float:
     """max |entry| over the tensors (NaN where one is NaN, inf where one is inf, 0 for none): one
     `aminmax` per tensor, one host sync."""
-    each = each_max_abs(tensors)
-    return math.nan if any(math.isnan(m) for m in each) else max(each, default=0.0)
+    return _largest(each_max_abs(tensors))
+
+
+def _largest(values: Sequence[float]) -> float:
+    """max of `values`, NaN if one is NaN (Python's max depends on where it stands), 0 for none."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values, default=0.0)
 
 
 def each_max_abs(tensors: Sequence[torch.Tensor]) -> tuple[float, ...]:
