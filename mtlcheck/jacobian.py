@@ -291,8 +291,7 @@ class Jacobian:
         if tuple(weights.shape) != (self.n_tasks,):
             raise ValueError(f"combine: weights must have shape ({self.n_tasks},), got {tuple(weights.shape)}")
         values = weights.detach().to("cpu", torch.float64).tolist()
-        wide = {dtype: _needs_wider_dtype(values, dtype) for dtype in {b.dtype for b in self.blocks}}
-        return tuple(_weighted_row_sum(b, weights, wide[b.dtype]) for b in self.blocks)
+        return tuple(_weighted_row_sum(b, weights, values) for b in self.blocks)
 
     def combine_per_block(self, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-block weights (K, T): block k gets Σ_i w_ki g_i."""
@@ -302,9 +301,7 @@ class Jacobian:
                 f"got {tuple(weights.shape)}"
             )
         values = weights.detach().to("cpu", torch.float64).tolist()
-        return tuple(
-            _weighted_row_sum(b, wk, _needs_wider_dtype(vk, b.dtype)) for wk, vk, b in zip(weights, values, self.blocks)
-        )
+        return tuple(_weighted_row_sum(b, wk, vk) for wk, vk, b in zip(weights, values, self.blocks))
 
     def groups(self, kind: str) -> list[list[int]]:
         """Block indices per group: "whole" (one group), "module" (blocks whose names share the
@@ -434,6 +431,7 @@ def _block_gram(b: torch.Tensor, exponents: int | list[int] = 0) -> torch.Tensor
 
 
 _WIDER = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float32: torch.float64}
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _needs_wider_dtype(weights: list[float], dtype: torch.dtype) -> bool:
@@ -447,22 +445,21 @@ def _needs_wider_dtype(weights: list[float], dtype: torch.dtype) -> bool:
     return any(w != 0 and math.isfinite(w) and not info.tiny <= abs(w) <= info.max for w in weights)
 
 
-def _weighted_row_sum(block: torch.Tensor, weights: torch.Tensor, wide: bool = False) -> torch.Tensor:
-    """Σ_i w_i block[i]. float32/float64 blocks: one scaled copy plus T−1 in-place axpys with
-    the weights rounded to the block's dtype — one pass over each row (w @ block, a (1,T)·(T,n)
-    product, is ~30 % slower on a 3×11M float32 Jacobian on CPU). bf16/fp16 blocks, and weights
-    that carry a graph, take the product, which accumulates in float32 and keeps the graph.
-    `wide` (weights the block's dtype cannot hold, `_needs_wider_dtype`): the sum is formed in the
-    next wider dtype (a copy of the block) and rounded once to the block's, so it is inf only where
-    the direction itself passes the range."""
-    if wide:
-        wider = _WIDER[block.dtype]
-        values = weights.detach().to("cpu", torch.float64).tolist()
-        return _weighted_row_sum(block.to(wider), weights, _needs_wider_dtype(values, wider)).to(block.dtype)
-    if weights.requires_grad or block.dtype not in (torch.float32, torch.float64):
-        return weights.to(dtype=block.dtype, device=block.device) @ block
-    w = weights.detach().to(device="cpu", dtype=block.dtype).tolist()
-    out = block[0] * w[0]
-    for i in range(1, len(w)):
-        out.add_(block[i], alpha=w[i])
-    return out
+def _weighted_row_sum(block: torch.Tensor, weights: torch.Tensor, values: list[float]) -> torch.Tensor:
+    """Σ_i w_i block[i] (`values`: the weights as floats), formed in float32 for bf16/fp16 blocks
+    (in the next wider dtype where a weight is not a normal number of that one, `_needs_wider_dtype`:
+    float64 for float32) and rounded once to the block's dtype, so it is inf only where the
+    direction itself passes the range. Half-precision weights lost 11 or 8 bits: five fp16 rows
+    of 65504 weighted 1/5 added up past the range. One scaled copy of row 0 plus T−1 in-place
+    axpys, each row read in its own dtype (no widened copy of the block): one pass over each row
+    (w @ block, a (1,T)·(T,n) product, is ~30 % slower on a 3×11M float32 Jacobian on CPU).
+    Weights that carry a graph take the product, which keeps it."""
+    acc = _WIDER[block.dtype] if block.dtype in _HALF else block.dtype
+    if _needs_wider_dtype(values, acc):
+        acc = _WIDER[acc]
+    if weights.requires_grad:
+        return (weights.to(dtype=acc, device=block.device) @ block.to(acc)).to(block.dtype)
+    out = block[0] * values[0] if acc == block.dtype else block[0].to(acc).mul_(values[0])
+    for i in range(1, len(values)):
+        out.add_(block[i], alpha=values[i])
+    return out.to(block.dtype)

@@ -43,3 +43,15 @@ def span_row_sums(x: torch.Tensor) -> torch.Tensor:
 def row_sums(x: torch.Tensor) -> torch.Tensor:
     """`span_row_sums(x)` in float64."""
     return span_row_sums(x).to(torch.float64)
+
+
+def paired_spans(state: torch.Tensor, block: torch.Tensor):
+    """(s, g): the column spans of a per-block `state` (T, n), as views to update in place, beside
+    those of the gradients' `block` in the state's dtype (a half-precision span widened into one
+    scratch span, in the cache, instead of a widened copy of the block)."""
+    n, scratch = state.shape[0], span_scratch(state) if block.dtype != state.dtype else None
+    for start, stop in column_spans(state):
+        g = block[:, start:stop]
+        if scratch is not None:
+            g = scratch[: n * (stop - start)].view(n, stop - start).copy_(g)
+        yield state[:, start:stop], g

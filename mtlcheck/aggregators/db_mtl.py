@@ -6,19 +6,19 @@ magnitudes by the largest one.
     EMA of those gradients: ĝ_i ← β_t ĝ_i + (1 − β_t) g_i / L_i,  β_t = β / t^σ,  ĝ_i = 0 at t = 0;
     magnitude balancing:    d = Σ_i (max_j ‖ĝ_j‖ / ‖ĝ_i‖) ĝ_i   (every term has the largest norm).
 
-Defining property (`implements = "db_mtl"`, checked over a sequence of steps against the
-recurrence above): every term has the largest norm (at the first step, where ĝ_i = (1 − β) g_i / L_i,
-d ∥ Σ_i g_i / ‖g_i‖ whatever the losses). A loss so small that g_i / L_i overflows the dtype, and a G
-whose g − B would, are refused before the state changes (the largest |g| seen bounds |B|).
-Stateful (the T EMA rows ĝ_i = c_i B_i: B, one (T, n_k) tensor per block in the gradients' dtype,
-updated in place, and c, a float64 scale per row, so that the EMA is one pass over B; and the step
-t); not a weighting of the current G (ĝ carries earlier steps). Cost: that pass (B read with G,
-and written), whose squares give the row norms while it is in the cache, in place of a Gram-based
-method's Gram (it reads none: its input check is one read pass, `max_abs`). Needs positive losses
-(ValueError: log L has no gradient at L ≤ 0); a task whose ĝ_i is 0 contributes 0. At the feature
-level the EMA runs over the representation's gradients, row by row
-of the batch, so the block shapes must stay the same from step to step (ValueError otherwise;
-reset() between shapes).
+Defining property (`implements = "db_mtl"`, checked over a sequence of steps against the recurrence
+above): every term has the largest norm (at the first step, where ĝ_i = (1 − β) g_i / L_i, d ∥ Σ_i
+g_i / ‖g_i‖ whatever the losses). A loss so small that g_i / L_i overflows the dtype, and a G whose
+g − B would, are refused before the state changes (the largest |g| seen bounds |B|). Stateful (the
+T EMA rows ĝ_i = c_i B_i: B, one (T, n_k) tensor per block in the gradients' dtype, float32 for
+fp16/bf16 ones (d is rounded once to the gradients' dtype), updated in place, and c, a float64
+scale per row, so that the EMA is one pass over B; and the step t); not a weighting of the current
+G (ĝ carries earlier steps). Cost: that pass (B read with G, and written), whose squares give the
+row norms while it is in the cache, in place of a Gram-based method's Gram (it reads none: its
+input check is one read pass, `max_abs`). Needs positive losses (ValueError: log L has no gradient
+at L ≤ 0); a task whose ĝ_i is 0 contributes 0. At the feature level the EMA runs over the
+representation's gradients, row by row of the batch, so the block shapes must stay the same from
+step to step (ValueError otherwise; reset() between shapes).
 
 Peers: LibMTL's current tree (`LibMTL.weighting.DB_MTL`, not in 1.1.5) uses the same EMA from
 zero with β_t = β/t^σ, log(L + 1e-8) and ‖ĝ_i‖ + 1e-8 in the ratio (negligible unless ĝ_i is
@@ -41,9 +41,12 @@ from mtlcheck.aggregators._base import (
     block_bounds,
     check_state_shapes,
     decayed,
+    in_dtypes_of,
+    state_dtype,
+    widened_state,
 )
 from mtlcheck.aggregators._registry import register_aggregator
-from mtlcheck.aggregators._spans import column_spans, row_sums, span_scratch
+from mtlcheck.aggregators._spans import paired_spans, row_sums, span_scratch
 from mtlcheck.jacobian import Jacobian, max_abs, times_pow2
 
 
@@ -72,8 +75,9 @@ class DBMTL(Aggregator):
         )
 
     def _set_state(self, state):
+        rows = widened_state(state["_buffer"])  # (saved in half precision before B was kept in float32)
+        state = {**state, "_buffer": rows}
         if "_scale" not in state:  # saved when the EMA rows were stored as they are: c = 1
-            rows = state["_buffer"]
             state = {**state, "_scale": None if rows is None else torch.ones(rows[0].shape[0], dtype=torch.float64)}
         # saved before the bound was kept (max |B| itself), or kept as one for every block
         state = {**state, "_g_bound": block_bounds(state.get("_g_bound"), state["_buffer"])}
@@ -103,28 +107,29 @@ class DBMTL(Aggregator):
                 f"∇log L_i = g_i / L_i overflow {over[0] if over else torch.float64}; the state is unchanged"
             )
         bound = average_bound(self, self._g_bound, J, "averaging")
-        weight = (s / c)[:, None]  # float64, rounded once to each block's dtype below
-        buffer = tuple(torch.empty_like(b) for b in J.blocks) if first else self._buffer
-        # in place (the state is ours; state_dict copies) and, for float32/float64 rows, each span's
-        # squared row norms of B while it is in the cache
-        sums = all(b.dtype in (torch.float32, torch.float64) for b in J.blocks)  # (blocks may differ in dtype)
+        weight = (s / c)[:, None]  # float64, rounded once to each block's state dtype below
+        buffer = (
+            tuple(torch.empty(b.shape, dtype=state_dtype(b.dtype), device=b.device) for b in J.blocks)
+            if first
+            else self._buffer
+        )
+        # in place (the state is ours; state_dict copies), with each span's squared row norms of B
+        # while it is in the cache (B is float32 or float64: half-precision gradients are widened)
         squares = torch.zeros(len(buffer), n, dtype=torch.float64)
         for k, (old, b) in enumerate(zip(buffer, J.blocks)):
-            row_weight = weight.to(device=b.device, dtype=b.dtype)  # (blocks may differ in dtype)
-            scratch = span_scratch(b) if sums else None
+            row_weight = weight.to(device=b.device, dtype=old.dtype)  # (blocks may differ in dtype)
+            scratch = span_scratch(old)
             part = torch.zeros(n, dtype=torch.float64, device=b.device)
-            for start, stop in column_spans(b):
-                oc, bc = old[:, start:stop], b[:, start:stop]
+            for oc, bc in paired_spans(old, b):
                 if first:
                     oc.copy_(bc)
                 else:
                     oc.lerp_(bc, row_weight)
-                if sums:
-                    part += row_sums(torch.mul(oc, oc, out=scratch[: n * (stop - start)].view(n, stop - start)))
+                part += row_sums(torch.mul(oc, oc, out=scratch[: oc.numel()].view(oc.shape)))
             squares[k] = part.cpu()
         self._buffer, self._scale, self._g_bound, self._step = buffer, c, bound, step
         tracked = Jacobian(buffer, J.shapes, J.names, J.level)
-        roots, exponent = _row_norms(tracked, squares if sums else None)
+        roots, exponent = _row_norms(tracked, squares)
         norms = c * roots  # the rows' norms / 2^exponent
         top = float(norms.max())
         # the weight of B_i is (top/‖ĝ_i‖) c_i = top/‖B_i‖: formed without c, whose round trip
@@ -140,10 +145,10 @@ class DBMTL(Aggregator):
         # gives no bound
         finite = bool(torch.isfinite(weights).all())
         bound = n * float(times_pow2(torch.tensor(top, dtype=torch.float64), exponent)) if finite else None
-        return Aggregation(tracked.combine(weights), None, bound=bound)
+        return Aggregation(in_dtypes_of(tracked.combine(weights), J), None, bound=bound)
 
 
-def _row_norms(buffer: Jacobian, squares: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+def _row_norms(buffer: Jacobian, squares: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(r, S): the rows' norms are 2^S r (the ratio of norms is what DB-MTL reads, and S gives the
     norms themselves): the square roots of the blocks' float64 sums of float32/float64 squares
     where none of them lost digits, else of the diagonal of the scaled Gram, which is exact at any
@@ -152,7 +157,7 @@ def _row_norms(buffer: Jacobian, squares: torch.Tensor | None) -> tuple[torch.Te
     A non-zero row too small beside the largest for the scaled Gram's float64 diagonal (subnormal
     or 0: a float64 row 1e-155 or 1e-170 of another) gets its own scale (`_row_norm`) instead of
     a norm with few digits or none (a weight of 0: the task dropped)."""
-    if squares is not None and bool(torch.isfinite(squares).all()):
+    if bool(torch.isfinite(squares).all()):
         floors = torch.tensor(
             [b.shape[1] * torch.finfo(b.dtype).tiny / torch.finfo(b.dtype).eps for b in buffer.blocks],
             dtype=torch.float64,

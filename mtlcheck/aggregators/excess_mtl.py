@@ -14,8 +14,8 @@ gradient) keeps a zero excess risk. The task weights take one exponentiated-grad
     α ← softmax(log α + η ℰ / ℰ⁰),   α = 1/T at the start,
 and d = Σ_i α_i g_i (the weights stay on the simplex, as the paper's). ε = 1e-7 as TorchJD's
 version (adapted from github.com/uiuctml/ExcessMTL). Stateful: S + ε (T × d, in the gradients'
-dtype, float32 for fp16/bf16 ones, kept with ε added and updated in place), a bound on max S (ε
-plus Σ over the steps of max g², so that a G whose squares would overflow S's dtype is refused
+dtype, float32 for fp16/bf16 ones, kept with ε added and updated in place), a bound on max S of each block
+(ε plus Σ over the steps of max g² there, so that a G whose squares would overflow S's dtype is refused
 before S changes), ℰ⁰, α and the step. At the feature level S
 accumulates the representation's gradients row by row of the batch, so the block shapes must stay
 the same (ValueError otherwise; reset() between shapes).
@@ -42,10 +42,17 @@ import math
 
 import torch
 
-from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator, check_state_shapes
+from mtlcheck.aggregators._base import (
+    AggregatorTags,
+    WeightingAggregator,
+    block_bounds,
+    check_state_shapes,
+    state_dtype,
+    widened_state,
+)
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._spans import column_spans, span_row_sums, span_width
-from mtlcheck.jacobian import NonFiniteGradientError, max_abs
+from mtlcheck.jacobian import NonFiniteGradientError
 
 
 @register_aggregator("excess_mtl", paper_name="ExcessMTL")
@@ -83,36 +90,39 @@ class ExcessMTL(WeightingAggregator):
             sums = state["_sq_sum"]
             state = {k: v for k, v in state.items() if k != "_sq_sum"}
             # (in float32 for half precision, as S is kept now, before ε is added)
-            state["_sq_sum_eps"] = None if sums is None else tuple(_state_dtype(s) + self.eps for s in sums)
-        sums = state["_sq_sum_eps"]
-        if sums is not None:  # saved before S was float32 for half precision
-            state = {**state, "_sq_sum_eps": tuple(_state_dtype(s) for s in sums)}
-        if "_sq_bound" not in state:  # saved before the bound was kept: max S itself
-            sums = state["_sq_sum_eps"]
-            state = {**state, "_sq_bound": None if sums is None else max_abs(sums)}
+            state["_sq_sum_eps"] = None if sums is None else tuple(s + self.eps for s in widened_state(sums))
+        # saved before S was float32 for half precision; and before the bound was kept (max S
+        # itself), or kept as one for every block
+        sums = widened_state(state["_sq_sum_eps"])
+        state = {**state, "_sq_sum_eps": sums, "_sq_bound": block_bounds(state.get("_sq_bound"), sums)}
         super()._set_state(state)
 
     def _weights(self, J, losses):
         n = J.n_tasks
-        # S is kept in float32 for half-precision gradients: an fp16 sum of squares overflows past
-        # |g| = 256, and a bf16 one stops growing once it is 256 times a new g²
-        dtype = _kept_dtype(J.dtype)
-        check_state_shapes(self, self._sq_sum_eps, J.blocks, dtype=dtype)
-        # refused before any state changes: max S <= ε + Σ over the steps of max g² (kept), and
-        # S must stay finite in its dtype (float32 gradients of 1e20 square past its range)
-        bound = (self._sq_bound or self.eps) + J.max_abs() * J.max_abs()  # inf, not OverflowError, past the range
-        if not bound < torch.finfo(dtype).max / 2:
-            raise NonFiniteGradientError(
-                f"{self!r}: the running sum of squared gradients (<= {bound:.3g} with max |g| = {J.max_abs():.3g}) "
-                f"would overflow {dtype}; the state is unchanged"
-            )
+        # S is kept in float32 for half-precision gradients (`state_dtype`): an fp16 sum of squares
+        # overflows past |g| = 256, and a bf16 one stops growing once it is 256 times a new g²
+        check_state_shapes(self, self._sq_sum_eps, J.blocks)
+        # refused before any state changes: max S_k <= ε + Σ over the steps of max g_k² (kept for
+        # each block k), and S_k must stay finite in its dtype (float32 gradients of 1e20 square
+        # past its range)
+        seen = J.block_max_abs()
+        bounds = tuple(k + m * m for k, m in zip(self._sq_bound or (self.eps,) * len(seen), seen))
+        for name, b, m, bound in zip(J.names, J.blocks, seen, bounds):  # (inf, not OverflowError, past the range)
+            dtype = state_dtype(b.dtype)
+            if not bound < torch.finfo(dtype).max / 2:
+                raise NonFiniteGradientError(
+                    f"{self!r}: the running sum of squared gradients in block {name!r} (<= {bound:.3g} with "
+                    f"max |g| = {m:.3g} there) would overflow {dtype}; the state is unchanged"
+                )
         if self._sq_sum_eps is None:  # S + ε, kept with ε added (one elementwise pass less per step)
-            self._sq_sum_eps = tuple(torch.full(b.shape, self.eps, dtype=dtype, device=b.device) for b in J.blocks)
+            self._sq_sum_eps = tuple(
+                torch.full(b.shape, self.eps, dtype=state_dtype(b.dtype), device=b.device) for b in J.blocks
+            )
             self._alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)
             self._warmup_sum = torch.zeros(n, dtype=torch.float64)
             self._step = 0
         risk = _update_and_risks(self._sq_sum_eps, J.blocks)
-        self._sq_bound = bound
+        self._sq_bound = bounds
         self._step += 1
         if self._step <= self.warmup_steps:
             self._warmup_sum = self._warmup_sum + risk
@@ -154,8 +164,7 @@ def _update_and_risks(sums: tuple[torch.Tensor, ...], blocks: tuple[torch.Tensor
             q = square[: n * w].view(n, w)
             if same:
                 torch.mul(bc, bc, out=q)
-            else:  # g of another dtype than S (fp16/bf16: squared in S's float32, where an fp16
-                # square would overflow past |g| = 256; a float64 block beside float32 ones)
+            else:  # fp16/bf16 g, squared in S's float32 (an fp16 square overflows past |g| = 256)
                 q.copy_(bc).mul_(q)
             sc.add_(q)
             found.append(span_row_sums(torch.rsqrt(sc, out=scaled[: n * w].view(n, w)).mul_(q)))
@@ -163,13 +172,3 @@ def _update_and_risks(sums: tuple[torch.Tensor, ...], blocks: tuple[torch.Tensor
     for found in parts.values():
         risk += torch.stack(found).to(torch.float64).sum(0).cpu()
     return risk
-
-
-def _kept_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype S is kept in for gradients of `dtype`: float32 for fp16/bf16, theirs otherwise."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _state_dtype(s: torch.Tensor) -> torch.Tensor:
-    """S (saved by an older release) in the dtype it is kept in."""
-    return s.to(_kept_dtype(s.dtype))

@@ -13,7 +13,8 @@ radius ℓ_i (the Lipschitz bound of its analysis) is left out (ℓ_i is unknown
 LibMTL omits it too). Defaults β = 0.5, σ_β = 0.5, γ = 0.1, σ_γ = 0.5, ρ = 0
 (LibMTL's). The λ step reads the raw Y Yᵀ (γ is in the gradients' squared units), taken from its
 scaled form so that no scale overflows. Stateful (Y, one (T, n_k) tensor per block in the
-gradients' dtype, updated in place; the largest |g| seen, which bounds |Y| so that a G the lerp
+gradients' dtype, float32 for fp16/bf16 ones, updated in place, d rounded once to the gradients'
+dtype; the largest |g| seen, which bounds |Y| so that a G the lerp
 would overflow is refused before Y changes; λ; the step); at the feature
 level Y tracks the representation's gradients row by row of the batch, so the block shapes must
 stay the same.
@@ -42,9 +43,13 @@ from mtlcheck.aggregators._base import (
     block_bounds,
     check_state_shapes,
     decayed,
+    in_dtypes_of,
+    state_dtype,
+    widened_state,
 )
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._simplex import gram_step
+from mtlcheck.aggregators._spans import paired_spans
 from mtlcheck.aggregators.modo import _positive
 from mtlcheck.jacobian import Jacobian
 
@@ -83,7 +88,9 @@ class MoCo(Aggregator):
 
     def _set_state(self, state):
         # saved before the bound was kept (max |Y| itself), or kept as one for every block
-        state = {**state, "_y_bound": block_bounds(state.get("_y_bound"), state.get("_y"))}
+        # (a Y saved in half precision, before it was kept in float32, is widened: exact)
+        y = widened_state(state["_y"])
+        state = {**state, "_y": y, "_y_bound": block_bounds(state.get("_y_bound"), y)}
         super()._set_state(state)
 
     def _aggregate(self, J, losses):
@@ -94,19 +101,23 @@ class MoCo(Aggregator):
         gamma_k = decayed(self.gamma, step, self.gamma_sigma)
         # Refused before any state changes: Y is a convex combination of the G seen so far, so
         # max |Y| <= the largest max |G| (kept), and lerp's g − y stays finite below half the
-        # dtype's range. Past that, nothing below can fail: the Gram of Y is read scaled, the λ
+        # range of Y's dtype. Past that, nothing below can fail: the Gram of Y is read scaled, the λ
         # step cannot overflow, and |d| = |Yᵀλ| <= max |Y| (λ on the simplex).
         bound = average_bound(self, self._y_bound, J, "tracking")
         if self._y is None:  # y = 0 − β_k (0 − g) = β_k g
-            y = tuple(b * beta_k for b in J.blocks)
+            y = tuple(b.to(state_dtype(b.dtype)) * beta_k for b in J.blocks)
         else:  # in place: no fresh T × d allocation per step (state_dict copies the state)
             y = self._y
             for old, b in zip(y, J.blocks):
-                old.lerp_(b, beta_k)
+                if old.dtype == b.dtype:
+                    old.lerp_(b, beta_k)
+                else:  # half-precision gradients, a float32 Y
+                    for yc, gc in paired_spans(old, b):
+                        yc.lerp_(gc, beta_k)
         self._y, self._y_bound, self._step = y, bound, step
         tracked = Jacobian(y, J.shapes, J.names, J.level)
         # λ ← Π_Δ(λ − γ_k (Y Yᵀλ + ρλ)) from the scaled Gram of Y (float64-accumulated): no overflow
         lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda
         lam = gram_step(lam, gamma_k, self.rho, tracked.scaled_gram(), tracked.gram_exponent)
         self._lambda = lam
-        return Aggregation(tracked.combine(lam), None, bound=max(bound))
+        return Aggregation(in_dtypes_of(tracked.combine(lam), J), None, bound=max(bound))

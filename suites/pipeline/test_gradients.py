@@ -252,6 +252,24 @@ def test_combine_forms_weights_the_dtype_cannot_hold_in_a_wider_dtype(dtype, wei
     assert bool(torch.isinf(Jacobian.from_matrix(B).combine(too_big)[0]).any())  # a direction past the range
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_combination_is_the_float32_sum_rounded_once(dtype):
+    """Σ_i w_i g_i of fp16/bf16 rows is formed in float32 with the weights in float32 and rounded
+    once: bit for bit the float32 combination of the same values, rounded. Five fp16 rows of
+    65504 weighted 1/5 give 65504 (with the weights rounded to fp16 they summed to 1.0003 and the
+    direction was inf: a finite G refused)."""
+    gen = torch.Generator().manual_seed(3)
+    B = torch.randn(5, 3_000, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.rand(5, generator=gen, dtype=torch.float64)
+    for J in (Jacobian.from_matrix(B), _two_blocks(B, dtype)):
+        got = torch.cat(J.combine(w))
+        assert got.dtype == dtype
+        assert torch.equal(got, torch.cat(J.map_blocks(lambda b: b.float()).combine(w)).to(dtype))
+    top = torch.full((5, 4), torch.finfo(dtype).max, dtype=dtype)
+    fifth = torch.full((5,), 0.2, dtype=torch.float64)
+    assert torch.equal(Jacobian.from_matrix(top).combine(fifth)[0], top[0])
+
+
 def _two_blocks(B, second_dtype):
     """B's first 1000 columns as one block and the rest, in `second_dtype`, as another."""
     a, b = B[:, :1_000], B[:, 1_000:].to(second_dtype)
