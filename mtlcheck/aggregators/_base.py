@@ -279,6 +279,24 @@ class Aggregator:
 
     # -- the call -------------------------------------------------------------------------------
     def __call__(self, G: torch.Tensor | Jacobian | None, losses: torch.Tensor | None = None) -> Aggregation:
+        return self._call(G, losses, direction=True)
+
+    def task_weights(self, G: torch.Tensor | Jacobian | None, losses: torch.Tensor | None = None) -> torch.Tensor:
+        """The task weights w (T,) of a weighted method (`tags().weighted`: d = Σ_i w_i g_i), after
+        the same checks and the same state update as a call, without forming d where the method
+        computes w first (a `WeightingAggregator`). For a method built on another's weights
+        (CR-MOGM), which would otherwise pay a pass over G for a direction it discards, and be
+        refused where that direction, not its own, passes the dtype's range."""
+        if not self.tags().weighted:
+            raise ValueError(
+                f"{self!r} does not weight the task gradients (tags weighted=False): it has no task weights"
+            )
+        weights = self._call(G, losses, direction=False).weights
+        if weights is None:
+            raise ValueError(f"{self!r} is tagged weighted but returned no task weights")
+        return weights
+
+    def _call(self, G, losses, *, direction: bool) -> Aggregation:
         tags = self.tags()
         J = self._check_gradients(G, tags)
         losses = self._check_losses(losses, tags, J)
@@ -289,20 +307,25 @@ class Aggregator:
             raise ValueError(
                 f"{self!r} was called with T={self._n_tasks} tasks before and now with T={n}; call reset() first"
             )
+        # a refused call leaves the method as it found it: its state (references: a method whose
+        # state tensors change in place refuses before changing them, and is restored on its first
+        # call only, where its state is None), its generator and, on the first call, T unset
         first = self._n_tasks is None
-        kept = self._get_state() if first else None  # (references: the methods refuse before mutating)
+        restore = first or not self._state_changes_in_place
+        kept = (self._snapshot(), self.generator.get_state()) if restore else None
         self._n_tasks = n
         try:
-            result = self._aggregate(J, losses)
+            result = self._aggregate(J, losses) if direction else self._aggregate_weights(J, losses)
+            if result.weights is not None and not bool(torch.isfinite(result.weights).all()):
+                raise NonFiniteOutputError(f"{self!r}: non-finite task weights {result.weights.tolist()}", "weights")
+            if J is not None and result.blocks is not None:
+                self._check_direction(J, result, tags)
         except Exception:
-            if first:  # a refused first call leaves the method as it found it: its state, T unset
-                self._n_tasks = None
-                self._set_state(kept)
+            if restore:
+                self._n_tasks = None if first else n
+                self._restore(kept[0])
+                self.generator.set_state(kept[1])
             raise
-        if result.weights is not None and not bool(torch.isfinite(result.weights).all()):
-            raise NonFiniteOutputError(f"{self!r}: non-finite task weights {result.weights.tolist()}", "weights")
-        if J is not None and result.blocks is not None:
-            self._check_direction(J, result, tags)
         return result
 
     def _check_direction(self, J: Jacobian, result: Aggregation, tags: AggregatorTags) -> None:
@@ -328,6 +351,10 @@ class Aggregator:
 
     def _aggregate(self, J: Jacobian | None, losses: torch.Tensor | None) -> Aggregation:  # pragma: no cover
         raise NotImplementedError
+
+    def _aggregate_weights(self, J: Jacobian | None, losses: torch.Tensor | None) -> Aggregation:
+        """What `task_weights` reads: the aggregation, whose direction a weighting method skips."""
+        return self._aggregate(J, losses)
 
     def _check_gradients(self, G, tags: AggregatorTags) -> Jacobian | None:
         if G is None:
@@ -373,7 +400,7 @@ class Aggregator:
         if not isinstance(losses, torch.Tensor):
             try:
                 losses = torch.as_tensor(losses, dtype=torch.float64)
-            except (TypeError, ValueError, RuntimeError) as exc:
+            except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # (an int past float64)
                 raise ValueError(
                     f"{self!r}: losses must be a (T,) tensor of real numbers, got {losses!r} ({exc})"
                 ) from None
@@ -402,6 +429,19 @@ class Aggregator:
 
     # the attributes that hold a stateful method's state; None means "initial"
     _state_attrs: ClassVar[tuple[str, ...]] = ()
+    # True for a method that updates its state tensors in place (a T × d average, say): a call it
+    # refuses after its update cannot be undone by restoring the attributes, so such a method must
+    # refuse before changing anything (its first call is still undone: its state was None)
+    _state_changes_in_place: ClassVar[bool] = False
+
+    def _snapshot(self) -> Any:
+        """The state as it is (references: a method replaces its state, it does not change it)."""
+        return {name: getattr(self, name) for name in self._state_attrs}
+
+    def _restore(self, kept: Any) -> None:
+        """Back to a `_snapshot`."""
+        for name, value in kept.items():
+            setattr(self, name, value)
 
     def _reset_state(self) -> None:
         for name in self._state_attrs:
@@ -518,6 +558,9 @@ class WeightingAggregator(Aggregator):
     def _aggregate(self, J, losses):
         w = self._weights(J, losses)
         return Aggregation(None if J is None else J.combine(w), w)
+
+    def _aggregate_weights(self, J, losses):
+        return Aggregation(None, self._weights(J, losses))
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:

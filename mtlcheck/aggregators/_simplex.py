@@ -45,9 +45,19 @@ def gram_step(lam: torch.Tensor, step: float, rho: float, scaled_gram: torch.Ten
     a constant is added to every entry) and scaled exactly by its power of two, so that neither
     hides the other's gaps and none gives inf − inf or 0 · inf."""
     gram_term = scaled_gram @ lam
-    return project_onto_simplex(
-        lam - _times(step * rho, lam - lam.min()) - _times(step, gram_term - gram_term.min(), 2 * exponent)
-    )
+    ridge, gram = lam - lam.min(), gram_term - gram_term.min()
+    y = lam - _times(step * rho, ridge) - _times(step, gram, 2 * exponent)
+    if bool(torch.isfinite(y).any()):
+        return project_onto_simplex(y)
+    # every entry past the range (each has a gap in one term or the other): the limit of the step,
+    # all weight where the combined gap ρ·ridge + 4^exponent·gram is least (compared as logarithms,
+    # which cannot overflow), ties shared as the projection of λ on them
+    log_rho = math.log(rho) if rho > 0 else -math.inf
+    gaps = torch.logaddexp(log_rho + ridge.log(), 2 * exponent * math.log(2.0) + gram.log())
+    least = gaps == gaps.min()
+    out = torch.zeros_like(lam)
+    out[least] = project_onto_simplex(lam[least])
+    return out
 
 
 def _times(c: float, gaps: torch.Tensor, exponent: int = 0) -> torch.Tensor:

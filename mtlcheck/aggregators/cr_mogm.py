@@ -43,9 +43,16 @@ class CRMOGM(WeightingAggregator):
         if cls is CRMOGM:
             raise ValueError("CRMOGM: base cannot be cr_mogm itself")
         self._base = cls(seed=seed)
+        self._base.generator = self.generator  # one generator: seeded, saved and reset as CR-MOGM's
         tags = self._base.tags()
         if not tags.weighted or tags.loss_only:
             raise ValueError(f"CRMOGM: base {base!r} must weight the task gradients (tags weighted, reads grads)")
+        if tags.second_order:
+            raise ValueError(
+                f"CRMOGM: base {base!r} is a second-order method (a penalty the engine differentiates, "
+                "penalty_term), not weights of the current gradients to smooth"
+            )
+        self._state_changes_in_place = self._base._state_changes_in_place
         self.base, self.alpha = base, alpha
         self._reset_state()
 
@@ -58,6 +65,7 @@ class CRMOGM(WeightingAggregator):
     def _reset_state(self) -> None:
         super()._reset_state()
         if hasattr(self, "_base"):
+            self._base.seed = self.seed
             self._base.reset()
 
     def _get_state(self) -> dict[str, Any]:
@@ -67,12 +75,20 @@ class CRMOGM(WeightingAggregator):
         self._lambda = state["lambda"]
         self._base.load_state_dict(copy.deepcopy(state["base"]))
 
-    def reset(self) -> None:
-        super().reset()
-        self._base.reset()
+    def _snapshot(self) -> Any:
+        return self._lambda, self._base._snapshot(), self._base._n_tasks
+
+    def _restore(self, kept: Any) -> None:
+        self._lambda, base, self._base._n_tasks = kept
+        self._base._restore(base)
+
+    def __setstate__(self, d):
+        super().__setstate__(d)
+        self._base.generator = self.generator  # (a copy gave the base its own)
 
     def _weights(self, J, losses):
-        current = self._base(J, losses).weights.to(torch.float64).cpu()
+        # the base's weights only: its direction, which CR-MOGM discards, is not formed
+        current = self._base.task_weights(J, losses).to(torch.float64).cpu()
         lam = current if self._lambda is None else self.alpha * self._lambda + (1 - self.alpha) * current
         self._lambda = lam
         return lam.clone()

@@ -54,6 +54,7 @@ from mtlcheck.jacobian import Jacobian, max_abs, times_pow2
 class DBMTL(Aggregator):
     implements = "db_mtl"
     _state_attrs = ("_buffer", "_scale", "_g_bound", "_step")
+    _state_changes_in_place = True  # (and refuses before it changes)
 
     def __init__(self, *, beta: float = 0.9, beta_sigma: float = 0.5, seed: int = 0):
         super().__init__(seed=seed)

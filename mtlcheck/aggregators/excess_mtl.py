@@ -58,6 +58,7 @@ from mtlcheck.jacobian import NonFiniteGradientError
 @register_aggregator("excess_mtl", paper_name="ExcessMTL")
 class ExcessMTL(WeightingAggregator):
     _state_attrs = ("_sq_sum_eps", "_sq_bound", "_baseline", "_warmup_sum", "_alpha", "_step")
+    _state_changes_in_place = True  # (and refuses before it changes)
     _legacy_state_keys = ("_sq_sum",)
 
     def __init__(self, *, robust_step_size: float = 1.0, warmup_steps: int = 0, eps: float = 1e-7, seed: int = 0):

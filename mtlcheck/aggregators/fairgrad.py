@@ -150,5 +150,9 @@ class FairGrad(WeightingAggregator):
         if active.any():
             M = gram if active.all() else gram[np.ix_(active, active)]
             w[active] = self._solve(M)
+        # w · 2^exponent, a power past a float's range (gradients of 1e-300 at α = 2) as inf weights,
+        # which the call refuses as such (2.0**exponent raised OverflowError)
         exponent = -2 * J.gram_exponent * self.alpha / (1 + self.alpha)
-        return torch.from_numpy(w * 2.0**exponent)
+        whole = math.floor(exponent)
+        with np.errstate(over="ignore"):
+            return torch.from_numpy(np.ldexp(w * 2.0 ** (exponent - whole), whole))

@@ -57,6 +57,7 @@ from mtlcheck.jacobian import Jacobian
 @register_aggregator("moco", paper_name="MoCo")
 class MoCo(Aggregator):
     _state_attrs = ("_y", "_y_bound", "_lambda", "_step")
+    _state_changes_in_place = True  # (and refuses before it changes)
 
     def __init__(
         self,

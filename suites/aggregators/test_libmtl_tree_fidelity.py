@@ -230,6 +230,18 @@ def test_stch_after_its_warm_up_epoch_is_ours(libmtl, n):
         assert _rel(got, ours(None, L).weights @ G) < 1e-12
 
 
+@pytest.mark.parametrize("n", TASKS)
+def test_stch_after_two_warm_up_epochs_is_ours_with_nadir_steps(libmtl, n):
+    """STCH_warmup_epoch=1, three steps per epoch: LibMTL descends the log-losses for epochs 0 and
+    1 and takes the nadir from epoch 1's steps only; ours with warmup_steps=6, nadir_steps=3."""
+    peer = _Driver(libmtl["STCH"], n, 12, STCH_mu=0.5, STCH_warmup_epoch=1)
+    ours = get_aggregator("stch", mu=0.5, warmup_steps=6, nadir_steps=3)
+    for k, (G, L) in enumerate(_random_steps(n, steps=9)):
+        with contextlib.redirect_stdout(None):
+            got, _ = peer.step(G, L, epoch=k // 3)
+        assert _rel(got, ours(None, L).weights @ G) < 1e-12, k
+
+
 # ---------------------------------------------------------------------------------- departures
 
 

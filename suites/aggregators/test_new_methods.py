@@ -107,7 +107,40 @@ def test_stch_warmup_sums_the_log_losses_then_normalises_by_the_nadir():
     nadir = torch.tensor([2.0, 3.0], dtype=torch.float64)
     L = torch.tensor([2.0, 3.0], dtype=torch.float64)  # at the nadir: f = 0, softmax = 1/2
     assert torch.allclose(agg(None, L).weights, 1 / L)
-    assert torch.allclose(nadir, agg._sum / agg._count)
+    assert torch.allclose(nadir, agg._nadir)
+
+
+def test_stch_takes_its_nadir_from_the_last_nadir_steps_of_the_warm_up():
+    """warmup_steps=4, nadir_steps=2: four log-loss steps, the nadir the mean of the last two (the
+    official code's last warm-up epoch), then STCH at that nadir."""
+    agg = STCH(mu=0.5, warmup_steps=4, nadir_steps=2)
+    steps = [torch.tensor(x, dtype=torch.float64) for x in ([9.0, 9.0], [7.0, 1.0], [1.0, 4.0], [3.0, 2.0])]
+    for L in steps:
+        assert torch.allclose(agg(None, L).weights, 1 / L)
+    L = torch.tensor([2.0, 3.0], dtype=torch.float64)  # the mean of the last two: f = 0
+    assert torch.allclose(agg(None, L).weights, 1 / L)
+    with pytest.raises(ValueError, match="nadir_steps must be"):
+        STCH(warmup_steps=2, nadir_steps=3)
+
+
+def test_stch_keeps_a_nadir_of_huge_losses_that_fits():
+    """Losses of 1e308 over two warm-up steps: their sum overflowed and made the weight 0 silently;
+    their mean is 1e308, and at it the weights are 1/L."""
+    agg = STCH(warmup_steps=2)
+    for _ in range(3):
+        w = agg(None, torch.tensor([1e308, 1.0], dtype=torch.float64)).weights
+    torch.testing.assert_close(w, torch.tensor([1e-308, 1.0], dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_an_stch_state_saved_as_a_sum_loads_as_its_mean():
+    agg, twin = STCH(warmup_steps=3), STCH(warmup_steps=3)
+    for L in ([1.0, 4.0], [3.0, 2.0]):
+        agg(None, L)
+    state = agg.state_dict()
+    old = {**state, "method": {"_sum": torch.tensor([4.0, 6.0], dtype=torch.float64), "_count": 2}}
+    twin.load_state_dict(old)
+    for L in ([2.0, 2.0], [1.0, 5.0], [2.5, 1.5]):
+        assert torch.equal(agg(None, L).weights, twin(None, L).weights)
 
 
 def test_db_mtl_follows_its_recurrence_over_steps():

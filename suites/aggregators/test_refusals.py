@@ -2,6 +2,7 @@
 each is refused with a typed error that names it, before any state changes, or computed without
 overflow; never a NaN, a silent wrong result or a raw error from inside torch."""
 
+import copy
 import math
 
 import numpy as np
@@ -51,8 +52,9 @@ def test_moco_refuses_gradients_its_average_cannot_hold_and_keeps_its_state(dtyp
 def test_half_precision_gradients_get_the_float32_run_rounded_once(name, dtype):
     """The per-block state of half-precision gradients is kept in float32 (and the combination is
     formed in float32): over five steps, each direction is, bit for bit, that of the same gradients
-    given as float32, rounded to their dtype. The rows differ by 1e6 and entries of 4e4 appear: an fp16 EMA of the small row (near fp16's subnormals) was 2-45 % off from the second
-    step, and an fp16 MoCo average of 4e4 was refused as past half fp16's range."""
+    given as float32, rounded to their dtype. The rows differ by 1e6 and entries of 4e4 appear: an
+    fp16 EMA of the small row (near fp16's subnormals) was 2-45 % off from the second step, and an
+    fp16 MoCo average of 4e4 was refused as past half fp16's range."""
     half, single = get_aggregator(name), get_aggregator(name)
     rows = torch.tensor([[1.0], [1e-6], [0.3]], dtype=torch.float64)
     for step in range(5):
@@ -830,3 +832,123 @@ def test_a_change_of_dtype_in_a_later_block_is_refused_before_the_state_changes(
     for s in (2.0, 3.0):
         a, b = agg(_two_dtype_jacobian(big=s), L3[:2]), twin(_two_dtype_jacobian(big=s), L3[:2])
         assert all(torch.equal(x, y) for x, y in zip(a.blocks, b.blocks))
+
+
+# -- from an audit of STCH, GLS, SDMGrad, MoDo and CR-MOGM ------------------------------------------
+def test_cr_mogm_draws_its_random_base_from_its_own_seed():
+    """CR-MOGM over a random base (RLW): `seed` then `reset()` re-seed the base's draws, and
+    CR-MOGM's generator is the one they come from (before: the base kept the constructor's seed,
+    so every seed gave the same weights and the kit's stochastic-tag check failed)."""
+    G = _G(seed=7)
+    weights = []
+    for s in range(3):
+        agg = get_aggregator("cr_mogm", base="rgw")
+        agg.seed = s
+        agg.reset()
+        weights.append(agg(G).weights)
+        fresh = get_aggregator("cr_mogm", base="rgw", seed=s)
+        assert torch.equal(weights[-1], fresh(G).weights)
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+    agg = get_aggregator("cr_mogm", base="rgw")
+    agg.generator.manual_seed(123)
+    assert not torch.equal(agg(G).weights, weights[0])
+    twin = copy.deepcopy(agg)  # a copy shares one generator between CR-MOGM and its base too
+    assert torch.equal(agg(G).weights, twin(G).weights)
+    twin.generator.manual_seed(5)
+    agg.generator.manual_seed(5)
+    assert torch.equal(agg(G).weights, twin(G).weights)
+
+
+def test_cr_mogm_refuses_a_second_order_base_by_name():
+    with pytest.raises(ValueError, match="base 'cosreg' is a second-order method"):
+        get_aggregator("cr_mogm", base="cosreg")
+
+
+def test_cr_mogm_reads_its_bases_weights_without_the_bases_direction():
+    """Aligned-MTL's own direction for two fp16 rows of 4e4 passes 65504 and it refuses it; CR-MOGM
+    smooths its weights with earlier ones into a direction that fits, and takes the step (before,
+    it ran the base's whole call, a pass over G for a direction it discarded, and died on the base's
+    refusal, naming the base)."""
+    agg = get_aggregator("cr_mogm", base="aligned_mtl")
+    agg(torch.tensor([[1.0, 0.0], [0.9, 0.1]]).half())
+    big = torch.tensor([[4e4, 0.0], [4e4, 0.0]]).half()
+    with pytest.raises(NonFiniteOutputError, match="AlignedMTL"):
+        get_aggregator("aligned_mtl")(big)
+    out = agg(big)
+    assert out.direction.dtype == torch.float16 and torch.isfinite(out.direction).all()
+
+
+def test_task_weights_is_the_calls_weights_and_refuses_an_unweighted_method():
+    G = _G()
+    assert torch.equal(get_aggregator("mgda").task_weights(G), get_aggregator("mgda")(G).weights)
+    with pytest.raises(ValueError, match="no task weights"):
+        get_aggregator("graddrop").task_weights(G)
+
+
+@pytest.mark.parametrize(
+    "name, options, calls",
+    [
+        ("stch", {"warmup_steps": 2}, [(None, [1.0, 2.0]), (None, [1e-310, 2.0])]),
+        (
+            "cr_mogm",
+            {"base": "cagrad"},
+            [
+                (torch.tensor([[1.0, 0.0], [1e-3, 0.0]]).half(), None),
+                (torch.tensor([[1e3, 0.0], [0.0, 1e3]]).half(), None),
+            ],
+        ),
+    ],
+)
+def test_a_call_refused_after_the_first_leaves_the_state_as_it_was(name, options, calls):
+    """The last call is refused (STCH: a weight 1/L past float64's range; CR-MOGM over CAGrad: an
+    fp16 direction past 65504) after the method had updated its state (STCH's nadir and warm-up
+    count, CR-MOGM's λ): the state, the generator and T are restored, and the next calls are those
+    of a twin that never saw it (before: only a refused first call was undone)."""
+    agg, twin = get_aggregator(name, **options), get_aggregator(name, **options)
+    *before, (G, losses) = calls
+    for g, L in before:
+        agg(g, L), twin(g, L)
+    with pytest.raises(NonFiniteOutputError):
+        agg(G, losses)
+    assert repr(agg.state_dict()) == repr(twin.state_dict())
+    for g, L in before:
+        assert torch.equal(agg(g, L).weights, twin(g, L).weights)
+
+
+def test_losses_past_float64_are_refused_by_name():
+    with pytest.raises(ValueError, match="losses must be a .* tensor of real numbers"):
+        get_aggregator("gls")(None, [10**400, 1])
+
+
+@pytest.mark.parametrize("exponent, vertex", [(20, 1), (600, 0)])
+def test_a_lambda_step_past_the_range_in_both_terms_gives_the_vertex_it_tends_to(exponent, vertex):
+    """λ = (0.6, 0.4), step·ρ = inf and step·4^exponent·(Gram gap) past the range: every entry of
+    λ − step(ρ(λ − min λ) + GGᵀλ − min) is −inf. The limit puts all weight where the combined gap
+    ρ·0.2 (task 0) or 4^exponent·0.6 (task 1) is least (before: FloatingPointError)."""
+    from mtlcheck.aggregators._simplex import gram_step
+
+    lam = torch.tensor([0.6, 0.4], dtype=torch.float64)
+    got = gram_step(lam, 1e300, 1e300, torch.tensor([[1.0, 0.0], [0.0, 3.0]], dtype=torch.float64), exponent)
+    assert torch.equal(got, torch.eye(2, dtype=torch.float64)[vertex])
+
+
+def test_config_does_not_claim_non_conflict_for_dependent_rows():
+    """Four rows in R³: ⟨û_i, v⟩ = 1 is inconsistent, and the least-squares v conflicts with task 3
+    although x with Gx ≥ 1 exists (TorchJD's ConFIG gives the same v); the tag no longer claims
+    non-conflict (the kit samples T ≤ d only, where the claim holds)."""
+    G = torch.tensor(
+        [[1.802, 1.315, 0.357], [-1.208, -0.004, 0.656], [-1.288, 0.395, 0.43], [0.696, -1.184, -0.662]],
+        dtype=torch.float64,
+    )
+    agg = get_aggregator("config")
+    assert float((G @ agg(G).direction).min()) < -0.02
+    assert not agg.tags().non_conflicting
+
+
+@pytest.mark.parametrize("alpha, scale", [(2.0, 1e-300), (100.0, 1e-160)])
+def test_fairgrad_weights_past_float64_are_refused_as_such(alpha, scale):
+    """w ∝ 2^(−2Sα/(1+α)) for gradients of 1e-300: the weights (~1e400) pass float64's range; a
+    NonFiniteOutputError names them (2.0**exponent raised a raw OverflowError)."""
+    G = torch.tensor([[1.0, 0.0], [0.3, 1.0]], dtype=torch.float64) * scale
+    with pytest.raises(NonFiniteOutputError, match="FairGrad.*non-finite task weights"):
+        get_aggregator("fairgrad", alpha=alpha)(G)
