@@ -12,7 +12,10 @@ D = diag(w), H = M + (1/α) diag(w^{−1/α−1})) with an Armijo backtracking o
 w > 0 (full steps once the Newton decrement −∇fᵀDs < 1e-2),
 until max_i |w_i^{1/α}(Mw)_i − 1| ≤ `tol`, or, where rounding makes that unreachable, full steps
 stop halving it while |r_i| ≤ 2T·u·w_i^{1/α}(|M|w)_i (u = 2⁻⁵³; as Nash-MTL's solver) and
-|r_i| ≤ 1e-6 (a larger rounding level means w runs off along a vanishing combination).
+|r_i| ≤ 1e-6, or above 1e-6 only where the min-norm certificate below shows that a solution
+exists (a rounding level that large is either w running off along a vanishing combination, or
+cancellation in (Mw)_i for tasks of norms far apart: α = 0.25, norms 1e-3 to 1e3, floor ~7e-5,
+weights mpmath's root to 1e-13).
 The solve reads the scaled Gram Ĝ = M/4^S: if ŵ solves it, w = 2^{−2Sα/(1+α)} ŵ solves M's.
 Then ⟨g_i, d⟩ = w_i^{−1/α} > 0: the step conflicts with no task.
 
@@ -42,7 +45,12 @@ RESOLVED = 1e-6  # a rounding-level residual above this is no solution (w diverg
 
 
 class FairGradNotConverged(Exception):
-    pass
+    """No certified w; `settled`: a w whose residual stopped at its rounding level above RESOLVED
+    (a solution where one exists, cancellation in (Mw)_i for tasks of norms far apart), or None."""
+
+    def __init__(self, message: str, settled: np.ndarray | None = None):
+        super().__init__(message)
+        self.settled = settled
 
 
 def fair_newton(M: np.ndarray, alpha: float, *, tol: float = 1e-12, max_iter: int = 200) -> np.ndarray:
@@ -63,6 +71,7 @@ def fair_newton(M: np.ndarray, alpha: float, *, tol: float = 1e-12, max_iter: in
     c = (float((w ** (1 - p)).sum()) / q) ** (alpha / (1 + alpha))  # argmin_c f(c w)
     w = w * c
     last_full = None  # (w, max|r|, r, rounding bound) before the latest full Newton step
+    settled = None
     for _ in range(max_iter):
         Mw = M @ w
         r = w**p * Mw - 1.0
@@ -71,15 +80,17 @@ def fair_newton(M: np.ndarray, alpha: float, *, tol: float = 1e-12, max_iter: in
             return w
         if last_full is not None and err > 0.5 * last_full[1]:  # a full step no longer halved r:
             before, err_before, r_before, bound = last_full  # rounding, if r was at its level and
-            if np.all(np.abs(r_before) <= bound) and err_before <= RESOLVED:  # that level resolves it
-                return before
+            if np.all(np.abs(r_before) <= bound):  # that level resolves it
+                if err_before <= RESOLVED:
+                    return before
+                settled = before
         grad = w * Mw - w ** (1 - p)  # D ∇f
         H = w[:, None] * M * w[None, :]
         H.flat[:: n + 1] += p * w ** (1 - p)
         try:
             s = -np.linalg.solve(H, grad)
         except np.linalg.LinAlgError as exc:
-            raise FairGradNotConverged(f"Newton system singular: {exc}") from None
+            raise FairGradNotConverged(f"Newton system singular: {exc}", settled) from None
         decrement = -float(grad @ s)
         shrink = s < 0
         t = min(1.0, 0.99 / float(np.max(-s[shrink]))) if shrink.any() else 1.0
@@ -93,11 +104,11 @@ def fair_newton(M: np.ndarray, alpha: float, *, tol: float = 1e-12, max_iter: in
         while t > 1e-12 and not f(w * (1.0 + t * s)) <= f0 - 0.25 * t * decrement:
             t *= 0.5
         if t <= 1e-12:
-            raise FairGradNotConverged("the line search found no decrease")
+            raise FairGradNotConverged("the line search found no decrease", settled)
         w = w * (1.0 + t * s)
         if not np.all(np.isfinite(w)) or float(w.max()) > 1e150:
-            raise FairGradNotConverged(f"w diverged (max w_i = {float(w.max()):.3g})")
-    raise FairGradNotConverged(f"no certified solution after {max_iter} Newton steps")
+            raise FairGradNotConverged(f"w diverged (max w_i = {float(w.max()):.3g})", settled)
+    raise FairGradNotConverged(f"no certified solution after {max_iter} Newton steps", settled)
 
 
 @register_aggregator("fairgrad", paper_name="FairGrad")
@@ -138,6 +149,8 @@ class FairGrad(WeightingAggregator):
                     f"{np.round(w, 6).tolist()} gives ‖Σ w_i g_i/‖g_i‖‖² = {value:.3g} ≤ {level:.3g} (e.g. opposite "
                     f"gradients)"
                 ) from None
+            if exc.settled is not None:  # a solution exists, and the residual is at its rounding level
+                return exc.settled
             raise SolverError(
                 f"{self!r}: Newton failed although a solution exists ({exc}); Gram = {M.tolist()}"
             ) from None

@@ -952,3 +952,29 @@ def test_fairgrad_weights_past_float64_are_refused_as_such(alpha, scale):
     G = torch.tensor([[1.0, 0.0], [0.3, 1.0]], dtype=torch.float64) * scale
     with pytest.raises(NonFiniteOutputError, match="FairGrad.*non-finite task weights"):
         get_aggregator("fairgrad", alpha=alpha)(G)
+
+
+def test_fairgrad_takes_a_rounding_level_solution_where_one_exists():
+    """α = 0.25, norms 1e-3, 1, 1e3: (Mw)_0 cancels to ~1e-13 of its terms, so the residual stops at
+    ~7e-5, above the 1e-6 that alone certifies a rounding level; the min-norm certificate shows a
+    solution exists, and the settled weights are the 60-digit root's to 1e-11 (before: SolverError
+    "Newton failed although a solution exists" on 15 of 40 seeds)."""
+    mpmath = pytest.importorskip("mpmath")
+    alpha = 0.25
+    for seed in range(8):
+        gen = torch.Generator().manual_seed(seed)
+        G = (
+            torch.randn(3, 200, generator=gen, dtype=torch.float64)
+            * torch.logspace(-3, 3, 3, dtype=torch.float64)[:, None]
+        )
+        w = get_aggregator("fairgrad", alpha=alpha)(G).weights.numpy()
+        mpmath.mp.dps = 60
+        M = mpmath.matrix((G @ G.T).tolist())
+
+        def residuals(*y, M=M):  # the α-fair condition in log w
+            return [
+                mpmath.e ** (y[i] / alpha) * sum(M[i, j] * mpmath.e ** y[j] for j in range(3)) - 1 for i in range(3)
+            ]
+
+        root = np.array([float(mpmath.e**v) for v in mpmath.findroot(residuals, [mpmath.log(v) for v in w])])
+        assert float(np.max(np.abs(w - root) / root)) < 1e-11, seed
