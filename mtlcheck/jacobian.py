@@ -291,7 +291,8 @@ class Jacobian:
         if tuple(weights.shape) != (self.n_tasks,):
             raise ValueError(f"combine: weights must have shape ({self.n_tasks},), got {tuple(weights.shape)}")
         values = weights.detach().to("cpu", torch.float64).tolist()
-        return tuple(_weighted_row_sum(b, weights, values) for b in self.blocks)
+        acc = {dtype: _accumulation_dtype(values, dtype) for dtype in {b.dtype for b in self.blocks}}
+        return tuple(_weighted_row_sum(b, weights, values, acc[b.dtype]) for b in self.blocks)
 
     def combine_per_block(self, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-block weights (K, T): block k gets Σ_i w_ki g_i."""
@@ -301,7 +302,8 @@ class Jacobian:
                 f"got {tuple(weights.shape)}"
             )
         values = weights.detach().to("cpu", torch.float64).tolist()
-        return tuple(_weighted_row_sum(b, wk, vk) for wk, vk, b in zip(weights, values, self.blocks))
+        rows = zip(weights, values, self.blocks)
+        return tuple(_weighted_row_sum(b, wk, vk, _accumulation_dtype(vk, b.dtype)) for wk, vk, b in rows)
 
     def groups(self, kind: str) -> list[list[int]]:
         """Block indices per group: "whole" (one group), "module" (blocks whose names share the
@@ -445,18 +447,22 @@ def _needs_wider_dtype(weights: list[float], dtype: torch.dtype) -> bool:
     return any(w != 0 and math.isfinite(w) and not info.tiny <= abs(w) <= info.max for w in weights)
 
 
-def _weighted_row_sum(block: torch.Tensor, weights: torch.Tensor, values: list[float]) -> torch.Tensor:
-    """Σ_i w_i block[i] (`values`: the weights as floats), formed in float32 for bf16/fp16 blocks
-    (in the next wider dtype where a weight is not a normal number of that one, `_needs_wider_dtype`:
-    float64 for float32) and rounded once to the block's dtype, so it is inf only where the
-    direction itself passes the range. Half-precision weights lost 11 or 8 bits: five fp16 rows
-    of 65504 weighted 1/5 added up past the range. One scaled copy of row 0 plus T−1 in-place
-    axpys, each row read in its own dtype (no widened copy of the block): one pass over each row
-    (w @ block, a (1,T)·(T,n) product, is ~30 % slower on a 3×11M float32 Jacobian on CPU).
-    Weights that carry a graph take the product, which keeps it."""
-    acc = _WIDER[block.dtype] if block.dtype in _HALF else block.dtype
-    if _needs_wider_dtype(values, acc):
-        acc = _WIDER[acc]
+def _accumulation_dtype(values: list[float], dtype: torch.dtype) -> torch.dtype:
+    """The dtype Σ w_i g_i of `dtype` rows is formed in: float32 for bf16/fp16 rows, theirs
+    otherwise, and the next wider one where a weight is not a normal number of that
+    (`_needs_wider_dtype`: float64 for float32)."""
+    acc = _WIDER[dtype] if dtype in _HALF else dtype
+    return _WIDER[acc] if _needs_wider_dtype(values, acc) else acc
+
+
+def _weighted_row_sum(block: torch.Tensor, weights: torch.Tensor, values: list[float], acc: torch.dtype):
+    """Σ_i w_i block[i] (`values`: the weights as floats), formed in `acc` (`_accumulation_dtype`)
+    and rounded once to the block's dtype, so it is inf only where the direction itself passes
+    the range. Half-precision weights lost 11 or 8 bits: five fp16 rows of 65504 weighted 1/5
+    added up past the range. One scaled copy of row 0 plus T−1 in-place axpys, each row read in
+    its own dtype (no widened copy of the block): one pass over each row (w @ block, a (1,T)·(T,n)
+    product, is ~30 % slower on a 3×11M float32 Jacobian on CPU). Weights that carry a graph take
+    the product, which keeps it."""
     if weights.requires_grad:
         return (weights.to(dtype=acc, device=block.device) @ block.to(acc)).to(block.dtype)
     out = block[0] * values[0] if acc == block.dtype else block[0].to(acc).mul_(values[0])

@@ -578,10 +578,14 @@ def in_dtypes_of(direction: tuple[torch.Tensor, ...], J: Jacobian) -> tuple[torc
     return tuple(d.to(b.dtype) for d, b in zip(direction, J.blocks))
 
 
-def check_state_shapes(owner: Aggregator, state: tuple[torch.Tensor, ...] | None, blocks) -> None:
+def check_state_shapes(
+    owner: Aggregator, state: tuple[torch.Tensor, ...] | None, blocks, dtypes: tuple[torch.dtype, ...] | None = None
+) -> None:
     """A ValueError when the gradient blocks' shapes differ from those of the per-block `state` a
-    stateful method kept from the last step (None: no state yet), or a block's state dtype from
-    `state_dtype` of the block's."""
+    stateful method kept from the last step (None: no state yet), or a block's dtype from the one
+    of the gradients that made the state (`dtypes`, kept beside it: a float32 state serves fp16,
+    bf16 and float32 gradients alike); a state saved without them must be in `state_dtype` of
+    the block's dtype."""
     if state is None:
         return
     if [tuple(s.shape) for s in state] != [tuple(b.shape) for b in blocks]:
@@ -590,11 +594,18 @@ def check_state_shapes(owner: Aggregator, state: tuple[torch.Tensor, ...] | None
             f"({[tuple(s.shape) for s in state]} → {[tuple(b.shape) for b in blocks]}); call reset() first"
         )
     for k, (s, b) in enumerate(zip(state, blocks)):  # every block: a Jacobian may mix dtypes
-        if s.dtype != state_dtype(b.dtype):
+        was = None if dtypes is None else dtypes[k]
+        if b.dtype != was if was is not None else s.dtype != state_dtype(b.dtype):
+            before = f"gradients were {was}" if was is not None else f"state in {s.dtype}"
             raise ValueError(
-                f"{owner!r}: the gradients' dtype changed since the last step (block {k}: state in {s.dtype}, "
+                f"{owner!r}: the gradients' dtype changed since the last step (block {k}: {before}, "
                 f"gradients now {b.dtype}); call reset() first"
             )
+
+
+def dtypes_of(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.dtype, ...] | None:
+    """The dtypes of a per-block state or Jacobian's blocks (None for none)."""
+    return None if tensors is None else tuple(t.dtype for t in tensors)
 
 
 def widened_state(state: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:

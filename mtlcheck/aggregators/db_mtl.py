@@ -41,6 +41,7 @@ from mtlcheck.aggregators._base import (
     block_bounds,
     check_state_shapes,
     decayed,
+    dtypes_of,
     in_dtypes_of,
     state_dtype,
     widened_state,
@@ -53,7 +54,7 @@ from mtlcheck.jacobian import Jacobian, max_abs, times_pow2
 @register_aggregator("db_mtl", paper_name="DB-MTL")
 class DBMTL(Aggregator):
     implements = "db_mtl"
-    _state_attrs = ("_buffer", "_scale", "_g_bound", "_step")
+    _state_attrs = ("_buffer", "_scale", "_g_bound", "_step", "_grad_dtypes")
     _state_changes_in_place = True  # (and refuses before it changes)
 
     def __init__(self, *, beta: float = 0.9, beta_sigma: float = 0.5, seed: int = 0):
@@ -76,8 +77,10 @@ class DBMTL(Aggregator):
         )
 
     def _set_state(self, state):
-        rows = widened_state(state["_buffer"])  # (saved in half precision before B was kept in float32)
-        state = {**state, "_buffer": rows}
+        # (B saved in half precision before it was kept in float32: then in the gradients' dtypes)
+        dtypes = state["_grad_dtypes"] if "_grad_dtypes" in state else dtypes_of(state["_buffer"])
+        rows = widened_state(state["_buffer"])
+        state = {**state, "_buffer": rows, "_grad_dtypes": dtypes}
         if "_scale" not in state:  # saved when the EMA rows were stored as they are: c = 1
             state = {**state, "_scale": None if rows is None else torch.ones(rows[0].shape[0], dtype=torch.float64)}
         # saved before the bound was kept (max |B| itself), or kept as one for every block
@@ -89,7 +92,7 @@ class DBMTL(Aggregator):
             raise ValueError(f"{self!r}: log-loss balancing needs positive losses, got {losses.tolist()}")
         step = (self._step or 0) + 1
         beta_t = decayed(self.beta, step, self.beta_sigma)
-        check_state_shapes(self, self._buffer, J.blocks)
+        check_state_shapes(self, self._buffer, J.blocks, self._grad_dtypes)
         n = J.n_tasks
         # ĝ_i is kept as c_i B_i (c_i > 0 a float64 scalar per row), so that the EMA is one pass
         # over B: c_i ← β_t c_i + s_i and B_i ← B_i + (s_i / c_i)(g_i − B_i), s_i = (1 − β_t)/L_i
@@ -129,6 +132,7 @@ class DBMTL(Aggregator):
                 part += row_sums(torch.mul(oc, oc, out=scratch[: oc.numel()].view(oc.shape)))
             squares[k] = part.cpu()
         self._buffer, self._scale, self._g_bound, self._step = buffer, c, bound, step
+        self._grad_dtypes = dtypes_of(J.blocks)
         tracked = Jacobian(buffer, J.shapes, J.names, J.level)
         roots, exponent = _row_norms(tracked, squares)
         norms = c * roots  # the rows' norms / 2^exponent

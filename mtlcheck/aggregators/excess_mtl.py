@@ -47,6 +47,7 @@ from mtlcheck.aggregators._base import (
     WeightingAggregator,
     block_bounds,
     check_state_shapes,
+    dtypes_of,
     state_dtype,
     widened_state,
 )
@@ -57,7 +58,7 @@ from mtlcheck.jacobian import NonFiniteGradientError
 
 @register_aggregator("excess_mtl", paper_name="ExcessMTL")
 class ExcessMTL(WeightingAggregator):
-    _state_attrs = ("_sq_sum_eps", "_sq_bound", "_baseline", "_warmup_sum", "_alpha", "_step")
+    _state_attrs = ("_sq_sum_eps", "_sq_bound", "_baseline", "_warmup_sum", "_alpha", "_step", "_grad_dtypes")
     _state_changes_in_place = True  # (and refuses before it changes)
     _legacy_state_keys = ("_sq_sum",)
 
@@ -96,13 +97,22 @@ class ExcessMTL(WeightingAggregator):
         # itself), or kept as one for every block
         sums = widened_state(state["_sq_sum_eps"])
         state = {**state, "_sq_sum_eps": sums, "_sq_bound": block_bounds(state.get("_sq_bound"), sums)}
+        # saved before the gradients' dtypes were kept: unknown (S was float32 for half precision,
+        # and every block's in the first block's dtype)
+        state.setdefault("_grad_dtypes", None)
         super()._set_state(state)
 
     def _weights(self, J, losses):
         n = J.n_tasks
         # S is kept in float32 for half-precision gradients (`state_dtype`): an fp16 sum of squares
         # overflows past |g| = 256, and a bf16 one stops growing once it is 256 times a new g²
-        check_state_shapes(self, self._sq_sum_eps, J.blocks)
+        sums = self._sq_sum_eps
+        if sums is not None and self._grad_dtypes is None and len(sums) == len(J.blocks):
+            # a state saved before the gradients' dtypes were kept, each block's S in the first
+            # block's dtype: in its own block's state dtype from now on (a float32 S for a float64
+            # block widened exactly), assigned once the call is taken
+            sums = tuple(s.to(state_dtype(b.dtype)) for s, b in zip(sums, J.blocks))
+        check_state_shapes(self, sums, J.blocks, self._grad_dtypes)
         # refused before any state changes: max S_k <= ε + Σ over the steps of max g_k² (kept for
         # each block k), and S_k must stay finite in its dtype (float32 gradients of 1e20 square
         # past its range)
@@ -115,15 +125,13 @@ class ExcessMTL(WeightingAggregator):
                     f"{self!r}: the running sum of squared gradients in block {name!r} (<= {bound:.3g} with "
                     f"max |g| = {m:.3g} there) would overflow {dtype}; the state is unchanged"
                 )
-        if self._sq_sum_eps is None:  # S + ε, kept with ε added (one elementwise pass less per step)
-            self._sq_sum_eps = tuple(
-                torch.full(b.shape, self.eps, dtype=state_dtype(b.dtype), device=b.device) for b in J.blocks
-            )
+        if sums is None:  # S + ε, kept with ε added (one elementwise pass less per step)
+            sums = tuple(torch.full(b.shape, self.eps, dtype=state_dtype(b.dtype), device=b.device) for b in J.blocks)
             self._alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)
             self._warmup_sum = torch.zeros(n, dtype=torch.float64)
             self._step = 0
-        risk = _update_and_risks(self._sq_sum_eps, J.blocks)
-        self._sq_bound = bounds
+        risk = _update_and_risks(sums, J.blocks)
+        self._sq_sum_eps, self._sq_bound, self._grad_dtypes = sums, bounds, dtypes_of(J.blocks)
         self._step += 1
         if self._step <= self.warmup_steps:
             self._warmup_sum = self._warmup_sum + risk

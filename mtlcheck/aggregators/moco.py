@@ -43,6 +43,7 @@ from mtlcheck.aggregators._base import (
     block_bounds,
     check_state_shapes,
     decayed,
+    dtypes_of,
     in_dtypes_of,
     state_dtype,
     widened_state,
@@ -56,7 +57,7 @@ from mtlcheck.jacobian import Jacobian
 
 @register_aggregator("moco", paper_name="MoCo")
 class MoCo(Aggregator):
-    _state_attrs = ("_y", "_y_bound", "_lambda", "_step")
+    _state_attrs = ("_y", "_y_bound", "_lambda", "_step", "_grad_dtypes")
     _state_changes_in_place = True  # (and refuses before it changes)
 
     def __init__(
@@ -90,13 +91,15 @@ class MoCo(Aggregator):
     def _set_state(self, state):
         # saved before the bound was kept (max |Y| itself), or kept as one for every block
         # (a Y saved in half precision, before it was kept in float32, is widened: exact)
+        # (the gradients' dtypes, saved before they were kept beside Y, are Y's own then)
+        dtypes = state["_grad_dtypes"] if "_grad_dtypes" in state else dtypes_of(state["_y"])
         y = widened_state(state["_y"])
-        state = {**state, "_y": y, "_y_bound": block_bounds(state.get("_y_bound"), y)}
+        state = {**state, "_y": y, "_y_bound": block_bounds(state.get("_y_bound"), y), "_grad_dtypes": dtypes}
         super()._set_state(state)
 
     def _aggregate(self, J, losses):
         n = J.n_tasks
-        check_state_shapes(self, self._y, J.blocks)
+        check_state_shapes(self, self._y, J.blocks, self._grad_dtypes)
         step = (self._step or 0) + 1
         beta_k = decayed(self.beta, step, self.beta_sigma)
         gamma_k = decayed(self.gamma, step, self.gamma_sigma)
@@ -115,7 +118,7 @@ class MoCo(Aggregator):
                 else:  # half-precision gradients, a float32 Y
                     for yc, gc in paired_spans(old, b):
                         yc.lerp_(gc, beta_k)
-        self._y, self._y_bound, self._step = y, bound, step
+        self._y, self._y_bound, self._step, self._grad_dtypes = y, bound, step, dtypes_of(J.blocks)
         tracked = Jacobian(y, J.shapes, J.names, J.level)
         # λ ← Π_Δ(λ − γ_k (Y Yᵀλ + ρλ)) from the scaled Gram of Y (float64-accumulated): no overflow
         lam = torch.full((n,), 1.0 / n, dtype=torch.float64) if self._lambda is None else self._lambda

@@ -127,13 +127,27 @@ def test_excess_mtl_sums_half_precision_squares_in_float32(dtype):
 
 
 @pytest.mark.parametrize("name", ["db_mtl", "moco", "excess_mtl"])
-def test_a_change_of_dtype_between_steps_is_refused_by_name(name):
-    agg = get_aggregator(name)
-    agg(_G(torch.float32), L3)
-    with pytest.raises(ValueError, match=r"dtype changed.*call reset\(\) first"):
-        agg(_G(torch.float64), L3)
+@pytest.mark.parametrize(
+    "first, then",
+    [
+        (torch.float32, torch.float64),
+        (torch.float32, torch.float16),
+        (torch.float16, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+    ],
+)
+def test_a_change_of_dtype_between_steps_is_refused_by_name(name, first, then):
+    """Also between dtypes whose state is float32 alike (fp16, bf16, float32): the gradients' dtypes
+    are kept beside the state (before, such a change was taken silently, and float32 gradients of
+    1e6 then fp16 ones moved MoCo's and DB-MTL's state before their fp16 direction was refused)."""
+    agg, twin = get_aggregator(name), get_aggregator(name)
+    agg(_G(first, scale=1e6 if first == torch.float32 else 1.0), L3)
+    twin(_G(first, scale=1e6 if first == torch.float32 else 1.0), L3)
+    with pytest.raises(ValueError, match=r"dtype changed.*gradients were.*call reset\(\) first"):
+        agg(_G(then), L3)
+    assert repr(agg.state_dict()) == repr(twin.state_dict())
     agg.reset()
-    assert torch.isfinite(agg(_G(torch.float64), L3).direction).all()
+    assert torch.isfinite(agg(_G(then), L3).direction).all()
 
 
 # -- computed without overflow -----------------------------------------------------------------
@@ -761,6 +775,42 @@ def test_a_mixed_dtype_jacobian_is_bounded_block_by_block(name):
         assert all(bool(torch.isfinite(x).all()) for x in out.blocks)
     with pytest.raises((NonFiniteGradientError, ValueError), match="small.*float32"):
         agg(J(1.0, 2e38), L3[:2])
+
+
+def test_states_saved_before_the_gradients_dtypes_were_kept_still_load():
+    """MoCo's and DB-MTL's states saved without the gradients' dtypes (their state was then in those
+    dtypes: fp16 here) load and go on as the uninterrupted run; an ExcessMTL state of a (float32,
+    float64) Jacobian, whose S was all float32 (the first block's dtype), loads and goes on with the
+    float64 block's S widened to float64 (exact)."""
+    from mtlcheck.jacobian import Jacobian
+
+    for name, key in (("moco", "_y"), ("db_mtl", "_buffer")):
+        agg, twin = get_aggregator(name), get_aggregator(name)
+        agg(_G(torch.float16), L3)
+        state = agg.state_dict()
+        method = {k: v for k, v in state["method"].items() if k != "_grad_dtypes"}
+        method[key] = tuple(s.half() for s in method[key])  # as saved then (exact: fp16 values)
+        twin.load_state_dict({**state, "method": method})
+        for seed in (1, 2):
+            assert torch.equal(
+                agg(_G(torch.float16, seed=seed), L3).direction, twin(_G(torch.float16, seed=seed), L3).direction
+            )
+        with pytest.raises(ValueError, match="dtype changed"):
+            twin(_G(torch.float32), L3)
+
+    def J(seed):
+        a, b = _G(torch.float32, seed=seed)[:, :2], _G(seed=seed)[:, 2:]
+        return Jacobian((a, b), (torch.Size([2]), torch.Size([3])), ("a", "b"))
+
+    agg, twin = get_aggregator("excess_mtl"), get_aggregator("excess_mtl")
+    agg(J(0)), twin(J(0))
+    state = twin.state_dict()
+    method = {k: v for k, v in state["method"].items() if k != "_grad_dtypes"}
+    method["_sq_sum_eps"] = tuple(s.float() for s in method["_sq_sum_eps"])  # all in the first block's
+    twin.load_state_dict({**state, "method": method})
+    for seed in (1, 2):
+        torch.testing.assert_close(agg(J(seed)).weights, twin(J(seed)).weights, rtol=1e-6, atol=0)
+    assert [s.dtype for s in twin.state_dict()["method"]["_sq_sum_eps"]] == [torch.float32, torch.float64]
 
 
 def test_excess_mtl_keeps_each_blocks_sum_in_that_blocks_dtype():
