@@ -435,13 +435,13 @@ class Aggregator:
     _state_changes_in_place: ClassVar[bool] = False
 
     def _snapshot(self) -> Any:
-        """The state as it is (references: a method replaces its state, it does not change it)."""
-        return {name: getattr(self, name) for name in self._state_attrs}
+        """The state as it is, for a refused call to restore (`_get_state`: references, as a
+        method replaces its state rather than change it)."""
+        return self._get_state()
 
     def _restore(self, kept: Any) -> None:
         """Back to a `_snapshot`."""
-        for name, value in kept.items():
-            setattr(self, name, value)
+        self._set_state(kept)
 
     def _reset_state(self) -> None:
         for name in self._state_attrs:

@@ -82,6 +82,12 @@ class CRMOGM(WeightingAggregator):
         self._lambda, base, self._base._n_tasks = kept
         self._base._restore(base)
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        # the draws come from the base's generator (one object with CR-MOGM's): a state saved when
+        # the base kept its own has the one that moved there, and CR-MOGM's, unused, beside it
+        self.generator.set_state(state["method"]["base"]["generator"])
+
     def __setstate__(self, d):
         super().__setstate__(d)
         self._base.generator = self.generator  # (a copy gave the base its own)

@@ -100,10 +100,19 @@ class GradVac(ProjectionMethod, Aggregator):
         applied to the weights, so that the direction is formed once, at its own scale."""
         return 1.0
 
-    def _aggregate(self, J, losses):
+    def _group_weights(self, J) -> torch.Tensor:
+        """The (K, T) weights of the K groups' directions, and the targets' update."""
         C, targets = self.surgery(J)
         self._targets = (1 - self.beta) * targets + self.beta * self._last_rho
-        per_group = C.sum(1) * self._direction_scale(J.n_tasks)  # (K, T)
+        return C.sum(1) * self._direction_scale(J.n_tasks)
+
+    def _aggregate_weights(self, J, losses):
+        if self.group_type != "whole":  # (no task weights: not tagged weighted)
+            return self._aggregate(J, losses)
+        return Aggregation(None, self._group_weights(J)[0])
+
+    def _aggregate(self, J, losses):
+        per_group = self._group_weights(J)  # (K, T)
         if self.group_type == "whole":
             return Aggregation(J.combine(per_group[0]), per_group[0])
         groups = J.groups(self.group_type)

@@ -190,6 +190,10 @@ class NashMTL(Aggregator):
         return alpha
 
     def _aggregate(self, J, losses):
+        weights = self._aggregate_weights(J, losses).weights
+        return Aggregation(J.combine(weights), weights)
+
+    def _aggregate_weights(self, J, losses):
         step = self._step or 0
         gram, exponent = J.scaled_gram(), J.gram_exponent  # G Gᵀ = 4^exponent · gram
         if self._alpha is None or step % self.update_weights_every == 0:
@@ -205,5 +209,4 @@ class NashMTL(Aggregator):
             norm = float(scaled @ gram.numpy() @ scaled) ** 0.5
             if norm > self.max_norm:
                 weights = alpha * (self.max_norm / norm)
-        weights = torch.from_numpy(weights.copy())  # never a view of the state
-        return Aggregation(J.combine(weights), weights)
+        return Aggregation(None, torch.from_numpy(weights.copy()))  # (never a view of the state)

@@ -61,6 +61,9 @@ class PCGrad(ProjectionMethod, Aggregator):
         return torch.tensor(C, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64)
 
     def _aggregate(self, J, losses):
-        C, _ = self.surgery(J)
-        w = C.sum(0)
+        w = self._aggregate_weights(J, losses).weights
         return Aggregation(J.combine(w), w)
+
+    def _aggregate_weights(self, J, losses):
+        C, _ = self.surgery(J)
+        return Aggregation(None, C.sum(0))

@@ -73,7 +73,23 @@ class STCH(WeightingAggregator):
             sums, count = state["_sum"], state["_count"]
             state = {k: v for k, v in state.items() if k != "_sum"}
             state["_nadir"] = None if sums is None else sums / count
+            if sums is not None and self._skipped() > 0:
+                raise ValueError(
+                    f"{self!r}: the state's nadir is the mean over all of its {count} warm-up steps, "
+                    f"not over the last nadir_steps={self.nadir_steps}"
+                )
+        count = state["_count"] or 0
+        if (state["_nadir"] is None) != (min(count, self.warmup_steps) <= self._skipped()):
+            raise ValueError(
+                f"{self!r}: a state of {count} warm-up steps {'without' if state['_nadir'] is None else 'with'} "
+                f"a nadir does not fit warmup_steps={self.warmup_steps}, nadir_steps={self.nadir_steps} "
+                "(saved with other options?)"
+            )
         super()._set_state(state)
+
+    def _skipped(self) -> int:
+        """The warm-up steps before those the nadir is the mean of."""
+        return self.warmup_steps - (self.nadir_steps or self.warmup_steps)
 
     def _weights(self, J, losses):
         if bool((losses <= 0).any()):
@@ -81,7 +97,7 @@ class STCH(WeightingAggregator):
         n = losses.shape[0]
         count = self._count or 0
         if count < self.warmup_steps:  # warm-up: Σ log L_i, and the nadir's running mean
-            skipped = self.warmup_steps - (self.nadir_steps or self.warmup_steps)
+            skipped = self._skipped()
             if count >= skipped:  # (a mean, not a sum: losses of 1e308 have a mean that fits)
                 k = count - skipped + 1
                 self._nadir = losses.clone() if k == 1 else self._nadir + (losses - self._nadir) / k

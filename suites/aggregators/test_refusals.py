@@ -928,9 +928,10 @@ def test_cr_mogm_reads_its_bases_weights_without_the_bases_direction():
     assert out.direction.dtype == torch.float16 and torch.isfinite(out.direction).all()
 
 
-def test_task_weights_is_the_calls_weights_and_refuses_an_unweighted_method():
+@pytest.mark.parametrize("name", ["mgda", "pcgrad", "gradvac", "nash_mtl", "excess_mtl"])
+def test_task_weights_is_the_calls_weights_and_refuses_an_unweighted_method(name):
     G = _G()
-    assert torch.equal(get_aggregator("mgda").task_weights(G), get_aggregator("mgda")(G).weights)
+    assert torch.equal(get_aggregator(name).task_weights(G), get_aggregator(name)(G).weights)
     with pytest.raises(ValueError, match="no task weights"):
         get_aggregator("graddrop").task_weights(G)
 
@@ -1028,3 +1029,82 @@ def test_fairgrad_takes_a_rounding_level_solution_where_one_exists():
 
         root = np.array([float(mpmath.e**v) for v in mpmath.findroot(residuals, [mpmath.log(v) for v in w])])
         assert float(np.max(np.abs(w - root) / root)) < 1e-11, seed
+
+
+def test_a_cr_mogm_state_saved_when_its_base_kept_its_own_generator_resumes_exactly():
+    """Before CR-MOGM shared its generator with its base, the base's moved and CR-MOGM's did not;
+    such a state (CR-MOGM's generator as at the start) resumes the base's draws where they were,
+    not from the start."""
+    agg = get_aggregator("cr_mogm", base="rgw", alpha=0.5, seed=3)
+    for s in (0, 1):
+        agg(_G(seed=s))
+    state = agg.state_dict()
+    old = {**state, "generator": get_aggregator("cr_mogm", base="rgw", seed=3).generator.get_state()}
+    twin = get_aggregator("cr_mogm", base="rgw", alpha=0.5, seed=3)
+    twin.load_state_dict(old)
+    for s in (2, 3, 4):
+        assert torch.equal(agg(_G(seed=s)).weights, twin(_G(seed=s)).weights)
+
+
+def test_a_refused_first_call_undoes_state_declared_by_get_state_alone():
+    """A third-party method that declares its state through `_get_state`/`_set_state` (no
+    `_state_attrs`) and sets it before refusing: the refused first call is undone."""
+    from mtlcheck.aggregators._base import AggregatorTags, WeightingAggregator
+
+    class Mine(WeightingAggregator):
+        def __init__(self, *, seed: int = 0):
+            super().__init__(seed=seed)
+            self._ema = None
+
+        def tags(self):
+            return AggregatorTags(stateful=True)
+
+        def _get_state(self):
+            return {"ema": self._ema}
+
+        def _set_state(self, state):
+            self._ema = state["ema"]
+
+        def _reset_state(self):
+            self._ema = None
+
+        def _weights(self, J, losses):
+            self._ema = torch.ones(J.n_tasks, dtype=torch.float64)
+            raise ValueError("refused after the state was set")
+
+    mine = Mine()
+    with pytest.raises(ValueError, match="refused after"):
+        mine(_G())
+    assert mine._ema is None and mine._n_tasks is None
+
+
+@pytest.mark.parametrize("base", ["pcgrad", "gradvac"])
+def test_cr_mogm_is_not_refused_for_its_bases_direction_whatever_the_base(base):
+    """PCGrad and GradVac (as Nash-MTL) form their weights before their direction: CR-MOGM reads
+    the weights alone, so a base direction past float64's range (rows of 1.5e308) does not refuse
+    a smoothed direction that fits."""
+    agg = get_aggregator("cr_mogm", base=base, alpha=0.9)
+    agg(torch.eye(2, dtype=torch.float64))
+    a = 1.5e308
+    G = torch.tensor([[a, 0.0], [-0.5 * a, 0.8 * a]], dtype=torch.float64)
+    with pytest.raises(NonFiniteOutputError):  # the base's own direction
+        get_aggregator(base)(G)
+    assert torch.isfinite(agg(G).direction).all()
+
+
+def test_an_stch_state_that_does_not_fit_its_options_is_refused_by_name():
+    """A state saved mid-warm-up with nadir_steps=2 (two steps taken, no nadir yet) into an STCH
+    averaging every warm-up step, and an old state's nadir over every step into one with
+    nadir_steps=2: each a ValueError naming the options, the method unchanged (before: a raw
+    TypeError at the next call, or a nadir over the wrong steps)."""
+    saved = get_aggregator("stch", warmup_steps=4, nadir_steps=2)
+    for L in ([1.0, 2.0], [2.0, 1.0]):
+        saved(None, L)
+    other = get_aggregator("stch", warmup_steps=4)
+    with pytest.raises(ValueError, match="does not fit warmup_steps=4, nadir_steps=None"):
+        other.load_state_dict(saved.state_dict())
+    assert other.state_dict()["method"]["_count"] is None
+    state = saved.state_dict()
+    old = {**state, "method": {"_sum": torch.tensor([3.0, 6.0], dtype=torch.float64), "_count": 3}}
+    with pytest.raises(ValueError, match="mean over all of its 3 warm-up steps"):
+        get_aggregator("stch", warmup_steps=4, nadir_steps=2).load_state_dict(old)
