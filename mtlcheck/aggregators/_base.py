@@ -579,13 +579,16 @@ def in_dtypes_of(direction: tuple[torch.Tensor, ...], J: Jacobian) -> tuple[torc
 
 
 def check_state_shapes(
-    owner: Aggregator, state: tuple[torch.Tensor, ...] | None, blocks, dtypes: tuple[torch.dtype, ...] | None = None
+    owner: Aggregator,
+    state: tuple[torch.Tensor, ...] | None,
+    blocks,
+    dtypes: tuple[torch.dtype | None, ...] | None = None,
 ) -> None:
     """A ValueError when the gradient blocks' shapes differ from those of the per-block `state` a
     stateful method kept from the last step (None: no state yet), or a block's dtype from the one
     of the gradients that made the state (`dtypes`, kept beside it: a float32 state serves fp16,
-    bf16 and float32 gradients alike); a state saved without them must be in `state_dtype` of
-    the block's dtype."""
+    bf16 and float32 gradients alike); where one is not known (None: a state saved without them),
+    the state must be in `state_dtype` of the block's dtype."""
     if state is None:
         return
     if [tuple(s.shape) for s in state] != [tuple(b.shape) for b in blocks]:
@@ -606,6 +609,16 @@ def check_state_shapes(
 def dtypes_of(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.dtype, ...] | None:
     """The dtypes of a per-block state or Jacobian's blocks (None for none)."""
     return None if tensors is None else tuple(t.dtype for t in tensors)
+
+
+def saved_gradient_dtypes(state: tuple[torch.Tensor, ...] | None) -> tuple[torch.dtype | None, ...] | None:
+    """The gradients' dtypes behind a per-block state saved before they were kept beside it: a
+    state in fp16, bf16 or float64 was in its gradients' dtype; a float32 one may have been made
+    by float32 or (once half-precision states were widened) fp16/bf16 gradients: None, for
+    `check_state_shapes` to judge by `state_dtype` alone."""
+    if state is None:
+        return None
+    return tuple(None if s.dtype == torch.float32 else s.dtype for s in state)
 
 
 def widened_state(state: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:

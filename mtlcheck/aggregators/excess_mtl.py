@@ -108,9 +108,17 @@ class ExcessMTL(WeightingAggregator):
         # overflows past |g| = 256, and a bf16 one stops growing once it is 256 times a new g²
         sums = self._sq_sum_eps
         if sums is not None and self._grad_dtypes is None and len(sums) == len(J.blocks):
-            # a state saved before the gradients' dtypes were kept, each block's S in the first
-            # block's dtype: in its own block's state dtype from now on (a float32 S for a float64
-            # block widened exactly), assigned once the call is taken
+            # a state saved before the gradients' dtypes were kept: every block's S in the first
+            # block's state dtype (or, later, each in its own block's) if the dtypes are those it
+            # was made with; then in its own block's state dtype (a float32 S for a float64 block
+            # widened exactly), assigned once the call is taken
+            first = state_dtype(J.blocks[0].dtype)
+            own = all(s.dtype == state_dtype(b.dtype) for s, b in zip(sums, J.blocks))
+            if not (own or all(s.dtype == first for s in sums)):
+                raise ValueError(
+                    f"{self!r}: the gradients' dtype changed since the last step (state in "
+                    f"{[s.dtype for s in sums]}, gradients now {[b.dtype for b in J.blocks]}); call reset() first"
+                )
             sums = tuple(s.to(state_dtype(b.dtype)) for s, b in zip(sums, J.blocks))
         check_state_shapes(self, sums, J.blocks, self._grad_dtypes)
         # refused before any state changes: max S_k <= ε + Σ over the steps of max g_k² (kept for

@@ -41,7 +41,7 @@ from mtlcheck.aggregators._registry import register_aggregator
 
 @register_aggregator("stch", paper_name="STCH")
 class STCH(WeightingAggregator):
-    _state_attrs = ("_nadir", "_count")
+    _state_attrs = ("_nadir", "_count", "_options")
     _legacy_state_keys = ("_sum",)
 
     def __init__(self, *, mu: float = 1.0, warmup_steps: int = 0, nadir_steps: int | None = None, seed: int = 0):
@@ -69,6 +69,13 @@ class STCH(WeightingAggregator):
         )
 
     def _set_state(self, state):
+        options = state.get("_options")  # (warmup_steps, nadir_steps) of the run that saved it
+        if options is not None and tuple(options) != (self.warmup_steps, self.nadir_steps):
+            raise ValueError(
+                f"{self!r}: the state was saved with warmup_steps={options[0]}, nadir_steps={options[1]}; "
+                f"it does not fit warmup_steps={self.warmup_steps}, nadir_steps={self.nadir_steps}"
+            )
+        state = {**state, "_options": options}
         if "_sum" in state:  # saved when the nadir was kept as a sum over every warm-up step so far
             sums, count = state["_sum"], state["_count"]
             state = {k: v for k, v in state.items() if k != "_sum"}
@@ -96,6 +103,7 @@ class STCH(WeightingAggregator):
             raise ValueError(f"{self!r}: the log-loss objectives need positive losses, got {losses.tolist()}")
         n = losses.shape[0]
         count = self._count or 0
+        self._options = (self.warmup_steps, self.nadir_steps)
         if count < self.warmup_steps:  # warm-up: Σ log L_i, and the nadir's running mean
             skipped = self._skipped()
             if count >= skipped:  # (a mean, not a sum: losses of 1e308 have a mean that fits)

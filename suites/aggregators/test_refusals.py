@@ -1108,3 +1108,47 @@ def test_an_stch_state_that_does_not_fit_its_options_is_refused_by_name():
     old = {**state, "method": {"_sum": torch.tensor([3.0, 6.0], dtype=torch.float64), "_count": 3}}
     with pytest.raises(ValueError, match="mean over all of its 3 warm-up steps"):
         get_aggregator("stch", warmup_steps=4, nadir_steps=2).load_state_dict(old)
+
+
+@pytest.mark.parametrize("name, key", [("moco", "_y"), ("db_mtl", "_buffer")])
+def test_a_float32_state_saved_without_the_gradients_dtypes_takes_half_or_float32_gradients(name, key):
+    """A float32 Y or B saved without the gradients' dtypes may have come from float32 or (once
+    half-precision states were widened) fp16 gradients: either resumes; a float64 one was made by
+    float64 gradients, and float32 ones are refused."""
+    for dtype in (torch.float16, torch.float32):
+        agg = get_aggregator(name)
+        agg(_G(torch.float16), L3)
+        state = agg.state_dict()
+        method = {k: v for k, v in state["method"].items() if k != "_grad_dtypes"}
+        twin = get_aggregator(name)
+        twin.load_state_dict({**state, "method": method})
+        assert torch.isfinite(twin(_G(dtype, seed=1), L3).direction).all()
+    agg = get_aggregator(name)
+    agg(_G(torch.float64), L3)
+    state = agg.state_dict()
+    twin = get_aggregator(name)
+    twin.load_state_dict({**state, "method": {k: v for k, v in state["method"].items() if k != "_grad_dtypes"}})
+    with pytest.raises(ValueError, match="dtype changed"):
+        twin(_G(torch.float32), L3)
+
+
+def test_an_excess_mtl_state_saved_without_the_gradients_dtypes_still_refuses_a_change():
+    """S in float64, saved without the gradients' dtypes: float32 gradients next are refused (S is
+    not converted to fit whatever comes)."""
+    agg = get_aggregator("excess_mtl")
+    agg(_G(torch.float64))
+    state = agg.state_dict()
+    twin = get_aggregator("excess_mtl")
+    twin.load_state_dict({**state, "method": {k: v for k, v in state["method"].items() if k != "_grad_dtypes"}})
+    with pytest.raises(ValueError, match="dtype changed"):
+        twin(_G(torch.float32))
+    assert torch.isfinite(twin(_G(torch.float64, seed=1)).direction).all()
+
+
+def test_an_stch_state_saved_with_other_options_is_refused_by_name():
+    saved = get_aggregator("stch", warmup_steps=4, nadir_steps=2)
+    for L in ([1.0, 2.0], [2.0, 1.0], [4.0, 8.0]):
+        saved(None, L)
+    other = get_aggregator("stch", warmup_steps=4)
+    with pytest.raises(ValueError, match="saved with warmup_steps=4, nadir_steps=2"):
+        other.load_state_dict(saved.state_dict())
