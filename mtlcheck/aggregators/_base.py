@@ -435,13 +435,20 @@ class Aggregator:
     _state_changes_in_place: ClassVar[bool] = False
 
     def _snapshot(self) -> Any:
-        """The state as it is, for a refused call to restore (`_get_state`: references, as a
-        method replaces its state rather than change it)."""
-        return self._get_state()
+        """The state as it is, for a refused call to restore: references (a method replaces its
+        state rather than change it) to the `_state_attrs`, or `_get_state()` for a method that
+        declares its state that way alone."""
+        if not self._state_attrs:
+            return self._get_state()
+        return {name: getattr(self, name) for name in self._state_attrs}
 
     def _restore(self, kept: Any) -> None:
-        """Back to a `_snapshot`."""
-        self._set_state(kept)
+        """Back to a `_snapshot`, as it was: set again, not loaded (no conversion, no check)."""
+        if not self._state_attrs:
+            self._set_state(kept)
+            return
+        for name, value in kept.items():
+            setattr(self, name, value)
 
     def _reset_state(self) -> None:
         for name in self._state_attrs:
@@ -609,6 +616,21 @@ def check_state_shapes(
 def dtypes_of(tensors: tuple[torch.Tensor, ...] | None) -> tuple[torch.dtype, ...] | None:
     """The dtypes of a per-block state or Jacobian's blocks (None for none)."""
     return None if tensors is None else tuple(t.dtype for t in tensors)
+
+
+def kept_gradient_dtypes(owner: Aggregator, dtypes, state: tuple[torch.Tensor, ...] | None):
+    """The gradients' dtypes of a loaded state: None, or one torch.dtype (or None) per block."""
+    if dtypes is None:
+        return None
+    dtypes = tuple(dtypes) if isinstance(dtypes, (tuple, list)) else dtypes
+    if not (
+        isinstance(dtypes, tuple)
+        and state is not None
+        and len(dtypes) == len(state)
+        and all(d is None or isinstance(d, torch.dtype) for d in dtypes)
+    ):
+        raise ValueError(f"{owner!r}: the state's gradient dtypes {dtypes!r} are not one torch.dtype per block")
+    return dtypes
 
 
 def saved_gradient_dtypes(state: tuple[torch.Tensor, ...] | None) -> tuple[torch.dtype | None, ...] | None:

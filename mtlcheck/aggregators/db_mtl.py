@@ -43,6 +43,7 @@ from mtlcheck.aggregators._base import (
     decayed,
     dtypes_of,
     in_dtypes_of,
+    kept_gradient_dtypes,
     saved_gradient_dtypes,
     state_dtype,
     widened_state,
@@ -80,7 +81,11 @@ class DBMTL(Aggregator):
     def _set_state(self, state):
         # (B saved in half precision before it was kept in float32; the gradients' dtypes where a
         # state saved before they were kept beside B tells them)
-        dtypes = state["_grad_dtypes"] if "_grad_dtypes" in state else saved_gradient_dtypes(state["_buffer"])
+        dtypes = (
+            kept_gradient_dtypes(self, state["_grad_dtypes"], state["_buffer"])
+            if "_grad_dtypes" in state
+            else saved_gradient_dtypes(state["_buffer"])
+        )
         rows = widened_state(state["_buffer"])
         state = {**state, "_buffer": rows, "_grad_dtypes": dtypes}
         if "_scale" not in state:  # saved when the EMA rows were stored as they are: c = 1

@@ -48,6 +48,7 @@ from mtlcheck.aggregators._base import (
     block_bounds,
     check_state_shapes,
     dtypes_of,
+    kept_gradient_dtypes,
     state_dtype,
     widened_state,
 )
@@ -99,7 +100,7 @@ class ExcessMTL(WeightingAggregator):
         state = {**state, "_sq_sum_eps": sums, "_sq_bound": block_bounds(state.get("_sq_bound"), sums)}
         # saved before the gradients' dtypes were kept: unknown (S was float32 for half precision,
         # and every block's in the first block's dtype)
-        state.setdefault("_grad_dtypes", None)
+        state["_grad_dtypes"] = kept_gradient_dtypes(self, state.get("_grad_dtypes"), sums)
         super()._set_state(state)
 
     def _weights(self, J, losses):

@@ -45,6 +45,7 @@ from mtlcheck.aggregators._base import (
     decayed,
     dtypes_of,
     in_dtypes_of,
+    kept_gradient_dtypes,
     saved_gradient_dtypes,
     state_dtype,
     widened_state,
@@ -93,7 +94,11 @@ class MoCo(Aggregator):
         # saved before the bound was kept (max |Y| itself), or kept as one for every block
         # (a Y saved in half precision, before it was kept in float32, is widened: exact)
         # (the gradients' dtypes, where a state saved before they were kept beside Y tells them)
-        dtypes = state["_grad_dtypes"] if "_grad_dtypes" in state else saved_gradient_dtypes(state["_y"])
+        dtypes = (
+            kept_gradient_dtypes(self, state["_grad_dtypes"], state["_y"])
+            if "_grad_dtypes" in state
+            else saved_gradient_dtypes(state["_y"])
+        )
         y = widened_state(state["_y"])
         state = {**state, "_y": y, "_y_bound": block_bounds(state.get("_y_bound"), y), "_grad_dtypes": dtypes}
         super()._set_state(state)

@@ -70,11 +70,15 @@ class STCH(WeightingAggregator):
 
     def _set_state(self, state):
         options = state.get("_options")  # (warmup_steps, nadir_steps) of the run that saved it
-        if options is not None and tuple(options) != (self.warmup_steps, self.nadir_steps):
-            raise ValueError(
-                f"{self!r}: the state was saved with warmup_steps={options[0]}, nadir_steps={options[1]}; "
-                f"it does not fit warmup_steps={self.warmup_steps}, nadir_steps={self.nadir_steps}"
-            )
+        if options is not None:
+            if not (isinstance(options, (tuple, list)) and len(options) == 2):
+                raise ValueError(f"{self!r}: the state's options {options!r} are not (warmup_steps, nadir_steps)")
+            options = tuple(options)
+            if _window(*options) != _window(self.warmup_steps, self.nadir_steps):
+                raise ValueError(
+                    f"{self!r}: the state was saved with warmup_steps={options[0]}, nadir_steps={options[1]}; "
+                    f"it does not fit warmup_steps={self.warmup_steps}, nadir_steps={self.nadir_steps}"
+                )
         state = {**state, "_options": options}
         if "_sum" in state:  # saved when the nadir was kept as a sum over every warm-up step so far
             sums, count = state["_sum"], state["_count"]
@@ -103,7 +107,8 @@ class STCH(WeightingAggregator):
             raise ValueError(f"{self!r}: the log-loss objectives need positive losses, got {losses.tolist()}")
         n = losses.shape[0]
         count = self._count or 0
-        self._options = (self.warmup_steps, self.nadir_steps)
+        if self.warmup_steps:  # (without a warm-up there is no state for options to fit)
+            self._options = (self.warmup_steps, self.nadir_steps)
         if count < self.warmup_steps:  # warm-up: Σ log L_i, and the nadir's running mean
             skipped = self._skipped()
             if count >= skipped:  # (a mean, not a sum: losses of 1e308 have a mean that fits)
@@ -116,3 +121,8 @@ class STCH(WeightingAggregator):
         # softmax((f − max f)/μ), the same softmax up to rounding (~1e-13 relative): f/μ alone
         # overflows for a tiny μ (inf − inf)
         return n * torch.softmax((f - f.max()) / self.mu, dim=0) / losses
+
+
+def _window(warmup_steps, nadir_steps):
+    """(warmup_steps, the steps the nadir is the mean of): nadir_steps=None is every warm-up step."""
+    return warmup_steps, nadir_steps or warmup_steps

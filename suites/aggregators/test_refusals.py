@@ -1152,3 +1152,51 @@ def test_an_stch_state_saved_with_other_options_is_refused_by_name():
     other = get_aggregator("stch", warmup_steps=4)
     with pytest.raises(ValueError, match="saved with warmup_steps=4, nadir_steps=2"):
         other.load_state_dict(saved.state_dict())
+
+
+def test_stch_states_of_equivalent_options_load_and_a_stateless_one_fits_any():
+    """nadir_steps=None is nadir_steps=warmup_steps: a state of one loads into the other; STCH
+    without a warm-up keeps no options (nothing for them to fit), so its state loads anywhere."""
+    a = get_aggregator("stch", warmup_steps=3)
+    for L in ([1.0, 2.0], [2.0, 1.0]):
+        a(None, L)
+    b = get_aggregator("stch", warmup_steps=3, nadir_steps=3)
+    b.load_state_dict(a.state_dict())
+    for L in ([3.0, 1.0], [1.0, 1.0], [2.0, 2.0]):
+        assert torch.equal(a(None, L).weights, b(None, L).weights)
+    plain = get_aggregator("stch")
+    plain(None, [1.0, 2.0])
+    get_aggregator("stch", warmup_steps=5).load_state_dict(plain.state_dict())
+
+
+def test_a_refused_calls_restore_sets_the_state_back_without_loading_it():
+    """The restore after a refused call sets the attributes back as they were; it does not run
+    `_set_state`'s checks (STCH's options, changed on the instance between calls, had raised
+    inside the restore, hid the real error and left the state half-updated)."""
+    agg = get_aggregator("stch", warmup_steps=3)
+    agg(None, [1.0, 2.0])
+    before = repr(agg.state_dict())
+    agg.warmup_steps = 5
+    with pytest.raises(NonFiniteOutputError):
+        agg(None, [1e-320, 1.0])
+    assert repr(agg.state_dict()) == before
+
+
+@pytest.mark.parametrize(
+    "name, key, value",
+    [
+        ("stch", "_options", (3,)),
+        ("stch", "_options", 3),
+        ("moco", "_grad_dtypes", (torch.float64, torch.float64)),
+        ("excess_mtl", "_grad_dtypes", "x"),
+    ],
+)
+def test_malformed_state_entries_are_refused_by_name(name, key, value):
+    options = {"warmup_steps": 3} if name == "stch" else {}
+    agg = get_aggregator(name, **options)
+    for seed in (0, 1):
+        agg(_G(seed=seed)[:2] if name != "stch" else None, L3[:2])
+    state = agg.state_dict()
+    twin = get_aggregator(name, **options)
+    with pytest.raises(ValueError, match="are not"):
+        twin.load_state_dict({**state, "method": {**state["method"], key: value}})
