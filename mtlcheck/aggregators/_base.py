@@ -686,6 +686,20 @@ def block_bounds(bound, state: tuple[torch.Tensor, ...] | None) -> tuple[float, 
     return tuple(float(b) for b in bound)
 
 
+def loaded_average(owner: Aggregator, state: dict[str, Any], key: str, bound_key: str) -> dict[str, Any]:
+    """A running average's per-block state as loaded (MoCo's Y, DB-MTL's B, under `key`): saved in
+    half precision before it was kept in float32, widened (exact); the gradients' dtypes checked,
+    or, saved before they were kept, what the state tells of them (`saved_gradient_dtypes`); its
+    bound under `bound_key` kept block by block (`block_bounds`)."""
+    saved = state[key]
+    if "_grad_dtypes" in state:
+        dtypes = kept_gradient_dtypes(owner, state["_grad_dtypes"], saved)
+    else:
+        dtypes = saved_gradient_dtypes(saved)
+    rows = widened_state(saved)
+    return {**state, key: rows, bound_key: block_bounds(state.get(bound_key), rows), "_grad_dtypes": dtypes}
+
+
 def decayed(rate: float, step: int, power: float) -> float:
     """rate / step^power (a step-size schedule); 0 where step^power overflows a float (a power
     of 2000, say), instead of an OverflowError or an exact integer power that never ends."""

@@ -38,15 +38,12 @@ from mtlcheck.aggregators._base import (
     Aggregator,
     AggregatorTags,
     average_bound,
-    block_bounds,
     check_state_shapes,
     decayed,
     dtypes_of,
     in_dtypes_of,
-    kept_gradient_dtypes,
-    saved_gradient_dtypes,
+    loaded_average,
     state_dtype,
-    widened_state,
 )
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._spans import paired_spans, row_sums, span_scratch
@@ -79,19 +76,10 @@ class DBMTL(Aggregator):
         )
 
     def _set_state(self, state):
-        # (B saved in half precision before it was kept in float32; the gradients' dtypes where a
-        # state saved before they were kept beside B tells them)
-        dtypes = (
-            kept_gradient_dtypes(self, state["_grad_dtypes"], state["_buffer"])
-            if "_grad_dtypes" in state
-            else saved_gradient_dtypes(state["_buffer"])
-        )
-        rows = widened_state(state["_buffer"])
-        state = {**state, "_buffer": rows, "_grad_dtypes": dtypes}
+        state = loaded_average(self, state, "_buffer", "_g_bound")
         if "_scale" not in state:  # saved when the EMA rows were stored as they are: c = 1
+            rows = state["_buffer"]
             state = {**state, "_scale": None if rows is None else torch.ones(rows[0].shape[0], dtype=torch.float64)}
-        # saved before the bound was kept (max |B| itself), or kept as one for every block
-        state = {**state, "_g_bound": block_bounds(state.get("_g_bound"), state["_buffer"])}
         super()._set_state(state)
 
     def _aggregate(self, J, losses):

@@ -14,11 +14,11 @@ gradient) keeps a zero excess risk. The task weights take one exponentiated-grad
     α ← softmax(log α + η ℰ / ℰ⁰),   α = 1/T at the start,
 and d = Σ_i α_i g_i (the weights stay on the simplex, as the paper's). ε = 1e-7 as TorchJD's
 version (adapted from github.com/uiuctml/ExcessMTL). Stateful: S + ε (T × d, in the gradients'
-dtype, float32 for fp16/bf16 ones, kept with ε added and updated in place), a bound on max S of each block
-(ε plus Σ over the steps of max g² there, so that a G whose squares would overflow S's dtype is refused
-before S changes), ℰ⁰, α and the step. At the feature level S
-accumulates the representation's gradients row by row of the batch, so the block shapes must stay
-the same (ValueError otherwise; reset() between shapes).
+dtype, float32 for fp16/bf16 ones, kept with ε added and updated in place), a bound on max S of
+each block (ε plus Σ over the steps of max g² there, so that a G whose squares would overflow S's
+dtype is refused before S changes), ℰ⁰, α and the step. At the feature level S accumulates the
+representation's gradients row by row of the batch, so the block shapes must stay the same
+(ValueError otherwise; reset() between shapes).
 
 Cost: one pass over S + ε (read with G and written) and, span by span in the cache, g², an rsqrt,
 a product and a row sum, plus the input check's read pass, in place of a Gram-based method's Gram

@@ -40,15 +40,12 @@ from mtlcheck.aggregators._base import (
     Aggregator,
     AggregatorTags,
     average_bound,
-    block_bounds,
     check_state_shapes,
     decayed,
     dtypes_of,
     in_dtypes_of,
-    kept_gradient_dtypes,
-    saved_gradient_dtypes,
+    loaded_average,
     state_dtype,
-    widened_state,
 )
 from mtlcheck.aggregators._registry import register_aggregator
 from mtlcheck.aggregators._simplex import gram_step
@@ -91,17 +88,7 @@ class MoCo(Aggregator):
         return float(self.beta)  # the first step: y_i = β g and λ stays uniform
 
     def _set_state(self, state):
-        # saved before the bound was kept (max |Y| itself), or kept as one for every block
-        # (a Y saved in half precision, before it was kept in float32, is widened: exact)
-        # (the gradients' dtypes, where a state saved before they were kept beside Y tells them)
-        dtypes = (
-            kept_gradient_dtypes(self, state["_grad_dtypes"], state["_y"])
-            if "_grad_dtypes" in state
-            else saved_gradient_dtypes(state["_y"])
-        )
-        y = widened_state(state["_y"])
-        state = {**state, "_y": y, "_y_bound": block_bounds(state.get("_y_bound"), y), "_grad_dtypes": dtypes}
-        super()._set_state(state)
+        super()._set_state(loaded_average(self, state, "_y", "_y_bound"))
 
     def _aggregate(self, J, losses):
         n = J.n_tasks
